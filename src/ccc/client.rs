@@ -1,0 +1,469 @@
+//! The GetInstanceTrendingReport client: signs, paces, sends, classifies, retries.
+//!
+//! One [`CccClient`] serves a whole run. Every attempt waits for the shared [`RateLimiter`] and
+//! holds one permit of the in-flight semaphore (`concurrency`), so neither limit can be
+//! exceeded however many windows are being fetched at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+use super::ratelimit::RateLimiter;
+use super::sign::{self, V3Canonical};
+use super::wire::{Body, parse_body};
+use crate::config::{Credentials, Endpoint, SignatureVersion, SourceConfig};
+use crate::record::{MediaType, Report};
+
+/// The API action this client calls.
+pub const ACTION: &str = "GetInstanceTrendingReport";
+/// The API version.
+pub const API_VERSION: &str = "2020-07-01";
+
+/// One request: one instance, one media type, one window in epoch ms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrendingRequest {
+    /// Call-center instance.
+    pub instance_id: String,
+    /// Media type.
+    pub media_type: MediaType,
+    /// `StartTime`, epoch ms.
+    pub start_ms: i64,
+    /// `EndTime`, epoch ms.
+    pub end_ms: i64,
+}
+
+impl TrendingRequest {
+    /// The action's own parameters, as strings.
+    pub fn params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("InstanceId", self.instance_id.clone()),
+            ("MediaType", self.media_type.as_str().to_string()),
+            ("StartTime", self.start_ms.to_string()),
+            ("EndTime", self.end_ms.to_string()),
+        ]
+    }
+}
+
+/// Backoff settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, first included.
+    pub max_attempts: u32,
+    /// First delay ceiling.
+    pub base: Duration,
+    /// Largest delay ceiling.
+    pub cap: Duration,
+}
+
+impl RetryPolicy {
+    /// Full jitter: uniform in `[0, min(cap, base * 2^(retry-1))]`, retry counted from 1.
+    pub fn delay(&self, retry: u32, rng: &mut impl Rng) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1).min(30)))
+            .min(self.cap);
+        ceiling.mul_f64(rng.random::<f64>())
+    }
+}
+
+/// Counters a run reports: requests, retries, throttling, answers by code.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// HTTP requests sent.
+    pub requests: AtomicU64,
+    /// Attempts after the first.
+    pub retries: AtomicU64,
+    /// Throttling answers.
+    pub throttled: AtomicU64,
+    by_code: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ClientStats {
+    fn count_code(&self, code: &str) {
+        *self
+            .by_code
+            .lock()
+            .expect("stats lock")
+            .entry(code.to_string())
+            .or_default() += 1;
+    }
+
+    /// Answers by code (`OK`, error codes, `Timeout`, `NetworkError`, `MalformedResponse`).
+    pub fn by_code(&self) -> BTreeMap<String, u64> {
+        self.by_code.lock().expect("stats lock").clone()
+    }
+}
+
+/// A report and what it took to get it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The typed report.
+    pub report: Report,
+    /// Attempts made, 1 if the first succeeded.
+    pub attempts: u32,
+}
+
+/// A call that failed for good, and after how many attempts.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error} (after {attempts} attempt{})", if *.attempts == 1 { "" } else { "s" })]
+pub struct CallFailed {
+    /// The last error.
+    pub error: ApiError,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// The client. Cheap to share behind an `Arc`.
+pub struct CccClient {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    version: SignatureVersion,
+    credentials: Credentials,
+    limiter: Arc<dyn RateLimiter>,
+    inflight: Arc<Semaphore>,
+    retry: RetryPolicy,
+    timeout_secs: u64,
+    stats: Arc<ClientStats>,
+}
+
+impl std::fmt::Debug for CccClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CccClient")
+            .field("endpoint", &self.endpoint.to_string())
+            .field("version", &self.version)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CccClient {
+    /// Builds a client from `[source]`, the credentials and the run's shared limiter.
+    pub fn new(
+        source: &SourceConfig,
+        credentials: Credentials,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(source.timeout_secs))
+            .connect_timeout(Duration::from_secs(source.timeout_secs.min(10)))
+            .user_agent(concat!("ccc-etl/", env!("CARGO_PKG_VERSION")))
+            .https_only(!is_plain_loopback(&source.endpoint))
+            .build()?;
+        Ok(Self {
+            http,
+            endpoint: source.endpoint.clone(),
+            version: source.signature_version,
+            credentials,
+            limiter,
+            inflight: Arc::new(Semaphore::new(source.concurrency)),
+            retry: RetryPolicy {
+                max_attempts: source.max_attempts,
+                base: Duration::from_millis(source.backoff_base_ms),
+                cap: Duration::from_millis(source.backoff_max_ms.max(source.backoff_base_ms)),
+            },
+            timeout_secs: source.timeout_secs,
+            stats: Arc::new(ClientStats::default()),
+        })
+    }
+
+    /// The run's counters.
+    pub fn stats(&self) -> &Arc<ClientStats> {
+        &self.stats
+    }
+
+    /// The shared rate limiter.
+    pub fn limiter(&self) -> &Arc<dyn RateLimiter> {
+        &self.limiter
+    }
+
+    /// Fetches one report, retrying what is retryable with capped, fully jittered exponential
+    /// backoff (at least `x-acs-retry-after` when the service sends it). Each attempt is signed
+    /// afresh: new nonce, new timestamp.
+    pub async fn get_trending_report(&self, req: &TrendingRequest) -> Result<Fetched, CallFailed> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let outcome = {
+                let _permit = self.inflight.acquire().await.expect("semaphore never closed");
+                self.limiter.acquire().await;
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                self.send_once(req).await
+            };
+            match outcome {
+                Ok(report) => {
+                    self.stats.count_code("OK");
+                    return Ok(Fetched {
+                        report,
+                        attempts: attempt,
+                    });
+                }
+                Err((error, retry_after)) => {
+                    self.stats.count_code(error.code());
+                    if error.is_throttling() {
+                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        self.limiter.on_throttled();
+                    }
+                    if !error.is_retryable() || attempt >= self.retry.max_attempts {
+                        return Err(CallFailed {
+                            error,
+                            attempts: attempt,
+                        });
+                    }
+                    let jitter = self.retry.delay(attempt, &mut rand::rng());
+                    let delay = retry_after.map_or(jitter, |ra| ra.max(jitter));
+                    tracing::debug!(
+                        instance = %req.instance_id, code = error.code(), attempt,
+                        delay_ms = delay.as_millis() as u64, "retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One signed HTTP exchange.
+    async fn send_once(
+        &self,
+        req: &TrendingRequest,
+    ) -> Result<Report, (ApiError, Option<Duration>)> {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let now = Utc::now();
+        let builder = match self.version {
+            SignatureVersion::V1 => {
+                let url = sign_v1_url(
+                    self.endpoint.url(),
+                    "GET",
+                    &req.params(),
+                    &self.credentials,
+                    &nonce,
+                    &now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                );
+                self.http.get(url)
+            }
+            SignatureVersion::V3 => {
+                let (url, headers) = sign_v3_request(
+                    self.endpoint.url(),
+                    &self.endpoint.authority(),
+                    &req.params(),
+                    &self.credentials,
+                    &nonce,
+                    &now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                );
+                let mut b = self.http.post(url);
+                for (k, v) in headers {
+                    b = b.header(k, v);
+                }
+                b
+            }
+        };
+        let resp = builder.send().await.map_err(|e| (self.transport(e), None))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("x-acs-retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let header_request_id = resp
+            .headers()
+            .get("x-acs-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| (self.transport(e), retry_after))?;
+        match parse_body(&bytes) {
+            Ok(Body::Ok(report)) if status == 200 => Ok(report),
+            Ok(Body::Ok(report)) => Err((
+                ApiError::Service {
+                    http_status: status,
+                    code: format!("HTTP{status}"),
+                    message: "non-200 status with a success body".into(),
+                    request_id: Some(report.request_id).filter(|r| !r.is_empty()),
+                },
+                retry_after,
+            )),
+            Ok(Body::Error {
+                code,
+                message,
+                request_id,
+            }) => Err((
+                ApiError::Service {
+                    http_status: status,
+                    code,
+                    message,
+                    request_id: request_id.or(header_request_id),
+                },
+                retry_after,
+            )),
+            Err(malformed) if status >= 400 => Err((
+                ApiError::Service {
+                    http_status: status,
+                    code: format!("HTTP{status}"),
+                    message: malformed.0,
+                    request_id: header_request_id,
+                },
+                retry_after,
+            )),
+            Err(malformed) => Err((
+                ApiError::Malformed {
+                    http_status: status,
+                    detail: malformed.0,
+                    request_id: header_request_id,
+                },
+                retry_after,
+            )),
+        }
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ApiError {
+        if e.is_timeout() {
+            ApiError::Timeout(self.timeout_secs)
+        } else {
+            // The URL carries the signature (not a secret, but noise); keep the cause only.
+            let e = e.without_url();
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            ApiError::Network(msg)
+        }
+    }
+}
+
+fn is_plain_loopback(e: &Endpoint) -> bool {
+    e.url().scheme() == "http"
+}
+
+/// The V1 common parameters plus `params`, signed, as a full URL (GET: everything in the query).
+pub fn sign_v1_url(
+    base: &reqwest::Url,
+    method: &str,
+    params: &[(&str, String)],
+    credentials: &Credentials,
+    nonce: &str,
+    timestamp: &str,
+) -> reqwest::Url {
+    let mut all: Vec<(&str, &str)> = vec![
+        ("Action", ACTION),
+        ("Version", API_VERSION),
+        ("Format", "JSON"),
+        ("AccessKeyId", &credentials.access_key_id),
+        ("SignatureMethod", "HMAC-SHA1"),
+        ("SignatureVersion", "1.0"),
+        ("SignatureNonce", nonce),
+        ("Timestamp", timestamp),
+    ];
+    if let Some(token) = credentials.token() {
+        all.push(("SecurityToken", token));
+    }
+    all.extend(params.iter().map(|(k, v)| (*k, v.as_str())));
+    let to_sign = sign::v1_string_to_sign(method, all.iter().copied());
+    let signature = sign::v1_signature(credentials.secret(), &to_sign);
+    all.push(("Signature", &signature));
+    let mut url = base.clone();
+    url.set_query(Some(&sign::canonical_query(all.iter().copied())));
+    url
+}
+
+/// A V3-signed POST: the URL with the action's parameters in the query, and the headers to send.
+pub fn sign_v3_request(
+    base: &reqwest::Url,
+    authority: &str,
+    params: &[(&str, String)],
+    credentials: &Credentials,
+    nonce: &str,
+    timestamp: &str,
+) -> (reqwest::Url, Vec<(&'static str, String)>) {
+    let payload_hash = sign::sha256_hex(b"");
+    let mut headers: Vec<(&'static str, String)> = vec![
+        ("host", authority.to_string()),
+        ("x-acs-action", ACTION.to_string()),
+        ("x-acs-version", API_VERSION.to_string()),
+        ("x-acs-date", timestamp.to_string()),
+        ("x-acs-signature-nonce", nonce.to_string()),
+        ("x-acs-content-sha256", payload_hash.clone()),
+    ];
+    if let Some(token) = credentials.token() {
+        headers.push(("x-acs-security-token", token.to_string()));
+    }
+    let canonical = V3Canonical {
+        method: "POST",
+        path: "/",
+        query: params.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+        headers: headers.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+        hashed_payload: &payload_hash,
+    };
+    let authorization = canonical.authorization(&credentials.access_key_id, credentials.secret());
+    let mut url = base.clone();
+    url.set_query(Some(&sign::canonical_query(
+        params.iter().map(|(k, v)| (*k, v.as_str())),
+    )));
+    // reqwest sets `host` itself from the URL, to the same value.
+    headers.retain(|(k, _)| *k != "host");
+    headers.push(("authorization", authorization));
+    (url, headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn full_jitter_stays_under_the_capped_exponential_ceiling() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(1000),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for retry in 1..=8u32 {
+            let ceiling = (100u64 << (retry - 1)).min(1000);
+            let mut max_seen = Duration::ZERO;
+            for _ in 0..200 {
+                let d = p.delay(retry, &mut rng);
+                assert!(d <= Duration::from_millis(ceiling), "retry {retry}: {d:?}");
+                max_seen = max_seen.max(d);
+            }
+            assert!(max_seen > Duration::from_millis(ceiling / 2), "jitter spans the range");
+        }
+    }
+
+    #[test]
+    fn v1_url_carries_every_common_parameter_and_a_verifiable_signature() {
+        let creds = Credentials::new("key", "secret", Some("tok en"));
+        let base = reqwest::Url::parse("http://127.0.0.1:1").unwrap();
+        let req = TrendingRequest {
+            instance_id: "ccc-test".into(),
+            media_type: MediaType::Chat,
+            start_ms: 1,
+            end_ms: 2,
+        };
+        let url = sign_v1_url(&base, "GET", &req.params(), &creds, "n1", "2026-01-01T00:00:00Z");
+        let pairs: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(pairs["Action"], ACTION);
+        assert_eq!(pairs["SecurityToken"], "tok en");
+        assert_eq!(pairs["MediaType"], "Chat");
+        let to_sign = sign::v1_string_to_sign(
+            "GET",
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        assert_eq!(pairs["Signature"], sign::v1_signature("secret", &to_sign));
+        assert!(url.query().unwrap().contains("SecurityToken=tok%20en"));
+    }
+}

@@ -1,0 +1,649 @@
+//! `pipeline.toml` plus the environment, turned into a validated [`Config`] before any work.
+//!
+//! Every value that can be wrong is parsed into its type while the TOML is read, so an error
+//! names the file, the line and the key. Credentials come only from the environment
+//! (the official SDK's variable names) and are wrapped so they never print.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use crate::error::InputError;
+use crate::record::MediaType;
+
+/// Environment variable holding the AccessKeyId.
+pub const ENV_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
+/// Environment variable holding the AccessKeySecret.
+pub const ENV_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
+/// Environment variable holding the STS token, when the key pair is temporary.
+pub const ENV_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
+/// Fallback for `[postgres] url`.
+pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
+
+/// The API refuses data older than this many days.
+pub const HORIZON_DAYS: i64 = 180;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The CCC API and how to call it.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// What to fetch.
+    pub pipeline: PipelineConfig,
+    /// The PostgreSQL sink; present means on.
+    pub postgres: Option<PostgresConfig>,
+    /// The Parquet sink; present means on.
+    pub parquet: Option<ParquetConfig>,
+}
+
+/// `[source]`: the API endpoint and the client's manners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Base URL; HTTPS, or plain HTTP to a loopback address only.
+    #[serde(default = "default_endpoint")]
+    pub endpoint: Endpoint,
+    /// Request signing scheme.
+    #[serde(default)]
+    pub signature_version: SignatureVersion,
+    /// Requests per second across the whole run.
+    #[serde(default = "default_max_qps", deserialize_with = "positive_f64")]
+    pub max_qps: f64,
+    /// Requests in flight at most.
+    #[serde(default = "default_concurrency", deserialize_with = "positive_usize")]
+    pub concurrency: usize,
+    /// Per-request timeout, seconds.
+    #[serde(default = "default_timeout", deserialize_with = "positive_u64")]
+    pub timeout_secs: u64,
+    /// Attempts per window before it fails (1 = no retry).
+    #[serde(default = "default_attempts", deserialize_with = "positive_u32")]
+    pub max_attempts: u32,
+    /// First retry delay, milliseconds (doubles each attempt, full jitter).
+    #[serde(default = "default_backoff_base", deserialize_with = "positive_u64")]
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, milliseconds.
+    #[serde(default = "default_backoff_max", deserialize_with = "positive_u64")]
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: default_endpoint(),
+            signature_version: SignatureVersion::default(),
+            max_qps: default_max_qps(),
+            concurrency: default_concurrency(),
+            timeout_secs: default_timeout(),
+            max_attempts: default_attempts(),
+            backoff_base_ms: default_backoff_base(),
+            backoff_max_ms: default_backoff_max(),
+        }
+    }
+}
+
+fn default_endpoint() -> Endpoint {
+    Endpoint::parse("https://ccc.cn-shanghai.aliyuncs.com").expect("valid default")
+}
+fn default_max_qps() -> f64 {
+    5.0
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_timeout() -> u64 {
+    30
+}
+fn default_attempts() -> u32 {
+    6
+}
+fn default_backoff_base() -> u64 {
+    200
+}
+fn default_backoff_max() -> u64 {
+    20_000
+}
+
+/// `[pipeline]`: instances, media, calendar.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Call-center instance ids.
+    #[serde(deserialize_with = "instance_list")]
+    pub instances: Vec<String>,
+    /// Media types to fetch for every instance.
+    #[serde(default = "default_media", deserialize_with = "media_list")]
+    pub media_types: Vec<MediaType>,
+    /// IANA zone for calendar dates and day partitions.
+    #[serde(default = "default_tz", deserialize_with = "timezone")]
+    pub timezone: Tz,
+    /// Days of recent history a nightly run fetches again.
+    #[serde(default = "default_lookback", deserialize_with = "lookback")]
+    pub lookback_days: u32,
+    /// Minutes added to the 180-day horizon when planning, because time passes before sending.
+    #[serde(default = "default_margin", deserialize_with = "margin")]
+    pub horizon_margin_minutes: u32,
+}
+
+fn default_media() -> Vec<MediaType> {
+    vec![MediaType::Audio]
+}
+fn default_tz() -> Tz {
+    chrono_tz::Asia::Shanghai
+}
+fn default_lookback() -> u32 {
+    2
+}
+fn default_margin() -> u32 {
+    60
+}
+
+/// `[postgres]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL; falls back to `DATABASE_URL`. May carry a password, so it never prints.
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// Schema holding the tables, views and ledger.
+    #[serde(default = "default_schema")]
+    pub schema: SchemaName,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_ref().map(|_| "[redacted]"))
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+fn default_schema() -> SchemaName {
+    SchemaName("ccc".into())
+}
+
+impl PostgresConfig {
+    /// The URL from the file, else from `DATABASE_URL`.
+    pub fn resolve_url(&self) -> Result<SecretString, InputError> {
+        if let Some(url) = &self.url {
+            return Ok(url.clone());
+        }
+        match std::env::var(ENV_DATABASE_URL) {
+            Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v)),
+            _ => Err(InputError::new(format!(
+                "[postgres] is configured but has no url and {ENV_DATABASE_URL} is not set"
+            ))),
+        }
+    }
+}
+
+/// `[parquet]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetConfig {
+    /// Directory holding one folder per table.
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+}
+
+fn default_root() -> PathBuf {
+    PathBuf::from("warehouse")
+}
+
+/// How requests are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureVersion {
+    /// HMAC-SHA1 over the query (RPC classic).
+    #[default]
+    V1,
+    /// ACS3-HMAC-SHA256 in the `Authorization` header.
+    V3,
+}
+
+/// An endpoint the client may talk to: HTTPS anywhere, plain HTTP only to loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint(Url);
+
+impl Endpoint {
+    /// Parses and checks the scheme rule.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = Url::parse(s).map_err(|e| format!("invalid endpoint URL {s:?}: {e}"))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("endpoint {s:?} has no host"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(host) => {}
+            "http" => {
+                return Err(format!(
+                    "endpoint {s:?} uses plain HTTP to a non-loopback host: use https:// \
+                     (plain HTTP is allowed only for the local emulator on 127.0.0.1, ::1 or localhost)"
+                ));
+            }
+            other => return Err(format!("endpoint {s:?} has unsupported scheme {other:?}")),
+        }
+        if url.path() != "/" || url.query().is_some() {
+            return Err(format!(
+                "endpoint {s:?} must be a bare origin such as https://ccc.cn-shanghai.aliyuncs.com"
+            ));
+        }
+        Ok(Self(url))
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+
+    /// `host[:port]` as sent in the `host` header.
+    pub fn authority(&self) -> String {
+        let host = self.0.host_str().unwrap_or_default();
+        match self.0.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str().trim_end_matches('/'))
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Endpoint::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A PostgreSQL schema name: lower-case letters, digits and `_`, not starting with a digit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaName(String);
+
+impl SchemaName {
+    /// Validates an identifier; nothing that would need quoting, nothing reserved to PostgreSQL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !s.starts_with("pg_");
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "invalid schema name {s:?}: use 1-63 lower-case letters, digits or _, \
+                 starting with a letter or _ (and not pg_)"
+            ))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name quoted as an SQL identifier (it is validated, the quotes are belt and braces).
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SchemaName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!("must be > 0, got {v}")))
+    }
+}
+
+macro_rules! positive_int {
+    ($name:ident, $t:ty) => {
+        fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+            let v = i64::deserialize(d)?;
+            if v >= 1 && v <= <$t>::MAX as i64 {
+                Ok(v as $t)
+            } else {
+                Err(serde::de::Error::custom(format!("must be >= 1, got {v}")))
+            }
+        }
+    };
+}
+positive_int!(positive_usize, usize);
+positive_int!(positive_u64, u64);
+positive_int!(positive_u32, u32);
+
+fn lookback<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    if (0..HORIZON_DAYS).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be between 0 and {}, got {v}",
+            HORIZON_DAYS - 1
+        )))
+    }
+}
+
+fn margin<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    if (0..=24 * 60).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be between 0 and 1440 minutes, got {v}"
+        )))
+    }
+}
+
+fn timezone<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<Tz>().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "unknown time zone {s:?}: use an IANA name such as \"Asia/Shanghai\" or \"UTC\""
+        ))
+    })
+}
+
+/// Instance ids: non-empty list, no duplicates, each a plain token.
+fn instance_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    validate_instances(&v).map_err(serde::de::Error::custom)?;
+    Ok(v)
+}
+
+/// Checks a list of instance ids; also used for `--instance`.
+pub fn validate_instances(v: &[String]) -> Result<(), String> {
+    if v.is_empty() {
+        return Err("the instance list is empty: name at least one instance".into());
+    }
+    for (i, id) in v.iter().enumerate() {
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(format!(
+                "invalid instance id {id:?}: use letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if v[..i].contains(id) {
+            return Err(format!("instance {id:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+fn media_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MediaType>, D::Error> {
+    let v = Vec::<MediaType>::deserialize(d)?;
+    if v.is_empty() {
+        return Err(serde::de::Error::custom(
+            "the media type list is empty: use e.g. [\"Audio\"]",
+        ));
+    }
+    let mut seen = Vec::new();
+    for m in v {
+        if seen.contains(&m) {
+            return Err(serde::de::Error::custom(format!("media type {m} is listed twice")));
+        }
+        seen.push(m);
+    }
+    Ok(seen)
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, InputError> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let msg = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    let key = key_at(text, line);
+                    let key = key.map(|k| format!(" (key `{k}`)")).unwrap_or_default();
+                    InputError::new(format!("{origin}:{line}:{col}: {msg}{key}"))
+                }
+                None => InputError::new(format!("{origin}: {msg}")),
+            }
+        })
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, InputError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InputError::new(format!(
+                "cannot read config file {}: {e} (pass --config FILE, or copy pipeline.toml)",
+                path.display()
+            ))
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// A configuration for the built-in emulator at `endpoint`, used by `demo` and tests.
+    pub fn for_emulator(endpoint: &str, instances: Vec<String>) -> Self {
+        Config {
+            source: SourceConfig {
+                endpoint: Endpoint::parse(endpoint).expect("emulator endpoint is loopback"),
+                max_qps: 50.0,
+                concurrency: 4,
+                timeout_secs: 10,
+                backoff_base_ms: 50,
+                backoff_max_ms: 2_000,
+                ..SourceConfig::default()
+            },
+            pipeline: PipelineConfig {
+                instances,
+                media_types: vec![MediaType::Audio],
+                timezone: default_tz(),
+                lookback_days: default_lookback(),
+                horizon_margin_minutes: default_margin(),
+            },
+            postgres: None,
+            parquet: None,
+        }
+    }
+}
+
+/// The key on a given line of TOML text, for messages about values.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?.trim();
+    if l.starts_with('[') || l.starts_with('#') {
+        return None;
+    }
+    let (k, _) = l.split_once('=')?;
+    Some(k.trim().to_string())
+}
+
+/// The key pair (and STS token) that signs requests. Never printed.
+#[derive(Clone)]
+pub struct Credentials {
+    /// AccessKeyId: an identifier, not a secret, but kept out of logs anyway.
+    pub access_key_id: String,
+    /// AccessKeySecret.
+    pub access_key_secret: SecretString,
+    /// STS security token, for temporary credentials.
+    pub security_token: Option<SecretString>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &mask(&self.access_key_id))
+            .field("access_key_secret", &"[redacted]")
+            .field(
+                "security_token",
+                &self.security_token.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// Shows the first 4 characters of an id and hides the rest.
+pub fn mask(id: &str) -> String {
+    let head: String = id.chars().take(4).collect();
+    format!("{head}****")
+}
+
+impl Credentials {
+    /// A key pair from values (tests, the demo).
+    pub fn new(id: &str, secret: &str, token: Option<&str>) -> Self {
+        Self {
+            access_key_id: id.to_string(),
+            access_key_secret: SecretString::from(secret.to_string()),
+            security_token: token.map(|t| SecretString::from(t.to_string())),
+        }
+    }
+
+    /// Reads the official SDK's variables.
+    pub fn from_env() -> Result<Self, InputError> {
+        let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let id = get(ENV_ACCESS_KEY_ID).ok_or_else(|| {
+            InputError::new(format!(
+                "{ENV_ACCESS_KEY_ID} is not set: export the AccessKeyId (credentials are read only from the environment)"
+            ))
+        })?;
+        let secret = get(ENV_ACCESS_KEY_SECRET).ok_or_else(|| {
+            InputError::new(format!(
+                "{ENV_ACCESS_KEY_SECRET} is not set: export the AccessKeySecret (credentials are read only from the environment)"
+            ))
+        })?;
+        Ok(Self {
+            access_key_id: id,
+            access_key_secret: SecretString::from(secret),
+            security_token: get(ENV_SECURITY_TOKEN).map(SecretString::from),
+        })
+    }
+
+    /// The secret, for signing only.
+    pub fn secret(&self) -> &str {
+        self.access_key_secret.expose_secret()
+    }
+
+    /// The STS token, for the request only.
+    pub fn token(&self) -> Option<&str> {
+        self.security_token.as_ref().map(|t| t.expose_secret())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../pipeline.toml");
+
+    #[test]
+    fn the_shipped_example_parses_with_the_documented_values() {
+        let c = Config::from_toml(EXAMPLE, "pipeline.toml").expect("example parses");
+        assert_eq!(c.source.endpoint.to_string(), "https://ccc.cn-shanghai.aliyuncs.com");
+        assert_eq!(c.source.signature_version, SignatureVersion::V1);
+        assert_eq!(c.source.max_qps, 5.0);
+        assert_eq!(c.source.concurrency, 4);
+        assert_eq!(c.source.timeout_secs, 30);
+        assert_eq!(c.source.max_attempts, 6);
+        assert_eq!(c.pipeline.instances, vec!["ccc-test".to_string()]);
+        assert_eq!(c.pipeline.media_types, vec![MediaType::Audio]);
+        assert_eq!(c.pipeline.timezone, chrono_tz::Asia::Shanghai);
+        assert_eq!(c.pipeline.lookback_days, 2);
+        assert_eq!(c.postgres.as_ref().unwrap().schema.as_str(), "ccc");
+        assert_eq!(c.parquet.as_ref().unwrap().root, PathBuf::from("warehouse"));
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, "p.toml").unwrap_err().0
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let e = err("[pipeline]\ninstances = [\"a\"]\ncolour = 1\n");
+        assert!(e.starts_with("p.toml:3:"), "{e}");
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_line_and_key() {
+        let e = err("[pipeline]\ninstances = [\"a\"]\ntimezone = \"Mars/Base\"\n");
+        assert!(e.starts_with("p.toml:3:"), "{e}");
+        assert!(e.contains("unknown time zone \"Mars/Base\""), "{e}");
+        assert!(e.contains("key `timezone`"), "{e}");
+        let e = err("[source]\nmax_qps = 0\n[pipeline]\ninstances = [\"a\"]\n");
+        assert!(e.starts_with("p.toml:2:") && e.contains("must be > 0"), "{e}");
+        let e = err("[source]\nmax_qps = -1.5\n[pipeline]\ninstances = [\"a\"]\n");
+        assert!(e.contains("must be > 0"), "{e}");
+        let e = err("[pipeline]\ninstances = []\n");
+        assert!(e.contains("instance list is empty"), "{e}");
+        let e = err("[pipeline]\ninstances = [\"a\"]\nmedia_types = [\"Fax\"]\n");
+        assert!(e.contains("unknown media type \"Fax\""), "{e}");
+        let e = err("[pipeline]\ninstances = [\"a\"]\n[postgres]\nschema = \"x; drop table y\"\n");
+        assert!(e.contains("invalid schema name"), "{e}");
+        let e = err("[source]\nendpoint = \"http://ccc.example.com\"\n[pipeline]\ninstances = [\"a\"]\n");
+        assert!(e.contains("plain HTTP to a non-loopback host"), "{e}");
+        let e = err("[pipeline\ninstances = [\"a\"]\n");
+        assert!(e.starts_with("p.toml:1:"), "{e}");
+        let e = err("[source]\nconcurrency = \"four\"\n[pipeline]\ninstances = [\"a\"]\n");
+        assert!(e.starts_with("p.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_is_allowed_to_loopback_only() {
+        assert!(Endpoint::parse("http://127.0.0.1:8080").is_ok());
+        assert!(Endpoint::parse("http://127.3.2.1:8080").is_ok());
+        assert!(Endpoint::parse("http://[::1]:8080").is_ok());
+        assert!(Endpoint::parse("http://localhost:8080").is_ok());
+        assert!(Endpoint::parse("http://10.0.0.1").is_err());
+        assert!(Endpoint::parse("ftp://127.0.0.1").is_err());
+        assert!(Endpoint::parse("https://ccc.cn-shanghai.aliyuncs.com/some/path").is_err());
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:8080").unwrap().authority(),
+            "127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn schema_names_that_would_need_quoting_are_refused() {
+        for bad in ["", "Ccc", "1ccc", "c-c", "c\"c", "pg_catalog", &"x".repeat(64)] {
+            assert!(SchemaName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(SchemaName::parse("ccc_2").unwrap().quoted(), "\"ccc_2\"");
+    }
+
+    #[test]
+    fn credentials_never_show_their_secret_in_debug() {
+        let c = Credentials::new("LTAIexample", "super-secret-value", Some("sts-token-value"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("super-secret-value") && !dbg.contains("sts-token-value"));
+        assert!(!dbg.contains("LTAIexample"), "the id is masked too: {dbg}");
+        let pg = PostgresConfig {
+            url: Some(SecretString::from("postgres://u:pw@h/db".to_string())),
+            schema: default_schema(),
+        };
+        assert!(!format!("{pg:?}").contains("pw"));
+    }
+}

@@ -1,0 +1,38 @@
+//! Errors that decide the process exit code.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | every planned window committed to every sink |
+//! | 1 | any other fatal error (credentials, permissions, clock, a sink that went away at start) |
+//! | 2 | bad input: configuration, command line, dates, credentials missing |
+//! | 3 | the run finished but some windows failed; they are listed |
+
+/// Bad input from the user: a config file, a flag, a date, a missing variable. Exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+impl InputError {
+    /// An input error with this message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// Exit code for a run where every window committed.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for a fatal error that is not bad input.
+pub const EXIT_FATAL: u8 = 1;
+/// Exit code for bad input.
+pub const EXIT_INPUT: u8 = 2;
+/// Exit code for a run where some windows failed.
+pub const EXIT_PARTIAL: u8 = 3;
+
+/// The exit code an error maps to.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<InputError>().is_some() {
+        EXIT_INPUT
+    } else {
+        EXIT_FATAL
+    }
+}

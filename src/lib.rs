@@ -1,0 +1,19 @@
+//! ccc-etl: Alibaba Cloud Contact Center trending reports into PostgreSQL and Parquet.
+//!
+//! # Layout
+//! One window's path through the code, in order:
+//!
+//! - [`config`]: `pipeline.toml` + environment -> validated [`config::Config`]
+//! - [`plan`]: date range -> compliant windows (pure; `now` is a parameter)
+//! - [`ccc`]: the API: [`ccc::sign`] (V1, V3), [`ccc::wire`] (JSON as sent),
+//!   [`ccc::client`] (rate limit, retries), [`ccc::emulator`] (the local server)
+//! - [`dedup`]: window ownership and de-duplication of rows (pure)
+//! - [`sink`]: the sinks a window's rows are committed to, behind one trait
+//! - [`ledger`]: which windows are committed; resume = plan minus ledger
+//! - [`pipeline`]: backfill; the only place that wires the parts together
+//! - [`cli`] and [`commands`]: the command line
+
+pub mod ccc;
+pub mod config;
+pub mod error;
+pub mod record;

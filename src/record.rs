@@ -1,0 +1,276 @@
+//! Typed rows of the trending report and the batch of rows one window delivers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The media a report covers; the API's `MediaType` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum MediaType {
+    /// Voice calls (the API's default).
+    Audio,
+    /// Chat sessions.
+    Chat,
+    /// Video calls.
+    Video,
+}
+
+impl MediaType {
+    /// Every media type, in the API's order.
+    pub const ALL: [MediaType; 3] = [MediaType::Audio, MediaType::Chat, MediaType::Video];
+
+    /// The value the API expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaType::Audio => "Audio",
+            MediaType::Chat => "Chat",
+            MediaType::Video => "Video",
+        }
+    }
+}
+
+impl fmt::Display for MediaType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MediaType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Audio" => Ok(MediaType::Audio),
+            "Chat" => Ok(MediaType::Chat),
+            "Video" => Ok(MediaType::Video),
+            other => Err(format!(
+                "unknown media type {other:?}: expected one of Audio, Chat, Video"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for MediaType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MediaType> for String {
+    fn from(m: MediaType) -> String {
+        m.as_str().to_string()
+    }
+}
+
+/// The three arrays of the report, named as their tables in both sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Table {
+    /// `Data.Inbound`.
+    Inbound,
+    /// `Data.Outbound`.
+    Outbound,
+    /// `Data.Overall`.
+    Overall,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 3] = [Table::Inbound, Table::Outbound, Table::Overall];
+
+    /// The table name in PostgreSQL and the Parquet directory name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Inbound => "inbound_trend",
+            Table::Outbound => "outbound_trend",
+            Table::Overall => "overall_trend",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One bucket of inbound traffic. `stats_time` is the bucket start in epoch milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InboundRow {
+    /// Bucket start, epoch ms.
+    pub stats_time: i64,
+    /// Calls offered.
+    pub total_calls: i64,
+    /// Calls answered by an agent.
+    pub calls_handled: i64,
+    /// Calls that entered a queue.
+    pub calls_queued: i64,
+    /// Calls abandoned in the IVR.
+    pub calls_abandoned_in_ivr: i64,
+    /// Calls abandoned while queued.
+    pub calls_abandoned_in_queue: i64,
+    /// Calls abandoned while ringing at an agent.
+    pub calls_abandoned_in_ring: i64,
+}
+
+/// One bucket of outbound traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OutboundRow {
+    /// Bucket start, epoch ms.
+    pub stats_time: i64,
+    /// Outbound calls placed.
+    pub total_calls: i64,
+    /// Outbound calls connected.
+    pub calls_answered: i64,
+}
+
+/// One bucket of the overall agent count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OverallRow {
+    /// Bucket start, epoch ms.
+    pub stats_time: i64,
+    /// Most agents logged in at once during the bucket.
+    pub max_logged_in_agents: i64,
+}
+
+/// A row of any table: what the de-duplication and the sinks need to know of it.
+pub trait TrendRow: Copy + Ord + fmt::Debug + Send + Sync + 'static {
+    /// The table the row belongs to.
+    const TABLE: Table;
+    /// Bucket start, epoch ms.
+    fn stats_time(&self) -> i64;
+    /// The counts in column order.
+    fn counts(&self) -> Vec<i64>;
+}
+
+impl TrendRow for InboundRow {
+    const TABLE: Table = Table::Inbound;
+    fn stats_time(&self) -> i64 {
+        self.stats_time
+    }
+    fn counts(&self) -> Vec<i64> {
+        vec![
+            self.total_calls,
+            self.calls_handled,
+            self.calls_queued,
+            self.calls_abandoned_in_ivr,
+            self.calls_abandoned_in_queue,
+            self.calls_abandoned_in_ring,
+        ]
+    }
+}
+
+impl TrendRow for OutboundRow {
+    const TABLE: Table = Table::Outbound;
+    fn stats_time(&self) -> i64 {
+        self.stats_time
+    }
+    fn counts(&self) -> Vec<i64> {
+        vec![self.total_calls, self.calls_answered]
+    }
+}
+
+impl TrendRow for OverallRow {
+    const TABLE: Table = Table::Overall;
+    fn stats_time(&self) -> i64 {
+        self.stats_time
+    }
+    fn counts(&self) -> Vec<i64> {
+        vec![self.max_logged_in_agents]
+    }
+}
+
+/// The three arrays of one GetInstanceTrendingReport response, typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// `RequestId` of the response that delivered the rows.
+    pub request_id: String,
+    /// `Data.Inbound`.
+    pub inbound: Vec<InboundRow>,
+    /// `Data.Outbound`.
+    pub outbound: Vec<OutboundRow>,
+    /// `Data.Overall`.
+    pub overall: Vec<OverallRow>,
+}
+
+impl Report {
+    /// Rows across all three tables.
+    pub fn row_count(&self) -> usize {
+        self.inbound.len() + self.outbound.len() + self.overall.len()
+    }
+}
+
+/// Identifies one request's worth of data: one instance, one media type, one half-open window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WindowKey {
+    /// Call-center instance.
+    pub instance_id: String,
+    /// Media type.
+    pub media_type: MediaType,
+    /// Window start, inclusive, epoch ms.
+    pub start_ms: i64,
+    /// Window end, exclusive, epoch ms.
+    pub end_ms: i64,
+}
+
+impl WindowKey {
+    /// Whether a bucket starting at `stats_time` belongs to this window.
+    pub fn owns(&self, stats_time: i64) -> bool {
+        self.start_ms <= stats_time && stats_time < self.end_ms
+    }
+}
+
+impl fmt::Display for WindowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} [{}, {})",
+            self.instance_id,
+            self.media_type,
+            fmt_ms(self.start_ms),
+            fmt_ms(self.end_ms)
+        )
+    }
+}
+
+/// Epoch ms as an RFC 3339 UTC string, for messages.
+pub fn fmt_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| format!("{ms}ms"))
+}
+
+/// The de-duplicated rows one window committed to the sinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowBatch {
+    /// The window.
+    pub key: WindowKey,
+    /// `RequestId` of the response the rows came from.
+    pub request_id: String,
+    /// When the response arrived.
+    pub fetched_at: DateTime<Utc>,
+    /// Inbound rows, sorted by `stats_time`, one per bucket.
+    pub inbound: Vec<InboundRow>,
+    /// Outbound rows, sorted by `stats_time`, one per bucket.
+    pub outbound: Vec<OutboundRow>,
+    /// Overall rows, sorted by `stats_time`, one per bucket.
+    pub overall: Vec<OverallRow>,
+}
+
+impl WindowBatch {
+    /// Rows across all three tables.
+    pub fn row_count(&self) -> usize {
+        self.inbound.len() + self.outbound.len() + self.overall.len()
+    }
+
+    /// Rows in one table.
+    pub fn rows_in(&self, table: Table) -> usize {
+        match table {
+            Table::Inbound => self.inbound.len(),
+            Table::Outbound => self.outbound.len(),
+            Table::Overall => self.overall.len(),
+        }
+    }
+}
