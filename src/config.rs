@@ -325,11 +325,10 @@ macro_rules! positive_int {
     ($name:ident, $t:ty) => {
         fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
             let v = i64::deserialize(d)?;
-            if v >= 1 && v <= <$t>::MAX as i64 {
-                Ok(v as $t)
-            } else {
-                Err(serde::de::Error::custom(format!("must be >= 1, got {v}")))
-            }
+            <$t>::try_from(v)
+                .ok()
+                .filter(|x| *x >= 1)
+                .ok_or_else(|| serde::de::Error::custom(format!("must be >= 1, got {v}")))
         }
     };
 }

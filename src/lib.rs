@@ -14,6 +14,15 @@
 //! - [`cli`] and [`commands`]: the command line
 
 pub mod ccc;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod dedup;
 pub mod error;
+pub mod ledger;
+pub mod pipeline;
+pub mod plan;
+pub mod progress;
 pub mod record;
+pub mod sink;
+pub mod telemetry;

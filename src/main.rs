@@ -1,1 +1,28 @@
-fn main() {}
+//! `ccc-etl`: parses the command line, sets up logging, runs, and turns the outcome into a
+//! message and an exit code (see `ccc_etl::error` for the codes).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use ccc_etl::cli::Cli;
+use ccc_etl::error::exit_code_for;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ccc_etl::telemetry::init(cli.log_format, cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(ccc_etl::commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code_for(&e))
+        }
+    }
+}

@@ -88,6 +88,22 @@ impl Table {
             Table::Overall => "overall_trend",
         }
     }
+
+    /// The count columns, in order, as named in both sinks.
+    pub fn count_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Inbound => &[
+                "total_calls",
+                "calls_handled",
+                "calls_queued",
+                "calls_abandoned_in_ivr",
+                "calls_abandoned_in_queue",
+                "calls_abandoned_in_ring",
+            ],
+            Table::Outbound => &["total_calls", "calls_answered"],
+            Table::Overall => &["max_logged_in_agents"],
+        }
+    }
 }
 
 impl fmt::Display for Table {
@@ -263,6 +279,18 @@ impl WindowBatch {
     /// Rows across all three tables.
     pub fn row_count(&self) -> usize {
         self.inbound.len() + self.outbound.len() + self.overall.len()
+    }
+
+    /// One table's rows as (stats_time, counts), sorted by stats_time.
+    pub fn table_rows(&self, table: Table) -> Vec<(i64, Vec<i64>)> {
+        fn conv<R: TrendRow>(rows: &[R]) -> Vec<(i64, Vec<i64>)> {
+            rows.iter().map(|r| (r.stats_time(), r.counts())).collect()
+        }
+        match table {
+            Table::Inbound => conv(&self.inbound),
+            Table::Outbound => conv(&self.outbound),
+            Table::Overall => conv(&self.overall),
+        }
     }
 
     /// Rows in one table.

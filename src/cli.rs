@@ -1,0 +1,179 @@
+//! Command-line definitions only (clap). Nothing here does work.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Ingests Alibaba Cloud Contact Center trending reports into PostgreSQL and Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "ccc-etl", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = "pipeline.toml", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors; no progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Output format of `plan` and `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+/// The range and instances of a run.
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    /// Start: YYYY-MM-DD (start of that day in the configured zone), RFC 3339, or epoch ms.
+    #[arg(long, value_name = "WHEN")]
+    pub from: String,
+    /// End: YYYY-MM-DD (inclusive: end of that day), RFC 3339, or epoch ms. Default: now.
+    #[arg(long, value_name = "WHEN")]
+    pub to: Option<String>,
+    /// Instance to fetch (repeatable). Default: every configured instance.
+    #[arg(long = "instance", value_name = "ID")]
+    pub instances: Vec<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch a date range into the configured sinks, skipping windows already committed.
+    #[command(after_help = "Example:\n  ccc-etl backfill --from 2026-05-01 --to 2026-05-31 --instance ccc-test")]
+    Backfill {
+        /// Range and instances.
+        #[command(flatten)]
+        range: RangeArgs,
+        /// Fetch windows again even if they were committed.
+        #[arg(long)]
+        refetch: bool,
+        /// Fail instead of clamping when part of the range is older than the 180-day horizon.
+        #[arg(long)]
+        strict_horizon: bool,
+        /// Write Prometheus metrics to this file at the end of the run.
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+    },
+    /// Fetch what is new since the last run, the lookback, and any gaps.
+    #[command(after_help = "Example:\n  ccc-etl nightly --config /etc/ccc-etl/pipeline.toml")]
+    Nightly {
+        /// Instance (repeatable). Default: every configured instance.
+        #[arg(long = "instance", value_name = "ID")]
+        instances: Vec<String>,
+        /// Write Prometheus metrics to this file at the end of the run.
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+    },
+    /// Print the windows a backfill would fetch, without fetching.
+    #[command(after_help = "Example:\n  ccc-etl plan --from 2026-01-01 --to 2026-03-31 --format json")]
+    Plan {
+        /// Range and instances.
+        #[command(flatten)]
+        range: RangeArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Coverage, gaps and the aging-out alert per instance and media type.
+    #[command(after_help = "Example:\n  ccc-etl status --format json")]
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Check that PostgreSQL and Parquet hold the same rows.
+    #[command(after_help = "Example:\n  ccc-etl verify")]
+    Verify,
+    /// Apply the PostgreSQL migrations.
+    #[command(after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/ccc ccc-etl migrate")]
+    Migrate,
+    /// Run the built-in CCC emulator (credentials from ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET).
+    #[command(after_help = "Example:\n  ALIBABA_CLOUD_ACCESS_KEY_ID=demo ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo-secret \\\n    ccc-etl emulator --listen 127.0.0.1:8080 --instances ccc-test,ccc-b")]
+    Emulator(EmulatorArgs),
+    /// Back-fill the last N days from an in-process emulator: no credentials, no config needed.
+    #[command(after_help = "Example:\n  ccc-etl demo --days 30")]
+    Demo {
+        /// Days to back-fill.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=180))]
+        days: u32,
+        /// Parquet root.
+        #[arg(long, default_value = "warehouse", value_name = "DIR")]
+        parquet_root: PathBuf,
+    },
+}
+
+/// `ccc-etl emulator` options.
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on; port 0 picks a free port (printed on the first line).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Known instance ids, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "ccc-test")]
+    pub instances: Vec<String>,
+    /// Bucket length, minutes.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub bucket_minutes: u32,
+    /// Seed of the data.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Hours during which a closed bucket keeps being revised.
+    #[arg(long, default_value_t = 6)]
+    pub revise_hours: u32,
+    /// Send numbers as JSON strings.
+    #[arg(long)]
+    pub numbers_as_strings: bool,
+    /// Use the older `CallsAbandonedInRinging` field name.
+    #[arg(long)]
+    pub legacy_ring_name: bool,
+    /// Do not return the bucket containing StartTime when it starts before StartTime.
+    #[arg(long)]
+    pub no_floor_start: bool,
+    /// Answer HTTP 400 Throttling.User above this many requests per second.
+    #[arg(long, value_name = "QPS")]
+    pub throttle_qps: Option<f64>,
+    /// Fraction of requests answered 503 ServiceUnavailable.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub fail_503: f64,
+    /// Fraction of requests answered 500 InternalError.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub fail_500: f64,
+    /// Fraction of requests answered late.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub slow: f64,
+    /// Delay of a late answer, ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub slow_ms: u64,
+    /// Fraction of requests answered with a truncated body.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub truncated: f64,
+    /// Fraction of requests answered with a non-JSON body.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub non_json: f64,
+    /// Seed of the fault draws.
+    #[arg(long, default_value_t = 0)]
+    pub fault_seed: u64,
+}

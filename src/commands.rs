@@ -1,0 +1,302 @@
+//! What each subcommand does: turns validated arguments into a run and its exit code.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::Utc;
+
+use crate::ccc::client::CccClient;
+use crate::ccc::emulator::{self, EmulatorOptions, Faults, KeyPair};
+use crate::ccc::ratelimit::AdaptivePacer;
+use crate::cli::{Cli, Command, EmulatorArgs, OutputFormat, RangeArgs};
+use crate::config::{Config, Credentials, validate_instances};
+use crate::error::{EXIT_OK, InputError};
+use crate::ledger::{FileLedger, Ledger};
+use crate::pipeline::{Backfill, BackfillRequest, NowFn, RunSummary, system_now};
+use crate::plan::{self, Bound};
+use crate::progress::Progress;
+use crate::record::fmt_ms;
+use crate::sink::Sink;
+use crate::sink::parquet::ParquetSink;
+
+/// Runs the parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Emulator(args) => run_emulator(args).await,
+        Command::Demo { days, parquet_root } => run_demo(*days, parquet_root, cli.quiet).await,
+        Command::Plan { range, format } => {
+            let config = Config::load(&cli.config)?;
+            run_plan(&config, range, *format, system_now())
+        }
+        Command::Backfill { range, refetch, strict_horizon, metrics_file } => {
+            if metrics_file.is_some() {
+                return Err(InputError::new("--metrics-file is not available in this version yet").into());
+            }
+            let config = Config::load(&cli.config)?;
+            let req = backfill_request(&config, range, *refetch, *strict_horizon, system_now())?;
+            let credentials = Credentials::from_env()?;
+            let (sinks, ledger) = open_sinks(&config).await?;
+            let summary = execute(&config, credentials, sinks, ledger, &req, system_now(), cli.quiet).await?;
+            Ok(report(&summary))
+        }
+        Command::Nightly { .. } | Command::Status { .. } | Command::Verify | Command::Migrate => {
+            anyhow::bail!("this subcommand is not available in this version yet")
+        }
+    }
+}
+
+/// Prints the summary to stdout and returns its exit code.
+fn report(summary: &RunSummary) -> u8 {
+    print!("{}", summary.render());
+    summary.exit_code()
+}
+
+/// Instances from `--instance`, checked against the configuration, or all configured ones.
+pub fn resolve_instances(config: &Config, requested: &[String]) -> Result<Vec<String>, InputError> {
+    if requested.is_empty() {
+        return Ok(config.pipeline.instances.clone());
+    }
+    validate_instances(requested).map_err(|e| InputError::new(format!("--instance: {e}")))?;
+    for id in requested {
+        if !config.pipeline.instances.contains(id) {
+            return Err(InputError::new(format!(
+                "--instance {id:?} is not a configured instance (configured: {})",
+                config.pipeline.instances.join(", ")
+            )));
+        }
+    }
+    Ok(requested.to_vec())
+}
+
+/// Validates a range and instances into a request.
+pub fn backfill_request(
+    config: &Config,
+    range: &RangeArgs,
+    refetch: bool,
+    strict_horizon: bool,
+    now: NowFn,
+) -> Result<BackfillRequest, InputError> {
+    let tz = config.pipeline.timezone;
+    let from_ms = plan::parse_time_arg(&range.from, tz, Bound::From)?;
+    let to_ms = match &range.to {
+        Some(t) => plan::parse_time_arg(t, tz, Bound::To)?,
+        None => now(),
+    };
+    if from_ms >= to_ms {
+        return Err(InputError::new(format!(
+            "--from {} is not before --to {}",
+            fmt_ms(from_ms),
+            fmt_ms(to_ms)
+        )));
+    }
+    Ok(BackfillRequest {
+        instances: resolve_instances(config, &range.instances)?,
+        from_ms,
+        to_ms,
+        refetch,
+        strict_horizon,
+        command: "backfill".into(),
+    })
+}
+
+/// `ccc-etl plan`.
+pub fn run_plan(config: &Config, range: &RangeArgs, format: OutputFormat, now: NowFn) -> anyhow::Result<u8> {
+    let req = backfill_request(config, range, false, false, now.clone())?;
+    let p = plan::plan(&plan::PlanRequest {
+        instances: req.instances.clone(),
+        media_types: config.pipeline.media_types.clone(),
+        from_ms: req.from_ms,
+        to_ms: req.to_ms,
+        now_ms: now(),
+        timezone: config.pipeline.timezone,
+        horizon_margin_ms: config.pipeline.horizon_margin_minutes as i64 * 60_000,
+    });
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+        OutputFormat::Table => {
+            println!("{:<24} {:<6} {:<21} {:<21} {:>7}", "INSTANCE", "MEDIA", "START (UTC)", "END (UTC)", "HOURS");
+            for w in &p.windows {
+                println!(
+                    "{:<24} {:<6} {:<21} {:<21} {:>7.1}",
+                    w.instance_id,
+                    w.media_type.as_str(),
+                    fmt_ms(w.start_ms),
+                    fmt_ms(w.end_ms),
+                    (w.end_ms - w.start_ms) as f64 / 3_600_000.0
+                );
+            }
+            println!("{} window(s)", p.windows.len());
+            for l in &p.lost {
+                println!(
+                    "LOST (behind the 180-day horizon): {}/{} {} .. {}",
+                    l.instance_id,
+                    l.media_type,
+                    fmt_ms(l.start_ms),
+                    fmt_ms(l.end_ms)
+                );
+            }
+            if let Some((a, b)) = p.future_trimmed {
+                println!("trimmed (in the future): {} .. {}", fmt_ms(a), fmt_ms(b));
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Opens the configured sinks and the ledger that goes with them.
+pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, Arc<dyn Ledger>)> {
+    if config.postgres.is_some() {
+        return Err(InputError::new(
+            "the [postgres] sink is not available in this version yet: remove the [postgres] section",
+        )
+        .into());
+    }
+    let Some(pq) = &config.parquet else {
+        return Err(InputError::new("no sink is configured: add a [parquet] section (or [postgres])").into());
+    };
+    let sink = ParquetSink::new(&pq.root, config.pipeline.timezone).map_err(|e| InputError::new(e.to_string()))?;
+    let ledger = FileLedger::open(&pq.root).map_err(|e| InputError::new(e.to_string()))?;
+    Ok((vec![Arc::new(sink)], Arc::new(ledger)))
+}
+
+/// Builds the client and runs a backfill.
+pub async fn execute(
+    config: &Config,
+    credentials: Credentials,
+    sinks: Vec<Arc<dyn Sink>>,
+    ledger: Arc<dyn Ledger>,
+    req: &BackfillRequest,
+    now: NowFn,
+    quiet: bool,
+) -> anyhow::Result<RunSummary> {
+    let limiter = Arc::new(AdaptivePacer::new(config.source.max_qps));
+    let client = CccClient::new(&config.source, credentials, limiter).context("cannot build the HTTP client")?;
+    let engine = Backfill::new(config.clone(), Arc::new(client), sinks, ledger, now, Progress::auto(quiet));
+    engine.run(req).await
+}
+
+fn emulator_options(args: &EmulatorArgs, credentials: &Credentials) -> Result<EmulatorOptions, InputError> {
+    validate_instances(&args.instances).map_err(|e| InputError::new(format!("--instances: {e}")))?;
+    for (name, p) in [
+        ("--fail-503", args.fail_503),
+        ("--fail-500", args.fail_500),
+        ("--slow", args.slow),
+        ("--truncated", args.truncated),
+        ("--non-json", args.non_json),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(InputError::new(format!("{name} must be a fraction between 0 and 1, got {p}")));
+        }
+    }
+    if args.throttle_qps.is_some_and(|q| !(q > 0.0 && q.is_finite())) {
+        return Err(InputError::new("--throttle-qps must be > 0"));
+    }
+    let mut opts = EmulatorOptions::new(args.instances.clone(), &credentials.access_key_id, credentials.secret());
+    opts.keys.insert(
+        credentials.access_key_id.clone(),
+        KeyPair { secret: credentials.secret().to_string(), security_token: credentials.token().map(str::to_string) },
+    );
+    opts.bucket_ms = args.bucket_minutes as i64 * 60_000;
+    opts.seed = args.seed;
+    opts.revise_ms = args.revise_hours as i64 * 3_600_000;
+    opts.numbers_as_strings = args.numbers_as_strings;
+    opts.legacy_ring_name = args.legacy_ring_name;
+    opts.floor_start = !args.no_floor_start;
+    opts.faults = Faults {
+        qps_limit: args.throttle_qps,
+        unavailable: args.fail_503,
+        internal_error: args.fail_500,
+        slow: args.slow,
+        slow_ms: args.slow_ms,
+        truncated: args.truncated,
+        non_json: args.non_json,
+        seed: args.fault_seed,
+        failing_instances: vec![],
+    };
+    Ok(opts)
+}
+
+async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<u8> {
+    let credentials = Credentials::from_env()?;
+    let opts = emulator_options(args, &credentials)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| InputError::new(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    tracing::info!(instances = ?args.instances, "emulator serving");
+    emulator::serve(listener, opts, shutdown_signal()).await?;
+    Ok(EXIT_OK)
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Instances the demo's emulator serves.
+pub const DEMO_INSTANCES: [&str; 3] = ["demo-north", "demo-south", "demo-east"];
+
+async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
+    // A throwaway key pair: the demo needs no credentials, and these never leave the process.
+    let key_id = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let instances: Vec<String> = DEMO_INSTANCES.iter().map(|s| s.to_string()).collect();
+    let opts = EmulatorOptions::new(instances.clone(), &key_id, &secret);
+    let emu = emulator::spawn(opts).await.context("cannot start the in-process emulator")?;
+    let mut config = Config::for_emulator(&emu.endpoint(), instances.clone());
+    config.parquet = Some(crate::config::ParquetConfig { root: root.to_path_buf() });
+    if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.is_empty()) {
+        tracing::warn!("DATABASE_URL is set, but the PostgreSQL sink is not available in this version yet; writing Parquet only");
+    }
+    let now = system_now();
+    let tz = config.pipeline.timezone;
+    let today = Utc::now().with_timezone(&tz).date_naive();
+    let from_day = today.checked_sub_days(chrono::Days::new(days as u64)).unwrap_or(today);
+    let req = BackfillRequest {
+        instances,
+        from_ms: plan::local_day_start(tz, from_day),
+        to_ms: now(),
+        refetch: false,
+        strict_horizon: false,
+        command: "demo".into(),
+    };
+    println!(
+        "demo: emulator on {} serving {}; back-filling {} .. now into {}",
+        emu.endpoint(),
+        DEMO_INSTANCES.join(", "),
+        from_day,
+        root.display()
+    );
+    let (sinks, ledger) = open_sinks(&config).await?;
+    let summary = execute(&config, Credentials::new(&key_id, &secret, None), sinks, ledger, &req, now, quiet).await?;
+    let code = report(&summary);
+    emu.shutdown().await;
+    let root = root.display();
+    println!(
+        "\nQuery the result with DuckDB, for example:\n  duckdb -c \"SELECT instance_id, date_trunc('day', stats_time) AS day, sum(total_calls) AS calls, \
+         sum(calls_handled) AS handled FROM read_parquet('{root}/inbound_trend/*/*.parquet', hive_partitioning = true) \
+         GROUP BY ALL ORDER BY ALL LIMIT 10\""
+    );
+    Ok(code)
+}

@@ -1,0 +1,468 @@
+//! Backfill: the only place that wires plan, client, de-duplication, sinks and ledger together.
+//!
+//! Windows are processed oldest first, up to `concurrency` at a time (the client's semaphore and
+//! rate limiter bound the HTTP side; the stream buffer bounds how many windows' rows are held in
+//! memory). A window that fails for good is recorded and the others go on; a run-fatal error
+//! (credentials, permissions, clock) stops the run at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::ccc::client::{CccClient, TrendingRequest};
+use crate::ccc::error::ErrorClass;
+use crate::config::Config;
+use crate::dedup::{DedupCounts, normalize};
+use crate::error::InputError;
+use crate::ledger::{self, Ledger, LedgerEntry, RunRecord, WindowStatus};
+use crate::plan::{self, PlanRequest, SEND_MARGIN_MS};
+use crate::progress::Progress;
+use crate::record::{Table, WindowKey, fmt_ms};
+use crate::sink::{CommitStats, RunContext, Sink};
+
+/// The clock, in epoch ms; tests pass a fixed one.
+pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_now() -> NowFn {
+    Arc::new(|| Utc::now().timestamp_millis())
+}
+
+/// What to back-fill.
+#[derive(Debug, Clone)]
+pub struct BackfillRequest {
+    /// Instances (already validated against the config).
+    pub instances: Vec<String>,
+    /// Range start, epoch ms.
+    pub from_ms: i64,
+    /// Range end, epoch ms (exclusive).
+    pub to_ms: i64,
+    /// Fetch committed windows again.
+    pub refetch: bool,
+    /// Treat a range behind the horizon as an error.
+    pub strict_horizon: bool,
+    /// `backfill`, `demo`, `nightly`: recorded with the run.
+    pub command: String,
+}
+
+/// A window that failed for good.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedWindow {
+    /// The window.
+    #[serde(flatten)]
+    pub key: WindowKey,
+    /// Why.
+    pub error: String,
+    /// Whether a later run may succeed.
+    pub retryable: bool,
+}
+
+/// The end-of-run summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: String,
+    /// Windows planned after subtracting committed ones.
+    pub windows_planned: u64,
+    /// Windows committed to every sink.
+    pub windows_ok: u64,
+    /// Windows that failed.
+    pub windows_failed: Vec<FailedWindow>,
+    /// Windows already committed before this run and skipped.
+    pub windows_skipped_committed: u64,
+    /// Rows committed, per table.
+    pub rows: BTreeMap<String, u64>,
+    /// Per sink: inserted, revised, unchanged.
+    pub sinks: BTreeMap<String, SinkCounts>,
+    /// HTTP requests sent.
+    pub requests: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Throttling answers.
+    pub throttled: u64,
+    /// Answers by code.
+    pub responses_by_code: BTreeMap<String, u64>,
+    /// Rows dropped as outside their window, duplicated, or conflicting.
+    pub outside_window_rows: u64,
+    /// Exact duplicate rows dropped.
+    pub duplicate_rows: u64,
+    /// Conflicting duplicate rows resolved.
+    pub conflicting_rows: u64,
+    /// Ranges lost behind the 180-day horizon.
+    pub lost: Vec<WindowKey>,
+    /// Seconds.
+    pub duration_secs: f64,
+    /// Whether a run-fatal error stopped the run.
+    pub fatal: Option<String>,
+}
+
+/// What one sink did over the run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SinkCounts {
+    /// New rows.
+    pub inserted: u64,
+    /// Rows updated because their values changed.
+    pub revised: u64,
+    /// Rows already present with the same values.
+    pub unchanged: u64,
+}
+
+impl RunSummary {
+    /// The process exit code this run deserves.
+    pub fn exit_code(&self) -> u8 {
+        if self.fatal.is_some() {
+            crate::error::EXIT_FATAL
+        } else if !self.windows_failed.is_empty() {
+            crate::error::EXIT_PARTIAL
+        } else {
+            crate::error::EXIT_OK
+        }
+    }
+
+    /// A human-readable summary, several lines.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "run {}: {} window(s) ok, {} failed, {} already committed, in {:.1} s\n",
+            self.run_id,
+            self.windows_ok,
+            self.windows_failed.len(),
+            self.windows_skipped_committed,
+            self.duration_secs
+        ));
+        for t in Table::ALL {
+            s.push_str(&format!("  {:<15} {} rows\n", t.name(), self.rows.get(t.name()).copied().unwrap_or(0)));
+        }
+        for (name, c) in &self.sinks {
+            s.push_str(&format!(
+                "  sink {name}: {} inserted, {} revised, {} unchanged\n",
+                c.inserted, c.revised, c.unchanged
+            ));
+        }
+        s.push_str(&format!(
+            "  requests {}, retries {}, throttled {}\n",
+            self.requests, self.retries, self.throttled
+        ));
+        if self.duplicate_rows + self.conflicting_rows > 0 {
+            s.push_str(&format!(
+                "  duplicates dropped {}, conflicts resolved {}\n",
+                self.duplicate_rows, self.conflicting_rows
+            ));
+        }
+        for l in &self.lost {
+            s.push_str(&format!(
+                "  LOST (older than the 180-day horizon): {}/{} {} .. {}\n",
+                l.instance_id,
+                l.media_type,
+                fmt_ms(l.start_ms),
+                fmt_ms(l.end_ms)
+            ));
+        }
+        for f in &self.windows_failed {
+            s.push_str(&format!("  FAILED {}: {}\n", f.key, f.error));
+        }
+        if let Some(f) = &self.fatal {
+            s.push_str(&format!("  STOPPED: {f}\n"));
+        }
+        s
+    }
+}
+
+/// A run-fatal error: stop everything.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunFatal(pub String);
+
+enum WindowOutcome {
+    Ok {
+        rows: [u64; 3],
+        sinks: Vec<(&'static str, CommitStats)>,
+        dedup: DedupCounts,
+    },
+    Failed(FailedWindow),
+    Lost(WindowKey),
+    Fatal(String),
+}
+
+/// The engine for one run.
+pub struct Backfill {
+    config: Config,
+    client: Arc<CccClient>,
+    sinks: Vec<Arc<dyn Sink>>,
+    ledger: Arc<dyn Ledger>,
+    now: NowFn,
+    progress: Progress,
+}
+
+impl Backfill {
+    /// Wires the parts.
+    pub fn new(
+        config: Config,
+        client: Arc<CccClient>,
+        sinks: Vec<Arc<dyn Sink>>,
+        ledger: Arc<dyn Ledger>,
+        now: NowFn,
+        progress: Progress,
+    ) -> Self {
+        Self { config, client, sinks, ledger, now, progress }
+    }
+
+    /// The plan for a request, before subtracting the ledger.
+    pub fn plan(&self, req: &BackfillRequest) -> plan::Plan {
+        plan::plan(&PlanRequest {
+            instances: req.instances.clone(),
+            media_types: self.config.pipeline.media_types.clone(),
+            from_ms: req.from_ms,
+            to_ms: req.to_ms,
+            now_ms: (self.now)(),
+            timezone: self.config.pipeline.timezone,
+            horizon_margin_ms: self.config.pipeline.horizon_margin_minutes as i64 * 60_000,
+        })
+    }
+
+    /// Runs the backfill to the end (or to a run-fatal error) and returns its summary.
+    pub async fn run(&self, req: &BackfillRequest) -> anyhow::Result<RunSummary> {
+        let started = Instant::now();
+        let run_id = uuid::Uuid::new_v4();
+        let ctx = RunContext { run_id };
+        let mut summary = RunSummary { run_id: run_id.to_string(), ..Default::default() };
+        if req.from_ms >= req.to_ms {
+            return Err(InputError::new(format!(
+                "--from ({}) must be before --to ({})",
+                fmt_ms(req.from_ms),
+                fmt_ms(req.to_ms)
+            ))
+            .into());
+        }
+        let plan = self.plan(req);
+        if !plan.lost.is_empty() {
+            if req.strict_horizon {
+                let l = &plan.lost[0];
+                return Err(InputError::new(format!(
+                    "--strict-horizon: {} .. {} is older than the API's 180-day horizon ({}) and cannot be fetched",
+                    fmt_ms(l.start_ms),
+                    fmt_ms(l.end_ms),
+                    fmt_ms(plan.horizon_ms)
+                ))
+                .into());
+            }
+            for l in &plan.lost {
+                tracing::warn!(
+                    instance = %l.instance_id, media_type = %l.media_type,
+                    "LOST: {} .. {} is older than the API's 180-day horizon and cannot be fetched",
+                    fmt_ms(l.start_ms), fmt_ms(l.end_ms)
+                );
+            }
+            summary.lost.extend(plan.lost.iter().cloned());
+        }
+        let windows = self.pending_windows(req, &plan, &mut summary).await?;
+        summary.windows_planned = windows.len() as u64;
+        self.ledger
+            .record_run(&RunRecord {
+                run_id,
+                command: req.command.clone(),
+                started_at: Utc::now(),
+                finished_at: None,
+                status: "running".into(),
+                summary: None,
+            })
+            .await?;
+        tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
+        self.progress.start(windows.len() as u64);
+
+        let concurrency = self.config.source.concurrency.max(1);
+        let mut stream = futures::stream::iter(windows.into_iter().map(|w| self.process(w, &ctx)))
+            .buffer_unordered(concurrency);
+        while let Some(outcome) = stream.next().await {
+            match outcome {
+                WindowOutcome::Ok { rows, sinks, dedup } => {
+                    summary.windows_ok += 1;
+                    for (t, n) in Table::ALL.iter().zip(rows) {
+                        *summary.rows.entry(t.name().to_string()).or_default() += n;
+                    }
+                    for (name, s) in sinks {
+                        let c = summary.sinks.entry(name.to_string()).or_default();
+                        c.inserted += s.inserted;
+                        c.revised += s.revised;
+                        c.unchanged += s.unchanged;
+                    }
+                    summary.outside_window_rows += dedup.outside;
+                    summary.duplicate_rows += dedup.duplicates;
+                    summary.conflicting_rows += dedup.conflicts;
+                    self.progress.window_done(rows.iter().sum(), &self.client);
+                }
+                WindowOutcome::Failed(f) => {
+                    tracing::error!(window = %f.key, error = %f.error, "window failed");
+                    summary.windows_failed.push(f);
+                    self.progress.window_done(0, &self.client);
+                }
+                WindowOutcome::Lost(k) => {
+                    tracing::warn!(window = %k, "LOST: the window aged out of the 180-day horizon before it was sent");
+                    summary.lost.push(k);
+                    self.progress.window_done(0, &self.client);
+                }
+                WindowOutcome::Fatal(msg) => {
+                    summary.fatal = Some(msg);
+                    break;
+                }
+            }
+        }
+        drop(stream);
+        self.progress.finish();
+        let stats = self.client.stats();
+        summary.requests = stats.requests.load(Ordering::Relaxed);
+        summary.retries = stats.retries.load(Ordering::Relaxed);
+        summary.throttled = stats.throttled.load(Ordering::Relaxed);
+        summary.responses_by_code = stats.by_code();
+        summary.duration_secs = started.elapsed().as_secs_f64();
+        summary.windows_failed.sort_by(|a, b| a.key.cmp(&b.key));
+        let status = match summary.exit_code() {
+            0 => "ok",
+            3 => "partial",
+            _ => "failed",
+        };
+        if let Err(e) = self
+            .ledger
+            .record_run(&RunRecord {
+                run_id,
+                command: req.command.clone(),
+                started_at: Utc::now(),
+                finished_at: Some(Utc::now()),
+                status: status.into(),
+                summary: serde_json::to_value(&summary).ok(),
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the end of the run");
+        }
+        Ok(summary)
+    }
+
+    /// The plan minus what every sink has committed (unless `refetch`), in fetch order.
+    async fn pending_windows(
+        &self,
+        req: &BackfillRequest,
+        plan: &plan::Plan,
+        summary: &mut RunSummary,
+    ) -> anyhow::Result<Vec<WindowKey>> {
+        if req.refetch {
+            return Ok(plan.windows.clone());
+        }
+        let sink_names: Vec<&str> = self.sinks.iter().map(|s| s.name()).collect();
+        let mut by_series: BTreeMap<(String, crate::record::MediaType), Vec<&WindowKey>> = BTreeMap::new();
+        for w in &plan.windows {
+            by_series.entry((w.instance_id.clone(), w.media_type)).or_default().push(w);
+        }
+        let mut out = Vec::new();
+        for ((instance, media), ws) in by_series {
+            let start = ws.iter().map(|w| w.start_ms).min().unwrap_or_default();
+            let end = ws.iter().map(|w| w.end_ms).max().unwrap_or_default();
+            let gaps = ledger::missing(self.ledger.as_ref(), &instance, media, &sink_names, start, end).await?;
+            let mut mine = Vec::new();
+            for (a, b) in gaps {
+                for (s, e) in plan::split_range(a, b, self.config.pipeline.timezone) {
+                    mine.push(WindowKey { instance_id: instance.clone(), media_type: media, start_ms: s, end_ms: e });
+                }
+            }
+            summary.windows_skipped_committed += ws
+                .iter()
+                .filter(|w| !mine.iter().any(|m| m.start_ms < w.end_ms && w.start_ms < m.end_ms))
+                .count() as u64;
+            out.extend(mine);
+        }
+        plan::fetch_order(&mut out);
+        Ok(out)
+    }
+
+    async fn process(&self, mut key: WindowKey, ctx: &RunContext) -> WindowOutcome {
+        // Time passes between planning and sending: check the horizon again.
+        let send_horizon = plan::horizon_ms((self.now)(), SEND_MARGIN_MS);
+        if key.end_ms <= send_horizon {
+            return WindowOutcome::Lost(key);
+        }
+        if key.start_ms < send_horizon {
+            let lost = WindowKey { end_ms: send_horizon, ..key.clone() };
+            tracing::warn!(window = %lost, "LOST: part of the window aged out before it was sent");
+            key.start_ms = send_horizon;
+        }
+        let req = TrendingRequest {
+            instance_id: key.instance_id.clone(),
+            media_type: key.media_type,
+            start_ms: key.start_ms,
+            end_ms: key.end_ms,
+        };
+        let fetched = match self.client.get_trending_report(&req).await {
+            Ok(f) => f,
+            Err(failed) => {
+                let class = failed.error.class();
+                if class == ErrorClass::RunFatal {
+                    let hint = failed.error.hint().map(|h| format!(": {h}")).unwrap_or_default();
+                    return WindowOutcome::Fatal(format!("{}{hint}", failed.error));
+                }
+                let f = FailedWindow {
+                    key: key.clone(),
+                    error: failed.to_string(),
+                    retryable: class == ErrorClass::Retryable,
+                };
+                self.record_failure(&key, &f.error, failed.attempts, ctx).await;
+                return WindowOutcome::Failed(f);
+            }
+        };
+        let (batch, dedup) = normalize(&key, fetched.report, Utc::now());
+        let rows = [batch.inbound.len() as u64, batch.outbound.len() as u64, batch.overall.len() as u64];
+        let mut sink_stats = Vec::with_capacity(self.sinks.len());
+        for sink in &self.sinks {
+            match sink.commit(&batch, ctx).await {
+                Ok(s) => {
+                    if !sink.records_own_commit() {
+                        let entry = LedgerEntry {
+                            key: key.clone(),
+                            sink: sink.name().to_string(),
+                            status: WindowStatus::Committed,
+                            rows: batch.row_count() as u64,
+                            request_id: Some(batch.request_id.clone()),
+                            attempts: fetched.attempts,
+                            error: None,
+                            run_id: ctx.run_id,
+                            at: Utc::now(),
+                        };
+                        if let Err(e) = self.ledger.record(&entry).await {
+                            return WindowOutcome::Failed(FailedWindow { key, error: e.to_string(), retryable: e.retryable });
+                        }
+                    }
+                    sink_stats.push((sink.name(), s));
+                }
+                Err(e) => {
+                    let f = FailedWindow { key: key.clone(), error: e.to_string(), retryable: e.retryable };
+                    self.record_failure(&key, &f.error, fetched.attempts, ctx).await;
+                    return WindowOutcome::Failed(f);
+                }
+            }
+        }
+        WindowOutcome::Ok { rows, sinks: sink_stats, dedup }
+    }
+
+    async fn record_failure(&self, key: &WindowKey, error: &str, attempts: u32, ctx: &RunContext) {
+        for sink in &self.sinks {
+            let entry = LedgerEntry {
+                key: key.clone(),
+                sink: sink.name().to_string(),
+                status: WindowStatus::Failed,
+                rows: 0,
+                request_id: None,
+                attempts,
+                error: Some(error.to_string()),
+                run_id: ctx.run_id,
+                at: Utc::now(),
+            };
+            if let Err(e) = self.ledger.record(&entry).await {
+                tracing::warn!(error = %e, window = %key, "could not record the failure in the ledger");
+            }
+        }
+    }
+}
