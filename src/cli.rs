@@ -10,7 +10,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "ccc-etl", version, about, long_about = None)]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, default_value = "pipeline.toml", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "pipeline.toml",
+        value_name = "FILE"
+    )]
     pub config: PathBuf,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -62,7 +67,9 @@ pub struct RangeArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch a date range into the configured sinks, skipping windows already committed.
-    #[command(after_help = "Example:\n  ccc-etl backfill --from 2026-05-01 --to 2026-05-31 --instance ccc-test")]
+    #[command(
+        after_help = "Example:\n  ccc-etl backfill --from 2026-05-01 --to 2026-05-31 --instance ccc-test"
+    )]
     Backfill {
         /// Range and instances.
         #[command(flatten)]
@@ -88,7 +95,9 @@ pub enum Command {
         metrics_file: Option<PathBuf>,
     },
     /// Print the windows a backfill would fetch, without fetching.
-    #[command(after_help = "Example:\n  ccc-etl plan --from 2026-01-01 --to 2026-03-31 --format json")]
+    #[command(
+        after_help = "Example:\n  ccc-etl plan --from 2026-01-01 --to 2026-03-31 --format json"
+    )]
     Plan {
         /// Range and instances.
         #[command(flatten)]
@@ -108,10 +117,14 @@ pub enum Command {
     #[command(after_help = "Example:\n  ccc-etl verify")]
     Verify,
     /// Apply the PostgreSQL migrations.
-    #[command(after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/ccc ccc-etl migrate")]
+    #[command(
+        after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/ccc ccc-etl migrate"
+    )]
     Migrate,
     /// Run the built-in CCC emulator (credentials from ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET).
-    #[command(after_help = "Example:\n  ALIBABA_CLOUD_ACCESS_KEY_ID=demo ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo-secret \\\n    ccc-etl emulator --listen 127.0.0.1:8080 --instances ccc-test,ccc-b")]
+    #[command(
+        after_help = "Example:\n  ALIBABA_CLOUD_ACCESS_KEY_ID=demo ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo-secret \\\n    ccc-etl emulator --listen 127.0.0.1:8080 --instances ccc-test,ccc-b"
+    )]
     Emulator(EmulatorArgs),
     /// Back-fill the last N days from an in-process emulator: no credentials, no config needed.
     #[command(after_help = "Example:\n  ccc-etl demo --days 30")]

@@ -29,15 +29,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = Config::load(&cli.config)?;
             run_plan(&config, range, *format, system_now())
         }
-        Command::Backfill { range, refetch, strict_horizon, metrics_file } => {
+        Command::Backfill {
+            range,
+            refetch,
+            strict_horizon,
+            metrics_file,
+        } => {
             if metrics_file.is_some() {
-                return Err(InputError::new("--metrics-file is not available in this version yet").into());
+                return Err(
+                    InputError::new("--metrics-file is not available in this version yet").into(),
+                );
             }
             let config = Config::load(&cli.config)?;
             let req = backfill_request(&config, range, *refetch, *strict_horizon, system_now())?;
             let credentials = Credentials::from_env()?;
             let (sinks, ledger) = open_sinks(&config).await?;
-            let summary = execute(&config, credentials, sinks, ledger, &req, system_now(), cli.quiet).await?;
+            let summary = execute(
+                &config,
+                credentials,
+                sinks,
+                ledger,
+                &req,
+                system_now(),
+                cli.quiet,
+            )
+            .await?;
             Ok(report(&summary))
         }
         Command::Nightly { .. } | Command::Status { .. } | Command::Verify | Command::Migrate => {
@@ -101,7 +117,12 @@ pub fn backfill_request(
 }
 
 /// `ccc-etl plan`.
-pub fn run_plan(config: &Config, range: &RangeArgs, format: OutputFormat, now: NowFn) -> anyhow::Result<u8> {
+pub fn run_plan(
+    config: &Config,
+    range: &RangeArgs,
+    format: OutputFormat,
+    now: NowFn,
+) -> anyhow::Result<u8> {
     let req = backfill_request(config, range, false, false, now.clone())?;
     let p = plan::plan(&plan::PlanRequest {
         instances: req.instances.clone(),
@@ -115,7 +136,10 @@ pub fn run_plan(config: &Config, range: &RangeArgs, format: OutputFormat, now: N
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
         OutputFormat::Table => {
-            println!("{:<24} {:<6} {:<21} {:<21} {:>7}", "INSTANCE", "MEDIA", "START (UTC)", "END (UTC)", "HOURS");
+            println!(
+                "{:<24} {:<6} {:<21} {:<21} {:>7}",
+                "INSTANCE", "MEDIA", "START (UTC)", "END (UTC)", "HOURS"
+            );
             for w in &p.windows {
                 println!(
                     "{:<24} {:<6} {:<21} {:<21} {:>7.1}",
@@ -153,9 +177,13 @@ pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, 
         .into());
     }
     let Some(pq) = &config.parquet else {
-        return Err(InputError::new("no sink is configured: add a [parquet] section (or [postgres])").into());
+        return Err(InputError::new(
+            "no sink is configured: add a [parquet] section (or [postgres])",
+        )
+        .into());
     };
-    let sink = ParquetSink::new(&pq.root, config.pipeline.timezone).map_err(|e| InputError::new(e.to_string()))?;
+    let sink = ParquetSink::new(&pq.root, config.pipeline.timezone)
+        .map_err(|e| InputError::new(e.to_string()))?;
     let ledger = FileLedger::open(&pq.root).map_err(|e| InputError::new(e.to_string()))?;
     Ok((vec![Arc::new(sink)], Arc::new(ledger)))
 }
@@ -171,13 +199,25 @@ pub async fn execute(
     quiet: bool,
 ) -> anyhow::Result<RunSummary> {
     let limiter = Arc::new(AdaptivePacer::new(config.source.max_qps));
-    let client = CccClient::new(&config.source, credentials, limiter).context("cannot build the HTTP client")?;
-    let engine = Backfill::new(config.clone(), Arc::new(client), sinks, ledger, now, Progress::auto(quiet));
+    let client = CccClient::new(&config.source, credentials, limiter)
+        .context("cannot build the HTTP client")?;
+    let engine = Backfill::new(
+        config.clone(),
+        Arc::new(client),
+        sinks,
+        ledger,
+        now,
+        Progress::auto(quiet),
+    );
     engine.run(req).await
 }
 
-fn emulator_options(args: &EmulatorArgs, credentials: &Credentials) -> Result<EmulatorOptions, InputError> {
-    validate_instances(&args.instances).map_err(|e| InputError::new(format!("--instances: {e}")))?;
+fn emulator_options(
+    args: &EmulatorArgs,
+    credentials: &Credentials,
+) -> Result<EmulatorOptions, InputError> {
+    validate_instances(&args.instances)
+        .map_err(|e| InputError::new(format!("--instances: {e}")))?;
     for (name, p) in [
         ("--fail-503", args.fail_503),
         ("--fail-500", args.fail_500),
@@ -186,16 +226,28 @@ fn emulator_options(args: &EmulatorArgs, credentials: &Credentials) -> Result<Em
         ("--non-json", args.non_json),
     ] {
         if !(0.0..=1.0).contains(&p) {
-            return Err(InputError::new(format!("{name} must be a fraction between 0 and 1, got {p}")));
+            return Err(InputError::new(format!(
+                "{name} must be a fraction between 0 and 1, got {p}"
+            )));
         }
     }
-    if args.throttle_qps.is_some_and(|q| !(q > 0.0 && q.is_finite())) {
+    if args
+        .throttle_qps
+        .is_some_and(|q| !(q > 0.0 && q.is_finite()))
+    {
         return Err(InputError::new("--throttle-qps must be > 0"));
     }
-    let mut opts = EmulatorOptions::new(args.instances.clone(), &credentials.access_key_id, credentials.secret());
+    let mut opts = EmulatorOptions::new(
+        args.instances.clone(),
+        &credentials.access_key_id,
+        credentials.secret(),
+    );
     opts.keys.insert(
         credentials.access_key_id.clone(),
-        KeyPair { secret: credentials.secret().to_string(), security_token: credentials.token().map(str::to_string) },
+        KeyPair {
+            secret: credentials.secret().to_string(),
+            security_token: credentials.token().map(str::to_string),
+        },
     );
     opts.bucket_ms = args.bucket_minutes as i64 * 60_000;
     opts.seed = args.seed;
@@ -263,16 +315,24 @@ async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let instances: Vec<String> = DEMO_INSTANCES.iter().map(|s| s.to_string()).collect();
     let opts = EmulatorOptions::new(instances.clone(), &key_id, &secret);
-    let emu = emulator::spawn(opts).await.context("cannot start the in-process emulator")?;
+    let emu = emulator::spawn(opts)
+        .await
+        .context("cannot start the in-process emulator")?;
     let mut config = Config::for_emulator(&emu.endpoint(), instances.clone());
-    config.parquet = Some(crate::config::ParquetConfig { root: root.to_path_buf() });
+    config.parquet = Some(crate::config::ParquetConfig {
+        root: root.to_path_buf(),
+    });
     if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.is_empty()) {
-        tracing::warn!("DATABASE_URL is set, but the PostgreSQL sink is not available in this version yet; writing Parquet only");
+        tracing::warn!(
+            "DATABASE_URL is set, but the PostgreSQL sink is not available in this version yet; writing Parquet only"
+        );
     }
     let now = system_now();
     let tz = config.pipeline.timezone;
     let today = Utc::now().with_timezone(&tz).date_naive();
-    let from_day = today.checked_sub_days(chrono::Days::new(days as u64)).unwrap_or(today);
+    let from_day = today
+        .checked_sub_days(chrono::Days::new(days as u64))
+        .unwrap_or(today);
     let req = BackfillRequest {
         instances,
         from_ms: plan::local_day_start(tz, from_day),
@@ -289,7 +349,16 @@ async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
         root.display()
     );
     let (sinks, ledger) = open_sinks(&config).await?;
-    let summary = execute(&config, Credentials::new(&key_id, &secret, None), sinks, ledger, &req, now, quiet).await?;
+    let summary = execute(
+        &config,
+        Credentials::new(&key_id, &secret, None),
+        sinks,
+        ledger,
+        &req,
+        now,
+        quiet,
+    )
+    .await?;
     let code = report(&summary);
     emu.shutdown().await;
     let root = root.display();

@@ -408,7 +408,9 @@ fn media_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MediaType>, D::Erro
     let mut seen = Vec::new();
     for m in v {
         if seen.contains(&m) {
-            return Err(serde::de::Error::custom(format!("media type {m} is listed twice")));
+            return Err(serde::de::Error::custom(format!(
+                "media type {m} is listed twice"
+            )));
         }
         seen.push(m);
     }
@@ -560,7 +562,10 @@ mod tests {
     #[test]
     fn the_shipped_example_parses_with_the_documented_values() {
         let c = Config::from_toml(EXAMPLE, "pipeline.toml").expect("example parses");
-        assert_eq!(c.source.endpoint.to_string(), "https://ccc.cn-shanghai.aliyuncs.com");
+        assert_eq!(
+            c.source.endpoint.to_string(),
+            "https://ccc.cn-shanghai.aliyuncs.com"
+        );
         assert_eq!(c.source.signature_version, SignatureVersion::V1);
         assert_eq!(c.source.max_qps, 5.0);
         assert_eq!(c.source.concurrency, 4);
@@ -593,7 +598,10 @@ mod tests {
         assert!(e.contains("unknown time zone \"Mars/Base\""), "{e}");
         assert!(e.contains("key `timezone`"), "{e}");
         let e = err("[source]\nmax_qps = 0\n[pipeline]\ninstances = [\"a\"]\n");
-        assert!(e.starts_with("p.toml:2:") && e.contains("must be > 0"), "{e}");
+        assert!(
+            e.starts_with("p.toml:2:") && e.contains("must be > 0"),
+            "{e}"
+        );
         let e = err("[source]\nmax_qps = -1.5\n[pipeline]\ninstances = [\"a\"]\n");
         assert!(e.contains("must be > 0"), "{e}");
         let e = err("[pipeline]\ninstances = []\n");
@@ -602,7 +610,9 @@ mod tests {
         assert!(e.contains("unknown media type \"Fax\""), "{e}");
         let e = err("[pipeline]\ninstances = [\"a\"]\n[postgres]\nschema = \"x; drop table y\"\n");
         assert!(e.contains("invalid schema name"), "{e}");
-        let e = err("[source]\nendpoint = \"http://ccc.example.com\"\n[pipeline]\ninstances = [\"a\"]\n");
+        let e = err(
+            "[source]\nendpoint = \"http://ccc.example.com\"\n[pipeline]\ninstances = [\"a\"]\n",
+        );
         assert!(e.contains("plain HTTP to a non-loopback host"), "{e}");
         let e = err("[pipeline\ninstances = [\"a\"]\n");
         assert!(e.starts_with("p.toml:1:"), "{e}");
@@ -620,14 +630,24 @@ mod tests {
         assert!(Endpoint::parse("ftp://127.0.0.1").is_err());
         assert!(Endpoint::parse("https://ccc.cn-shanghai.aliyuncs.com/some/path").is_err());
         assert_eq!(
-            Endpoint::parse("http://127.0.0.1:8080").unwrap().authority(),
+            Endpoint::parse("http://127.0.0.1:8080")
+                .unwrap()
+                .authority(),
             "127.0.0.1:8080"
         );
     }
 
     #[test]
     fn schema_names_that_would_need_quoting_are_refused() {
-        for bad in ["", "Ccc", "1ccc", "c-c", "c\"c", "pg_catalog", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Ccc",
+            "1ccc",
+            "c-c",
+            "c\"c",
+            "pg_catalog",
+            &"x".repeat(64),
+        ] {
             assert!(SchemaName::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(SchemaName::parse("ccc_2").unwrap().quoted(), "\"ccc_2\"");

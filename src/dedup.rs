@@ -30,9 +30,16 @@ impl std::ops::AddAssign for DedupCounts {
 }
 
 /// Keeps the rows `key` owns, one per StatsTime, sorted by StatsTime.
-pub fn own_and_dedup<R: TrendRow>(key: &WindowKey, rows: Vec<R>, counts: &mut DedupCounts) -> Vec<R> {
+pub fn own_and_dedup<R: TrendRow>(
+    key: &WindowKey,
+    rows: Vec<R>,
+    counts: &mut DedupCounts,
+) -> Vec<R> {
     let before = rows.len() as u64;
-    let mut owned: Vec<R> = rows.into_iter().filter(|r| key.owns(r.stats_time())).collect();
+    let mut owned: Vec<R> = rows
+        .into_iter()
+        .filter(|r| key.owns(r.stats_time()))
+        .collect();
     counts.outside += before - owned.len() as u64;
     // Sort by StatsTime, then by counts descending, so the first of each run is the keeper.
     owned.sort_by(|a, b| a.stats_time().cmp(&b.stats_time()).then_with(|| b.cmp(a)));
@@ -53,7 +60,11 @@ pub fn own_and_dedup<R: TrendRow>(key: &WindowKey, rows: Vec<R>, counts: &mut De
 }
 
 /// Turns one response into the batch its window commits.
-pub fn normalize(key: &WindowKey, report: Report, fetched_at: DateTime<Utc>) -> (WindowBatch, DedupCounts) {
+pub fn normalize(
+    key: &WindowKey,
+    report: Report,
+    fetched_at: DateTime<Utc>,
+) -> (WindowBatch, DedupCounts) {
     let mut counts = DedupCounts::default();
     let batch = WindowBatch {
         key: key.clone(),
@@ -73,17 +84,29 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(start: i64, end: i64) -> WindowKey {
-        WindowKey { instance_id: "i".into(), media_type: MediaType::Audio, start_ms: start, end_ms: end }
+        WindowKey {
+            instance_id: "i".into(),
+            media_type: MediaType::Audio,
+            start_ms: start,
+            end_ms: end,
+        }
     }
 
     fn ov(t: i64, n: i64) -> OverallRow {
-        OverallRow { stats_time: t, max_logged_in_agents: n }
+        OverallRow {
+            stats_time: t,
+            max_logged_in_agents: n,
+        }
     }
 
     #[test]
     fn rows_outside_the_window_are_left_to_the_neighbour() {
         let mut c = DedupCounts::default();
-        let rows = own_and_dedup(&key(100, 200), vec![ov(50, 1), ov(100, 2), ov(150, 3), ov(200, 4)], &mut c);
+        let rows = own_and_dedup(
+            &key(100, 200),
+            vec![ov(50, 1), ov(100, 2), ov(150, 3), ov(200, 4)],
+            &mut c,
+        );
         assert_eq!(rows, vec![ov(100, 2), ov(150, 3)]);
         assert_eq!(c.outside, 2);
     }
@@ -92,8 +115,16 @@ mod tests {
     fn duplicates_and_conflicts_are_counted_and_resolved_the_same_in_any_order() {
         let mut c1 = DedupCounts::default();
         let mut c2 = DedupCounts::default();
-        let a = own_and_dedup(&key(0, 10), vec![ov(1, 5), ov(1, 7), ov(1, 5), ov(2, 1)], &mut c1);
-        let b = own_and_dedup(&key(0, 10), vec![ov(2, 1), ov(1, 5), ov(1, 5), ov(1, 7)], &mut c2);
+        let a = own_and_dedup(
+            &key(0, 10),
+            vec![ov(1, 5), ov(1, 7), ov(1, 5), ov(2, 1)],
+            &mut c1,
+        );
+        let b = own_and_dedup(
+            &key(0, 10),
+            vec![ov(2, 1), ov(1, 5), ov(1, 5), ov(1, 7)],
+            &mut c2,
+        );
         assert_eq!(a, vec![ov(1, 7), ov(2, 1)]);
         assert_eq!(a, b);
         assert_eq!((c1.duplicates, c1.conflicts), (1, 1));

@@ -82,7 +82,12 @@ pub struct RunRecord {
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// Ranges of `(instance, media)` that `sink` has committed, in any order.
-    async fn committed(&self, instance: &str, media: MediaType, sink: &str) -> Result<Vec<(i64, i64)>, LedgerError>;
+    async fn committed(
+        &self,
+        instance: &str,
+        media: MediaType,
+        sink: &str,
+    ) -> Result<Vec<(i64, i64)>, LedgerError>;
     /// Records one outcome.
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError>;
     /// Records a run's start or end.
@@ -159,12 +164,24 @@ impl MemoryLedger {
 
 #[async_trait]
 impl Ledger for MemoryLedger {
-    async fn committed(&self, instance: &str, media: MediaType, sink: &str) -> Result<Vec<(i64, i64)>, LedgerError> {
-        Ok(self.index.lock().expect("ledger lock").get(instance, media, sink))
+    async fn committed(
+        &self,
+        instance: &str,
+        media: MediaType,
+        sink: &str,
+    ) -> Result<Vec<(i64, i64)>, LedgerError> {
+        Ok(self
+            .index
+            .lock()
+            .expect("ledger lock")
+            .get(instance, media, sink))
     }
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
         self.index.lock().expect("ledger lock").apply(entry);
-        self.entries.lock().expect("ledger lock").push(entry.clone());
+        self.entries
+            .lock()
+            .expect("ledger lock")
+            .push(entry.clone());
         Ok(())
     }
     async fn record_run(&self, _run: &RunRecord) -> Result<(), LedgerError> {
@@ -220,12 +237,15 @@ impl FileLedger {
                     retryable: false,
                 });
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("cannot lock", &lock_path, e)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_err("cannot lock", &lock_path, e));
+            }
         }
         let windows_path = dir.join("windows.jsonl");
         let mut index = Index::default();
         if windows_path.exists() {
-            let f = File::open(&windows_path).map_err(|e| io_err("cannot read", &windows_path, e))?;
+            let f =
+                File::open(&windows_path).map_err(|e| io_err("cannot read", &windows_path, e))?;
             for line in BufReader::new(f).lines() {
                 let line = line.map_err(|e| io_err("cannot read", &windows_path, e))?;
                 if let Ok(entry) = serde_json::from_str::<LedgerEntry>(&line) {
@@ -256,7 +276,12 @@ impl FileLedger {
         &self.dir
     }
 
-    fn append(&self, file: &Mutex<File>, name: &str, value: &impl Serialize) -> Result<(), LedgerError> {
+    fn append(
+        &self,
+        file: &Mutex<File>,
+        name: &str,
+        value: &impl Serialize,
+    ) -> Result<(), LedgerError> {
         let mut line = serde_json::to_string(value).map_err(|e| LedgerError {
             message: e.to_string(),
             retryable: false,
@@ -275,8 +300,17 @@ impl FileLedger {
 
 #[async_trait]
 impl Ledger for FileLedger {
-    async fn committed(&self, instance: &str, media: MediaType, sink: &str) -> Result<Vec<(i64, i64)>, LedgerError> {
-        Ok(self.index.lock().expect("ledger lock").get(instance, media, sink))
+    async fn committed(
+        &self,
+        instance: &str,
+        media: MediaType,
+        sink: &str,
+    ) -> Result<Vec<(i64, i64)>, LedgerError> {
+        Ok(self
+            .index
+            .lock()
+            .expect("ledger lock")
+            .get(instance, media, sink))
     }
 
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
@@ -296,7 +330,12 @@ mod tests {
 
     fn entry(start: i64, end: i64, sink: &str, status: WindowStatus) -> LedgerEntry {
         LedgerEntry {
-            key: WindowKey { instance_id: "i".into(), media_type: MediaType::Audio, start_ms: start, end_ms: end },
+            key: WindowKey {
+                instance_id: "i".into(),
+                media_type: MediaType::Audio,
+                start_ms: start,
+                end_ms: end,
+            },
             sink: sink.into(),
             status,
             rows: 3,
@@ -310,17 +349,30 @@ mod tests {
 
     #[test]
     fn union_merges_overlapping_and_touching_ranges() {
-        assert_eq!(union(vec![(5, 7), (0, 2), (2, 3), (6, 9), (20, 20)]), vec![(0, 3), (5, 9)]);
+        assert_eq!(
+            union(vec![(5, 7), (0, 2), (2, 3), (6, 9), (20, 20)]),
+            vec![(0, 3), (5, 9)]
+        );
     }
 
     #[tokio::test]
     async fn missing_is_what_any_sink_lacks() {
         let l = MemoryLedger::default();
-        l.record(&entry(0, 10, "a", WindowStatus::Committed)).await.unwrap();
-        l.record(&entry(10, 20, "a", WindowStatus::Committed)).await.unwrap();
-        l.record(&entry(0, 10, "b", WindowStatus::Committed)).await.unwrap();
-        l.record(&entry(10, 20, "b", WindowStatus::Failed)).await.unwrap();
-        let m = missing(&l, "i", MediaType::Audio, &["a", "b"], 0, 30).await.unwrap();
+        l.record(&entry(0, 10, "a", WindowStatus::Committed))
+            .await
+            .unwrap();
+        l.record(&entry(10, 20, "a", WindowStatus::Committed))
+            .await
+            .unwrap();
+        l.record(&entry(0, 10, "b", WindowStatus::Committed))
+            .await
+            .unwrap();
+        l.record(&entry(10, 20, "b", WindowStatus::Failed))
+            .await
+            .unwrap();
+        let m = missing(&l, "i", MediaType::Audio, &["a", "b"], 0, 30)
+            .await
+            .unwrap();
         assert_eq!(m, vec![(10, 30)]);
     }
 
@@ -329,14 +381,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let l = FileLedger::open(dir.path()).unwrap();
-            l.record(&entry(0, 10, "parquet", WindowStatus::Committed)).await.unwrap();
-            assert!(FileLedger::open(dir.path()).unwrap_err().message.contains("another ccc-etl run"));
+            l.record(&entry(0, 10, "parquet", WindowStatus::Committed))
+                .await
+                .unwrap();
+            assert!(
+                FileLedger::open(dir.path())
+                    .unwrap_err()
+                    .message
+                    .contains("another ccc-etl run")
+            );
         }
         let path = dir.path().join(FILE_LEDGER_DIR).join("windows.jsonl");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"instance_id\":\"i\",\"media_ty").unwrap();
         drop(f);
         let l = FileLedger::open(dir.path()).unwrap();
-        assert_eq!(l.committed("i", MediaType::Audio, "parquet").await.unwrap(), vec![(0, 10)]);
+        assert_eq!(
+            l.committed("i", MediaType::Audio, "parquet").await.unwrap(),
+            vec![(0, 10)]
+        );
     }
 }

@@ -136,7 +136,11 @@ impl RunSummary {
             self.duration_secs
         ));
         for t in Table::ALL {
-            s.push_str(&format!("  {:<15} {} rows\n", t.name(), self.rows.get(t.name()).copied().unwrap_or(0)));
+            s.push_str(&format!(
+                "  {:<15} {} rows\n",
+                t.name(),
+                self.rows.get(t.name()).copied().unwrap_or(0)
+            ));
         }
         for (name, c) in &self.sinks {
             s.push_str(&format!(
@@ -209,7 +213,14 @@ impl Backfill {
         now: NowFn,
         progress: Progress,
     ) -> Self {
-        Self { config, client, sinks, ledger, now, progress }
+        Self {
+            config,
+            client,
+            sinks,
+            ledger,
+            now,
+            progress,
+        }
     }
 
     /// The plan for a request, before subtracting the ledger.
@@ -230,7 +241,10 @@ impl Backfill {
         let started = Instant::now();
         let run_id = uuid::Uuid::new_v4();
         let ctx = RunContext { run_id };
-        let mut summary = RunSummary { run_id: run_id.to_string(), ..Default::default() };
+        let mut summary = RunSummary {
+            run_id: run_id.to_string(),
+            ..Default::default()
+        };
         if req.from_ms >= req.to_ms {
             return Err(InputError::new(format!(
                 "--from ({}) must be before --to ({})",
@@ -354,24 +368,45 @@ impl Backfill {
             return Ok(plan.windows.clone());
         }
         let sink_names: Vec<&str> = self.sinks.iter().map(|s| s.name()).collect();
-        let mut by_series: BTreeMap<(String, crate::record::MediaType), Vec<&WindowKey>> = BTreeMap::new();
+        let mut by_series: BTreeMap<(String, crate::record::MediaType), Vec<&WindowKey>> =
+            BTreeMap::new();
         for w in &plan.windows {
-            by_series.entry((w.instance_id.clone(), w.media_type)).or_default().push(w);
+            by_series
+                .entry((w.instance_id.clone(), w.media_type))
+                .or_default()
+                .push(w);
         }
         let mut out = Vec::new();
         for ((instance, media), ws) in by_series {
             let start = ws.iter().map(|w| w.start_ms).min().unwrap_or_default();
             let end = ws.iter().map(|w| w.end_ms).max().unwrap_or_default();
-            let gaps = ledger::missing(self.ledger.as_ref(), &instance, media, &sink_names, start, end).await?;
+            let gaps = ledger::missing(
+                self.ledger.as_ref(),
+                &instance,
+                media,
+                &sink_names,
+                start,
+                end,
+            )
+            .await?;
             let mut mine = Vec::new();
             for (a, b) in gaps {
                 for (s, e) in plan::split_range(a, b, self.config.pipeline.timezone) {
-                    mine.push(WindowKey { instance_id: instance.clone(), media_type: media, start_ms: s, end_ms: e });
+                    mine.push(WindowKey {
+                        instance_id: instance.clone(),
+                        media_type: media,
+                        start_ms: s,
+                        end_ms: e,
+                    });
                 }
             }
             summary.windows_skipped_committed += ws
                 .iter()
-                .filter(|w| !mine.iter().any(|m| m.start_ms < w.end_ms && w.start_ms < m.end_ms))
+                .filter(|w| {
+                    !mine
+                        .iter()
+                        .any(|m| m.start_ms < w.end_ms && w.start_ms < m.end_ms)
+                })
                 .count() as u64;
             out.extend(mine);
         }
@@ -386,7 +421,10 @@ impl Backfill {
             return WindowOutcome::Lost(key);
         }
         if key.start_ms < send_horizon {
-            let lost = WindowKey { end_ms: send_horizon, ..key.clone() };
+            let lost = WindowKey {
+                end_ms: send_horizon,
+                ..key.clone()
+            };
             tracing::warn!(window = %lost, "LOST: part of the window aged out before it was sent");
             key.start_ms = send_horizon;
         }
@@ -401,7 +439,11 @@ impl Backfill {
             Err(failed) => {
                 let class = failed.error.class();
                 if class == ErrorClass::RunFatal {
-                    let hint = failed.error.hint().map(|h| format!(": {h}")).unwrap_or_default();
+                    let hint = failed
+                        .error
+                        .hint()
+                        .map(|h| format!(": {h}"))
+                        .unwrap_or_default();
                     return WindowOutcome::Fatal(format!("{}{hint}", failed.error));
                 }
                 let f = FailedWindow {
@@ -409,12 +451,17 @@ impl Backfill {
                     error: failed.to_string(),
                     retryable: class == ErrorClass::Retryable,
                 };
-                self.record_failure(&key, &f.error, failed.attempts, ctx).await;
+                self.record_failure(&key, &f.error, failed.attempts, ctx)
+                    .await;
                 return WindowOutcome::Failed(f);
             }
         };
         let (batch, dedup) = normalize(&key, fetched.report, Utc::now());
-        let rows = [batch.inbound.len() as u64, batch.outbound.len() as u64, batch.overall.len() as u64];
+        let rows = [
+            batch.inbound.len() as u64,
+            batch.outbound.len() as u64,
+            batch.overall.len() as u64,
+        ];
         let mut sink_stats = Vec::with_capacity(self.sinks.len());
         for sink in &self.sinks {
             match sink.commit(&batch, ctx).await {
@@ -432,19 +479,32 @@ impl Backfill {
                             at: Utc::now(),
                         };
                         if let Err(e) = self.ledger.record(&entry).await {
-                            return WindowOutcome::Failed(FailedWindow { key, error: e.to_string(), retryable: e.retryable });
+                            return WindowOutcome::Failed(FailedWindow {
+                                key,
+                                error: e.to_string(),
+                                retryable: e.retryable,
+                            });
                         }
                     }
                     sink_stats.push((sink.name(), s));
                 }
                 Err(e) => {
-                    let f = FailedWindow { key: key.clone(), error: e.to_string(), retryable: e.retryable };
-                    self.record_failure(&key, &f.error, fetched.attempts, ctx).await;
+                    let f = FailedWindow {
+                        key: key.clone(),
+                        error: e.to_string(),
+                        retryable: e.retryable,
+                    };
+                    self.record_failure(&key, &f.error, fetched.attempts, ctx)
+                        .await;
                     return WindowOutcome::Failed(f);
                 }
             }
         }
-        WindowOutcome::Ok { rows, sinks: sink_stats, dedup }
+        WindowOutcome::Ok {
+            rows,
+            sinks: sink_stats,
+            dedup,
+        }
     }
 
     async fn record_failure(&self, key: &WindowKey, error: &str, attempts: u32, ctx: &RunContext) {

@@ -131,7 +131,9 @@ pub fn clamp_range(from_ms: i64, to_ms: i64, now_ms: i64, horizon: i64) -> Clamp
     let end = to_ms.min(now_ms);
     let future = (to_ms > now_ms).then_some((from_ms.max(now_ms), to_ms));
     let start = from_ms.max(horizon);
-    let lost = (from_ms < horizon).then_some((from_ms, end.min(horizon))).filter(|(a, b)| a < b);
+    let lost = (from_ms < horizon)
+        .then_some((from_ms, end.min(horizon)))
+        .filter(|(a, b)| a < b);
     Clamped {
         fetch: (start, end.max(start)),
         lost,
@@ -235,7 +237,9 @@ pub fn parse_time_arg(s: &str, tz: Tz, bound: Bound) -> Result<i64, InputError> 
             .parse::<i64>()
             .ok()
             .filter(|ms| DateTime::<Utc>::from_timestamp_millis(*ms).is_some())
-            .ok_or_else(|| InputError::new(format!("{flag} {s:?}: epoch milliseconds out of range")));
+            .ok_or_else(|| {
+                InputError::new(format!("{flag} {s:?}: epoch milliseconds out of range"))
+            });
     }
     if s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-' {
         let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| {
@@ -243,10 +247,7 @@ pub fn parse_time_arg(s: &str, tz: Tz, bound: Bound) -> Result<i64, InputError> 
         })?;
         return Ok(match bound {
             Bound::From => local_day_start(tz, date),
-            Bound::To => local_day_start(
-                tz,
-                date.checked_add_days(Days::new(1)).unwrap_or(date),
-            ),
+            Bound::To => local_day_start(tz, date.checked_add_days(Days::new(1)).unwrap_or(date)),
         });
     }
     DateTime::parse_from_rfc3339(s)
@@ -313,10 +314,22 @@ mod tests {
 
     #[test]
     fn parses_dates_timestamps_and_epoch_ms() {
-        assert_eq!(parse_time_arg("2026-03-01", SH, Bound::From).unwrap(), ms("2026-03-01T00:00:00+08:00"));
-        assert_eq!(parse_time_arg("2026-03-01", SH, Bound::To).unwrap(), ms("2026-03-02T00:00:00+08:00"));
-        assert_eq!(parse_time_arg("2026-03-01T08:00:00Z", SH, Bound::From).unwrap(), ms("2026-03-01T08:00:00Z"));
-        assert_eq!(parse_time_arg("1764547200000", SH, Bound::To).unwrap(), 1_764_547_200_000);
+        assert_eq!(
+            parse_time_arg("2026-03-01", SH, Bound::From).unwrap(),
+            ms("2026-03-01T00:00:00+08:00")
+        );
+        assert_eq!(
+            parse_time_arg("2026-03-01", SH, Bound::To).unwrap(),
+            ms("2026-03-02T00:00:00+08:00")
+        );
+        assert_eq!(
+            parse_time_arg("2026-03-01T08:00:00Z", SH, Bound::From).unwrap(),
+            ms("2026-03-01T08:00:00Z")
+        );
+        assert_eq!(
+            parse_time_arg("1764547200000", SH, Bound::To).unwrap(),
+            1_764_547_200_000
+        );
         let e = parse_time_arg("2026-02-30", SH, Bound::From).unwrap_err();
         assert!(e.0.contains("not a real calendar date"), "{e}");
         let e = parse_time_arg("yesterday", SH, Bound::To).unwrap_err();
@@ -330,7 +343,10 @@ mod tests {
     #[test]
     fn subtract_leaves_exactly_the_uncovered_parts() {
         assert_eq!(subtract(0, 100, &[]), vec![(0, 100)]);
-        assert_eq!(subtract(0, 100, &[(10, 20), (15, 30), (50, 100)]), vec![(0, 10), (30, 50)]);
+        assert_eq!(
+            subtract(0, 100, &[(10, 20), (15, 30), (50, 100)]),
+            vec![(0, 10), (30, 50)]
+        );
         assert_eq!(subtract(0, 100, &[(-5, 200)]), Vec::<(i64, i64)>::new());
         assert_eq!(subtract(10, 20, &[(0, 5), (25, 30)]), vec![(10, 20)]);
     }
@@ -350,7 +366,13 @@ mod tests {
     }
 
     fn zone() -> impl Strategy<Value = Tz> {
-        prop_oneof![Just(SH), Just(NY), Just(chrono_tz::UTC), Just(chrono_tz::Europe::London), Just(chrono_tz::Australia::Lord_Howe)]
+        prop_oneof![
+            Just(SH),
+            Just(NY),
+            Just(chrono_tz::UTC),
+            Just(chrono_tz::Europe::London),
+            Just(chrono_tz::Australia::Lord_Howe)
+        ]
     }
 
     proptest! {

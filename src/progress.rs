@@ -30,10 +30,8 @@ impl Progress {
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} windows  {msg}  eta {eta}",
-                )
-                .expect("valid template"),
+                ProgressStyle::with_template("{bar:30} {pos}/{len} windows  {msg}  eta {eta}")
+                    .expect("valid template"),
             );
             Self::build(Some(bar), None)
         } else {
@@ -74,8 +72,17 @@ impl Progress {
         let stats = client.stats();
         let requests = stats.requests.load(Ordering::Relaxed);
         let retries = stats.retries.load(Ordering::Relaxed);
-        let elapsed = self.started.lock().expect("progress lock").elapsed().as_secs_f64().max(1e-3);
-        let msg = format!("{rows} rows  {:.1} req/s  {retries} retries", requests as f64 / elapsed);
+        let elapsed = self
+            .started
+            .lock()
+            .expect("progress lock")
+            .elapsed()
+            .as_secs_f64()
+            .max(1e-3);
+        let msg = format!(
+            "{rows} rows  {:.1} req/s  {retries} retries",
+            requests as f64 / elapsed
+        );
         if let Some(b) = &self.bar {
             b.set_position(done);
             b.set_message(msg);
@@ -83,7 +90,11 @@ impl Progress {
             let mut last = self.last_log.lock().expect("progress lock");
             if last.elapsed() >= every {
                 *last = Instant::now();
-                tracing::info!(done, total = self.total.load(Ordering::Relaxed), "progress: {msg}");
+                tracing::info!(
+                    done,
+                    total = self.total.load(Ordering::Relaxed),
+                    "progress: {msg}"
+                );
             }
         }
     }

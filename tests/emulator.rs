@@ -22,12 +22,19 @@ fn now_ms() -> i64 {
 }
 
 fn req(instance: &str, start: i64, end: i64) -> TrendingRequest {
-    TrendingRequest { instance_id: instance.into(), media_type: MediaType::Audio, start_ms: start, end_ms: end }
+    TrendingRequest {
+        instance_id: instance.into(),
+        media_type: MediaType::Audio,
+        start_ms: start,
+        end_ms: end,
+    }
 }
 
 fn code_of(e: &ApiError) -> (u16, String) {
     match e {
-        ApiError::Service { http_status, code, .. } => (*http_status, code.clone()),
+        ApiError::Service {
+            http_status, code, ..
+        } => (*http_status, code.clone()),
         other => panic!("expected a service error, got {other:?}"),
     }
 }
@@ -45,7 +52,10 @@ async fn both_signature_versions_and_both_number_encodings_return_the_model_valu
             let client = client(&cfg, SECRET);
             let end = (now_ms() / H - 24) * H;
             let start = end - 3 * 24 * H;
-            let got = client.get_trending_report(&req("ccc-a", start, end)).await.expect("report");
+            let got = client
+                .get_trending_report(&req("ccc-a", start, end))
+                .await
+                .expect("report");
             assert_eq!(got.attempts, 1);
             let r = got.report;
             assert_eq!(r.inbound.len(), 72, "{version:?} strings={strings}");
@@ -57,7 +67,10 @@ async fn both_signature_versions_and_both_number_encodings_return_the_model_valu
                 assert_eq!(r.outbound[i], expect.outbound);
                 assert_eq!(r.overall[i], expect.overall);
             }
-            assert!(r.inbound.iter().map(|x| x.total_calls).sum::<i64>() > 0, "a real call center has calls");
+            assert!(
+                r.inbound.iter().map(|x| x.total_calls).sum::<i64>() > 0,
+                "a real call center has calls"
+            );
             let stats = emu.stats().await.unwrap();
             assert_eq!(stats.count("GetInstanceTrendingReport", "OK"), 1);
             assert_eq!(stats.rows_served, 216);
@@ -72,10 +85,22 @@ async fn the_bucket_containing_an_unaligned_start_is_returned_and_none_from_the_
     let c = client(&cfg, SECRET);
     let now = now_ms();
     let start = (now / H - 5) * H + 17 * 60_000;
-    let r = c.get_trending_report(&req("ccc-a", start, now + 5 * H)).await.unwrap().report;
+    let r = c
+        .get_trending_report(&req("ccc-a", start, now + 5 * H))
+        .await
+        .unwrap()
+        .report;
     let times: Vec<i64> = r.inbound.iter().map(|x| x.stats_time).collect();
-    assert_eq!(times.first(), Some(&((now / H - 5) * H)), "floored below StartTime");
-    assert_eq!(times.last(), Some(&(now / H * H)), "the current bucket, none after it");
+    assert_eq!(
+        times.first(),
+        Some(&((now / H - 5) * H)),
+        "floored below StartTime"
+    );
+    assert_eq!(
+        times.last(),
+        Some(&(now / H * H)),
+        "the current bucket, none after it"
+    );
     assert_eq!(times.len(), 6);
 }
 
@@ -84,7 +109,10 @@ async fn a_wrong_secret_an_unknown_key_and_clock_skew_are_fatal_for_the_run() {
     let emu = start(options(&["ccc-a"])).await;
     for version in [SignatureVersion::V1, SignatureVersion::V3] {
         let cfg = config(&emu, &["ccc-a"], version);
-        let e = client(&cfg, "wrong-secret").get_trending_report(&req("ccc-a", now_ms() - H, now_ms())).await.unwrap_err();
+        let e = client(&cfg, "wrong-secret")
+            .get_trending_report(&req("ccc-a", now_ms() - H, now_ms()))
+            .await
+            .unwrap_err();
         assert_eq!(code_of(&e.error), (400, "SignatureDoesNotMatch".into()));
         assert_eq!(e.error.class(), ErrorClass::RunFatal);
         assert_eq!(e.attempts, 1, "a fatal error is not retried");
@@ -97,11 +125,19 @@ async fn a_wrong_secret_an_unknown_key_and_clock_skew_are_fatal_for_the_run() {
         Arc::new(ccc_etl::ccc::ratelimit::AdaptivePacer::new(100.0)),
     )
     .unwrap();
-    let e = stranger.get_trending_report(&req("ccc-a", now_ms() - H, now_ms())).await.unwrap_err();
-    assert_eq!(code_of(&e.error), (404, "InvalidAccessKeyId.NotFound".into()));
+    let e = stranger
+        .get_trending_report(&req("ccc-a", now_ms() - H, now_ms()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_of(&e.error),
+        (404, "InvalidAccessKeyId.NotFound".into())
+    );
 
     // A client 20 minutes fast: sign by hand with a skewed timestamp.
-    let skewed = (Utc::now() + chrono::Duration::minutes(20)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let skewed = (Utc::now() + chrono::Duration::minutes(20))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let url = sign_v1_url(
         &reqwest::Url::parse(&emu.endpoint()).unwrap(),
         "GET",
@@ -128,7 +164,10 @@ async fn a_reused_nonce_is_refused_and_the_client_always_sends_a_fresh_one() {
         "the-same-nonce",
         &ts,
     );
-    assert_eq!(reqwest::get(url.clone()).await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        reqwest::get(url.clone()).await.unwrap().status().as_u16(),
+        200
+    );
     let second = reqwest::get(url).await.unwrap();
     assert_eq!(second.status().as_u16(), 400);
     let body: serde_json::Value = second.json().await.unwrap();
@@ -136,7 +175,9 @@ async fn a_reused_nonce_is_refused_and_the_client_always_sends_a_fresh_one() {
     let cfg = config(&emu, &["ccc-a"], SignatureVersion::V3);
     let c = client(&cfg, SECRET);
     for _ in 0..5 {
-        c.get_trending_report(&req("ccc-a", now_ms() - H, now_ms())).await.expect("fresh nonce each time");
+        c.get_trending_report(&req("ccc-a", now_ms() - H, now_ms()))
+            .await
+            .expect("fresh nonce each time");
     }
 }
 
@@ -148,9 +189,21 @@ async fn the_api_rules_are_enforced_with_their_codes() {
     let now = now_ms();
     let cases: Vec<(TrendingRequest, u16, &str)> = vec![
         (req("", now - H, now), 400, "Parameter.Blank"),
-        (req("ccc-unknown", now - H, now), 404, "NotExists.InstanceId"),
-        (req("ccc-a", now - 8 * 24 * H, now), 400, "Parameter.Invalid"),
-        (req("ccc-a", now - 181 * 24 * H, now - 180 * 24 * H + H), 400, "Parameter.Invalid"),
+        (
+            req("ccc-unknown", now - H, now),
+            404,
+            "NotExists.InstanceId",
+        ),
+        (
+            req("ccc-a", now - 8 * 24 * H, now),
+            400,
+            "Parameter.Invalid",
+        ),
+        (
+            req("ccc-a", now - 181 * 24 * H, now - 180 * 24 * H + H),
+            400,
+            "Parameter.Invalid",
+        ),
         (req("ccc-a", now, now - H), 400, "Parameter.Invalid"),
     ];
     for (r, status, code) in cases {
@@ -160,11 +213,18 @@ async fn the_api_rules_are_enforced_with_their_codes() {
         assert_eq!(e.attempts, 1);
     }
     // exactly 7 days is accepted
-    c.get_trending_report(&req("ccc-a", now - 7 * 24 * H, now)).await.expect("7 days is allowed");
+    c.get_trending_report(&req("ccc-a", now - 7 * 24 * H, now))
+        .await
+        .expect("7 days is allowed");
 }
 
 /// Sends a V1-signed request with custom parameters, as GET query or POST form.
-async fn raw_v1(endpoint: &str, method: &str, params: &[(&str, &str)], form: bool) -> (u16, serde_json::Value) {
+async fn raw_v1(
+    endpoint: &str,
+    method: &str,
+    params: &[(&str, &str)],
+    form: bool,
+) -> (u16, serde_json::Value) {
     let mut all: Vec<(&str, String)> = params.iter().map(|(k, v)| (*k, v.to_string())).collect();
     let ts = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let nonce = uuid::Uuid::new_v4().to_string();
@@ -176,7 +236,8 @@ async fn raw_v1(endpoint: &str, method: &str, params: &[(&str, &str)], form: boo
         ("SignatureNonce", nonce),
         ("Timestamp", ts),
     ]);
-    let sts = ccc_etl::ccc::sign::v1_string_to_sign(method, all.iter().map(|(k, v)| (*k, v.as_str())));
+    let sts =
+        ccc_etl::ccc::sign::v1_string_to_sign(method, all.iter().map(|(k, v)| (*k, v.as_str())));
     all.push(("Signature", ccc_etl::ccc::sign::v1_signature(SECRET, &sts)));
     let body = ccc_etl::ccc::sign::canonical_query(all.iter().map(|(k, v)| (*k, v.as_str())));
     let http = reqwest::Client::new();
@@ -201,7 +262,13 @@ async fn get_post_query_and_post_form_are_all_accepted_and_unknown_actions_refus
     let ep = emu.endpoint();
     let (s, e) = (now_ms() - 2 * H, now_ms());
     let (s, e) = (s.to_string(), e.to_string());
-    let p = [("Action", "GetInstanceTrendingReport"), ("Version", "2020-07-01"), ("InstanceId", "ccc-a"), ("StartTime", s.as_str()), ("EndTime", e.as_str())];
+    let p = [
+        ("Action", "GetInstanceTrendingReport"),
+        ("Version", "2020-07-01"),
+        ("InstanceId", "ccc-a"),
+        ("StartTime", s.as_str()),
+        ("EndTime", e.as_str()),
+    ];
     for (method, form) in [("GET", false), ("POST", false), ("POST", true)] {
         let (status, body) = raw_v1(&ep, method, &p, form).await;
         assert_eq!(status, 200, "{method} form={form}: {body}");
@@ -211,14 +278,23 @@ async fn get_post_query_and_post_form_are_all_accepted_and_unknown_actions_refus
     let mut bad_action = p;
     bad_action[0] = ("Action", "DescribeEverything");
     let (status, body) = raw_v1(&ep, "GET", &bad_action, false).await;
-    assert_eq!((status, body["Code"].as_str().unwrap()), (404, "InvalidAction.NotFound"));
+    assert_eq!(
+        (status, body["Code"].as_str().unwrap()),
+        (404, "InvalidAction.NotFound")
+    );
     let mut bad_version = p;
     bad_version[1] = ("Version", "2017-07-05");
     let (status, body) = raw_v1(&ep, "GET", &bad_version, false).await;
-    assert_eq!((status, body["Code"].as_str().unwrap()), (400, "InvalidVersion"));
+    assert_eq!(
+        (status, body["Code"].as_str().unwrap()),
+        (400, "InvalidVersion")
+    );
     let stats = emu.stats().await.unwrap();
     assert_eq!(stats.count("GetInstanceTrendingReport", "OK"), 3);
-    assert_eq!(stats.count("DescribeEverything", "InvalidAction.NotFound"), 1);
+    assert_eq!(
+        stats.count("DescribeEverything", "InvalidAction.NotFound"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -226,26 +302,42 @@ async fn requests_sent_by_the_official_sdks_are_accepted() {
     // Captured from alibabacloud-ccc20200701 2.35 (V3 default, and V1 via signature_algorithm
     // "v2") and aliyun-python-sdk-core 2.16 (V1 POST with RegionId and an empty SignatureType),
     // signed with AccessKeyId "emulator-key" and secret "emulator-secret".
-    let captured: Vec<serde_json::Value> = serde_json::from_str(include_str!("fixtures/sdk_requests.json")).unwrap();
+    let captured: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("fixtures/sdk_requests.json")).unwrap();
     let sent_at: DateTime<Utc> = "2026-11-26T22:21:07Z".parse().unwrap();
-    let mut opts = ccc_etl::ccc::emulator::EmulatorOptions::new(vec!["ccc-test".into()], "emulator-key", "emulator-secret");
+    let mut opts = ccc_etl::ccc::emulator::EmulatorOptions::new(
+        vec!["ccc-test".into()],
+        "emulator-key",
+        "emulator-secret",
+    );
     // Serve as if it were the moment the SDKs sent them (they asked for 2026-11-20).
     opts.clock = Arc::new(move || sent_at);
     let emu = start(opts).await;
     let http = reqwest::Client::new();
     for (i, c) in captured.iter().enumerate() {
-        let mut rb = http.request(c["method"].as_str().unwrap().parse().unwrap(), format!("{}{}", emu.endpoint(), c["path"].as_str().unwrap()));
+        let mut rb = http.request(
+            c["method"].as_str().unwrap().parse().unwrap(),
+            format!("{}{}", emu.endpoint(), c["path"].as_str().unwrap()),
+        );
         for h in c["headers"].as_array().unwrap() {
             let (k, v) = (h[0].as_str().unwrap(), h[1].as_str().unwrap());
             if !k.eq_ignore_ascii_case("content-length") {
                 rb = rb.header(k, v);
             }
         }
-        let resp = rb.body(c["body"].as_str().unwrap().to_string()).send().await.unwrap();
+        let resp = rb
+            .body(c["body"].as_str().unwrap().to_string())
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(status, 200, "captured request {i}: {body}");
-        assert_eq!(body["Data"]["Inbound"].as_array().unwrap().len(), 24, "request {i}");
+        assert_eq!(
+            body["Data"]["Inbound"].as_array().unwrap().len(),
+            24,
+            "request {i}"
+        );
     }
     // Tampering with any signed part breaks the signature.
     let c = &captured[0];
@@ -269,11 +361,24 @@ async fn sts_tokens_are_required_when_the_key_is_temporary_and_sent_by_both_vers
     for version in [SignatureVersion::V1, SignatureVersion::V3] {
         let cfg = config(&emu, &["ccc-a"], version);
         let pacer = Arc::new(ccc_etl::ccc::ratelimit::AdaptivePacer::new(100.0));
-        let with = ccc_etl::ccc::client::CccClient::new(&cfg.source, Credentials::new(KEY_ID, SECRET, Some("sts-token")), pacer.clone()).unwrap();
-        with.get_trending_report(&req("ccc-a", now_ms() - H, now_ms())).await.expect("token accepted");
+        let with = ccc_etl::ccc::client::CccClient::new(
+            &cfg.source,
+            Credentials::new(KEY_ID, SECRET, Some("sts-token")),
+            pacer.clone(),
+        )
+        .unwrap();
+        with.get_trending_report(&req("ccc-a", now_ms() - H, now_ms()))
+            .await
+            .expect("token accepted");
         let without = client(&cfg, SECRET);
-        let e = without.get_trending_report(&req("ccc-a", now_ms() - H, now_ms())).await.unwrap_err();
-        assert!(code_of(&e.error).1.starts_with("InvalidSecurityToken"), "{version:?}");
+        let e = without
+            .get_trending_report(&req("ccc-a", now_ms() - H, now_ms()))
+            .await
+            .unwrap_err();
+        assert!(
+            code_of(&e.error).1.starts_with("InvalidSecurityToken"),
+            "{version:?}"
+        );
     }
     let _ = sign_v3_request; // both signers are exercised through the client above
 }
@@ -287,10 +392,38 @@ fn faulty(faults: Faults) -> ccc_etl::ccc::emulator::EmulatorOptions {
 #[tokio::test]
 async fn server_errors_truncated_and_non_json_bodies_are_retried_until_they_succeed() {
     for (name, faults) in [
-        ("503", Faults { unavailable: 0.5, seed: 3, ..Default::default() }),
-        ("500", Faults { internal_error: 0.5, seed: 4, ..Default::default() }),
-        ("truncated", Faults { truncated: 0.5, seed: 5, ..Default::default() }),
-        ("non-json", Faults { non_json: 0.5, seed: 6, ..Default::default() }),
+        (
+            "503",
+            Faults {
+                unavailable: 0.5,
+                seed: 3,
+                ..Default::default()
+            },
+        ),
+        (
+            "500",
+            Faults {
+                internal_error: 0.5,
+                seed: 4,
+                ..Default::default()
+            },
+        ),
+        (
+            "truncated",
+            Faults {
+                truncated: 0.5,
+                seed: 5,
+                ..Default::default()
+            },
+        ),
+        (
+            "non-json",
+            Faults {
+                non_json: 0.5,
+                seed: 6,
+                ..Default::default()
+            },
+        ),
     ] {
         let emu = start(faulty(faults)).await;
         let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
@@ -299,15 +432,24 @@ async fn server_errors_truncated_and_non_json_bodies_are_retried_until_they_succ
         let mut attempts = 0;
         let hour = now_ms() / H * H;
         for i in 0..10 {
-            let got = c.get_trending_report(&req("ccc-a", hour - (i + 2) * H, hour - (i + 1) * H)).await.expect(name);
+            let got = c
+                .get_trending_report(&req("ccc-a", hour - (i + 2) * H, hour - (i + 1) * H))
+                .await
+                .expect(name);
             attempts += got.attempts;
             assert_eq!(got.report.inbound.len(), 1, "{name}");
         }
         let stats = emu.stats().await.unwrap();
         let ok = stats.count("GetInstanceTrendingReport", "OK");
         assert_eq!(ok, 10, "{name}");
-        assert_eq!(stats.requests as u32, attempts, "{name}: every attempt reached the server");
-        assert!(attempts > 10, "{name}: with half the answers failing some attempts must be retries");
+        assert_eq!(
+            stats.requests as u32, attempts,
+            "{name}: every attempt reached the server"
+        );
+        assert!(
+            attempts > 10,
+            "{name}: with half the answers failing some attempts must be retries"
+        );
         let by_code: BTreeMap<String, u64> = c.stats().by_code();
         assert_eq!(by_code.get("OK"), Some(&10));
     }
@@ -315,11 +457,18 @@ async fn server_errors_truncated_and_non_json_bodies_are_retried_until_they_succ
 
 #[tokio::test]
 async fn a_window_that_keeps_failing_gives_up_after_max_attempts() {
-    let emu = start(faulty(Faults { unavailable: 1.0, ..Default::default() })).await;
+    let emu = start(faulty(Faults {
+        unavailable: 1.0,
+        ..Default::default()
+    }))
+    .await;
     let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V3);
     cfg.source.max_attempts = 4;
     let c = client(&cfg, SECRET);
-    let e = c.get_trending_report(&req("ccc-a", now_ms() - H, now_ms())).await.unwrap_err();
+    let e = c
+        .get_trending_report(&req("ccc-a", now_ms() - H, now_ms()))
+        .await
+        .unwrap_err();
     assert_eq!(e.attempts, 4);
     assert_eq!(code_of(&e.error), (503, "ServiceUnavailable".into()));
     assert_eq!(emu.stats().await.unwrap().requests, 4);
@@ -328,22 +477,43 @@ async fn a_window_that_keeps_failing_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn a_slow_answer_times_out_and_is_retried() {
-    let emu = start(faulty(Faults { slow: 0.5, slow_ms: 3_000, seed: 11, ..Default::default() })).await;
+    let emu = start(faulty(Faults {
+        slow: 0.5,
+        slow_ms: 3_000,
+        seed: 11,
+        ..Default::default()
+    }))
+    .await;
     let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
     cfg.source.timeout_secs = 1;
     cfg.source.max_attempts = 20;
     let c = client(&cfg, SECRET);
     let mut attempts = 0;
     for i in 0..6 {
-        attempts += c.get_trending_report(&req("ccc-a", now_ms() - (i + 2) * H, now_ms() - (i + 1) * H)).await.expect("eventually fast").attempts;
+        attempts += c
+            .get_trending_report(&req(
+                "ccc-a",
+                now_ms() - (i + 2) * H,
+                now_ms() - (i + 1) * H,
+            ))
+            .await
+            .expect("eventually fast")
+            .attempts;
     }
     assert!(attempts > 6);
-    assert_eq!(c.stats().by_code().get("Timeout").copied().unwrap_or(0) as u32, attempts - 6);
+    assert_eq!(
+        c.stats().by_code().get("Timeout").copied().unwrap_or(0) as u32,
+        attempts - 6
+    );
 }
 
 #[tokio::test]
 async fn throttling_is_answered_with_http_400_and_the_client_slows_down_and_completes() {
-    let emu = start(faulty(Faults { qps_limit: Some(10.0), ..Default::default() })).await;
+    let emu = start(faulty(Faults {
+        qps_limit: Some(10.0),
+        ..Default::default()
+    }))
+    .await;
     let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
     cfg.source.max_qps = 40.0;
     cfg.source.concurrency = 4;
@@ -353,15 +523,33 @@ async fn throttling_is_answered_with_http_400_and_the_client_slows_down_and_comp
     for i in 0..30 {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
-            c.get_trending_report(&req("ccc-a", now_ms() - (i + 2) * H, now_ms() - (i + 1) * H)).await
+            c.get_trending_report(&req(
+                "ccc-a",
+                now_ms() - (i + 2) * H,
+                now_ms() - (i + 1) * H,
+            ))
+            .await
         }));
     }
     for t in tasks {
-        t.await.unwrap().expect("every request completes despite throttling");
+        t.await
+            .unwrap()
+            .expect("every request completes despite throttling");
     }
     let stats = emu.stats().await.unwrap();
     assert_eq!(stats.count("GetInstanceTrendingReport", "OK"), 30);
-    assert!(stats.throttled > 0, "a 40 qps client against a 10 qps limit gets throttled");
-    assert_eq!(stats.throttled, c.stats().throttled.load(std::sync::atomic::Ordering::Relaxed));
-    assert!(c.limiter().current_qps() < 40.0, "the client lowered its rate");
+    assert!(
+        stats.throttled > 0,
+        "a 40 qps client against a 10 qps limit gets throttled"
+    );
+    assert_eq!(
+        stats.throttled,
+        c.stats()
+            .throttled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        c.limiter().current_qps() < 40.0,
+        "the client lowered its rate"
+    );
 }

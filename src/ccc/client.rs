@@ -194,7 +194,11 @@ impl CccClient {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
             let outcome = {
-                let _permit = self.inflight.acquire().await.expect("semaphore never closed");
+                let _permit = self
+                    .inflight
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
                 self.limiter.acquire().await;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 self.send_once(req).await
@@ -266,7 +270,10 @@ impl CccClient {
                 b
             }
         };
-        let resp = builder.send().await.map_err(|e| (self.transport(e), None))?;
+        let resp = builder
+            .send()
+            .await
+            .map_err(|e| (self.transport(e), None))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -440,7 +447,10 @@ mod tests {
                 assert!(d <= Duration::from_millis(ceiling), "retry {retry}: {d:?}");
                 max_seen = max_seen.max(d);
             }
-            assert!(max_seen > Duration::from_millis(ceiling / 2), "jitter spans the range");
+            assert!(
+                max_seen > Duration::from_millis(ceiling / 2),
+                "jitter spans the range"
+            );
         }
     }
 
@@ -454,15 +464,20 @@ mod tests {
             start_ms: 1,
             end_ms: 2,
         };
-        let url = sign_v1_url(&base, "GET", &req.params(), &creds, "n1", "2026-01-01T00:00:00Z");
+        let url = sign_v1_url(
+            &base,
+            "GET",
+            &req.params(),
+            &creds,
+            "n1",
+            "2026-01-01T00:00:00Z",
+        );
         let pairs: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(pairs["Action"], ACTION);
         assert_eq!(pairs["SecurityToken"], "tok en");
         assert_eq!(pairs["MediaType"], "Chat");
-        let to_sign = sign::v1_string_to_sign(
-            "GET",
-            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        );
+        let to_sign =
+            sign::v1_string_to_sign("GET", pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         assert_eq!(pairs["Signature"], sign::v1_signature("secret", &to_sign));
         assert!(url.query().unwrap().contains("SecurityToken=tok%20en"));
     }

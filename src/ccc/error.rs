@@ -142,7 +142,8 @@ impl ApiError {
         let code = self.code();
         if code.starts_with("InvalidTimeStamp") {
             Some("the local clock is off by more than 15 minutes: synchronise it (NTP) and re-run")
-        } else if code.starts_with("SignatureDoesNotMatch") || code.starts_with("IncompleteSignature")
+        } else if code.starts_with("SignatureDoesNotMatch")
+            || code.starts_with("IncompleteSignature")
         {
             Some("check ALIBABA_CLOUD_ACCESS_KEY_SECRET for the configured AccessKeyId")
         } else if code.starts_with("InvalidAccessKeyId") || code.starts_with("InvalidSecurityToken")

@@ -134,12 +134,20 @@ mod tests {
         assert!((p.current_qps() - 7.0).abs() < 1e-9, "{}", p.current_qps());
         tokio::time::advance(Duration::from_secs(1)).await;
         p.on_throttled();
-        assert!((p.current_qps() - 7.5 * 0.7).abs() < 1e-6, "{}", p.current_qps());
+        assert!(
+            (p.current_qps() - 7.5 * 0.7).abs() < 1e-6,
+            "{}",
+            p.current_qps()
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         let after = p.current_qps();
         assert!((after - (5.25 + 1.0)).abs() < 1e-6, "{after}");
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(p.current_qps(), 10.0, "recovers to, and never beyond, max_qps");
+        assert_eq!(
+            p.current_qps(),
+            10.0,
+            "recovers to, and never beyond, max_qps"
+        );
     }
 
     #[tokio::test(start_paused = true)]

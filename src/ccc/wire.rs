@@ -216,11 +216,13 @@ mod tests {
 
     #[test]
     fn parses_numbers_sent_as_numbers() {
-        let r = ok(r#"{"RequestId":"r1","Code":"OK","HttpStatusCode":200,"Data":{
+        let r = ok(
+            r#"{"RequestId":"r1","Code":"OK","HttpStatusCode":200,"Data":{
             "Inbound":[{"StatsTime":1604639129000,"TotalCalls":10,"CallsHandled":7,"CallsQueued":8,
               "CallsAbandonedInIVR":1,"CallsAbandonedInQueue":1,"CallsAbandonedInRing":1}],
             "Outbound":[{"StatsTime":1604639129000,"TotalCalls":5,"CallsAnswered":3}],
-            "Overall":[{"StatsTime":1604639129000,"MaxLoggedInAgents":4}]}}"#);
+            "Overall":[{"StatsTime":1604639129000,"MaxLoggedInAgents":4}]}}"#,
+        );
         assert_eq!(r.request_id, "r1");
         assert_eq!(
             r.inbound,
@@ -240,10 +242,12 @@ mod tests {
 
     #[test]
     fn parses_numbers_sent_as_strings_and_the_older_ring_name() {
-        let r = ok(r#"{"RequestId":"r2","Code":"OK","HttpStatusCode":"200","Data":{
+        let r = ok(
+            r#"{"RequestId":"r2","Code":"OK","HttpStatusCode":"200","Data":{
             "Inbound":[{"StatsTime":"1604639129000","TotalCalls":"12","CallsHandled":"9","CallsQueued":"10",
               "CallsAbandonedInIVR":"0","CallsAbandonedInQueue":"2","CallsAbandonedInRinging":"1"}],
-            "Outbound":[{"StatsTime":"1604639129000","TotalCalls":"3","CallsAnswered":"2"}]}}"#);
+            "Outbound":[{"StatsTime":"1604639129000","TotalCalls":"3","CallsAnswered":"2"}]}}"#,
+        );
         assert_eq!(r.inbound[0].total_calls, 12);
         assert_eq!(r.inbound[0].calls_abandoned_in_ring, 1);
         assert_eq!(r.outbound[0].total_calls, 3);
@@ -288,11 +292,14 @@ mod tests {
 
     #[test]
     fn fractional_counts_are_rejected_but_integral_floats_accepted() {
-        let r = ok(r#"{"Code":"OK","Data":{"Overall":[{"StatsTime":1.0e3,"MaxLoggedInAgents":2.0}]}}"#);
+        let r =
+            ok(r#"{"Code":"OK","Data":{"Overall":[{"StatsTime":1.0e3,"MaxLoggedInAgents":2.0}]}}"#);
         assert_eq!(r.overall[0].stats_time, 1000);
         assert!(
-            parse_body(br#"{"Code":"OK","Data":{"Overall":[{"StatsTime":1,"MaxLoggedInAgents":2.5}]}}"#)
-                .is_err()
+            parse_body(
+                br#"{"Code":"OK","Data":{"Overall":[{"StatsTime":1,"MaxLoggedInAgents":2.5}]}}"#
+            )
+            .is_err()
         );
     }
 }

@@ -31,7 +31,12 @@ pub struct MemorySink {
     tables: Mutex<MemoryTables>,
 }
 
-fn upsert<R: TrendRow>(map: &mut BTreeMap<RowKey, R>, b: &WindowBatch, rows: &[R], s: &mut CommitStats) {
+fn upsert<R: TrendRow>(
+    map: &mut BTreeMap<RowKey, R>,
+    b: &WindowBatch,
+    rows: &[R],
+    s: &mut CommitStats,
+) {
     for r in rows {
         let k = (b.key.instance_id.clone(), b.key.media_type, r.stats_time());
         match map.insert(k, *r) {

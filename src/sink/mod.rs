@@ -54,7 +54,8 @@ pub trait Sink: Send + Sync {
 
     /// Commits all rows of one window, idempotently: re-committing the same window leaves one
     /// row per key. Returns only once the rows are durable.
-    async fn commit(&self, batch: &WindowBatch, run: &RunContext) -> Result<CommitStats, SinkError>;
+    async fn commit(&self, batch: &WindowBatch, run: &RunContext)
+    -> Result<CommitStats, SinkError>;
 
     /// Whether `commit` records the window in the ledger itself, in the same transaction as the
     /// rows. Sinks that cannot (files) return false and the pipeline records them after commit.

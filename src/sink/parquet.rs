@@ -15,7 +15,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -69,23 +71,46 @@ pub struct ParquetSink {
 }
 
 fn err(message: String, retryable: bool) -> SinkError {
-    SinkError { sink: "parquet", message, retryable }
+    SinkError {
+        sink: "parquet",
+        message,
+        retryable,
+    }
 }
 
 impl ParquetSink {
     /// A sink writing under `root`, partitioning days in `timezone`. Checks the root is writable.
     pub fn new(root: &Path, timezone: Tz) -> Result<Self, SinkError> {
-        std::fs::create_dir_all(root)
-            .map_err(|e| err(format!("cannot create the Parquet root {}: {e}", root.display()), false))?;
+        std::fs::create_dir_all(root).map_err(|e| {
+            err(
+                format!("cannot create the Parquet root {}: {e}", root.display()),
+                false,
+            )
+        })?;
         let probe = root.join(format!(".write-probe-{}", uuid::Uuid::new_v4().simple()));
         File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
-            .map_err(|e| err(format!("the Parquet root {} is not writable: {e}", root.display()), false))?;
-        Ok(Self { root: root.to_path_buf(), timezone, file_locks: Mutex::new(HashMap::new()) })
+            .map_err(|e| {
+                err(
+                    format!("the Parquet root {} is not writable: {e}", root.display()),
+                    false,
+                )
+            })?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            timezone,
+            file_locks: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The file holding one series' rows of one table and day.
-    pub fn file_path(&self, table: Table, day: NaiveDate, instance: &str, media: MediaType) -> PathBuf {
+    pub fn file_path(
+        &self,
+        table: Table,
+        day: NaiveDate,
+        instance: &str,
+        media: MediaType,
+    ) -> PathBuf {
         self.root
             .join(table.name())
             .join(format!("dt={}", day.format("%Y-%m-%d")))
@@ -93,11 +118,19 @@ impl ParquetSink {
     }
 
     fn day_of(&self, ms: i64) -> NaiveDate {
-        DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().with_timezone(&self.timezone).date_naive()
+        DateTime::<Utc>::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .with_timezone(&self.timezone)
+            .date_naive()
     }
 
     fn lock_for(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
-        self.file_locks.lock().expect("lock map").entry(path.to_path_buf()).or_default().clone()
+        self.file_locks
+            .lock()
+            .expect("lock map")
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone()
     }
 }
 
@@ -111,10 +144,34 @@ pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, String> {
     let ncounts = table.count_columns().len();
     for batch in reader {
         let batch = batch.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let bad = || format!("{} does not have the {} schema", path.display(), table.name());
-        let s = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().ok_or_else(bad);
-        let t = |i: usize| batch.column(i).as_any().downcast_ref::<TimestampMillisecondArray>().ok_or_else(bad);
-        let n = |i: usize| batch.column(i).as_any().downcast_ref::<Int64Array>().ok_or_else(bad);
+        let bad = || {
+            format!(
+                "{} does not have the {} schema",
+                path.display(),
+                table.name()
+            )
+        };
+        let s = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(bad)
+        };
+        let t = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .ok_or_else(bad)
+        };
+        let n = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(bad)
+        };
         if batch.num_columns() != 5 + ncounts {
             return Err(bad());
         }
@@ -137,33 +194,56 @@ pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, String> {
 
 /// Writes rows (sorted by instance, media, stats_time) to `path` atomically.
 pub fn write_file_atomic(path: &Path, table: Table, rows: &[StoredRow]) -> Result<(), String> {
-    let dir = path.parent().ok_or_else(|| format!("{} has no directory", path.display()))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| format!("{} has no directory", path.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("part");
     let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let f = File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid level"),
+            ))
             .build();
         let schema = schema(table);
-        let mut w = ArrowWriter::try_new(f, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
+        let mut w =
+            ArrowWriter::try_new(f, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.instance_id.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.media_type.as_str()))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.stats_time)).with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.instance_id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.media_type.as_str()),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.stats_time))
+                    .with_timezone("UTC"),
+            ),
         ];
         for i in 0..table.count_columns().len() {
-            cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.counts[i]))));
+            cols.push(Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.counts[i]),
+            )));
         }
-        cols.push(Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.fetched_at)).with_timezone("UTC")));
-        cols.push(Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.request_id.as_str()))));
+        cols.push(Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.fetched_at))
+                .with_timezone("UTC"),
+        ));
+        cols.push(Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.request_id.as_str()),
+        )));
         let batch = RecordBatch::try_new(schema, cols).map_err(|e| e.to_string())?;
         w.write(&batch).map_err(|e| e.to_string())?;
         let f = w.into_inner().map_err(|e| e.to_string())?;
-        f.sync_all().map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("cannot fsync {}: {e}", dir.display()))
+        f.sync_all()
+            .map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot fsync {}: {e}", dir.display()))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -174,8 +254,15 @@ pub fn write_file_atomic(path: &Path, table: Table, rows: &[StoredRow]) -> Resul
 /// Merges `new` rows into `old`: one row per stats_time, newer fetch wins, an unchanged row keeps
 /// its original fetch time and RequestId.
 fn merge(old: Vec<StoredRow>, new: Vec<StoredRow>, stats: &mut CommitStats) -> Vec<StoredRow> {
-    let mut map: BTreeMap<(String, String, i64), StoredRow> =
-        old.into_iter().map(|r| ((r.instance_id.clone(), r.media_type.clone(), r.stats_time), r)).collect();
+    let mut map: BTreeMap<(String, String, i64), StoredRow> = old
+        .into_iter()
+        .map(|r| {
+            (
+                (r.instance_id.clone(), r.media_type.clone(), r.stats_time),
+                r,
+            )
+        })
+        .collect();
     for r in new {
         let k = (r.instance_id.clone(), r.media_type.clone(), r.stats_time);
         match map.get(&k) {
@@ -218,7 +305,11 @@ impl Sink for ParquetSink {
                 let lock = self.lock_for(&path);
                 let _guard = lock.lock().await;
                 let stats = tokio::task::spawn_blocking(move || -> Result<CommitStats, String> {
-                    let old = if path.exists() { read_file(&path, table)? } else { vec![] };
+                    let old = if path.exists() {
+                        read_file(&path, table)?
+                    } else {
+                        vec![]
+                    };
                     let mut s = CommitStats::default();
                     let merged = merge(old, rows, &mut s);
                     if s.inserted + s.revised > 0 {
@@ -241,25 +332,48 @@ mod tests {
     use super::*;
 
     fn row(t: i64, n: i64, at: i64) -> StoredRow {
-        StoredRow { instance_id: "i".into(), media_type: "Audio".into(), stats_time: t, counts: vec![n], fetched_at: at, request_id: format!("r{at}") }
+        StoredRow {
+            instance_id: "i".into(),
+            media_type: "Audio".into(),
+            stats_time: t,
+            counts: vec![n],
+            fetched_at: at,
+            request_id: format!("r{at}"),
+        }
     }
 
     #[test]
     fn merge_counts_inserts_revisions_and_unchanged_rows() {
         let mut s = CommitStats::default();
-        let out = merge(vec![row(1, 5, 100), row(2, 6, 100)], vec![row(2, 6, 200), row(3, 7, 200), row(1, 9, 200)], &mut s);
-        assert_eq!(s, CommitStats { inserted: 1, revised: 1, unchanged: 1 });
+        let out = merge(
+            vec![row(1, 5, 100), row(2, 6, 100)],
+            vec![row(2, 6, 200), row(3, 7, 200), row(1, 9, 200)],
+            &mut s,
+        );
+        assert_eq!(
+            s,
+            CommitStats {
+                inserted: 1,
+                revised: 1,
+                unchanged: 1
+            }
+        );
         assert_eq!(out, vec![row(1, 9, 200), row(2, 6, 100), row(3, 7, 200)]);
     }
 
     #[test]
     fn a_written_file_reads_back_identically_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("overall_trend/dt=2026-01-01/part-i-Audio.parquet");
+        let path = dir
+            .path()
+            .join("overall_trend/dt=2026-01-01/part-i-Audio.parquet");
         let rows = vec![row(1, 5, 100), row(2, 6, 100)];
         write_file_atomic(&path, Table::Overall, &rows).unwrap();
         assert_eq!(read_file(&path, Table::Overall).unwrap(), rows);
-        let names: Vec<String> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         assert_eq!(names, vec!["part-i-Audio.parquet".to_string()]);
     }
 }

@@ -12,15 +12,24 @@ pub const KEY_ID: &str = "test-key";
 pub const SECRET: &str = "test-secret-do-not-print";
 
 pub fn options(instances: &[&str]) -> EmulatorOptions {
-    EmulatorOptions::new(instances.iter().map(|s| s.to_string()).collect(), KEY_ID, SECRET)
+    EmulatorOptions::new(
+        instances.iter().map(|s| s.to_string()).collect(),
+        KEY_ID,
+        SECRET,
+    )
 }
 
 pub async fn start(opts: EmulatorOptions) -> RunningEmulator {
-    emulator::spawn(opts).await.expect("emulator starts on 127.0.0.1:0")
+    emulator::spawn(opts)
+        .await
+        .expect("emulator starts on 127.0.0.1:0")
 }
 
 pub fn config(emu: &RunningEmulator, instances: &[&str], version: SignatureVersion) -> Config {
-    let mut c = Config::for_emulator(&emu.endpoint(), instances.iter().map(|s| s.to_string()).collect());
+    let mut c = Config::for_emulator(
+        &emu.endpoint(),
+        instances.iter().map(|s| s.to_string()).collect(),
+    );
     c.source.signature_version = version;
     c.source.max_qps = 1000.0;
     c.source.backoff_base_ms = 5;

@@ -101,7 +101,11 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 
 fn check_time(ts: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Rejection> {
     let raw = ts.ok_or_else(|| {
-        Rejection::new(400, "MissingTimestamp", "Timestamp is mandatory for this action.")
+        Rejection::new(
+            400,
+            "MissingTimestamp",
+            "Timestamp is mandatory for this action.",
+        )
     })?;
     let t = parse_time(raw).ok_or_else(|| {
         Rejection::new(
@@ -175,7 +179,11 @@ fn verify_v1(
     now: DateTime<Utc>,
 ) -> Result<Verified, Rejection> {
     let id = req.param("AccessKeyId").ok_or_else(|| {
-        Rejection::new(400, "MissingAccessKeyId", "AccessKeyId is mandatory for this action.")
+        Rejection::new(
+            400,
+            "MissingAccessKeyId",
+            "AccessKeyId is mandatory for this action.",
+        )
     })?;
     let pair = lookup(keys, id)?;
     match req.param("SignatureMethod") {
@@ -184,7 +192,10 @@ fn verify_v1(
             return Err(Rejection::new(
                 400,
                 "InvalidSignatureMethod",
-                format!("Specified signature method is not valid: {}", other.unwrap_or("")),
+                format!(
+                    "Specified signature method is not valid: {}",
+                    other.unwrap_or("")
+                ),
             ));
         }
     }
@@ -199,7 +210,11 @@ fn verify_v1(
     let nonce = req
         .param("SignatureNonce")
         .ok_or_else(|| {
-            Rejection::new(400, "MissingSignatureNonce", "SignatureNonce is mandatory for this action.")
+            Rejection::new(
+                400,
+                "MissingSignatureNonce",
+                "SignatureNonce is mandatory for this action.",
+            )
         })?
         .to_string();
     // Alibaba Cloud signs every parameter, query and form body alike, except Signature itself.
@@ -247,7 +262,11 @@ fn verify_v3(
     let nonce = req
         .header("x-acs-signature-nonce")
         .ok_or_else(|| {
-            Rejection::new(400, "MissingSignatureNonce", "x-acs-signature-nonce is mandatory.")
+            Rejection::new(
+                400,
+                "MissingSignatureNonce",
+                "x-acs-signature-nonce is mandatory.",
+            )
         })?
         .to_string();
     let body_hash = sign::sha256_hex(req.body);
@@ -277,7 +296,11 @@ fn verify_v3(
     let canonical = V3Canonical {
         method: req.method,
         path: "/",
-        query: req.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        query: req
+            .query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
         headers,
         hashed_payload: &body_hash,
     };

@@ -45,8 +45,9 @@ fn mix(mut z: u64) -> u64 {
 }
 
 fn hash_str(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Uniform in [0, 1) from a key and a salt.
@@ -66,7 +67,8 @@ fn hourly_curve(hour: u32) -> f64 {
 impl DataModel {
     /// The final (fully revised) rows of one bucket.
     pub fn final_rows(&self, instance: &str, media: MediaType, bucket_start: i64) -> BucketRows {
-        let key = mix(self.seed ^ hash_str(instance)) ^ mix(media as u64 + 1) ^ mix(bucket_start as u64);
+        let key =
+            mix(self.seed ^ hash_str(instance)) ^ mix(media as u64 + 1) ^ mix(bucket_start as u64);
         let local = self.timezone.from_utc_datetime(
             &DateTime::<Utc>::from_timestamp_millis(bucket_start)
                 .unwrap_or_default()
@@ -91,8 +93,8 @@ impl DataModel {
         let in_ring = (rang as f64 * 0.05 * unit(key, 5)).floor() as i64;
         let handled = rang - in_ring;
 
-        let out_total =
-            (size * 0.4 * media_factor * rhythm * scale * (0.8 + 0.4 * unit(key, 6))).round() as i64;
+        let out_total = (size * 0.4 * media_factor * rhythm * scale * (0.8 + 0.4 * unit(key, 6)))
+            .round() as i64;
         let answered = (out_total as f64 * (0.4 + 0.3 * unit(key, 7))).floor() as i64;
         let agents = ((size / 8.0) * (0.2 + 0.8 * rhythm) * media_factor).ceil() as i64;
 
@@ -132,15 +134,29 @@ impl DataModel {
     }
 
     /// The rows of one bucket as served at `now_ms`.
-    pub fn rows_at(&self, instance: &str, media: MediaType, bucket_start: i64, now_ms: i64) -> BucketRows {
+    pub fn rows_at(
+        &self,
+        instance: &str,
+        media: MediaType,
+        bucket_start: i64,
+        now_ms: i64,
+    ) -> BucketRows {
         let f = self.completeness(bucket_start, now_ms);
         let mut r = self.final_rows(instance, media, bucket_start);
         if f < 1.0 {
             let s = |v: i64| (v as f64 * f).floor() as i64;
             let i = &mut r.inbound;
-            (i.total_calls, i.calls_handled, i.calls_queued) = (s(i.total_calls), s(i.calls_handled), s(i.calls_queued));
-            (i.calls_abandoned_in_ivr, i.calls_abandoned_in_queue, i.calls_abandoned_in_ring) =
-                (s(i.calls_abandoned_in_ivr), s(i.calls_abandoned_in_queue), s(i.calls_abandoned_in_ring));
+            (i.total_calls, i.calls_handled, i.calls_queued) =
+                (s(i.total_calls), s(i.calls_handled), s(i.calls_queued));
+            (
+                i.calls_abandoned_in_ivr,
+                i.calls_abandoned_in_queue,
+                i.calls_abandoned_in_ring,
+            ) = (
+                s(i.calls_abandoned_in_ivr),
+                s(i.calls_abandoned_in_queue),
+                s(i.calls_abandoned_in_ring),
+            );
             r.outbound.total_calls = s(r.outbound.total_calls);
             r.outbound.calls_answered = s(r.outbound.calls_answered);
         }
@@ -191,14 +207,23 @@ mod tests {
             let i = a.inbound;
             assert!(i.total_calls >= 0 && i.calls_handled >= 0);
             assert_eq!(
-                i.calls_handled + i.calls_abandoned_in_ivr + i.calls_abandoned_in_queue + i.calls_abandoned_in_ring,
+                i.calls_handled
+                    + i.calls_abandoned_in_ivr
+                    + i.calls_abandoned_in_queue
+                    + i.calls_abandoned_in_ring,
                 i.total_calls
             );
             assert!(i.calls_queued <= i.total_calls && i.calls_handled <= i.calls_queued);
             assert!(a.outbound.calls_answered <= a.outbound.total_calls);
             for f in [0.5, 0.73, 0.99] {
                 let s = |v: i64| (v as f64 * f).floor() as i64;
-                assert!(s(i.calls_handled) + s(i.calls_abandoned_in_ivr) + s(i.calls_abandoned_in_queue) + s(i.calls_abandoned_in_ring) <= s(i.total_calls));
+                assert!(
+                    s(i.calls_handled)
+                        + s(i.calls_abandoned_in_ivr)
+                        + s(i.calls_abandoned_in_queue)
+                        + s(i.calls_abandoned_in_ring)
+                        <= s(i.total_calls)
+                );
             }
         }
     }
@@ -207,8 +232,28 @@ mod tests {
     fn nights_are_quieter_than_days() {
         let m = model();
         // 2025-12-02 is a Tuesday; 03:00 and 10:00 in Shanghai are 19:00 and 02:00 UTC.
-        let night: i64 = (0..20).map(|d| m.final_rows("x", MediaType::Audio, 1_764_615_600_000 + d * 86_400_000 * 7).inbound.total_calls).sum();
-        let day: i64 = (0..20).map(|d| m.final_rows("x", MediaType::Audio, 1_764_640_800_000 + d * 86_400_000 * 7).inbound.total_calls).sum();
+        let night: i64 = (0..20)
+            .map(|d| {
+                m.final_rows(
+                    "x",
+                    MediaType::Audio,
+                    1_764_615_600_000 + d * 86_400_000 * 7,
+                )
+                .inbound
+                .total_calls
+            })
+            .sum();
+        let day: i64 = (0..20)
+            .map(|d| {
+                m.final_rows(
+                    "x",
+                    MediaType::Audio,
+                    1_764_640_800_000 + d * 86_400_000 * 7,
+                )
+                .inbound
+                .total_calls
+            })
+            .sum();
         assert!(day > night * 5, "day {day} night {night}");
     }
 
@@ -230,6 +275,9 @@ mod tests {
         let h = 3_600_000;
         assert_eq!(m.bucket_starts(h + 1, 3 * h, 10 * h, true), vec![h, 2 * h]);
         assert_eq!(m.bucket_starts(h + 1, 3 * h, 10 * h, false), vec![2 * h]);
-        assert_eq!(m.bucket_starts(0, 10 * h, 2 * h + 5, true), vec![0, h, 2 * h]);
+        assert_eq!(
+            m.bucket_starts(0, 10 * h, 2 * h + 5, true),
+            vec![0, h, 2 * h]
+        );
     }
 }

@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-pub use auth::{KeyPair, MAX_SKEW_SECS, Rejection};
 use auth::{IncomingRequest, verify};
+pub use auth::{KeyPair, MAX_SKEW_SECS, Rejection};
 use data::DataModel;
 
 use crate::ccc::client::{ACTION, API_VERSION};
@@ -183,10 +183,16 @@ pub struct EmulatorStats {
 
 const MAX_CALL_LOG: usize = 100_000;
 
+/// Nonces seen within the skew window, and the order they expire in.
+type NonceBook = (
+    HashMap<String, DateTime<Utc>>,
+    VecDeque<(DateTime<Utc>, String)>,
+);
+
 struct Shared {
     opts: EmulatorOptions,
     stats: Mutex<EmulatorStats>,
-    nonces: Mutex<(HashMap<String, DateTime<Utc>>, VecDeque<(DateTime<Utc>, String)>)>,
+    nonces: Mutex<NonceBook>,
     rng: Mutex<StdRng>,
     throttle: Mutex<(f64, tokio::time::Instant)>,
 }
@@ -278,7 +284,12 @@ async fn handle(
     let form = if is_form { decode_pairs(&body) } else { vec![] };
     let header_list: Vec<(String, String)> = headers
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+        .filter_map(|(k, v)| {
+            Some((
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().ok()?.to_string(),
+            ))
+        })
         .collect();
     let incoming = IncomingRequest {
         method: method.as_str(),
@@ -292,7 +303,12 @@ async fn handle(
         Ok(v) => v,
         Err(r) => {
             let action = param(&query, &form, "Action")
-                .or_else(|| header_list.iter().find(|(k, _)| k == "x-acs-action").map(|(_, v)| v.as_str()))
+                .or_else(|| {
+                    header_list
+                        .iter()
+                        .find(|(k, _)| k == "x-acs-action")
+                        .map(|(_, v)| v.as_str())
+                })
                 .unwrap_or("")
                 .to_string();
             shared.count(&action, r.code);
@@ -314,7 +330,9 @@ async fn handle(
         return error_response(
             404,
             "InvalidAction.NotFound",
-            &format!("Specified api is not found, please check your url and method. Action: {action}"),
+            &format!(
+                "Specified api is not found, please check your url and method. Action: {action}"
+            ),
             &request_id,
         );
     }
@@ -323,19 +341,29 @@ async fn handle(
         return error_response(
             400,
             "InvalidVersion",
-            &format!("Specified parameter Version is not valid: {}", verified.api_version),
+            &format!(
+                "Specified parameter Version is not valid: {}",
+                verified.api_version
+            ),
             &request_id,
         );
     }
     if shared.over_limit() {
         shared.count(&action, "Throttling.User");
-        return error_response(400, "Throttling.User", "Request was denied due to user flow control.", &request_id);
+        return error_response(
+            400,
+            "Throttling.User",
+            "Request was denied due to user flow control.",
+            &request_id,
+        );
     }
     let params = |name: &str| param(&query, &form, name).map(str::to_string);
     let call = |code: &str| ServedCall {
         instance_id: params("InstanceId").unwrap_or_default(),
         media_type: params("MediaType").unwrap_or_else(|| "Audio".into()),
-        start_ms: params("StartTime").and_then(|s| s.parse().ok()).unwrap_or(-1),
+        start_ms: params("StartTime")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1),
         end_ms: params("EndTime").and_then(|s| s.parse().ok()).unwrap_or(-1),
         code: code.to_string(),
     };
@@ -359,12 +387,22 @@ async fn handle(
     if hit(f.unavailable) {
         shared.count(&action, "ServiceUnavailable");
         log(call("ServiceUnavailable"));
-        return error_response(503, "ServiceUnavailable", "The request has failed due to a temporary failure of the server.", &request_id);
+        return error_response(
+            503,
+            "ServiceUnavailable",
+            "The request has failed due to a temporary failure of the server.",
+            &request_id,
+        );
     }
     if failing || hit(f.internal_error) {
         shared.count(&action, "InternalError");
         log(call("InternalError"));
-        return error_response(500, "InternalError", "The request processing has failed due to some unknown error.", &request_id);
+        return error_response(
+            500,
+            "InternalError",
+            "The request processing has failed due to some unknown error.",
+            &request_id,
+        );
     }
     let slow = hit(f.slow);
     let truncated = hit(f.truncated);
@@ -387,13 +425,23 @@ async fn handle(
     if non_json {
         shared.count(&action, "NonJsonBody");
         log(call("NonJsonBody"));
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html><body><h1>502 Bad Gateway</h1></body></html>").into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+        )
+            .into_response();
     }
     if truncated {
         shared.count(&action, "TruncatedBody");
         log(call("TruncatedBody"));
         let cut = body.len() / 2;
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json;charset=utf-8")], body[..cut].to_string()).into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
+            body[..cut].to_string(),
+        )
+            .into_response();
     }
     shared.count(&action, &code);
     log(call(&code));
@@ -405,7 +453,11 @@ async fn handle(
         .into_response()
 }
 
-fn param<'a>(query: &'a [(String, String)], form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn param<'a>(
+    query: &'a [(String, String)],
+    form: &'a [(String, String)],
+    name: &str,
+) -> Option<&'a str> {
     query
         .iter()
         .chain(form.iter())
@@ -426,20 +478,33 @@ fn report(
 ) -> Result<(String, u64), Rejection> {
     let instance = params("InstanceId").unwrap_or_default();
     if instance.trim().is_empty() {
-        return Err(Rejection::new(400, "Parameter.Blank", "The parameter InstanceId must not be blank."));
+        return Err(Rejection::new(
+            400,
+            "Parameter.Blank",
+            "The parameter InstanceId must not be blank.",
+        ));
     }
     if !opts.instances.contains(&instance) {
-        return Err(Rejection::new(404, "NotExists.InstanceId", format!("The specified instance {instance} does not exist.")));
+        return Err(Rejection::new(
+            404,
+            "NotExists.InstanceId",
+            format!("The specified instance {instance} does not exist."),
+        ));
     }
     let media: MediaType = match params("MediaType") {
         None => MediaType::Audio,
-        Some(m) => m.parse().map_err(|_| invalid(format!("The parameter MediaType {m:?} is invalid.")))?,
+        Some(m) => m
+            .parse()
+            .map_err(|_| invalid(format!("The parameter MediaType {m:?} is invalid.")))?,
     };
     let now_ms = now.timestamp_millis();
     let ms = |name: &str, default: i64| -> Result<i64, Rejection> {
         match params(name) {
             None => Ok(default),
-            Some(v) => v.trim().parse::<i64>().map_err(|_| invalid(format!("The parameter {name} {v:?} is not a number."))),
+            Some(v) => v
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| invalid(format!("The parameter {name} {v:?} is not a number."))),
         }
     };
     let today = {
@@ -452,18 +517,34 @@ fn report(
     let start = ms("StartTime", today)?;
     let end = ms("EndTime", now_ms)?;
     if end < start {
-        return Err(invalid("The parameter EndTime must not be earlier than StartTime.".into()));
+        return Err(invalid(
+            "The parameter EndTime must not be earlier than StartTime.".into(),
+        ));
     }
     if end - start > MAX_WINDOW_MS {
-        return Err(invalid("The time range between StartTime and EndTime must not exceed 7 days.".into()));
+        return Err(invalid(
+            "The time range between StartTime and EndTime must not exceed 7 days.".into(),
+        ));
     }
     if start < now_ms - HORIZON_DAYS * 86_400_000 {
-        return Err(invalid("The parameter StartTime must not be earlier than 180 days ago.".into()));
+        return Err(invalid(
+            "The parameter StartTime must not be earlier than 180 days ago.".into(),
+        ));
     }
     let model = opts.data_model();
     let starts = model.bucket_starts(start, end, now_ms, opts.floor_start);
-    let num = |v: i64| -> Value { if opts.numbers_as_strings { Value::String(v.to_string()) } else { json!(v) } };
-    let ring = if opts.legacy_ring_name { "CallsAbandonedInRinging" } else { "CallsAbandonedInRing" };
+    let num = |v: i64| -> Value {
+        if opts.numbers_as_strings {
+            Value::String(v.to_string())
+        } else {
+            json!(v)
+        }
+    };
+    let ring = if opts.legacy_ring_name {
+        "CallsAbandonedInRinging"
+    } else {
+        "CallsAbandonedInRing"
+    };
     let mut inbound = Vec::with_capacity(starts.len());
     let mut outbound = Vec::with_capacity(starts.len());
     let mut overall = Vec::with_capacity(starts.len());
@@ -476,11 +557,16 @@ fn report(
         row.insert("CallsHandled".into(), num(i.calls_handled));
         row.insert("CallsQueued".into(), num(i.calls_queued));
         row.insert("CallsAbandonedInIVR".into(), num(i.calls_abandoned_in_ivr));
-        row.insert("CallsAbandonedInQueue".into(), num(i.calls_abandoned_in_queue));
+        row.insert(
+            "CallsAbandonedInQueue".into(),
+            num(i.calls_abandoned_in_queue),
+        );
         row.insert(ring.into(), num(i.calls_abandoned_in_ring));
         inbound.push(Value::Object(row));
         outbound.push(json!({"StatsTime": num(*t), "TotalCalls": num(r.outbound.total_calls), "CallsAnswered": num(r.outbound.calls_answered)}));
-        overall.push(json!({"StatsTime": num(*t), "MaxLoggedInAgents": num(r.overall.max_logged_in_agents)}));
+        overall.push(
+            json!({"StatsTime": num(*t), "MaxLoggedInAgents": num(r.overall.max_logged_in_agents)}),
+        );
     }
     let rows = (starts.len() * 3) as u64;
     let body = json!({
@@ -525,7 +611,9 @@ pub async fn serve(
         .route("/_emulator/stats", get(stats))
         .route("/", any(handle))
         .with_state(shared);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// A running emulator, stopped when dropped or by [`RunningEmulator::shutdown`].
@@ -588,7 +676,11 @@ pub async fn spawn(opts: EmulatorOptions) -> std::io::Result<RunningEmulator> {
 impl EmulatorStats {
     /// Answers with `code` to `action`.
     pub fn count(&self, action: &str, code: &str) -> u64 {
-        self.by_action.get(action).and_then(|m| m.get(code)).copied().unwrap_or(0)
+        self.by_action
+            .get(action)
+            .and_then(|m| m.get(code))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Successful report calls.

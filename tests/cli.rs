@@ -1,0 +1,357 @@
+//! The binary as a user runs it: `plan` for the ranges that matter, and bad input that must give
+//! one clear line and exit code 2.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+const H: i64 = 3_600_000;
+const DAY: i64 = 24 * H;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+    c.env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+        .env_remove("ALIBABA_CLOUD_SECURITY_TOKEN")
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1");
+    c
+}
+
+fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("pipeline.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn base_config(tz: &str) -> String {
+    format!(
+        "[source]\nendpoint = \"http://127.0.0.1:9\"\n[pipeline]\ninstances = [\"ccc-a\", \"ccc-b\"]\ntimezone = \"{tz}\"\n[parquet]\nroot = \"wh\"\n"
+    )
+}
+
+fn plan_json(tz: &str, from: &str, to: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &base_config(tz));
+    let out = bin()
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "plan",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--instance",
+            "ccc-a",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn spans(v: &Value) -> Vec<(i64, i64)> {
+    v["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["start_ms"].as_i64().unwrap(),
+                w["end_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn now() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[test]
+fn plan_of_one_hour_is_one_window() {
+    let to = now() / H * H - DAY;
+    let v = plan_json("UTC", &(to - H).to_string(), &to.to_string());
+    assert_eq!(spans(&v), vec![(to - H, to)]);
+    assert_eq!(v["windows"][0]["instance_id"], "ccc-a");
+    assert_eq!(v["windows"][0]["media_type"], "Audio");
+    assert_eq!(v["lost"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn plan_of_exactly_7_days_is_one_window_and_8_days_two() {
+    let to = now() / DAY * DAY - DAY;
+    assert_eq!(
+        spans(&plan_json(
+            "UTC",
+            &(to - 7 * DAY).to_string(),
+            &to.to_string()
+        )),
+        vec![(to - 7 * DAY, to)]
+    );
+    let s = spans(&plan_json(
+        "UTC",
+        &(to - 8 * DAY).to_string(),
+        &to.to_string(),
+    ));
+    assert_eq!(s, vec![(to - 8 * DAY, to - DAY), (to - DAY, to)]);
+}
+
+#[test]
+fn plan_of_180_and_400_days_is_clamped_to_the_horizon_and_reports_the_loss() {
+    for days in [180, 400] {
+        let v = plan_json(
+            "Asia/Shanghai",
+            &(now() - days * DAY).to_string(),
+            &(now() - DAY).to_string(),
+        );
+        let s = spans(&v);
+        let horizon = v["horizon_ms"].as_i64().unwrap();
+        assert_eq!(
+            s.first().unwrap().0,
+            horizon,
+            "{days}: starts at the horizon"
+        );
+        assert!(s.iter().all(|(a, b)| b - a <= 7 * DAY));
+        assert!(s.windows(2).all(|w| w[0].1 == w[1].0));
+        let expected = ((s.last().unwrap().1 - horizon) + 7 * DAY - 1) / (7 * DAY);
+        assert_eq!(s.len() as i64, expected, "{days}: minimal");
+        let lost = v["lost"].as_array().unwrap();
+        assert_eq!(lost.len(), 1, "{days}");
+        assert_eq!(lost[0]["end_ms"].as_i64().unwrap(), horizon);
+        // Every inner boundary is a Shanghai midnight (16:00 UTC).
+        for (a, _) in &s[1..] {
+            assert_eq!(
+                a.rem_euclid(DAY),
+                16 * H,
+                "{days}: {}",
+                DateTime::<Utc>::from_timestamp_millis(*a).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn plan_trims_the_future_to_now() {
+    let start = now() - DAY;
+    let v = plan_json("UTC", &start.to_string(), &(now() + 3 * DAY).to_string());
+    let s = spans(&v);
+    assert_eq!(s.len(), 1);
+    assert!(s[0].1 <= now() && s[0].1 > now() - 60_000);
+    assert!(v["future_trimmed"].is_array());
+}
+
+#[test]
+fn plan_in_a_daylight_saving_zone_cuts_at_local_midnights() {
+    // New York, around the spring-forward of 2026-03-08; pick a year that is within the horizon.
+    let v = plan_json("America/New_York", "2026-10-25", "2026-11-10");
+    let s = spans(&v);
+    if s.is_empty() {
+        return assert!(!v["lost"].as_array().unwrap().is_empty());
+    }
+    // 2026-11-01 is the fall-back day (25 hours); boundaries stay on local midnights.
+    let ny: chrono_tz::Tz = chrono_tz::America::New_York;
+    for (a, _) in &s[1..] {
+        let local = DateTime::<Utc>::from_timestamp_millis(*a)
+            .unwrap()
+            .with_timezone(&ny);
+        assert_eq!(local.format("%H:%M").to_string(), "00:00", "{local}");
+    }
+    assert!(s.iter().all(|(a, b)| b - a <= 7 * DAY));
+    assert_eq!(s.len(), 3, "17 local days need 3 windows: {s:?}");
+}
+
+fn run_bad(config: Option<&str>, args: &[&str], with_creds: bool) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = bin();
+    c.current_dir(dir.path());
+    if let Some(body) = config {
+        let p = write_config(dir.path(), body);
+        c.args(["--config", p.to_str().unwrap()]);
+    }
+    if with_creds {
+        c.env("ALIBABA_CLOUD_ACCESS_KEY_ID", "id")
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "very-secret-value");
+    }
+    let out = c.args(args).output().unwrap();
+    assert!(
+        !dir.path().join("wh").exists(),
+        "nothing written for {args:?}"
+    );
+    out
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_exit_code_2() {
+    let ok = base_config("UTC");
+    let cases: Vec<(Option<String>, Vec<&str>, bool, &str)> = vec![
+        (
+            Some("[pipeline\n".into()),
+            vec!["plan", "--from", "2026-11-01"],
+            true,
+            "pipeline.toml:1:",
+        ),
+        (
+            Some(format!("{ok}colour = 1\n")),
+            vec!["plan", "--from", "2026-11-01"],
+            true,
+            "unknown field `colour`",
+        ),
+        (
+            Some(ok.replace("\"UTC\"", "\"Mars/Base\"")),
+            vec!["plan", "--from", "2026-11-01"],
+            true,
+            "unknown time zone",
+        ),
+        (
+            Some(ok.replace("[source]\n", "[source]\nmax_qps = 0\n")),
+            vec!["plan", "--from", "2026-11-01"],
+            true,
+            "must be > 0",
+        ),
+        (
+            Some(ok.clone()),
+            vec!["backfill", "--from", "2026-11-01"],
+            false,
+            "ALIBABA_CLOUD_ACCESS_KEY_ID is not set",
+        ),
+        (
+            Some(ok.clone()),
+            vec!["plan", "--from", "2026-11-05", "--to", "2026-11-01"],
+            true,
+            "is not before --to",
+        ),
+        (
+            Some(ok.clone()),
+            vec!["plan", "--from", "2026-02-30"],
+            true,
+            "not a real calendar date",
+        ),
+        (
+            Some(ok.clone()),
+            vec!["plan", "--from", "last tuesday"],
+            true,
+            "expected a date YYYY-MM-DD",
+        ),
+        (
+            Some(ok.clone()),
+            vec!["plan", "--from", "2026-11-01", "--instance", "ccc-zzz"],
+            true,
+            "not a configured instance",
+        ),
+        (
+            Some(ok.replace("[\"ccc-a\", \"ccc-b\"]", "[]")),
+            vec!["plan", "--from", "2026-11-01"],
+            true,
+            "instance list is empty",
+        ),
+        (
+            Some(ok.replace("http://127.0.0.1:9", "http://ccc.example.com")),
+            vec!["plan", "--from", "2026-11-01"],
+            true,
+            "plain HTTP",
+        ),
+        (
+            None,
+            vec!["plan", "--from", "2026-11-01"],
+            true,
+            "cannot read config file",
+        ),
+    ];
+    for (cfg, args, creds, expect) in cases {
+        let out = run_bad(cfg.as_deref(), &args, creds);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{args:?}: expected {expect:?} in {stderr:?}"
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {stderr:?}"
+        );
+        assert!(!stderr.contains("very-secret-value"));
+    }
+}
+
+#[test]
+fn help_shows_an_example_for_every_subcommand() {
+    for sub in [
+        "backfill", "nightly", "plan", "status", "verify", "migrate", "emulator", "demo",
+    ] {
+        let out = bin().args([sub, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example:") && text.contains(&format!("ccc-etl {sub}")),
+            "{sub}: {text}"
+        );
+    }
+}
+
+#[test]
+fn the_demo_backfills_into_parquet_with_no_credentials_and_no_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["demo", "--days", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "read_parquet('warehouse/inbound_trend/*/*.parquet', hive_partitioning = true)"
+        )
+    );
+    let parts = std::fs::read_dir(dir.path().join("warehouse/inbound_trend"))
+        .unwrap()
+        .count();
+    assert!(parts >= 3, "one partition per day at least: {parts}");
+}
+
+#[test]
+fn the_emulator_prints_its_address_first_and_serves_until_terminated() {
+    use std::io::{BufRead, BufReader};
+    let mut child = bin()
+        .args(["emulator", "--listen", "127.0.0.1:0", "--instances", "a,b"])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "k")
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "s")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on http://127.0.0.1:"), "{line}");
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0);
+    let stats = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(stats.is_ok());
+    send_sigterm(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
+}
+
+fn send_sigterm(pid: u32) {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+}
