@@ -265,6 +265,7 @@ fn emulator_options(
         non_json: args.non_json,
         seed: args.fault_seed,
         failing_instances: vec![],
+        retry_after_ms: None,
     };
     Ok(opts)
 }

@@ -553,3 +553,95 @@ async fn throttling_is_answered_with_http_400_and_the_client_slows_down_and_comp
         "the client lowered its rate"
     );
 }
+
+#[tokio::test]
+async fn requests_are_spaced_by_max_qps_on_the_wire() {
+    let emu = start(options(&["ccc-a"])).await;
+    let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
+    cfg.source.max_qps = 20.0;
+    cfg.source.concurrency = 4;
+    let c = Arc::new(client(&cfg, SECRET));
+    let hour = now_ms() / H * H;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut r = req("ccc-a", hour - (i + 2) * H, hour - (i + 1) * H);
+                r.media_type =
+                    [MediaType::Audio, MediaType::Chat, MediaType::Video][i as usize % 3];
+                c.get_trending_report(&r).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().report.inbound.len(), 1);
+    }
+    let mut arrivals: Vec<i64> = emu
+        .stats()
+        .await
+        .unwrap()
+        .calls
+        .iter()
+        .map(|c| c.received_ms)
+        .collect();
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 12);
+    // 20 qps = one request every 50 ms; the pacer never sends faster (a slow machine only adds).
+    let span = arrivals[11] - arrivals[0];
+    assert!(
+        span >= 11 * 50 - 15,
+        "12 requests at 20 qps span at least 550 ms, got {span}"
+    );
+    for w in arrivals.windows(2) {
+        assert!(w[1] - w[0] >= 35, "gap {} ms", w[1] - w[0]);
+    }
+    let media: BTreeMap<String, usize> =
+        emu.stats()
+            .await
+            .unwrap()
+            .calls
+            .iter()
+            .fold(BTreeMap::new(), |mut m, c| {
+                *m.entry(c.media_type.clone()).or_default() += 1;
+                m
+            });
+    assert_eq!(
+        media.values().copied().collect::<Vec<_>>(),
+        vec![4, 4, 4],
+        "Audio, Chat and Video all served"
+    );
+}
+
+#[tokio::test]
+async fn x_acs_retry_after_is_honoured_before_retrying() {
+    let emu = start(faulty(Faults {
+        qps_limit: Some(1.0),
+        retry_after_ms: Some(400),
+        ..Default::default()
+    }))
+    .await;
+    let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
+    cfg.source.max_attempts = 10;
+    let c = client(&cfg, SECRET);
+    let hour = now_ms() / H * H;
+    // The first request takes the only token; the second is throttled, then waits >= 400 ms.
+    c.get_trending_report(&req("ccc-a", hour - 2 * H, hour - H))
+        .await
+        .unwrap();
+    let got = c
+        .get_trending_report(&req("ccc-a", hour - 3 * H, hour - 2 * H))
+        .await
+        .unwrap();
+    assert!(got.attempts >= 2);
+    let calls = emu.stats().await.unwrap().calls;
+    let i = calls
+        .iter()
+        .position(|c| c.code == "Throttling.User")
+        .expect("one was throttled");
+    let (throttled, next) = (&calls[i], &calls[i + 1]);
+    assert!(
+        next.received_ms - throttled.received_ms >= 400,
+        "retried after {} ms",
+        next.received_ms - throttled.received_ms
+    );
+}

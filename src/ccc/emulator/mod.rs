@@ -74,6 +74,8 @@ pub struct Faults {
     pub seed: u64,
     /// Instances whose every request fails with HTTP 500 (to leave gaps on purpose).
     pub failing_instances: Vec<String>,
+    /// Sent as `x-acs-retry-after` (ms) with every throttling answer.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Everything the emulator serves and how.
@@ -164,6 +166,8 @@ pub struct ServedCall {
     pub end_ms: i64,
     /// The code answered.
     pub code: String,
+    /// When the request arrived, epoch ms (system clock, for spacing checks).
+    pub received_ms: i64,
 }
 
 /// Counters, as `GET /_emulator/stats` returns them.
@@ -275,6 +279,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
+    let received_ms = Utc::now().timestamp_millis();
     shared.stats.lock().expect("stats lock").requests += 1;
     let query = decode_pairs(query.as_deref().unwrap_or("").as_bytes());
     let is_form = headers
@@ -348,15 +353,6 @@ async fn handle(
             &request_id,
         );
     }
-    if shared.over_limit() {
-        shared.count(&action, "Throttling.User");
-        return error_response(
-            400,
-            "Throttling.User",
-            "Request was denied due to user flow control.",
-            &request_id,
-        );
-    }
     let params = |name: &str| param(&query, &form, name).map(str::to_string);
     let call = |code: &str| ServedCall {
         instance_id: params("InstanceId").unwrap_or_default(),
@@ -366,6 +362,7 @@ async fn handle(
             .unwrap_or(-1),
         end_ms: params("EndTime").and_then(|s| s.parse().ok()).unwrap_or(-1),
         code: code.to_string(),
+        received_ms,
     };
     let log = |c: ServedCall| {
         let mut s = shared.stats.lock().expect("stats lock");
@@ -374,6 +371,20 @@ async fn handle(
         }
         s.calls.push(c);
     };
+    if shared.over_limit() {
+        shared.count(&action, "Throttling.User");
+        log(call("Throttling.User"));
+        let mut resp = error_response(
+            400,
+            "Throttling.User",
+            "Request was denied due to user flow control.",
+            &request_id,
+        );
+        if let Some(ms) = shared.opts.faults.retry_after_ms {
+            resp.headers_mut().insert("x-acs-retry-after", ms.into());
+        }
+        return resp;
+    }
     // One draw per request decides its fault, so the sequence replays from the seed.
     let draw: f64 = shared.rng.lock().expect("rng lock").random();
     let f = &shared.opts.faults;
