@@ -44,10 +44,13 @@ pub fn own_and_dedup<R: TrendRow>(
     // Sort by StatsTime, then by counts descending, so the first of each run is the keeper.
     owned.sort_by(|a, b| a.stats_time().cmp(&b.stats_time()).then_with(|| b.cmp(a)));
     let mut out: Vec<R> = Vec::with_capacity(owned.len());
+    let mut prev: Option<R> = None;
     for r in owned {
-        match out.last() {
-            Some(last) if last.stats_time() == r.stats_time() => {
-                if *last == r {
+        match prev {
+            // Identical rows sort next to each other, so comparing with the previous one tells
+            // an exact repeat from a differing copy.
+            Some(p) if p.stats_time() == r.stats_time() => {
+                if p == r {
                     counts.duplicates += 1;
                 } else {
                     counts.conflicts += 1;
@@ -55,6 +58,7 @@ pub fn own_and_dedup<R: TrendRow>(
             }
             _ => out.push(r),
         }
+        prev = Some(r);
     }
     out
 }

@@ -200,7 +200,7 @@ pub const FILE_LEDGER_DIR: &str = "_ccc_etl";
 #[derive(Debug)]
 pub struct FileLedger {
     dir: PathBuf,
-    index: Mutex<Index>,
+    index: MemoryLedger,
     windows: Mutex<File>,
     runs: Mutex<File>,
     _lock: File,
@@ -242,14 +242,14 @@ impl FileLedger {
             }
         }
         let windows_path = dir.join("windows.jsonl");
-        let mut index = Index::default();
+        let index = MemoryLedger::default();
         if windows_path.exists() {
             let f =
                 File::open(&windows_path).map_err(|e| io_err("cannot read", &windows_path, e))?;
             for line in BufReader::new(f).lines() {
                 let line = line.map_err(|e| io_err("cannot read", &windows_path, e))?;
                 if let Ok(entry) = serde_json::from_str::<LedgerEntry>(&line) {
-                    index.apply(&entry);
+                    index.index.lock().expect("ledger lock").apply(&entry);
                 }
             }
         }
@@ -264,7 +264,7 @@ impl FileLedger {
         let runs = open_append(&dir.join("runs.jsonl"))?;
         Ok(Self {
             dir,
-            index: Mutex::new(index),
+            index,
             windows: Mutex::new(windows),
             runs: Mutex::new(runs),
             _lock: lock,
@@ -306,17 +306,12 @@ impl Ledger for FileLedger {
         media: MediaType,
         sink: &str,
     ) -> Result<Vec<(i64, i64)>, LedgerError> {
-        Ok(self
-            .index
-            .lock()
-            .expect("ledger lock")
-            .get(instance, media, sink))
+        self.index.committed(instance, media, sink).await
     }
 
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
         self.append(&self.windows, "windows.jsonl", entry)?;
-        self.index.lock().expect("ledger lock").apply(entry);
-        Ok(())
+        self.index.record(entry).await
     }
 
     async fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError> {

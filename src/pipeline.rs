@@ -78,7 +78,7 @@ pub struct RunSummary {
     /// Rows committed, per table.
     pub rows: BTreeMap<String, u64>,
     /// Per sink: inserted, revised, unchanged.
-    pub sinks: BTreeMap<String, SinkCounts>,
+    pub sinks: BTreeMap<String, CommitStats>,
     /// HTTP requests sent.
     pub requests: u64,
     /// Retries.
@@ -99,17 +99,6 @@ pub struct RunSummary {
     pub duration_secs: f64,
     /// Whether a run-fatal error stopped the run.
     pub fatal: Option<String>,
-}
-
-/// What one sink did over the run.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct SinkCounts {
-    /// New rows.
-    pub inserted: u64,
-    /// Rows updated because their values changed.
-    pub revised: u64,
-    /// Rows already present with the same values.
-    pub unchanged: u64,
 }
 
 impl RunSummary {
@@ -187,6 +176,7 @@ enum WindowOutcome {
         rows: [u64; 3],
         sinks: Vec<(&'static str, CommitStats)>,
         dedup: DedupCounts,
+        lost: Option<WindowKey>,
     },
     Failed(FailedWindow),
     Lost(WindowKey),
@@ -241,6 +231,7 @@ impl Backfill {
         let started = Instant::now();
         let run_id = uuid::Uuid::new_v4();
         let ctx = RunContext { run_id };
+        let started_at = Utc::now();
         let mut summary = RunSummary {
             run_id: run_id.to_string(),
             ..Default::default()
@@ -280,7 +271,7 @@ impl Backfill {
             .record_run(&RunRecord {
                 run_id,
                 command: req.command.clone(),
-                started_at: Utc::now(),
+                started_at,
                 finished_at: None,
                 status: "running".into(),
                 summary: None,
@@ -294,16 +285,19 @@ impl Backfill {
             .buffer_unordered(concurrency);
         while let Some(outcome) = stream.next().await {
             match outcome {
-                WindowOutcome::Ok { rows, sinks, dedup } => {
+                WindowOutcome::Ok {
+                    rows,
+                    sinks,
+                    dedup,
+                    lost,
+                } => {
                     summary.windows_ok += 1;
+                    summary.lost.extend(lost);
                     for (t, n) in Table::ALL.iter().zip(rows) {
                         *summary.rows.entry(t.name().to_string()).or_default() += n;
                     }
                     for (name, s) in sinks {
-                        let c = summary.sinks.entry(name.to_string()).or_default();
-                        c.inserted += s.inserted;
-                        c.revised += s.revised;
-                        c.unchanged += s.unchanged;
+                        *summary.sinks.entry(name.to_string()).or_default() += s;
                     }
                     summary.outside_window_rows += dedup.outside;
                     summary.duplicate_rows += dedup.duplicates;
@@ -345,7 +339,7 @@ impl Backfill {
             .record_run(&RunRecord {
                 run_id,
                 command: req.command.clone(),
-                started_at: Utc::now(),
+                started_at,
                 finished_at: Some(Utc::now()),
                 status: status.into(),
                 summary: serde_json::to_value(&summary).ok(),
@@ -420,12 +414,14 @@ impl Backfill {
         if key.end_ms <= send_horizon {
             return WindowOutcome::Lost(key);
         }
+        let mut lost = None;
         if key.start_ms < send_horizon {
-            let lost = WindowKey {
+            let part = WindowKey {
                 end_ms: send_horizon,
                 ..key.clone()
             };
-            tracing::warn!(window = %lost, "LOST: part of the window aged out before it was sent");
+            tracing::warn!(window = %part, "LOST: part of the window aged out before it was sent");
+            lost = Some(part);
             key.start_ms = send_horizon;
         }
         let req = TrendingRequest {
@@ -504,6 +500,7 @@ impl Backfill {
             rows,
             sinks: sink_stats,
             dedup,
+            lost,
         }
     }
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::record::WindowBatch;
 
 /// What one sink did with one window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CommitStats {
     /// Rows that were new.
     pub inserted: u64,
