@@ -19,6 +19,7 @@ use crate::progress::Progress;
 use crate::record::fmt_ms;
 use crate::sink::Sink;
 use crate::sink::parquet::ParquetSink;
+use crate::sink::postgres::{PgLedger, PgStore, PostgresSink};
 
 /// Runs the parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -56,7 +57,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             .await?;
             Ok(report(&summary))
         }
-        Command::Nightly { .. } | Command::Status { .. } | Command::Verify | Command::Migrate => {
+        Command::Migrate => {
+            let config = Config::load(&cli.config)?;
+            if config.postgres.is_none() {
+                return Err(InputError::new(
+                    "migrate needs a [postgres] section in the configuration",
+                )
+                .into());
+            }
+            let store = connect_postgres(&config).await?.expect("checked above");
+            println!(
+                "migrations applied: schema {} at {}",
+                store.schema().as_str(),
+                store.describe()
+            );
+            Ok(EXIT_OK)
+        }
+        Command::Nightly { .. } | Command::Status { .. } | Command::Verify => {
             anyhow::bail!("this subcommand is not available in this version yet")
         }
     }
@@ -168,24 +185,54 @@ pub fn run_plan(
     Ok(EXIT_OK)
 }
 
-/// Opens the configured sinks and the ledger that goes with them.
+/// Connects to PostgreSQL as `[postgres]` says and applies the migrations.
+pub async fn connect_postgres(config: &Config) -> anyhow::Result<Option<PgStore>> {
+    let Some(pg) = &config.postgres else {
+        return Ok(None);
+    };
+    let url = pg.resolve_url()?;
+    let store = PgStore::connect(
+        &url,
+        &pg.schema,
+        config.pipeline.timezone,
+        config.source.concurrency as u32 + 2,
+    )
+    .await?;
+    Ok(Some(store))
+}
+
+/// Opens the configured sinks and the ledger that goes with them: the PostgreSQL ledger when
+/// PostgreSQL is configured (it then tracks the Parquet commits too), else the file ledger under
+/// the Parquet root. Everything is checked here, before any API request is sent.
 pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, Arc<dyn Ledger>)> {
-    if config.postgres.is_some() {
+    if config.postgres.is_none() && config.parquet.is_none() {
         return Err(InputError::new(
-            "the [postgres] sink is not available in this version yet: remove the [postgres] section",
+            "no sink is configured: add a [parquet] and/or a [postgres] section",
         )
         .into());
     }
-    let Some(pq) = &config.parquet else {
-        return Err(InputError::new(
-            "no sink is configured: add a [parquet] section (or [postgres])",
-        )
-        .into());
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let parquet = match &config.parquet {
+        Some(pq) => Some(
+            ParquetSink::new(&pq.root, config.pipeline.timezone)
+                .map_err(|e| InputError::new(e.to_string()))?,
+        ),
+        None => None,
     };
-    let sink = ParquetSink::new(&pq.root, config.pipeline.timezone)
-        .map_err(|e| InputError::new(e.to_string()))?;
-    let ledger = FileLedger::open(&pq.root).map_err(|e| InputError::new(e.to_string()))?;
-    Ok((vec![Arc::new(sink)], Arc::new(ledger)))
+    let ledger: Arc<dyn Ledger> = match connect_postgres(config).await? {
+        Some(store) => {
+            sinks.push(Arc::new(PostgresSink::new(store.clone())));
+            Arc::new(PgLedger::new(store))
+        }
+        None => {
+            let root = &config.parquet.as_ref().expect("checked above").root;
+            Arc::new(FileLedger::open(root).map_err(|e| InputError::new(e.to_string()))?)
+        }
+    };
+    if let Some(p) = parquet {
+        sinks.push(Arc::new(p));
+    }
+    Ok((sinks, ledger))
 }
 
 /// Builds the client and runs a backfill.
@@ -323,10 +370,12 @@ async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
     config.parquet = Some(crate::config::ParquetConfig {
         root: root.to_path_buf(),
     });
-    if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.is_empty()) {
-        tracing::warn!(
-            "DATABASE_URL is set, but the PostgreSQL sink is not available in this version yet; writing Parquet only"
-        );
+    // PostgreSQL too when DATABASE_URL is set (schema `ccc`).
+    if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty()) {
+        config.postgres = Some(crate::config::PostgresConfig {
+            url: None,
+            schema: crate::config::SchemaName::parse("ccc").expect("valid schema name"),
+        });
     }
     let now = system_now();
     let tz = config.pipeline.timezone;
@@ -343,11 +392,16 @@ async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
         command: "demo".into(),
     };
     println!(
-        "demo: emulator on {} serving {}; back-filling {} .. now into {}",
+        "demo: emulator on {} serving {}; back-filling {} .. now into {}{}",
         emu.endpoint(),
         DEMO_INSTANCES.join(", "),
         from_day,
-        root.display()
+        root.display(),
+        if config.postgres.is_some() {
+            " and PostgreSQL (DATABASE_URL, schema ccc)"
+        } else {
+            ""
+        }
     );
     let (sinks, ledger) = open_sinks(&config).await?;
     let summary = execute(
@@ -368,5 +422,10 @@ async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
          sum(calls_handled) AS handled FROM read_parquet('{root}/inbound_trend/*/*.parquet', hive_partitioning = true) \
          GROUP BY ALL ORDER BY ALL LIMIT 10\""
     );
+    if config.postgres.is_some() {
+        println!(
+            "and in PostgreSQL:\n  psql \"$DATABASE_URL\" -c \"SELECT * FROM ccc.daily_traffic ORDER BY day DESC, instance_id LIMIT 10\""
+        );
+    }
     Ok(code)
 }

@@ -3,6 +3,7 @@
 
 pub mod memory;
 pub mod parquet;
+pub mod postgres;
 
 use async_trait::async_trait;
 

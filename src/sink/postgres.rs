@@ -1,0 +1,426 @@
+//! The PostgreSQL sink and ledger.
+//!
+//! Every table lives in the configured schema; connections set `search_path` to it, so all SQL
+//! below is static text with bound values, and the only identifier ever put into SQL is the
+//! validated, quoted schema name in `CREATE SCHEMA`. A window's rows (one `INSERT ... SELECT FROM
+//! UNNEST ... ON CONFLICT DO UPDATE` per table) and its ledger row commit in one transaction.
+//! Changed rows are updated and counted as revisions; unchanged rows are not rewritten.
+//!
+//! Concurrency: the upserts are safe for any number of concurrent runs (the primary key decides);
+//! a transaction-scoped advisory lock per (instance, media type) series serializes commits of the
+//! same series so revision counts stay exact. Several workers can share this ledger.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Row};
+
+use super::{CommitStats, RunContext, Sink, SinkError};
+use crate::config::SchemaName;
+use crate::ledger::{Ledger, LedgerEntry, LedgerError, RunRecord, WindowStatus};
+use crate::record::{MediaType, WindowBatch};
+
+/// The embedded migrations (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A connection pool bound to one schema, migrated.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    schema: SchemaName,
+    describe: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("at", &self.describe)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// Why PostgreSQL could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PgError(pub String);
+
+/// `postgres://user@host:port/db`, never the password.
+pub fn describe(opts: &PgConnectOptions) -> String {
+    format!(
+        "postgres://{}@{}:{}/{}",
+        opts.get_username(),
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("")
+    )
+}
+
+fn is_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        // SQLSTATE class 42 (syntax, undefined object, privileges) and 22 (data) will fail again.
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            !(code.starts_with("42") || code.starts_with("22") || code.starts_with("23"))
+        }
+        _ => true,
+    }
+}
+
+impl PgStore {
+    /// Connects, creates the schema if needed, applies the migrations and records the zone the
+    /// views use. Fails before anything else happens if the server is unreachable.
+    pub async fn connect(
+        url: &SecretString,
+        schema: &SchemaName,
+        timezone: Tz,
+        max_connections: u32,
+    ) -> Result<Self, PgError> {
+        let base = PgConnectOptions::from_str(url.expose_secret())
+            .map_err(|_| PgError("the PostgreSQL URL is not valid (postgres://user[:password]@host[:port]/database)".into()))?
+            .disable_statement_logging();
+        let describe = describe(&base);
+        let unreachable = |e: sqlx::Error| {
+            PgError(format!(
+                "cannot connect to PostgreSQL at {describe}: {e} (is the server running? \
+                 on Debian: pg_ctlcluster --skip-systemctl-redirect 15 main start)"
+            ))
+        };
+        let mut conn = tokio::time::timeout(Duration::from_secs(15), base.connect())
+            .await
+            .map_err(|_| {
+                PgError(format!(
+                    "cannot connect to PostgreSQL at {describe}: timed out after 15 s"
+                ))
+            })?
+            .map_err(unreachable)?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| {
+                PgError(format!(
+                    "cannot create schema {} at {describe}: {e}",
+                    schema.as_str()
+                ))
+            })?;
+        let _ = conn.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(base.options([("search_path", schema.as_str())]))
+            .await
+            .map_err(unreachable)?;
+        MIGRATOR.run(&pool).await.map_err(|e| {
+            PgError(format!(
+                "migrations failed on {describe} schema {}: {e}",
+                schema.as_str()
+            ))
+        })?;
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('timezone', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value")
+            .bind(timezone.name())
+            .execute(&pool)
+            .await
+            .map_err(|e| PgError(format!("cannot record the time zone on {describe}: {e}")))?;
+        Ok(Self {
+            pool,
+            schema: schema.clone(),
+            describe,
+        })
+    }
+
+    /// The pool (search_path set to the schema).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Where it is, without the password.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+}
+
+fn ts(ms: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+const UPSERT_INBOUND: &str = r#"
+WITH incoming AS (
+    SELECT * FROM UNNEST($3::timestamptz[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
+        AS r(stats_time, total_calls, calls_handled, calls_queued, calls_abandoned_in_ivr, calls_abandoned_in_queue, calls_abandoned_in_ring)
+), written AS (
+    INSERT INTO inbound_trend AS t (instance_id, media_type, stats_time, total_calls, calls_handled, calls_queued,
+        calls_abandoned_in_ivr, calls_abandoned_in_queue, calls_abandoned_in_ring, fetched_at, request_id)
+    SELECT $1, $2, stats_time, total_calls, calls_handled, calls_queued,
+        calls_abandoned_in_ivr, calls_abandoned_in_queue, calls_abandoned_in_ring, $10, $11 FROM incoming
+    ON CONFLICT (instance_id, media_type, stats_time) DO UPDATE SET
+        total_calls = EXCLUDED.total_calls, calls_handled = EXCLUDED.calls_handled, calls_queued = EXCLUDED.calls_queued,
+        calls_abandoned_in_ivr = EXCLUDED.calls_abandoned_in_ivr, calls_abandoned_in_queue = EXCLUDED.calls_abandoned_in_queue,
+        calls_abandoned_in_ring = EXCLUDED.calls_abandoned_in_ring, fetched_at = EXCLUDED.fetched_at, request_id = EXCLUDED.request_id
+    WHERE (t.total_calls, t.calls_handled, t.calls_queued, t.calls_abandoned_in_ivr, t.calls_abandoned_in_queue, t.calls_abandoned_in_ring)
+        IS DISTINCT FROM (EXCLUDED.total_calls, EXCLUDED.calls_handled, EXCLUDED.calls_queued,
+        EXCLUDED.calls_abandoned_in_ivr, EXCLUDED.calls_abandoned_in_queue, EXCLUDED.calls_abandoned_in_ring)
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS revised FROM written
+"#;
+
+const UPSERT_OUTBOUND: &str = r#"
+WITH incoming AS (
+    SELECT * FROM UNNEST($3::timestamptz[], $4::bigint[], $5::bigint[]) AS r(stats_time, total_calls, calls_answered)
+), written AS (
+    INSERT INTO outbound_trend AS t (instance_id, media_type, stats_time, total_calls, calls_answered, fetched_at, request_id)
+    SELECT $1, $2, stats_time, total_calls, calls_answered, $6, $7 FROM incoming
+    ON CONFLICT (instance_id, media_type, stats_time) DO UPDATE SET
+        total_calls = EXCLUDED.total_calls, calls_answered = EXCLUDED.calls_answered,
+        fetched_at = EXCLUDED.fetched_at, request_id = EXCLUDED.request_id
+    WHERE (t.total_calls, t.calls_answered) IS DISTINCT FROM (EXCLUDED.total_calls, EXCLUDED.calls_answered)
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS revised FROM written
+"#;
+
+const UPSERT_OVERALL: &str = r#"
+WITH incoming AS (
+    SELECT * FROM UNNEST($3::timestamptz[], $4::bigint[]) AS r(stats_time, max_logged_in_agents)
+), written AS (
+    INSERT INTO overall_trend AS t (instance_id, media_type, stats_time, max_logged_in_agents, fetched_at, request_id)
+    SELECT $1, $2, stats_time, max_logged_in_agents, $5, $6 FROM incoming
+    ON CONFLICT (instance_id, media_type, stats_time) DO UPDATE SET
+        max_logged_in_agents = EXCLUDED.max_logged_in_agents, fetched_at = EXCLUDED.fetched_at, request_id = EXCLUDED.request_id
+    WHERE t.max_logged_in_agents IS DISTINCT FROM EXCLUDED.max_logged_in_agents
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS revised FROM written
+"#;
+
+const UPSERT_WINDOW: &str = r#"
+INSERT INTO windows AS w (instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows, request_ids, run_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (instance_id, media_type, start_ms, end_ms, sink) DO UPDATE SET
+    -- A failed refetch does not undo an earlier commit.
+    status = CASE WHEN w.status = 'committed' AND EXCLUDED.status = 'failed' THEN w.status ELSE EXCLUDED.status END,
+    rows = CASE WHEN EXCLUDED.status = 'committed' THEN EXCLUDED.rows ELSE w.rows END,
+    request_ids = CASE WHEN EXCLUDED.status = 'committed' THEN EXCLUDED.request_ids ELSE w.request_ids END,
+    attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, updated_at = now()
+"#;
+
+fn status_str(s: WindowStatus) -> &'static str {
+    match s {
+        WindowStatus::Committed => "committed",
+        WindowStatus::Failed => "failed",
+    }
+}
+
+async fn upsert_window<'e, E: sqlx::Executor<'e, Database = Postgres>>(
+    exec: E,
+    e: &LedgerEntry,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(UPSERT_WINDOW)
+        .bind(&e.key.instance_id)
+        .bind(e.key.media_type.as_str())
+        .bind(e.key.start_ms)
+        .bind(e.key.end_ms)
+        .bind(&e.sink)
+        .bind(status_str(e.status))
+        .bind(e.attempts as i32)
+        .bind(e.error.as_deref())
+        .bind(e.rows as i64)
+        .bind(e.request_id.iter().cloned().collect::<Vec<String>>())
+        .bind(e.run_id)
+        .execute(exec)
+        .await
+        .map(|_| ())
+}
+
+/// The PostgreSQL sink.
+#[derive(Debug, Clone)]
+pub struct PostgresSink {
+    store: PgStore,
+}
+
+impl PostgresSink {
+    /// A sink over a connected store.
+    pub fn new(store: PgStore) -> Self {
+        Self { store }
+    }
+}
+
+fn sink_err(e: sqlx::Error) -> SinkError {
+    SinkError {
+        sink: "postgres",
+        retryable: is_retryable(&e),
+        message: e.to_string(),
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn records_own_commit(&self) -> bool {
+        true
+    }
+
+    async fn commit(&self, b: &WindowBatch, run: &RunContext) -> Result<CommitStats, SinkError> {
+        let mut tx = self.store.pool.begin().await.map_err(sink_err)?;
+        let series = format!("ccc-etl:{}:{}", b.key.instance_id, b.key.media_type);
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(&series)
+            .execute(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        let (inst, media) = (&b.key.instance_id, b.key.media_type.as_str());
+        let fetched = b.fetched_at;
+        let col = |f: &dyn Fn(usize) -> i64, n: usize| (0..n).map(f).collect::<Vec<i64>>();
+        let mut stats = CommitStats::default();
+        let mut tally = |row: sqlx::postgres::PgRow, total: usize| {
+            let ins: i64 = row.get("inserted");
+            let rev: i64 = row.get("revised");
+            stats.inserted += ins as u64;
+            stats.revised += rev as u64;
+            stats.unchanged += total as u64 - ins as u64 - rev as u64;
+        };
+
+        let r = &b.inbound;
+        let n = r.len();
+        let row = sqlx::query(UPSERT_INBOUND)
+            .bind(inst)
+            .bind(media)
+            .bind(r.iter().map(|x| ts(x.stats_time)).collect::<Vec<_>>())
+            .bind(col(&|i| r[i].total_calls, n))
+            .bind(col(&|i| r[i].calls_handled, n))
+            .bind(col(&|i| r[i].calls_queued, n))
+            .bind(col(&|i| r[i].calls_abandoned_in_ivr, n))
+            .bind(col(&|i| r[i].calls_abandoned_in_queue, n))
+            .bind(col(&|i| r[i].calls_abandoned_in_ring, n))
+            .bind(fetched)
+            .bind(&b.request_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        tally(row, n);
+
+        let r = &b.outbound;
+        let n = r.len();
+        let row = sqlx::query(UPSERT_OUTBOUND)
+            .bind(inst)
+            .bind(media)
+            .bind(r.iter().map(|x| ts(x.stats_time)).collect::<Vec<_>>())
+            .bind(col(&|i| r[i].total_calls, n))
+            .bind(col(&|i| r[i].calls_answered, n))
+            .bind(fetched)
+            .bind(&b.request_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        tally(row, n);
+
+        let r = &b.overall;
+        let n = r.len();
+        let row = sqlx::query(UPSERT_OVERALL)
+            .bind(inst)
+            .bind(media)
+            .bind(r.iter().map(|x| ts(x.stats_time)).collect::<Vec<_>>())
+            .bind(col(&|i| r[i].max_logged_in_agents, n))
+            .bind(fetched)
+            .bind(&b.request_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sink_err)?;
+        tally(row, n);
+
+        let entry = LedgerEntry {
+            key: b.key.clone(),
+            sink: "postgres".into(),
+            status: WindowStatus::Committed,
+            rows: b.row_count() as u64,
+            request_id: Some(b.request_id.clone()),
+            attempts: 1,
+            error: None,
+            run_id: run.run_id,
+            at: Utc::now(),
+        };
+        upsert_window(&mut *tx, &entry).await.map_err(sink_err)?;
+        tx.commit().await.map_err(sink_err)?;
+        Ok(stats)
+    }
+}
+
+/// The ledger in PostgreSQL: tracks every sink's commits, Parquet's included.
+#[derive(Debug, Clone)]
+pub struct PgLedger {
+    store: PgStore,
+}
+
+impl PgLedger {
+    /// A ledger over a connected store.
+    pub fn new(store: PgStore) -> Self {
+        Self { store }
+    }
+}
+
+fn ledger_err(e: sqlx::Error) -> LedgerError {
+    LedgerError {
+        retryable: is_retryable(&e),
+        message: format!("PostgreSQL: {e}"),
+    }
+}
+
+#[async_trait]
+impl Ledger for PgLedger {
+    async fn committed(
+        &self,
+        instance: &str,
+        media: MediaType,
+        sink: &str,
+    ) -> Result<Vec<(i64, i64)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT start_ms, end_ms FROM windows WHERE instance_id = $1 AND media_type = $2 AND sink = $3 AND status = 'committed'",
+        )
+        .bind(instance)
+        .bind(media.as_str())
+        .bind(sink)
+        .fetch_all(&self.store.pool)
+        .await
+        .map_err(ledger_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<i64, _>("start_ms"), r.get::<i64, _>("end_ms")))
+            .collect())
+    }
+
+    async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        upsert_window(&self.store.pool, entry)
+            .await
+            .map_err(ledger_err)
+    }
+
+    async fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO runs (run_id, command, started_at, finished_at, status, summary) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (run_id) DO UPDATE SET finished_at = EXCLUDED.finished_at, status = EXCLUDED.status, summary = EXCLUDED.summary",
+        )
+        .bind(run.run_id)
+        .bind(&run.command)
+        .bind(run.started_at)
+        .bind(run.finished_at)
+        .bind(&run.status)
+        .bind(&run.summary)
+        .execute(&self.store.pool)
+        .await
+        .map(|_| ())
+        .map_err(ledger_err)
+    }
+}
