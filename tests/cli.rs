@@ -1,6 +1,8 @@
 //! The binary as a user runs it: `plan` for the ranges that matter, and bad input that must give
 //! one clear line and exit code 2.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -354,4 +356,84 @@ fn send_sigterm(pid: u32) {
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_fails_at_start_before_any_api_request() {
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[postgres]\nurl = \"postgres://postgres:pw-secret@127.0.0.1:1/nowhere\"\n",
+            emu.endpoint()
+        ),
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "backfill",
+            "--from",
+            "2026-11-01",
+        ])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:1/nowhere"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pg_ctlcluster"),
+        "says how to start one: {stderr}"
+    );
+    assert!(!stderr.contains("pw-secret") && !stderr.contains(common::SECRET));
+    assert_eq!(
+        emu.stats().await.unwrap().requests,
+        0,
+        "no API request was sent"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_writes_to_postgres_too_when_database_url_is_set() {
+    let db = common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .current_dir(dir.path())
+        .args(["-q", "demo", "--days", "2"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sink postgres:") && stdout.contains("sink parquet:"),
+        "{stdout}"
+    );
+    let pool = db.pool().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ccc.inbound_trend")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let expected = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("inbound_trend"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<i64>().ok())
+        .unwrap();
+    assert_eq!(n, expected);
+    assert!(n >= 3 * 48);
+    pool.close().await;
+    db.drop_db().await;
 }

@@ -312,6 +312,7 @@ async fn requests_sent_by_the_official_sdks_are_accepted() {
     );
     // Serve as if it were the moment the SDKs sent them (they asked for 2026-11-20).
     opts.clock = Arc::new(move || sent_at);
+    opts.auth_clock = Arc::new(move || sent_at);
     let emu = start(opts).await;
     let http = reqwest::Client::new();
     for (i, c) in captured.iter().enumerate() {

@@ -46,3 +46,57 @@ pub fn client(config: &Config, secret: &str) -> CccClient {
     )
     .expect("client builds")
 }
+
+/// Where the tests find PostgreSQL; override with CCC_ETL_TEST_PG.
+pub fn pg_server() -> String {
+    std::env::var("CCC_ETL_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh database for one test, dropped by [`TestDb::drop_db`].
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        use sqlx::Connection;
+        let server = pg_server();
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {server}: {e}. Start it (Debian: \
+                 `pg_ctlcluster --skip-systemctl-redirect 15 main start`) or point CCC_ETL_TEST_PG at a server \
+                 where user postgres may create databases."
+            )
+        });
+        let name = format!("ccc_etl_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        TestDb {
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    pub async fn drop_db(self) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_server()))
+            .await
+            .unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+}
