@@ -195,15 +195,14 @@ pub const FILE_LEDGER_DIR: &str = "_ccc_etl";
 /// An append-only JSON-lines ledger next to the Parquet data, for runs without PostgreSQL.
 ///
 /// Each record is one line, written and fsynced before the call returns; a line torn by a crash
-/// is ignored on reading (its window is simply fetched again). An exclusive lock on
-/// `_ccc_etl/lock` keeps a second run on the same root out while this one is alive.
+/// is ignored on reading (its window is simply fetched again). It is used together with the
+/// Parquet sink, whose lock on the root keeps a second run out.
 #[derive(Debug)]
 pub struct FileLedger {
     dir: PathBuf,
     index: MemoryLedger,
     windows: Mutex<File>,
     runs: Mutex<File>,
-    _lock: File,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> LedgerError {
@@ -214,33 +213,10 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> LedgerError {
 }
 
 impl FileLedger {
-    /// Opens (creating) the ledger under `root`, taking the root's lock.
+    /// Opens (creating) the ledger under `root`.
     pub fn open(root: &Path) -> Result<Self, LedgerError> {
         let dir = root.join(FILE_LEDGER_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err("cannot open", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(LedgerError {
-                    message: format!(
-                        "another ccc-etl run is writing to {} (lock {} is held); wait for it to finish",
-                        root.display(),
-                        lock_path.display()
-                    ),
-                    retryable: false,
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(io_err("cannot lock", &lock_path, e));
-            }
-        }
         let windows_path = dir.join("windows.jsonl");
         let index = MemoryLedger::default();
         if windows_path.exists() {
@@ -267,7 +243,6 @@ impl FileLedger {
             index,
             windows: Mutex::new(windows),
             runs: Mutex::new(runs),
-            _lock: lock,
         })
     }
 
@@ -379,12 +354,6 @@ mod tests {
             l.record(&entry(0, 10, "parquet", WindowStatus::Committed))
                 .await
                 .unwrap();
-            assert!(
-                FileLedger::open(dir.path())
-                    .unwrap_err()
-                    .message
-                    .contains("another ccc-etl run")
-            );
         }
         let path = dir.path().join(FILE_LEDGER_DIR).join("windows.jsonl");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();

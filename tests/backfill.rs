@@ -122,7 +122,9 @@ async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emul
 
 #[tokio::test]
 async fn a_rerun_fetches_nothing_already_committed_and_refetch_changes_no_row_count() {
-    let emu = start(options(&["ccc-a", "ccc-b"])).await;
+    let opts = options(&["ccc-a", "ccc-b"]);
+    let model = opts.data_model();
+    let emu = start(opts).await;
     let mut cfg = config(&emu, &["ccc-a", "ccc-b"], SignatureVersion::V3);
     let dir = tempfile::tempdir().unwrap();
     cfg.parquet = Some(ParquetConfig {
@@ -159,6 +161,31 @@ async fn a_rerun_fetches_nothing_already_committed_and_refetch_changes_no_row_co
         n
     };
     let rows = count_rows();
+    // Values read back from the files are the emulator's, in every table.
+    let mut checked = 0;
+    for f in walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+    {
+        let table = Table::ALL
+            .into_iter()
+            .find(|t| f.starts_with(dir.path().join(t.name())))
+            .unwrap();
+        for r in read_file(&f, table).unwrap() {
+            let m = ccc_etl::record::MediaType::Audio;
+            let expect = model.final_rows(&r.instance_id, m, r.stats_time);
+            let counts = match table {
+                Table::Inbound => ccc_etl::record::TrendRow::counts(&expect.inbound),
+                Table::Outbound => ccc_etl::record::TrendRow::counts(&expect.outbound),
+                Table::Overall => ccc_etl::record::TrendRow::counts(&expect.overall),
+            };
+            assert_eq!(r.counts, counts, "{}", f.display());
+            assert_eq!(r.media_type, "Audio");
+            assert!(!r.request_id.is_empty());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3 * rows);
     assert_eq!(rows as i64, 2 * (to - from) / H);
     let second = run(false).await;
     assert_eq!(second.windows_planned, 0, "{}", second.render());

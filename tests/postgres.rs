@@ -560,7 +560,7 @@ async fn with_postgres_configured_the_ledger_tracks_parquet_commits_too() {
         vec![("parquet".to_string(), 2), ("postgres".to_string(), 2)]
     );
     assert!(
-        !dir.path().join("_ccc_etl").exists(),
+        !dir.path().join("_ccc_etl/windows.jsonl").exists(),
         "no file ledger when PostgreSQL holds it"
     );
     let runs: i64 = sqlx::query(

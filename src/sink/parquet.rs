@@ -28,6 +28,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::{CommitStats, RunContext, Sink, SinkError};
+use crate::ledger::FILE_LEDGER_DIR;
 use crate::record::{MediaType, Table, WindowBatch};
 
 /// One stored row of any table.
@@ -63,11 +64,69 @@ pub fn schema(table: Table) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The sink.
+/// The sink. Holds an exclusive lock on `{root}/_ccc_etl/lock` while it lives, so two runs never
+/// merge into the same files at once.
 pub struct ParquetSink {
     root: PathBuf,
     timezone: Tz,
     file_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    _root_lock: File,
+}
+
+/// Takes the root's exclusive lock, or says which run holds it.
+fn lock_root(root: &Path) -> Result<File, SinkError> {
+    let dir = root.join(FILE_LEDGER_DIR);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", dir.display()), false))?;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| err(format!("cannot open {}: {e}", path.display()), false))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(err(
+            format!(
+                "another ccc-etl run is writing to {} (lock {} is held); wait for it to finish",
+                root.display(),
+                path.display()
+            ),
+            false,
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(err(format!("cannot lock {}: {e}", path.display()), false))
+        }
+    }
+}
+
+/// Whether a file name is one of our temporary files (`.part-….tmp`).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Removes temporary files a crashed run left in the table directories; returns how many.
+fn remove_stale_temp_files(root: &Path) -> usize {
+    let mut removed = 0;
+    for table in Table::ALL {
+        let Ok(days) = std::fs::read_dir(root.join(table.name())) else {
+            continue;
+        };
+        for day in days.flatten() {
+            let Ok(files) = std::fs::read_dir(day.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if f.file_name().to_str().is_some_and(is_temp_name)
+                    && std::fs::remove_file(f.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
 }
 
 fn err(message: String, retryable: bool) -> SinkError {
@@ -96,10 +155,20 @@ impl ParquetSink {
                     false,
                 )
             })?;
+        let lock = lock_root(root)?;
+        // Safe under the lock: no other run is writing here.
+        let stale = remove_stale_temp_files(root);
+        if stale > 0 {
+            tracing::info!(
+                files = stale,
+                "removed temporary files left by an interrupted run"
+            );
+        }
         Ok(Self {
             root: root.to_path_buf(),
             timezone,
             file_locks: Mutex::new(HashMap::new()),
+            _root_lock: lock,
         })
     }
 
@@ -375,5 +444,27 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec!["part-i-Audio.parquet".to_string()]);
+    }
+
+    #[test]
+    fn a_second_sink_on_the_same_root_is_refused_and_stale_temporary_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("inbound_trend/dt=2026-01-01");
+        std::fs::create_dir_all(&day).unwrap();
+        let stale = day.join(".part-i-Audio.parquet.0123.tmp");
+        std::fs::write(&stale, b"PAR1 half a file").unwrap();
+        let keep = day.join("part-i-Audio.parquet");
+        write_file_atomic(&keep, Table::Inbound, &[]).unwrap();
+        let sink = ParquetSink::new(dir.path(), chrono_tz::UTC).unwrap();
+        assert!(!stale.exists(), "a crashed run's temporary file is removed");
+        assert!(keep.exists());
+        let second = ParquetSink::new(dir.path(), chrono_tz::UTC)
+            .err()
+            .expect("locked");
+        assert!(second.message.contains("another ccc-etl run"), "{second}");
+        drop(sink);
+        assert!(ParquetSink::new(dir.path(), chrono_tz::UTC).is_ok());
+        assert!(is_temp_name(".part-x.parquet.abc.tmp"));
+        assert!(!is_temp_name("part-x.parquet"));
     }
 }
