@@ -112,6 +112,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+        /// Alert on uncovered time leaving the horizon within this many days (default: config).
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..180))]
+        alert_days: Option<u32>,
     },
     /// Check that PostgreSQL and Parquet hold the same rows.
     #[command(after_help = "Example:\n  ccc-etl verify")]

@@ -11,7 +11,7 @@ use crate::ccc::emulator::{self, EmulatorOptions, Faults, KeyPair};
 use crate::ccc::ratelimit::AdaptivePacer;
 use crate::cli::{Cli, Command, EmulatorArgs, OutputFormat, RangeArgs};
 use crate::config::{Config, Credentials, validate_instances};
-use crate::error::{EXIT_OK, InputError};
+use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
 use crate::ledger::{FileLedger, Ledger};
 use crate::pipeline::{Backfill, BackfillRequest, NowFn, RunSummary, system_now};
 use crate::plan::{self, Bound};
@@ -36,11 +36,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             strict_horizon,
             metrics_file,
         } => {
-            if metrics_file.is_some() {
-                return Err(
-                    InputError::new("--metrics-file is not available in this version yet").into(),
-                );
-            }
             let config = Config::load(&cli.config)?;
             let req = backfill_request(&config, range, *refetch, *strict_horizon, system_now())?;
             let credentials = Credentials::from_env()?;
@@ -49,13 +44,65 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 &config,
                 credentials,
                 sinks,
-                ledger,
+                ledger.clone(),
                 &req,
                 system_now(),
                 cli.quiet,
             )
             .await?;
-            Ok(report(&summary))
+            finish_run(
+                "backfill",
+                &summary,
+                ledger.as_ref(),
+                metrics_file.as_deref(),
+            )
+            .await
+        }
+        Command::Nightly {
+            instances,
+            metrics_file,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let instances = resolve_instances(&config, instances)?;
+            let credentials = Credentials::from_env()?;
+            let (sinks, ledger) = open_sinks(&config).await?;
+            let now = system_now();
+            let req = nightly_request(&config, instances, now());
+            let summary = execute(
+                &config,
+                credentials,
+                sinks,
+                ledger.clone(),
+                &req,
+                now,
+                cli.quiet,
+            )
+            .await?;
+            finish_run(
+                "nightly",
+                &summary,
+                ledger.as_ref(),
+                metrics_file.as_deref(),
+            )
+            .await
+        }
+        Command::Status { format, alert_days } => {
+            let config = Config::load(&cli.config)?;
+            let report = status_report(
+                &config,
+                alert_days.unwrap_or(config.pipeline.aging_alert_days),
+                system_now()(),
+            )
+            .await?;
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                OutputFormat::Table => print!("{}", report.render()),
+            }
+            Ok(if report.alert { EXIT_CHECK } else { EXIT_OK })
+        }
+        Command::Verify => {
+            let config = Config::load(&cli.config)?;
+            run_verify(&config).await
         }
         Command::Migrate => {
             let config = Config::load(&cli.config)?;
@@ -73,10 +120,151 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(EXIT_OK)
         }
-        Command::Nightly { .. } | Command::Status { .. } | Command::Verify => {
-            anyhow::bail!("this subcommand is not available in this version yet")
+    }
+}
+
+/// The request a nightly run makes at `now_ms`: from just inside the horizon to now, every gap,
+/// plus `lookback_days` before the end of each series' coverage.
+pub fn nightly_request(config: &Config, instances: Vec<String>, now_ms: i64) -> BackfillRequest {
+    let margin = config.pipeline.horizon_margin_minutes as i64 * 60_000;
+    BackfillRequest {
+        instances,
+        from_ms: plan::horizon_ms(now_ms, margin),
+        to_ms: now_ms,
+        refetch: false,
+        strict_horizon: false,
+        command: "nightly".into(),
+        lookback_ms: Some(config.pipeline.lookback_days as i64 * plan::DAY_MS),
+        from_horizon: true,
+    }
+}
+
+/// Prints the summary, writes the metrics file if asked, returns the exit code.
+async fn finish_run(
+    command: &str,
+    summary: &RunSummary,
+    ledger: &dyn Ledger,
+    metrics: Option<&Path>,
+) -> anyhow::Result<u8> {
+    let code = report(summary);
+    if let Some(path) = metrics {
+        let now = Utc::now();
+        let last = if code == EXIT_OK {
+            Some(now)
+        } else {
+            ledger.last_success(Some(command)).await.ok().flatten()
+        };
+        let text = crate::metrics::render(command, summary, code, now, last);
+        crate::metrics::write_atomic(path, &text)
+            .with_context(|| format!("cannot write the metrics file {}", path.display()))?;
+    }
+    Ok(code)
+}
+
+/// Builds the `status` report: read-only, it takes no lock and sends no API request.
+pub async fn status_report(
+    config: &Config,
+    alert_days: u32,
+    now_ms: i64,
+) -> anyhow::Result<crate::status::StatusReport> {
+    let mut rows = std::collections::BTreeMap::new();
+    let series: Vec<(String, crate::record::MediaType)> = config
+        .pipeline
+        .instances
+        .iter()
+        .flat_map(|i| {
+            config
+                .pipeline
+                .media_types
+                .iter()
+                .map(move |m| (i.clone(), *m))
+        })
+        .collect();
+    let mut sinks = Vec::new();
+    let store = connect_postgres(config).await?;
+    if let Some(store) = &store {
+        sinks.push("postgres");
+        for (i, m) in &series {
+            rows.insert(
+                (i.clone(), *m, "postgres".to_string()),
+                store.row_count(i, *m).await?,
+            );
         }
     }
+    if let Some(pq) = &config.parquet {
+        sinks.push("parquet");
+        for (i, m) in &series {
+            let n =
+                crate::sink::parquet::count_rows(&pq.root, i, *m).map_err(anyhow::Error::msg)?;
+            rows.insert((i.clone(), *m, "parquet".to_string()), n);
+        }
+    }
+    let ledger: Arc<dyn Ledger> = match (&store, &config.parquet) {
+        (Some(store), _) => Arc::new(PgLedger::new(store.clone())),
+        (None, Some(pq)) => {
+            Arc::new(FileLedger::open(&pq.root).map_err(|e| InputError::new(e.to_string()))?)
+        }
+        (None, None) => {
+            return Err(InputError::new(
+                "no sink is configured: add a [parquet] and/or a [postgres] section",
+            )
+            .into());
+        }
+    };
+    let margin = config.pipeline.horizon_margin_minutes as i64 * 60_000;
+    Ok(crate::status::build(
+        ledger.as_ref(),
+        &series,
+        &sinks,
+        rows,
+        now_ms,
+        plan::horizon_ms(now_ms, margin),
+        alert_days,
+    )
+    .await?)
+}
+
+/// `ccc-etl verify`.
+pub async fn run_verify(config: &Config) -> anyhow::Result<u8> {
+    let Some(pq) = &config.parquet else {
+        return Err(InputError::new(
+            "verify compares the two sinks: configure both [postgres] and [parquet]",
+        )
+        .into());
+    };
+    if config.postgres.is_none() {
+        return Err(InputError::new(
+            "verify compares the two sinks: configure both [postgres] and [parquet]",
+        )
+        .into());
+    }
+    let store = connect_postgres(config).await?.expect("checked above");
+    let pg = crate::verify::pg_digests(&store, config.pipeline.timezone).await?;
+    let root = pq.root.clone();
+    let pq = tokio::task::spawn_blocking(move || crate::verify::parquet_digests(&root))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let diffs = crate::verify::compare(&pg, &pq);
+    let partitions = pg
+        .keys()
+        .chain(pq.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if diffs.is_empty() {
+        println!("verify: PostgreSQL and Parquet agree on {partitions} partition(s)");
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "verify: {} of {partitions} partition(s) differ:",
+        diffs.len()
+    );
+    for d in &diffs {
+        println!(
+            "  {} dt={}: postgres {} rows (checksum {:016x}), parquet {} rows (checksum {:016x})",
+            d.table, d.dt, d.postgres.rows, d.postgres.checksum, d.parquet.rows, d.parquet.checksum
+        );
+    }
+    Ok(EXIT_CHECK)
 }
 
 /// Prints the summary to stdout and returns its exit code.
@@ -130,6 +318,8 @@ pub fn backfill_request(
         refetch,
         strict_horizon,
         command: "backfill".into(),
+        lookback_ms: None,
+        from_horizon: false,
     })
 }
 
@@ -389,6 +579,8 @@ async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
         to_ms: now(),
         refetch: false,
         strict_horizon: false,
+        lookback_ms: None,
+        from_horizon: false,
         command: "demo".into(),
     };
     println!(

@@ -129,6 +129,26 @@ pub struct PipelineConfig {
     /// Minutes added to the 180-day horizon when planning, because time passes before sending.
     #[serde(default = "default_margin", deserialize_with = "margin")]
     pub horizon_margin_minutes: u32,
+    /// `status` raises the aging-out alert for uncovered time that leaves the horizon within
+    /// this many days.
+    #[serde(default = "default_alert_days", deserialize_with = "alert_days")]
+    pub aging_alert_days: u32,
+}
+
+fn default_alert_days() -> u32 {
+    7
+}
+
+fn alert_days<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    if (1..HORIZON_DAYS).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be between 1 and {}, got {v}",
+            HORIZON_DAYS - 1
+        )))
+    }
 }
 
 fn default_media() -> Vec<MediaType> {
@@ -465,6 +485,7 @@ impl Config {
                 timezone: default_tz(),
                 lookback_days: default_lookback(),
                 horizon_margin_minutes: default_margin(),
+                aging_alert_days: default_alert_days(),
             },
             postgres: None,
             parquet: None,

@@ -6,6 +6,7 @@
 //! | 1 | any other fatal error (credentials, permissions, clock, a sink that went away at start) |
 //! | 2 | bad input: configuration, command line, dates, credentials missing |
 //! | 3 | the run finished but some windows failed; they are listed |
+//! | 4 | a check found a problem: `status` aging-out alert, `verify` differences |
 
 /// Bad input from the user: a config file, a flag, a date, a missing variable. Exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +28,9 @@ pub const EXIT_FATAL: u8 = 1;
 pub const EXIT_INPUT: u8 = 2;
 /// Exit code for a run where some windows failed.
 pub const EXIT_PARTIAL: u8 = 3;
+
+/// Exit code for a check that found a problem (`status` alert, `verify` differences).
+pub const EXIT_CHECK: u8 = 4;
 
 /// The exit code an error maps to.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {

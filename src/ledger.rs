@@ -92,6 +92,11 @@ pub trait Ledger: Send + Sync {
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError>;
     /// Records a run's start or end.
     async fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError>;
+    /// When a run of `command` (any command if `None`) last finished with every window committed.
+    async fn last_success(
+        &self,
+        command: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError>;
 }
 
 /// Merges overlapping or touching ranges.
@@ -153,6 +158,25 @@ impl Index {
 pub struct MemoryLedger {
     index: Mutex<Index>,
     entries: Mutex<Vec<LedgerEntry>>,
+    successes: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl MemoryLedger {
+    fn note_run(&self, run: &RunRecord) {
+        if let (Some(done), "ok") = (run.finished_at, run.status.as_str()) {
+            let mut m = self.successes.lock().expect("ledger lock");
+            let e = m.entry(run.command.clone()).or_insert(done);
+            *e = (*e).max(done);
+        }
+    }
+
+    fn latest_success(&self, command: Option<&str>) -> Option<DateTime<Utc>> {
+        let m = self.successes.lock().expect("ledger lock");
+        match command {
+            Some(c) => m.get(c).copied(),
+            None => m.values().max().copied(),
+        }
+    }
 }
 
 impl MemoryLedger {
@@ -184,8 +208,16 @@ impl Ledger for MemoryLedger {
             .push(entry.clone());
         Ok(())
     }
-    async fn record_run(&self, _run: &RunRecord) -> Result<(), LedgerError> {
+    async fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        self.note_run(run);
         Ok(())
+    }
+
+    async fn last_success(
+        &self,
+        command: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        Ok(self.latest_success(command))
     }
 }
 
@@ -226,6 +258,16 @@ impl FileLedger {
                 let line = line.map_err(|e| io_err("cannot read", &windows_path, e))?;
                 if let Ok(entry) = serde_json::from_str::<LedgerEntry>(&line) {
                     index.index.lock().expect("ledger lock").apply(&entry);
+                }
+            }
+        }
+        let runs_path = dir.join("runs.jsonl");
+        if runs_path.exists() {
+            let f = File::open(&runs_path).map_err(|e| io_err("cannot read", &runs_path, e))?;
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(|e| io_err("cannot read", &runs_path, e))?;
+                if let Ok(run) = serde_json::from_str::<RunRecord>(&line) {
+                    index.note_run(&run);
                 }
             }
         }
@@ -290,7 +332,16 @@ impl Ledger for FileLedger {
     }
 
     async fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
-        self.append(&self.runs, "runs.jsonl", run)
+        self.append(&self.runs, "runs.jsonl", run)?;
+        self.index.note_run(run);
+        Ok(())
+    }
+
+    async fn last_success(
+        &self,
+        command: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        Ok(self.index.latest_success(command))
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 use chrono::Utc;
 use futures::StreamExt;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::ccc::client::{CccClient, TrendingRequest};
 use crate::ccc::error::ErrorClass;
@@ -22,6 +23,7 @@ use crate::error::InputError;
 use crate::ledger::{self, Ledger, LedgerEntry, RunRecord, WindowStatus};
 use crate::plan::{self, PlanRequest, SEND_MARGIN_MS};
 use crate::progress::Progress;
+use crate::quality::{self, QualityCounts};
 use crate::record::{Table, WindowKey, fmt_ms};
 use crate::sink::{CommitStats, RunContext, Sink};
 
@@ -48,6 +50,12 @@ pub struct BackfillRequest {
     pub strict_horizon: bool,
     /// `backfill`, `demo`, `nightly`: recorded with the run.
     pub command: String,
+    /// Nightly: also fetch again, per series, from this long before the end of its committed
+    /// coverage (floored to local midnight), to pick up revisions.
+    pub lookback_ms: Option<i64>,
+    /// Start at the planning horizon itself (computed at planning time), ignoring `from_ms`:
+    /// "everything the API still has", with nothing reported lost.
+    pub from_horizon: bool,
 }
 
 /// A window that failed for good.
@@ -99,6 +107,10 @@ pub struct RunSummary {
     pub duration_secs: f64,
     /// Whether a run-fatal error stopped the run.
     pub fatal: Option<String>,
+    /// Data-quality violations found in the fetched windows.
+    pub quality: QualityCounts,
+    /// Rows whose values changed since they were last written (the largest count of any sink).
+    pub revisions: u64,
 }
 
 impl RunSummary {
@@ -141,6 +153,22 @@ impl RunSummary {
             "  requests {}, retries {}, throttled {}\n",
             self.requests, self.retries, self.throttled
         ));
+        if self.revisions > 0 {
+            s.push_str(&format!("  revisions found {}\n", self.revisions));
+        }
+        if self.quality.total() > 0 {
+            let kinds: Vec<String> = self
+                .quality
+                .kinds()
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            s.push_str(&format!(
+                "  data-quality violations: {}\n",
+                kinds.join(", ")
+            ));
+        }
         if self.duplicate_rows + self.conflicting_rows > 0 {
             s.push_str(&format!(
                 "  duplicates dropped {}, conflicts resolved {}\n",
@@ -177,6 +205,7 @@ enum WindowOutcome {
         sinks: Vec<(&'static str, CommitStats)>,
         dedup: DedupCounts,
         lost: Option<WindowKey>,
+        quality: QualityCounts,
     },
     Failed(FailedWindow),
     Lost(WindowKey),
@@ -215,21 +244,37 @@ impl Backfill {
 
     /// The plan for a request, before subtracting the ledger.
     pub fn plan(&self, req: &BackfillRequest) -> plan::Plan {
+        let now_ms = (self.now)();
+        let margin = self.config.pipeline.horizon_margin_minutes as i64 * 60_000;
         plan::plan(&PlanRequest {
             instances: req.instances.clone(),
             media_types: self.config.pipeline.media_types.clone(),
-            from_ms: req.from_ms,
+            from_ms: if req.from_horizon {
+                plan::horizon_ms(now_ms, margin)
+            } else {
+                req.from_ms
+            },
             to_ms: req.to_ms,
-            now_ms: (self.now)(),
+            now_ms,
             timezone: self.config.pipeline.timezone,
-            horizon_margin_ms: self.config.pipeline.horizon_margin_minutes as i64 * 60_000,
+            horizon_margin_ms: margin,
         })
     }
 
     /// Runs the backfill to the end (or to a run-fatal error) and returns its summary.
     pub async fn run(&self, req: &BackfillRequest) -> anyhow::Result<RunSummary> {
-        let started = Instant::now();
         let run_id = uuid::Uuid::new_v4();
+        // Every log line of the run carries its id (and, inside a window, the window's fields).
+        let span = tracing::info_span!("run", run_id = %run_id, command = %req.command);
+        self.run_with_id(req, run_id).instrument(span).await
+    }
+
+    async fn run_with_id(
+        &self,
+        req: &BackfillRequest,
+        run_id: uuid::Uuid,
+    ) -> anyhow::Result<RunSummary> {
+        let started = Instant::now();
         let ctx = RunContext { run_id };
         let started_at = Utc::now();
         let mut summary = RunSummary {
@@ -281,8 +326,17 @@ impl Backfill {
         self.progress.start(windows.len() as u64);
 
         let concurrency = self.config.source.concurrency.max(1);
-        let mut stream = futures::stream::iter(windows.into_iter().map(|w| self.process(w, &ctx)))
-            .buffer_unordered(concurrency);
+        let mut stream = futures::stream::iter(windows.into_iter().map(|w| {
+            let span = tracing::info_span!(
+                "window",
+                instance = %w.instance_id,
+                media_type = %w.media_type,
+                window_start = %fmt_ms(w.start_ms),
+                window_end = %fmt_ms(w.end_ms),
+            );
+            self.process(w, &ctx).instrument(span)
+        }))
+        .buffer_unordered(concurrency);
         while let Some(outcome) = stream.next().await {
             match outcome {
                 WindowOutcome::Ok {
@@ -290,9 +344,11 @@ impl Backfill {
                     sinks,
                     dedup,
                     lost,
+                    quality,
                 } => {
                     summary.windows_ok += 1;
                     summary.lost.extend(lost);
+                    summary.quality += quality;
                     for (t, n) in Table::ALL.iter().zip(rows) {
                         *summary.rows.entry(t.name().to_string()).or_default() += n;
                     }
@@ -329,6 +385,7 @@ impl Backfill {
         summary.responses_by_code = stats.by_code();
         summary.duration_secs = started.elapsed().as_secs_f64();
         summary.windows_failed.sort_by(|a, b| a.key.cmp(&b.key));
+        summary.revisions = summary.sinks.values().map(|c| c.revised).max().unwrap_or(0);
         let status = match summary.exit_code() {
             0 => "ok",
             3 => "partial",
@@ -383,8 +440,18 @@ impl Backfill {
                 end,
             )
             .await?;
+            let mut ranges = gaps;
+            if let Some(lookback) = req.lookback_ms {
+                // Re-fetch the recent past of what is covered, to pick up revisions.
+                let covered = plan::subtract(start, end, &ranges);
+                if let Some(cov_end) = covered.iter().map(|c| c.1).max() {
+                    let tz = self.config.pipeline.timezone;
+                    let from = plan::local_midnight_at_or_before(tz, cov_end - lookback).max(start);
+                    ranges.push((from, end));
+                }
+            }
             let mut mine = Vec::new();
-            for (a, b) in gaps {
+            for (a, b) in ledger::union(ranges) {
                 for (s, e) in plan::split_range(a, b, self.config.pipeline.timezone) {
                     mine.push(WindowKey {
                         instance_id: instance.clone(),
@@ -452,6 +519,10 @@ impl Backfill {
                 return WindowOutcome::Failed(f);
             }
         };
+        let quality = quality::check(&key, &fetched.report, (self.now)());
+        if quality.total() > 0 {
+            tracing::warn!(window = %key, violations = ?quality, "data-quality violations (rows kept)");
+        }
         let (batch, dedup) = normalize(&key, fetched.report, Utc::now());
         let rows = [
             batch.inbound.len() as u64,
@@ -501,6 +572,7 @@ impl Backfill {
             sinks: sink_stats,
             dedup,
             lost,
+            quality,
         }
     }
 

@@ -32,6 +32,8 @@ fn request(instances: &[&str], from: i64, to: i64) -> BackfillRequest {
         to_ms: to,
         refetch: false,
         strict_horizon: false,
+        lookback_ms: None,
+        from_horizon: false,
         command: "test".into(),
     }
 }

@@ -47,6 +47,8 @@ fn request(instances: &[&str], from: i64, to: i64, refetch: bool) -> BackfillReq
         to_ms: to,
         refetch,
         strict_horizon: false,
+        lookback_ms: None,
+        from_horizon: false,
         command: "test".into(),
     }
 }

@@ -261,6 +261,28 @@ pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, String> {
     Ok(out)
 }
 
+/// Rows of one series across the three tables, from the files' footers (no data is read).
+pub fn count_rows(root: &Path, instance: &str, media: MediaType) -> Result<u64, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let name = format!("part-{instance}-{media}.parquet");
+    let mut n = 0u64;
+    for table in Table::ALL {
+        let Ok(days) = std::fs::read_dir(root.join(table.name())) else {
+            continue;
+        };
+        for day in days.flatten() {
+            let p = day.path().join(&name);
+            if p.exists() {
+                let f = File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+                let r = SerializedFileReader::new(f)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                n += r.metadata().file_metadata().num_rows() as u64;
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// Writes rows (sorted by instance, media, stats_time) to `path` atomically.
 pub fn write_file_atomic(path: &Path, table: Table, rows: &[StoredRow]) -> Result<(), String> {
     let dir = path

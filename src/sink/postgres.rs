@@ -147,6 +147,20 @@ impl PgStore {
     pub fn schema(&self) -> &SchemaName {
         &self.schema
     }
+
+    /// Rows of one series across the three tables.
+    pub async fn row_count(&self, instance: &str, media: MediaType) -> Result<u64, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM inbound_trend WHERE instance_id = $1 AND media_type = $2)
+                  + (SELECT count(*) FROM outbound_trend WHERE instance_id = $1 AND media_type = $2)
+                  + (SELECT count(*) FROM overall_trend WHERE instance_id = $1 AND media_type = $2)",
+        )
+        .bind(instance)
+        .bind(media.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
 }
 
 fn ts(ms: i64) -> DateTime<Utc> {
@@ -421,6 +435,19 @@ impl Ledger for PgLedger {
         .execute(&self.store.pool)
         .await
         .map(|_| ())
+        .map_err(ledger_err)
+    }
+
+    async fn last_success(
+        &self,
+        command: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        sqlx::query_scalar(
+            "SELECT max(finished_at) FROM runs WHERE status = 'ok' AND ($1::text IS NULL OR command = $1)",
+        )
+        .bind(command)
+        .fetch_one(&self.store.pool)
+        .await
         .map_err(ledger_err)
     }
 }

@@ -1,0 +1,212 @@
+//! Prometheus text exposition of a run, written atomically for node_exporter's textfile
+//! collector (it reads `*.prom`; the temporary file is `.NAME.tmp`, which it ignores).
+//!
+//! The format is a handful of gauges; writing it needs no registry, so no metrics crate.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use crate::pipeline::RunSummary;
+use crate::record::Table;
+
+/// Escapes a label value as the exposition format requires.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('"', "\\\"")
+}
+
+fn family(out: &mut String, name: &str, help: &str, samples: &[(Vec<(&str, String)>, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, v) in samples {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+            .collect();
+        let _ = writeln!(out, "{name}{{{}}} {v}", l.join(","));
+    }
+}
+
+/// Renders the metrics of one run of `command`.
+pub fn render(
+    command: &str,
+    s: &RunSummary,
+    exit_code: u8,
+    finished: DateTime<Utc>,
+    last_success: Option<DateTime<Utc>>,
+) -> String {
+    let c = || ("command", command.to_string());
+    let mut out = String::new();
+    family(
+        &mut out,
+        "ccc_etl_windows",
+        "Windows of the last run by status.",
+        &[
+            (vec![c(), ("status", "ok".into())], s.windows_ok as f64),
+            (
+                vec![c(), ("status", "failed".into())],
+                s.windows_failed.len() as f64,
+            ),
+            (
+                vec![c(), ("status", "skipped_committed".into())],
+                s.windows_skipped_committed as f64,
+            ),
+            (vec![c(), ("status", "lost".into())], s.lost.len() as f64),
+        ],
+    );
+    let mut rows = vec![];
+    for sink in s.sinks.keys() {
+        for t in Table::ALL {
+            rows.push((
+                vec![c(), ("sink", sink.clone()), ("table", t.name().to_string())],
+                s.rows.get(t.name()).copied().unwrap_or(0) as f64,
+            ));
+        }
+    }
+    family(
+        &mut out,
+        "ccc_etl_rows",
+        "Rows committed by the last run, by sink and table.",
+        &rows,
+    );
+    let codes: Vec<_> = s
+        .responses_by_code
+        .iter()
+        .map(|(code, n)| (vec![c(), ("code", code.clone())], *n as f64))
+        .collect();
+    family(
+        &mut out,
+        "ccc_etl_requests",
+        "API answers of the last run, by code.",
+        &codes,
+    );
+    family(
+        &mut out,
+        "ccc_etl_retries",
+        "Retries in the last run.",
+        &[(vec![c()], s.retries as f64)],
+    );
+    family(
+        &mut out,
+        "ccc_etl_throttled",
+        "Throttling answers in the last run.",
+        &[(vec![c()], s.throttled as f64)],
+    );
+    family(
+        &mut out,
+        "ccc_etl_revisions",
+        "Rows whose values changed since last written.",
+        &[(vec![c()], s.revisions as f64)],
+    );
+    let quality: Vec<_> = s
+        .quality
+        .kinds()
+        .iter()
+        .map(|(k, n)| (vec![c(), ("kind", k.to_string())], *n as f64))
+        .collect();
+    family(
+        &mut out,
+        "ccc_etl_quality_violations",
+        "Data-quality violations in the last run, by kind.",
+        &quality,
+    );
+    family(
+        &mut out,
+        "ccc_etl_run_duration_seconds",
+        "Duration of the last run.",
+        &[(vec![c()], s.duration_secs)],
+    );
+    family(
+        &mut out,
+        "ccc_etl_last_run_exit_code",
+        "Exit code of the last run.",
+        &[(vec![c()], exit_code as f64)],
+    );
+    family(
+        &mut out,
+        "ccc_etl_last_run_timestamp_seconds",
+        "When the last run finished.",
+        &[(vec![c()], finished.timestamp() as f64)],
+    );
+    if let Some(t) = last_success {
+        family(
+            &mut out,
+            "ccc_etl_last_success_timestamp_seconds",
+            "When a run last committed every window.",
+            &[(vec![c()], t.timestamp() as f64)],
+        );
+    }
+    out
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("metrics.prom");
+    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_escaped_labels() {
+        let mut s = RunSummary {
+            windows_ok: 3,
+            retries: 2,
+            revisions: 5,
+            ..Default::default()
+        };
+        s.responses_by_code.insert("Throttling.User".into(), 4);
+        s.sinks.insert("postgres".into(), Default::default());
+        s.rows.insert("inbound_trend".into(), 72);
+        let t = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let text = render("night\"ly", &s, 0, t, Some(t));
+        assert!(
+            text.contains("ccc_etl_windows{command=\"night\\\"ly\",status=\"ok\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "ccc_etl_rows{command=\"night\\\"ly\",sink=\"postgres\",table=\"inbound_trend\"} 72\n"
+        ));
+        assert!(
+            text.contains("ccc_etl_requests{command=\"night\\\"ly\",code=\"Throttling.User\"} 4\n")
+        );
+        assert!(text.contains("ccc_etl_revisions{command=\"night\\\"ly\"} 5\n"));
+        assert!(text.contains(
+            "ccc_etl_last_success_timestamp_seconds{command=\"night\\\"ly\"} 1800000000\n"
+        ));
+        assert!(text.contains("# TYPE ccc_etl_quality_violations gauge\n"));
+    }
+
+    #[test]
+    fn the_file_is_replaced_atomically_and_no_temporary_file_remains() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ccc_etl.prom");
+        write_atomic(&p, "a 1\n").unwrap();
+        write_atomic(&p, "a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "a 2\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

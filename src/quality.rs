@@ -1,0 +1,237 @@
+//! Data-quality checks on every fetched window. Pure. Violations are counted and reported; the
+//! rows are still written, because dropping data silently is worse than flagging it.
+
+use serde::Serialize;
+
+use crate::record::{Report, TrendRow, WindowKey};
+
+/// Violations found, by kind (rows, except `missing_buckets`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QualityCounts {
+    /// Rows with a negative count.
+    pub negative_counts: u64,
+    /// Rows where handled (or answered, or queued) exceeds the total.
+    pub handled_above_total: u64,
+    /// Inbound rows where handled plus abandoned exceeds the total.
+    pub abandoned_above_total: u64,
+    /// Rows whose StatsTime is off the bucket grid.
+    pub misaligned_stats_time: u64,
+    /// Rows outside the window (beyond the bucket containing its start).
+    pub outside_window: u64,
+    /// Buckets absent from a table inside a window wholly in the past.
+    pub missing_buckets: u64,
+}
+
+impl QualityCounts {
+    /// All violations.
+    pub fn total(&self) -> u64 {
+        self.negative_counts
+            + self.handled_above_total
+            + self.abandoned_above_total
+            + self.misaligned_stats_time
+            + self.outside_window
+            + self.missing_buckets
+    }
+
+    /// `(kind, count)` pairs, for metrics and messages.
+    pub fn kinds(&self) -> [(&'static str, u64); 6] {
+        [
+            ("negative_counts", self.negative_counts),
+            ("handled_above_total", self.handled_above_total),
+            ("abandoned_above_total", self.abandoned_above_total),
+            ("misaligned_stats_time", self.misaligned_stats_time),
+            ("outside_window", self.outside_window),
+            ("missing_buckets", self.missing_buckets),
+        ]
+    }
+}
+
+impl std::ops::AddAssign for QualityCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.negative_counts += o.negative_counts;
+        self.handled_above_total += o.handled_above_total;
+        self.abandoned_above_total += o.abandoned_above_total;
+        self.misaligned_stats_time += o.misaligned_stats_time;
+        self.outside_window += o.outside_window;
+        self.missing_buckets += o.missing_buckets;
+    }
+}
+
+/// The bucket length, inferred as the most common gap between distinct StatsTimes (the API does
+/// not document it; one stray row cannot change the answer). `None` with fewer than two buckets.
+pub fn infer_bucket_ms(report: &Report) -> Option<i64> {
+    let mut times: Vec<i64> = report
+        .inbound
+        .iter()
+        .map(|r| r.stats_time)
+        .chain(report.outbound.iter().map(|r| r.stats_time))
+        .chain(report.overall.iter().map(|r| r.stats_time))
+        .collect();
+    times.sort_unstable();
+    times.dedup();
+    let mut gaps: std::collections::BTreeMap<i64, usize> = Default::default();
+    for w in times.windows(2) {
+        *gaps.entry(w[1] - w[0]).or_default() += 1;
+    }
+    // Most frequent; on a tie the smaller gap.
+    gaps.into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(g, _)| g)
+}
+
+fn grid_checks<R: TrendRow>(
+    rows: &[R],
+    key: &WindowKey,
+    grid: Option<(i64, i64)>,
+    past: bool,
+    q: &mut QualityCounts,
+) {
+    for r in rows {
+        if r.counts().iter().any(|c| *c < 0) {
+            q.negative_counts += 1;
+        }
+    }
+    let Some((bucket, anchor)) = grid else {
+        return;
+    };
+    let first_bucket = key.start_ms - (key.start_ms - anchor).rem_euclid(bucket);
+    let mut owned = std::collections::BTreeSet::new();
+    for r in rows {
+        let t = r.stats_time();
+        let aligned = (t - anchor).rem_euclid(bucket) == 0;
+        if !aligned {
+            q.misaligned_stats_time += 1;
+        }
+        if t < first_bucket || t >= key.end_ms {
+            q.outside_window += 1;
+        }
+        if aligned && key.owns(t) {
+            owned.insert(t);
+        }
+    }
+    if past && !rows.is_empty() {
+        let first_owned = if first_bucket < key.start_ms {
+            first_bucket + bucket
+        } else {
+            first_bucket
+        };
+        let expected = if first_owned < key.end_ms {
+            (key.end_ms - first_owned + bucket - 1) / bucket
+        } else {
+            0
+        };
+        q.missing_buckets += (expected as u64).saturating_sub(owned.len() as u64);
+    }
+}
+
+/// Checks one response for `key` at `now_ms`.
+pub fn check(key: &WindowKey, report: &Report, now_ms: i64) -> QualityCounts {
+    let mut q = QualityCounts::default();
+    let grid = infer_bucket_ms(report).map(|b| {
+        let anchor = report
+            .inbound
+            .first()
+            .map(|r| r.stats_time)
+            .or(report.outbound.first().map(|r| r.stats_time))
+            .or(report.overall.first().map(|r| r.stats_time))
+            .unwrap_or(0);
+        (b, anchor)
+    });
+    let past = key.end_ms <= now_ms;
+    grid_checks(&report.inbound, key, grid, past, &mut q);
+    grid_checks(&report.outbound, key, grid, past, &mut q);
+    grid_checks(&report.overall, key, grid, past, &mut q);
+    for r in &report.inbound {
+        if r.calls_handled > r.total_calls || r.calls_queued > r.total_calls {
+            q.handled_above_total += 1;
+        }
+        let abandoned =
+            r.calls_abandoned_in_ivr + r.calls_abandoned_in_queue + r.calls_abandoned_in_ring;
+        if r.calls_handled + abandoned > r.total_calls {
+            q.abandoned_above_total += 1;
+        }
+    }
+    for r in &report.outbound {
+        if r.calls_answered > r.total_calls {
+            q.handled_above_total += 1;
+        }
+    }
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{InboundRow, MediaType, OverallRow};
+
+    const H: i64 = 3_600_000;
+
+    fn key(start: i64, end: i64) -> WindowKey {
+        WindowKey {
+            instance_id: "i".into(),
+            media_type: MediaType::Audio,
+            start_ms: start,
+            end_ms: end,
+        }
+    }
+
+    fn inbound(t: i64, total: i64, handled: i64, ivr: i64) -> InboundRow {
+        InboundRow {
+            stats_time: t,
+            total_calls: total,
+            calls_handled: handled,
+            calls_queued: handled,
+            calls_abandoned_in_ivr: ivr,
+            calls_abandoned_in_queue: 0,
+            calls_abandoned_in_ring: 0,
+        }
+    }
+
+    #[test]
+    fn a_clean_response_has_no_violations() {
+        let r = Report {
+            inbound: (0..4).map(|h| inbound(h * H, 10, 8, 2)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(check(&key(0, 4 * H), &r, 10 * H), QualityCounts::default());
+    }
+
+    #[test]
+    fn each_kind_of_violation_is_counted() {
+        let r = Report {
+            inbound: vec![
+                inbound(0, 1, 1, 0),              // the floored bucket before start: fine
+                inbound(H, 5, 4, -1),             // negative
+                inbound(2 * H, 5, 6, 0),          // handled above total, so abandoned too
+                inbound(3 * H, 5, 4, 3),          // handled + abandoned above total
+                inbound(3 * H + 60_000, 1, 1, 0), // off the grid
+                inbound(6 * H, 1, 1, 0),          // outside the window
+            ],
+            overall: vec![OverallRow {
+                stats_time: 0,
+                max_logged_in_agents: 1,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(infer_bucket_ms(&r), Some(H));
+        let q = check(&key(H / 2, 5 * H), &r, 10 * H);
+        assert_eq!(q.negative_counts, 1);
+        assert_eq!(q.handled_above_total, 1);
+        assert_eq!(q.abandoned_above_total, 2);
+        assert_eq!(q.misaligned_stats_time, 1);
+        assert_eq!(q.outside_window, 1);
+        // inbound owns H, 2H, 3H of H..5H (4H missing); overall owns none of the 4
+        assert_eq!(q.missing_buckets, 1 + 4);
+        assert_eq!(q.total(), 11);
+    }
+
+    #[test]
+    fn missing_buckets_are_not_counted_for_a_window_reaching_into_the_present() {
+        let r = Report {
+            inbound: vec![inbound(0, 1, 1, 0), inbound(H, 1, 1, 0)],
+            ..Default::default()
+        };
+        assert_eq!(check(&key(0, 5 * H), &r, 4 * H).missing_buckets, 0);
+        assert_eq!(check(&key(0, 5 * H), &r, 5 * H).missing_buckets, 3);
+    }
+}

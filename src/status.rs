@@ -1,0 +1,251 @@
+//! What is covered, what is missing, and what is about to age out of the API for good.
+//!
+//! Per instance and media type: the ranges every configured sink has committed, the gaps that a
+//! nightly run can still fill, the gaps already lost behind the 180-day horizon, and the aging-out
+//! alert: uncovered time that falls behind the horizon within `alert_days`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::ledger::{Ledger, LedgerError};
+use crate::plan::{DAY_MS, subtract};
+use crate::record::{MediaType, fmt_ms};
+
+/// A half-open range, with readable ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Span {
+    /// Start, epoch ms.
+    pub start_ms: i64,
+    /// End, epoch ms.
+    pub end_ms: i64,
+    /// Start, RFC 3339 UTC.
+    pub start: String,
+    /// End, RFC 3339 UTC.
+    pub end: String,
+}
+
+impl Span {
+    fn new((s, e): (i64, i64)) -> Self {
+        Self {
+            start_ms: s,
+            end_ms: e,
+            start: fmt_ms(s),
+            end: fmt_ms(e),
+        }
+    }
+}
+
+/// One instance and media type.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesStatus {
+    /// Instance.
+    pub instance_id: String,
+    /// Media type.
+    pub media_type: MediaType,
+    /// Committed by every configured sink.
+    pub covered: Vec<Span>,
+    /// Not covered, still inside the horizon: a nightly run fills these.
+    pub recoverable_gaps: Vec<Span>,
+    /// Not covered and already behind the horizon (since the first covered window).
+    pub lost_gaps: Vec<Span>,
+    /// Not covered and behind the horizon within the alert period.
+    pub aging_out: Vec<Span>,
+    /// Rows per sink.
+    pub rows: BTreeMap<String, u64>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// When it was made, epoch ms.
+    pub now_ms: i64,
+    /// The horizon used, epoch ms.
+    pub horizon_ms: i64,
+    /// Days of the aging-out alert.
+    pub alert_days: u32,
+    /// When a run last committed every window.
+    pub last_success: Option<String>,
+    /// Per series.
+    pub series: Vec<SeriesStatus>,
+    /// Whether any series has time aging out.
+    pub alert: bool,
+}
+
+fn intersect(ranges: &[(i64, i64)], lo: i64, hi: i64) -> Vec<(i64, i64)> {
+    ranges
+        .iter()
+        .map(|(a, b)| ((*a).max(lo), (*b).min(hi)))
+        .filter(|(a, b)| a < b)
+        .collect()
+}
+
+/// Ranges of one series: (covered, recoverable gaps, lost gaps, aging out).
+pub type Coverage = (
+    Vec<(i64, i64)>,
+    Vec<(i64, i64)>,
+    Vec<(i64, i64)>,
+    Vec<(i64, i64)>,
+);
+
+/// Coverage of one series from the per-sink committed ranges. Pure.
+pub fn classify(
+    committed_by_sink: &[Vec<(i64, i64)>],
+    now_ms: i64,
+    horizon_ms: i64,
+    alert_days: u32,
+) -> Coverage {
+    let earliest = committed_by_sink
+        .iter()
+        .flatten()
+        .map(|r| r.0)
+        .min()
+        .unwrap_or(horizon_ms);
+    let lo = earliest.min(horizon_ms);
+    let mut gaps = Vec::new();
+    for done in committed_by_sink {
+        gaps.extend(subtract(lo, now_ms, done));
+    }
+    let gaps = crate::ledger::union(gaps);
+    let covered = subtract(lo, now_ms, &gaps);
+    let recoverable = intersect(&gaps, horizon_ms, now_ms);
+    let lost = intersect(&gaps, lo, horizon_ms);
+    let aging = intersect(&gaps, horizon_ms, horizon_ms + alert_days as i64 * DAY_MS);
+    (covered, recoverable, lost, aging)
+}
+
+/// Builds the report from the ledger; `rows` gives each sink's row count for a series.
+pub async fn build(
+    ledger: &dyn Ledger,
+    series: &[(String, MediaType)],
+    sinks: &[&str],
+    rows: BTreeMap<(String, MediaType, String), u64>,
+    now_ms: i64,
+    horizon_ms: i64,
+    alert_days: u32,
+) -> Result<StatusReport, LedgerError> {
+    let mut out = Vec::new();
+    for (instance, media) in series {
+        let mut by_sink = Vec::new();
+        for sink in sinks {
+            by_sink.push(ledger.committed(instance, *media, sink).await?);
+        }
+        let (covered, recoverable, lost, aging) =
+            classify(&by_sink, now_ms, horizon_ms, alert_days);
+        out.push(SeriesStatus {
+            instance_id: instance.clone(),
+            media_type: *media,
+            covered: crate::ledger::union(covered)
+                .into_iter()
+                .map(Span::new)
+                .collect(),
+            recoverable_gaps: recoverable.into_iter().map(Span::new).collect(),
+            lost_gaps: lost.into_iter().map(Span::new).collect(),
+            aging_out: aging.into_iter().map(Span::new).collect(),
+            rows: sinks
+                .iter()
+                .map(|s| {
+                    (
+                        s.to_string(),
+                        rows.get(&(instance.clone(), *media, s.to_string()))
+                            .copied()
+                            .unwrap_or(0),
+                    )
+                })
+                .collect(),
+        });
+    }
+    let alert = out.iter().any(|s| !s.aging_out.is_empty());
+    Ok(StatusReport {
+        now_ms,
+        horizon_ms,
+        alert_days,
+        last_success: ledger
+            .last_success(None)
+            .await?
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        series: out,
+        alert,
+    })
+}
+
+impl StatusReport {
+    /// A table for people.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "horizon {} (the API keeps 180 days); last successful run: {}\n",
+            fmt_ms(self.horizon_ms),
+            self.last_success.as_deref().unwrap_or("never")
+        );
+        for x in &self.series {
+            let rows: Vec<String> = x
+                .rows
+                .iter()
+                .map(|(k, v)| format!("{k} {v} rows"))
+                .collect();
+            s.push_str(&format!(
+                "{}/{}: {}\n",
+                x.instance_id,
+                x.media_type,
+                rows.join(", ")
+            ));
+            for c in &x.covered {
+                s.push_str(&format!("  covered          {} .. {}\n", c.start, c.end));
+            }
+            for g in &x.recoverable_gaps {
+                s.push_str(&format!("  gap (fillable)   {} .. {}\n", g.start, g.end));
+            }
+            for g in &x.lost_gaps {
+                s.push_str(&format!("  gap (LOST)       {} .. {}\n", g.start, g.end));
+            }
+            for g in &x.aging_out {
+                s.push_str(&format!(
+                    "  ALERT: {} .. {} is not covered and ages out of the API within {} days: run `ccc-etl nightly` now\n",
+                    g.start, g.end, self.alert_days
+                ));
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_gaps_losses_and_aging_are_told_apart() {
+        let d = DAY_MS;
+        let now = 1000 * d;
+        let horizon = now - 180 * d;
+        // parquet has everything from horizon-10d; postgres misses [horizon+2d, horizon+3d)
+        let parquet = vec![(horizon - 10 * d, now)];
+        let postgres = vec![
+            (horizon - 10 * d, horizon - 5 * d),
+            (horizon - 4 * d, horizon + 2 * d),
+            (horizon + 3 * d, now),
+        ];
+        let (covered, recoverable, lost, aging) = classify(&[parquet, postgres], now, horizon, 7);
+        assert_eq!(
+            covered,
+            vec![
+                (horizon - 10 * d, horizon - 5 * d),
+                (horizon - 4 * d, horizon + 2 * d),
+                (horizon + 3 * d, now)
+            ]
+        );
+        assert_eq!(lost, vec![(horizon - 5 * d, horizon - 4 * d)]);
+        assert_eq!(recoverable, vec![(horizon + 2 * d, horizon + 3 * d)]);
+        assert_eq!(aging, vec![(horizon + 2 * d, horizon + 3 * d)]);
+        let (_, _, _, aging) = classify(&[vec![(horizon - d, now)]], now, horizon, 7);
+        assert!(aging.is_empty());
+        let (covered, recoverable, _, aging) = classify(&[vec![]], now, horizon, 7);
+        assert!(covered.is_empty());
+        assert_eq!(recoverable, vec![(horizon, now)]);
+        assert_eq!(
+            aging,
+            vec![(horizon, horizon + 7 * d)],
+            "never run: the oldest week is aging out"
+        );
+    }
+}
