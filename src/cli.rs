@@ -171,6 +171,9 @@ pub struct EmulatorArgs {
     /// Answer HTTP 400 Throttling.User above this many requests per second.
     #[arg(long, value_name = "QPS")]
     pub throttle_qps: Option<f64>,
+    /// Fraction of requests answered 400 Throttling.User at random.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub throttle_fraction: f64,
     /// Fraction of requests answered 503 ServiceUnavailable.
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub fail_503: f64,

@@ -39,6 +39,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = Config::load(&cli.config)?;
             let req = backfill_request(&config, range, *refetch, *strict_horizon, system_now())?;
             let credentials = Credentials::from_env()?;
+            preflight_endpoint(&config.source.endpoint).await?;
             let (sinks, ledger) = open_sinks(&config).await?;
             let summary = execute(
                 &config,
@@ -65,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = Config::load(&cli.config)?;
             let instances = resolve_instances(&config, instances)?;
             let credentials = Credentials::from_env()?;
+            preflight_endpoint(&config.source.endpoint).await?;
             let (sinks, ledger) = open_sinks(&config).await?;
             let now = system_now();
             let req = nightly_request(&config, instances, now());
@@ -375,6 +377,39 @@ pub fn run_plan(
     Ok(EXIT_OK)
 }
 
+/// Checks that the endpoint resolves and accepts a TCP connection, so that a wrong host or port
+/// is reported once, before anything is written, instead of as every window failing.
+pub async fn preflight_endpoint(endpoint: &crate::config::Endpoint) -> Result<(), InputError> {
+    let url = endpoint.url();
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let limit = std::time::Duration::from_secs(10);
+    let fail = |why: String| {
+        InputError::new(format!(
+            "cannot reach the endpoint {endpoint}: {why} (check [source] endpoint and the network)"
+        ))
+    };
+    let addrs: Vec<_> = tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), port)))
+        .await
+        .map_err(|_| fail("name lookup timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?
+        .collect();
+    let mut last = String::from("no address");
+    for addr in addrs {
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: connection timed out"),
+        }
+    }
+    Err(fail(last))
+}
+
 /// Connects to PostgreSQL as `[postgres]` says and applies the migrations.
 pub async fn connect_postgres(config: &Config) -> anyhow::Result<Option<PgStore>> {
     let Some(pg) = &config.postgres else {
@@ -400,6 +435,10 @@ pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, 
             "no sink is configured: add a [parquet] and/or a [postgres] section",
         )
         .into());
+    }
+    // Everything that is bad input is checked before anything is created.
+    if let Some(pg) = &config.postgres {
+        pg.resolve_url()?;
     }
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let parquet = match &config.parquet {
@@ -456,6 +495,7 @@ fn emulator_options(
     validate_instances(&args.instances)
         .map_err(|e| InputError::new(format!("--instances: {e}")))?;
     for (name, p) in [
+        ("--throttle-fraction", args.throttle_fraction),
         ("--fail-503", args.fail_503),
         ("--fail-500", args.fail_500),
         ("--slow", args.slow),
@@ -467,6 +507,17 @@ fn emulator_options(
                 "{name} must be a fraction between 0 and 1, got {p}"
             )));
         }
+    }
+    let total = args.throttle_fraction
+        + args.fail_503
+        + args.fail_500
+        + args.slow
+        + args.truncated
+        + args.non_json;
+    if total > 1.0 {
+        return Err(InputError::new(format!(
+            "the fault fractions add up to {total}, more than 1"
+        )));
     }
     if args
         .throttle_qps
@@ -494,6 +545,7 @@ fn emulator_options(
     opts.floor_start = !args.no_floor_start;
     opts.faults = Faults {
         qps_limit: args.throttle_qps,
+        throttled: args.throttle_fraction,
         unavailable: args.fail_503,
         internal_error: args.fail_500,
         slow: args.slow,

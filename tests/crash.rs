@@ -1,7 +1,10 @@
-//! Crash safety, short version: a real `ccc-etl backfill` process writing Parquet is killed with
-//! SIGKILL at seeded moments and run again each time. Every `*.parquet` file is always complete,
-//! no window committed before a kill is fetched again, and the final files equal those of an
-//! uninterrupted run.
+//! Crash safety: a real `ccc-etl backfill` process writing to PostgreSQL and Parquet is killed
+//! with SIGKILL at seeded moments and run again after each kill. Every `*.parquet` file is always
+//! complete, no window committed before a kill is fetched again, and the final tables and
+//! partitions equal those of an uninterrupted run.
+//!
+//! `cargo test` runs a short version; the long one (24 kills) is
+//! `CCC_ETL_CRASH_KILLS=24 cargo test --release --test crash`. `CCC_ETL_CRASH_SEED` replays a run.
 
 mod common;
 
@@ -13,9 +16,17 @@ use ccc_etl::record::Table;
 use ccc_etl::sink::parquet::{StoredRow, read_file};
 use chrono::Utc;
 use rand::{Rng, SeedableRng};
+use sqlx::Row;
 
 const H: i64 = 3_600_000;
 const DAY: i64 = 24 * H;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
@@ -32,8 +43,8 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Every row of every table, without fetch metadata, sorted.
-fn contents(root: &Path) -> Vec<String> {
+/// Every Parquet row, without fetch metadata, sorted.
+fn parquet_contents(root: &Path) -> Vec<String> {
     let mut rows = vec![];
     for t in Table::ALL {
         for f in files(&root.join(t.name())) {
@@ -64,35 +75,49 @@ fn contents(root: &Path) -> Vec<String> {
     rows
 }
 
-fn committed(root: &Path) -> BTreeSet<(String, i64)> {
-    let text = std::fs::read_to_string(root.join("_ccc_etl/windows.jsonl")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["status"] == "committed")
-        .map(|v| {
-            (
-                v["instance_id"].as_str().unwrap().to_string(),
-                v["start_ms"].as_i64().unwrap(),
-            )
-        })
-        .collect()
+/// Every PostgreSQL row, without fetch metadata, sorted.
+async fn pg_contents(pool: &sqlx::PgPool) -> Vec<String> {
+    let mut out = vec![];
+    for t in Table::ALL {
+        let sql = format!(
+            "SELECT concat_ws('|', instance_id, media_type, (extract(epoch from stats_time) * 1000)::bigint, {}) AS r FROM ccc.{} ORDER BY 1",
+            t.count_columns().join(", "),
+            t.name()
+        );
+        for row in sqlx::query(&sql).fetch_all(pool).await.unwrap() {
+            out.push(format!("{t}|{}", row.get::<String, _>("r")));
+        }
+    }
+    out
 }
 
-fn write_config(dir: &Path, endpoint: &str, root: &Path) -> PathBuf {
-    let p = dir.join("pipeline.toml");
+/// Windows both sinks have committed.
+async fn committed(pool: &sqlx::PgPool) -> BTreeSet<(String, i64)> {
+    sqlx::query(
+        "SELECT instance_id, start_ms FROM ccc.windows WHERE status = 'committed' \
+         GROUP BY instance_id, media_type, start_ms, end_ms HAVING count(DISTINCT sink) = 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default()
+    .iter()
+    .map(|r| (r.get("instance_id"), r.get("start_ms")))
+    .collect()
+}
+
+fn write_config(path: &Path, endpoint: &str, root: &Path, qps: f64) {
     std::fs::write(
-        &p,
+        path,
         format!(
-            "[source]\nendpoint = \"{endpoint}\"\nmax_qps = 12.0\nconcurrency = 4\n\
-             [pipeline]\ninstances = [\"ccc-a\", \"ccc-b\", \"ccc-c\"]\n[parquet]\nroot = \"{}\"\n",
+            "[source]\nendpoint = \"{endpoint}\"\nmax_qps = {qps:.1}\nconcurrency = 4\n\
+             [pipeline]\ninstances = [\"ccc-a\", \"ccc-b\", \"ccc-c\"]\n[postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"{}\"\n",
             root.display()
         ),
     )
     .unwrap();
-    p
 }
 
-fn backfill(config: &Path, from: i64, to: i64) -> tokio::process::Command {
+fn backfill(config: &Path, db_url: &str, from: i64, to: i64) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
     c.args([
         "-q",
@@ -106,6 +131,7 @@ fn backfill(config: &Path, from: i64, to: i64) -> tokio::process::Command {
     ])
     .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
     .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+    .env("DATABASE_URL", db_url)
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null())
     .kill_on_drop(true);
@@ -113,52 +139,67 @@ fn backfill(config: &Path, from: i64, to: i64) -> tokio::process::Command {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_seeded_moments_loses_and_doubles_nothing() {
+async fn sigkill_at_seeded_moments_loses_and_doubles_nothing_in_either_sink() {
+    let kills_wanted = env_or("CCC_ETL_CRASH_KILLS", 6) as usize;
+    let seed = env_or("CCC_ETL_CRASH_SEED", 20261126);
     let mut opts = common::options(&["ccc-a", "ccc-b", "ccc-c"]);
     opts.revise_ms = 0;
     let emu = common::start(opts).await;
     let to = Utc::now().timestamp_millis() / H * H - 4 * H;
-    let from = to - 120 * DAY;
+    let days = if kills_wanted > 8 { 170 } else { 100 };
+    let from = to - days * DAY;
+    let windows = (3 * ((days + 6) / 7)) as f64;
+    // Slow enough that every kill lands mid-run: about 1.5 runs' worth of windows per kill.
+    let qps = (windows / (kills_wanted as f64 * 0.45 * 1.5)).clamp(2.0, 12.0);
     let work = tempfile::tempdir().unwrap();
 
-    let reference = work.path().join("reference");
-    let rcfg = write_config(work.path(), &emu.endpoint(), &reference);
-    let status = backfill(&rcfg, from, to).status().await.unwrap();
-    assert!(status.success());
-    let expected = contents(&reference);
-    assert_eq!(expected.len() as i64, 3 * 3 * 120 * 24);
+    let reference_db = common::TestDb::create().await;
+    let reference_root = work.path().join("reference");
+    let rcfg = work.path().join("reference.toml");
+    write_config(&rcfg, &emu.endpoint(), &reference_root, 50.0);
+    assert!(
+        backfill(&rcfg, &reference_db.url, from, to)
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let rpool = reference_db.pool().await;
+    let expected_pg = pg_contents(&rpool).await;
+    let expected_pq = parquet_contents(&reference_root);
+    assert_eq!(expected_pg.len() as i64, 3 * 3 * days * 24);
+    assert_eq!(expected_pq.len(), expected_pg.len());
 
+    let db = common::TestDb::create().await;
+    let pool = db.pool().await;
     let root = work.path().join("crashy");
-    let dir = work.path().join("crashy-config");
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = write_config(&dir, &emu.endpoint(), &root);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(20261126);
+    let cfg = work.path().join("crashy.toml");
+    write_config(&cfg, &emu.endpoint(), &root, qps);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kills = 0;
-    let mut finished_early = 0;
-    for _ in 0..8 {
-        let before = committed(&root);
+    for _ in 0..kills_wanted + 4 {
+        let before = committed(&pool).await;
         let calls_before = emu.stats().await.unwrap().calls.len();
-        let mut child = backfill(&cfg, from, to).spawn().unwrap();
-        let delay = Duration::from_millis(rng.random_range(100..800));
-        tokio::select! {
+        let mut child = backfill(&cfg, &db.url, from, to).spawn().unwrap();
+        let delay = Duration::from_millis(rng.random_range(150..750));
+        let finished = tokio::select! {
             _ = tokio::time::sleep(delay) => {
                 child.kill().await.unwrap();
                 kills += 1;
+                false
             }
             status = child.wait() => {
                 assert!(status.unwrap().success());
-                finished_early += 1;
+                true
             }
-        }
-        // No window committed before this run was fetched by it.
+        };
         let stats = emu.stats().await.unwrap();
         for c in &stats.calls[calls_before..] {
             assert!(
                 !before.contains(&(c.instance_id.clone(), c.start_ms)),
-                "refetched committed window {c:?}"
+                "seed {seed}: refetched a committed window {c:?}"
             );
         }
-        // Every file an engine would read is complete.
         for f in files(&root) {
             let name = f.file_name().unwrap().to_string_lossy().to_string();
             if name.ends_with(".parquet") {
@@ -166,25 +207,39 @@ async fn sigkill_at_seeded_moments_loses_and_doubles_nothing() {
                     .into_iter()
                     .find(|t| f.starts_with(root.join(t.name())))
                     .unwrap();
-                read_file(&f, table).unwrap_or_else(|e| panic!("partial file after a kill: {e}"));
+                read_file(&f, table)
+                    .unwrap_or_else(|e| panic!("seed {seed}: partial file after a kill: {e}"));
             } else {
                 assert!(
                     name.starts_with('.') || f.starts_with(root.join("_ccc_etl")),
-                    "stray file {name}"
+                    "seed {seed}: stray file {name}"
                 );
             }
         }
-        if finished_early > 0 {
+        if finished || kills >= kills_wanted {
             break;
         }
     }
-    assert!(kills >= 3, "the harness killed runs mid-flight ({kills})");
-    let status = backfill(&cfg, from, to).status().await.unwrap();
-    assert!(status.success());
+    assert!(
+        kills >= kills_wanted.min(4),
+        "seed {seed}: the harness killed {kills} runs mid-flight"
+    );
+    assert!(
+        backfill(&cfg, &db.url, from, to)
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
     assert_eq!(
-        contents(&root),
-        expected,
-        "same rows as an uninterrupted run: none missing, none doubled"
+        pg_contents(&pool).await,
+        expected_pg,
+        "seed {seed}: PostgreSQL equals an uninterrupted run"
+    );
+    assert_eq!(
+        parquet_contents(&root),
+        expected_pq,
+        "seed {seed}: Parquet equals an uninterrupted run"
     );
     assert!(
         files(&root)
@@ -192,4 +247,8 @@ async fn sigkill_at_seeded_moments_loses_and_doubles_nothing() {
             .all(|f| !f.to_string_lossy().ends_with(".tmp")),
         "temporary files cleaned up"
     );
+    pool.close().await;
+    rpool.close().await;
+    db.drop_db().await;
+    reference_db.drop_db().await;
 }

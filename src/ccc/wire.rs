@@ -302,4 +302,55 @@ mod tests {
             .is_err()
         );
     }
+
+    mod no_input_panics {
+        use super::super::parse_body;
+        use proptest::prelude::*;
+
+        /// JSON-ish text built from the pieces a real body has, in any order and nesting.
+        fn jsonish() -> impl Strategy<Value = String> {
+            let atom = prop_oneof![
+                Just("\"Code\"".to_string()),
+                Just("\"OK\"".to_string()),
+                Just("\"Data\"".to_string()),
+                Just("\"Inbound\"".to_string()),
+                Just("\"StatsTime\"".to_string()),
+                Just("\"TotalCalls\"".to_string()),
+                Just("\"CallsAbandonedInRinging\"".to_string()),
+                Just("null".to_string()),
+                Just("1e308".to_string()),
+                Just("-9223372036854775809".to_string()),
+                Just("\"12\"".to_string()),
+                Just("1.5".to_string()),
+                "[{}\\[\\]:,\"a-z0-9 ]{0,8}",
+            ];
+            proptest::collection::vec(atom, 0..40).prop_map(|v| v.join(""))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_body(&bytes);
+            }
+
+            #[test]
+            fn jsonish_text_never_panics(text in jsonish()) {
+                let _ = parse_body(text.as_bytes());
+            }
+
+            #[test]
+            fn any_truncation_of_a_valid_body_is_an_error_not_a_panic(cut in 0usize..400) {
+                let body = br#"{"RequestId":"r","Code":"OK","Data":{"Inbound":[{"StatsTime":1,"TotalCalls":"2","CallsHandled":1,"CallsQueued":1,"CallsAbandonedInIVR":0,"CallsAbandonedInQueue":0,"CallsAbandonedInRing":0}],"Outbound":[{"StatsTime":1,"TotalCalls":1,"CallsAnswered":1}],"Overall":[{"StatsTime":1,"MaxLoggedInAgents":3}]}}"#;
+                let cut = cut.min(body.len());
+                let r = parse_body(&body[..cut]);
+                if cut < body.len() {
+                    prop_assert!(r.is_err());
+                } else {
+                    prop_assert!(r.is_ok());
+                }
+            }
+        }
+    }
 }

@@ -58,6 +58,8 @@ pub const MAX_WINDOW_MS: i64 = 7 * 86_400_000;
 pub struct Faults {
     /// Requests per second above which the answer is HTTP 400 `Throttling.User`.
     pub qps_limit: Option<f64>,
+    /// Fraction answered HTTP 400 `Throttling.User` regardless of the rate.
+    pub throttled: f64,
     /// Fraction answered HTTP 503 `ServiceUnavailable`.
     pub unavailable: f64,
     /// Fraction answered HTTP 500 `InternalError`.
@@ -400,6 +402,16 @@ async fn handle(
         edge += p;
         h
     };
+    if hit(f.throttled) {
+        shared.count(&action, "Throttling.User");
+        log(call("Throttling.User"));
+        return error_response(
+            400,
+            "Throttling.User",
+            "Request was denied due to user flow control.",
+            &request_id,
+        );
+    }
     if hit(f.unavailable) {
         shared.count(&action, "ServiceUnavailable");
         log(call("ServiceUnavailable"));

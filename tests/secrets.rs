@@ -1,0 +1,184 @@
+//! Known secrets never appear in stdout, stderr, logs, metrics files, ledger files or the
+//! database, for a job that succeeds and one that fails.
+
+mod common;
+
+use std::path::Path;
+
+use ccc_etl::ccc::emulator::KeyPair;
+use ccc_etl::record::Table;
+use ccc_etl::sink::parquet::read_file;
+use sqlx::Row;
+
+const KEY_ID: &str = "LTAIsecretstest";
+const SECRET: &str = "S3cr3t-Known-Value-123";
+const TOKEN: &str = "Sts-Token-Known-456";
+const DB_PASSWORD: &str = "Pg-Pass-Known-789";
+const WRONG: &str = "Wrong-Secret-Known-000";
+
+fn everything_under(dir: &Path, out: &mut String) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            everything_under(&p, out);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            let table = Table::ALL
+                .into_iter()
+                .find(|t| p.to_string_lossy().contains(t.name()))
+                .unwrap();
+            for r in read_file(&p, table).unwrap() {
+                out.push_str(&format!(
+                    "{} {} {}\n",
+                    r.instance_id, r.media_type, r.request_id
+                ));
+            }
+        } else {
+            out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+        }
+    }
+}
+
+fn assert_clean(what: &str, text: &str) {
+    for s in [SECRET, TOKEN, DB_PASSWORD, WRONG] {
+        assert!(!text.contains(s), "{what} contains a secret ({s})");
+    }
+}
+
+#[tokio::test]
+async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
+    let db = common::TestDb::create().await;
+    let mut opts = common::options(&["ccc-a"]);
+    opts.keys.clear();
+    opts.keys.insert(
+        KEY_ID.into(),
+        KeyPair {
+            secret: SECRET.into(),
+            security_token: Some(TOKEN.into()),
+        },
+    );
+    let emu = common::start(opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("wh");
+    let db_url = db
+        .url
+        .replace("postgres@", &format!("postgres:{DB_PASSWORD}@"));
+    let cfg = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\nsignature_version = \"v3\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"{}\"\n",
+            emu.endpoint(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let metrics = dir.path().join("m.prom");
+    let run = |secret: &'static str, cfg: std::path::PathBuf| {
+        let metrics = metrics.clone();
+        let db_url = db_url.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+                .args([
+                    "-vv",
+                    "--log-format",
+                    "json",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "backfill",
+                    "--from",
+                    "2026-11-20",
+                    "--to",
+                    "2026-11-21",
+                ])
+                .arg("--metrics-file")
+                .arg(&metrics)
+                .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+                .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", secret)
+                .env("ALIBABA_CLOUD_SECURITY_TOKEN", TOKEN)
+                .env("DATABASE_URL", db_url)
+                .env_remove("RUST_LOG")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let failed = run(WRONG, cfg.clone()).await;
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let ok = run(SECRET, cfg.clone()).await;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let failed_stdout = String::from_utf8_lossy(&failed.stdout).to_string();
+    assert!(
+        failed_stdout.contains("SignatureDoesNotMatch"),
+        "{failed_stdout}"
+    );
+    for (what, out) in [("succeeding job", &ok), ("failing job", &failed)] {
+        assert_clean(
+            &format!("{what} stdout"),
+            &String::from_utf8_lossy(&out.stdout),
+        );
+        assert_clean(
+            &format!("{what} stderr"),
+            &String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.stderr.len() > 200, "{what}: verbose logging was on");
+    }
+    assert_clean("metrics file", &std::fs::read_to_string(&metrics).unwrap());
+
+    // A failing job without PostgreSQL leaves its story in the file ledger: check that too.
+    let cfg2 = dir.path().join("parquet-only.toml");
+    std::fs::write(
+        &cfg2,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[postgres]\nschema = \"ccc\"\n", ""),
+    )
+    .unwrap();
+    let failed2 = run(WRONG, cfg2.clone()).await;
+    assert_eq!(failed2.status.code(), Some(1));
+    let ok2 = run(SECRET, cfg2).await;
+    assert_eq!(
+        ok2.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok2.stderr)
+    );
+    let mut files = String::new();
+    everything_under(&root, &mut files);
+    assert!(files.contains("ccc-a"), "the files were read");
+    assert_clean("Parquet and ledger files", &files);
+
+    let pool = db.pool().await;
+    let mut dump = String::new();
+    for sql in [
+        "SELECT coalesce(string_agg(request_id, ' '), '') AS t FROM ccc.inbound_trend",
+        "SELECT coalesce(string_agg(coalesce(last_error, '') || array_to_string(request_ids, ' '), ' '), '') AS t FROM ccc.windows",
+        "SELECT coalesce(string_agg(summary::text, ' '), '') AS t FROM ccc.runs",
+        "SELECT coalesce(string_agg(value, ' '), '') AS t FROM ccc.settings",
+    ] {
+        dump.push_str(
+            &sqlx::query(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<String, _>("t"),
+        );
+    }
+    assert!(
+        dump.contains("ok"),
+        "the database was read: {}",
+        &dump[..dump.len().min(200)]
+    );
+    assert_clean("database", &dump);
+    pool.close().await;
+    db.drop_db().await;
+}
