@@ -1,0 +1,319 @@
+//! End-to-end benchmark: a full backfill from an emulator process into PostgreSQL and Parquet,
+//! against the physical limit of the sink (the same rows loaded with one COPY per table), plus
+//! the client's rate adaptation against a 20 QPS limit. Figures are ratios measured in the same
+//! run, because the machine is shared and noisy.
+//!
+//! `cargo bench --bench e2e` (or `bench/run.sh`). Sizes: CCC_ETL_BENCH_INSTANCES (200),
+//! CCC_ETL_BENCH_DAYS (180), CCC_ETL_BENCH_RATE_SECS (40); PostgreSQL from CCC_ETL_TEST_PG.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ccc_etl::ccc::client::CccClient;
+use ccc_etl::ccc::emulator::EmulatorStats;
+use ccc_etl::ccc::ratelimit::AdaptivePacer;
+use ccc_etl::config::{Config, Credentials, ParquetConfig, PostgresConfig, SchemaName};
+use ccc_etl::pipeline::{Backfill, BackfillRequest};
+use ccc_etl::progress::Progress;
+use ccc_etl::sink::Sink;
+use chrono::Utc;
+use secrecy::SecretString;
+use sqlx::Connection;
+
+const KEY: &str = "bench-key";
+const SECRET: &str = "bench-secret";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// (utime + stime) seconds and peak RSS in MiB of this process, from /proc.
+fn cpu_and_peak_rss() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, hwm / 1024.0)
+}
+
+struct Emulator {
+    child: Child,
+    endpoint: String,
+}
+
+impl Emulator {
+    fn start(instances: &[String], extra: &[&str]) -> Emulator {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+            .args([
+                "-q",
+                "emulator",
+                "--listen",
+                "127.0.0.1:0",
+                "--instances",
+                &instances.join(","),
+            ])
+            .args(extra)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("emulator starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let endpoint = line.trim().trim_start_matches("listening on ").to_string();
+        Emulator { child, endpoint }
+    }
+
+    async fn stats(&self) -> EmulatorStats {
+        let bytes = reqwest::get(format!("{}/_emulator/stats", self.endpoint))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn fresh_database() -> (String, String) {
+    let server = std::env::var("CCC_ETL_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("PostgreSQL reachable");
+    let name = format!("ccc_etl_bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    (format!("{server}/{name}"), name)
+}
+
+async fn drop_database(name: &str) {
+    let server = std::env::var("CCC_ETL_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+}
+
+/// Loads every row the pipeline wrote into a second schema with one COPY per table: the
+/// physical limit of the sink for the same rows.
+async fn copy_reference(url: &str) -> f64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("CREATE SCHEMA copyref")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut payloads = vec![];
+    for t in ccc_etl::record::Table::ALL {
+        sqlx::query(&format!(
+            "CREATE TABLE copyref.{0} (LIKE ccc.{0} INCLUDING ALL)",
+            t.name()
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        // Export outside the timed part.
+        let mut out = Vec::new();
+        let mut copy = conn
+            .copy_out_raw(&format!("COPY ccc.{} TO STDOUT", t.name()))
+            .await
+            .unwrap();
+        use futures::TryStreamExt;
+        while let Some(chunk) = copy.try_next().await.unwrap() {
+            out.extend_from_slice(&chunk);
+        }
+        drop(copy);
+        payloads.push((t.name(), out));
+    }
+    let start = Instant::now();
+    for (name, data) in payloads {
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY copyref.{name} FROM STDIN"))
+            .await
+            .unwrap();
+        copy.send(data).await.unwrap();
+        copy.finish().await.unwrap();
+    }
+    start.elapsed().as_secs_f64()
+}
+
+async fn end_to_end(instances: usize, days: i64) {
+    let ids: Vec<String> = (0..instances).map(|i| format!("bench-{i:04}")).collect();
+    let emu = Emulator::start(&ids, &["--revise-hours", "0"]);
+    let (url, db) = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_emulator(&emu.endpoint, ids.clone());
+    cfg.source.max_qps = 1_000_000.0;
+    cfg.source.concurrency = 8;
+    cfg.postgres = Some(PostgresConfig {
+        url: Some(SecretString::from(url.clone())),
+        schema: SchemaName::parse("ccc").unwrap(),
+    });
+    cfg.parquet = Some(ParquetConfig {
+        root: dir.path().to_path_buf(),
+    });
+    let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
+        ccc_etl::commands::open_sinks(&cfg).await.unwrap();
+    let client = CccClient::new(
+        &cfg.source,
+        Credentials::new(KEY, SECRET, None),
+        Arc::new(AdaptivePacer::new(cfg.source.max_qps)),
+    )
+    .unwrap();
+    let now = Utc::now().timestamp_millis();
+    let engine = Backfill::new(
+        cfg.clone(),
+        Arc::new(client),
+        sinks,
+        ledger,
+        Arc::new(move || now),
+        Progress::hidden(),
+    );
+    let req = BackfillRequest {
+        instances: ids,
+        from_ms: now - days * 86_400_000,
+        to_ms: now,
+        refetch: false,
+        strict_horizon: false,
+        command: "bench".into(),
+        lookback_ms: None,
+        from_horizon: false,
+    };
+    let (cpu0, _) = cpu_and_peak_rss();
+    let t0 = Instant::now();
+    let summary = engine.run(&req).await.unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    let (cpu1, rss) = cpu_and_peak_rss();
+    assert_eq!(summary.exit_code(), 0, "{}", summary.render());
+    let rows: u64 = summary.rows.values().sum();
+    let copy = copy_reference(&url).await;
+    println!(
+        "e2e instances={instances} days={days}: windows={} rows={rows} wall={wall:.1}s windows/s={:.1} rows/s={:.0} cpu={:.1}s peak_rss={rss:.0}MiB copy_reference={copy:.2}s ratio_to_copy={:.2}",
+        summary.windows_ok,
+        summary.windows_ok as f64 / wall,
+        rows as f64 / wall,
+        cpu1 - cpu0,
+        wall / copy
+    );
+    drop(engine);
+    drop_database(&db).await;
+}
+
+async fn rate_adaptation(secs: u64) {
+    let ids: Vec<String> = (0..50).map(|i| format!("rate-{i:02}")).collect();
+    let emu = Emulator::start(&ids, &["--throttle-qps", "20"]);
+    let mut cfg = Config::for_emulator(&emu.endpoint, ids.clone());
+    cfg.source.max_qps = 50.0;
+    cfg.source.concurrency = 8;
+    cfg.source.max_attempts = 50;
+    let client = Arc::new(
+        CccClient::new(
+            &cfg.source,
+            Credentials::new(KEY, SECRET, None),
+            Arc::new(AdaptivePacer::new(cfg.source.max_qps)),
+        )
+        .unwrap(),
+    );
+    let now = Utc::now().timestamp_millis();
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    let mut tasks = vec![];
+    for w in 0..cfg.source.concurrency {
+        let (client, ids) = (client.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < deadline {
+                let req = ccc_etl::ccc::client::TrendingRequest {
+                    instance_id: ids[i % ids.len()].clone(),
+                    media_type: ccc_etl::record::MediaType::Audio,
+                    start_ms: now - (i as i64 % 170 + 2) * 86_400_000,
+                    end_ms: now - (i as i64 % 170 + 1) * 86_400_000,
+                };
+                let _ = client.get_trending_report(&req).await;
+                i += cfg.source.concurrency;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = emu.stats().await;
+    let calls = &stats.calls;
+    let first = calls.first().map(|c| c.received_ms).unwrap_or(0);
+    let steady: Vec<_> = calls
+        .iter()
+        .filter(|c| c.received_ms >= first + 10_000)
+        .collect();
+    let span = (steady.last().map(|c| c.received_ms).unwrap_or(first)
+        - steady.first().map(|c| c.received_ms).unwrap_or(first)) as f64
+        / 1000.0;
+    let ok = steady.iter().filter(|c| c.code == "OK").count() as f64;
+    let throttled = steady
+        .iter()
+        .filter(|c| c.code.starts_with("Throttling"))
+        .count() as f64;
+    println!(
+        "rate limit 20 qps, max_qps 50, after the first 10 s: sustained {:.1} ok/s ({:.2} of the limit), throttled {:.1}% of {} requests",
+        ok / span.max(1e-9),
+        ok / span.max(1e-9) / 20.0,
+        100.0 * throttled / steady.len().max(1) as f64,
+        steady.len()
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument selects one part.
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if filter.is_empty() || "e2e".contains(&filter) {
+            let instances = env_or("CCC_ETL_BENCH_INSTANCES", 200) as usize;
+            let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
+            end_to_end(instances, days).await;
+        }
+        if filter.is_empty() || "rate".contains(&filter) {
+            rate_adaptation(env_or("CCC_ETL_BENCH_RATE_SECS", 40)).await;
+        }
+    });
+}
