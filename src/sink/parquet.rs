@@ -193,6 +193,21 @@ impl ParquetSink {
             .date_naive()
     }
 
+    /// Forgets a file's lock once nobody else holds it, so the map stays as small as the set
+    /// of files being written at the moment, not every file ever touched.
+    fn release(&self, path: &Path, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.file_locks.lock().expect("lock map");
+        // Clones are only made under the map's mutex: 2 = the map's and ours.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(path);
+        }
+    }
+
+    /// How many file locks are held in memory (for tests).
+    pub fn open_file_locks(&self) -> usize {
+        self.file_locks.lock().expect("lock map").len()
+    }
+
     fn lock_for(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
         self.file_locks
             .lock()
@@ -394,8 +409,9 @@ impl Sink for ParquetSink {
             for (day, rows) in by_day {
                 let path = self.file_path(table, day, &b.key.instance_id, b.key.media_type);
                 let lock = self.lock_for(&path);
-                let _guard = lock.lock().await;
-                let stats = tokio::task::spawn_blocking(move || -> Result<CommitStats, String> {
+                let guard = lock.lock().await;
+                let key = path.clone();
+                let result = tokio::task::spawn_blocking(move || -> Result<CommitStats, String> {
                     let old = if path.exists() {
                         read_file(&path, table)?
                     } else {
@@ -408,10 +424,12 @@ impl Sink for ParquetSink {
                     }
                     Ok(s)
                 })
-                .await
-                .map_err(|e| err(format!("writer task failed: {e}"), true))?
-                .map_err(|m| err(m, true))?;
-                total += stats;
+                .await;
+                drop(guard);
+                self.release(&key, lock);
+                total += result
+                    .map_err(|e| err(format!("writer task failed: {e}"), true))?
+                    .map_err(|m| err(m, true))?;
             }
         }
         Ok(total)
@@ -488,5 +506,77 @@ mod tests {
         assert!(ParquetSink::new(dir.path(), chrono_tz::UTC).is_ok());
         assert!(is_temp_name(".part-x.parquet.abc.tmp"));
         assert!(!is_temp_name("part-x.parquet"));
+    }
+
+    #[tokio::test]
+    async fn commits_merge_into_files_and_leave_no_lock_entries_behind() {
+        use crate::record::{OverallRow, WindowKey};
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(dir.path(), chrono_tz::UTC).unwrap();
+        let day = 86_400_000;
+        let batch = |n: i64| WindowBatch {
+            key: WindowKey {
+                instance_id: "i".into(),
+                media_type: MediaType::Chat,
+                start_ms: 0,
+                end_ms: 2 * day,
+            },
+            request_id: format!("r{n}"),
+            fetched_at: chrono::DateTime::from_timestamp_millis(n).unwrap(),
+            inbound: vec![],
+            outbound: vec![],
+            overall: vec![
+                OverallRow {
+                    stats_time: 0,
+                    max_logged_in_agents: n,
+                },
+                OverallRow {
+                    stats_time: day + 3_600_000,
+                    max_logged_in_agents: 1,
+                },
+            ],
+        };
+        let run = RunContext {
+            run_id: uuid::Uuid::nil(),
+        };
+        let first = sink.commit(&batch(5), &run).await.unwrap();
+        assert_eq!(
+            first,
+            CommitStats {
+                inserted: 2,
+                revised: 0,
+                unchanged: 0
+            }
+        );
+        let second = sink.commit(&batch(6), &run).await.unwrap();
+        assert_eq!(
+            second,
+            CommitStats {
+                inserted: 0,
+                revised: 1,
+                unchanged: 1
+            }
+        );
+        assert_eq!(sink.open_file_locks(), 0);
+        let p = sink.file_path(
+            Table::Overall,
+            NaiveDate::from_ymd_opt(1970, 1, 1).unwrap(),
+            "i",
+            MediaType::Chat,
+        );
+        let rows = read_file(&p, Table::Overall).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].counts[0], rows[0].request_id.as_str()), (6, "r6"));
+        let p2 = sink.file_path(
+            Table::Overall,
+            NaiveDate::from_ymd_opt(1970, 1, 2).unwrap(),
+            "i",
+            MediaType::Chat,
+        );
+        assert_eq!(
+            read_file(&p2, Table::Overall).unwrap()[0].request_id,
+            "r5",
+            "an unchanged row keeps its first fetch"
+        );
     }
 }
