@@ -38,24 +38,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let config = Config::load(&cli.config)?;
             let req = backfill_request(&config, range, *refetch, *strict_horizon, system_now())?;
-            let credentials = Credentials::from_env()?;
-            preflight_endpoint(&config.source.endpoint).await?;
-            let (sinks, ledger) = open_sinks(&config).await?;
-            let summary = execute(
+            run_job(
                 &config,
-                credentials,
-                sinks,
-                ledger.clone(),
                 &req,
                 system_now(),
-                cli.quiet,
-            )
-            .await?;
-            finish_run(
-                "backfill",
-                &summary,
-                ledger.as_ref(),
                 metrics_file.as_deref(),
+                cli.quiet,
             )
             .await
         }
@@ -65,28 +53,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let config = Config::load(&cli.config)?;
             let instances = resolve_instances(&config, instances)?;
-            let credentials = Credentials::from_env()?;
-            preflight_endpoint(&config.source.endpoint).await?;
-            let (sinks, ledger) = open_sinks(&config).await?;
             let now = system_now();
             let req = nightly_request(&config, instances, now());
-            let summary = execute(
-                &config,
-                credentials,
-                sinks,
-                ledger.clone(),
-                &req,
-                now,
-                cli.quiet,
-            )
-            .await?;
-            finish_run(
-                "nightly",
-                &summary,
-                ledger.as_ref(),
-                metrics_file.as_deref(),
-            )
-            .await
+            run_job(&config, &req, now, metrics_file.as_deref(), cli.quiet).await
         }
         Command::Status { format, alert_days } => {
             let config = Config::load(&cli.config)?;
@@ -139,6 +108,22 @@ pub fn nightly_request(config: &Config, instances: Vec<String>, now_ms: i64) -> 
         lookback_ms: Some(config.pipeline.lookback_days as i64 * plan::DAY_MS),
         from_horizon: true,
     }
+}
+
+/// A `backfill` or `nightly` run: credentials, endpoint, sinks (all checked before any work),
+/// the run itself, then the summary and the metrics file.
+async fn run_job(
+    config: &Config,
+    req: &BackfillRequest,
+    now: NowFn,
+    metrics: Option<&Path>,
+    quiet: bool,
+) -> anyhow::Result<u8> {
+    let credentials = Credentials::from_env()?;
+    preflight_endpoint(&config.source.endpoint).await?;
+    let (sinks, ledger) = open_sinks(config).await?;
+    let summary = execute(config, credentials, sinks, ledger.clone(), req, now, quiet).await?;
+    finish_run(&req.command, &summary, ledger.as_ref(), metrics).await
 }
 
 /// Prints the summary, writes the metrics file if asked, returns the exit code.

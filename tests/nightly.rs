@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use ccc_etl::ccc::emulator::{EmulatorOptions, Faults};
 use ccc_etl::commands::{nightly_request, run_verify, status_report};
-use ccc_etl::config::{Config, ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
+use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
 use ccc_etl::ledger::{FileLedger, Ledger, MemoryLedger};
 use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn};
 use ccc_etl::progress::Progress;
@@ -33,22 +33,6 @@ fn shared_clock(opts: &mut EmulatorOptions, start: i64) -> Arc<AtomicI64> {
 fn now_of(t: &Arc<AtomicI64>) -> NowFn {
     let t = t.clone();
     Arc::new(move || t.load(Ordering::SeqCst))
-}
-
-fn engine(
-    cfg: &Config,
-    sinks: Vec<Arc<dyn Sink>>,
-    ledger: Arc<dyn Ledger>,
-    now: NowFn,
-) -> Backfill {
-    Backfill::new(
-        cfg.clone(),
-        Arc::new(client(cfg, SECRET)),
-        sinks,
-        ledger,
-        now,
-        Progress::hidden(),
-    )
 }
 
 #[tokio::test]

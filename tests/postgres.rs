@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use async_trait::async_trait;
 use ccc_etl::ccc::emulator::EmulatorOptions;
 use ccc_etl::config::{Config, ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
-use ccc_etl::ledger::Ledger;
 use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::WindowBatch;
@@ -55,22 +54,6 @@ fn request(instances: &[&str], from: i64, to: i64, refetch: bool) -> BackfillReq
 
 fn fixed_now(ms: i64) -> NowFn {
     Arc::new(move || ms)
-}
-
-fn engine(
-    cfg: &Config,
-    sinks: Vec<Arc<dyn Sink>>,
-    ledger: Arc<dyn Ledger>,
-    now: NowFn,
-) -> Backfill {
-    Backfill::new(
-        cfg.clone(),
-        Arc::new(client(cfg, SECRET)),
-        sinks,
-        ledger,
-        now,
-        Progress::hidden(),
-    )
 }
 
 /// Every row of the three tables, without fetch metadata, in key order.

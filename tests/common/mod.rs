@@ -47,6 +47,23 @@ pub fn client(config: &Config, secret: &str) -> CccClient {
     .expect("client builds")
 }
 
+/// A backfill engine over the emulator client, with no progress output.
+pub fn engine(
+    cfg: &Config,
+    sinks: Vec<Arc<dyn ccc_etl::sink::Sink>>,
+    ledger: Arc<dyn ccc_etl::ledger::Ledger>,
+    now: ccc_etl::pipeline::NowFn,
+) -> ccc_etl::pipeline::Backfill {
+    ccc_etl::pipeline::Backfill::new(
+        cfg.clone(),
+        Arc::new(client(cfg, SECRET)),
+        sinks,
+        ledger,
+        now,
+        ccc_etl::progress::Progress::hidden(),
+    )
+}
+
 /// Where the tests find PostgreSQL; override with CCC_ETL_TEST_PG.
 pub fn pg_server() -> String {
     std::env::var("CCC_ETL_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
