@@ -185,9 +185,7 @@ async fn end_to_end(instances: usize, days: i64) {
         url: Some(SecretString::from(url.clone())),
         schema: SchemaName::parse("ccc").unwrap(),
     });
-    cfg.parquet = Some(ParquetConfig {
-        root: dir.path().to_path_buf(),
-    });
+    cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
     let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
         ccc_etl::commands::open_sinks(&cfg).await.unwrap();
     let client = CccClient::new(

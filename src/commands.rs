@@ -180,9 +180,13 @@ pub async fn status_report(
     }
     if let Some(pq) = &config.parquet {
         sinks.push("parquet");
+        let counts =
+            crate::sink::parquet::count_rows_by_series(&pq.root).map_err(anyhow::Error::msg)?;
         for (i, m) in &series {
-            let n =
-                crate::sink::parquet::count_rows(&pq.root, i, *m).map_err(anyhow::Error::msg)?;
+            let n = counts
+                .get(&(i.clone(), m.to_string()))
+                .copied()
+                .unwrap_or(0);
             rows.insert((i.clone(), *m, "parquet".to_string()), n);
         }
     }
@@ -429,7 +433,8 @@ pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, 
     let parquet = match &config.parquet {
         Some(pq) => Some(
             ParquetSink::new(&pq.root, config.pipeline.timezone)
-                .map_err(|e| InputError::new(e.to_string()))?,
+                .map_err(|e| InputError::new(e.to_string()))?
+                .with_buffer_rows(pq.buffer_rows),
         ),
         None => None,
     };
@@ -594,9 +599,7 @@ async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
         .await
         .context("cannot start the in-process emulator")?;
     let mut config = Config::for_emulator(&emu.endpoint(), instances.clone());
-    config.parquet = Some(crate::config::ParquetConfig {
-        root: root.to_path_buf(),
-    });
+    config.parquet = Some(crate::config::ParquetConfig::at(root.to_path_buf()));
     // PostgreSQL too when DATABASE_URL is set (schema `ccc`).
     if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty()) {
         config.postgres = Some(crate::config::PostgresConfig {

@@ -211,10 +211,31 @@ pub struct ParquetConfig {
     /// Directory holding one folder per table.
     #[serde(default = "default_root")]
     pub root: PathBuf,
+    /// Rows held in memory while days wait for their last window; above it the oldest days are
+    /// written early (and merged again when the rest of their rows arrive).
+    #[serde(default = "default_buffer_rows", deserialize_with = "positive_usize")]
+    pub buffer_rows: usize,
+}
+
+impl ParquetConfig {
+    /// Parquet under `root`, with the default buffer.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            buffer_rows: default_buffer_rows(),
+        }
+    }
 }
 
 fn default_root() -> PathBuf {
     PathBuf::from("warehouse")
+}
+
+/// About 40 MB of rows.
+pub const DEFAULT_BUFFER_ROWS: usize = 1_000_000;
+
+fn default_buffer_rows() -> usize {
+    DEFAULT_BUFFER_ROWS
 }
 
 /// How requests are signed.

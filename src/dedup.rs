@@ -74,6 +74,7 @@ pub fn normalize(
         key: key.clone(),
         request_id: report.request_id,
         fetched_at,
+        attempts: 1,
         inbound: own_and_dedup(key, report.inbound, &mut counts),
         outbound: own_and_dedup(key, report.outbound, &mut counts),
         overall: own_and_dedup(key, report.overall, &mut counts),

@@ -90,6 +90,14 @@ pub trait Ledger: Send + Sync {
     ) -> Result<Vec<(i64, i64)>, LedgerError>;
     /// Records one outcome.
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError>;
+    /// Records several outcomes, all or none where the store allows (a file ledger may keep a
+    /// prefix: those windows are committed, the rest are fetched again).
+    async fn record_many(&self, entries: &[LedgerEntry]) -> Result<(), LedgerError> {
+        for e in entries {
+            self.record(e).await?;
+        }
+        Ok(())
+    }
     /// Records a run's start or end.
     async fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError>;
     /// When a run of `command` (any command if `None`) last finished with every window committed.
@@ -237,6 +245,18 @@ pub struct FileLedger {
     runs: Mutex<File>,
 }
 
+/// Whether a non-empty file's last byte is not a newline.
+fn ends_without_newline(f: &mut File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if f.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> LedgerError {
     LedgerError {
         message: format!("{what} {}: {e}", path.display()),
@@ -272,11 +292,19 @@ impl FileLedger {
             }
         }
         let open_append = |p: &Path| {
-            OpenOptions::new()
+            let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .read(true)
                 .open(p)
-                .map_err(|e| io_err("cannot open", p, e))
+                .map_err(|e| io_err("cannot open", p, e))?;
+            // A line torn by a crash would swallow the next one appended: end it first.
+            if ends_without_newline(&mut f).map_err(|e| io_err("cannot read", p, e))? {
+                f.write_all(b"\n")
+                    .and_then(|_| f.sync_data())
+                    .map_err(|e| io_err("cannot append to", p, e))?;
+            }
+            Ok::<File, LedgerError>(f)
         };
         let windows = open_append(&windows_path)?;
         let runs = open_append(&dir.join("runs.jsonl"))?;
@@ -293,20 +321,22 @@ impl FileLedger {
         &self.dir
     }
 
-    fn append(
+    fn append<T: Serialize>(
         &self,
         file: &Mutex<File>,
         name: &str,
-        value: &impl Serialize,
+        values: &[T],
     ) -> Result<(), LedgerError> {
-        let mut line = serde_json::to_string(value).map_err(|e| LedgerError {
-            message: e.to_string(),
-            retryable: false,
-        })?;
-        line.push('\n');
+        let mut lines = String::new();
+        for v in values {
+            lines.push_str(&serde_json::to_string(v).map_err(|e| LedgerError {
+                message: e.to_string(),
+                retryable: false,
+            })?);
+            lines.push('\n');
+        }
         let mut f = file.lock().expect("ledger file lock");
-        // A torn earlier line would swallow this one; start on a fresh line to be safe.
-        f.write_all(line.as_bytes())
+        f.write_all(lines.as_bytes())
             .and_then(|_| f.sync_data())
             .map_err(|e| LedgerError {
                 message: format!("cannot append to {}: {e}", self.dir.join(name).display()),
@@ -327,12 +357,20 @@ impl Ledger for FileLedger {
     }
 
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
-        self.append(&self.windows, "windows.jsonl", entry)?;
-        self.index.record(entry).await
+        self.record_many(std::slice::from_ref(entry)).await
+    }
+
+    async fn record_many(&self, entries: &[LedgerEntry]) -> Result<(), LedgerError> {
+        self.append(&self.windows, "windows.jsonl", entries)?;
+        let mut index = self.index.index.lock().expect("ledger lock");
+        for e in entries {
+            index.apply(e);
+        }
+        Ok(())
     }
 
     async fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
-        self.append(&self.runs, "runs.jsonl", run)?;
+        self.append(&self.runs, "runs.jsonl", std::slice::from_ref(run))?;
         self.index.note_run(run);
         Ok(())
     }
@@ -415,5 +453,17 @@ mod tests {
             l.committed("i", MediaType::Audio, "parquet").await.unwrap(),
             vec![(0, 10)]
         );
+        // A record appended after the torn line is not swallowed by it.
+        l.record_many(&[
+            entry(10, 20, "parquet", WindowStatus::Committed),
+            entry(20, 30, "parquet", WindowStatus::Committed),
+        ])
+        .await
+        .unwrap();
+        drop(l);
+        let l = FileLedger::open(dir.path()).unwrap();
+        let mut got = l.committed("i", MediaType::Audio, "parquet").await.unwrap();
+        got.sort();
+        assert_eq!(got, vec![(0, 10), (10, 20), (20, 30)]);
     }
 }

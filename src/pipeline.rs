@@ -5,7 +5,7 @@
 //! memory). A window that fails for good is recorded and the others go on; a run-fatal error
 //! (credentials, permissions, clock) stops the run at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -25,7 +25,7 @@ use crate::plan::{self, PlanRequest, SEND_MARGIN_MS};
 use crate::progress::Progress;
 use crate::quality::{self, QualityCounts};
 use crate::record::{Table, WindowKey, fmt_ms};
-use crate::sink::{CommitStats, RunContext, Sink};
+use crate::sink::{CommitStats, RunContext, Sink, Written};
 
 /// The clock, in epoch ms; tests pass a fixed one.
 pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -199,17 +199,39 @@ impl RunSummary {
 #[error("{0}")]
 pub struct RunFatal(pub String);
 
-enum WindowOutcome {
-    Ok {
+/// What processing a window (or flushing a sink) reports to the run's bookkeeping.
+enum Event {
+    /// The window's rows were fetched and handed to every sink.
+    Fetched {
+        key: WindowKey,
         rows: [u64; 3],
-        sinks: Vec<(&'static str, CommitStats)>,
         dedup: DedupCounts,
         lost: Option<WindowKey>,
         quality: QualityCounts,
     },
-    Failed(FailedWindow),
+    /// A sink made these windows durable (and they are in the ledger).
+    Committed {
+        keys: Vec<WindowKey>,
+    },
+    /// What a sink's writes inserted, revised and left unchanged.
+    Stats {
+        sink: &'static str,
+        stats: CommitStats,
+    },
+    /// The fetch failed for good.
+    FetchFailed(FailedWindow),
+    /// A sink could not make the window durable.
+    SinkFailed(FailedWindow),
     Lost(WindowKey),
     Fatal(String),
+}
+
+/// A window between fetch and its last sink's commit.
+#[derive(Default)]
+struct Tally {
+    rows: Option<[u64; 3]>,
+    committed: usize,
+    failed: bool,
 }
 
 /// The engine for one run.
@@ -325,6 +347,13 @@ impl Backfill {
         tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
         self.progress.start(windows.len() as u64);
 
+        for sink in &self.sinks {
+            sink.expect(&windows);
+        }
+        let mut book = Bookkeeping {
+            sinks: self.sinks.len(),
+            windows: HashMap::new(),
+        };
         let concurrency = self.config.source.concurrency.max(1);
         let mut stream = futures::stream::iter(windows.into_iter().map(|w| {
             let span = tracing::info_span!(
@@ -337,46 +366,23 @@ impl Backfill {
             self.process(w, &ctx).instrument(span)
         }))
         .buffer_unordered(concurrency);
-        while let Some(outcome) = stream.next().await {
-            match outcome {
-                WindowOutcome::Ok {
-                    rows,
-                    sinks,
-                    dedup,
-                    lost,
-                    quality,
-                } => {
-                    summary.windows_ok += 1;
-                    summary.lost.extend(lost);
-                    summary.quality += quality;
-                    for (t, n) in Table::ALL.iter().zip(rows) {
-                        *summary.rows.entry(t.name().to_string()).or_default() += n;
-                    }
-                    for (name, s) in sinks {
-                        *summary.sinks.entry(name.to_string()).or_default() += s;
-                    }
-                    summary.outside_window_rows += dedup.outside;
-                    summary.duplicate_rows += dedup.duplicates;
-                    summary.conflicting_rows += dedup.conflicts;
-                    self.progress.window_done(rows.iter().sum(), &self.client);
-                }
-                WindowOutcome::Failed(f) => {
-                    tracing::error!(window = %f.key, error = %f.error, "window failed");
-                    summary.windows_failed.push(f);
-                    self.progress.window_done(0, &self.client);
-                }
-                WindowOutcome::Lost(k) => {
-                    tracing::warn!(window = %k, "LOST: the window aged out of the 180-day horizon before it was sent");
-                    summary.lost.push(k);
-                    self.progress.window_done(0, &self.client);
-                }
-                WindowOutcome::Fatal(msg) => {
-                    summary.fatal = Some(msg);
-                    break;
+        'run: while let Some(events) = stream.next().await {
+            for event in events {
+                if let Err(fatal) = book.apply(event, &mut summary, &self.progress, &self.client) {
+                    summary.fatal = Some(fatal);
+                    break 'run;
                 }
             }
         }
         drop(stream);
+        // Whatever a sink still holds is written, also after a fatal error: every row fetched
+        // is kept.
+        for sink in &self.sinks {
+            let written = sink.flush(&ctx).await;
+            for event in self.settle(sink.as_ref(), written, &ctx).await {
+                let _ = book.apply(event, &mut summary, &self.progress, &self.client);
+            }
+        }
         self.progress.finish();
         let stats = self.client.stats();
         summary.requests = stats.requests.load(Ordering::Relaxed);
@@ -475,12 +481,15 @@ impl Backfill {
         Ok(out)
     }
 
-    async fn process(&self, mut key: WindowKey, ctx: &RunContext) -> WindowOutcome {
+    async fn process(&self, planned: WindowKey, ctx: &RunContext) -> Vec<Event> {
         // Time passes between planning and sending: check the horizon again.
         let send_horizon = plan::horizon_ms((self.now)(), SEND_MARGIN_MS);
-        if key.end_ms <= send_horizon {
-            return WindowOutcome::Lost(key);
+        if planned.end_ms <= send_horizon {
+            let mut events = vec![Event::Lost(planned.clone())];
+            events.extend(self.skip(&planned, ctx).await);
+            return events;
         }
+        let mut key = planned.clone();
         let mut lost = None;
         if key.start_ms < send_horizon {
             let part = WindowKey {
@@ -507,80 +516,125 @@ impl Backfill {
                         .hint()
                         .map(|h| format!(": {h}"))
                         .unwrap_or_default();
-                    return WindowOutcome::Fatal(format!("{}{hint}", failed.error));
+                    return vec![Event::Fatal(format!("{}{hint}", failed.error))];
                 }
                 let f = FailedWindow {
                     key: key.clone(),
                     error: failed.to_string(),
                     retryable: class == ErrorClass::Retryable,
                 };
-                self.record_failure(&key, &f.error, failed.attempts, ctx)
+                let names: Vec<&str> = self.sinks.iter().map(|s| s.name()).collect();
+                self.record_failure(&key, &names, &f.error, failed.attempts, ctx)
                     .await;
-                return WindowOutcome::Failed(f);
+                let mut events = vec![Event::FetchFailed(f)];
+                events.extend(self.skip(&planned, ctx).await);
+                return events;
             }
         };
         let quality = quality::check(&key, &fetched.report, (self.now)());
         if quality.total() > 0 {
             tracing::warn!(window = %key, violations = ?quality, "data-quality violations (rows kept)");
         }
-        let (batch, dedup) = normalize(&key, fetched.report, Utc::now());
-        let rows = [
-            batch.inbound.len() as u64,
-            batch.outbound.len() as u64,
-            batch.overall.len() as u64,
-        ];
-        let mut sink_stats = Vec::with_capacity(self.sinks.len());
-        for sink in &self.sinks {
-            match sink.commit(&batch, ctx).await {
-                Ok(s) => {
-                    if !sink.records_own_commit() {
-                        let entry = LedgerEntry {
-                            key: key.clone(),
-                            sink: sink.name().to_string(),
-                            status: WindowStatus::Committed,
-                            rows: batch.row_count() as u64,
-                            request_id: Some(batch.request_id.clone()),
-                            attempts: fetched.attempts,
-                            error: None,
-                            run_id: ctx.run_id,
-                            at: Utc::now(),
-                        };
-                        if let Err(e) = self.ledger.record(&entry).await {
-                            return WindowOutcome::Failed(FailedWindow {
-                                key,
-                                error: e.to_string(),
-                                retryable: e.retryable,
-                            });
-                        }
-                    }
-                    sink_stats.push((sink.name(), s));
-                }
-                Err(e) => {
-                    let f = FailedWindow {
-                        key: key.clone(),
-                        error: e.to_string(),
-                        retryable: e.retryable,
-                    };
-                    self.record_failure(&key, &f.error, fetched.attempts, ctx)
-                        .await;
-                    return WindowOutcome::Failed(f);
-                }
-            }
-        }
-        WindowOutcome::Ok {
-            rows,
-            sinks: sink_stats,
+        let (mut batch, dedup) = normalize(&key, fetched.report, Utc::now());
+        batch.attempts = fetched.attempts;
+        let batch = Arc::new(batch);
+        let mut events = vec![Event::Fetched {
+            key,
+            rows: [
+                batch.inbound.len() as u64,
+                batch.outbound.len() as u64,
+                batch.overall.len() as u64,
+            ],
             dedup,
             lost,
             quality,
+        }];
+        for sink in &self.sinks {
+            let written = sink.write(&planned, batch.clone(), ctx).await;
+            events.extend(self.settle(sink.as_ref(), written, ctx).await);
         }
+        events
     }
 
-    async fn record_failure(&self, key: &WindowKey, error: &str, attempts: u32, ctx: &RunContext) {
+    /// Tells every sink a window will not come.
+    async fn skip(&self, planned: &WindowKey, ctx: &RunContext) -> Vec<Event> {
+        let mut events = vec![];
         for sink in &self.sinks {
+            let written = sink.skip(planned, ctx).await;
+            events.extend(self.settle(sink.as_ref(), written, ctx).await);
+        }
+        events
+    }
+
+    /// Records what a sink made durable in the ledger (unless the sink did) and turns it into
+    /// events.
+    async fn settle(&self, sink: &dyn Sink, written: Written, ctx: &RunContext) -> Vec<Event> {
+        let mut events = vec![];
+        if written.stats != CommitStats::default() {
+            events.push(Event::Stats {
+                sink: sink.name(),
+                stats: written.stats,
+            });
+        }
+        if !written.durable.is_empty() {
+            let recorded = if sink.records_own_commit() {
+                Ok(())
+            } else {
+                let entries: Vec<LedgerEntry> = written
+                    .durable
+                    .iter()
+                    .map(|d| LedgerEntry {
+                        key: d.key.clone(),
+                        sink: sink.name().to_string(),
+                        status: WindowStatus::Committed,
+                        rows: d.rows,
+                        request_id: Some(d.request_id.clone()),
+                        attempts: d.attempts,
+                        error: None,
+                        run_id: ctx.run_id,
+                        at: Utc::now(),
+                    })
+                    .collect();
+                self.ledger.record_many(&entries).await
+            };
+            match recorded {
+                Ok(()) => events.push(Event::Committed {
+                    keys: written.durable.into_iter().map(|d| d.key).collect(),
+                }),
+                Err(e) => events.extend(written.durable.into_iter().map(|d| {
+                    Event::SinkFailed(FailedWindow {
+                        key: d.key,
+                        error: e.to_string(),
+                        retryable: e.retryable,
+                    })
+                })),
+            }
+        }
+        for (key, e) in written.failed {
+            let f = FailedWindow {
+                key,
+                error: e.to_string(),
+                retryable: e.retryable,
+            };
+            self.record_failure(&f.key, &[sink.name()], &f.error, 0, ctx)
+                .await;
+            events.push(Event::SinkFailed(f));
+        }
+        events
+    }
+
+    async fn record_failure(
+        &self,
+        key: &WindowKey,
+        sinks: &[&str],
+        error: &str,
+        attempts: u32,
+        ctx: &RunContext,
+    ) {
+        for sink in sinks {
             let entry = LedgerEntry {
                 key: key.clone(),
-                sink: sink.name().to_string(),
+                sink: sink.to_string(),
                 status: WindowStatus::Failed,
                 rows: 0,
                 request_id: None,
@@ -592,6 +646,84 @@ impl Backfill {
             if let Err(e) = self.ledger.record(&entry).await {
                 tracing::warn!(error = %e, window = %key, "could not record the failure in the ledger");
             }
+        }
+    }
+}
+
+/// The run's view of windows in flight: a window is ok once fetched and committed by every sink.
+struct Bookkeeping {
+    sinks: usize,
+    windows: HashMap<WindowKey, Tally>,
+}
+
+impl Bookkeeping {
+    /// Applies one event to the summary; a fatal event is returned as the error.
+    fn apply(
+        &mut self,
+        event: Event,
+        summary: &mut RunSummary,
+        progress: &Progress,
+        client: &CccClient,
+    ) -> Result<(), String> {
+        match event {
+            Event::Fetched {
+                key,
+                rows,
+                dedup,
+                lost,
+                quality,
+            } => {
+                summary.lost.extend(lost);
+                summary.quality += quality;
+                summary.outside_window_rows += dedup.outside;
+                summary.duplicate_rows += dedup.duplicates;
+                summary.conflicting_rows += dedup.conflicts;
+                progress.window_done(rows.iter().sum(), client);
+                self.windows.entry(key.clone()).or_default().rows = Some(rows);
+                self.settle(&key, summary);
+            }
+            Event::Committed { keys } => {
+                for key in keys {
+                    self.windows.entry(key.clone()).or_default().committed += 1;
+                    self.settle(&key, summary);
+                }
+            }
+            Event::Stats { sink, stats } => {
+                *summary.sinks.entry(sink.to_string()).or_default() += stats;
+            }
+            Event::FetchFailed(f) => {
+                tracing::error!(window = %f.key, error = %f.error, "window failed");
+                progress.window_done(0, client);
+                summary.windows_failed.push(f);
+            }
+            Event::SinkFailed(f) => {
+                let t = self.windows.entry(f.key.clone()).or_default();
+                if !t.failed {
+                    tracing::error!(window = %f.key, error = %f.error, "window failed");
+                    t.failed = true;
+                    summary.windows_failed.push(f);
+                }
+            }
+            Event::Lost(k) => {
+                tracing::warn!(window = %k, "LOST: the window aged out of the 180-day horizon before it was sent");
+                summary.lost.push(k);
+                progress.window_done(0, client);
+            }
+            Event::Fatal(msg) => return Err(msg),
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, key: &WindowKey, summary: &mut RunSummary) {
+        let Some(t) = self.windows.get(key) else {
+            return;
+        };
+        if let (Some(rows), false, true) = (t.rows, t.failed, t.committed >= self.sinks) {
+            summary.windows_ok += 1;
+            for (table, n) in Table::ALL.iter().zip(rows) {
+                *summary.rows.entry(table.name().to_string()).or_default() += n;
+            }
+            self.windows.remove(key);
         }
     }
 }

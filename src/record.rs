@@ -267,6 +267,8 @@ pub struct WindowBatch {
     pub request_id: String,
     /// When the response arrived.
     pub fetched_at: DateTime<Utc>,
+    /// Requests the fetch took (1 without retries).
+    pub attempts: u32,
     /// Inbound rows, sorted by `stats_time`, one per bucket.
     pub inbound: Vec<InboundRow>,
     /// Outbound rows, sorted by `stats_time`, one per bucket.

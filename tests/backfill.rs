@@ -129,9 +129,7 @@ async fn a_rerun_fetches_nothing_already_committed_and_refetch_changes_no_row_co
     let emu = start(opts).await;
     let mut cfg = config(&emu, &["ccc-a", "ccc-b"], SignatureVersion::V3);
     let dir = tempfile::tempdir().unwrap();
-    cfg.parquet = Some(ParquetConfig {
-        root: dir.path().to_path_buf(),
-    });
+    cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
     let to = Utc::now().timestamp_millis() / H * H - 8 * H;
     let from = to - 10 * DAY;
     let run = |refetch: bool| {

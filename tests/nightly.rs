@@ -163,9 +163,7 @@ async fn status_raises_the_aging_out_alert_for_an_uncovered_old_range_until_nigh
     let emu = start(options(&["ccc-a"])).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
-    cfg.parquet = Some(ParquetConfig {
-        root: dir.path().to_path_buf(),
-    });
+    cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
     let now = Utc::now().timestamp_millis();
     let fixed: NowFn = Arc::new(move || now);
     let open = || -> (Vec<Arc<dyn Sink>>, Arc<dyn Ledger>) {
@@ -236,9 +234,7 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
     let emu = start(options(&["ccc-a", "ccc-b"])).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&emu, &["ccc-a", "ccc-b"], SignatureVersion::V3);
-    cfg.parquet = Some(ParquetConfig {
-        root: dir.path().to_path_buf(),
-    });
+    cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
     cfg.postgres = Some(PostgresConfig {
         url: Some(SecretString::from(db.url.clone())),
         schema: SchemaName::parse("ccc").unwrap(),

@@ -12,9 +12,9 @@ use ccc_etl::ccc::emulator::EmulatorOptions;
 use ccc_etl::config::{Config, ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
 use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn};
 use ccc_etl::progress::Progress;
-use ccc_etl::record::WindowBatch;
+use ccc_etl::record::{WindowBatch, WindowKey};
 use ccc_etl::sink::postgres::{PgLedger, PgStore, PostgresSink};
-use ccc_etl::sink::{CommitStats, RunContext, Sink, SinkError};
+use ccc_etl::sink::{RunContext, Sink, Written};
 use chrono::{DateTime, Utc};
 use common::*;
 use secrecy::SecretString;
@@ -230,11 +230,11 @@ impl Sink for StallAfter {
     fn records_own_commit(&self) -> bool {
         true
     }
-    async fn commit(&self, b: &WindowBatch, run: &RunContext) -> Result<CommitStats, SinkError> {
+    async fn write(&self, planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
         if self.seen.fetch_add(1, Ordering::SeqCst) >= self.limit {
             std::future::pending::<()>().await;
         }
-        self.inner.commit(b, run).await
+        self.inner.write(planned, b, run).await
     }
 }
 
@@ -391,7 +391,7 @@ impl Sink for LoseDatabaseAfter {
     fn records_own_commit(&self) -> bool {
         true
     }
-    async fn commit(&self, b: &WindowBatch, run: &RunContext) -> Result<CommitStats, SinkError> {
+    async fn write(&self, planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
         if self.seen.fetch_add(1, Ordering::SeqCst) == self.limit {
             use sqlx::Connection;
             let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_server()))
@@ -410,7 +410,7 @@ impl Sink for LoseDatabaseAfter {
                 .await
                 .unwrap();
         }
-        self.inner.commit(b, run).await
+        self.inner.write(planned, b, run).await
     }
 }
 
@@ -510,9 +510,7 @@ async fn with_postgres_configured_the_ledger_tracks_parquet_commits_too() {
     let emu = start(options(&["ccc-a"])).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = pg_config(&config(&emu, &["ccc-a"], SignatureVersion::V1), &db, "ccc");
-    cfg.parquet = Some(ParquetConfig {
-        root: dir.path().to_path_buf(),
-    });
+    cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
     let (sinks, ledger) = ccc_etl::commands::open_sinks(&cfg).await.unwrap();
     assert_eq!(
         sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),

@@ -2,12 +2,14 @@
 //! the real sinks.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{CommitStats, RunContext, Sink, SinkError};
-use crate::record::{InboundRow, MediaType, OutboundRow, OverallRow, TrendRow, WindowBatch};
+use super::{CommitStats, RunContext, Sink, Written};
+use crate::record::{
+    InboundRow, MediaType, OutboundRow, OverallRow, TrendRow, WindowBatch, WindowKey,
+};
 
 /// Key of a stored row.
 pub type RowKey = (String, MediaType, i64);
@@ -60,13 +62,13 @@ impl Sink for MemorySink {
         "memory"
     }
 
-    async fn commit(&self, b: &WindowBatch, _run: &RunContext) -> Result<CommitStats, SinkError> {
+    async fn write(&self, _planned: &WindowKey, b: Arc<WindowBatch>, _run: &RunContext) -> Written {
         let mut t = self.tables.lock().expect("memory sink lock");
         let mut s = CommitStats::default();
-        upsert(&mut t.inbound, b, &b.inbound, &mut s);
-        upsert(&mut t.outbound, b, &b.outbound, &mut s);
-        upsert(&mut t.overall, b, &b.overall, &mut s);
+        upsert(&mut t.inbound, &b, &b.inbound, &mut s);
+        upsert(&mut t.outbound, &b, &b.outbound, &mut s);
+        upsert(&mut t.overall, &b, &b.overall, &mut s);
         t.commits.push(b.key.clone());
-        Ok(s)
+        Written::durable(&b, s)
     }
 }

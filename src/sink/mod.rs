@@ -5,9 +5,11 @@ pub mod memory;
 pub mod parquet;
 pub mod postgres;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
-use crate::record::WindowBatch;
+use crate::record::{WindowBatch, WindowKey};
 
 /// What one sink did with one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -29,7 +31,7 @@ impl std::ops::AddAssign for CommitStats {
 }
 
 /// A sink failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{sink} sink: {message}")]
 pub struct SinkError {
     /// Which sink.
@@ -47,19 +49,108 @@ pub struct RunContext {
     pub run_id: uuid::Uuid,
 }
 
+/// A window whose rows are durable in a sink, with what its ledger entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableWindow {
+    /// The window (as fetched: a window whose start aged out is shorter than planned).
+    pub key: WindowKey,
+    /// Rows across the three tables.
+    pub rows: u64,
+    /// RequestId that delivered them.
+    pub request_id: String,
+    /// Requests the fetch took.
+    pub attempts: u32,
+}
+
+impl DurableWindow {
+    /// The entry for a batch.
+    pub fn of(batch: &WindowBatch) -> Self {
+        Self {
+            key: batch.key.clone(),
+            rows: batch.row_count() as u64,
+            request_id: batch.request_id.clone(),
+            attempts: batch.attempts,
+        }
+    }
+}
+
+/// What a call into a sink made durable, and what it could not.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// Windows whose rows became durable during the call (the one handed over, earlier ones
+    /// a buffering sink held, or none yet).
+    pub durable: Vec<DurableWindow>,
+    /// Inserted, revised and unchanged rows of those writes.
+    pub stats: CommitStats,
+    /// Windows whose rows could not be made durable; they are not committed in this sink.
+    pub failed: Vec<(WindowKey, SinkError)>,
+}
+
+impl Written {
+    /// One window made durable at once.
+    pub fn durable(batch: &WindowBatch, stats: CommitStats) -> Self {
+        Self {
+            durable: vec![DurableWindow::of(batch)],
+            stats,
+            failed: vec![],
+        }
+    }
+
+    /// One window that failed.
+    pub fn failed(key: &WindowKey, error: SinkError) -> Self {
+        Self {
+            failed: vec![(key.clone(), error)],
+            ..Self::default()
+        }
+    }
+
+    /// Adds another call's outcome.
+    pub fn extend(&mut self, other: Written) {
+        self.durable.extend(other.durable);
+        self.stats += other.stats;
+        self.failed.extend(other.failed);
+    }
+}
+
 /// A destination for window batches.
+///
+/// A sink either makes each window durable before `write` returns (PostgreSQL: rows and ledger
+/// row in one transaction) or holds windows until the partitions they touch are complete and
+/// reports them durable from a later call (Parquet: one file per table and day, written once).
+/// Either way a window counts as committed only once reported in [`Written::durable`]; a crash
+/// before that loses nothing, because an uncommitted window is fetched again.
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Short name, also the ledger's sink column: `postgres`, `parquet`, `memory`.
     fn name(&self) -> &'static str;
 
-    /// Commits all rows of one window, idempotently: re-committing the same window leaves one
-    /// row per key. Returns only once the rows are durable.
-    async fn commit(&self, batch: &WindowBatch, run: &RunContext)
-    -> Result<CommitStats, SinkError>;
+    /// Announces every window the run is about to write, before the first `write`; a buffering
+    /// sink uses it to know when a partition has received all its rows.
+    fn expect(&self, _windows: &[WindowKey]) {}
 
-    /// Whether `commit` records the window in the ledger itself, in the same transaction as the
-    /// rows. Sinks that cannot (files) return false and the pipeline records them after commit.
+    /// Hands over the rows of `planned` (`batch.key` may be shorter, if its start aged out).
+    /// Re-writing a window leaves one row per key (newer fetch wins).
+    async fn write(
+        &self,
+        planned: &WindowKey,
+        batch: Arc<WindowBatch>,
+        run: &RunContext,
+    ) -> Written;
+
+    /// An expected window will not be written (its fetch failed or it aged out).
+    async fn skip(&self, _planned: &WindowKey, _run: &RunContext) -> Written {
+        Written::default()
+    }
+
+    /// Makes everything still held durable; called at the end of a run, also after a fatal
+    /// error, so every row fetched is kept.
+    async fn flush(&self, _run: &RunContext) -> Written {
+        Written::default()
+    }
+
+    /// Whether the sink records its durable windows in the ledger itself, in the same
+    /// transaction as the rows. Sinks that cannot (files) return false and the pipeline records
+    /// them once reported durable.
     fn records_own_commit(&self) -> bool {
         false
     }

@@ -1,16 +1,25 @@
-//! The Parquet sink: Hive-partitioned files a warehouse can read, replaced atomically.
+//! The Parquet sink: Hive-partitioned files a warehouse can read, each written once per run.
 //!
-//! Layout: `{root}/{table}/dt=YYYY-MM-DD/part-{instance}-{media}.parquet`, `dt` being the local
-//! date of `stats_time` in the configured zone. One file per series and day keeps a window's
-//! commit proportional to its own rows, however many instances share the day.
+//! Layout: `{root}/{table}/dt=YYYY-MM-DD/part-00000.parquet`, one file per table and local day (in
+//! the configured zone) holding every series of that day, sorted by `(instance_id, media_type,
+//! stats_time)`. Few, well-filled files are what query engines read fastest, and what object
+//! storage charges least for.
 //!
-//! A commit merges the window's rows into each file it touches (newer fetch wins, unchanged rows
-//! keep their original `fetched_at`), writes `.part-….tmp` in the same directory, fsyncs it,
-//! renames it over the old file and fsyncs the directory. A crash leaves the old file or the new
-//! one, never a partial one; temporary names start with `.` and do not end in `.parquet`, so no
-//! engine (Spark, Hive, Trino, DuckDB's `*.parquet` glob) reads them.
+//! Writes are buffered by day. The pipeline announces the run's windows ([`Sink::expect`]); a
+//! window's rows wait in memory until every announced window touching their day has arrived or
+//! will not come, then the day is written once for all series: its rows are merged into the
+//! existing file (one row per key, newer fetch wins, unchanged rows keep their original
+//! `fetched_at`), written to `.part-….tmp` in the same directory, fsynced, renamed over the old
+//! file, and the directory fsynced. A window is reported durable once every day it touches has
+//! been written; only then is it recorded in the ledger. A crash loses at most buffered rows,
+//! whose windows are not in the ledger and are fetched again; files are the old or the new,
+//! never partial. Temporary names start with `.` and do not end in `.parquet`, so no engine
+//! (Spark, Hive, Trino, DuckDB's `*.parquet` glob) reads them.
+//!
+//! Memory is bounded: when more than `buffer_rows` rows are held, the oldest days are written
+//! early and merged again when the rest of their rows arrive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,14 +31,19 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::{CommitStats, RunContext, Sink, SinkError};
+use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, Written};
+use crate::config::DEFAULT_BUFFER_ROWS;
 use crate::ledger::FILE_LEDGER_DIR;
-use crate::record::{MediaType, Table, WindowBatch};
+use crate::plan::local_day_start;
+use crate::record::{Table, WindowBatch, WindowKey};
+
+/// The name of each day's file.
+pub const DATA_FILE: &str = "part-00000.parquet";
 
 /// One stored row of any table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +83,42 @@ pub fn schema(table: Table) -> SchemaRef {
 pub struct ParquetSink {
     root: PathBuf,
     timezone: Tz,
-    file_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    buffer_rows: usize,
+    state: Mutex<Buffer>,
+    /// One writer per day at a time (a day written early may be written again while the first
+    /// write is still running); entries are removed once released.
+    day_locks: Mutex<HashMap<NaiveDate, Arc<tokio::sync::Mutex<()>>>>,
     _root_lock: File,
+}
+
+/// A window whose rows are held.
+struct Held {
+    batch: Arc<WindowBatch>,
+    /// Days of the window not written yet.
+    days_left: usize,
+    /// The first error writing one of its days: the window is then not durable here.
+    failed: Option<SinkError>,
+}
+
+/// What waits in memory.
+#[derive(Default)]
+struct Buffer {
+    /// Announced windows (planned keys) not written or skipped yet.
+    expected: HashSet<WindowKey>,
+    /// Per day, announced windows touching it that have not arrived.
+    pending: BTreeMap<NaiveDate, usize>,
+    /// Per day, held windows (ids) whose rows of that day are not written.
+    days: BTreeMap<NaiveDate, Vec<u64>>,
+    held: HashMap<u64, Held>,
+    next_id: u64,
+    held_rows: usize,
+}
+
+/// One day's windows, taken out of the buffer to be written.
+struct DayJob {
+    day: NaiveDate,
+    ids: Vec<u64>,
+    batches: Vec<Arc<WindowBatch>>,
 }
 
 /// Takes the root's exclusive lock, or says which run holds it.
@@ -167,23 +215,22 @@ impl ParquetSink {
         Ok(Self {
             root: root.to_path_buf(),
             timezone,
-            file_locks: Mutex::new(HashMap::new()),
+            buffer_rows: DEFAULT_BUFFER_ROWS,
+            state: Mutex::new(Buffer::default()),
+            day_locks: Mutex::new(HashMap::new()),
             _root_lock: lock,
         })
     }
 
-    /// The file holding one series' rows of one table and day.
-    pub fn file_path(
-        &self,
-        table: Table,
-        day: NaiveDate,
-        instance: &str,
-        media: MediaType,
-    ) -> PathBuf {
-        self.root
-            .join(table.name())
-            .join(format!("dt={}", day.format("%Y-%m-%d")))
-            .join(format!("part-{instance}-{media}.parquet"))
+    /// Holds at most about `rows` rows before writing the oldest days early (at least 1).
+    pub fn with_buffer_rows(mut self, rows: usize) -> Self {
+        self.buffer_rows = rows.max(1);
+        self
+    }
+
+    /// The file holding one table's rows of one day.
+    pub fn file_path(&self, table: Table, day: NaiveDate) -> PathBuf {
+        day_file(&self.root, table, day)
     }
 
     fn day_of(&self, ms: i64) -> NaiveDate {
@@ -193,28 +240,342 @@ impl ParquetSink {
             .date_naive()
     }
 
-    /// Forgets a file's lock once nobody else holds it, so the map stays as small as the set
-    /// of files being written at the moment, not every file ever touched.
-    fn release(&self, path: &Path, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut map = self.file_locks.lock().expect("lock map");
+    /// Local days `[start, end)` touches.
+    fn days_of(&self, key: &WindowKey) -> Vec<NaiveDate> {
+        if key.end_ms <= key.start_ms {
+            return vec![];
+        }
+        let (first, last) = (self.day_of(key.start_ms), self.day_of(key.end_ms - 1));
+        first.iter_days().take_while(|d| *d <= last).collect()
+    }
+
+    /// Rows held in memory (for tests and metrics).
+    pub fn held_rows(&self) -> usize {
+        self.state.lock().expect("buffer lock").held_rows
+    }
+
+    /// Day locks held in memory (for tests).
+    pub fn open_day_locks(&self) -> usize {
+        self.day_locks.lock().expect("lock map").len()
+    }
+
+    /// Takes the named days' windows out of the buffer, plus the oldest days while more than
+    /// `buffer_rows` rows would stay held.
+    fn take_days(&self, st: &mut Buffer, complete: Vec<NaiveDate>) -> Vec<DayJob> {
+        let mut days: Vec<NaiveDate> = complete
+            .into_iter()
+            .filter(|d| st.days.contains_key(d))
+            .collect();
+        days.sort();
+        days.dedup();
+        if st.held_rows > self.buffer_rows {
+            // Rows leave memory only when a window's last day is written: write the oldest days
+            // until the windows they complete bring the buffer under half the bound.
+            let mut freed = 0usize;
+            let mut left: HashMap<u64, usize> = HashMap::new();
+            for (day, ids) in &st.days {
+                if st.held_rows - freed <= self.buffer_rows / 2 {
+                    break;
+                }
+                if !days.contains(day) {
+                    days.push(*day);
+                }
+                for id in ids {
+                    let h = &st.held[id];
+                    let l = left.entry(*id).or_insert(h.days_left);
+                    *l -= 1;
+                    if *l == 0 {
+                        freed += h.batch.row_count();
+                    }
+                }
+            }
+        }
+        days.into_iter()
+            .filter_map(|day| {
+                let ids = st.days.remove(&day)?;
+                let batches = ids.iter().map(|i| st.held[i].batch.clone()).collect();
+                Some(DayJob { day, ids, batches })
+            })
+            .collect()
+    }
+
+    fn day_lock(&self, day: NaiveDate) -> Arc<tokio::sync::Mutex<()>> {
+        self.day_locks
+            .lock()
+            .expect("lock map")
+            .entry(day)
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets a day's lock once nobody else holds it, so the map stays as small as the set of
+    /// days being written at the moment.
+    fn release(&self, day: NaiveDate, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.day_locks.lock().expect("lock map");
         // Clones are only made under the map's mutex: 2 = the map's and ours.
         if Arc::strong_count(&lock) == 2 {
-            map.remove(path);
+            map.remove(&day);
         }
     }
 
-    /// How many file locks are held in memory (for tests).
-    pub fn open_file_locks(&self) -> usize {
-        self.file_locks.lock().expect("lock map").len()
+    /// Writes the days, then settles their windows: durable once their last day is written.
+    async fn write_days(&self, jobs: Vec<DayJob>) -> Written {
+        let mut out = Written::default();
+        for job in jobs {
+            let lock = self.day_lock(job.day);
+            // The guard moves into the blocking task: if this future is dropped (a run stopped
+            // by a fatal error), the lock is still held until the file is written.
+            let guard = lock.clone().lock_owned().await;
+            let (root, tz, day, batches) = (self.root.clone(), self.timezone, job.day, job.batches);
+            let result = tokio::task::spawn_blocking(move || {
+                let r = write_day(&root, tz, day, &batches);
+                drop(guard);
+                r
+            })
+            .await
+            .map_err(|e| err(format!("writer task failed: {e}"), true))
+            .and_then(|r| r.map_err(|m| err(m, true)));
+            self.release(job.day, lock);
+            let error = match result {
+                Ok(stats) => {
+                    out.stats += stats;
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(day = %job.day, error = %e, "cannot write a Parquet day");
+                    Some(e)
+                }
+            };
+            let mut st = self.state.lock().expect("buffer lock");
+            for id in job.ids {
+                let Some(h) = st.held.get_mut(&id) else {
+                    continue;
+                };
+                h.days_left -= 1;
+                if h.failed.is_none() {
+                    h.failed = error.clone();
+                }
+                if h.days_left == 0 {
+                    let h = st.held.remove(&id).expect("held window");
+                    st.held_rows -= h.batch.row_count();
+                    match h.failed {
+                        None => out.durable.push(DurableWindow::of(&h.batch)),
+                        Some(e) => out.failed.push((h.batch.key.clone(), e)),
+                    }
+                }
+            }
+        }
+        out
     }
 
-    fn lock_for(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
-        self.file_locks
-            .lock()
-            .expect("lock map")
-            .entry(path.to_path_buf())
-            .or_default()
-            .clone()
+    /// Marks `planned` as arrived; returns the days it was the last pending window of.
+    fn arrive(&self, st: &mut Buffer, planned: &WindowKey) -> Vec<NaiveDate> {
+        let days = self.days_of(planned);
+        if st.expected.remove(planned) {
+            for d in &days {
+                if let Some(n) = st.pending.get_mut(d) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.pending.remove(d);
+                    }
+                }
+            }
+        }
+        days.into_iter()
+            .filter(|d| !st.pending.contains_key(d))
+            .collect()
+    }
+}
+
+fn day_file(root: &Path, table: Table, day: NaiveDate) -> PathBuf {
+    root.join(table.name())
+        .join(format!("dt={}", day.format("%Y-%m-%d")))
+        .join(DATA_FILE)
+}
+
+/// Counts of one row, in [`Table::count_columns`] order (unused slots are 0).
+type Counts = [i64; 6];
+
+/// One table's rows of a batch with `stats_time` in `[from, to)`.
+fn rows_between(b: &WindowBatch, table: Table, from: i64, to: i64) -> Vec<(i64, Counts)> {
+    fn slice<R: Copy>(
+        rows: &[R],
+        t: impl Fn(&R) -> i64,
+        c: impl Fn(&R) -> Counts,
+        from: i64,
+        to: i64,
+    ) -> Vec<(i64, Counts)> {
+        let a = rows.partition_point(|r| t(r) < from);
+        let z = rows.partition_point(|r| t(r) < to);
+        rows[a..z.max(a)].iter().map(|r| (t(r), c(r))).collect()
+    }
+    match table {
+        Table::Inbound => slice(
+            &b.inbound,
+            |r| r.stats_time,
+            |r| {
+                [
+                    r.total_calls,
+                    r.calls_handled,
+                    r.calls_queued,
+                    r.calls_abandoned_in_ivr,
+                    r.calls_abandoned_in_queue,
+                    r.calls_abandoned_in_ring,
+                ]
+            },
+            from,
+            to,
+        ),
+        Table::Outbound => slice(
+            &b.outbound,
+            |r| r.stats_time,
+            |r| [r.total_calls, r.calls_answered, 0, 0, 0, 0],
+            from,
+            to,
+        ),
+        Table::Overall => slice(
+            &b.overall,
+            |r| r.stats_time,
+            |r| [r.max_logged_in_agents, 0, 0, 0, 0, 0],
+            from,
+            to,
+        ),
+    }
+}
+
+/// A row about to be written, borrowed from a batch or from the existing file.
+#[derive(Debug, Clone, Copy)]
+struct OutRow<'a> {
+    instance_id: &'a str,
+    media_type: &'a str,
+    stats_time: i64,
+    counts: &'a [i64],
+    fetched_at: i64,
+    request_id: &'a str,
+}
+
+impl OutRow<'_> {
+    fn key(&self) -> (&str, &str, i64) {
+        (self.instance_id, self.media_type, self.stats_time)
+    }
+}
+
+/// Merges one day's rows of every table into its files; returns what changed.
+fn write_day(
+    root: &Path,
+    tz: Tz,
+    day: NaiveDate,
+    batches: &[Arc<WindowBatch>],
+) -> Result<CommitStats, String> {
+    let from = local_day_start(tz, day);
+    let to = local_day_start(tz, day.succ_opt().unwrap_or(day));
+    let mut stats = CommitStats::default();
+    for table in Table::ALL {
+        let n = table.count_columns().len();
+        let new_rows: Vec<(usize, Vec<(i64, Counts)>)> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, rows_between(b, table, from, to)))
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        if new_rows.is_empty() {
+            continue;
+        }
+        // Later batches were fetched later: on a repeated key the last one wins.
+        let mut incoming: Vec<(OutRow, usize)> = Vec::new();
+        for (i, rows) in &new_rows {
+            let b = &batches[*i];
+            for (t, c) in rows {
+                incoming.push((
+                    OutRow {
+                        instance_id: &b.key.instance_id,
+                        media_type: b.key.media_type.as_str(),
+                        stats_time: *t,
+                        counts: &c[..n],
+                        fetched_at: b.fetched_at.timestamp_millis(),
+                        request_id: &b.request_id,
+                    },
+                    *i,
+                ));
+            }
+        }
+        incoming.sort_by(|a, b| a.0.key().cmp(&b.0.key()).then(a.1.cmp(&b.1)));
+        let mut new: Vec<OutRow> = Vec::with_capacity(incoming.len());
+        for (r, _) in incoming {
+            match new.last_mut() {
+                Some(last) if last.key() == r.key() => *last = r,
+                _ => new.push(r),
+            }
+        }
+        let path = day_file(root, table, day);
+        let old = if path.exists() {
+            read_file(&path, table)?
+        } else {
+            vec![]
+        };
+        let mut old_sorted: Vec<OutRow> = old.iter().map(StoredRow::as_out).collect();
+        old_sorted.sort_by(|a, b| a.key().cmp(&b.key()));
+        let mut s = CommitStats::default();
+        let merged = merge_sorted(&old_sorted, &new, &mut s);
+        if s.inserted + s.revised > 0 {
+            write_rows_atomic(&path, table, &merged)?;
+        }
+        stats += s;
+    }
+    Ok(stats)
+}
+
+/// Merges two key-sorted runs: one row per key, a new row replaces an old one only if its counts
+/// differ (an unchanged row keeps its original fetch time and RequestId).
+fn merge_sorted<'a>(
+    old: &[OutRow<'a>],
+    new: &[OutRow<'a>],
+    stats: &mut CommitStats,
+) -> Vec<OutRow<'a>> {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let ord = match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) => o.key().cmp(&n.key()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                out.push(old[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                stats.inserted += 1;
+                out.push(new[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if old[i].counts == new[j].counts {
+                    stats.unchanged += 1;
+                    out.push(old[i]);
+                } else {
+                    stats.revised += 1;
+                    out.push(new[j]);
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+impl StoredRow {
+    fn as_out(&self) -> OutRow<'_> {
+        OutRow {
+            instance_id: &self.instance_id,
+            media_type: &self.media_type,
+            stats_time: self.stats_time,
+            counts: &self.counts,
+            fetched_at: self.fetched_at,
+            request_id: &self.request_id,
+        }
     }
 }
 
@@ -276,30 +637,59 @@ pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, String> {
     Ok(out)
 }
 
-/// Rows of one series across the three tables, from the files' footers (no data is read).
-pub fn count_rows(root: &Path, instance: &str, media: MediaType) -> Result<u64, String> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let name = format!("part-{instance}-{media}.parquet");
-    let mut n = 0u64;
+/// Rows per `(instance_id, media_type)` across every table and day, reading only those two
+/// columns.
+pub fn count_rows_by_series(root: &Path) -> Result<HashMap<(String, String), u64>, String> {
+    let mut out: HashMap<(String, String), u64> = HashMap::new();
     for table in Table::ALL {
         let Ok(days) = std::fs::read_dir(root.join(table.name())) else {
             continue;
         };
         for day in days.flatten() {
-            let p = day.path().join(&name);
-            if p.exists() {
-                let f = File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))?;
-                let r = SerializedFileReader::new(f)
-                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                n += r.metadata().file_metadata().num_rows() as u64;
+            let p = day.path().join(DATA_FILE);
+            if !p.exists() {
+                continue;
+            }
+            let f = File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1]);
+            let reader = builder
+                .with_projection(mask)
+                .build()
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            for batch in reader {
+                let batch = batch.map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                let col = |i: usize| {
+                    batch
+                        .column(i)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .ok_or_else(|| format!("{} does not have the {table} schema", p.display()))
+                };
+                let (inst, media) = (col(0)?, col(1)?);
+                for r in 0..batch.num_rows() {
+                    let (i, m) = (inst.value(r), media.value(r));
+                    match out.get_mut(&(i.to_string(), m.to_string())) {
+                        Some(n) => *n += 1,
+                        None => {
+                            out.insert((i.to_string(), m.to_string()), 1);
+                        }
+                    }
+                }
             }
         }
     }
-    Ok(n)
+    Ok(out)
 }
 
 /// Writes rows (sorted by instance, media, stats_time) to `path` atomically.
 pub fn write_file_atomic(path: &Path, table: Table, rows: &[StoredRow]) -> Result<(), String> {
+    let rows: Vec<OutRow> = rows.iter().map(StoredRow::as_out).collect();
+    write_rows_atomic(path, table, &rows)
+}
+
+fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), String> {
     let dir = path
         .parent()
         .ok_or_else(|| format!("{} has no directory", path.display()))?;
@@ -318,10 +708,10 @@ pub fn write_file_atomic(path: &Path, table: Table, rows: &[StoredRow]) -> Resul
             ArrowWriter::try_new(f, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.instance_id.as_str()),
+                rows.iter().map(|r| r.instance_id),
             )),
             Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.media_type.as_str()),
+                rows.iter().map(|r| r.media_type),
             )),
             Arc::new(
                 TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.stats_time))
@@ -338,7 +728,7 @@ pub fn write_file_atomic(path: &Path, table: Table, rows: &[StoredRow]) -> Resul
                 .with_timezone("UTC"),
         ));
         cols.push(Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.request_id.as_str()),
+            rows.iter().map(|r| r.request_id),
         )));
         let batch = RecordBatch::try_new(schema, cols).map_err(|e| e.to_string())?;
         w.write(&batch).map_err(|e| e.to_string())?;
@@ -357,88 +747,87 @@ pub fn write_file_atomic(path: &Path, table: Table, rows: &[StoredRow]) -> Resul
     result
 }
 
-/// Merges `new` rows into `old`: one row per stats_time, newer fetch wins, an unchanged row keeps
-/// its original fetch time and RequestId.
-fn merge(old: Vec<StoredRow>, new: Vec<StoredRow>, stats: &mut CommitStats) -> Vec<StoredRow> {
-    let mut map: BTreeMap<(String, String, i64), StoredRow> = old
-        .into_iter()
-        .map(|r| {
-            (
-                (r.instance_id.clone(), r.media_type.clone(), r.stats_time),
-                r,
-            )
-        })
-        .collect();
-    for r in new {
-        let k = (r.instance_id.clone(), r.media_type.clone(), r.stats_time);
-        match map.get(&k) {
-            None => {
-                stats.inserted += 1;
-                map.insert(k, r);
-            }
-            Some(o) if o.counts == r.counts => stats.unchanged += 1,
-            Some(_) => {
-                stats.revised += 1;
-                map.insert(k, r);
-            }
-        }
-    }
-    map.into_values().collect()
-}
-
 #[async_trait]
 impl Sink for ParquetSink {
     fn name(&self) -> &'static str {
         "parquet"
     }
 
-    async fn commit(&self, b: &WindowBatch, _run: &RunContext) -> Result<CommitStats, SinkError> {
-        let mut total = CommitStats::default();
-        for table in Table::ALL {
-            let mut by_day: BTreeMap<NaiveDate, Vec<StoredRow>> = BTreeMap::new();
-            for (t, counts) in b.table_rows(table) {
-                by_day.entry(self.day_of(t)).or_default().push(StoredRow {
-                    instance_id: b.key.instance_id.clone(),
-                    media_type: b.key.media_type.to_string(),
-                    stats_time: t,
-                    counts,
-                    fetched_at: b.fetched_at.timestamp_millis(),
-                    request_id: b.request_id.clone(),
-                });
-            }
-            for (day, rows) in by_day {
-                let path = self.file_path(table, day, &b.key.instance_id, b.key.media_type);
-                let lock = self.lock_for(&path);
-                let guard = lock.lock().await;
-                let key = path.clone();
-                let result = tokio::task::spawn_blocking(move || -> Result<CommitStats, String> {
-                    let old = if path.exists() {
-                        read_file(&path, table)?
-                    } else {
-                        vec![]
-                    };
-                    let mut s = CommitStats::default();
-                    let merged = merge(old, rows, &mut s);
-                    if s.inserted + s.revised > 0 {
-                        write_file_atomic(&path, table, &merged)?;
-                    }
-                    Ok(s)
-                })
-                .await;
-                drop(guard);
-                self.release(&key, lock);
-                total += result
-                    .map_err(|e| err(format!("writer task failed: {e}"), true))?
-                    .map_err(|m| err(m, true))?;
+    fn expect(&self, windows: &[WindowKey]) {
+        let mut st = self.state.lock().expect("buffer lock");
+        for w in windows {
+            if st.expected.insert(w.clone()) {
+                for d in self.days_of(w) {
+                    *st.pending.entry(d).or_default() += 1;
+                }
             }
         }
-        Ok(total)
+    }
+
+    async fn write(
+        &self,
+        planned: &WindowKey,
+        batch: Arc<WindowBatch>,
+        _run: &RunContext,
+    ) -> Written {
+        let days = self.days_of(&batch.key);
+        let jobs = {
+            let mut st = self.state.lock().expect("buffer lock");
+            let mut complete = self.arrive(&mut st, planned);
+            let id = st.next_id;
+            st.next_id += 1;
+            st.held_rows += batch.row_count();
+            for d in &days {
+                st.days.entry(*d).or_default().push(id);
+                if !st.pending.contains_key(d) {
+                    complete.push(*d);
+                }
+            }
+            st.held.insert(
+                id,
+                Held {
+                    batch: batch.clone(),
+                    days_left: days.len(),
+                    failed: None,
+                },
+            );
+            if days.is_empty() {
+                // Nothing to write: durable as it is.
+                let h = st.held.remove(&id).expect("held window");
+                st.held_rows -= h.batch.row_count();
+                drop(st);
+                return Written::durable(&batch, CommitStats::default());
+            }
+            self.take_days(&mut st, complete)
+        };
+        self.write_days(jobs).await
+    }
+
+    async fn skip(&self, planned: &WindowKey, _run: &RunContext) -> Written {
+        let jobs = {
+            let mut st = self.state.lock().expect("buffer lock");
+            let complete = self.arrive(&mut st, planned);
+            self.take_days(&mut st, complete)
+        };
+        self.write_days(jobs).await
+    }
+
+    async fn flush(&self, _run: &RunContext) -> Written {
+        let jobs = {
+            let mut st = self.state.lock().expect("buffer lock");
+            st.expected.clear();
+            st.pending.clear();
+            let all: Vec<NaiveDate> = st.days.keys().copied().collect();
+            self.take_days(&mut st, all)
+        };
+        self.write_days(jobs).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{MediaType, OverallRow};
 
     fn row(t: i64, n: i64, at: i64) -> StoredRow {
         StoredRow {
@@ -454,11 +843,14 @@ mod tests {
     #[test]
     fn merge_counts_inserts_revisions_and_unchanged_rows() {
         let mut s = CommitStats::default();
-        let out = merge(
-            vec![row(1, 5, 100), row(2, 6, 100)],
-            vec![row(2, 6, 200), row(3, 7, 200), row(1, 9, 200)],
-            &mut s,
-        );
+        let old = [row(1, 5, 100), row(2, 6, 100)];
+        let new = [row(1, 9, 200), row(2, 6, 200), row(3, 7, 200)];
+        let o: Vec<OutRow> = old.iter().map(StoredRow::as_out).collect();
+        let n: Vec<OutRow> = new.iter().map(StoredRow::as_out).collect();
+        let out: Vec<(i64, i64, i64)> = merge_sorted(&o, &n, &mut s)
+            .iter()
+            .map(|r| (r.stats_time, r.counts[0], r.fetched_at))
+            .collect();
         assert_eq!(
             s,
             CommitStats {
@@ -467,7 +859,7 @@ mod tests {
                 unchanged: 1
             }
         );
-        assert_eq!(out, vec![row(1, 9, 200), row(2, 6, 100), row(3, 7, 200)]);
+        assert_eq!(out, vec![(1, 9, 200), (2, 6, 100), (3, 7, 200)]);
     }
 
     #[test]
@@ -475,7 +867,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir
             .path()
-            .join("overall_trend/dt=2026-01-01/part-i-Audio.parquet");
+            .join("overall_trend/dt=2026-01-01")
+            .join(DATA_FILE);
         let rows = vec![row(1, 5, 100), row(2, 6, 100)];
         write_file_atomic(&path, Table::Overall, &rows).unwrap();
         assert_eq!(read_file(&path, Table::Overall).unwrap(), rows);
@@ -483,7 +876,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, vec!["part-i-Audio.parquet".to_string()]);
+        assert_eq!(names, vec![DATA_FILE.to_string()]);
     }
 
     #[test]
@@ -491,9 +884,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let day = dir.path().join("inbound_trend/dt=2026-01-01");
         std::fs::create_dir_all(&day).unwrap();
-        let stale = day.join(".part-i-Audio.parquet.0123.tmp");
+        let stale = day.join(".part-00000.parquet.0123.tmp");
         std::fs::write(&stale, b"PAR1 half a file").unwrap();
-        let keep = day.join("part-i-Audio.parquet");
+        let keep = day.join(DATA_FILE);
         write_file_atomic(&keep, Table::Inbound, &[]).unwrap();
         let sink = ParquetSink::new(dir.path(), chrono_tz::UTC).unwrap();
         assert!(!stale.exists(), "a crashed run's temporary file is removed");
@@ -508,75 +901,163 @@ mod tests {
         assert!(!is_temp_name("part-x.parquet"));
     }
 
-    #[tokio::test]
-    async fn commits_merge_into_files_and_leave_no_lock_entries_behind() {
-        use crate::record::{OverallRow, WindowKey};
-        let dir = tempfile::tempdir().unwrap();
-        let sink = ParquetSink::new(dir.path(), chrono_tz::UTC).unwrap();
-        let day = 86_400_000;
-        let batch = |n: i64| WindowBatch {
-            key: WindowKey {
-                instance_id: "i".into(),
-                media_type: MediaType::Chat,
-                start_ms: 0,
-                end_ms: 2 * day,
-            },
-            request_id: format!("r{n}"),
-            fetched_at: chrono::DateTime::from_timestamp_millis(n).unwrap(),
+    const DAY: i64 = 86_400_000;
+    const H: i64 = 3_600_000;
+
+    fn key(instance: &str, start_day: i64, days: i64) -> WindowKey {
+        WindowKey {
+            instance_id: instance.into(),
+            media_type: MediaType::Chat,
+            start_ms: start_day * DAY,
+            end_ms: (start_day + days) * DAY,
+        }
+    }
+
+    /// A window with one overall row per hour, all equal to `n`.
+    fn batch(key: &WindowKey, n: i64, fetched: i64) -> Arc<WindowBatch> {
+        Arc::new(WindowBatch {
+            key: key.clone(),
+            request_id: format!("r{fetched}"),
+            fetched_at: chrono::DateTime::from_timestamp_millis(fetched).unwrap(),
+            attempts: 2,
             inbound: vec![],
             outbound: vec![],
-            overall: vec![
-                OverallRow {
-                    stats_time: 0,
+            overall: (key.start_ms / H..key.end_ms / H)
+                .map(|h| OverallRow {
+                    stats_time: h * H,
                     max_logged_in_agents: n,
-                },
-                OverallRow {
-                    stats_time: day + 3_600_000,
-                    max_logged_in_agents: 1,
-                },
-            ],
-        };
-        let run = RunContext {
+                })
+                .collect(),
+        })
+    }
+
+    fn run() -> RunContext {
+        RunContext {
             run_id: uuid::Uuid::nil(),
-        };
-        let first = sink.commit(&batch(5), &run).await.unwrap();
-        assert_eq!(
-            first,
-            CommitStats {
-                inserted: 2,
-                revised: 0,
-                unchanged: 0
-            }
+        }
+    }
+
+    fn date(day: i64) -> NaiveDate {
+        NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Duration::days(day)
+    }
+
+    fn keys(w: &Written) -> Vec<WindowKey> {
+        let mut k: Vec<WindowKey> = w.durable.iter().map(|d| d.key.clone()).collect();
+        k.sort();
+        k
+    }
+
+    #[tokio::test]
+    async fn a_day_is_written_once_when_its_last_window_arrives_and_windows_are_durable_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(dir.path(), chrono_tz::UTC).unwrap();
+        // a: days 0-1, b: days 0-1, c: day 2; a second run of `a` later.
+        let (a, b, c) = (key("a", 0, 2), key("b", 0, 2), key("c", 2, 1));
+        sink.expect(&[a.clone(), b.clone(), c.clone()]);
+        let w = sink.write(&a, batch(&a, 1, 10), &run()).await;
+        assert!(
+            w.durable.is_empty() && w.failed.is_empty(),
+            "days 0-1 wait for b"
         );
-        let second = sink.commit(&batch(6), &run).await.unwrap();
+        assert!(!sink.file_path(Table::Overall, date(0)).exists());
+        assert_eq!(sink.held_rows(), 48);
+        let w = sink.write(&c, batch(&c, 3, 30), &run()).await;
+        assert_eq!(keys(&w), vec![c.clone()], "day 2 had no other window");
+        let w = sink.write(&b, batch(&b, 2, 20), &run()).await;
+        assert_eq!(keys(&w), vec![a.clone(), b.clone()]);
+        assert_eq!(w.stats.inserted, 96);
+        assert_eq!(w.durable[0].attempts, 2);
+        assert_eq!(w.durable[0].rows, 48);
+        assert_eq!((sink.held_rows(), sink.open_day_locks()), (0, 0));
+        let rows = read_file(&sink.file_path(Table::Overall, date(0)), Table::Overall).unwrap();
+        assert_eq!(rows.len(), 48, "one file holds every series of the day");
         assert_eq!(
-            second,
+            rows.iter()
+                .map(|r| (r.instance_id.as_str(), r.counts[0]))
+                .collect::<BTreeMap<_, _>>(),
+            BTreeMap::from([("a", 1), ("b", 2)])
+        );
+        assert!(
+            rows.windows(2)
+                .all(|p| p[0].as_out().key() < p[1].as_out().key())
+        );
+        // Without an announcement a write is written at once; the merge counts revisions and
+        // keeps the first fetch of unchanged rows.
+        let mut again = (*batch(&a, 1, 40)).clone();
+        again.overall[5].max_logged_in_agents = 9;
+        let w = sink.write(&a, Arc::new(again), &run()).await;
+        assert_eq!(keys(&w), vec![a.clone()]);
+        assert_eq!(
+            w.stats,
             CommitStats {
                 inserted: 0,
                 revised: 1,
-                unchanged: 1
+                unchanged: 47
             }
         );
-        assert_eq!(sink.open_file_locks(), 0);
-        let p = sink.file_path(
-            Table::Overall,
-            NaiveDate::from_ymd_opt(1970, 1, 1).unwrap(),
-            "i",
-            MediaType::Chat,
+        let rows = read_file(&sink.file_path(Table::Overall, date(0)), Table::Overall).unwrap();
+        let a_rows: Vec<&StoredRow> = rows.iter().filter(|r| r.instance_id == "a").collect();
+        assert_eq!((a_rows[5].counts[0], a_rows[5].fetched_at), (9, 40));
+        assert_eq!((a_rows[4].counts[0], a_rows[4].fetched_at), (1, 10));
+    }
+
+    #[tokio::test]
+    async fn a_skipped_window_releases_its_days_and_flush_writes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(dir.path(), chrono_tz::UTC).unwrap();
+        let (a, b, c) = (key("a", 0, 1), key("b", 0, 1), key("c", 1, 1));
+        sink.expect(&[a.clone(), b.clone(), c.clone(), key("d", 1, 1)]);
+        assert!(
+            sink.write(&a, batch(&a, 1, 1), &run())
+                .await
+                .durable
+                .is_empty()
         );
-        let rows = read_file(&p, Table::Overall).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].counts[0], rows[0].request_id.as_str()), (6, "r6"));
-        let p2 = sink.file_path(
-            Table::Overall,
-            NaiveDate::from_ymd_opt(1970, 1, 2).unwrap(),
-            "i",
-            MediaType::Chat,
+        assert_eq!(keys(&sink.skip(&b, &run()).await), vec![a.clone()]);
+        assert!(
+            sink.write(&c, batch(&c, 1, 1), &run())
+                .await
+                .durable
+                .is_empty()
         );
-        assert_eq!(
-            read_file(&p2, Table::Overall).unwrap()[0].request_id,
-            "r5",
-            "an unchanged row keeps its first fetch"
-        );
+        // "d" never comes (the run stopped): the end-of-run flush writes what is held.
+        assert_eq!(keys(&sink.flush(&run()).await), vec![c.clone()]);
+        assert_eq!(sink.held_rows(), 0);
+        assert!(sink.file_path(Table::Overall, date(1)).exists());
+    }
+
+    #[tokio::test]
+    async fn the_buffer_bound_writes_the_oldest_days_early_with_the_same_result() {
+        let written = |bound: usize| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let sink = ParquetSink::new(dir.path(), chrono_tz::UTC)
+                .unwrap()
+                .with_buffer_rows(bound);
+            let ws: Vec<WindowKey> = (0..4)
+                .flat_map(|week| (0..5).map(move |i| key(&format!("i{i}"), week * 7, 7)))
+                .collect();
+            sink.expect(&ws);
+            let mut durable = 0;
+            let mut peak = 0;
+            for w in &ws {
+                durable += sink.write(w, batch(w, 7, 1), &run()).await.durable.len();
+                peak = peak.max(sink.held_rows());
+            }
+            durable += sink.flush(&run()).await.durable.len();
+            let mut all = vec![];
+            for d in 0..28 {
+                all.extend(
+                    read_file(&sink.file_path(Table::Overall, date(d)), Table::Overall).unwrap(),
+                );
+            }
+            (durable, peak, all)
+        };
+        let (d1, peak1, rows1) = written(1_000_000).await;
+        let (d2, peak2, rows2) = written(300).await;
+        assert_eq!((d1, d2), (20, 20));
+        assert_eq!(rows1.len(), 4 * 5 * 7 * 24);
+        assert_eq!(rows1, rows2);
+        assert!(peak1 >= 4 * 168, "{peak1}");
+        assert!(peak2 <= 300 + 168, "{peak2}");
     }
 }

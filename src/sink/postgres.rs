@@ -11,6 +11,7 @@
 //! same series so revision counts stay exact. Several workers can share this ledger.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,10 +21,10 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Row};
 
-use super::{CommitStats, RunContext, Sink, SinkError};
+use super::{CommitStats, RunContext, Sink, SinkError, Written};
 use crate::config::SchemaName;
 use crate::ledger::{Ledger, LedgerEntry, LedgerError, RunRecord, WindowStatus};
-use crate::record::{MediaType, WindowBatch};
+use crate::record::{MediaType, WindowBatch, WindowKey};
 
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -228,6 +229,21 @@ ON CONFLICT (instance_id, media_type, start_ms, end_ms, sink) DO UPDATE SET
     attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, updated_at = now()
 "#;
 
+/// [`UPSERT_WINDOW`] for many entries at once (one RequestId each).
+const UPSERT_WINDOWS: &str = r#"
+INSERT INTO windows AS w (instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows, request_ids, run_id)
+SELECT instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows,
+       CASE WHEN request_id IS NULL THEN ARRAY[]::text[] ELSE ARRAY[request_id] END, run_id
+FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::int[],
+            $8::text[], $9::bigint[], $10::text[], $11::uuid[])
+    AS r(instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows, request_id, run_id)
+ON CONFLICT (instance_id, media_type, start_ms, end_ms, sink) DO UPDATE SET
+    status = CASE WHEN w.status = 'committed' AND EXCLUDED.status = 'failed' THEN w.status ELSE EXCLUDED.status END,
+    rows = CASE WHEN EXCLUDED.status = 'committed' THEN EXCLUDED.rows ELSE w.rows END,
+    request_ids = CASE WHEN EXCLUDED.status = 'committed' THEN EXCLUDED.request_ids ELSE w.request_ids END,
+    attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, updated_at = now()
+"#;
+
 fn status_str(s: WindowStatus) -> &'static str {
     match s {
         WindowStatus::Committed => "committed",
@@ -267,27 +283,13 @@ impl PostgresSink {
     pub fn new(store: PgStore) -> Self {
         Self { store }
     }
-}
 
-fn sink_err(e: sqlx::Error) -> SinkError {
-    SinkError {
-        sink: "postgres",
-        retryable: is_retryable(&e),
-        message: e.to_string(),
-    }
-}
-
-#[async_trait]
-impl Sink for PostgresSink {
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn records_own_commit(&self) -> bool {
-        true
-    }
-
-    async fn commit(&self, b: &WindowBatch, run: &RunContext) -> Result<CommitStats, SinkError> {
+    /// Commits one window's rows and its ledger row in one transaction.
+    pub async fn commit(
+        &self,
+        b: &WindowBatch,
+        run: &RunContext,
+    ) -> Result<CommitStats, SinkError> {
         let mut tx = self.store.pool.begin().await.map_err(sink_err)?;
         let series = format!("ccc-etl:{}:{}", b.key.instance_id, b.key.media_type);
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -361,7 +363,7 @@ impl Sink for PostgresSink {
             status: WindowStatus::Committed,
             rows: b.row_count() as u64,
             request_id: Some(b.request_id.clone()),
-            attempts: 1,
+            attempts: b.attempts,
             error: None,
             run_id: run.run_id,
             at: Utc::now(),
@@ -369,6 +371,32 @@ impl Sink for PostgresSink {
         upsert_window(&mut *tx, &entry).await.map_err(sink_err)?;
         tx.commit().await.map_err(sink_err)?;
         Ok(stats)
+    }
+}
+
+fn sink_err(e: sqlx::Error) -> SinkError {
+    SinkError {
+        sink: "postgres",
+        retryable: is_retryable(&e),
+        message: e.to_string(),
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn records_own_commit(&self) -> bool {
+        true
+    }
+
+    async fn write(&self, _planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
+        match self.commit(&b, run).await {
+            Ok(stats) => Written::durable(&b, stats),
+            Err(e) => Written::failed(&b.key, e),
+        }
     }
 }
 
@@ -418,6 +446,44 @@ impl Ledger for PgLedger {
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
         upsert_window(&self.store.pool, entry)
             .await
+            .map_err(ledger_err)
+    }
+
+    async fn record_many(&self, entries: &[LedgerEntry]) -> Result<(), LedgerError> {
+        // Several entries of one window and sink would make ON CONFLICT touch a row twice.
+        let mut latest: std::collections::BTreeMap<(&WindowKey, &str), &LedgerEntry> =
+            std::collections::BTreeMap::new();
+        for e in entries {
+            latest.insert((&e.key, e.sink.as_str()), e);
+        }
+        let es: Vec<&LedgerEntry> = latest.into_values().collect();
+        if es.is_empty() {
+            return Ok(());
+        }
+        let col = |f: &dyn Fn(&LedgerEntry) -> String| es.iter().map(|e| f(e)).collect::<Vec<_>>();
+        sqlx::query(UPSERT_WINDOWS)
+            .bind(col(&|e| e.key.instance_id.clone()))
+            .bind(col(&|e| e.key.media_type.to_string()))
+            .bind(es.iter().map(|e| e.key.start_ms).collect::<Vec<i64>>())
+            .bind(es.iter().map(|e| e.key.end_ms).collect::<Vec<i64>>())
+            .bind(col(&|e| e.sink.clone()))
+            .bind(col(&|e| status_str(e.status).to_string()))
+            .bind(es.iter().map(|e| e.attempts as i32).collect::<Vec<i32>>())
+            .bind(
+                es.iter()
+                    .map(|e| e.error.clone())
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(es.iter().map(|e| e.rows as i64).collect::<Vec<i64>>())
+            .bind(
+                es.iter()
+                    .map(|e| e.request_id.clone())
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(es.iter().map(|e| e.run_id).collect::<Vec<uuid::Uuid>>())
+            .execute(&self.store.pool)
+            .await
+            .map(|_| ())
             .map_err(ledger_err)
     }
 
