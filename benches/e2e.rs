@@ -4,7 +4,9 @@
 //! run, because the machine is shared and noisy.
 //!
 //! `cargo bench --bench e2e` (or `bench/run.sh`). Sizes: CCC_ETL_BENCH_INSTANCES (200),
-//! CCC_ETL_BENCH_DAYS (180), CCC_ETL_BENCH_RATE_SECS (40); PostgreSQL from CCC_ETL_TEST_PG.
+//! CCC_ETL_BENCH_DAYS (180), CCC_ETL_BENCH_RATE_SECS (40); CCC_ETL_BENCH_SINKS
+//! (`postgres,parquet`; one of them alone shows each sink's share); PostgreSQL from
+//! CCC_ETL_TEST_PG (the COPY reference needs it whatever the sinks).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -173,6 +175,65 @@ async fn copy_reference(url: &str) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// Upserts every Parquet row into PostgreSQL (for the COPY reference of a Parquet-only run).
+async fn load_from_parquet(store: &ccc_etl::sink::postgres::PgStore, root: &std::path::Path) {
+    use ccc_etl::record::{InboundRow, OutboundRow, OverallRow, Table, WindowBatch, WindowKey};
+    use ccc_etl::sink::parquet::read_file;
+    use std::collections::BTreeMap;
+    let sink = ccc_etl::sink::postgres::PostgresSink::new(store.clone());
+    let mut series: BTreeMap<(String, String), WindowBatch> = BTreeMap::new();
+    for table in Table::ALL {
+        for day in std::fs::read_dir(root.join(table.name())).unwrap() {
+            let p = day.unwrap().path().join(ccc_etl::sink::parquet::DATA_FILE);
+            for r in read_file(&p, table).unwrap() {
+                let b = series
+                    .entry((r.instance_id.clone(), r.media_type.clone()))
+                    .or_insert_with(|| WindowBatch {
+                        key: WindowKey {
+                            instance_id: r.instance_id.clone(),
+                            media_type: r.media_type.parse().unwrap(),
+                            start_ms: 0,
+                            end_ms: 4_102_444_800_000,
+                        },
+                        request_id: r.request_id.clone(),
+                        fetched_at: chrono::DateTime::from_timestamp_millis(r.fetched_at).unwrap(),
+                        attempts: 1,
+                        inbound: vec![],
+                        outbound: vec![],
+                        overall: vec![],
+                    });
+                let (t, c) = (r.stats_time, &r.counts);
+                match table {
+                    Table::Inbound => b.inbound.push(InboundRow {
+                        stats_time: t,
+                        total_calls: c[0],
+                        calls_handled: c[1],
+                        calls_queued: c[2],
+                        calls_abandoned_in_ivr: c[3],
+                        calls_abandoned_in_queue: c[4],
+                        calls_abandoned_in_ring: c[5],
+                    }),
+                    Table::Outbound => b.outbound.push(OutboundRow {
+                        stats_time: t,
+                        total_calls: c[0],
+                        calls_answered: c[1],
+                    }),
+                    Table::Overall => b.overall.push(OverallRow {
+                        stats_time: t,
+                        max_logged_in_agents: c[0],
+                    }),
+                }
+            }
+        }
+    }
+    let run = ccc_etl::sink::RunContext {
+        run_id: uuid::Uuid::new_v4(),
+    };
+    for b in series.values() {
+        sink.commit(b, &run).await.unwrap();
+    }
+}
+
 async fn end_to_end(instances: usize, days: i64) {
     let ids: Vec<String> = (0..instances).map(|i| format!("bench-{i:04}")).collect();
     let emu = Emulator::start(&ids, &["--revise-hours", "0"]);
@@ -181,11 +242,17 @@ async fn end_to_end(instances: usize, days: i64) {
     let mut cfg = Config::for_emulator(&emu.endpoint, ids.clone());
     cfg.source.max_qps = 1_000_000.0;
     cfg.source.concurrency = 8;
-    cfg.postgres = Some(PostgresConfig {
-        url: Some(SecretString::from(url.clone())),
-        schema: SchemaName::parse("ccc").unwrap(),
-    });
-    cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
+    let sink_names =
+        std::env::var("CCC_ETL_BENCH_SINKS").unwrap_or_else(|_| "postgres,parquet".into());
+    if sink_names.contains("postgres") {
+        cfg.postgres = Some(PostgresConfig {
+            url: Some(SecretString::from(url.clone())),
+            schema: SchemaName::parse("ccc").unwrap(),
+        });
+    }
+    if sink_names.contains("parquet") {
+        cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
+    }
     let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
         ccc_etl::commands::open_sinks(&cfg).await.unwrap();
     let client = CccClient::new(
@@ -220,9 +287,23 @@ async fn end_to_end(instances: usize, days: i64) {
     let (cpu1, rss) = cpu_and_peak_rss();
     assert_eq!(summary.exit_code(), 0, "{}", summary.render());
     let rows: u64 = summary.rows.values().sum();
+    if cfg.postgres.is_none() {
+        // The reference needs the rows in PostgreSQL: load them there, outside the timed part.
+        let store = ccc_etl::commands::connect_postgres(&Config {
+            postgres: Some(PostgresConfig {
+                url: Some(SecretString::from(url.clone())),
+                schema: SchemaName::parse("ccc").unwrap(),
+            }),
+            ..cfg.clone()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        load_from_parquet(&store, dir.path()).await;
+    }
     let copy = copy_reference(&url).await;
     println!(
-        "e2e instances={instances} days={days}: windows={} rows={rows} wall={wall:.1}s windows/s={:.1} rows/s={:.0} cpu={:.1}s peak_rss={rss:.0}MiB copy_reference={copy:.2}s ratio_to_copy={:.2}",
+        "e2e sinks={sink_names} instances={instances} days={days}: windows={} rows={rows} wall={wall:.1}s windows/s={:.1} rows/s={:.0} cpu={:.1}s peak_rss={rss:.0}MiB copy_reference={copy:.2}s ratio_to_copy={:.2}",
         summary.windows_ok,
         summary.windows_ok as f64 / wall,
         rows as f64 / wall,

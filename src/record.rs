@@ -258,6 +258,9 @@ pub fn fmt_ms(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms}ms"))
 }
 
+/// The counts of one row of any table, in [`Table::count_columns`] order; unused slots are 0.
+pub type Counts = [i64; 6];
+
 /// The de-duplicated rows one window committed to the sinks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowBatch {
@@ -285,14 +288,65 @@ impl WindowBatch {
 
     /// One table's rows as (stats_time, counts), sorted by stats_time.
     pub fn table_rows(&self, table: Table) -> Vec<(i64, Vec<i64>)> {
-        fn conv<R: TrendRow>(rows: &[R]) -> Vec<(i64, Vec<i64>)> {
-            rows.iter().map(|r| (r.stats_time(), r.counts())).collect()
+        let n = table.count_columns().len();
+        self.rows_between(table, i64::MIN, i64::MAX)
+            .into_iter()
+            .map(|(t, c)| (t, c[..n].to_vec()))
+            .collect()
+    }
+
+    /// One table's rows with `stats_time` in `[from, to)`, sorted, counts in
+    /// [`Table::count_columns`] order (slots past the table's columns are 0).
+    pub fn rows_between(&self, table: Table, from: i64, to: i64) -> Vec<(i64, Counts)> {
+        fn slice<R: TrendRow>(
+            rows: &[R],
+            c: impl Fn(&R) -> Counts,
+            from: i64,
+            to: i64,
+        ) -> Vec<(i64, Counts)> {
+            let a = rows.partition_point(|r| r.stats_time() < from);
+            let z = rows.partition_point(|r| r.stats_time() < to).max(a);
+            rows[a..z].iter().map(|r| (r.stats_time(), c(r))).collect()
         }
         match table {
-            Table::Inbound => conv(&self.inbound),
-            Table::Outbound => conv(&self.outbound),
-            Table::Overall => conv(&self.overall),
+            Table::Inbound => slice(
+                &self.inbound,
+                |r| {
+                    [
+                        r.total_calls,
+                        r.calls_handled,
+                        r.calls_queued,
+                        r.calls_abandoned_in_ivr,
+                        r.calls_abandoned_in_queue,
+                        r.calls_abandoned_in_ring,
+                    ]
+                },
+                from,
+                to,
+            ),
+            Table::Outbound => slice(
+                &self.outbound,
+                |r| [r.total_calls, r.calls_answered, 0, 0, 0, 0],
+                from,
+                to,
+            ),
+            Table::Overall => slice(
+                &self.overall,
+                |r| [r.max_logged_in_agents, 0, 0, 0, 0, 0],
+                from,
+                to,
+            ),
         }
+    }
+
+    /// One table's rows as columns: bucket starts, then one vector per count column.
+    pub fn columns(&self, table: Table) -> (Vec<i64>, Vec<Vec<i64>>) {
+        let rows = self.rows_between(table, i64::MIN, i64::MAX);
+        let times = rows.iter().map(|(t, _)| *t).collect();
+        let counts = (0..table.count_columns().len())
+            .map(|i| rows.iter().map(|(_, c)| c[i]).collect())
+            .collect();
+        (times, counts)
     }
 
     /// Rows in one table.

@@ -161,6 +161,39 @@ async fn a_rerun_fetches_nothing_already_committed_and_refetch_changes_no_row_co
         n
     };
     let rows = count_rows();
+    // One file per table and local day, each holding every instance of that day.
+    let files: Vec<std::path::PathBuf> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(
+        files
+            .iter()
+            .all(|p| p.file_name().unwrap() == ccc_etl::sink::parquet::DATA_FILE),
+        "{files:?}"
+    );
+    let tz = cfg.pipeline.timezone;
+    let local = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .with_timezone(&tz)
+            .date_naive()
+    };
+    let days = (local(to - 1) - local(from)).num_days() as usize + 1;
+    assert_eq!(files.len(), 3 * days, "{files:?}");
+    let middle = dir
+        .path()
+        .join("inbound_trend")
+        .join(format!("dt={}", local(from + 5 * DAY).format("%Y-%m-%d")));
+    let instances: BTreeSet<String> = read_file(
+        &middle.join(ccc_etl::sink::parquet::DATA_FILE),
+        Table::Inbound,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| r.instance_id)
+    .collect();
+    assert_eq!(instances, BTreeSet::from(["ccc-a".into(), "ccc-b".into()]));
     // Values read back from the files are the emulator's, in every table.
     let mut checked = 0;
     for f in walk(dir.path())

@@ -89,6 +89,13 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             expect: "unknown field `path`",
         },
         Case {
+            name: "zero parquet buffer",
+            config: Some(format!("{ok}buffer_rows = 0\n")),
+            args: bf(),
+            creds: both,
+            expect: "must be >= 1",
+        },
+        Case {
             name: "qps as text",
             config: Some(with("max_qps = 5.0", "max_qps = \"fast\"")),
             args: bf(),

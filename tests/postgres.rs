@@ -586,3 +586,93 @@ async fn a_password_in_the_url_never_appears_in_messages() {
     assert!(!msg.contains("hunter2"), "{msg}");
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_plain_insert_racing_an_outside_writer_falls_back_to_the_upsert() {
+    use ccc_etl::record::{MediaType, OverallRow};
+    use ccc_etl::sink::CommitStats;
+    let db = TestDb::create().await;
+    let emu = start(options(&["ccc-a"])).await;
+    let cfg = pg_config(&config(&emu, &["ccc-a"], SignatureVersion::V1), &db, "ccc");
+    let sink = PostgresSink::new(store(&cfg).await);
+    let batch = WindowBatch {
+        key: WindowKey {
+            instance_id: "ccc-a".into(),
+            media_type: MediaType::Audio,
+            start_ms: 0,
+            end_ms: 2 * H,
+        },
+        request_id: "ours".into(),
+        fetched_at: Utc::now(),
+        attempts: 1,
+        inbound: vec![],
+        outbound: vec![],
+        overall: vec![
+            OverallRow {
+                stats_time: 0,
+                max_logged_in_agents: 5,
+            },
+            OverallRow {
+                stats_time: H,
+                max_logged_in_agents: 6,
+            },
+        ],
+    };
+    // A writer outside ccc-etl (it takes no series lock) inserts one of the keys and keeps its
+    // transaction open: the sink's check sees an empty range and takes the plain insert, which
+    // then waits for that row.
+    let pool = db.pool().await;
+    let mut outside = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO ccc.overall_trend VALUES ('ccc-a', 'Audio', to_timestamp(0), 5, now(), 'outside')")
+        .execute(&mut *outside)
+        .await
+        .unwrap();
+    let run = RunContext {
+        run_id: uuid::Uuid::new_v4(),
+    };
+    let task = tokio::spawn(async move { sink.commit(&batch, &run).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&db.name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the insert never waited for the outside row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    outside.commit().await.unwrap();
+    let stats = task
+        .await
+        .unwrap()
+        .expect("the upsert path commits the window");
+    assert_eq!(
+        stats,
+        CommitStats {
+            inserted: 1,
+            revised: 0,
+            unchanged: 1
+        }
+    );
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT max_logged_in_agents, request_id FROM ccc.overall_trend ORDER BY stats_time",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![(5, "outside".to_string()), (6, "ours".to_string())],
+        "the unchanged row is kept as it was"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -40,7 +40,7 @@ use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, Written};
 use crate::config::DEFAULT_BUFFER_ROWS;
 use crate::ledger::FILE_LEDGER_DIR;
 use crate::plan::local_day_start;
-use crate::record::{Table, WindowBatch, WindowKey};
+use crate::record::{Counts, Table, WindowBatch, WindowKey};
 
 /// The name of each day's file.
 pub const DATA_FILE: &str = "part-00000.parquet";
@@ -393,56 +393,6 @@ fn day_file(root: &Path, table: Table, day: NaiveDate) -> PathBuf {
         .join(DATA_FILE)
 }
 
-/// Counts of one row, in [`Table::count_columns`] order (unused slots are 0).
-type Counts = [i64; 6];
-
-/// One table's rows of a batch with `stats_time` in `[from, to)`.
-fn rows_between(b: &WindowBatch, table: Table, from: i64, to: i64) -> Vec<(i64, Counts)> {
-    fn slice<R: Copy>(
-        rows: &[R],
-        t: impl Fn(&R) -> i64,
-        c: impl Fn(&R) -> Counts,
-        from: i64,
-        to: i64,
-    ) -> Vec<(i64, Counts)> {
-        let a = rows.partition_point(|r| t(r) < from);
-        let z = rows.partition_point(|r| t(r) < to);
-        rows[a..z.max(a)].iter().map(|r| (t(r), c(r))).collect()
-    }
-    match table {
-        Table::Inbound => slice(
-            &b.inbound,
-            |r| r.stats_time,
-            |r| {
-                [
-                    r.total_calls,
-                    r.calls_handled,
-                    r.calls_queued,
-                    r.calls_abandoned_in_ivr,
-                    r.calls_abandoned_in_queue,
-                    r.calls_abandoned_in_ring,
-                ]
-            },
-            from,
-            to,
-        ),
-        Table::Outbound => slice(
-            &b.outbound,
-            |r| r.stats_time,
-            |r| [r.total_calls, r.calls_answered, 0, 0, 0, 0],
-            from,
-            to,
-        ),
-        Table::Overall => slice(
-            &b.overall,
-            |r| r.stats_time,
-            |r| [r.max_logged_in_agents, 0, 0, 0, 0, 0],
-            from,
-            to,
-        ),
-    }
-}
-
 /// A row about to be written, borrowed from a batch or from the existing file.
 #[derive(Debug, Clone, Copy)]
 struct OutRow<'a> {
@@ -475,7 +425,7 @@ fn write_day(
         let new_rows: Vec<(usize, Vec<(i64, Counts)>)> = batches
             .iter()
             .enumerate()
-            .map(|(i, b)| (i, rows_between(b, table, from, to)))
+            .map(|(i, b)| (i, b.rows_between(table, from, to)))
             .filter(|(_, r)| !r.is_empty())
             .collect();
         if new_rows.is_empty() {
