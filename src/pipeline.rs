@@ -1,9 +1,12 @@
 //! Backfill: the only place that wires plan, client, de-duplication, sinks and ledger together.
 //!
-//! Windows are processed oldest first, up to `concurrency` at a time (the client's semaphore and
-//! rate limiter bound the HTTP side; the stream buffer bounds how many windows' rows are held in
-//! memory). A window that fails for good is recorded and the others go on; a run-fatal error
-//! (credentials, permissions, clock) stops the run at once.
+//! Windows are processed oldest first across instances, up to `concurrency` at a time (the
+//! client's semaphore and rate limiter bound the HTTP side). Each window's rows go to every sink;
+//! a sink reports windows durable at once (PostgreSQL) or once the partitions they touch are
+//! written (Parquet, whose own bound limits what it holds), and a window is ok once every sink has
+//! reported it. A window that fails for good is recorded and the others go on; a run-fatal error
+//! (credentials, permissions, clock) stops the run at once, after the sinks have written what they
+//! hold.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
