@@ -543,11 +543,7 @@ impl Backfill {
         let batch = Arc::new(batch);
         let mut events = vec![Event::Fetched {
             key,
-            rows: [
-                batch.inbound.len() as u64,
-                batch.outbound.len() as u64,
-                batch.overall.len() as u64,
-            ],
+            rows: Table::ALL.map(|t| batch.rows_in(t) as u64),
             dedup,
             lost,
             quality,
@@ -634,8 +630,9 @@ impl Backfill {
         attempts: u32,
         ctx: &RunContext,
     ) {
-        for sink in sinks {
-            let entry = LedgerEntry {
+        let entries: Vec<LedgerEntry> = sinks
+            .iter()
+            .map(|sink| LedgerEntry {
                 key: key.clone(),
                 sink: sink.to_string(),
                 status: WindowStatus::Failed,
@@ -645,10 +642,10 @@ impl Backfill {
                 error: Some(error.to_string()),
                 run_id: ctx.run_id,
                 at: Utc::now(),
-            };
-            if let Err(e) = self.ledger.record(&entry).await {
-                tracing::warn!(error = %e, window = %key, "could not record the failure in the ledger");
-            }
+            })
+            .collect();
+        if let Err(e) = self.ledger.record_many(&entries).await {
+            tracing::warn!(error = %e, window = %key, "could not record the failure in the ledger");
         }
     }
 }

@@ -157,8 +157,12 @@ pub trait TrendRow: Copy + Ord + fmt::Debug + Send + Sync + 'static {
     const TABLE: Table;
     /// Bucket start, epoch ms.
     fn stats_time(&self) -> i64;
+    /// The counts in column order, in a fixed-size array (slots past the table's columns are 0).
+    fn count_array(&self) -> Counts;
     /// The counts in column order.
-    fn counts(&self) -> Vec<i64>;
+    fn counts(&self) -> Vec<i64> {
+        self.count_array()[..Self::TABLE.count_columns().len()].to_vec()
+    }
 }
 
 impl TrendRow for InboundRow {
@@ -166,8 +170,8 @@ impl TrendRow for InboundRow {
     fn stats_time(&self) -> i64 {
         self.stats_time
     }
-    fn counts(&self) -> Vec<i64> {
-        vec![
+    fn count_array(&self) -> Counts {
+        [
             self.total_calls,
             self.calls_handled,
             self.calls_queued,
@@ -183,8 +187,8 @@ impl TrendRow for OutboundRow {
     fn stats_time(&self) -> i64 {
         self.stats_time
     }
-    fn counts(&self) -> Vec<i64> {
-        vec![self.total_calls, self.calls_answered]
+    fn count_array(&self) -> Counts {
+        [self.total_calls, self.calls_answered, 0, 0, 0, 0]
     }
 }
 
@@ -193,8 +197,8 @@ impl TrendRow for OverallRow {
     fn stats_time(&self) -> i64 {
         self.stats_time
     }
-    fn counts(&self) -> Vec<i64> {
-        vec![self.max_logged_in_agents]
+    fn count_array(&self) -> Counts {
+        [self.max_logged_in_agents, 0, 0, 0, 0, 0]
     }
 }
 
@@ -286,56 +290,21 @@ impl WindowBatch {
         self.inbound.len() + self.outbound.len() + self.overall.len()
     }
 
-    /// One table's rows as (stats_time, counts), sorted by stats_time.
-    pub fn table_rows(&self, table: Table) -> Vec<(i64, Vec<i64>)> {
-        let n = table.count_columns().len();
-        self.rows_between(table, i64::MIN, i64::MAX)
-            .into_iter()
-            .map(|(t, c)| (t, c[..n].to_vec()))
-            .collect()
-    }
-
     /// One table's rows with `stats_time` in `[from, to)`, sorted, counts in
     /// [`Table::count_columns`] order (slots past the table's columns are 0).
     pub fn rows_between(&self, table: Table, from: i64, to: i64) -> Vec<(i64, Counts)> {
-        fn slice<R: TrendRow>(
-            rows: &[R],
-            c: impl Fn(&R) -> Counts,
-            from: i64,
-            to: i64,
-        ) -> Vec<(i64, Counts)> {
+        fn slice<R: TrendRow>(rows: &[R], from: i64, to: i64) -> Vec<(i64, Counts)> {
             let a = rows.partition_point(|r| r.stats_time() < from);
             let z = rows.partition_point(|r| r.stats_time() < to).max(a);
-            rows[a..z].iter().map(|r| (r.stats_time(), c(r))).collect()
+            rows[a..z]
+                .iter()
+                .map(|r| (r.stats_time(), r.count_array()))
+                .collect()
         }
         match table {
-            Table::Inbound => slice(
-                &self.inbound,
-                |r| {
-                    [
-                        r.total_calls,
-                        r.calls_handled,
-                        r.calls_queued,
-                        r.calls_abandoned_in_ivr,
-                        r.calls_abandoned_in_queue,
-                        r.calls_abandoned_in_ring,
-                    ]
-                },
-                from,
-                to,
-            ),
-            Table::Outbound => slice(
-                &self.outbound,
-                |r| [r.total_calls, r.calls_answered, 0, 0, 0, 0],
-                from,
-                to,
-            ),
-            Table::Overall => slice(
-                &self.overall,
-                |r| [r.max_logged_in_agents, 0, 0, 0, 0, 0],
-                from,
-                to,
-            ),
+            Table::Inbound => slice(&self.inbound, from, to),
+            Table::Outbound => slice(&self.outbound, from, to),
+            Table::Overall => slice(&self.overall, from, to),
         }
     }
 

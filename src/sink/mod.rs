@@ -103,13 +103,6 @@ impl Written {
             ..Self::default()
         }
     }
-
-    /// Adds another call's outcome.
-    pub fn extend(&mut self, other: Written) {
-        self.durable.extend(other.durable);
-        self.stats += other.stats;
-        self.failed.extend(other.failed);
-    }
 }
 
 /// A destination for window batches.

@@ -233,18 +233,7 @@ SELECT EXISTS (SELECT 1 FROM inbound_trend WHERE instance_id = $1 AND media_type
     OR EXISTS (SELECT 1 FROM overall_trend WHERE instance_id = $1 AND media_type = $2 AND stats_time >= $3 AND stats_time < $4)
 "#;
 
-const UPSERT_WINDOW: &str = r#"
-INSERT INTO windows AS w (instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows, request_ids, run_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (instance_id, media_type, start_ms, end_ms, sink) DO UPDATE SET
-    -- A failed refetch does not undo an earlier commit.
-    status = CASE WHEN w.status = 'committed' AND EXCLUDED.status = 'failed' THEN w.status ELSE EXCLUDED.status END,
-    rows = CASE WHEN EXCLUDED.status = 'committed' THEN EXCLUDED.rows ELSE w.rows END,
-    request_ids = CASE WHEN EXCLUDED.status = 'committed' THEN EXCLUDED.request_ids ELSE w.request_ids END,
-    attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, updated_at = now()
-"#;
-
-/// [`UPSERT_WINDOW`] for many entries at once (one RequestId each).
+/// Records ledger entries, one RequestId each; a failed refetch does not undo an earlier commit.
 const UPSERT_WINDOWS: &str = r#"
 INSERT INTO windows AS w (instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows, request_ids, run_id)
 SELECT instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows,
@@ -266,22 +255,41 @@ fn status_str(s: WindowStatus) -> &'static str {
     }
 }
 
-async fn upsert_window<'e, E: sqlx::Executor<'e, Database = Postgres>>(
+async fn upsert_windows<'e, E: sqlx::Executor<'e, Database = Postgres>>(
     exec: E,
-    e: &LedgerEntry,
+    entries: &[LedgerEntry],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(UPSERT_WINDOW)
-        .bind(&e.key.instance_id)
-        .bind(e.key.media_type.as_str())
-        .bind(e.key.start_ms)
-        .bind(e.key.end_ms)
-        .bind(&e.sink)
-        .bind(status_str(e.status))
-        .bind(e.attempts as i32)
-        .bind(e.error.as_deref())
-        .bind(e.rows as i64)
-        .bind(e.request_id.iter().cloned().collect::<Vec<String>>())
-        .bind(e.run_id)
+    // Several entries of one window and sink would make ON CONFLICT touch a row twice.
+    let mut latest: std::collections::BTreeMap<(&WindowKey, &str), &LedgerEntry> =
+        std::collections::BTreeMap::new();
+    for e in entries {
+        latest.insert((&e.key, e.sink.as_str()), e);
+    }
+    let es: Vec<&LedgerEntry> = latest.into_values().collect();
+    if es.is_empty() {
+        return Ok(());
+    }
+    let col = |f: &dyn Fn(&LedgerEntry) -> String| es.iter().map(|e| f(e)).collect::<Vec<_>>();
+    sqlx::query(UPSERT_WINDOWS)
+        .bind(col(&|e| e.key.instance_id.clone()))
+        .bind(col(&|e| e.key.media_type.to_string()))
+        .bind(es.iter().map(|e| e.key.start_ms).collect::<Vec<i64>>())
+        .bind(es.iter().map(|e| e.key.end_ms).collect::<Vec<i64>>())
+        .bind(col(&|e| e.sink.clone()))
+        .bind(col(&|e| status_str(e.status).to_string()))
+        .bind(es.iter().map(|e| e.attempts as i32).collect::<Vec<i32>>())
+        .bind(
+            es.iter()
+                .map(|e| e.error.clone())
+                .collect::<Vec<Option<String>>>(),
+        )
+        .bind(es.iter().map(|e| e.rows as i64).collect::<Vec<i64>>())
+        .bind(
+            es.iter()
+                .map(|e| e.request_id.clone())
+                .collect::<Vec<Option<String>>>(),
+        )
+        .bind(es.iter().map(|e| e.run_id).collect::<Vec<uuid::Uuid>>())
         .execute(exec)
         .await
         .map(|_| ())
@@ -375,7 +383,7 @@ impl PostgresSink {
             run_id: run.run_id,
             at: Utc::now(),
         };
-        upsert_window(&mut *tx, &entry).await?;
+        upsert_windows(&mut *tx, std::slice::from_ref(&entry)).await?;
         tx.commit().await?;
         Ok(stats)
     }
@@ -455,46 +463,12 @@ impl Ledger for PgLedger {
     }
 
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
-        upsert_window(&self.store.pool, entry)
-            .await
-            .map_err(ledger_err)
+        self.record_many(std::slice::from_ref(entry)).await
     }
 
     async fn record_many(&self, entries: &[LedgerEntry]) -> Result<(), LedgerError> {
-        // Several entries of one window and sink would make ON CONFLICT touch a row twice.
-        let mut latest: std::collections::BTreeMap<(&WindowKey, &str), &LedgerEntry> =
-            std::collections::BTreeMap::new();
-        for e in entries {
-            latest.insert((&e.key, e.sink.as_str()), e);
-        }
-        let es: Vec<&LedgerEntry> = latest.into_values().collect();
-        if es.is_empty() {
-            return Ok(());
-        }
-        let col = |f: &dyn Fn(&LedgerEntry) -> String| es.iter().map(|e| f(e)).collect::<Vec<_>>();
-        sqlx::query(UPSERT_WINDOWS)
-            .bind(col(&|e| e.key.instance_id.clone()))
-            .bind(col(&|e| e.key.media_type.to_string()))
-            .bind(es.iter().map(|e| e.key.start_ms).collect::<Vec<i64>>())
-            .bind(es.iter().map(|e| e.key.end_ms).collect::<Vec<i64>>())
-            .bind(col(&|e| e.sink.clone()))
-            .bind(col(&|e| status_str(e.status).to_string()))
-            .bind(es.iter().map(|e| e.attempts as i32).collect::<Vec<i32>>())
-            .bind(
-                es.iter()
-                    .map(|e| e.error.clone())
-                    .collect::<Vec<Option<String>>>(),
-            )
-            .bind(es.iter().map(|e| e.rows as i64).collect::<Vec<i64>>())
-            .bind(
-                es.iter()
-                    .map(|e| e.request_id.clone())
-                    .collect::<Vec<Option<String>>>(),
-            )
-            .bind(es.iter().map(|e| e.run_id).collect::<Vec<uuid::Uuid>>())
-            .execute(&self.store.pool)
+        upsert_windows(&self.store.pool, entries)
             .await
-            .map(|_| ())
             .map_err(ledger_err)
     }
 
