@@ -39,7 +39,8 @@ fn everything_under(dir: &Path, out: &mut String) {
 }
 
 fn assert_clean(what: &str, text: &str) {
-    for s in [SECRET, TOKEN, DB_PASSWORD, WRONG] {
+    // The AccessKeyId is not a secret, but only its masked form may be shown.
+    for s in [SECRET, TOKEN, DB_PASSWORD, WRONG, KEY_ID, "secretstest"] {
         assert!(!text.contains(s), "{what} contains a secret ({s})");
     }
 }
@@ -102,12 +103,43 @@ async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
                 .unwrap()
         }
     };
+    // The server's SignatureDoesNotMatch message quotes its string-to-sign (V1: AccessKeyId,
+    // SecurityToken; V3: the canonical request with the token header): both must be scrubbed.
+    let cfg_v1 = dir.path().join("pipeline-v1.toml");
+    std::fs::write(
+        &cfg_v1,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("signature_version = \"v3\"", "signature_version = \"v1\""),
+    )
+    .unwrap();
+    let failed_v1 = run(WRONG, cfg_v1).await;
+    assert_eq!(failed_v1.status.code(), Some(1));
+    let v1_stdout = String::from_utf8_lossy(&failed_v1.stdout).to_string();
+    assert!(
+        v1_stdout.contains("server string to sign is:GET&%2F&AccessKeyId%3DLTAI****"),
+        "the message keeps what helps, with the id masked: {v1_stdout}"
+    );
+    assert!(
+        v1_stdout.contains("SecurityToken%3D[redacted]"),
+        "{v1_stdout}"
+    );
+    assert_clean("failing V1 job stdout", &v1_stdout);
+    assert_clean(
+        "failing V1 job stderr",
+        &String::from_utf8_lossy(&failed_v1.stderr),
+    );
     let failed = run(WRONG, cfg.clone()).await;
     assert_eq!(
         failed.status.code(),
         Some(1),
         "{}",
         String::from_utf8_lossy(&failed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&failed.stdout).contains("x-acs-security-token:[redacted]"),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
     );
     let ok = run(SECRET, cfg.clone()).await;
     assert_eq!(

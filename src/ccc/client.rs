@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use super::ratelimit::RateLimiter;
+use super::redact::Redactor;
 use super::sign::{self, V3Canonical};
 use super::wire::{Body, parse_body};
 use crate::config::{Credentials, Endpoint, SignatureVersion, SourceConfig};
@@ -126,6 +127,7 @@ pub struct CccClient {
     endpoint: Endpoint,
     version: SignatureVersion,
     credentials: Credentials,
+    redactor: Redactor,
     limiter: Arc<dyn RateLimiter>,
     inflight: Arc<Semaphore>,
     retry: RetryPolicy,
@@ -160,6 +162,7 @@ impl CccClient {
             http,
             endpoint: source.endpoint.clone(),
             version: source.signature_version,
+            redactor: Redactor::new(&credentials),
             credentials,
             limiter,
             inflight: Arc::new(Semaphore::new(source.concurrency)),
@@ -290,47 +293,49 @@ impl CccClient {
             .bytes()
             .await
             .map_err(|e| (self.transport(e), retry_after))?;
-        match parse_body(&bytes) {
+        self.interpret(status, &bytes, header_request_id)
+            .map_err(|e| (e, retry_after))
+    }
+
+    /// Turns an answer into a report or an error. Every text the server sent passes through the
+    /// redactor first: a `SignatureDoesNotMatch` message quotes the AccessKeyId, the STS token and
+    /// the signature.
+    fn interpret(
+        &self,
+        status: u16,
+        bytes: &[u8],
+        header_request_id: Option<String>,
+    ) -> Result<Report, ApiError> {
+        let scrub = |s: String| self.redactor.scrub(&s);
+        match parse_body(bytes) {
             Ok(Body::Ok(report)) if status == 200 => Ok(report),
-            Ok(Body::Ok(report)) => Err((
-                ApiError::Service {
-                    http_status: status,
-                    code: format!("HTTP{status}"),
-                    message: "non-200 status with a success body".into(),
-                    request_id: Some(report.request_id).filter(|r| !r.is_empty()),
-                },
-                retry_after,
-            )),
+            Ok(Body::Ok(report)) => Err(ApiError::Service {
+                http_status: status,
+                code: format!("HTTP{status}"),
+                message: "non-200 status with a success body".into(),
+                request_id: Some(report.request_id).filter(|r| !r.is_empty()),
+            }),
             Ok(Body::Error {
                 code,
                 message,
                 request_id,
-            }) => Err((
-                ApiError::Service {
-                    http_status: status,
-                    code,
-                    message,
-                    request_id: request_id.or(header_request_id),
-                },
-                retry_after,
-            )),
-            Err(malformed) if status >= 400 => Err((
-                ApiError::Service {
-                    http_status: status,
-                    code: format!("HTTP{status}"),
-                    message: malformed.0,
-                    request_id: header_request_id,
-                },
-                retry_after,
-            )),
-            Err(malformed) => Err((
-                ApiError::Malformed {
-                    http_status: status,
-                    detail: malformed.0,
-                    request_id: header_request_id,
-                },
-                retry_after,
-            )),
+            }) => Err(ApiError::Service {
+                http_status: status,
+                code: scrub(code),
+                message: scrub(message),
+                request_id: request_id.or(header_request_id),
+            }),
+            Err(malformed) if status >= 400 => Err(ApiError::Service {
+                http_status: status,
+                code: format!("HTTP{status}"),
+                message: scrub(malformed.0),
+                request_id: header_request_id,
+            }),
+            Err(malformed) => Err(ApiError::Malformed {
+                http_status: status,
+                detail: scrub(malformed.0),
+                request_id: header_request_id,
+            }),
         }
     }
 

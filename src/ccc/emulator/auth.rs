@@ -310,8 +310,9 @@ fn verify_v3(
             400,
             "SignatureDoesNotMatch",
             format!(
-                "Specified signature is not matched with our calculation. server string to sign is:{}",
-                canonical.string_to_sign().replace('\n', "\\n")
+                "Specified signature is not matched with our calculation. server string to sign is:{} canonical request is:{}",
+                canonical.string_to_sign().replace('\n', "\\n"),
+                canonical.canonical_request().replace('\n', "\\n")
             ),
         ));
     }
