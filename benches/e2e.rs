@@ -189,6 +189,7 @@ async fn load_from_parquet(store: &ccc_etl::sink::postgres::PgStore, root: &std:
                 let b = series
                     .entry((r.instance_id.clone(), r.media_type.clone()))
                     .or_insert_with(|| WindowBatch {
+                        final_end_ms: None,
                         key: WindowKey {
                             instance_id: r.instance_id.clone(),
                             media_type: r.media_type.parse().unwrap(),

@@ -116,10 +116,18 @@ pub enum Command {
         #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..180))]
         alert_days: Option<u32>,
     },
-    /// Check that PostgreSQL and Parquet hold the same rows.
-    #[command(after_help = "Example:\n  ccc-etl verify")]
-    Verify,
-    /// Apply the PostgreSQL migrations.
+    /// Check that PostgreSQL and Parquet hold the same rows, and that every day file reads.
+    #[command(after_help = "Example:\n  ccc-etl verify\n  ccc-etl verify --repair")]
+    Verify {
+        /// Fetch again every day that differs or whose file is damaged (needs credentials).
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: write Prometheus metrics of the repair run to this file.
+        #[arg(long, value_name = "PATH", requires = "repair")]
+        metrics_file: Option<PathBuf>,
+    },
+    /// Apply the PostgreSQL migrations; with a changed `timezone`, move the views and the
+    /// Parquet root's day partitions to it.
     #[command(
         after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/ccc ccc-etl migrate"
     )]

@@ -12,14 +12,14 @@ use crate::ccc::ratelimit::AdaptivePacer;
 use crate::cli::{Cli, Command, EmulatorArgs, OutputFormat, RangeArgs};
 use crate::config::{Config, Credentials, validate_instances};
 use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
-use crate::ledger::{FileLedger, Ledger};
+use crate::ledger::{DayFile, FileLedger, Ledger, SinkId};
 use crate::pipeline::{Backfill, BackfillRequest, NowFn, RunSummary, system_now};
 use crate::plan::{self, Bound};
 use crate::progress::Progress;
 use crate::record::fmt_ms;
 use crate::sink::Sink;
-use crate::sink::parquet::ParquetSink;
-use crate::sink::postgres::{PgLedger, PgStore, PostgresSink};
+use crate::sink::parquet::{Layout, ParquetSink, check_zone, count_rows_by_series, reconcile};
+use crate::sink::postgres::{Access, PgError, PgLedger, PgStore, PostgresSink};
 
 /// Runs the parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -71,25 +71,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(if report.alert { EXIT_CHECK } else { EXIT_OK })
         }
-        Command::Verify => {
+        Command::Verify {
+            repair,
+            metrics_file,
+        } => {
             let config = Config::load(&cli.config)?;
-            run_verify(&config).await
+            let code = run_verify(&config).await?;
+            if *repair && code != EXIT_OK {
+                return run_repair(&config, metrics_file.as_deref(), cli.quiet).await;
+            }
+            Ok(code)
         }
         Command::Migrate => {
             let config = Config::load(&cli.config)?;
-            if config.postgres.is_none() {
-                return Err(InputError::new(
-                    "migrate needs a [postgres] section in the configuration",
-                )
-                .into());
-            }
-            let store = connect_postgres(&config).await?.expect("checked above");
-            println!(
-                "migrations applied: schema {} at {}",
-                store.schema().as_str(),
-                store.describe()
-            );
-            Ok(EXIT_OK)
+            run_migrate(&config).await
         }
     }
 }
@@ -148,7 +143,9 @@ async fn finish_run(
     Ok(code)
 }
 
-/// Builds the `status` report: read-only, it takes no lock and sends no API request.
+/// Builds the `status` report: read-only, it takes no lock, writes nothing and sends no API
+/// request. Parquet coverage is what the ledger recorded minus the days whose files are missing,
+/// changed or damaged; rows are counted on disk.
 pub async fn status_report(
     config: &Config,
     alert_days: u32,
@@ -168,9 +165,11 @@ pub async fn status_report(
         })
         .collect();
     let mut sinks = Vec::new();
-    let store = connect_postgres(config).await?;
+    let mut not_covered = std::collections::BTreeMap::new();
+    let mut findings = Vec::new();
+    let store = connect_postgres_with(config, Access::ReadOnly).await?;
     if let Some(store) = &store {
-        sinks.push("postgres");
+        sinks.push(SinkId::new("postgres", ""));
         for (i, m) in &series {
             rows.insert(
                 (i.clone(), *m, "postgres".to_string()),
@@ -178,22 +177,74 @@ pub async fn status_report(
             );
         }
     }
+    let ledger = open_ledger(config, store.as_ref(), true)?;
     if let Some(pq) = &config.parquet {
-        sinks.push("parquet");
-        let counts =
-            crate::sink::parquet::count_rows_by_series(&pq.root).map_err(anyhow::Error::msg)?;
+        let layout = Layout::new(&pq.root);
+        let id = parquet_sink_id(&layout, config.pipeline.timezone)?;
+        let disk = {
+            let layout = layout.clone();
+            tokio::task::spawn_blocking(move || count_rows_by_series(&layout))
+                .await?
+                .map_err(anyhow::Error::msg)?
+        };
+        let recorded = ledger.day_files(&id.target).await?;
+        let mut found = reconcile::check(&layout, &recorded).map_err(anyhow::Error::msg)?;
+        for (table, day, e) in &disk.unreadable {
+            if !found.iter().any(|f| f.table == *table && f.day == *day) {
+                found.push(reconcile::Finding {
+                    table: *table,
+                    day: *day,
+                    problem: reconcile::Problem::Damaged(e.to_string()),
+                });
+            }
+        }
+        findings.extend(found.iter().map(|f| f.describe(&layout)));
+        not_covered.insert(
+            id.clone(),
+            reconcile::ranges(config.pipeline.timezone, &found),
+        );
         for (i, m) in &series {
-            let n = counts
+            let n = disk
+                .rows
                 .get(&(i.clone(), m.to_string()))
                 .copied()
                 .unwrap_or(0);
             rows.insert((i.clone(), *m, "parquet".to_string()), n);
         }
+        sinks.push(id);
     }
-    let ledger: Arc<dyn Ledger> = match (&store, &config.parquet) {
+    let margin = config.pipeline.horizon_margin_minutes as i64 * 60_000;
+    let mut report = crate::status::build(
+        ledger.as_ref(),
+        &series,
+        &sinks,
+        &not_covered,
+        rows,
+        now_ms,
+        plan::horizon_ms(now_ms, margin),
+        alert_days,
+    )
+    .await?;
+    report.findings = findings;
+    Ok(report)
+}
+
+/// The ledger that goes with the configured sinks: PostgreSQL's when it is configured (it then
+/// tracks the Parquet commits too), else the file ledger under the Parquet root.
+fn open_ledger(
+    config: &Config,
+    store: Option<&PgStore>,
+    read_only: bool,
+) -> anyhow::Result<Arc<dyn Ledger>> {
+    Ok(match (store, &config.parquet) {
         (Some(store), _) => Arc::new(PgLedger::new(store.clone())),
         (None, Some(pq)) => {
-            Arc::new(FileLedger::open(&pq.root).map_err(|e| InputError::new(e.to_string()))?)
+            let opened = if read_only {
+                FileLedger::open_read_only(&pq.root)
+            } else {
+                FileLedger::open(&pq.root)
+            };
+            Arc::new(opened.map_err(|e| InputError::new(e.to_string()))?)
         }
         (None, None) => {
             return Err(InputError::new(
@@ -201,61 +252,204 @@ pub async fn status_report(
             )
             .into());
         }
-    };
-    let margin = config.pipeline.horizon_margin_minutes as i64 * 60_000;
-    Ok(crate::status::build(
-        ledger.as_ref(),
-        &series,
-        &sinks,
-        rows,
-        now_ms,
-        plan::horizon_ms(now_ms, margin),
-        alert_days,
-    )
-    .await?)
+    })
 }
 
-/// `ccc-etl verify`.
+/// The ledger's name for a Parquet root, read without writing: its id; for a root an older
+/// version wrote, the empty target its commits were recorded with; for a root that does not
+/// exist (or was wiped), one that matches no commit.
+fn parquet_sink_id(layout: &Layout, tz: chrono_tz::Tz) -> anyhow::Result<SinkId> {
+    let target = match layout.read_meta().map_err(InputError::new)? {
+        Some(meta) => {
+            check_zone(layout, &meta, tz).map_err(|e| InputError::new(e.message))?;
+            meta.id
+        }
+        None if layout.has_state_without_meta() => String::new(),
+        None => format!("absent:{}", layout.root().display()),
+    };
+    Ok(SinkId::new("parquet", target))
+}
+
+/// `ccc-etl verify`: compares the sinks per table and day, and lists day files that cannot be
+/// read. Read-only.
 pub async fn run_verify(config: &Config) -> anyhow::Result<u8> {
-    let Some(pq) = &config.parquet else {
+    let (Some(pq), Some(_)) = (&config.parquet, &config.postgres) else {
         return Err(InputError::new(
             "verify compares the two sinks: configure both [postgres] and [parquet]",
         )
         .into());
     };
-    if config.postgres.is_none() {
-        return Err(InputError::new(
-            "verify compares the two sinks: configure both [postgres] and [parquet]",
-        )
-        .into());
-    }
-    let store = connect_postgres(config).await?.expect("checked above");
+    let store = connect_postgres_with(config, Access::ReadOnly)
+        .await?
+        .expect("checked above");
+    let layout = Layout::new(&pq.root);
+    parquet_sink_id(&layout, config.pipeline.timezone)?;
     let pg = crate::verify::pg_digests(&store, config.pipeline.timezone).await?;
-    let root = pq.root.clone();
-    let pq = tokio::task::spawn_blocking(move || crate::verify::parquet_digests(&root))
+    let scan = tokio::task::spawn_blocking(move || crate::verify::parquet_digests(&layout))
         .await?
         .map_err(anyhow::Error::msg)?;
-    let diffs = crate::verify::compare(&pg, &pq);
+    let diffs = crate::verify::compare(&pg, &scan.digests);
     let partitions = pg
         .keys()
-        .chain(pq.keys())
+        .chain(scan.digests.keys())
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    if diffs.is_empty() {
+    if diffs.is_empty() && scan.unreadable.is_empty() {
         println!("verify: PostgreSQL and Parquet agree on {partitions} partition(s)");
         return Ok(EXIT_OK);
     }
-    println!(
-        "verify: {} of {partitions} partition(s) differ:",
-        diffs.len()
-    );
+    for (_, _, e) in &scan.unreadable {
+        println!("verify: DAMAGED {e}");
+    }
+    if !diffs.is_empty() {
+        println!(
+            "verify: {} of {partitions} partition(s) differ:",
+            diffs.len()
+        );
+    }
     for d in &diffs {
         println!(
             "  {} dt={}: postgres {} rows (checksum {:016x}), parquet {} rows (checksum {:016x})",
             d.table, d.dt, d.postgres.rows, d.postgres.checksum, d.parquet.rows, d.parquet.checksum
         );
     }
+    println!("run `ccc-etl verify --repair` to fetch those days again");
     Ok(EXIT_CHECK)
+}
+
+/// `verify --repair`: sets damaged day files aside, takes back both sinks' commits of every day
+/// that differs, then runs a nightly-style job that fetches exactly those windows again.
+async fn run_repair(config: &Config, metrics: Option<&Path>, quiet: bool) -> anyhow::Result<u8> {
+    let credentials = Credentials::from_env()?;
+    preflight_endpoint(&config.source.endpoint).await?;
+    let pq = config.parquet.as_ref().expect("verify checked both sinks");
+    let tz = config.pipeline.timezone;
+    let store = connect_postgres(config)
+        .await?
+        .expect("verify checked both sinks");
+    let layout = Layout::new(&pq.root);
+    let scan = {
+        let layout = layout.clone();
+        tokio::task::spawn_blocking(move || crate::verify::parquet_digests(&layout))
+            .await?
+            .map_err(anyhow::Error::msg)?
+    };
+    let pg = crate::verify::pg_digests(&store, tz).await?;
+    let mut days: Vec<(crate::record::Table, chrono::NaiveDate)> =
+        scan.unreadable.iter().map(|(t, d, _)| (*t, *d)).collect();
+    for d in crate::verify::compare(&pg, &scan.digests) {
+        if let (Some(t), Ok(day)) = (
+            crate::record::Table::from_name(&d.table),
+            chrono::NaiveDate::parse_from_str(&d.dt, "%Y-%m-%d"),
+        ) {
+            days.push((t, day));
+        }
+    }
+    let (sinks, ledger) = open_sinks(config).await?;
+    for (table, day, _) in &scan.unreadable {
+        if layout.day_file(*table, *day).exists() {
+            let to = layout
+                .quarantine(*table, *day)
+                .map_err(anyhow::Error::msg)?;
+            println!("repair: moved the damaged file aside to {}", to.display());
+        }
+    }
+    let ranges = crate::ledger::union(
+        days.iter()
+            .map(|(_, d)| Layout::day_range(tz, *d))
+            .collect(),
+    );
+    for sink in &sinks {
+        let n = ledger
+            .invalidate(
+                &sink.id(),
+                &ranges,
+                &days,
+                "verify --repair: the sinks differed",
+            )
+            .await?;
+        println!(
+            "repair: {n} window(s) of the {} sink to fetch again",
+            sink.name()
+        );
+    }
+    let instances = config.pipeline.instances.clone();
+    let now = system_now();
+    let mut req = nightly_request(config, instances, now());
+    req.command = "repair".into();
+    req.lookback_ms = None;
+    let summary = execute(config, credentials, sinks, ledger.clone(), &req, now, quiet).await?;
+    finish_run(&req.command, &summary, ledger.as_ref(), metrics).await
+}
+
+/// `ccc-etl migrate`: applies the PostgreSQL migrations and, when `timezone` changed, moves the
+/// views and the Parquet root's day partitions to the configured zone.
+async fn run_migrate(config: &Config) -> anyhow::Result<u8> {
+    if config.postgres.is_none() && config.parquet.is_none() {
+        return Err(InputError::new(
+            "migrate needs a [postgres] or [parquet] section in the configuration",
+        )
+        .into());
+    }
+    let tz = config.pipeline.timezone;
+    let store = connect_postgres_with(config, Access::Migrate).await?;
+    if let Some(store) = &store {
+        println!(
+            "migrations applied: schema {} at {}; views in time zone {}",
+            store.schema().as_str(),
+            store.describe(),
+            tz.name()
+        );
+    }
+    if let Some(pq) = &config.parquet {
+        let layout = Layout::new(&pq.root);
+        if layout.read_meta().map_err(InputError::new)?.is_none() {
+            return Ok(EXIT_OK);
+        }
+        let _lock = layout.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let before = layout.list().map_err(anyhow::Error::msg)?;
+        let report = {
+            let layout = layout.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::sink::parquet::migrate::repartition(&layout, tz)
+            })
+            .await?
+            .map_err(anyhow::Error::msg)?
+        };
+        if report.files_before > 0 || report.rows > 0 {
+            // The files are new: the ledger's manifest follows them (coverage is unchanged).
+            let ledger = open_ledger(config, store.as_ref(), false)?;
+            let meta = layout
+                .read_meta()
+                .map_err(anyhow::Error::msg)?
+                .expect("checked above");
+            let id = SinkId::new("parquet", meta.id);
+            let old: Vec<_> = before.iter().map(|f| (f.table, f.day)).collect();
+            ledger.invalidate(&id, &[], &old, "re-partitioned").await?;
+            let files: Vec<DayFile> = layout
+                .list()
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .map(|l| DayFile {
+                    target: id.target.clone(),
+                    table: l.table,
+                    day: l.day,
+                    etag: l.etag,
+                    rows: 0,
+                })
+                .collect();
+            ledger.record_files(&files).await?;
+            println!(
+                "Parquet root {} re-partitioned for {}: {} rows, {} day files (were {})",
+                layout.root().display(),
+                tz.name(),
+                report.rows,
+                report.files_after,
+                report.files_before
+            );
+        }
+    }
+    Ok(EXIT_OK)
 }
 
 /// Prints the summary to stdout and returns its exit code.
@@ -401,6 +595,14 @@ pub async fn preflight_endpoint(endpoint: &crate::config::Endpoint) -> Result<()
 
 /// Connects to PostgreSQL as `[postgres]` says and applies the migrations.
 pub async fn connect_postgres(config: &Config) -> anyhow::Result<Option<PgStore>> {
+    connect_postgres_with(config, Access::Write).await
+}
+
+/// Connects to PostgreSQL as `[postgres]` says, with what the command may change.
+pub async fn connect_postgres_with(
+    config: &Config,
+    access: Access,
+) -> anyhow::Result<Option<PgStore>> {
     let Some(pg) = &config.postgres else {
         return Ok(None);
     };
@@ -410,8 +612,10 @@ pub async fn connect_postgres(config: &Config) -> anyhow::Result<Option<PgStore>
         &pg.schema,
         config.pipeline.timezone,
         config.source.concurrency as u32 + 2,
+        access,
     )
-    .await?;
+    .await
+    .map_err(PgError::into_anyhow)?;
     Ok(Some(store))
 }
 
@@ -438,17 +642,22 @@ pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, 
         ),
         None => None,
     };
-    let ledger: Arc<dyn Ledger> = match connect_postgres(config).await? {
-        Some(store) => {
-            sinks.push(Arc::new(PostgresSink::new(store.clone())));
-            Arc::new(PgLedger::new(store))
-        }
-        None => {
-            let root = &config.parquet.as_ref().expect("checked above").root;
-            Arc::new(FileLedger::open(root).map_err(|e| InputError::new(e.to_string()))?)
-        }
-    };
+    let store = connect_postgres(config).await?;
+    if let Some(store) = &store {
+        sinks.push(Arc::new(PostgresSink::new(store.clone())));
+    }
+    let ledger = open_ledger(config, store.as_ref(), false)?;
     if let Some(p) = parquet {
+        tracing::info!(root = %p.layout().root().display(), "Parquet root");
+        reconcile::before_run(
+            p.layout(),
+            config.pipeline.timezone,
+            ledger.as_ref(),
+            &p.id(),
+            p.is_legacy(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot check the Parquet root against the ledger: {e}"))?;
         sinks.push(Arc::new(p));
     }
     Ok((sinks, ledger))

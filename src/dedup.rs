@@ -71,6 +71,7 @@ pub fn normalize(
 ) -> (WindowBatch, DedupCounts) {
     let mut counts = DedupCounts::default();
     let batch = WindowBatch {
+        final_end_ms: None,
         key: key.clone(),
         request_id: report.request_id,
         fetched_at,

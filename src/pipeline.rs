@@ -23,7 +23,7 @@ use crate::ccc::error::ErrorClass;
 use crate::config::Config;
 use crate::dedup::{DedupCounts, normalize};
 use crate::error::InputError;
-use crate::ledger::{self, Ledger, LedgerEntry, RunRecord, WindowStatus};
+use crate::ledger::{self, Ledger, LedgerEntry, RunRecord, SinkId};
 use crate::plan::{self, PlanRequest, SEND_MARGIN_MS};
 use crate::progress::Progress;
 use crate::quality::{self, QualityCounts};
@@ -427,7 +427,7 @@ impl Backfill {
         if req.refetch {
             return Ok(plan.windows.clone());
         }
-        let sink_names: Vec<&str> = self.sinks.iter().map(|s| s.name()).collect();
+        let sink_ids: Vec<SinkId> = self.sinks.iter().map(|s| s.id()).collect();
         let mut by_series: BTreeMap<(String, crate::record::MediaType), Vec<&WindowKey>> =
             BTreeMap::new();
         for w in &plan.windows {
@@ -444,7 +444,7 @@ impl Backfill {
                 self.ledger.as_ref(),
                 &instance,
                 media,
-                &sink_names,
+                &sink_ids,
                 start,
                 end,
             )
@@ -526,8 +526,8 @@ impl Backfill {
                     error: failed.to_string(),
                     retryable: class == ErrorClass::Retryable,
                 };
-                let names: Vec<&str> = self.sinks.iter().map(|s| s.name()).collect();
-                self.record_failure(&key, &names, &f.error, failed.attempts, ctx)
+                let ids: Vec<SinkId> = self.sinks.iter().map(|s| s.id()).collect();
+                self.record_failure(&key, &ids, &f.error, failed.attempts, ctx)
                     .await;
                 let mut events = vec![Event::FetchFailed(f)];
                 events.extend(self.skip(&planned, ctx).await);
@@ -538,8 +538,12 @@ impl Backfill {
         if quality.total() > 0 {
             tracing::warn!(window = %key, violations = ?quality, "data-quality violations (rows kept)");
         }
+        // The bucket in progress is served partly filled: coverage stops before it, so the next
+        // run's window starts at its boundary and completes it.
+        let open_bucket = quality::open_bucket_start(&fetched.report, (self.now)());
         let (mut batch, dedup) = normalize(&key, fetched.report, Utc::now());
         batch.attempts = fetched.attempts;
+        batch.final_end_ms = Some(open_bucket).filter(|t| *t < key.end_ms);
         let batch = Arc::new(batch);
         let mut events = vec![Event::Fetched {
             key,
@@ -575,26 +579,17 @@ impl Backfill {
                 stats: written.stats,
             });
         }
-        if !written.durable.is_empty() {
+        if !written.durable.is_empty() || !written.files.is_empty() {
             let recorded = if sink.records_own_commit() {
                 Ok(())
             } else {
+                let id = sink.id();
                 let entries: Vec<LedgerEntry> = written
                     .durable
                     .iter()
-                    .map(|d| LedgerEntry {
-                        key: d.key.clone(),
-                        sink: sink.name().to_string(),
-                        status: WindowStatus::Committed,
-                        rows: d.rows,
-                        request_id: Some(d.request_id.clone()),
-                        attempts: d.attempts,
-                        error: None,
-                        run_id: ctx.run_id,
-                        at: Utc::now(),
-                    })
+                    .filter_map(|d| LedgerEntry::committed(&id, d, ctx.run_id))
                     .collect();
-                self.ledger.record_many(&entries).await
+                self.ledger.record_durable(&written.files, &entries).await
             };
             match recorded {
                 Ok(()) => events.push(Event::Committed {
@@ -609,13 +604,29 @@ impl Backfill {
                 })),
             }
         }
+        if !written.damaged.is_empty() {
+            let ranges: Vec<(i64, i64)> = written
+                .damaged
+                .iter()
+                .map(|d| (d.start_ms, d.end_ms))
+                .collect();
+            let files: Vec<_> = written.damaged.iter().map(|d| (d.table, d.day)).collect();
+            let reason = written.damaged[0].detail.clone();
+            if let Err(e) = self
+                .ledger
+                .invalidate(&sink.id(), &ranges, &files, &reason)
+                .await
+            {
+                tracing::error!(error = %e, "could not take back the commits of a damaged day");
+            }
+        }
         for (key, e) in written.failed {
             let f = FailedWindow {
                 key,
                 error: e.to_string(),
                 retryable: e.retryable,
             };
-            self.record_failure(&f.key, &[sink.name()], &f.error, 0, ctx)
+            self.record_failure(&f.key, &[sink.id()], &f.error, 0, ctx)
                 .await;
             events.push(Event::SinkFailed(f));
         }
@@ -625,24 +636,14 @@ impl Backfill {
     async fn record_failure(
         &self,
         key: &WindowKey,
-        sinks: &[&str],
+        sinks: &[SinkId],
         error: &str,
         attempts: u32,
         ctx: &RunContext,
     ) {
         let entries: Vec<LedgerEntry> = sinks
             .iter()
-            .map(|sink| LedgerEntry {
-                key: key.clone(),
-                sink: sink.to_string(),
-                status: WindowStatus::Failed,
-                rows: 0,
-                request_id: None,
-                attempts,
-                error: Some(error.to_string()),
-                run_id: ctx.run_id,
-                at: Utc::now(),
-            })
+            .map(|sink| LedgerEntry::failed(sink, key, error, attempts, ctx.run_id))
             .collect();
         if let Err(e) = self.ledger.record_many(&entries).await {
             tracing::warn!(error = %e, window = %key, "could not record the failure in the ledger");

@@ -79,6 +79,26 @@ pub fn infer_bucket_ms(report: &Report) -> Option<i64> {
         .map(|(g, _)| g)
 }
 
+/// The bucket length assumed when a response has fewer than two buckets: an hour, the API's
+/// granularity for the trending report.
+pub const DEFAULT_BUCKET_MS: i64 = 3_600_000;
+
+/// The start of the bucket in progress at `now_ms`, on the grid of the report's buckets (hourly,
+/// aligned to UTC hours, when the report cannot tell). Rows from this bucket on are not final.
+pub fn open_bucket_start(report: &Report, now_ms: i64) -> i64 {
+    let bucket = infer_bucket_ms(report)
+        .filter(|b| *b > 0)
+        .unwrap_or(DEFAULT_BUCKET_MS);
+    let anchor = report
+        .inbound
+        .first()
+        .map(|r| r.stats_time)
+        .or(report.outbound.first().map(|r| r.stats_time))
+        .or(report.overall.first().map(|r| r.stats_time))
+        .unwrap_or(0);
+    now_ms - (now_ms - anchor).rem_euclid(bucket)
+}
+
 fn grid_checks<R: TrendRow>(
     rows: &[R],
     key: &WindowKey,
@@ -185,6 +205,23 @@ mod tests {
             calls_abandoned_in_queue: 0,
             calls_abandoned_in_ring: 0,
         }
+    }
+
+    fn report(inbound: Vec<InboundRow>) -> Report {
+        Report {
+            inbound,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_open_bucket_is_the_one_containing_now_on_the_reports_grid() {
+        let r = report(vec![inbound(0, 1, 1, 0), inbound(H, 1, 1, 0)]);
+        assert_eq!(open_bucket_start(&r, 10 * H + 30 * 60_000 + 5_000), 10 * H);
+        assert_eq!(open_bucket_start(&r, 10 * H), 10 * H);
+        let half = report(vec![inbound(H / 2, 1, 1, 0), inbound(3 * H / 2, 1, 1, 0)]);
+        assert_eq!(open_bucket_start(&half, 10 * H + 1), 9 * H + H / 2);
+        assert_eq!(open_bucket_start(&report(vec![]), 10 * H + 7), 10 * H);
     }
 
     #[test]

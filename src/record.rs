@@ -66,7 +66,7 @@ impl From<MediaType> for String {
 }
 
 /// The three arrays of the report, named as their tables in both sinks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Table {
     /// `Data.Inbound`.
     Inbound,
@@ -79,6 +79,11 @@ pub enum Table {
 impl Table {
     /// Every table.
     pub const ALL: [Table; 3] = [Table::Inbound, Table::Outbound, Table::Overall];
+
+    /// The table named `name` ([`Table::name`]).
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
 
     /// The table name in PostgreSQL and the Parquet directory name.
     pub fn name(self) -> &'static str {
@@ -282,6 +287,10 @@ pub struct WindowBatch {
     pub outbound: Vec<OutboundRow>,
     /// Overall rows, sorted by `stats_time`, one per bucket.
     pub overall: Vec<OverallRow>,
+    /// Where the window's rows are final: the start of the bucket that was still in progress
+    /// when they were fetched, if it lies inside the window. The ledger records coverage only up
+    /// to here, so the next run starts at that bucket and completes it. `None`: the whole window.
+    pub final_end_ms: Option<i64>,
 }
 
 impl WindowBatch {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, SinkId};
 use crate::plan::{DAY_MS, subtract};
 use crate::record::{MediaType, fmt_ms};
 
@@ -70,6 +70,9 @@ pub struct StatusReport {
     pub series: Vec<SeriesStatus>,
     /// Whether any series has time aging out.
     pub alert: bool,
+    /// What a sink was found not to hold although the ledger says so (missing, changed or
+    /// damaged day files); those days count as not covered.
+    pub findings: Vec<String>,
 }
 
 fn intersect(ranges: &[(i64, i64)], lo: i64, hi: i64) -> Vec<(i64, i64)> {
@@ -106,7 +109,9 @@ pub fn classify(
     for done in committed_by_sink {
         gaps.extend(subtract(lo, now_ms, done));
     }
-    let gaps = crate::ledger::union(gaps);
+    let mut gaps = crate::ledger::union(gaps);
+    // The bucket in progress is never final, so coverage stops at its start: not a gap.
+    gaps.retain(|(a, b)| !(*b == now_ms && now_ms - a < crate::quality::DEFAULT_BUCKET_MS));
     let covered = subtract(lo, now_ms, &gaps);
     let recoverable = intersect(&gaps, horizon_ms, now_ms);
     let lost = intersect(&gaps, lo, horizon_ms);
@@ -114,11 +119,15 @@ pub fn classify(
     (covered, recoverable, lost, aging)
 }
 
-/// Builds the report from the ledger; `rows` gives each sink's row count for a series.
+/// Builds the report from the ledger; `not_covered` removes what a sink was found not to hold
+/// (days whose Parquet files are missing or damaged) from what its ledger says; `rows` gives each
+/// sink's row count for a series.
+#[allow(clippy::too_many_arguments)]
 pub async fn build(
     ledger: &dyn Ledger,
     series: &[(String, MediaType)],
-    sinks: &[&str],
+    sinks: &[SinkId],
+    not_covered: &BTreeMap<SinkId, Vec<(i64, i64)>>,
     rows: BTreeMap<(String, MediaType, String), u64>,
     now_ms: i64,
     horizon_ms: i64,
@@ -128,7 +137,14 @@ pub async fn build(
     for (instance, media) in series {
         let mut by_sink = Vec::new();
         for sink in sinks {
-            by_sink.push(ledger.committed(instance, *media, sink).await?);
+            let mut done = ledger.committed(instance, *media, sink).await?;
+            if let Some(gone) = not_covered.get(sink) {
+                done = crate::ledger::union(done)
+                    .into_iter()
+                    .flat_map(|(a, b)| subtract(a, b, gone))
+                    .collect();
+            }
+            by_sink.push(done);
         }
         let (covered, recoverable, lost, aging) =
             classify(&by_sink, now_ms, horizon_ms, alert_days);
@@ -146,8 +162,8 @@ pub async fn build(
                 .iter()
                 .map(|s| {
                     (
-                        s.to_string(),
-                        rows.get(&(instance.clone(), *media, s.to_string()))
+                        s.name.clone(),
+                        rows.get(&(instance.clone(), *media, s.name.clone()))
                             .copied()
                             .unwrap_or(0),
                     )
@@ -166,6 +182,7 @@ pub async fn build(
             .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
         series: out,
         alert,
+        findings: vec![],
     })
 }
 
@@ -177,6 +194,9 @@ impl StatusReport {
             fmt_ms(self.horizon_ms),
             self.last_success.as_deref().unwrap_or("never")
         );
+        for f in &self.findings {
+            s.push_str(&format!("NOT COVERED: {f}\n"));
+        }
         for x in &self.series {
             let rows: Vec<String> = x
                 .rows
@@ -239,6 +259,13 @@ mod tests {
         assert_eq!(aging, vec![(horizon + 2 * d, horizon + 3 * d)]);
         let (_, _, _, aging) = classify(&[vec![(horizon - d, now)]], now, horizon, 7);
         assert!(aging.is_empty());
+        let (covered, recoverable, _, _) =
+            classify(&[vec![(horizon, now - 30 * 60_000)]], now, horizon, 7);
+        assert_eq!(
+            (covered, recoverable),
+            (vec![(horizon, now)], vec![]),
+            "the bucket in progress at the live edge is not a gap"
+        );
         let (covered, recoverable, _, aging) = classify(&[vec![]], now, horizon, 7);
         assert!(covered.is_empty());
         assert_eq!(recoverable, vec![(horizon, now)]);

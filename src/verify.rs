@@ -2,7 +2,6 @@
 //! `stats_time`), compared by row count and an order-independent content checksum.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -12,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::record::Table;
-use crate::sink::parquet::read_file;
+use crate::sink::parquet::{Layout, ReadError, read_file};
 use crate::sink::postgres::PgStore;
 
 /// Rows and checksum of one partition.
@@ -40,39 +39,36 @@ fn add(d: &mut Digests, table: Table, day: String, hash: u64) {
     e.checksum = e.checksum.wrapping_add(hash);
 }
 
-/// Digests of every Parquet partition under `root`.
-pub fn parquet_digests(root: &Path) -> Result<Digests, String> {
-    let mut d = Digests::new();
-    for table in Table::ALL {
-        let Ok(days) = std::fs::read_dir(root.join(table.name())) else {
-            continue;
-        };
-        for day in days.flatten() {
-            let name = day.file_name().to_string_lossy().to_string();
-            let Some(dt) = name.strip_prefix("dt=") else {
-                continue;
-            };
-            for f in std::fs::read_dir(day.path())
-                .map_err(|e| e.to_string())?
-                .flatten()
-            {
-                let p = f.path();
-                if p.extension().is_some_and(|e| e == "parquet")
-                    && !f.file_name().to_string_lossy().starts_with('.')
-                {
-                    for r in read_file(&p, table)? {
-                        add(
-                            &mut d,
-                            table,
-                            dt.to_string(),
-                            row_hash(&r.instance_id, &r.media_type, r.stats_time, &r.counts),
-                        );
-                    }
+/// What the Parquet root holds: digests of every readable partition, and the files that
+/// cannot be read (findings, not errors).
+#[derive(Debug, Default)]
+pub struct ParquetScan {
+    /// Per table and day.
+    pub digests: Digests,
+    /// Day files that could not be read.
+    pub unreadable: Vec<(Table, chrono::NaiveDate, ReadError)>,
+}
+
+/// Digests of every Parquet partition of a root, one listing per table.
+pub fn parquet_digests(layout: &Layout) -> Result<ParquetScan, String> {
+    let mut out = ParquetScan::default();
+    for f in layout.list()? {
+        match read_file(&f.path, f.table) {
+            Ok(rows) => {
+                let dt = f.day.format("%Y-%m-%d").to_string();
+                for r in rows {
+                    add(
+                        &mut out.digests,
+                        f.table,
+                        dt.clone(),
+                        row_hash(&r.instance_id, &r.media_type, r.stats_time, &r.counts),
+                    );
                 }
             }
+            Err(e) => out.unreadable.push((f.table, f.day, e)),
         }
     }
-    Ok(d)
+    Ok(out)
 }
 
 /// Digests of every PostgreSQL table, partitioned by local day in `tz`, streamed.

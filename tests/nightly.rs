@@ -289,7 +289,9 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
     )
     .await
     .unwrap();
-    let pq = ccc_etl::verify::parquet_digests(dir.path()).unwrap();
+    let pq = ccc_etl::verify::parquet_digests(&ccc_etl::sink::parquet::Layout::new(dir.path()))
+        .unwrap()
+        .digests;
     let diffs = ccc_etl::verify::compare(&pg, &pq);
     assert_eq!(diffs.len(), 2, "{diffs:?}");
     assert!(

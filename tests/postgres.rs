@@ -106,6 +106,7 @@ async fn migrations_from_empty_create_the_tables_views_and_ledger_and_can_run_ag
             "inbound_trend",
             "outbound_trend",
             "overall_trend",
+            "parquet_files",
             "runs",
             "settings",
             "windows"
@@ -116,7 +117,7 @@ async fn migrations_from_empty_create_the_tables_views_and_ledger_and_can_run_ag
         .await
         .unwrap()
         .get("n");
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     let tz: String = sqlx::query("SELECT value FROM ccc_mig.settings WHERE key = 'timezone'")
         .fetch_one(&pool)
         .await
@@ -596,6 +597,7 @@ async fn a_plain_insert_racing_an_outside_writer_falls_back_to_the_upsert() {
     let cfg = pg_config(&config(&emu, &["ccc-a"], SignatureVersion::V1), &db, "ccc");
     let sink = PostgresSink::new(store(&cfg).await);
     let batch = WindowBatch {
+        final_end_ms: None,
         key: WindowKey {
             instance_id: "ccc-a".into(),
             media_type: MediaType::Audio,

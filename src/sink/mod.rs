@@ -60,12 +60,19 @@ pub struct DurableWindow {
     pub request_id: String,
     /// Requests the fetch took.
     pub attempts: u32,
+    /// Where its rows are final (see [`WindowBatch::final_end_ms`]): the ledger's coverage ends
+    /// here.
+    pub final_end_ms: i64,
 }
 
 impl DurableWindow {
     /// The entry for a batch.
     pub fn of(batch: &WindowBatch) -> Self {
         Self {
+            final_end_ms: batch
+                .final_end_ms
+                .unwrap_or(batch.key.end_ms)
+                .min(batch.key.end_ms),
             key: batch.key.clone(),
             rows: batch.row_count() as u64,
             request_id: batch.request_id.clone(),
@@ -84,6 +91,25 @@ pub struct Written {
     pub stats: CommitStats,
     /// Windows whose rows could not be made durable; they are not committed in this sink.
     pub failed: Vec<(WindowKey, SinkError)>,
+    /// Day files written during the call, for the ledger's manifest (Parquet).
+    pub files: Vec<crate::ledger::DayFile>,
+    /// Day files found damaged and moved aside: every commit touching their days is gone.
+    pub damaged: Vec<DamagedDay>,
+}
+
+/// A day whose file was found damaged (unreadable, another schema) and set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedDay {
+    /// The table.
+    pub table: crate::record::Table,
+    /// The local day.
+    pub day: chrono::NaiveDate,
+    /// The day's start, epoch ms.
+    pub start_ms: i64,
+    /// The day's end, epoch ms.
+    pub end_ms: i64,
+    /// What was wrong, and where the file went.
+    pub detail: String,
 }
 
 impl Written {
@@ -92,7 +118,7 @@ impl Written {
         Self {
             durable: vec![DurableWindow::of(batch)],
             stats,
-            failed: vec![],
+            ..Self::default()
         }
     }
 
@@ -116,6 +142,11 @@ impl Written {
 pub trait Sink: Send + Sync {
     /// Short name, also the ledger's sink column: `postgres`, `parquet`, `memory`.
     fn name(&self) -> &'static str;
+
+    /// The sink and the destination it writes to, as the ledger records its commits.
+    fn id(&self) -> crate::ledger::SinkId {
+        crate::ledger::SinkId::new(self.name(), "")
+    }
 
     /// Announces every window the run is about to write, before the first `write`; a buffering
     /// sink uses it to know when a partition has received all its rows.

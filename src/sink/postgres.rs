@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -26,7 +26,7 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Row};
 
 use super::{CommitStats, RunContext, Sink, SinkError, Written};
 use crate::config::SchemaName;
-use crate::ledger::{Ledger, LedgerEntry, LedgerError, RunRecord, WindowStatus};
+use crate::ledger::{DayFile, Ledger, LedgerEntry, LedgerError, RunRecord, SinkId, WindowStatus};
 use crate::record::{MediaType, Table, WindowBatch, WindowKey};
 
 /// The embedded migrations (`migrations/`).
@@ -51,8 +51,25 @@ impl std::fmt::Debug for PgStore {
 
 /// Why PostgreSQL could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PgError(pub String);
+pub enum PgError {
+    /// The server is unreachable or refused: exit 1.
+    #[error("{0}")]
+    Server(String),
+    /// The configuration does not fit the database (a bad URL, another zone, not migrated):
+    /// exit 2.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl PgError {
+    /// As an error that keeps its exit code (input: 2, server: 1).
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            PgError::Input(m) => crate::error::InputError::new(m).into(),
+            server @ PgError::Server(_) => server.into(),
+        }
+    }
+}
 
 /// `postgres://user@host:port/db`, never the password.
 pub fn describe(opts: &PgConnectOptions) -> String {
@@ -76,21 +93,34 @@ fn is_retryable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// What a command may do to the database when it connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Runs: create the schema, apply migrations, record the zone of a new database.
+    Write,
+    /// `status`, `verify`: change nothing; the schema must be migrated already.
+    ReadOnly,
+    /// `migrate`: as `Write`, and set the views' zone to the configured one.
+    Migrate,
+}
+
 impl PgStore {
-    /// Connects, creates the schema if needed, applies the migrations and records the zone the
-    /// views use. Fails before anything else happens if the server is unreachable.
+    /// Connects and checks the zone the views were built with. `Write` and `Migrate` create the
+    /// schema if needed and apply the migrations; `ReadOnly` writes nothing. Fails before anything
+    /// else happens if the server is unreachable.
     pub async fn connect(
         url: &SecretString,
         schema: &SchemaName,
         timezone: Tz,
         max_connections: u32,
+        access: Access,
     ) -> Result<Self, PgError> {
         let base = PgConnectOptions::from_str(url.expose_secret())
-            .map_err(|_| PgError("the PostgreSQL URL is not valid (postgres://user[:password]@host[:port]/database)".into()))?
+            .map_err(|_| PgError::Input("the PostgreSQL URL is not valid (postgres://user[:password]@host[:port]/database)".into()))?
             .disable_statement_logging();
         let describe = describe(&base);
         let unreachable = |e: sqlx::Error| {
-            PgError(format!(
+            PgError::Server(format!(
                 "cannot connect to PostgreSQL at {describe}: {e} (is the server running? \
                  on Debian: pg_ctlcluster --skip-systemctl-redirect 15 main start)"
             ))
@@ -98,20 +128,22 @@ impl PgStore {
         let mut conn = tokio::time::timeout(Duration::from_secs(15), base.connect())
             .await
             .map_err(|_| {
-                PgError(format!(
+                PgError::Server(format!(
                     "cannot connect to PostgreSQL at {describe}: timed out after 15 s"
                 ))
             })?
             .map_err(unreachable)?;
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| {
-                PgError(format!(
-                    "cannot create schema {} at {describe}: {e}",
-                    schema.as_str()
-                ))
-            })?;
+        if access != Access::ReadOnly {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| {
+                    PgError::Server(format!(
+                        "cannot create schema {} at {describe}: {e}",
+                        schema.as_str()
+                    ))
+                })?;
+        }
         let _ = conn.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
@@ -119,22 +151,95 @@ impl PgStore {
             .connect_with(base.options([("search_path", schema.as_str())]))
             .await
             .map_err(unreachable)?;
-        MIGRATOR.run(&pool).await.map_err(|e| {
-            PgError(format!(
-                "migrations failed on {describe} schema {}: {e}",
-                schema.as_str()
-            ))
-        })?;
-        sqlx::query("INSERT INTO settings (key, value) VALUES ('timezone', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value")
-            .bind(timezone.name())
-            .execute(&pool)
-            .await
-            .map_err(|e| PgError(format!("cannot record the time zone on {describe}: {e}")))?;
-        Ok(Self {
+        let store = Self {
             pool,
             schema: schema.clone(),
             describe,
-        })
+        };
+        if access == Access::ReadOnly {
+            store.check_migrated().await?;
+        } else {
+            MIGRATOR.run(&store.pool).await.map_err(|e| {
+                PgError::Server(format!(
+                    "migrations failed on {} schema {}: {e}",
+                    store.describe,
+                    schema.as_str()
+                ))
+            })?;
+        }
+        store.check_timezone(timezone, access).await?;
+        Ok(store)
+    }
+
+    /// A read-only command on a schema the migrations have not (all) reached is refused.
+    async fn check_migrated(&self) -> Result<(), PgError> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+        let missing = MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
+        if missing > 0 {
+            return Err(PgError::Input(format!(
+                "schema {} at {} lacks {missing} migration(s): run `ccc-etl migrate` (or a backfill) first",
+                self.schema.as_str(),
+                self.describe
+            )));
+        }
+        Ok(())
+    }
+
+    /// The views cut days in the zone the database was first written with; a configuration in
+    /// another zone is refused until `migrate` changes it deliberately.
+    async fn check_timezone(&self, timezone: Tz, access: Access) -> Result<(), PgError> {
+        let err = |e: sqlx::Error| {
+            PgError::Server(format!(
+                "cannot read the time zone on {}: {e}",
+                self.describe
+            ))
+        };
+        if access == Access::Migrate {
+            sqlx::query("INSERT INTO settings (key, value) VALUES ('timezone', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value")
+                .bind(timezone.name())
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
+            return Ok(());
+        }
+        if access == Access::Write {
+            sqlx::query("INSERT INTO settings (key, value) VALUES ('timezone', $1) ON CONFLICT (key) DO NOTHING")
+                .bind(timezone.name())
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
+        }
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'timezone'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?;
+        match recorded {
+            Some(z) if z != timezone.name() => Err(PgError::Input(format!(
+                "the PostgreSQL schema {} at {} was built with time zone {z} (its views cut days \
+                 there), the configuration says {}: set `timezone = \"{z}\"` back, or run \
+                 `ccc-etl migrate` to change the views (and re-partition the Parquet root) to {}",
+                self.schema.as_str(),
+                self.describe,
+                timezone.name(),
+                timezone.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The zone recorded for the views, if any.
+    pub async fn recorded_timezone(&self) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'timezone'")
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// The pool (search_path set to the schema).
@@ -235,18 +340,51 @@ SELECT EXISTS (SELECT 1 FROM inbound_trend WHERE instance_id = $1 AND media_type
 
 /// Records ledger entries, one RequestId each; a failed refetch does not undo an earlier commit.
 const UPSERT_WINDOWS: &str = r#"
-INSERT INTO windows AS w (instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows, request_ids, run_id)
-SELECT instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows,
+INSERT INTO windows AS w (instance_id, media_type, start_ms, end_ms, sink, target, status, attempts, last_error, rows, request_ids, run_id)
+SELECT instance_id, media_type, start_ms, end_ms, sink, target, status, attempts, last_error, rows,
        CASE WHEN request_id IS NULL THEN ARRAY[]::text[] ELSE ARRAY[request_id] END, run_id
 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::int[],
-            $8::text[], $9::bigint[], $10::text[], $11::uuid[])
-    AS r(instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows, request_id, run_id)
-ON CONFLICT (instance_id, media_type, start_ms, end_ms, sink) DO UPDATE SET
+            $8::text[], $9::bigint[], $10::text[], $11::uuid[], $12::text[])
+    AS r(instance_id, media_type, start_ms, end_ms, sink, status, attempts, last_error, rows, request_id, run_id, target)
+ON CONFLICT (instance_id, media_type, start_ms, end_ms, sink, target) DO UPDATE SET
     status = CASE WHEN w.status = 'committed' AND EXCLUDED.status = 'failed' THEN w.status ELSE EXCLUDED.status END,
     rows = CASE WHEN EXCLUDED.status = 'committed' THEN EXCLUDED.rows ELSE w.rows END,
     request_ids = CASE WHEN EXCLUDED.status = 'committed' THEN EXCLUDED.request_ids ELSE w.request_ids END,
     attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, updated_at = now()
 "#;
+
+/// Records day files; the latest write of a file wins.
+const UPSERT_FILES: &str = r#"
+INSERT INTO parquet_files AS f (target, table_name, day, etag, rows)
+SELECT * FROM UNNEST($1::text[], $2::text[], $3::date[], $4::text[], $5::bigint[])
+ON CONFLICT (target, table_name, day) DO UPDATE SET etag = EXCLUDED.etag, rows = EXCLUDED.rows, written_at = now()
+"#;
+
+/// Takes back the commits of a sink overlapping any range; they stay as failed rows, with why.
+const INVALIDATE_WINDOWS: &str = r#"
+UPDATE windows AS w SET status = 'failed', last_error = $5, updated_at = now()
+FROM UNNEST($3::bigint[], $4::bigint[]) AS r(start_ms, end_ms)
+WHERE w.sink = $1 AND w.target = $2 AND w.status = 'committed'
+  AND w.start_ms < r.end_ms AND r.start_ms < w.end_ms
+"#;
+
+async fn upsert_files<'e, E: sqlx::Executor<'e, Database = Postgres>>(
+    exec: E,
+    files: &[DayFile],
+) -> Result<(), sqlx::Error> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(UPSERT_FILES)
+        .bind(files.iter().map(|f| f.target.as_str()).collect::<Vec<_>>())
+        .bind(files.iter().map(|f| f.table.name()).collect::<Vec<_>>())
+        .bind(files.iter().map(|f| f.day).collect::<Vec<NaiveDate>>())
+        .bind(files.iter().map(|f| f.etag.as_str()).collect::<Vec<_>>())
+        .bind(files.iter().map(|f| f.rows as i64).collect::<Vec<i64>>())
+        .execute(exec)
+        .await
+        .map(|_| ())
+}
 
 fn status_str(s: WindowStatus) -> &'static str {
     match s {
@@ -260,10 +398,10 @@ async fn upsert_windows<'e, E: sqlx::Executor<'e, Database = Postgres>>(
     entries: &[LedgerEntry],
 ) -> Result<(), sqlx::Error> {
     // Several entries of one window and sink would make ON CONFLICT touch a row twice.
-    let mut latest: std::collections::BTreeMap<(&WindowKey, &str), &LedgerEntry> =
+    let mut latest: std::collections::BTreeMap<(&WindowKey, &str, &str), &LedgerEntry> =
         std::collections::BTreeMap::new();
     for e in entries {
-        latest.insert((&e.key, e.sink.as_str()), e);
+        latest.insert((&e.key, e.sink.as_str(), e.target.as_str()), e);
     }
     let es: Vec<&LedgerEntry> = latest.into_values().collect();
     if es.is_empty() {
@@ -290,6 +428,7 @@ async fn upsert_windows<'e, E: sqlx::Executor<'e, Database = Postgres>>(
                 .collect::<Vec<Option<String>>>(),
         )
         .bind(es.iter().map(|e| e.run_id).collect::<Vec<uuid::Uuid>>())
+        .bind(col(&|e| e.target.clone()))
         .execute(exec)
         .await
         .map(|_| ())
@@ -372,18 +511,12 @@ impl PostgresSink {
                 stats.unchanged += total - ins - rev;
             }
         }
-        let entry = LedgerEntry {
-            key: b.key.clone(),
-            sink: "postgres".into(),
-            status: WindowStatus::Committed,
-            rows: b.row_count() as u64,
-            request_id: Some(b.request_id.clone()),
-            attempts: b.attempts,
-            error: None,
-            run_id: run.run_id,
-            at: Utc::now(),
-        };
-        upsert_windows(&mut *tx, std::slice::from_ref(&entry)).await?;
+        let entry = LedgerEntry::committed(
+            &SinkId::new("postgres", ""),
+            &super::DurableWindow::of(b),
+            run.run_id,
+        );
+        upsert_windows(&mut *tx, entry.as_slice()).await?;
         tx.commit().await?;
         Ok(stats)
     }
@@ -445,14 +578,15 @@ impl Ledger for PgLedger {
         &self,
         instance: &str,
         media: MediaType,
-        sink: &str,
+        sink: &SinkId,
     ) -> Result<Vec<(i64, i64)>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT start_ms, end_ms FROM windows WHERE instance_id = $1 AND media_type = $2 AND sink = $3 AND status = 'committed'",
+            "SELECT start_ms, end_ms FROM windows WHERE instance_id = $1 AND media_type = $2 AND sink = $3 AND target = $4 AND status = 'committed'",
         )
         .bind(instance)
         .bind(media.as_str())
-        .bind(sink)
+        .bind(&sink.name)
+        .bind(&sink.target)
         .fetch_all(&self.store.pool)
         .await
         .map_err(ledger_err)?;
@@ -470,6 +604,95 @@ impl Ledger for PgLedger {
         upsert_windows(&self.store.pool, entries)
             .await
             .map_err(ledger_err)
+    }
+
+    async fn record_durable(
+        &self,
+        files: &[DayFile],
+        entries: &[LedgerEntry],
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.store.pool.begin().await.map_err(ledger_err)?;
+        upsert_files(&mut *tx, files).await.map_err(ledger_err)?;
+        upsert_windows(&mut *tx, entries)
+            .await
+            .map_err(ledger_err)?;
+        tx.commit().await.map_err(ledger_err)
+    }
+
+    async fn record_files(&self, files: &[DayFile]) -> Result<(), LedgerError> {
+        upsert_files(&self.store.pool, files)
+            .await
+            .map_err(ledger_err)
+    }
+
+    async fn day_files(&self, target: &str) -> Result<Vec<DayFile>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT table_name, day, etag, rows FROM parquet_files WHERE target = $1 ORDER BY table_name, day",
+        )
+        .bind(target)
+        .fetch_all(&self.store.pool)
+        .await
+        .map_err(ledger_err)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(DayFile {
+                    target: target.to_string(),
+                    table: Table::from_name(r.get::<&str, _>("table_name"))?,
+                    day: r.get("day"),
+                    etag: r.get("etag"),
+                    rows: r.get::<i64, _>("rows") as u64,
+                })
+            })
+            .collect())
+    }
+
+    async fn invalidate(
+        &self,
+        sink: &SinkId,
+        ranges: &[(i64, i64)],
+        files: &[(Table, NaiveDate)],
+        reason: &str,
+    ) -> Result<u64, LedgerError> {
+        let mut tx = self.store.pool.begin().await.map_err(ledger_err)?;
+        let n = sqlx::query(INVALIDATE_WINDOWS)
+            .bind(&sink.name)
+            .bind(&sink.target)
+            .bind(ranges.iter().map(|r| r.0).collect::<Vec<i64>>())
+            .bind(ranges.iter().map(|r| r.1).collect::<Vec<i64>>())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(ledger_err)?
+            .rows_affected();
+        sqlx::query(
+            "DELETE FROM parquet_files f USING UNNEST($2::text[], $3::date[]) AS d(table_name, day)
+             WHERE f.target = $1 AND f.table_name = d.table_name AND f.day = d.day",
+        )
+        .bind(&sink.target)
+        .bind(files.iter().map(|f| f.0.name()).collect::<Vec<&str>>())
+        .bind(files.iter().map(|f| f.1).collect::<Vec<NaiveDate>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(ledger_err)?;
+        tx.commit().await.map_err(ledger_err)?;
+        Ok(n)
+    }
+
+    async fn adopt_legacy(&self, sink: &SinkId) -> Result<u64, LedgerError> {
+        // Rows another root already holds would collide: those stay with it.
+        sqlx::query(
+            "UPDATE windows w SET target = $2 WHERE w.sink = $1 AND w.target = ''
+               AND NOT EXISTS (SELECT 1 FROM windows o WHERE o.instance_id = w.instance_id
+                   AND o.media_type = w.media_type AND o.start_ms = w.start_ms
+                   AND o.end_ms = w.end_ms AND o.sink = w.sink AND o.target = $2)",
+        )
+        .bind(&sink.name)
+        .bind(&sink.target)
+        .execute(&self.store.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(ledger_err)
     }
 
     async fn record_run(&self, run: &RunRecord) -> Result<(), LedgerError> {

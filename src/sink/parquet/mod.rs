@@ -38,12 +38,15 @@ use parquet::file::properties::WriterProperties;
 
 use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, Written};
 use crate::config::DEFAULT_BUFFER_ROWS;
-use crate::ledger::FILE_LEDGER_DIR;
+use crate::ledger::{DayFile, SinkId};
 use crate::plan::local_day_start;
 use crate::record::{Counts, Table, WindowBatch, WindowKey};
 
-/// The name of each day's file.
-pub const DATA_FILE: &str = "part-00000.parquet";
+pub mod layout;
+pub mod migrate;
+pub mod reconcile;
+
+pub use layout::{DATA_FILE, Layout, RootMeta, is_temp_name};
 
 /// One stored row of any table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +84,12 @@ pub fn schema(table: Table) -> SchemaRef {
 /// The sink. Holds an exclusive lock on `{root}/_ccc_etl/lock` while it lives, so two runs never
 /// merge into the same files at once.
 pub struct ParquetSink {
-    root: PathBuf,
+    layout: Layout,
+    /// The root's id (`_ccc_etl/root.json`): the ledger's target for its commits.
+    id: String,
+    /// Whether an older ccc-etl wrote this root before roots had ids: its commits in the ledger
+    /// carry no target and are adopted once.
+    legacy: bool,
     timezone: Tz,
     buffer_rows: usize,
     state: Mutex<Buffer>,
@@ -121,62 +129,6 @@ struct DayJob {
     batches: Vec<Arc<WindowBatch>>,
 }
 
-/// Takes the root's exclusive lock, or says which run holds it.
-fn lock_root(root: &Path) -> Result<File, SinkError> {
-    let dir = root.join(FILE_LEDGER_DIR);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| err(format!("cannot create {}: {e}", dir.display()), false))?;
-    let path = dir.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| err(format!("cannot open {}: {e}", path.display()), false))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(err(
-            format!(
-                "another ccc-etl run is writing to {} (lock {} is held); wait for it to finish",
-                root.display(),
-                path.display()
-            ),
-            false,
-        )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(err(format!("cannot lock {}: {e}", path.display()), false))
-        }
-    }
-}
-
-/// Whether a file name is one of our temporary files (`.part-….tmp`).
-pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".tmp")
-}
-
-/// Removes temporary files a crashed run left in the table directories; returns how many.
-fn remove_stale_temp_files(root: &Path) -> usize {
-    let mut removed = 0;
-    for table in Table::ALL {
-        let Ok(days) = std::fs::read_dir(root.join(table.name())) else {
-            continue;
-        };
-        for day in days.flatten() {
-            let Ok(files) = std::fs::read_dir(day.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                if f.file_name().to_str().is_some_and(is_temp_name)
-                    && std::fs::remove_file(f.path()).is_ok()
-                {
-                    removed += 1;
-                }
-            }
-        }
-    }
-    removed
-}
-
 fn err(message: String, retryable: bool) -> SinkError {
     SinkError {
         sink: "parquet",
@@ -186,7 +138,9 @@ fn err(message: String, retryable: bool) -> SinkError {
 }
 
 impl ParquetSink {
-    /// A sink writing under `root`, partitioning days in `timezone`. Checks the root is writable.
+    /// A sink writing under `root`, partitioning days in `timezone`. Checks the root is writable,
+    /// takes its lock, and gives a new root its identity; a root whose days were cut in another
+    /// zone is refused (its `dt=` partitions would not match: see `ccc-etl migrate`).
     pub fn new(root: &Path, timezone: Tz) -> Result<Self, SinkError> {
         std::fs::create_dir_all(root).map_err(|e| {
             err(
@@ -203,9 +157,26 @@ impl ParquetSink {
                     false,
                 )
             })?;
-        let lock = lock_root(root)?;
+        let layout = Layout::new(root);
+        let legacy = layout.has_state_without_meta();
+        let lock = layout.lock().map_err(|e| err(e.to_string(), false))?;
+        let meta = match layout.read_meta().map_err(|e| err(e, false))? {
+            Some(meta) => {
+                check_zone(&layout, &meta, timezone)?;
+                meta
+            }
+            None => {
+                let meta = RootMeta {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    timezone: timezone.name().to_string(),
+                    created_at: Utc::now(),
+                };
+                layout.write_meta(&meta).map_err(|e| err(e, false))?;
+                meta
+            }
+        };
         // Safe under the lock: no other run is writing here.
-        let stale = remove_stale_temp_files(root);
+        let stale = layout.remove_stale_temp_files();
         if stale > 0 {
             tracing::info!(
                 files = stale,
@@ -213,13 +184,25 @@ impl ParquetSink {
             );
         }
         Ok(Self {
-            root: root.to_path_buf(),
+            layout,
+            id: meta.id,
+            legacy,
             timezone,
             buffer_rows: DEFAULT_BUFFER_ROWS,
             state: Mutex::new(Buffer::default()),
             day_locks: Mutex::new(HashMap::new()),
             _root_lock: lock,
         })
+    }
+
+    /// The root's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether the root was written by an older version, before roots had ids.
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
     }
 
     /// Holds at most about `rows` rows before writing the oldest days early (at least 1).
@@ -230,7 +213,7 @@ impl ParquetSink {
 
     /// The file holding one table's rows of one day.
     pub fn file_path(&self, table: Table, day: NaiveDate) -> PathBuf {
-        day_file(&self.root, table, day)
+        self.layout.day_file(table, day)
     }
 
     fn day_of(&self, ms: i64) -> NaiveDate {
@@ -322,50 +305,101 @@ impl ParquetSink {
     async fn write_days(&self, jobs: Vec<DayJob>) -> Written {
         let mut out = Written::default();
         for job in jobs {
-            let lock = self.day_lock(job.day);
-            // The guard moves into the blocking task: if this future is dropped (a run stopped
-            // by a fatal error), the lock is still held until the file is written.
-            let guard = lock.clone().lock_owned().await;
-            let (root, tz, day, batches) = (self.root.clone(), self.timezone, job.day, job.batches);
-            let result = tokio::task::spawn_blocking(move || {
-                let r = write_day(&root, tz, day, &batches);
-                drop(guard);
-                r
-            })
-            .await
-            .map_err(|e| err(format!("writer task failed: {e}"), true))
-            .and_then(|r| r.map_err(|m| err(m, true)));
-            self.release(job.day, lock);
-            let error = match result {
-                Ok(stats) => {
-                    out.stats += stats;
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(day = %job.day, error = %e, "cannot write a Parquet day");
-                    Some(e)
-                }
+            let error = self.write_one_day(job.day, job.batches, &mut out).await;
+            self.settle_day(job.ids, error, &mut out);
+        }
+        out
+    }
+
+    /// Writes one day under its lock; records its files (or the damage found) in `out`.
+    async fn write_one_day(
+        &self,
+        day: NaiveDate,
+        batches: Vec<Arc<WindowBatch>>,
+        out: &mut Written,
+    ) -> Option<SinkError> {
+        let lock = self.day_lock(day);
+        // The guard moves into the blocking task: if this future is dropped (a run stopped by a
+        // fatal error), the lock is still held until the file is written.
+        let guard = lock.clone().lock_owned().await;
+        let (layout, tz) = (self.layout.clone(), self.timezone);
+        let result = tokio::task::spawn_blocking(move || {
+            let r = write_day(&layout, tz, day, &batches);
+            drop(guard);
+            r
+        })
+        .await
+        .unwrap_or_else(|e| Err(DayError::Io(format!("writer task failed: {e}"))));
+        self.release(day, lock);
+        match result {
+            Ok(w) => {
+                out.stats += w.stats;
+                out.files
+                    .extend(w.files.into_iter().map(|(table, etag, rows)| DayFile {
+                        target: self.id.clone(),
+                        table,
+                        day,
+                        etag,
+                        rows,
+                    }));
+                None
+            }
+            Err(DayError::Io(m)) => {
+                tracing::error!(day = %day, error = %m, "cannot write a Parquet day");
+                Some(err(m, true))
+            }
+            Err(DayError::Damaged { table, error }) => Some(self.set_aside(table, day, error, out)),
+        }
+    }
+
+    /// Moves a damaged day file aside and reports the day, whose windows must all be fetched
+    /// again: the rows of every series the file held are gone from the root.
+    fn set_aside(
+        &self,
+        table: Table,
+        day: NaiveDate,
+        error: ReadError,
+        out: &mut Written,
+    ) -> SinkError {
+        let moved = match self.layout.quarantine(table, day) {
+            Ok(to) => format!("moved to {}", to.display()),
+            Err(e) => e,
+        };
+        let message =
+            format!("{error}; {moved}; the day's windows are fetched again by the next run");
+        tracing::error!(table = %table, day = %day, "{message}");
+        let (start_ms, end_ms) = Layout::day_range(self.timezone, day);
+        out.damaged.push(super::DamagedDay {
+            table,
+            day,
+            start_ms,
+            end_ms,
+            detail: message.clone(),
+        });
+        err(message, true)
+    }
+
+    /// Counts a written (or failed) day against its windows: a window is durable once its last
+    /// day is written, failed if any of its days failed.
+    fn settle_day(&self, ids: Vec<u64>, error: Option<SinkError>, out: &mut Written) {
+        let mut st = self.state.lock().expect("buffer lock");
+        for id in ids {
+            let Some(h) = st.held.get_mut(&id) else {
+                continue;
             };
-            let mut st = self.state.lock().expect("buffer lock");
-            for id in job.ids {
-                let Some(h) = st.held.get_mut(&id) else {
-                    continue;
-                };
-                h.days_left -= 1;
-                if h.failed.is_none() {
-                    h.failed = error.clone();
-                }
-                if h.days_left == 0 {
-                    let h = st.held.remove(&id).expect("held window");
-                    st.held_rows -= h.batch.row_count();
-                    match h.failed {
-                        None => out.durable.push(DurableWindow::of(&h.batch)),
-                        Some(e) => out.failed.push((h.batch.key.clone(), e)),
-                    }
+            h.days_left -= 1;
+            if h.failed.is_none() {
+                h.failed = error.clone();
+            }
+            if h.days_left == 0 {
+                let h = st.held.remove(&id).expect("held window");
+                st.held_rows -= h.batch.row_count();
+                match h.failed {
+                    None => out.durable.push(DurableWindow::of(&h.batch)),
+                    Some(e) => out.failed.push((h.batch.key.clone(), e)),
                 }
             }
         }
-        out
     }
 
     /// Marks `planned` as arrived; returns the days it was the last pending window of.
@@ -387,10 +421,24 @@ impl ParquetSink {
     }
 }
 
-fn day_file(root: &Path, table: Table, day: NaiveDate) -> PathBuf {
-    root.join(table.name())
-        .join(format!("dt={}", day.format("%Y-%m-%d")))
-        .join(DATA_FILE)
+/// Refuses a root whose days were cut in another zone than `timezone`.
+pub fn check_zone(layout: &Layout, meta: &RootMeta, timezone: Tz) -> Result<(), SinkError> {
+    if meta.timezone == timezone.name() {
+        return Ok(());
+    }
+    Err(err(
+        format!(
+            "the Parquet root {} cuts its dt= days in time zone {}, the configuration says {}: \
+             set `timezone = \"{}\"` back, or run `ccc-etl migrate` to re-partition the root (and \
+             the PostgreSQL views) for {}",
+            layout.root().display(),
+            meta.timezone,
+            timezone.name(),
+            meta.timezone,
+            timezone.name()
+        ),
+        false,
+    ))
 }
 
 /// A row about to be written, borrowed from a batch or from the existing file.
@@ -410,56 +458,46 @@ impl OutRow<'_> {
     }
 }
 
+/// What writing one day did.
+struct DayWritten {
+    stats: CommitStats,
+    /// Per table with a file: its ETag after the write and its rows.
+    files: Vec<(Table, String, u64)>,
+}
+
+/// Why a day could not be written.
+enum DayError {
+    /// The file system failed; a later attempt may succeed.
+    Io(String),
+    /// The existing file cannot be read as this table's file.
+    Damaged { table: Table, error: ReadError },
+}
+
 /// Merges one day's rows of every table into its files; returns what changed.
 fn write_day(
-    root: &Path,
+    layout: &Layout,
     tz: Tz,
     day: NaiveDate,
     batches: &[Arc<WindowBatch>],
-) -> Result<CommitStats, String> {
+) -> Result<DayWritten, DayError> {
     let from = local_day_start(tz, day);
     let to = local_day_start(tz, day.succ_opt().unwrap_or(day));
-    let mut stats = CommitStats::default();
+    let mut out = DayWritten {
+        stats: CommitStats::default(),
+        files: vec![],
+    };
     for table in Table::ALL {
-        let n = table.count_columns().len();
-        let new_rows: Vec<(usize, Vec<(i64, Counts)>)> = batches
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i, b.rows_between(table, from, to)))
-            .filter(|(_, r)| !r.is_empty())
-            .collect();
-        if new_rows.is_empty() {
+        let slices = slices(table, batches, from, to);
+        if slices.is_empty() {
             continue;
         }
-        // Later batches were fetched later: on a repeated key the last one wins.
-        let mut incoming: Vec<(OutRow, usize)> = Vec::new();
-        for (i, rows) in &new_rows {
-            let b = &batches[*i];
-            for (t, c) in rows {
-                incoming.push((
-                    OutRow {
-                        instance_id: &b.key.instance_id,
-                        media_type: b.key.media_type.as_str(),
-                        stats_time: *t,
-                        counts: &c[..n],
-                        fetched_at: b.fetched_at.timestamp_millis(),
-                        request_id: &b.request_id,
-                    },
-                    *i,
-                ));
-            }
-        }
-        incoming.sort_by(|a, b| a.0.key().cmp(&b.0.key()).then(a.1.cmp(&b.1)));
-        let mut new: Vec<OutRow> = Vec::with_capacity(incoming.len());
-        for (r, _) in incoming {
-            match new.last_mut() {
-                Some(last) if last.key() == r.key() => *last = r,
-                _ => new.push(r),
-            }
-        }
-        let path = day_file(root, table, day);
+        let new = incoming_rows(table, batches, &slices);
+        let path = layout.day_file(table, day);
         let old = if path.exists() {
-            read_file(&path, table)?
+            read_file(&path, table).map_err(|error| match error {
+                ReadError::Io { .. } => DayError::Io(error.to_string()),
+                ReadError::Damaged { .. } => DayError::Damaged { table, error },
+            })?
         } else {
             vec![]
         };
@@ -468,11 +506,62 @@ fn write_day(
         let mut s = CommitStats::default();
         let merged = merge_sorted(&old_sorted, &new, &mut s);
         if s.inserted + s.revised > 0 {
-            write_rows_atomic(&path, table, &merged)?;
+            write_rows_atomic(&path, table, &merged).map_err(DayError::Io)?;
         }
-        stats += s;
+        let etag = layout::etag(&path)
+            .map_err(|e| DayError::Io(format!("cannot stat {}: {e}", path.display())))?;
+        out.files.push((table, etag, merged.len() as u64));
+        out.stats += s;
     }
-    Ok(stats)
+    Ok(out)
+}
+
+/// One table's rows of `[from, to)` in each batch (index, rows), batches without any left out.
+type Slices = Vec<(usize, Vec<(i64, Counts)>)>;
+
+fn slices(table: Table, batches: &[Arc<WindowBatch>], from: i64, to: i64) -> Slices {
+    batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i, b.rows_between(table, from, to)))
+        .filter(|(_, r)| !r.is_empty())
+        .collect()
+}
+
+/// The rows of `slices`, one per key, sorted; on a repeated key the later batch (fetched later)
+/// wins.
+fn incoming_rows<'a>(
+    table: Table,
+    batches: &'a [Arc<WindowBatch>],
+    slices: &'a Slices,
+) -> Vec<OutRow<'a>> {
+    let n = table.count_columns().len();
+    let mut incoming: Vec<(OutRow, usize)> = Vec::new();
+    for (i, rows) in slices {
+        let b = &batches[*i];
+        for (t, c) in rows {
+            incoming.push((
+                OutRow {
+                    instance_id: &b.key.instance_id,
+                    media_type: b.key.media_type.as_str(),
+                    stats_time: *t,
+                    counts: &c[..n],
+                    fetched_at: b.fetched_at.timestamp_millis(),
+                    request_id: &b.request_id,
+                },
+                *i,
+            ));
+        }
+    }
+    incoming.sort_by(|a, b| a.0.key().cmp(&b.0.key()).then(a.1.cmp(&b.1)));
+    let mut new: Vec<OutRow> = Vec::with_capacity(incoming.len());
+    for (r, _) in incoming {
+        match new.last_mut() {
+            Some(last) if last.key() == r.key() => *last = r,
+            _ => new.push(r),
+        }
+    }
+    new
 }
 
 /// Merges two key-sorted runs: one row per key, a new row replaces an old one only if its counts
@@ -529,23 +618,54 @@ impl StoredRow {
     }
 }
 
+/// Why a day file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The file system failed (missing, permissions): the file may be fine.
+    #[error("cannot read {}: {detail}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        detail: String,
+    },
+    /// The file is not a readable Parquet file of this table: a corrupt footer, a torn page,
+    /// another schema.
+    #[error("the Parquet file {} is damaged: {detail}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+fn damaged(path: &Path, detail: impl ToString) -> ReadError {
+    ReadError::Damaged {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
 /// Reads every row of a file.
-pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, String> {
-    let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, ReadError> {
+    let f = File::open(path).map_err(|e| ReadError::Io {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
         .and_then(|b| b.build())
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| damaged(path, e))?;
     let mut out = Vec::new();
     let ncounts = table.count_columns().len();
+    let bad = || {
+        damaged(
+            path,
+            format!("it does not have the {} schema", table.name()),
+        )
+    };
     for batch in reader {
-        let batch = batch.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let bad = || {
-            format!(
-                "{} does not have the {} schema",
-                path.display(),
-                table.name()
-            )
-        };
+        let batch = batch.map_err(|e| damaged(path, e))?;
         let s = |i: usize| {
             batch
                 .column(i)
@@ -587,47 +707,72 @@ pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, String> {
     Ok(out)
 }
 
-/// Rows per `(instance_id, media_type)` across every table and day, reading only those two
-/// columns.
-pub fn count_rows_by_series(root: &Path) -> Result<HashMap<(String, String), u64>, String> {
-    let mut out: HashMap<(String, String), u64> = HashMap::new();
-    for table in Table::ALL {
-        let Ok(days) = std::fs::read_dir(root.join(table.name())) else {
-            continue;
+/// Rows per `(instance_id, media_type)` in one file, reading only those two columns.
+fn count_file(
+    path: &Path,
+    table: Table,
+    out: &mut HashMap<(String, String), u64>,
+) -> Result<(), ReadError> {
+    let f = File::open(path).map_err(|e| ReadError::Io {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| damaged(path, e))?;
+    if builder.schema().fields().len() != 5 + table.count_columns().len() {
+        return Err(damaged(
+            path,
+            format!("it does not have the {} schema", table.name()),
+        ));
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| damaged(path, e))?;
+    let mut local: HashMap<(String, String), u64> = HashMap::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| damaged(path, e))?;
+        let col = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| damaged(path, format!("it does not have the {table} schema")))
         };
-        for day in days.flatten() {
-            let p = day.path().join(DATA_FILE);
-            if !p.exists() {
-                continue;
-            }
-            let f = File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(f)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1]);
-            let reader = builder
-                .with_projection(mask)
-                .build()
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            for batch in reader {
-                let batch = batch.map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                let col = |i: usize| {
-                    batch
-                        .column(i)
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .ok_or_else(|| format!("{} does not have the {table} schema", p.display()))
-                };
-                let (inst, media) = (col(0)?, col(1)?);
-                for r in 0..batch.num_rows() {
-                    let (i, m) = (inst.value(r), media.value(r));
-                    match out.get_mut(&(i.to_string(), m.to_string())) {
-                        Some(n) => *n += 1,
-                        None => {
-                            out.insert((i.to_string(), m.to_string()), 1);
-                        }
-                    }
+        let (inst, media) = (col(0)?, col(1)?);
+        for r in 0..batch.num_rows() {
+            let (i, m) = (inst.value(r), media.value(r));
+            match local.get_mut(&(i.to_string(), m.to_string())) {
+                Some(n) => *n += 1,
+                None => {
+                    local.insert((i.to_string(), m.to_string()), 1);
                 }
             }
+        }
+    }
+    // Counted only once the whole file has read: a damaged file counts nothing.
+    for (k, n) in local {
+        *out.entry(k).or_default() += n;
+    }
+    Ok(())
+}
+
+/// What is on disk under a root: rows per series across every readable day file, and the
+/// files that could not be read (damaged ones are findings, not errors).
+#[derive(Debug, Default)]
+pub struct RootCount {
+    /// Rows per `(instance_id, media_type)`.
+    pub rows: HashMap<(String, String), u64>,
+    /// Files that could not be read, with their table and day.
+    pub unreadable: Vec<(Table, NaiveDate, ReadError)>,
+}
+
+/// Counts what is on disk under `layout`, one listing per table; never fails on a damaged file.
+pub fn count_rows_by_series(layout: &Layout) -> Result<RootCount, String> {
+    let mut out = RootCount::default();
+    for f in layout.list()? {
+        if let Err(e) = count_file(&f.path, f.table, &mut out.rows) {
+            out.unreadable.push((f.table, f.day, e));
         }
     }
     Ok(out)
@@ -701,6 +846,10 @@ fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), S
 impl Sink for ParquetSink {
     fn name(&self) -> &'static str {
         "parquet"
+    }
+
+    fn id(&self) -> SinkId {
+        SinkId::new("parquet", self.id.clone())
     }
 
     fn expect(&self, windows: &[WindowKey]) {
@@ -845,6 +994,8 @@ mod tests {
             .err()
             .expect("locked");
         assert!(second.message.contains("another ccc-etl run"), "{second}");
+        let meta = Layout::new(dir.path()).read_meta().unwrap().unwrap();
+        assert_eq!(meta.timezone, "UTC");
         drop(sink);
         assert!(ParquetSink::new(dir.path(), chrono_tz::UTC).is_ok());
         assert!(is_temp_name(".part-x.parquet.abc.tmp"));
@@ -866,6 +1017,7 @@ mod tests {
     /// A window with one overall row per hour, all equal to `n`.
     fn batch(key: &WindowKey, n: i64, fetched: i64) -> Arc<WindowBatch> {
         Arc::new(WindowBatch {
+            final_end_ms: None,
             key: key.clone(),
             request_id: format!("r{fetched}"),
             fetched_at: chrono::DateTime::from_timestamp_millis(fetched).unwrap(),

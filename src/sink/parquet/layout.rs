@@ -1,0 +1,318 @@
+//! Where a Parquet root keeps what, in one place for the sink, `status` and `verify`.
+//!
+//! ```text
+//! {root}/{table}/dt=YYYY-MM-DD/part-00000.parquet   the data, one file per table and local day
+//! {root}/_ccc_etl/root.json                         the root's id and the zone its days are cut in
+//! {root}/_ccc_etl/lock                              held by the run writing here
+//! {root}/_ccc_etl/damaged/...                       unreadable day files, moved aside, never deleted
+//! ```
+//!
+//! The id in `root.json` is what the ledger records commits against: a wiped or replaced root has
+//! none (or another), so its windows are fetched again. A listing ([`Layout::list`]) is one
+//! directory read per table plus one `stat` per day, and gives each file's ETag (modification
+//! time and size, as object stores give theirs), which the ledger compares with the one it
+//! recorded when the file was written.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::FILE_LEDGER_DIR;
+use crate::record::Table;
+
+/// The name of each day's file.
+pub const DATA_FILE: &str = "part-00000.parquet";
+const META_FILE: &str = "root.json";
+const DAMAGED_DIR: &str = "damaged";
+
+/// What a Parquet root says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootMeta {
+    /// The root's id: the ledger's target for its commits.
+    pub id: String,
+    /// The IANA zone its `dt=` days are cut in.
+    pub timezone: String,
+    /// When the root was first written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A day file found by a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Table.
+    pub table: Table,
+    /// Local day.
+    pub day: NaiveDate,
+    /// Path.
+    pub path: PathBuf,
+    /// ETag: modification time and size.
+    pub etag: String,
+}
+
+/// The paths of one root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+/// Whether a file name is one of our temporary files (`.part-….tmp`).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// A local file's ETag: its modification time (ns) and size, like `object_store`'s local store
+/// without the inode, so a copy that keeps times (`cp -a`, `rsync -a`) keeps its ETags.
+pub fn etag(path: &Path) -> std::io::Result<String> {
+    let m = std::fs::metadata(path)?;
+    let mtime = m
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(format!("{mtime:x}-{:x}", m.len()))
+}
+
+impl Layout {
+    /// The layout of `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `{root}/_ccc_etl`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(FILE_LEDGER_DIR)
+    }
+
+    /// The file of one table's rows of one day.
+    pub fn day_file(&self, table: Table, day: NaiveDate) -> PathBuf {
+        self.root
+            .join(table.name())
+            .join(format!("dt={}", day.format("%Y-%m-%d")))
+            .join(DATA_FILE)
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.state_dir().join(META_FILE)
+    }
+
+    /// The root's `root.json`, if it has one.
+    pub fn read_meta(&self) -> Result<Option<RootMeta>, String> {
+        let path = self.meta_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{} is not a ccc-etl root description: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes `root.json` atomically (temporary file, fsync, rename, fsync the directory).
+    pub fn write_meta(&self, meta: &RootMeta) -> Result<(), String> {
+        let dir = self.state_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let text = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+        let tmp = dir.join(format!(
+            ".{META_FILE}.{}.tmp",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let path = self.meta_path();
+        let result = std::fs::write(&tmp, &text)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .and_then(|_| File::open(&dir)?.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Whether an older ccc-etl wrote here before roots had ids (its `_ccc_etl/` exists).
+    pub fn has_state_without_meta(&self) -> bool {
+        self.state_dir().is_dir() && !self.meta_path().exists()
+    }
+
+    /// Every day file, one directory listing per table; temporary files are not listed.
+    pub fn list(&self) -> Result<Vec<Listed>, String> {
+        let mut out = Vec::new();
+        for table in Table::ALL {
+            let dir = self.root.join(table.name());
+            let days = match std::fs::read_dir(&dir) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+            };
+            for entry in days.flatten() {
+                let name = entry.file_name();
+                let Some(day) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("dt="))
+                    .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                else {
+                    continue;
+                };
+                let path = entry.path().join(DATA_FILE);
+                match etag(&path) {
+                    Ok(etag) => out.push(Listed {
+                        table,
+                        day,
+                        path,
+                        etag,
+                    }),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
+                }
+            }
+        }
+        out.sort_by_key(|a| (a.table, a.day));
+        Ok(out)
+    }
+
+    /// Removes temporary files a crashed run left in the day directories; returns how many.
+    /// Only safe under the root's lock.
+    pub fn remove_stale_temp_files(&self) -> usize {
+        let mut removed = 0;
+        for table in Table::ALL {
+            let Ok(days) = std::fs::read_dir(self.root.join(table.name())) else {
+                continue;
+            };
+            for day in days.flatten() {
+                let Ok(files) = std::fs::read_dir(day.path()) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    if f.file_name().to_str().is_some_and(is_temp_name)
+                        && std::fs::remove_file(f.path()).is_ok()
+                    {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Takes the root's exclusive lock, or says which root is held.
+    pub fn lock(&self) -> Result<File, LockError> {
+        let dir = self.state_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LockError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LockError::Io(format!("cannot open {}: {e}", path.display())))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Held(format!(
+                "another ccc-etl run is writing to {} (lock {} is held); wait for it to finish",
+                self.root.display(),
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(LockError::Io(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Moves a damaged day file to `_ccc_etl/damaged/{table}/dt=…/part-00000.parquet.{time}`,
+    /// where engines do not read it and an operator can still look at it. Returns the new path.
+    pub fn quarantine(&self, table: Table, day: NaiveDate) -> Result<PathBuf, String> {
+        let from = self.day_file(table, day);
+        let dir = self
+            .state_dir()
+            .join(DAMAGED_DIR)
+            .join(table.name())
+            .join(format!("dt={}", day.format("%Y-%m-%d")));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let to = dir.join(format!(
+            "{DATA_FILE}.{}",
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        std::fs::rename(&from, &to).map_err(|e| {
+            format!(
+                "cannot move the damaged file {} to {}: {e}",
+                from.display(),
+                to.display()
+            )
+        })?;
+        if let Some(parent) = from.parent() {
+            let _ = File::open(parent).and_then(|d| d.sync_all());
+        }
+        Ok(to)
+    }
+
+    /// The epoch-ms range of a local day.
+    pub fn day_range(tz: Tz, day: NaiveDate) -> (i64, i64) {
+        (
+            crate::plan::local_day_start(tz, day),
+            crate::plan::local_day_start(tz, day.succ_opt().unwrap_or(day)),
+        )
+    }
+}
+
+/// Why the root's lock could not be taken.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockError {
+    /// Another run holds it.
+    #[error("{0}")]
+    Held(String),
+    /// The file system refused.
+    #[error("{0}")]
+    Io(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_finds_day_files_with_etags_that_change_when_the_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path());
+        let day = NaiveDate::from_ymd_opt(2026, 11, 3).unwrap();
+        let p = l.day_file(Table::Outbound, day);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"one").unwrap();
+        std::fs::write(p.with_file_name(".part-00000.parquet.x.tmp"), b"tmp").unwrap();
+        std::fs::create_dir_all(dir.path().join("outbound_trend/not-a-day")).unwrap();
+        let listed = l.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].table, listed[0].day), (Table::Outbound, day));
+        std::fs::write(&p, b"other content").unwrap();
+        assert_ne!(l.list().unwrap()[0].etag, listed[0].etag);
+        let moved = l.quarantine(Table::Outbound, day).unwrap();
+        assert!(moved.starts_with(l.state_dir().join("damaged")));
+        assert_eq!(std::fs::read(&moved).unwrap(), b"other content");
+        assert!(l.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn root_meta_round_trips_and_a_fresh_root_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path());
+        assert_eq!(l.read_meta().unwrap(), None);
+        assert!(!l.has_state_without_meta());
+        let meta = RootMeta {
+            id: "abc".into(),
+            timezone: "Asia/Shanghai".into(),
+            created_at: Utc::now(),
+        };
+        l.write_meta(&meta).unwrap();
+        assert_eq!(l.read_meta().unwrap(), Some(meta));
+    }
+}

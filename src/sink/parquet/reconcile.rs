@@ -1,0 +1,181 @@
+//! Does the root still hold what the ledger says was written to it?
+//!
+//! The ledger records each day file with the ETag it had when written. One listing per table
+//! finds files that are missing (a wiped volume, a file deleted by hand) or carry another ETag
+//! (edited, replaced, damaged); a changed file is read to tell a damaged one (moved aside into
+//! `_ccc_etl/damaged/`, never deleted) from one that still reads. Either way every window touching
+//! such a day loses its Parquet commit, so the run fetches it again: what the root holds is the
+//! truth, the ledger only a cache of it.
+
+use chrono::{NaiveDate, Utc};
+use chrono_tz::Tz;
+
+use super::{Layout, ReadError, read_file};
+use crate::ledger::{DayFile, Ledger, LedgerError, SinkId};
+use crate::record::Table;
+
+/// What is wrong with one day file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The ledger recorded it; the root does not hold it.
+    Missing,
+    /// It is there with another ETag, and still reads as this table's file.
+    Changed,
+    /// It is there with another ETag and cannot be read.
+    Damaged(String),
+}
+
+/// A day file that is not as the ledger recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Table.
+    pub table: Table,
+    /// Local day.
+    pub day: NaiveDate,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+impl Finding {
+    /// One line for an operator.
+    pub fn describe(&self, layout: &Layout) -> String {
+        let path = layout.day_file(self.table, self.day);
+        match &self.problem {
+            Problem::Missing => format!(
+                "{} is missing (deleted, or the root was wiped)",
+                path.display()
+            ),
+            Problem::Changed => format!("{} was changed outside ccc-etl", path.display()),
+            Problem::Damaged(why) => why.clone(),
+        }
+    }
+}
+
+/// Compares the recorded files with a listing of the root. Reads only files whose ETag changed.
+pub fn check(layout: &Layout, recorded: &[DayFile]) -> Result<Vec<Finding>, String> {
+    let listed: std::collections::HashMap<(Table, NaiveDate), String> = layout
+        .list()?
+        .into_iter()
+        .map(|l| ((l.table, l.day), l.etag))
+        .collect();
+    let mut out = Vec::new();
+    for f in recorded {
+        let problem = match listed.get(&(f.table, f.day)) {
+            None => Problem::Missing,
+            Some(etag) if *etag == f.etag => continue,
+            Some(_) => match read_file(&layout.day_file(f.table, f.day), f.table) {
+                Ok(_) => Problem::Changed,
+                Err(e @ ReadError::Damaged { .. }) => Problem::Damaged(e.to_string()),
+                Err(e @ ReadError::Io { .. }) => return Err(e.to_string()),
+            },
+        };
+        out.push(Finding {
+            table: f.table,
+            day: f.day,
+            problem,
+        });
+    }
+    Ok(out)
+}
+
+/// The epoch-ms ranges of the findings' days.
+pub fn ranges(tz: Tz, findings: &[Finding]) -> Vec<(i64, i64)> {
+    crate::ledger::union(
+        findings
+            .iter()
+            .map(|f| Layout::day_range(tz, f.day))
+            .collect(),
+    )
+}
+
+/// Moves damaged files aside and takes back every Parquet commit touching the findings' days.
+/// Returns the windows taken back.
+pub async fn repair(
+    layout: &Layout,
+    tz: Tz,
+    ledger: &dyn Ledger,
+    sink: &SinkId,
+    findings: &[Finding],
+) -> Result<u64, LedgerError> {
+    if findings.is_empty() {
+        return Ok(0);
+    }
+    for f in findings {
+        let mut line = f.describe(layout);
+        if matches!(f.problem, Problem::Damaged(_)) {
+            match layout.quarantine(f.table, f.day) {
+                Ok(to) => line.push_str(&format!("; moved to {}", to.display())),
+                Err(e) => line.push_str(&format!("; {e}")),
+            }
+        }
+        tracing::warn!(table = %f.table, day = %f.day, "{line}: the day is fetched again");
+    }
+    let files: Vec<(Table, NaiveDate)> = findings.iter().map(|f| (f.table, f.day)).collect();
+    ledger
+        .invalidate(
+            sink,
+            &ranges(tz, findings),
+            &files,
+            "the Parquet day file was missing, changed or damaged",
+        )
+        .await
+}
+
+/// Before a run: gives an older root's commits to it, then checks the root against the ledger and
+/// repairs what differs. Returns the findings.
+pub async fn before_run(
+    layout: &Layout,
+    tz: Tz,
+    ledger: &dyn Ledger,
+    sink: &SinkId,
+    legacy: bool,
+) -> Result<Vec<Finding>, String> {
+    if legacy {
+        adopt(layout, ledger, sink).await?;
+    }
+    let recorded = ledger
+        .day_files(&sink.target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let findings = check(layout, &recorded)?;
+    let taken = repair(layout, tz, ledger, sink, &findings)
+        .await
+        .map_err(|e| e.to_string())?;
+    if taken > 0 {
+        tracing::warn!(
+            windows = taken,
+            root = %layout.root().display(),
+            "Parquet commits taken back: their windows are fetched again"
+        );
+    }
+    Ok(findings)
+}
+
+/// A root written before roots had ids: its commits and its files, as they are now, become its
+/// own.
+async fn adopt(layout: &Layout, ledger: &dyn Ledger, sink: &SinkId) -> Result<(), String> {
+    let n = ledger.adopt_legacy(sink).await.map_err(|e| e.to_string())?;
+    let files: Vec<DayFile> = layout
+        .list()?
+        .into_iter()
+        .map(|l| DayFile {
+            target: sink.target.clone(),
+            table: l.table,
+            day: l.day,
+            etag: l.etag,
+            rows: 0,
+        })
+        .collect();
+    ledger
+        .record_files(&files)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        windows = n,
+        files = files.len(),
+        root = %layout.root().display(),
+        at = %Utc::now(),
+        "adopted a Parquet root written by an earlier version"
+    );
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! Operators make mistakes: a wiped volume, a file deleted or damaged by hand, a second root, a
+//! changed time zone, a re-run at the live edge. What the sinks hold is the truth; the ledger is
+//! only a cache of it. Each test drives the binary (or the engine, where the clock must be
+//! fixed) the way an operator would, against the emulator and a real PostgreSQL.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use ccc_etl::ccc::emulator::RunningEmulator;
+use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
+use ccc_etl::pipeline::{BackfillRequest, NowFn};
+use ccc_etl::record::{MediaType, Table};
+use ccc_etl::sink::parquet::{Layout, read_file};
+use chrono::{DateTime, NaiveDate, Utc};
+use common::*;
+use sqlx::Row;
+
+const H: i64 = 3_600_000;
+const DAY: i64 = 24 * H;
+
+/// One operator's setup: an emulator, a database, a directory for roots and configs.
+struct Site {
+    emu: RunningEmulator,
+    db: TestDb,
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    async fn new() -> Self {
+        Self {
+            emu: start(options(&["ccc-a"])).await,
+            db: TestDb::create().await,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn root(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A config file with both sinks (`postgres: false` for Parquet alone).
+    fn config(&self, name: &str, root: &str, tz: &str, postgres: bool) -> PathBuf {
+        let p = self.dir.path().join(name);
+        let pg = if postgres {
+            "[postgres]\nschema = \"ccc\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &p,
+            format!(
+                "[source]\nendpoint = \"{}\"\nmax_qps = 500\n[pipeline]\ninstances = [\"ccc-a\"]\ntimezone = \"{tz}\"\n{pg}[parquet]\nroot = \"{}\"\n",
+                self.emu.endpoint(),
+                self.root(root).display()
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    async fn run(&self, config: &Path, args: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+            .env_remove("ALIBABA_CLOUD_SECURITY_TOKEN")
+            .env("DATABASE_URL", &self.db.url)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .unwrap()
+    }
+
+    /// Runs and checks the exit code, showing everything the command said if it differs.
+    async fn run_ok(&self, config: &Path, args: &[&str], code: i32) -> String {
+        let out = self.run(config, args).await;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(code), "{args:?}:\n{text}");
+        text
+    }
+
+    async fn pg_rows(&self) -> i64 {
+        let pool = self.db.pool().await;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM ccc.inbound_trend) + (SELECT count(*) FROM ccc.outbound_trend) + (SELECT count(*) FROM ccc.overall_trend)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        n
+    }
+}
+
+/// Every row under a root, as (table, instance, stats_time, counts), sorted.
+fn parquet_rows(root: &Path) -> Vec<(Table, String, i64, Vec<i64>)> {
+    let mut out = vec![];
+    for f in Layout::new(root).list().unwrap() {
+        for r in read_file(&f.path, f.table).unwrap() {
+            out.push((f.table, r.instance_id, r.stats_time, r.counts));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn day(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+/// A week of November; `status` then exits 4: the older part of the horizon is not covered and
+/// ages out soon.
+const WEEK: [&str; 5] = ["backfill", "--from", "2026-11-01", "--to", "2026-11-07"];
+
+#[tokio::test]
+async fn a_wiped_root_a_deleted_day_file_and_a_second_root_are_all_refilled() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let full = parquet_rows(&site.root("wh"));
+    assert_eq!(full.len(), 3 * 7 * 24, "one row per hour and table");
+    let pg = site.pg_rows().await;
+    assert_eq!(pg, full.len() as i64);
+
+    // A day file deleted by hand is noticed by the next run's listing and fetched again.
+    let layout = Layout::new(site.root("wh"));
+    std::fs::remove_file(layout.day_file(Table::Inbound, day("2026-11-03"))).unwrap();
+    let status = site.run_ok(&cfg, &["status"], 4).await;
+    assert!(
+        status.contains("NOT COVERED") && status.contains("dt=2026-11-03"),
+        "status tells the day is missing: {status}"
+    );
+    let out = site.run_ok(&cfg, &WEEK, 0).await;
+    assert!(!out.contains(" 0 window(s) ok"), "{out}");
+    assert_eq!(parquet_rows(&site.root("wh")), full);
+
+    // The whole root wiped (a replaced volume): refilled, by the nightly job as well.
+    std::fs::remove_dir_all(site.root("wh")).unwrap();
+    let status = site.run_ok(&cfg, &["status", "--format", "json"], 4).await;
+    let report: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        report["series"][0]["rows"]["parquet"], 0,
+        "status counts what is on disk: {status}"
+    );
+    assert!(
+        !site.root("wh").exists(),
+        "status created nothing: it is read-only"
+    );
+    site.run_ok(&cfg, &["nightly"], 0).await;
+    let after = parquet_rows(&site.root("wh"));
+    for row in &full {
+        assert!(after.contains(row), "{row:?} is back after the wipe");
+    }
+    site.run_ok(&cfg, &["verify"], 0).await;
+
+    // A second configuration on the same database, with another root, fills its own root.
+    let other = site.config("other.toml", "wh2", "Asia/Shanghai", true);
+    let out = site.run_ok(&other, &WEEK, 0).await;
+    assert!(!out.contains(" 0 window(s) ok"), "{out}");
+    assert_eq!(parquet_rows(&site.root("wh2")), full);
+    assert_eq!(
+        site.pg_rows().await as usize,
+        after.len(),
+        "nothing doubled"
+    );
+    site.db.drop_db().await;
+}
+
+#[tokio::test]
+async fn without_postgres_a_deleted_day_file_is_refilled_through_the_file_ledger() {
+    let site = Site::new().await;
+    let cfg = site.config("pq.toml", "wh", "Asia/Shanghai", false);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let full = parquet_rows(&site.root("wh"));
+    let layout = Layout::new(site.root("wh"));
+    std::fs::remove_file(layout.day_file(Table::Overall, day("2026-11-05"))).unwrap();
+    let out = site.run_ok(&cfg, &WEEK, 0).await;
+    assert!(!out.contains(" 0 window(s) ok"), "{out}");
+    assert_eq!(parquet_rows(&site.root("wh")), full);
+    site.db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_damaged_day_file_is_a_finding_for_status_and_verify_and_the_next_run_refetches_it() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let full = parquet_rows(&site.root("wh"));
+    let layout = Layout::new(site.root("wh"));
+    let damaged = layout.day_file(Table::Outbound, day("2026-11-04"));
+    std::fs::write(&damaged, b"PAR1 this is not a parquet file PAR1").unwrap();
+
+    // status still computes everything, the day is not covered in Parquet.
+    let status = site.run_ok(&cfg, &["status", "--format", "json"], 4).await;
+    let report: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{status}");
+    assert!(
+        findings[0].as_str().unwrap().contains("damaged"),
+        "{status}"
+    );
+    let gaps = report["series"][0]["recoverable_gaps"].as_array().unwrap();
+    assert!(
+        gaps.iter()
+            .any(|g| g["start"].as_str().unwrap().starts_with("2026-11-03T16:00")),
+        "the local day 2026-11-04 is a gap: {status}"
+    );
+    // verify lists it and exits 4.
+    let out = site.run_ok(&cfg, &["verify"], 4).await;
+    assert!(
+        out.contains("DAMAGED") && out.contains("dt=2026-11-04"),
+        "{out}"
+    );
+
+    // The next run moves it aside (evidence is kept) and fetches the day again.
+    site.run_ok(&cfg, &WEEK, 0).await;
+    assert_eq!(parquet_rows(&site.root("wh")), full);
+    let aside: Vec<PathBuf> = walk(&layout.state_dir().join("damaged"));
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        b"PAR1 this is not a parquet file PAR1"
+    );
+    site.run_ok(&cfg, &["verify"], 0).await;
+    site.db.drop_db().await;
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_changed_time_zone_is_refused_until_migrate_moves_the_views_and_the_partitions() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let before = parquet_rows(&site.root("wh"));
+    let utc = site.config("utc.toml", "wh", "UTC", true);
+    for args in [&WEEK[..], &["status"], &["verify"], &["nightly"]] {
+        let out = site.run_ok(&utc, args, 2).await;
+        assert!(
+            out.contains("Asia/Shanghai") && out.contains("UTC") && out.contains("ccc-etl migrate"),
+            "{args:?}: {out}"
+        );
+    }
+    assert_eq!(
+        parquet_rows(&site.root("wh")),
+        before,
+        "nothing was written"
+    );
+    // A Parquet-only configuration over the same root is refused the same way.
+    let utc_pq = site.config("utc-pq.toml", "wh", "UTC", false);
+    let out = site.run_ok(&utc_pq, &WEEK, 2).await;
+    assert!(
+        out.contains("cuts its dt= days in time zone Asia/Shanghai"),
+        "{out}"
+    );
+
+    // The documented migration: every row moves to its UTC day, once.
+    let out = site.run_ok(&utc, &["migrate"], 0).await;
+    assert!(out.contains("re-partitioned for UTC"), "{out}");
+    let after = parquet_rows(&site.root("wh"));
+    assert_eq!(after, before, "the same rows, none doubled");
+    let layout = Layout::new(site.root("wh"));
+    for f in layout.list().unwrap() {
+        for r in read_file(&f.path, f.table).unwrap() {
+            let d = DateTime::<Utc>::from_timestamp_millis(r.stats_time)
+                .unwrap()
+                .date_naive();
+            assert_eq!(
+                d,
+                f.day,
+                "{} holds a row of another UTC day",
+                f.path.display()
+            );
+        }
+    }
+    site.run_ok(&utc, &["verify"], 0).await;
+    // The same dates are other instants in UTC: only the 8 hours not yet covered are fetched.
+    let out = site.run_ok(&utc, &WEEK, 0).await;
+    assert!(out.contains("1 window(s) ok"), "{out}");
+    let again = parquet_rows(&site.root("wh"));
+    assert_eq!(again.len(), before.len() + 3 * 8, "{out}");
+    let mut keys: Vec<_> = again
+        .iter()
+        .map(|(t, i, st, _)| (*t, i.clone(), *st))
+        .collect();
+    keys.dedup();
+    assert_eq!(keys.len(), again.len(), "no row twice");
+    let pool = site.db.pool().await;
+    let tz: String = sqlx::query("SELECT value FROM ccc.settings WHERE key = 'timezone'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("value");
+    assert_eq!(tz, "UTC");
+    pool.close().await;
+    site.db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_re_run_completes_the_bucket_that_was_in_progress_when_the_last_run_ended() {
+    let mut opts = options(&["ccc-a"]);
+    // Closed buckets are final at once; the bucket in progress is served partly filled.
+    opts.revise_ms = 1;
+    let t1 = (Utc::now().timestamp_millis() - 2 * DAY) / H * H + 30 * 60_000 + 5_000;
+    let clock = Arc::new(AtomicI64::new(t1));
+    let c = clock.clone();
+    opts.clock =
+        Arc::new(move || DateTime::<Utc>::from_timestamp_millis(c.load(Ordering::SeqCst)).unwrap());
+    let model = opts.data_model();
+    let emu = start(opts).await;
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
+    cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
+    cfg.postgres = Some(PostgresConfig {
+        url: Some(secrecy::SecretString::from(db.url.clone())),
+        schema: SchemaName::parse("ccc").unwrap(),
+    });
+    let now: NowFn = {
+        let c = clock.clone();
+        Arc::new(move || c.load(Ordering::SeqCst))
+    };
+    let req = |to_ms| BackfillRequest {
+        instances: vec!["ccc-a".into()],
+        from_ms: t1 - DAY,
+        to_ms,
+        refetch: false,
+        strict_horizon: false,
+        command: "backfill".into(),
+        lookback_ms: None,
+        from_horizon: false,
+    };
+    let run = |to_ms: i64| {
+        let (cfg, now, req) = (cfg.clone(), now.clone(), req(to_ms));
+        async move {
+            let (sinks, ledger) = ccc_etl::commands::open_sinks(&cfg).await.unwrap();
+            engine(&cfg, sinks, ledger, now).run(&req).await.unwrap()
+        }
+    };
+    let first = run(t1).await;
+    assert_eq!(first.exit_code(), 0, "{}", first.render());
+    // Two hours later, the same backfill again.
+    let t2 = t1 + 2 * H;
+    clock.store(t2, Ordering::SeqCst);
+    let second = run(t2).await;
+    assert_eq!(second.exit_code(), 0, "{}", second.render());
+
+    let open_bucket = t1 / H * H;
+    let expected = model
+        .final_rows("ccc-a", MediaType::Audio, open_bucket)
+        .inbound
+        .total_calls;
+    let pool = db.pool().await;
+    let in_pg: i64 = sqlx::query_scalar(
+        "SELECT total_calls FROM ccc.inbound_trend WHERE instance_id = 'ccc-a' AND media_type = 'Audio' AND stats_time = $1",
+    )
+    .bind(DateTime::<Utc>::from_timestamp_millis(open_bucket).unwrap())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(in_pg, expected, "PostgreSQL holds the completed bucket");
+    let in_parquet: Vec<i64> = parquet_rows(dir.path())
+        .into_iter()
+        .filter(|(t, _, st, _)| *t == Table::Inbound && *st == open_bucket)
+        .map(|(_, _, _, c)| c[0])
+        .collect();
+    assert_eq!(
+        in_parquet,
+        vec![expected],
+        "Parquet holds the completed bucket"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
