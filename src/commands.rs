@@ -373,11 +373,21 @@ async fn run_repair(config: &Config, metrics: Option<&Path>, quiet: bool) -> any
             sink.name()
         );
     }
-    let instances = config.pipeline.instances.clone();
     let now = system_now();
-    let mut req = nightly_request(config, instances, now());
-    req.command = "repair".into();
-    req.lookback_ms = None;
+    let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
+        return Ok(EXIT_OK);
+    };
+    // Only the span of the days taken back: what is committed inside it is not fetched again.
+    let req = BackfillRequest {
+        instances: config.pipeline.instances.clone(),
+        from_ms: first.0,
+        to_ms: last.1.min(now()),
+        refetch: false,
+        strict_horizon: false,
+        command: "repair".into(),
+        lookback_ms: None,
+        from_horizon: false,
+    };
     let summary = execute(config, credentials, sinks, ledger.clone(), &req, now, quiet).await?;
     finish_run(&req.command, &summary, ledger.as_ref(), metrics).await
 }

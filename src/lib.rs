@@ -6,9 +6,12 @@
 //! - [`config`]: `pipeline.toml` + environment -> validated [`config::Config`]
 //! - [`plan`]: date range -> compliant windows (pure; `now` is a parameter)
 //! - [`ccc`]: the API: [`ccc::sign`] (V1, V3), [`ccc::wire`] (JSON as sent),
-//!   [`ccc::client`] (rate limit, retries), [`ccc::emulator`] (the local server)
+//!   [`ccc::client`] (rate limit, retries), [`ccc::redact`] (credentials out of server text),
+//!   [`ccc::emulator`] (the local server)
 //! - [`dedup`]: window ownership and de-duplication of rows (pure)
-//! - [`sink`]: the sinks a window's rows are committed to, behind one trait
+//! - [`sink`]: the sinks a window's rows are committed to, behind one trait;
+//!   [`sink::parquet::layout`] (what a root holds where), [`sink::parquet::reconcile`] (the root
+//!   checked against the ledger before a run), [`sink::parquet::migrate`] (a new zone)
 //! - [`ledger`]: which windows are committed; resume = plan minus ledger
 //! - [`pipeline`]: backfill; the only place that wires the parts together
 //! - [`cli`] and [`commands`]: the command line

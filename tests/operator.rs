@@ -393,3 +393,32 @@ async fn a_re_run_completes_the_bucket_that_was_in_progress_when_the_last_run_en
     pool.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let rows = site.pg_rows().await;
+    // Rows lost from PostgreSQL behind ccc-etl's back: the ledger still says "committed".
+    let pool = site.db.pool().await;
+    let deleted = sqlx::query(
+        "DELETE FROM ccc.outbound_trend WHERE stats_time >= '2026-11-05T00:00:00+08' AND stats_time < '2026-11-05T06:00:00+08'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(deleted, 6);
+    pool.close().await;
+    let out = site.run_ok(&cfg, &WEEK, 0).await;
+    assert!(out.contains("0 window(s) ok"), "a plain re-run trusts the ledger: {out}");
+    let out = site.run_ok(&cfg, &["verify"], 4).await;
+    assert!(out.contains("outbound_trend dt=2026-11-05"), "{out}");
+
+    let out = site.run_ok(&cfg, &["verify", "--repair"], 0).await;
+    assert!(out.contains("repair:"), "{out}");
+    assert_eq!(site.pg_rows().await, rows, "{out}");
+    site.run_ok(&cfg, &["verify"], 0).await;
+    site.db.drop_db().await;
+}
