@@ -106,7 +106,9 @@ pub fn nightly_request(config: &Config, instances: Vec<String>, now_ms: i64) -> 
 }
 
 /// A `backfill` or `nightly` run: credentials, endpoint, sinks (all checked before any work),
-/// the run itself, then the summary and the metrics file.
+/// the run itself, then the summary and the metrics file. A run that fails before it fetches
+/// (bad credentials, endpoint unreachable, database down) still writes the metrics file it was
+/// asked for, so monitoring sees the failure.
 async fn run_job(
     config: &Config,
     req: &BackfillRequest,
@@ -114,11 +116,33 @@ async fn run_job(
     metrics: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<u8> {
-    let credentials = Credentials::from_env()?;
-    preflight_endpoint(&config.source.endpoint).await?;
-    let (sinks, ledger) = open_sinks(config).await?;
-    let summary = execute(config, credentials, sinks, ledger.clone(), req, now, quiet).await?;
-    finish_run(&req.command, &summary, ledger.as_ref(), metrics).await
+    let outcome = async {
+        let credentials = Credentials::from_env()?;
+        preflight_endpoint(&config.source.endpoint).await?;
+        let (sinks, ledger) = open_sinks(config).await?;
+        let summary = execute(config, credentials, sinks, ledger.clone(), req, now, quiet).await?;
+        finish_run(&req.command, &summary, ledger.as_ref(), metrics).await
+    }
+    .await;
+    if let (Err(e), Some(path)) = (&outcome, metrics) {
+        write_failure_metrics(&req.command, path, crate::error::exit_code_for(e), e);
+    }
+    outcome
+}
+
+/// The metrics of a run that stopped before its summary: its exit code and time, and the last
+/// success as the previous metrics file had it (the ledger may be what is unreachable).
+fn write_failure_metrics(command: &str, path: &Path, code: u8, error: &anyhow::Error) {
+    let previous = std::fs::read_to_string(path).unwrap_or_default();
+    let last = crate::metrics::last_success_in(&previous, command);
+    let summary = RunSummary {
+        fatal: Some(format!("{error:#}")),
+        ..RunSummary::default()
+    };
+    let text = crate::metrics::render(command, &summary, code, Utc::now(), last);
+    if let Err(e) = crate::metrics::write_atomic(path, &text) {
+        tracing::error!(error = %e, path = %path.display(), "cannot write the metrics file");
+    }
 }
 
 /// Prints the summary, writes the metrics file if asked, returns the exit code.
@@ -223,6 +247,7 @@ pub async fn status_report(
         now_ms,
         plan::horizon_ms(now_ms, margin),
         alert_days,
+        config.pipeline.timezone,
     )
     .await?;
     report.findings = findings;

@@ -13,7 +13,10 @@ use crate::record::{Report, TrendRow, WindowBatch, WindowKey};
 /// What normalizing one response found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DedupCounts {
-    /// Rows outside the window, left to the neighbour that owns them.
+    /// Rows of a neighbour's boundary bucket (the one at `end`, or the floored one before an
+    /// unaligned `start`): expected API behaviour, left to the neighbour.
+    pub boundary: u64,
+    /// Other rows outside the window, dropped.
     pub outside: u64,
     /// Exact repeats of a row, dropped.
     pub duplicates: u64,
@@ -23,6 +26,7 @@ pub struct DedupCounts {
 
 impl std::ops::AddAssign for DedupCounts {
     fn add_assign(&mut self, o: Self) {
+        self.boundary += o.boundary;
         self.outside += o.outside;
         self.duplicates += o.duplicates;
         self.conflicts += o.conflicts;
@@ -35,12 +39,19 @@ pub fn own_and_dedup<R: TrendRow>(
     rows: Vec<R>,
     counts: &mut DedupCounts,
 ) -> Vec<R> {
-    let before = rows.len() as u64;
-    let mut owned: Vec<R> = rows
-        .into_iter()
-        .filter(|r| key.owns(r.stats_time()))
-        .collect();
-    counts.outside += before - owned.len() as u64;
+    let mut owned: Vec<R> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let t = r.stats_time();
+        if key.owns(t) {
+            owned.push(r);
+        } else if t == key.end_ms
+            || (t < key.start_ms && key.start_ms - t < crate::quality::DEFAULT_BUCKET_MS)
+        {
+            counts.boundary += 1;
+        } else {
+            counts.outside += 1;
+        }
+    }
     // Sort by StatsTime, then by counts descending, so the first of each run is the keeper.
     owned.sort_by(|a, b| a.stats_time().cmp(&b.stats_time()).then_with(|| b.cmp(a)));
     let mut out: Vec<R> = Vec::with_capacity(owned.len());
@@ -108,13 +119,20 @@ mod tests {
     #[test]
     fn rows_outside_the_window_are_left_to_the_neighbour() {
         let mut c = DedupCounts::default();
+        const H: i64 = 3_600_000;
         let rows = own_and_dedup(
-            &key(100, 200),
-            vec![ov(50, 1), ov(100, 2), ov(150, 3), ov(200, 4)],
+            &key(10 * H, 20 * H),
+            vec![
+                ov(9 * H + 1, 1), // the floored bucket before the start: a boundary row
+                ov(10 * H, 2),
+                ov(15 * H, 3),
+                ov(20 * H, 4), // the bucket at the end: a boundary row
+                ov(30 * H, 5), // far outside
+            ],
             &mut c,
         );
-        assert_eq!(rows, vec![ov(100, 2), ov(150, 3)]);
-        assert_eq!(c.outside, 2);
+        assert_eq!(rows, vec![ov(10 * H, 2), ov(15 * H, 3)]);
+        assert_eq!((c.boundary, c.outside), (2, 1));
     }
 
     #[test]
@@ -148,7 +166,7 @@ mod tests {
             let out = own_and_dedup(&k, input.clone(), &mut c);
             prop_assert!(out.windows(2).all(|w| w[0].stats_time < w[1].stats_time));
             prop_assert!(out.iter().all(|r| k.owns(r.stats_time)));
-            prop_assert_eq!(out.len() as u64 + c.outside + c.duplicates + c.conflicts, input.len() as u64);
+            prop_assert_eq!(out.len() as u64 + c.boundary + c.outside + c.duplicates + c.conflicts, input.len() as u64);
             rows.reverse();
             let rev: Vec<OverallRow> = rows.iter().map(|(t, n)| ov(*t, *n)).collect();
             let mut c2 = DedupCounts::default();

@@ -142,6 +142,18 @@ pub fn render(
     out
 }
 
+/// The `ccc_etl_last_success_timestamp_seconds` of `command` in an earlier metrics file.
+pub fn last_success_in(text: &str, command: &str) -> Option<DateTime<Utc>> {
+    let prefix = format!(
+        "ccc_etl_last_success_timestamp_seconds{{command=\"{}\"}} ",
+        esc(command)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|secs| DateTime::from_timestamp(secs as i64, 0))
+}
+
 /// Writes `text` to `path` atomically: a temporary file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -198,6 +210,15 @@ mod tests {
             "ccc_etl_last_success_timestamp_seconds{command=\"night\\\"ly\"} 1800000000\n"
         ));
         assert!(text.contains("# TYPE ccc_etl_quality_violations gauge\n"));
+    }
+
+    #[test]
+    fn the_last_success_is_read_back_from_an_earlier_file() {
+        let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let text = render("nightly", &RunSummary::default(), 0, t, Some(t));
+        assert_eq!(last_success_in(&text, "nightly"), Some(t));
+        assert_eq!(last_success_in(&text, "backfill"), None);
+        assert_eq!(last_success_in("", "nightly"), None);
     }
 
     #[test]

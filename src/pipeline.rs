@@ -98,6 +98,8 @@ pub struct RunSummary {
     pub throttled: u64,
     /// Answers by code.
     pub responses_by_code: BTreeMap<String, u64>,
+    /// Rows of a neighbouring window's boundary bucket, left to it (expected).
+    pub boundary_rows: u64,
     /// Rows dropped as outside their window, duplicated, or conflicting.
     pub outside_window_rows: u64,
     /// Exact duplicate rows dropped.
@@ -170,6 +172,12 @@ impl RunSummary {
             s.push_str(&format!(
                 "  data-quality violations: {}\n",
                 kinds.join(", ")
+            ));
+        }
+        if self.boundary_rows > 0 {
+            s.push_str(&format!(
+                "  boundary rows left to neighbouring windows {}\n",
+                self.boundary_rows
             ));
         }
         if self.duplicate_rows + self.conflicting_rows > 0 {
@@ -536,7 +544,11 @@ impl Backfill {
         };
         let quality = quality::check(&key, &fetched.report, (self.now)());
         if quality.total() > 0 {
-            tracing::warn!(window = %key, violations = ?quality, "data-quality violations (rows kept)");
+            tracing::warn!(
+                window = %key,
+                "data quality: {} in {key}; the rows are kept, look at the source",
+                quality.describe()
+            );
         }
         // The bucket in progress is served partly filled: coverage stops before it, so the next
         // run's window starts at its boundary and completes it.
@@ -676,6 +688,7 @@ impl Bookkeeping {
             } => {
                 summary.lost.extend(lost);
                 summary.quality += quality;
+                summary.boundary_rows += dedup.boundary;
                 summary.outside_window_rows += dedup.outside;
                 summary.duplicate_rows += dedup.duplicates;
                 summary.conflicting_rows += dedup.conflicts;

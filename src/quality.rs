@@ -16,7 +16,8 @@ pub struct QualityCounts {
     pub abandoned_above_total: u64,
     /// Rows whose StatsTime is off the bucket grid.
     pub misaligned_stats_time: u64,
-    /// Rows outside the window (beyond the bucket containing its start).
+    /// Rows outside the window: before the bucket containing its start, or after the bucket
+    /// starting at its end (those two are the neighbours' boundary buckets, expected).
     pub outside_window: u64,
     /// Buckets absent from a table inside a window wholly in the past.
     pub missing_buckets: u64,
@@ -43,6 +44,35 @@ impl QualityCounts {
             ("outside_window", self.outside_window),
             ("missing_buckets", self.missing_buckets),
         ]
+    }
+}
+
+impl QualityCounts {
+    /// One sentence for a person: what was found, in words (empty when nothing was).
+    pub fn describe(&self) -> String {
+        let words = [
+            (self.negative_counts, "row(s) with a negative count"),
+            (
+                self.handled_above_total,
+                "row(s) handling (or answering, or queueing) more calls than the total",
+            ),
+            (
+                self.abandoned_above_total,
+                "row(s) where handled plus abandoned exceeds the total",
+            ),
+            (self.misaligned_stats_time, "row(s) off the bucket grid"),
+            (
+                self.outside_window,
+                "row(s) far outside the requested window",
+            ),
+            (self.missing_buckets, "bucket(s) missing"),
+        ];
+        words
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, w)| format!("{n} {w}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -122,7 +152,9 @@ fn grid_checks<R: TrendRow>(
         if !aligned {
             q.misaligned_stats_time += 1;
         }
-        if t < first_bucket || t >= key.end_ms {
+        // The bucket at `end` is the neighbour's, returned by an API whose EndTime is
+        // inclusive: expected, not a violation (de-duplication leaves it to the neighbour).
+        if t < first_bucket || t > key.end_ms {
             q.outside_window += 1;
         }
         if aligned && key.owns(t) {
@@ -222,6 +254,23 @@ mod tests {
         let half = report(vec![inbound(H / 2, 1, 1, 0), inbound(3 * H / 2, 1, 1, 0)]);
         assert_eq!(open_bucket_start(&half, 10 * H + 1), 9 * H + H / 2);
         assert_eq!(open_bucket_start(&report(vec![]), 10 * H + 7), 10 * H);
+    }
+
+    #[test]
+    fn the_neighbours_boundary_buckets_are_not_violations() {
+        // The floored bucket before an unaligned start and the bucket at an inclusive end.
+        let r = report((0..=4).map(|h| inbound(h * H, 10, 8, 2)).collect());
+        let q = check(&key(H / 2, 4 * H), &r, 10 * H);
+        assert_eq!(q, QualityCounts::default(), "{}", q.describe());
+        let far = report(vec![inbound(0, 1, 1, 0), inbound(6 * H, 1, 1, 0)]);
+        let q = check(&key(0, 4 * H), &far, 10 * H);
+        assert_eq!(q.outside_window, 1);
+        assert!(
+            q.describe()
+                .starts_with("1 row(s) far outside the requested window"),
+            "{}",
+            q.describe()
+        );
     }
 
     #[test]

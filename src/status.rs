@@ -6,11 +6,13 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::ledger::{Ledger, LedgerError, SinkId};
 use crate::plan::{DAY_MS, subtract};
-use crate::record::{MediaType, fmt_ms};
+use crate::record::MediaType;
 
 /// A half-open range, with readable ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,19 +21,37 @@ pub struct Span {
     pub start_ms: i64,
     /// End, epoch ms.
     pub end_ms: i64,
-    /// Start, RFC 3339 UTC.
+    /// Start, RFC 3339 in the configured zone (with its offset).
     pub start: String,
-    /// End, RFC 3339 UTC.
+    /// End, RFC 3339 in the configured zone (with its offset).
     pub end: String,
 }
 
+/// An instant as RFC 3339 in `tz`, with its offset: `2026-11-01T00:00:00+08:00`.
+pub fn local_rfc3339(ms: i64, tz: Tz) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .with_timezone(&tz)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+/// An instant as people in `tz` read it: `2026-11-01 00:00`.
+fn local_short(ms: i64, tz: Tz) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .with_timezone(&tz)
+        .format("%Y-%m-%d %H:%M")
+        .to_string()
+}
+
 impl Span {
-    fn new((s, e): (i64, i64)) -> Self {
+    fn new((s, e): (i64, i64), tz: Tz) -> Self {
         Self {
             start_ms: s,
             end_ms: e,
-            start: fmt_ms(s),
-            end: fmt_ms(e),
+            start: local_rfc3339(s, tz),
+            end: local_rfc3339(e, tz),
         }
     }
 }
@@ -58,6 +78,8 @@ pub struct SeriesStatus {
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
+    /// The zone times are shown in.
+    pub timezone: String,
     /// When it was made, epoch ms.
     pub now_ms: i64,
     /// The horizon used, epoch ms.
@@ -132,6 +154,7 @@ pub async fn build(
     now_ms: i64,
     horizon_ms: i64,
     alert_days: u32,
+    tz: Tz,
 ) -> Result<StatusReport, LedgerError> {
     let mut out = Vec::new();
     for (instance, media) in series {
@@ -153,11 +176,11 @@ pub async fn build(
             media_type: *media,
             covered: crate::ledger::union(covered)
                 .into_iter()
-                .map(Span::new)
+                .map(|r| Span::new(r, tz))
                 .collect(),
-            recoverable_gaps: recoverable.into_iter().map(Span::new).collect(),
-            lost_gaps: lost.into_iter().map(Span::new).collect(),
-            aging_out: aging.into_iter().map(Span::new).collect(),
+            recoverable_gaps: recoverable.into_iter().map(|r| Span::new(r, tz)).collect(),
+            lost_gaps: lost.into_iter().map(|r| Span::new(r, tz)).collect(),
+            aging_out: aging.into_iter().map(|r| Span::new(r, tz)).collect(),
             rows: sinks
                 .iter()
                 .map(|s| {
@@ -173,13 +196,14 @@ pub async fn build(
     }
     let alert = out.iter().any(|s| !s.aging_out.is_empty());
     Ok(StatusReport {
+        timezone: tz.name().to_string(),
         now_ms,
         horizon_ms,
         alert_days,
         last_success: ledger
             .last_success(None)
             .await?
-            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            .map(|t| local_rfc3339(t.timestamp_millis(), tz)),
         series: out,
         alert,
         findings: vec![],
@@ -187,11 +211,14 @@ pub async fn build(
 }
 
 impl StatusReport {
-    /// A table for people.
+    /// A table for people, in the configured zone.
     pub fn render(&self) -> String {
+        let tz: Tz = self.timezone.parse().unwrap_or(chrono_tz::UTC);
+        let t = |ms: i64| local_short(ms, tz);
         let mut s = format!(
-            "horizon {} (the API keeps 180 days); last successful run: {}\n",
-            fmt_ms(self.horizon_ms),
+            "times in {}; horizon {} (the API keeps 180 days); last successful run: {}\n",
+            self.timezone,
+            t(self.horizon_ms),
             self.last_success.as_deref().unwrap_or("never")
         );
         for f in &self.findings {
@@ -210,18 +237,32 @@ impl StatusReport {
                 rows.join(", ")
             ));
             for c in &x.covered {
-                s.push_str(&format!("  covered          {} .. {}\n", c.start, c.end));
+                s.push_str(&format!(
+                    "  covered          {} .. {}\n",
+                    t(c.start_ms),
+                    t(c.end_ms)
+                ));
             }
             for g in &x.recoverable_gaps {
-                s.push_str(&format!("  gap (fillable)   {} .. {}\n", g.start, g.end));
+                s.push_str(&format!(
+                    "  gap (fillable)   {} .. {}\n",
+                    t(g.start_ms),
+                    t(g.end_ms)
+                ));
             }
             for g in &x.lost_gaps {
-                s.push_str(&format!("  gap (LOST)       {} .. {}\n", g.start, g.end));
+                s.push_str(&format!(
+                    "  gap (LOST)       {} .. {}\n",
+                    t(g.start_ms),
+                    t(g.end_ms)
+                ));
             }
             for g in &x.aging_out {
                 s.push_str(&format!(
                     "  ALERT: {} .. {} is not covered and ages out of the API within {} days: run `ccc-etl nightly` now\n",
-                    g.start, g.end, self.alert_days
+                    t(g.start_ms),
+                    t(g.end_ms),
+                    self.alert_days
                 ));
             }
         }
@@ -232,6 +273,23 @@ impl StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_shown_in_the_configured_zone_with_their_offset() {
+        let ms = 1_793_462_400_000; // 2026-10-31T16:00:00Z
+        assert_eq!(
+            local_rfc3339(ms, chrono_tz::Asia::Shanghai),
+            "2026-11-01T00:00:00+08:00"
+        );
+        assert_eq!(
+            local_short(ms, chrono_tz::Asia::Shanghai),
+            "2026-11-01 00:00"
+        );
+        assert_eq!(
+            local_rfc3339(ms, chrono_tz::UTC),
+            "2026-10-31T16:00:00+00:00"
+        );
+    }
 
     #[test]
     fn coverage_gaps_losses_and_aging_are_told_apart() {

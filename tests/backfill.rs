@@ -59,6 +59,9 @@ async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emul
     let instances = ["ccc-a", "ccc-b", "ccc-c"];
     let mut opts = options(&instances);
     opts.revise_ms = 0; // every bucket final, so values can be compared exactly
+    // EndTime inclusive, as the real API may treat it: every window also gets its neighbour's
+    // first bucket, which is expected, not a violation.
+    opts.inclusive_end = true;
     let model = opts.data_model();
     let emu = start(opts).await;
     let cfg = config(&emu, &instances, SignatureVersion::V1);
@@ -105,9 +108,22 @@ async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emul
         9 * expected_buckets
     );
     assert_eq!(summary.duplicate_rows + summary.conflicting_rows, 0);
+    assert_eq!(
+        summary.quality.total(),
+        0,
+        "a healthy run has no violations: {}",
+        summary.render()
+    );
+    assert_eq!(summary.outside_window_rows, 0);
+    assert_eq!(
+        summary.boundary_rows,
+        3 * 3 * (1 + 5),
+        "per instance and table: the floored first bucket and the bucket at each window's end"
+    );
     assert!(
-        summary.outside_window_rows >= 3,
-        "the floored first bucket was left out"
+        summary
+            .render()
+            .contains("boundary rows left to neighbouring windows 54")
     );
     let stats = emu.stats().await.unwrap();
     assert_eq!(stats.count("GetInstanceTrendingReport", "OK"), 15);

@@ -303,12 +303,20 @@ fn help_shows_an_example_for_every_subcommand() {
 #[test]
 fn the_demo_backfills_into_parquet_with_no_credentials_and_no_config() {
     let dir = tempfile::tempdir().unwrap();
+    // Output to a pipe, as under cron or systemd, and no NO_COLOR: still no colour codes.
     let out = bin()
         .current_dir(dir.path())
+        .env_remove("NO_COLOR")
         .args(["demo", "--days", "3"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b') && !stdout.contains('\x1b'),
+        "no ANSI escapes in a pipe: {stderr:?}"
+    );
     assert!(
         out.status.success(),
         "{stdout}\n{}",

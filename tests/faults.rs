@@ -104,3 +104,72 @@ async fn with_5xx_throttling_truncated_bodies_and_timeouts_the_data_is_complete_
         assert_eq!(*row, model.final_rows(inst, *media, *t).inbound);
     }
 }
+
+/// A TLS server on loopback whose certificate no one trusts (self-signed for `localhost`).
+async fn untrusted_tls_server() -> u16 {
+    use tokio_rustls::rustls;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            // The client refuses the certificate; the handshake fails and the connection ends.
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_untrusted_tls_certificate_stops_the_run_at_once_naming_the_host() {
+    let port = untrusted_tls_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nendpoint = \"https://localhost:{port}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[parquet]\nroot = \"{}\"\n",
+            dir.path().join("wh").display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a permanent failure, not a retryable one:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "the TLS certificate of localhost:{port} is not trusted"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("requests 1, retries 0"),
+        "not retried: {stdout}"
+    );
+}

@@ -373,4 +373,46 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
             .count(),
         0
     );
+
+    // A run that fails before fetching (the endpoint is down) still writes the file: its exit
+    // code and time, and the last success of the run before.
+    let success_line = text
+        .lines()
+        .find(|l| l.starts_with("ccc_etl_last_success_timestamp_seconds"))
+        .unwrap()
+        .to_string();
+    let before = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        before.replace(&emu.endpoint(), "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let down = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .args([
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "backfill",
+            "--from",
+            "2026-11-20",
+        ])
+        .arg("--metrics-file")
+        .arg(&metrics)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    let code = down.status.code().unwrap();
+    assert_ne!(code, 0);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains(&format!(
+            "ccc_etl_last_run_exit_code{{command=\"backfill\"}} {code}\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&success_line),
+        "{success_line} kept in:\n{text}"
+    );
 }

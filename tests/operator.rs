@@ -213,7 +213,7 @@ async fn a_damaged_day_file_is_a_finding_for_status_and_verify_and_the_next_run_
     let gaps = report["series"][0]["recoverable_gaps"].as_array().unwrap();
     assert!(
         gaps.iter()
-            .any(|g| g["start"].as_str().unwrap().starts_with("2026-11-03T16:00")),
+            .any(|g| g["start"] == "2026-11-04T00:00:00+08:00"),
         "the local day 2026-11-04 is a gap: {status}"
     );
     // verify lists it and exits 4.
@@ -267,6 +267,16 @@ async fn a_changed_time_zone_is_refused_until_migrate_moves_the_views_and_the_pa
         before,
         "nothing was written"
     );
+    let pool = site.db.pool().await;
+    let tz: String = sqlx::query_scalar("SELECT value FROM ccc.settings WHERE key = 'timezone'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        tz, "Asia/Shanghai",
+        "no command but migrate changes the views' zone"
+    );
+    pool.close().await;
     // A Parquet-only configuration over the same root is refused the same way.
     let utc_pq = site.config("utc-pq.toml", "wh", "UTC", false);
     let out = site.run_ok(&utc_pq, &WEEK, 2).await;
@@ -412,7 +422,10 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
     assert_eq!(deleted, 6);
     pool.close().await;
     let out = site.run_ok(&cfg, &WEEK, 0).await;
-    assert!(out.contains("0 window(s) ok"), "a plain re-run trusts the ledger: {out}");
+    assert!(
+        out.contains("0 window(s) ok"),
+        "a plain re-run trusts the ledger: {out}"
+    );
     let out = site.run_ok(&cfg, &["verify"], 4).await;
     assert!(out.contains("outbound_trend dt=2026-11-05"), "{out}");
 
@@ -420,5 +433,28 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
     assert!(out.contains("repair:"), "{out}");
     assert_eq!(site.pg_rows().await, rows, "{out}");
     site.run_ok(&cfg, &["verify"], 0).await;
+    site.db.drop_db().await;
+}
+
+#[tokio::test]
+async fn status_and_verify_write_nothing_not_even_migrations() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "UTC", true);
+    for args in [&["status"][..], &["verify"]] {
+        let out = site.run_ok(&cfg, args, 2).await;
+        assert!(out.contains("run `ccc-etl migrate`"), "{args:?}: {out}");
+    }
+    let pool = site.db.pool().await;
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'ccc'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(schemas, 0, "no schema was created");
+    pool.close().await;
+    assert!(!site.root("wh").exists(), "no Parquet root was created");
+    site.run_ok(&cfg, &["migrate"], 0).await;
+    site.run_ok(&cfg, &["status"], 4).await;
     site.db.drop_db().await;
 }

@@ -346,11 +346,20 @@ impl CccClient {
             // The URL carries the signature (not a secret, but noise); keep the cause only.
             let e = e.without_url();
             let mut msg = e.to_string();
+            let mut certificate = false;
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
+                let text = s.to_string();
+                certificate |= text.contains("certificate");
                 msg.push_str(": ");
-                msg.push_str(&s.to_string());
+                msg.push_str(&text);
                 source = s.source();
+            }
+            if certificate {
+                return ApiError::Certificate {
+                    host: self.endpoint.authority(),
+                    detail: msg,
+                };
             }
             ApiError::Network(msg)
         }

@@ -43,9 +43,18 @@ pub enum ApiError {
     /// No answer in time.
     #[error("request timed out after {0} s")]
     Timeout(u64),
-    /// Connection refused, reset, DNS, TLS.
+    /// Connection refused, reset, DNS.
     #[error("network error: {0}")]
     Network(String),
+    /// The endpoint's TLS certificate is not trusted (expired, self-signed, another host's):
+    /// every further request would fail the same way.
+    #[error("the TLS certificate of {host} is not trusted: {detail}")]
+    Certificate {
+        /// The endpoint's host.
+        host: String,
+        /// What the TLS library said.
+        detail: String,
+    },
 }
 
 fn request_suffix(id: &Option<String>) -> String {
@@ -99,6 +108,7 @@ impl ApiError {
             ApiError::Malformed { .. } | ApiError::Timeout(_) | ApiError::Network(_) => {
                 ErrorClass::Retryable
             }
+            ApiError::Certificate { .. } => ErrorClass::RunFatal,
         }
     }
 
@@ -124,6 +134,7 @@ impl ApiError {
             ApiError::Malformed { .. } => "MalformedResponse",
             ApiError::Timeout(_) => "Timeout",
             ApiError::Network(_) => "NetworkError",
+            ApiError::Certificate { .. } => "CertificateError",
         }
     }
 
@@ -140,7 +151,12 @@ impl ApiError {
     /// A one-line hint for run-fatal errors: what the operator should fix.
     pub fn hint(&self) -> Option<&'static str> {
         let code = self.code();
-        if code.starts_with("InvalidTimeStamp") {
+        if code == "CertificateError" {
+            Some(
+                "check [source] endpoint: it must be the CCC endpoint of your region \
+                 (https://ccc.<region>.aliyuncs.com), reached without a TLS-intercepting proxy",
+            )
+        } else if code.starts_with("InvalidTimeStamp") {
             Some("the local clock is off by more than 15 minutes: synchronise it (NTP) and re-run")
         } else if code.starts_with("SignatureDoesNotMatch")
             || code.starts_with("IncompleteSignature")
@@ -224,6 +240,17 @@ mod tests {
             }
             .is_retryable()
         );
+    }
+
+    #[test]
+    fn an_untrusted_certificate_stops_the_run() {
+        let e = ApiError::Certificate {
+            host: "ccc.example".into(),
+            detail: "UnknownIssuer".into(),
+        };
+        assert_eq!(e.class(), ErrorClass::RunFatal);
+        assert!(e.to_string().contains("ccc.example"));
+        assert!(e.hint().unwrap().contains("endpoint"));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct EmulatorOptions {
     pub legacy_ring_name: bool,
     /// Return the bucket containing `StartTime` even when it starts before it.
     pub floor_start: bool,
+    /// Treat `EndTime` as inclusive: also return the bucket that starts at it (the next
+    /// window's), as the real API may.
+    pub inclusive_end: bool,
     /// Failures to inject.
     pub faults: Faults,
     /// The report service's notion of now: which buckets exist and how revised they are.
@@ -142,6 +145,7 @@ impl EmulatorOptions {
             numbers_as_strings: false,
             legacy_ring_name: false,
             floor_start: true,
+            inclusive_end: false,
             faults: Faults::default(),
             clock: Arc::new(Utc::now),
             auth_clock: Arc::new(Utc::now),
@@ -560,6 +564,7 @@ fn report(
         ));
     }
     let model = opts.data_model();
+    let end = if opts.inclusive_end { end + 1 } else { end };
     let starts = model.bucket_starts(start, end, now_ms, opts.floor_start);
     let num = |v: i64| -> Value {
         if opts.numbers_as_strings {
