@@ -17,7 +17,7 @@ use ccc_etl::ccc::client::CccClient;
 use ccc_etl::ccc::emulator::EmulatorStats;
 use ccc_etl::ccc::ratelimit::AdaptivePacer;
 use ccc_etl::config::{Config, Credentials, ParquetConfig, PostgresConfig, SchemaName};
-use ccc_etl::pipeline::{Backfill, BackfillRequest};
+use ccc_etl::pipeline::{Backfill, BackfillRequest, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::sink::Sink;
 use chrono::Utc;
@@ -229,6 +229,7 @@ async fn load_from_parquet(store: &ccc_etl::sink::postgres::PgStore, root: &std:
     }
     let run = ccc_etl::sink::RunContext {
         run_id: uuid::Uuid::new_v4(),
+        ledger: std::sync::Arc::new(ccc_etl::ledger::MemoryLedger::default()),
     };
     for b in series.values() {
         sink.commit(b, &run).await.unwrap();
@@ -273,13 +274,12 @@ async fn end_to_end(instances: usize, days: i64) {
     );
     let req = BackfillRequest {
         instances: ids,
-        from_ms: now - days * 86_400_000,
+        from: RangeStart::At(now - days * 86_400_000),
         to_ms: now,
         refetch: false,
         strict_horizon: false,
-        command: "bench".into(),
+        kind: RunKind::Backfill,
         lookback_ms: None,
-        from_horizon: false,
     };
     let (cpu0, _) = cpu_and_peak_rss();
     let t0 = Instant::now();

@@ -135,6 +135,13 @@ pub struct PipelineConfig {
     pub aging_alert_days: u32,
 }
 
+impl PipelineConfig {
+    /// `horizon_margin_minutes` in milliseconds.
+    pub fn horizon_margin_ms(&self) -> i64 {
+        self.horizon_margin_minutes as i64 * 60_000
+    }
+}
+
 fn default_alert_days() -> u32 {
     7
 }

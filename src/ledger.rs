@@ -16,12 +16,13 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{MediaType, Table, WindowKey};
+use crate::sink::SinkKind;
 
 /// A sink and the destination its commits went to: the ledger's key for "committed where".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SinkId {
-    /// `postgres`, `parquet`, `memory`.
-    pub name: String,
+    /// The kind of sink.
+    pub kind: SinkKind,
     /// The destination within the sink kind: a Parquet root's id (`_ccc_etl/root.json`); empty
     /// for PostgreSQL, whose ledger lives in the same database as its rows.
     pub target: String,
@@ -29,9 +30,9 @@ pub struct SinkId {
 
 impl SinkId {
     /// A sink writing to `target`.
-    pub fn new(name: &str, target: impl Into<String>) -> Self {
+    pub fn new(kind: SinkKind, target: impl Into<String>) -> Self {
         Self {
-            name: name.to_string(),
+            kind,
             target: target.into(),
         }
     }
@@ -39,7 +40,7 @@ impl SinkId {
 
 impl std::fmt::Display for SinkId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)
+        f.write_str(self.kind.as_str())
     }
 }
 
@@ -84,8 +85,8 @@ pub struct LedgerEntry {
     /// The window.
     #[serde(flatten)]
     pub key: WindowKey,
-    /// Which sink (`postgres`, `parquet`, ...).
-    pub sink: String,
+    /// Which sink.
+    pub sink: SinkKind,
     /// Where the sink wrote (see [`SinkId::target`]); empty in records of older versions.
     #[serde(default)]
     pub target: String,
@@ -121,7 +122,7 @@ impl LedgerEntry {
                 end_ms: durable.final_end_ms,
                 ..durable.key.clone()
             },
-            sink: sink.name.clone(),
+            sink: sink.kind,
             target: sink.target.clone(),
             status: WindowStatus::Committed,
             rows: durable.rows,
@@ -143,7 +144,7 @@ impl LedgerEntry {
     ) -> Self {
         Self {
             key: key.clone(),
-            sink: sink.name.clone(),
+            sink: sink.kind,
             target: sink.target.clone(),
             status: WindowStatus::Failed,
             rows: 0,
@@ -157,7 +158,7 @@ impl LedgerEntry {
 
     /// The sink and destination of this record.
     pub fn sink_id(&self) -> SinkId {
-        SinkId::new(&self.sink, self.target.clone())
+        SinkId::new(self.sink, self.target.clone())
     }
 }
 
@@ -234,20 +235,6 @@ pub trait Ledger: Send + Sync {
     ) -> Result<Option<DateTime<Utc>>, LedgerError>;
 }
 
-/// Merges overlapping or touching ranges.
-pub fn union(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
-    ranges.retain(|(a, b)| a < b);
-    ranges.sort();
-    let mut out: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
-    for (a, b) in ranges {
-        match out.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
-}
-
 /// Parts of `[start, end)` that at least one of `sinks` has not committed.
 pub async fn missing(
     ledger: &dyn Ledger,
@@ -260,9 +247,9 @@ pub async fn missing(
     let mut gaps = Vec::new();
     for sink in sinks {
         let done = ledger.committed(instance, media, sink).await?;
-        gaps.extend(crate::plan::subtract(start, end, &done));
+        gaps.extend(crate::ranges::subtract(start, end, &done));
     }
-    Ok(union(gaps))
+    Ok(crate::ranges::union(gaps))
 }
 
 /// A line of the file ledger's `windows.jsonl`.
@@ -277,7 +264,7 @@ enum WindowLine {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Invalidation {
     invalidated: Vec<(i64, i64)>,
-    sink: String,
+    sink: SinkKind,
     #[serde(default)]
     target: String,
     reason: String,
@@ -354,7 +341,7 @@ impl Index {
         let legacy: Vec<_> = self
             .committed
             .keys()
-            .filter(|(_, _, s)| s.name == sink.name && s.target.is_empty())
+            .filter(|(_, _, s)| s.kind == sink.kind && s.target.is_empty())
             .cloned()
             .collect();
         let mut n = 0;
@@ -565,7 +552,7 @@ impl FileLedger {
             replay(&dir.join(WINDOWS_FILE), |line: WindowLine| match line {
                 WindowLine::Entry(e) => ix.apply(&e),
                 WindowLine::Invalidated(inv) => {
-                    ix.invalidate(&SinkId::new(&inv.sink, inv.target), &inv.invalidated);
+                    ix.invalidate(&SinkId::new(inv.sink, inv.target), &inv.invalidated);
                 }
             })?;
             replay(&dir.join(FILES_FILE), |line: FileLine| ix.apply_file(&line))?;
@@ -610,7 +597,7 @@ impl FileLedger {
 
     /// The sink as older versions recorded it in this root: without a target.
     fn legacy(sink: &SinkId) -> SinkId {
-        SinkId::new(&sink.name, "")
+        SinkId::new(sink.kind, "")
     }
 }
 
@@ -674,7 +661,7 @@ impl Ledger for FileLedger {
         for s in [sink.clone(), Self::legacy(sink)] {
             lines.push(WindowLine::Invalidated(Invalidation {
                 invalidated: ranges.to_vec(),
-                sink: s.name,
+                sink: s.kind,
                 target: s.target,
                 reason: reason.to_string(),
                 at: Utc::now(),
@@ -725,7 +712,7 @@ impl Ledger for FileLedger {
 mod tests {
     use super::*;
 
-    fn entry(start: i64, end: i64, sink: &str, status: WindowStatus) -> LedgerEntry {
+    fn entry(start: i64, end: i64, sink: SinkKind, status: WindowStatus) -> LedgerEntry {
         LedgerEntry {
             key: WindowKey {
                 instance_id: "i".into(),
@@ -733,7 +720,7 @@ mod tests {
                 start_ms: start,
                 end_ms: end,
             },
-            sink: sink.into(),
+            sink,
             target: String::new(),
             status,
             rows: 3,
@@ -745,34 +732,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn union_merges_overlapping_and_touching_ranges() {
-        assert_eq!(
-            union(vec![(5, 7), (0, 2), (2, 3), (6, 9), (20, 20)]),
-            vec![(0, 3), (5, 9)]
-        );
-    }
-
     #[tokio::test]
     async fn missing_is_what_any_sink_lacks() {
         let l = MemoryLedger::default();
-        l.record(&entry(0, 10, "a", WindowStatus::Committed))
+        l.record(&entry(0, 10, SinkKind::Postgres, WindowStatus::Committed))
             .await
             .unwrap();
-        l.record(&entry(10, 20, "a", WindowStatus::Committed))
+        l.record(&entry(10, 20, SinkKind::Postgres, WindowStatus::Committed))
             .await
             .unwrap();
-        l.record(&entry(0, 10, "b", WindowStatus::Committed))
+        l.record(&entry(0, 10, SinkKind::Parquet, WindowStatus::Committed))
             .await
             .unwrap();
-        l.record(&entry(10, 20, "b", WindowStatus::Failed))
+        l.record(&entry(10, 20, SinkKind::Parquet, WindowStatus::Failed))
             .await
             .unwrap();
         let m = missing(
             &l,
             "i",
             MediaType::Audio,
-            &[SinkId::new("a", ""), SinkId::new("b", "")],
+            &[
+                SinkId::new(SinkKind::Postgres, ""),
+                SinkId::new(SinkKind::Parquet, ""),
+            ],
             0,
             30,
         )
@@ -786,7 +768,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let l = FileLedger::open(dir.path()).unwrap();
-            l.record(&entry(0, 10, "parquet", WindowStatus::Committed))
+            l.record(&entry(0, 10, SinkKind::Parquet, WindowStatus::Committed))
                 .await
                 .unwrap();
         }
@@ -796,22 +778,30 @@ mod tests {
         drop(f);
         let l = FileLedger::open(dir.path()).unwrap();
         assert_eq!(
-            l.committed("i", MediaType::Audio, &SinkId::new("parquet", "root-1"))
-                .await
-                .unwrap(),
+            l.committed(
+                "i",
+                MediaType::Audio,
+                &SinkId::new(SinkKind::Parquet, "root-1")
+            )
+            .await
+            .unwrap(),
             vec![(0, 10)]
         );
         // A record appended after the torn line is not swallowed by it.
         l.record_many(&[
-            entry(10, 20, "parquet", WindowStatus::Committed),
-            entry(20, 30, "parquet", WindowStatus::Committed),
+            entry(10, 20, SinkKind::Parquet, WindowStatus::Committed),
+            entry(20, 30, SinkKind::Parquet, WindowStatus::Committed),
         ])
         .await
         .unwrap();
         drop(l);
         let l = FileLedger::open(dir.path()).unwrap();
         let mut got = l
-            .committed("i", MediaType::Audio, &SinkId::new("parquet", "root-1"))
+            .committed(
+                "i",
+                MediaType::Audio,
+                &SinkId::new(SinkKind::Parquet, "root-1"),
+            )
             .await
             .unwrap();
         got.sort();

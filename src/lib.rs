@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod quality;
+pub mod ranges;
 pub mod record;
 pub mod sink;
 pub mod status;

@@ -191,31 +191,6 @@ pub fn fetch_order(windows: &mut [WindowKey]) {
     });
 }
 
-/// Parts of `[start, end)` not covered by `covered` (any order, may overlap).
-pub fn subtract(start: i64, end: i64, covered: &[(i64, i64)]) -> Vec<(i64, i64)> {
-    let mut cov: Vec<(i64, i64)> = covered
-        .iter()
-        .copied()
-        .filter(|(a, b)| a < b && *b > start && *a < end)
-        .collect();
-    cov.sort();
-    let mut out = Vec::new();
-    let mut cursor = start;
-    for (a, b) in cov {
-        if a > cursor {
-            out.push((cursor, a.min(end)));
-        }
-        cursor = cursor.max(b);
-        if cursor >= end {
-            break;
-        }
-    }
-    if cursor < end {
-        out.push((cursor, end));
-    }
-    out
-}
-
 /// Which end of a range a time argument is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
@@ -338,17 +313,6 @@ mod tests {
         let a = parse_time_arg("2026-03-08", NY, Bound::From).unwrap();
         let b = parse_time_arg("2026-03-08", NY, Bound::To).unwrap();
         assert_eq!(b - a, 23 * H);
-    }
-
-    #[test]
-    fn subtract_leaves_exactly_the_uncovered_parts() {
-        assert_eq!(subtract(0, 100, &[]), vec![(0, 100)]);
-        assert_eq!(
-            subtract(0, 100, &[(10, 20), (15, 30), (50, 100)]),
-            vec![(0, 10), (30, 50)]
-        );
-        assert_eq!(subtract(0, 100, &[(-5, 200)]), Vec::<(i64, i64)>::new());
-        assert_eq!(subtract(10, 20, &[(0, 5), (25, 30)]), vec![(10, 20)]);
     }
 
     #[test]

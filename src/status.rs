@@ -11,8 +11,10 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::ledger::{Ledger, LedgerError, SinkId};
-use crate::plan::{DAY_MS, subtract};
+use crate::plan::DAY_MS;
+use crate::ranges::{intersect, subtract, union};
 use crate::record::MediaType;
+use crate::sink::SinkKind;
 
 /// A half-open range, with readable ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,14 +99,6 @@ pub struct StatusReport {
     pub findings: Vec<String>,
 }
 
-fn intersect(ranges: &[(i64, i64)], lo: i64, hi: i64) -> Vec<(i64, i64)> {
-    ranges
-        .iter()
-        .map(|(a, b)| ((*a).max(lo), (*b).min(hi)))
-        .filter(|(a, b)| a < b)
-        .collect()
-}
-
 /// Ranges of one series: (covered, recoverable gaps, lost gaps, aging out).
 pub type Coverage = (
     Vec<(i64, i64)>,
@@ -131,7 +125,7 @@ pub fn classify(
     for done in committed_by_sink {
         gaps.extend(subtract(lo, now_ms, done));
     }
-    let mut gaps = crate::ledger::union(gaps);
+    let mut gaps = union(gaps);
     // The bucket in progress is never final, so coverage stops at its start: not a gap.
     gaps.retain(|(a, b)| !(*b == now_ms && now_ms - a < crate::quality::DEFAULT_BUCKET_MS));
     let covered = subtract(lo, now_ms, &gaps);
@@ -150,7 +144,7 @@ pub async fn build(
     series: &[(String, MediaType)],
     sinks: &[SinkId],
     not_covered: &BTreeMap<SinkId, Vec<(i64, i64)>>,
-    rows: BTreeMap<(String, MediaType, String), u64>,
+    rows: BTreeMap<(String, MediaType, SinkKind), u64>,
     now_ms: i64,
     horizon_ms: i64,
     alert_days: u32,
@@ -162,7 +156,7 @@ pub async fn build(
         for sink in sinks {
             let mut done = ledger.committed(instance, *media, sink).await?;
             if let Some(gone) = not_covered.get(sink) {
-                done = crate::ledger::union(done)
+                done = union(done)
                     .into_iter()
                     .flat_map(|(a, b)| subtract(a, b, gone))
                     .collect();
@@ -174,7 +168,7 @@ pub async fn build(
         out.push(SeriesStatus {
             instance_id: instance.clone(),
             media_type: *media,
-            covered: crate::ledger::union(covered)
+            covered: union(covered)
                 .into_iter()
                 .map(|r| Span::new(r, tz))
                 .collect(),
@@ -185,8 +179,8 @@ pub async fn build(
                 .iter()
                 .map(|s| {
                     (
-                        s.name.clone(),
-                        rows.get(&(instance.clone(), *media, s.name.clone()))
+                        s.kind.as_str().to_string(),
+                        rows.get(&(instance.clone(), *media, s.kind))
                             .copied()
                             .unwrap_or(0),
                     )

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::config::{Credentials, ParquetConfig, SignatureVersion};
 use ccc_etl::ledger::{FileLedger, Ledger, MemoryLedger};
-use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn};
+use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::{MediaType, Table};
 use ccc_etl::sink::Sink;
@@ -28,13 +28,12 @@ fn now_fn() -> NowFn {
 fn request(instances: &[&str], from: i64, to: i64) -> BackfillRequest {
     BackfillRequest {
         instances: instances.iter().map(|s| s.to_string()).collect(),
-        from_ms: from,
+        from: RangeStart::At(from),
         to_ms: to,
         refetch: false,
         strict_horizon: false,
         lookback_ms: None,
-        from_horizon: false,
-        command: "test".into(),
+        kind: RunKind::Backfill,
     }
 }
 

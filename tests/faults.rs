@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::config::SignatureVersion;
 use ccc_etl::ledger::MemoryLedger;
-use ccc_etl::pipeline::{Backfill, BackfillRequest};
+use ccc_etl::pipeline::{Backfill, BackfillRequest, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::MediaType;
 use ccc_etl::sink::memory::MemorySink;
@@ -54,13 +54,12 @@ async fn with_5xx_throttling_truncated_bodies_and_timeouts_the_data_is_complete_
     );
     let req = BackfillRequest {
         instances: instances.iter().map(|s| s.to_string()).collect(),
-        from_ms: from,
+        from: RangeStart::At(from),
         to_ms: to,
         refetch: false,
         strict_horizon: false,
-        command: "test".into(),
+        kind: RunKind::Backfill,
         lookback_ms: None,
-        from_horizon: false,
     };
     let summary = engine.run(&req).await.unwrap();
     assert_eq!(summary.exit_code(), 0, "{}", summary.render());

@@ -9,7 +9,7 @@ use ccc_etl::ccc::emulator::{EmulatorOptions, Faults};
 use ccc_etl::commands::{nightly_request, run_verify, status_report};
 use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
 use ccc_etl::ledger::{FileLedger, Ledger, MemoryLedger};
-use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn};
+use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::MediaType;
 use ccc_etl::sink::Sink;
@@ -178,13 +178,12 @@ async fn status_raises_the_aging_out_alert_for_an_uncovered_old_range_until_nigh
     let (sinks, ledger) = open();
     let req = BackfillRequest {
         instances: vec!["ccc-a".into()],
-        from_ms: now - 30 * DAY,
+        from: RangeStart::At(now - 30 * DAY),
         to_ms: now,
         refetch: false,
         strict_horizon: false,
-        command: "backfill".into(),
+        kind: RunKind::Backfill,
         lookback_ms: None,
-        from_horizon: false,
     };
     assert_eq!(
         engine(&cfg, sinks, ledger, fixed.clone())
@@ -252,13 +251,12 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
         );
         let req = BackfillRequest {
             instances: vec!["ccc-a".into(), "ccc-b".into()],
-            from_ms: now - 5 * DAY,
+            from: RangeStart::At(now - 5 * DAY),
             to_ms: now,
             refetch: false,
             strict_horizon: false,
-            command: "backfill".into(),
+            kind: RunKind::Backfill,
             lookback_ms: None,
-            from_horizon: false,
         };
         assert_eq!(e.run(&req).await.unwrap().exit_code(), 0);
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use ccc_etl::ccc::emulator::RunningEmulator;
 use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
-use ccc_etl::pipeline::{BackfillRequest, NowFn};
+use ccc_etl::pipeline::{BackfillRequest, NowFn, RangeStart, RunKind};
 use ccc_etl::record::{MediaType, Table};
 use ccc_etl::sink::parquet::{Layout, read_file};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -353,13 +353,12 @@ async fn a_re_run_completes_the_bucket_that_was_in_progress_when_the_last_run_en
     };
     let req = |to_ms| BackfillRequest {
         instances: vec!["ccc-a".into()],
-        from_ms: t1 - DAY,
+        from: RangeStart::At(t1 - DAY),
         to_ms,
         refetch: false,
         strict_horizon: false,
-        command: "backfill".into(),
+        kind: RunKind::Backfill,
         lookback_ms: None,
-        from_horizon: false,
     };
     let run = |to_ms: i64| {
         let (cfg, now, req) = (cfg.clone(), now.clone(), req(to_ms));

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use async_trait::async_trait;
 use ccc_etl::ccc::emulator::EmulatorOptions;
 use ccc_etl::config::{Config, ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
-use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn};
+use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::{WindowBatch, WindowKey};
 use ccc_etl::sink::postgres::{PgLedger, PgStore, PostgresSink};
-use ccc_etl::sink::{RunContext, Sink, Written};
+use ccc_etl::sink::{RunContext, Sink, SinkKind, Written};
 use chrono::{DateTime, Utc};
 use common::*;
 use secrecy::SecretString;
@@ -42,13 +42,12 @@ async fn store(cfg: &Config) -> PgStore {
 fn request(instances: &[&str], from: i64, to: i64, refetch: bool) -> BackfillRequest {
     BackfillRequest {
         instances: instances.iter().map(|s| s.to_string()).collect(),
-        from_ms: from,
+        from: RangeStart::At(from),
         to_ms: to,
         refetch,
         strict_horizon: false,
         lookback_ms: None,
-        from_horizon: false,
-        command: "test".into(),
+        kind: RunKind::Backfill,
     }
 }
 
@@ -225,11 +224,8 @@ struct StallAfter {
 
 #[async_trait]
 impl Sink for StallAfter {
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-    fn records_own_commit(&self) -> bool {
-        true
+    fn kind(&self) -> SinkKind {
+        SinkKind::Postgres
     }
     async fn write(&self, planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
         if self.seen.fetch_add(1, Ordering::SeqCst) >= self.limit {
@@ -386,11 +382,8 @@ struct LoseDatabaseAfter {
 
 #[async_trait]
 impl Sink for LoseDatabaseAfter {
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-    fn records_own_commit(&self) -> bool {
-        true
+    fn kind(&self) -> SinkKind {
+        SinkKind::Postgres
     }
     async fn write(&self, planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
         if self.seen.fetch_add(1, Ordering::SeqCst) == self.limit {
@@ -514,8 +507,8 @@ async fn with_postgres_configured_the_ledger_tracks_parquet_commits_too() {
     cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
     let (sinks, ledger) = ccc_etl::commands::open_sinks(&cfg).await.unwrap();
     assert_eq!(
-        sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        vec!["postgres", "parquet"]
+        sinks.iter().map(|s| s.kind()).collect::<Vec<_>>(),
+        vec![SinkKind::Postgres, SinkKind::Parquet]
     );
     let t0 = Utc::now().timestamp_millis() / H * H - 4 * H;
     let e = Backfill::new(
@@ -631,6 +624,7 @@ async fn a_plain_insert_racing_an_outside_writer_falls_back_to_the_upsert() {
         .unwrap();
     let run = RunContext {
         run_id: uuid::Uuid::new_v4(),
+        ledger: Arc::new(ccc_etl::ledger::MemoryLedger::default()),
     };
     let task = tokio::spawn(async move { sink.commit(&batch, &run).await });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

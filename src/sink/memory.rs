@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{CommitStats, RunContext, Sink, Written};
+use super::{CommitStats, RunContext, Sink, SinkKind, Written};
 use crate::record::{
     InboundRow, MediaType, OutboundRow, OverallRow, TrendRow, WindowBatch, WindowKey,
 };
@@ -58,17 +58,20 @@ impl MemorySink {
 
 #[async_trait]
 impl Sink for MemorySink {
-    fn name(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> SinkKind {
+        SinkKind::Memory
     }
 
-    async fn write(&self, _planned: &WindowKey, b: Arc<WindowBatch>, _run: &RunContext) -> Written {
-        let mut t = self.tables.lock().expect("memory sink lock");
-        let mut s = CommitStats::default();
-        upsert(&mut t.inbound, &b, &b.inbound, &mut s);
-        upsert(&mut t.outbound, &b, &b.outbound, &mut s);
-        upsert(&mut t.overall, &b, &b.overall, &mut s);
-        t.commits.push(b.key.clone());
-        Written::durable(&b, s)
+    async fn write(&self, _planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
+        let written = {
+            let mut t = self.tables.lock().expect("memory sink lock");
+            let mut s = CommitStats::default();
+            upsert(&mut t.inbound, &b, &b.inbound, &mut s);
+            upsert(&mut t.outbound, &b, &b.outbound, &mut s);
+            upsert(&mut t.overall, &b, &b.overall, &mut s);
+            t.commits.push(b.key.clone());
+            Written::durable(&b, s)
+        };
+        run.record(&self.id(), written).await
     }
 }

@@ -9,7 +9,47 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{Ledger, LedgerEntry, SinkId};
 use crate::record::{WindowBatch, WindowKey};
+
+/// The kinds of sink: the one name of each, for the ledger's `sink` column, `status` and the
+/// metrics. Renaming one would make every commit of that sink look missing, so it exists once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// PostgreSQL tables.
+    Postgres,
+    /// Hive-partitioned Parquet files.
+    Parquet,
+    /// Memory (tests).
+    Memory,
+}
+
+impl SinkKind {
+    /// The name in the ledger, the summary and the metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Postgres => "postgres",
+            SinkKind::Parquet => "parquet",
+            SinkKind::Memory => "memory",
+        }
+    }
+
+    /// The kind named `name` ([`SinkKind::as_str`]).
+    pub fn parse(name: &str) -> Option<SinkKind> {
+        [SinkKind::Postgres, SinkKind::Parquet, SinkKind::Memory]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What one sink did with one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -35,18 +75,87 @@ impl std::ops::AddAssign for CommitStats {
 #[error("{sink} sink: {message}")]
 pub struct SinkError {
     /// Which sink.
-    pub sink: &'static str,
+    pub sink: SinkKind,
     /// What went wrong.
     pub message: String,
     /// Whether a later attempt may succeed (a lost connection, a full disk being cleaned).
     pub retryable: bool,
 }
 
-/// Context of the run committing a window, for the ledger entry.
-#[derive(Debug, Clone)]
+/// The run a sink writes for: its id, and the ledger in which each sink records what it made
+/// durable (PostgreSQL in the same transaction as the rows, other sinks once their files are
+/// written). The sinks are the only writers of commit records.
+#[derive(Clone)]
 pub struct RunContext {
     /// The run's id.
     pub run_id: uuid::Uuid,
+    /// Where commits are recorded.
+    pub ledger: Arc<dyn Ledger>,
+}
+
+impl std::fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunContext")
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunContext {
+    /// Records what a sink made durable during one call: takes back the commits of damaged
+    /// days, then records the day files and the durable windows in one step. Windows whose
+    /// record fails are moved to `failed` (their rows are on disk, but a window counts only once
+    /// recorded, so it is fetched again).
+    pub async fn record(&self, sink: &SinkId, mut w: Written) -> Written {
+        if !w.damaged.is_empty() {
+            let ranges: Vec<(i64, i64)> =
+                w.damaged.iter().map(|d| (d.start_ms, d.end_ms)).collect();
+            let files: Vec<_> = w.damaged.iter().map(|d| (d.table, d.day)).collect();
+            if let Err(e) = self
+                .ledger
+                .invalidate(sink, &ranges, &files, &w.damaged[0].detail)
+                .await
+            {
+                tracing::error!(error = %e, "could not take back the commits of a damaged day");
+            }
+        }
+        if w.durable.is_empty() && w.files.is_empty() {
+            self.record_failed(sink, &w.failed).await;
+            return w;
+        }
+        let entries: Vec<LedgerEntry> = w
+            .durable
+            .iter()
+            .filter_map(|d| LedgerEntry::committed(sink, d, self.run_id))
+            .collect();
+        if let Err(e) = self.ledger.record_durable(&w.files, &entries).await {
+            let error = SinkError {
+                sink: sink.kind,
+                message: e.to_string(),
+                retryable: e.retryable,
+            };
+            let lost = std::mem::take(&mut w.durable);
+            w.failed
+                .extend(lost.into_iter().map(|d| (d.key, error.clone())));
+        }
+        self.record_failed(sink, &w.failed).await;
+        w
+    }
+
+    /// Records windows a sink could not make durable, with why (best effort: the ledger may be
+    /// what failed).
+    pub async fn record_failed(&self, sink: &SinkId, failed: &[(WindowKey, SinkError)]) {
+        if failed.is_empty() {
+            return;
+        }
+        let entries: Vec<LedgerEntry> = failed
+            .iter()
+            .map(|(k, e)| LedgerEntry::failed(sink, k, &e.to_string(), 0, self.run_id))
+            .collect();
+        if let Err(e) = self.ledger.record_many(&entries).await {
+            tracing::warn!(error = %e, "could not record failed windows in the ledger");
+        }
+    }
 }
 
 /// A window whose rows are durable in a sink, with what its ledger entry records.
@@ -136,16 +245,18 @@ impl Written {
 /// A sink either makes each window durable before `write` returns (PostgreSQL: rows and ledger
 /// row in one transaction) or holds windows until the partitions they touch are complete and
 /// reports them durable from a later call (Parquet: one file per table and day, written once).
-/// Either way a window counts as committed only once reported in [`Written::durable`]; a crash
-/// before that loses nothing, because an uncommitted window is fetched again.
+/// Either way a window counts as committed only once reported in [`Written::durable`], and each
+/// sink records its commits in the run's ledger itself ([`RunContext::record`], or its own
+/// transaction); a crash before that loses nothing, because an uncommitted window is fetched
+/// again.
 #[async_trait]
 pub trait Sink: Send + Sync {
-    /// Short name, also the ledger's sink column: `postgres`, `parquet`, `memory`.
-    fn name(&self) -> &'static str;
+    /// Which kind of sink this is.
+    fn kind(&self) -> SinkKind;
 
     /// The sink and the destination it writes to, as the ledger records its commits.
-    fn id(&self) -> crate::ledger::SinkId {
-        crate::ledger::SinkId::new(self.name(), "")
+    fn id(&self) -> SinkId {
+        SinkId::new(self.kind(), "")
     }
 
     /// Announces every window the run is about to write, before the first `write`; a buffering
@@ -170,12 +281,5 @@ pub trait Sink: Send + Sync {
     /// error, so every row fetched is kept.
     async fn flush(&self, _run: &RunContext) -> Written {
         Written::default()
-    }
-
-    /// Whether the sink records its durable windows in the ledger itself, in the same
-    /// transaction as the rows. Sinks that cannot (files) return false and the pipeline records
-    /// them once reported durable.
-    fn records_own_commit(&self) -> bool {
-        false
     }
 }

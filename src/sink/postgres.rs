@@ -24,7 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Row};
 
-use super::{CommitStats, RunContext, Sink, SinkError, Written};
+use super::{CommitStats, RunContext, Sink, SinkError, SinkKind, Written};
 use crate::config::SchemaName;
 use crate::ledger::{DayFile, Ledger, LedgerEntry, LedgerError, RunRecord, SinkId, WindowStatus};
 use crate::record::{MediaType, Table, WindowBatch, WindowKey};
@@ -413,7 +413,7 @@ async fn upsert_windows<'e, E: sqlx::Executor<'e, Database = Postgres>>(
         .bind(col(&|e| e.key.media_type.to_string()))
         .bind(es.iter().map(|e| e.key.start_ms).collect::<Vec<i64>>())
         .bind(es.iter().map(|e| e.key.end_ms).collect::<Vec<i64>>())
-        .bind(col(&|e| e.sink.clone()))
+        .bind(col(&|e| e.sink.as_str().to_string()))
         .bind(col(&|e| status_str(e.status).to_string()))
         .bind(es.iter().map(|e| e.attempts as i32).collect::<Vec<i32>>())
         .bind(
@@ -512,7 +512,7 @@ impl PostgresSink {
             }
         }
         let entry = LedgerEntry::committed(
-            &SinkId::new("postgres", ""),
+            &SinkId::new(SinkKind::Postgres, ""),
             &super::DurableWindow::of(b),
             run.run_id,
         );
@@ -528,7 +528,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 fn sink_err(e: sqlx::Error) -> SinkError {
     SinkError {
-        sink: "postgres",
+        sink: SinkKind::Postgres,
         retryable: is_retryable(&e),
         message: e.to_string(),
     }
@@ -536,18 +536,20 @@ fn sink_err(e: sqlx::Error) -> SinkError {
 
 #[async_trait]
 impl Sink for PostgresSink {
-    fn name(&self) -> &'static str {
-        "postgres"
+    fn kind(&self) -> SinkKind {
+        SinkKind::Postgres
     }
 
-    fn records_own_commit(&self) -> bool {
-        true
-    }
-
+    /// The commit record is written in the rows' transaction; only a failure is recorded
+    /// through the run's ledger.
     async fn write(&self, _planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
         match self.commit(&b, run).await {
             Ok(stats) => Written::durable(&b, stats),
-            Err(e) => Written::failed(&b.key, e),
+            Err(e) => {
+                let written = Written::failed(&b.key, e);
+                run.record_failed(&self.id(), &written.failed).await;
+                written
+            }
         }
     }
 }
@@ -585,7 +587,7 @@ impl Ledger for PgLedger {
         )
         .bind(instance)
         .bind(media.as_str())
-        .bind(&sink.name)
+        .bind(sink.kind.as_str())
         .bind(&sink.target)
         .fetch_all(&self.store.pool)
         .await
@@ -656,7 +658,7 @@ impl Ledger for PgLedger {
     ) -> Result<u64, LedgerError> {
         let mut tx = self.store.pool.begin().await.map_err(ledger_err)?;
         let n = sqlx::query(INVALIDATE_WINDOWS)
-            .bind(&sink.name)
+            .bind(sink.kind.as_str())
             .bind(&sink.target)
             .bind(ranges.iter().map(|r| r.0).collect::<Vec<i64>>())
             .bind(ranges.iter().map(|r| r.1).collect::<Vec<i64>>())
@@ -687,7 +689,7 @@ impl Ledger for PgLedger {
                    AND o.media_type = w.media_type AND o.start_ms = w.start_ms
                    AND o.end_ms = w.end_ms AND o.sink = w.sink AND o.target = $2)",
         )
-        .bind(&sink.name)
+        .bind(sink.kind.as_str())
         .bind(&sink.target)
         .execute(&self.store.pool)
         .await

@@ -19,7 +19,7 @@
 //! Memory is bounded: when more than `buffer_rows` rows are held, the oldest days are written
 //! early and merged again when the rest of their rows arrive.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,19 +29,21 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{NaiveDate, Utc};
 use chrono_tz::Tz;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, Written};
+use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, SinkKind, Written};
 use crate::config::DEFAULT_BUFFER_ROWS;
 use crate::ledger::{DayFile, SinkId};
 use crate::plan::local_day_start;
 use crate::record::{Counts, Table, WindowBatch, WindowKey};
+use buffer::{DayBuffer, DayJob, Settled};
 
+pub mod buffer;
 pub mod layout;
 pub mod migrate;
 pub mod reconcile;
@@ -91,47 +93,16 @@ pub struct ParquetSink {
     /// carry no target and are adopted once.
     legacy: bool,
     timezone: Tz,
-    buffer_rows: usize,
-    state: Mutex<Buffer>,
+    buffer: Mutex<DayBuffer>,
     /// One writer per day at a time (a day written early may be written again while the first
     /// write is still running); entries are removed once released.
     day_locks: Mutex<HashMap<NaiveDate, Arc<tokio::sync::Mutex<()>>>>,
     _root_lock: File,
 }
 
-/// A window whose rows are held.
-struct Held {
-    batch: Arc<WindowBatch>,
-    /// Days of the window not written yet.
-    days_left: usize,
-    /// The first error writing one of its days: the window is then not durable here.
-    failed: Option<SinkError>,
-}
-
-/// What waits in memory.
-#[derive(Default)]
-struct Buffer {
-    /// Announced windows (planned keys) not written or skipped yet.
-    expected: HashSet<WindowKey>,
-    /// Per day, announced windows touching it that have not arrived.
-    pending: BTreeMap<NaiveDate, usize>,
-    /// Per day, held windows (ids) whose rows of that day are not written.
-    days: BTreeMap<NaiveDate, Vec<u64>>,
-    held: HashMap<u64, Held>,
-    next_id: u64,
-    held_rows: usize,
-}
-
-/// One day's windows, taken out of the buffer to be written.
-struct DayJob {
-    day: NaiveDate,
-    ids: Vec<u64>,
-    batches: Vec<Arc<WindowBatch>>,
-}
-
 fn err(message: String, retryable: bool) -> SinkError {
     SinkError {
-        sink: "parquet",
+        sink: SinkKind::Parquet,
         message,
         retryable,
     }
@@ -188,8 +159,7 @@ impl ParquetSink {
             id: meta.id,
             legacy,
             timezone,
-            buffer_rows: DEFAULT_BUFFER_ROWS,
-            state: Mutex::new(Buffer::default()),
+            buffer: Mutex::new(DayBuffer::new(timezone, DEFAULT_BUFFER_ROWS)),
             day_locks: Mutex::new(HashMap::new()),
             _root_lock: lock,
         })
@@ -207,7 +177,7 @@ impl ParquetSink {
 
     /// Holds at most about `rows` rows before writing the oldest days early (at least 1).
     pub fn with_buffer_rows(mut self, rows: usize) -> Self {
-        self.buffer_rows = rows.max(1);
+        self.buffer = Mutex::new(DayBuffer::new(self.timezone, rows));
         self
     }
 
@@ -216,70 +186,14 @@ impl ParquetSink {
         self.layout.day_file(table, day)
     }
 
-    fn day_of(&self, ms: i64) -> NaiveDate {
-        DateTime::<Utc>::from_timestamp_millis(ms)
-            .unwrap_or_default()
-            .with_timezone(&self.timezone)
-            .date_naive()
-    }
-
-    /// Local days `[start, end)` touches.
-    fn days_of(&self, key: &WindowKey) -> Vec<NaiveDate> {
-        if key.end_ms <= key.start_ms {
-            return vec![];
-        }
-        let (first, last) = (self.day_of(key.start_ms), self.day_of(key.end_ms - 1));
-        first.iter_days().take_while(|d| *d <= last).collect()
-    }
-
     /// Rows held in memory (for tests and metrics).
     pub fn held_rows(&self) -> usize {
-        self.state.lock().expect("buffer lock").held_rows
+        self.buffer.lock().expect("buffer lock").held_rows()
     }
 
     /// Day locks held in memory (for tests).
     pub fn open_day_locks(&self) -> usize {
         self.day_locks.lock().expect("lock map").len()
-    }
-
-    /// Takes the named days' windows out of the buffer, plus the oldest days while more than
-    /// `buffer_rows` rows would stay held.
-    fn take_days(&self, st: &mut Buffer, complete: Vec<NaiveDate>) -> Vec<DayJob> {
-        let mut days: Vec<NaiveDate> = complete
-            .into_iter()
-            .filter(|d| st.days.contains_key(d))
-            .collect();
-        days.sort();
-        days.dedup();
-        if st.held_rows > self.buffer_rows {
-            // Rows leave memory only when a window's last day is written: write the oldest days
-            // until the windows they complete bring the buffer under half the bound.
-            let mut freed = 0usize;
-            let mut left: HashMap<u64, usize> = HashMap::new();
-            for (day, ids) in &st.days {
-                if st.held_rows - freed <= self.buffer_rows / 2 {
-                    break;
-                }
-                if !days.contains(day) {
-                    days.push(*day);
-                }
-                for id in ids {
-                    let h = &st.held[id];
-                    let l = left.entry(*id).or_insert(h.days_left);
-                    *l -= 1;
-                    if *l == 0 {
-                        freed += h.batch.row_count();
-                    }
-                }
-            }
-        }
-        days.into_iter()
-            .filter_map(|day| {
-                let ids = st.days.remove(&day)?;
-                let batches = ids.iter().map(|i| st.held[i].batch.clone()).collect();
-                Some(DayJob { day, ids, batches })
-            })
-            .collect()
     }
 
     fn day_lock(&self, day: NaiveDate) -> Arc<tokio::sync::Mutex<()>> {
@@ -306,7 +220,12 @@ impl ParquetSink {
         let mut out = Written::default();
         for job in jobs {
             let error = self.write_one_day(job.day, job.batches, &mut out).await;
-            self.settle_day(job.ids, error, &mut out);
+            let settled = self
+                .buffer
+                .lock()
+                .expect("buffer lock")
+                .day_done(job.ids, error);
+            absorb(&mut out, settled);
         }
         out
     }
@@ -377,47 +296,6 @@ impl ParquetSink {
             detail: message.clone(),
         });
         err(message, true)
-    }
-
-    /// Counts a written (or failed) day against its windows: a window is durable once its last
-    /// day is written, failed if any of its days failed.
-    fn settle_day(&self, ids: Vec<u64>, error: Option<SinkError>, out: &mut Written) {
-        let mut st = self.state.lock().expect("buffer lock");
-        for id in ids {
-            let Some(h) = st.held.get_mut(&id) else {
-                continue;
-            };
-            h.days_left -= 1;
-            if h.failed.is_none() {
-                h.failed = error.clone();
-            }
-            if h.days_left == 0 {
-                let h = st.held.remove(&id).expect("held window");
-                st.held_rows -= h.batch.row_count();
-                match h.failed {
-                    None => out.durable.push(DurableWindow::of(&h.batch)),
-                    Some(e) => out.failed.push((h.batch.key.clone(), e)),
-                }
-            }
-        }
-    }
-
-    /// Marks `planned` as arrived; returns the days it was the last pending window of.
-    fn arrive(&self, st: &mut Buffer, planned: &WindowKey) -> Vec<NaiveDate> {
-        let days = self.days_of(planned);
-        if st.expected.remove(planned) {
-            for d in &days {
-                if let Some(n) = st.pending.get_mut(d) {
-                    *n -= 1;
-                    if *n == 0 {
-                        st.pending.remove(d);
-                    }
-                }
-            }
-        }
-        days.into_iter()
-            .filter(|d| !st.pending.contains_key(d))
-            .collect()
     }
 }
 
@@ -842,84 +720,56 @@ fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), S
     result
 }
 
+/// Adds settled windows to what a call reports.
+fn absorb(out: &mut Written, settled: Vec<Settled>) {
+    for s in settled {
+        match s {
+            Settled::Durable(batch) => out.durable.push(DurableWindow::of(&batch)),
+            Settled::Failed(key, e) => out.failed.push((key, e)),
+        }
+    }
+}
+
 #[async_trait]
 impl Sink for ParquetSink {
-    fn name(&self) -> &'static str {
-        "parquet"
+    fn kind(&self) -> SinkKind {
+        SinkKind::Parquet
     }
 
     fn id(&self) -> SinkId {
-        SinkId::new("parquet", self.id.clone())
+        SinkId::new(SinkKind::Parquet, self.id.clone())
     }
 
     fn expect(&self, windows: &[WindowKey]) {
-        let mut st = self.state.lock().expect("buffer lock");
-        for w in windows {
-            if st.expected.insert(w.clone()) {
-                for d in self.days_of(w) {
-                    *st.pending.entry(d).or_default() += 1;
-                }
-            }
-        }
+        self.buffer.lock().expect("buffer lock").expect(windows);
     }
 
     async fn write(
         &self,
         planned: &WindowKey,
         batch: Arc<WindowBatch>,
-        _run: &RunContext,
+        run: &RunContext,
     ) -> Written {
-        let days = self.days_of(&batch.key);
-        let jobs = {
-            let mut st = self.state.lock().expect("buffer lock");
-            let mut complete = self.arrive(&mut st, planned);
-            let id = st.next_id;
-            st.next_id += 1;
-            st.held_rows += batch.row_count();
-            for d in &days {
-                st.days.entry(*d).or_default().push(id);
-                if !st.pending.contains_key(d) {
-                    complete.push(*d);
-                }
-            }
-            st.held.insert(
-                id,
-                Held {
-                    batch: batch.clone(),
-                    days_left: days.len(),
-                    failed: None,
-                },
-            );
-            if days.is_empty() {
-                // Nothing to write: durable as it is.
-                let h = st.held.remove(&id).expect("held window");
-                st.held_rows -= h.batch.row_count();
-                drop(st);
-                return Written::durable(&batch, CommitStats::default());
-            }
-            self.take_days(&mut st, complete)
-        };
-        self.write_days(jobs).await
+        let (jobs, at_once) = self
+            .buffer
+            .lock()
+            .expect("buffer lock")
+            .arrive(planned, batch);
+        let mut written = self.write_days(jobs).await;
+        absorb(&mut written, at_once.into_iter().collect());
+        run.record(&self.id(), written).await
     }
 
-    async fn skip(&self, planned: &WindowKey, _run: &RunContext) -> Written {
-        let jobs = {
-            let mut st = self.state.lock().expect("buffer lock");
-            let complete = self.arrive(&mut st, planned);
-            self.take_days(&mut st, complete)
-        };
-        self.write_days(jobs).await
+    async fn skip(&self, planned: &WindowKey, run: &RunContext) -> Written {
+        let jobs = self.buffer.lock().expect("buffer lock").skip(planned);
+        let written = self.write_days(jobs).await;
+        run.record(&self.id(), written).await
     }
 
-    async fn flush(&self, _run: &RunContext) -> Written {
-        let jobs = {
-            let mut st = self.state.lock().expect("buffer lock");
-            st.expected.clear();
-            st.pending.clear();
-            let all: Vec<NaiveDate> = st.days.keys().copied().collect();
-            self.take_days(&mut st, all)
-        };
-        self.write_days(jobs).await
+    async fn flush(&self, run: &RunContext) -> Written {
+        let jobs = self.buffer.lock().expect("buffer lock").flush();
+        let written = self.write_days(jobs).await;
+        run.record(&self.id(), written).await
     }
 }
 
@@ -927,6 +777,7 @@ impl Sink for ParquetSink {
 mod tests {
     use super::*;
     use crate::record::{MediaType, OverallRow};
+    use std::collections::BTreeMap;
 
     fn row(t: i64, n: i64, at: i64) -> StoredRow {
         StoredRow {
@@ -1036,6 +887,7 @@ mod tests {
     fn run() -> RunContext {
         RunContext {
             run_id: uuid::Uuid::nil(),
+            ledger: Arc::new(crate::ledger::MemoryLedger::default()),
         }
     }
 

@@ -80,7 +80,7 @@ pub fn check(layout: &Layout, recorded: &[DayFile]) -> Result<Vec<Finding>, Stri
 
 /// The epoch-ms ranges of the findings' days.
 pub fn ranges(tz: Tz, findings: &[Finding]) -> Vec<(i64, i64)> {
-    crate::ledger::union(
+    crate::ranges::union(
         findings
             .iter()
             .map(|f| Layout::day_range(tz, f.day))

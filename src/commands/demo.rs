@@ -1,0 +1,89 @@
+//! `ccc-etl demo`: a backfill from an in-process emulator, no credentials needed.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use chrono::Utc;
+
+use super::job::execute;
+use super::open::open_sinks;
+use super::report;
+use crate::ccc::emulator::{self, EmulatorOptions};
+use crate::config::{Config, Credentials};
+use crate::pipeline::{BackfillRequest, RangeStart, RunKind, system_now};
+use crate::plan::{self};
+
+/// Instances the demo's emulator serves.
+pub const DEMO_INSTANCES: [&str; 3] = ["demo-north", "demo-south", "demo-east"];
+
+pub(crate) async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
+    // A throwaway key pair: the demo needs no credentials, and these never leave the process.
+    let key_id = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let instances: Vec<String> = DEMO_INSTANCES.iter().map(|s| s.to_string()).collect();
+    let opts = EmulatorOptions::new(instances.clone(), &key_id, &secret);
+    let emu = emulator::spawn(opts)
+        .await
+        .context("cannot start the in-process emulator")?;
+    let mut config = Config::for_emulator(&emu.endpoint(), instances.clone());
+    config.parquet = Some(crate::config::ParquetConfig::at(root.to_path_buf()));
+    // PostgreSQL too when DATABASE_URL is set (schema `ccc`).
+    if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty()) {
+        config.postgres = Some(crate::config::PostgresConfig {
+            url: None,
+            schema: crate::config::SchemaName::parse("ccc").expect("valid schema name"),
+        });
+    }
+    let now = system_now();
+    let tz = config.pipeline.timezone;
+    let today = Utc::now().with_timezone(&tz).date_naive();
+    let from_day = today
+        .checked_sub_days(chrono::Days::new(days as u64))
+        .unwrap_or(today);
+    let req = BackfillRequest {
+        instances,
+        from: RangeStart::At(plan::local_day_start(tz, from_day)),
+        to_ms: now(),
+        refetch: false,
+        strict_horizon: false,
+        lookback_ms: None,
+        kind: RunKind::Demo,
+    };
+    println!(
+        "demo: emulator on {} serving {}; back-filling {} .. now into {}{}",
+        emu.endpoint(),
+        DEMO_INSTANCES.join(", "),
+        from_day,
+        root.display(),
+        if config.postgres.is_some() {
+            " and PostgreSQL (DATABASE_URL, schema ccc)"
+        } else {
+            ""
+        }
+    );
+    let (sinks, ledger) = open_sinks(&config).await?;
+    let summary = execute(
+        &config,
+        Credentials::new(&key_id, &secret, None),
+        sinks,
+        ledger,
+        &req,
+        now,
+        quiet,
+    )
+    .await?;
+    let code = report(&summary);
+    emu.shutdown().await;
+    let root = root.display();
+    println!(
+        "\nQuery the result with DuckDB, for example:\n  duckdb -c \"SELECT instance_id, date_trunc('day', stats_time) AS day, sum(total_calls) AS calls, \
+         sum(calls_handled) AS handled FROM read_parquet('{root}/inbound_trend/*/*.parquet', hive_partitioning = true) \
+         GROUP BY ALL ORDER BY ALL LIMIT 10\""
+    );
+    if config.postgres.is_some() {
+        println!(
+            "and in PostgreSQL:\n  psql \"$DATABASE_URL\" -c \"SELECT * FROM ccc.daily_traffic ORDER BY day DESC, instance_id LIMIT 10\""
+        );
+    }
+    Ok(code)
+}

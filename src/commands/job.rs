@@ -1,0 +1,187 @@
+//! `backfill` and `nightly`: the request, the checks before any work, the run, the summary and
+//! the metrics file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::Utc;
+
+use super::open::open_sinks;
+use super::{report, resolve_instances};
+use crate::ccc::client::CccClient;
+use crate::ccc::ratelimit::AdaptivePacer;
+use crate::cli::RangeArgs;
+use crate::config::{Config, Credentials};
+use crate::error::{EXIT_OK, InputError};
+use crate::ledger::Ledger;
+use crate::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind, RunSummary};
+use crate::plan::{self, Bound};
+use crate::progress::Progress;
+use crate::record::fmt_ms;
+use crate::sink::Sink;
+
+/// The request a nightly run makes at `now_ms`: from just inside the horizon to now, every gap,
+/// plus `lookback_days` before the end of each series' coverage.
+pub fn nightly_request(config: &Config, instances: Vec<String>, now_ms: i64) -> BackfillRequest {
+    BackfillRequest {
+        instances,
+        from: RangeStart::Horizon,
+        to_ms: now_ms,
+        refetch: false,
+        strict_horizon: false,
+        kind: RunKind::Nightly,
+        lookback_ms: Some(config.pipeline.lookback_days as i64 * plan::DAY_MS),
+    }
+}
+
+/// Validates a range and instances into a request.
+pub fn backfill_request(
+    config: &Config,
+    range: &RangeArgs,
+    refetch: bool,
+    strict_horizon: bool,
+    now: NowFn,
+) -> Result<BackfillRequest, InputError> {
+    let tz = config.pipeline.timezone;
+    let from_ms = plan::parse_time_arg(&range.from, tz, Bound::From)?;
+    let to_ms = match &range.to {
+        Some(t) => plan::parse_time_arg(t, tz, Bound::To)?,
+        None => now(),
+    };
+    if from_ms >= to_ms {
+        return Err(InputError::new(format!(
+            "--from {} is not before --to {}",
+            fmt_ms(from_ms),
+            fmt_ms(to_ms)
+        )));
+    }
+    Ok(BackfillRequest {
+        instances: resolve_instances(config, &range.instances)?,
+        from: RangeStart::At(from_ms),
+        to_ms,
+        refetch,
+        strict_horizon,
+        kind: RunKind::Backfill,
+        lookback_ms: None,
+    })
+}
+
+/// A `backfill` or `nightly` run: credentials, endpoint, sinks (all checked before any work),
+/// the run itself, then the summary and the metrics file. A run that fails before it fetches
+/// (bad credentials, endpoint unreachable, database down) still writes the metrics file it was
+/// asked for, so monitoring sees the failure.
+pub(crate) async fn run_job(
+    config: &Config,
+    req: &BackfillRequest,
+    now: NowFn,
+    metrics: Option<&Path>,
+    quiet: bool,
+) -> anyhow::Result<u8> {
+    let outcome = async {
+        let credentials = Credentials::from_env()?;
+        preflight_endpoint(&config.source.endpoint).await?;
+        let (sinks, ledger) = open_sinks(config).await?;
+        let summary = execute(config, credentials, sinks, ledger.clone(), req, now, quiet).await?;
+        finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await
+    }
+    .await;
+    if let (Err(e), Some(path)) = (&outcome, metrics) {
+        write_failure_metrics(req.kind.as_str(), path, crate::error::exit_code_for(e), e);
+    }
+    outcome
+}
+
+/// The metrics of a run that stopped before its summary: its exit code and time, and the last
+/// success as the previous metrics file had it (the ledger may be what is unreachable).
+pub(crate) fn write_failure_metrics(command: &str, path: &Path, code: u8, error: &anyhow::Error) {
+    let previous = std::fs::read_to_string(path).unwrap_or_default();
+    let last = crate::metrics::last_success_in(&previous, command);
+    let summary = RunSummary {
+        fatal: Some(format!("{error:#}")),
+        ..RunSummary::default()
+    };
+    let text = crate::metrics::render(command, &summary, code, Utc::now(), last);
+    if let Err(e) = crate::metrics::write_atomic(path, &text) {
+        tracing::error!(error = %e, path = %path.display(), "cannot write the metrics file");
+    }
+}
+
+/// Prints the summary, writes the metrics file if asked, returns the exit code.
+pub(crate) async fn finish_run(
+    command: &str,
+    summary: &RunSummary,
+    ledger: &dyn Ledger,
+    metrics: Option<&Path>,
+) -> anyhow::Result<u8> {
+    let code = report(summary);
+    if let Some(path) = metrics {
+        let now = Utc::now();
+        let last = if code == EXIT_OK {
+            Some(now)
+        } else {
+            ledger.last_success(Some(command)).await.ok().flatten()
+        };
+        let text = crate::metrics::render(command, summary, code, now, last);
+        crate::metrics::write_atomic(path, &text)
+            .with_context(|| format!("cannot write the metrics file {}", path.display()))?;
+    }
+    Ok(code)
+}
+
+/// Builds the client and runs a backfill.
+pub async fn execute(
+    config: &Config,
+    credentials: Credentials,
+    sinks: Vec<Arc<dyn Sink>>,
+    ledger: Arc<dyn Ledger>,
+    req: &BackfillRequest,
+    now: NowFn,
+    quiet: bool,
+) -> anyhow::Result<RunSummary> {
+    let limiter = Arc::new(AdaptivePacer::new(config.source.max_qps));
+    let client = CccClient::new(&config.source, credentials, limiter)
+        .context("cannot build the HTTP client")?;
+    let engine = Backfill::new(
+        config.clone(),
+        Arc::new(client),
+        sinks,
+        ledger,
+        now,
+        Progress::auto(quiet),
+    );
+    engine.run(req).await
+}
+
+/// Checks that the endpoint resolves and accepts a TCP connection, so that a wrong host or port
+/// is reported once, before anything is written, instead of as every window failing.
+pub async fn preflight_endpoint(endpoint: &crate::config::Endpoint) -> Result<(), InputError> {
+    let url = endpoint.url();
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let limit = std::time::Duration::from_secs(10);
+    let fail = |why: String| {
+        InputError::new(format!(
+            "cannot reach the endpoint {endpoint}: {why} (check [source] endpoint and the network)"
+        ))
+    };
+    let addrs: Vec<_> = tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), port)))
+        .await
+        .map_err(|_| fail("name lookup timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?
+        .collect();
+    let mut last = String::from("no address");
+    for addr in addrs {
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: connection timed out"),
+        }
+    }
+    Err(fail(last))
+}

@@ -1,0 +1,79 @@
+//! `ccc-etl migrate`: the PostgreSQL migrations, and a deliberate change of time zone.
+
+use super::open::{connect_postgres_with, open_ledger};
+use crate::config::Config;
+use crate::error::{EXIT_OK, InputError};
+use crate::ledger::{DayFile, SinkId};
+use crate::sink::SinkKind;
+use crate::sink::parquet::Layout;
+use crate::sink::postgres::Access;
+
+/// `ccc-etl migrate`: applies the PostgreSQL migrations and, when `timezone` changed, moves the
+/// views and the Parquet root's day partitions to the configured zone.
+pub(crate) async fn run_migrate(config: &Config) -> anyhow::Result<u8> {
+    if config.postgres.is_none() && config.parquet.is_none() {
+        return Err(InputError::new(
+            "migrate needs a [postgres] or [parquet] section in the configuration",
+        )
+        .into());
+    }
+    let tz = config.pipeline.timezone;
+    let store = connect_postgres_with(config, Access::Migrate).await?;
+    if let Some(store) = &store {
+        println!(
+            "migrations applied: schema {} at {}; views in time zone {}",
+            store.schema().as_str(),
+            store.describe(),
+            tz.name()
+        );
+    }
+    if let Some(pq) = &config.parquet {
+        let layout = Layout::new(&pq.root);
+        if layout.read_meta().map_err(InputError::new)?.is_none() {
+            return Ok(EXIT_OK);
+        }
+        let _lock = layout.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let before = layout.list().map_err(anyhow::Error::msg)?;
+        let report = {
+            let layout = layout.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::sink::parquet::migrate::repartition(&layout, tz)
+            })
+            .await?
+            .map_err(anyhow::Error::msg)?
+        };
+        if report.files_before > 0 || report.rows > 0 {
+            // The files are new: the ledger's manifest follows them (coverage is unchanged).
+            let ledger = open_ledger(config, store.as_ref(), false)?;
+            let meta = layout
+                .read_meta()
+                .map_err(anyhow::Error::msg)?
+                .expect("checked above");
+            let id = SinkId::new(SinkKind::Parquet, meta.id);
+            let old: Vec<_> = before.iter().map(|f| (f.table, f.day)).collect();
+            ledger.invalidate(&id, &[], &old, "re-partitioned").await?;
+            let files: Vec<DayFile> = layout
+                .list()
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .map(|l| DayFile {
+                    target: id.target.clone(),
+                    table: l.table,
+                    day: l.day,
+                    etag: l.etag,
+                    rows: 0,
+                })
+                .collect();
+            ledger.record_files(&files).await?;
+            println!(
+                "Parquet root {} re-partitioned for {}: {} rows, {} day files (were {})",
+                layout.root().display(),
+                tz.name(),
+                report.rows,
+                report.files_after,
+                report.files_before
+            );
+        }
+    }
+    Ok(EXIT_OK)
+}

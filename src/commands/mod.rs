@@ -1,0 +1,141 @@
+//! What each subcommand does: validated arguments in, a run and its exit code out. One file per
+//! subcommand; `open` decides what a command works on, `job` runs backfills and nightly runs.
+
+mod demo;
+mod emulator;
+mod job;
+mod migrate;
+mod open;
+mod plan;
+mod status;
+mod verify;
+
+use crate::cli::{Cli, Command, OutputFormat};
+use crate::config::{Config, validate_instances};
+use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
+use crate::pipeline::{RunSummary, system_now};
+
+pub use demo::DEMO_INSTANCES;
+use demo::run_demo;
+use emulator::run_emulator;
+use job::run_job;
+pub use job::{backfill_request, execute, nightly_request, preflight_endpoint};
+use migrate::run_migrate;
+pub use open::{connect_postgres, connect_postgres_with, open_sinks};
+pub use plan::run_plan;
+pub use status::status_report;
+use verify::run_repair;
+pub use verify::run_verify;
+
+/// Runs the parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Emulator(args) => run_emulator(args).await,
+        Command::Demo { days, parquet_root } => run_demo(*days, parquet_root, cli.quiet).await,
+        Command::Plan { range, format } => {
+            let config = Config::load(&cli.config)?;
+            run_plan(&config, range, *format, system_now())
+        }
+        Command::Backfill {
+            range,
+            refetch,
+            strict_horizon,
+            metrics_file,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let req = backfill_request(&config, range, *refetch, *strict_horizon, system_now())?;
+            run_job(
+                &config,
+                &req,
+                system_now(),
+                metrics_file.as_deref(),
+                cli.quiet,
+            )
+            .await
+        }
+        Command::Nightly {
+            instances,
+            metrics_file,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let instances = resolve_instances(&config, instances)?;
+            let now = system_now();
+            let req = nightly_request(&config, instances, now());
+            run_job(&config, &req, now, metrics_file.as_deref(), cli.quiet).await
+        }
+        Command::Status { format, alert_days } => {
+            let config = Config::load(&cli.config)?;
+            let report = status_report(
+                &config,
+                alert_days.unwrap_or(config.pipeline.aging_alert_days),
+                system_now()(),
+            )
+            .await?;
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                OutputFormat::Table => print!("{}", report.render()),
+            }
+            Ok(if report.alert { EXIT_CHECK } else { EXIT_OK })
+        }
+        Command::Verify {
+            repair,
+            metrics_file,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let code = run_verify(&config).await?;
+            if *repair && code != EXIT_OK {
+                return run_repair(&config, metrics_file.as_deref(), cli.quiet).await;
+            }
+            Ok(code)
+        }
+        Command::Migrate => {
+            let config = Config::load(&cli.config)?;
+            run_migrate(&config).await
+        }
+    }
+}
+
+/// Prints the summary to stdout and returns its exit code.
+pub(crate) fn report(summary: &RunSummary) -> u8 {
+    print!("{}", summary.render());
+    summary.exit_code()
+}
+
+/// Instances from `--instance`, checked against the configuration, or all configured ones.
+pub fn resolve_instances(config: &Config, requested: &[String]) -> Result<Vec<String>, InputError> {
+    if requested.is_empty() {
+        return Ok(config.pipeline.instances.clone());
+    }
+    validate_instances(requested).map_err(|e| InputError::new(format!("--instance: {e}")))?;
+    for id in requested {
+        if !config.pipeline.instances.contains(id) {
+            return Err(InputError::new(format!(
+                "--instance {id:?} is not a configured instance (configured: {})",
+                config.pipeline.instances.join(", ")
+            )));
+        }
+    }
+    Ok(requested.to_vec())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,122 @@
+//! Opening what a command works on: PostgreSQL (with what it may change), the sinks, and the
+//! ledger that goes with them. Decided once, here.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::InputError;
+use crate::ledger::{FileLedger, Ledger, SinkId};
+use crate::sink::parquet::{Layout, ParquetSink, check_zone, reconcile};
+use crate::sink::postgres::{Access, PgError, PgLedger, PgStore, PostgresSink};
+use crate::sink::{Sink, SinkKind};
+
+/// The ledger that goes with the configured sinks: PostgreSQL's when it is configured (it then
+/// tracks the Parquet commits too), else the file ledger under the Parquet root.
+pub(crate) fn open_ledger(
+    config: &Config,
+    store: Option<&PgStore>,
+    read_only: bool,
+) -> anyhow::Result<Arc<dyn Ledger>> {
+    Ok(match (store, &config.parquet) {
+        (Some(store), _) => Arc::new(PgLedger::new(store.clone())),
+        (None, Some(pq)) => {
+            let opened = if read_only {
+                FileLedger::open_read_only(&pq.root)
+            } else {
+                FileLedger::open(&pq.root)
+            };
+            Arc::new(opened.map_err(|e| InputError::new(e.to_string()))?)
+        }
+        (None, None) => {
+            return Err(InputError::new(
+                "no sink is configured: add a [parquet] and/or a [postgres] section",
+            )
+            .into());
+        }
+    })
+}
+
+/// Connects to PostgreSQL as `[postgres]` says and applies the migrations.
+pub async fn connect_postgres(config: &Config) -> anyhow::Result<Option<PgStore>> {
+    connect_postgres_with(config, Access::Write).await
+}
+
+/// Connects to PostgreSQL as `[postgres]` says, with what the command may change.
+pub async fn connect_postgres_with(
+    config: &Config,
+    access: Access,
+) -> anyhow::Result<Option<PgStore>> {
+    let Some(pg) = &config.postgres else {
+        return Ok(None);
+    };
+    let url = pg.resolve_url()?;
+    let store = PgStore::connect(
+        &url,
+        &pg.schema,
+        config.pipeline.timezone,
+        config.source.concurrency as u32 + 2,
+        access,
+    )
+    .await
+    .map_err(PgError::into_anyhow)?;
+    Ok(Some(store))
+}
+
+/// Opens the configured sinks and the ledger that goes with them: the PostgreSQL ledger when
+/// PostgreSQL is configured (it then tracks the Parquet commits too), else the file ledger under
+/// the Parquet root. Everything is checked here, before any API request is sent.
+pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, Arc<dyn Ledger>)> {
+    if config.postgres.is_none() && config.parquet.is_none() {
+        return Err(InputError::new(
+            "no sink is configured: add a [parquet] and/or a [postgres] section",
+        )
+        .into());
+    }
+    // Everything that is bad input is checked before anything is created.
+    if let Some(pg) = &config.postgres {
+        pg.resolve_url()?;
+    }
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let parquet = match &config.parquet {
+        Some(pq) => Some(
+            ParquetSink::new(&pq.root, config.pipeline.timezone)
+                .map_err(|e| InputError::new(e.to_string()))?
+                .with_buffer_rows(pq.buffer_rows),
+        ),
+        None => None,
+    };
+    let store = connect_postgres(config).await?;
+    if let Some(store) = &store {
+        sinks.push(Arc::new(PostgresSink::new(store.clone())));
+    }
+    let ledger = open_ledger(config, store.as_ref(), false)?;
+    if let Some(p) = parquet {
+        tracing::info!(root = %p.layout().root().display(), "Parquet root");
+        reconcile::before_run(
+            p.layout(),
+            config.pipeline.timezone,
+            ledger.as_ref(),
+            &p.id(),
+            p.is_legacy(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot check the Parquet root against the ledger: {e}"))?;
+        sinks.push(Arc::new(p));
+    }
+    Ok((sinks, ledger))
+}
+
+/// The ledger's name for a Parquet root, read without writing: its id; for a root an older
+/// version wrote, the empty target its commits were recorded with; for a root that does not
+/// exist (or was wiped), one that matches no commit.
+pub(crate) fn parquet_sink_id(layout: &Layout, tz: chrono_tz::Tz) -> anyhow::Result<SinkId> {
+    let target = match layout.read_meta().map_err(InputError::new)? {
+        Some(meta) => {
+            check_zone(layout, &meta, tz).map_err(|e| InputError::new(e.message))?;
+            meta.id
+        }
+        None if layout.has_state_without_meta() => String::new(),
+        None => format!("absent:{}", layout.root().display()),
+    };
+    Ok(SinkId::new(SinkKind::Parquet, target))
+}

@@ -1,0 +1,412 @@
+//! A run: the only place that wires plan, client, de-duplication, sinks and ledger together.
+//!
+//! [`Backfill::run`] reads as its steps: `prepare` (plan, subtract what the ledger says every
+//! sink has, announce the windows to the sinks), `fetch_all` (windows oldest first across
+//! instances, up to `concurrency` at a time; the client's semaphore and rate limiter bound the
+//! HTTP side), `flush` (the sinks write what they hold, also after a run-fatal error, so every
+//! row fetched is kept) and `finish` (the summary, recorded with the run). One window's path is in
+//! `window.rs`; what happened is applied to the run's [`Tally`], the one owner of window state.
+//! Each sink records its own commits in the ledger.
+
+mod summary;
+mod tally;
+mod window;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use tracing::Instrument;
+
+pub use summary::{FailedWindow, RunStatus, RunSummary};
+pub use tally::{Event, Step, Tally};
+
+use crate::ccc::client::CccClient;
+use crate::config::Config;
+use crate::error::InputError;
+use crate::ledger::{self, Ledger, RunRecord, SinkId};
+use crate::plan::{self, PlanRequest};
+use crate::progress::Progress;
+use crate::record::{MediaType, WindowKey, fmt_ms};
+use crate::sink::{RunContext, Sink};
+
+/// The clock, in epoch ms; tests pass a fixed one.
+pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_now() -> NowFn {
+    Arc::new(|| Utc::now().timestamp_millis())
+}
+
+/// What kind of run this is: recorded with it, and the `command` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// `ccc-etl backfill`.
+    Backfill,
+    /// `ccc-etl nightly`.
+    Nightly,
+    /// `ccc-etl demo`.
+    Demo,
+    /// `ccc-etl verify --repair`.
+    Repair,
+}
+
+impl RunKind {
+    /// The name in the `runs` table and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Backfill => "backfill",
+            RunKind::Nightly => "nightly",
+            RunKind::Demo => "demo",
+            RunKind::Repair => "repair",
+        }
+    }
+}
+
+/// Where a requested range starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeStart {
+    /// At this instant, epoch ms; what lies behind the horizon is reported lost.
+    At(i64),
+    /// At the planning horizon, computed when the run plans: "everything the API still has",
+    /// with nothing reported lost.
+    Horizon,
+}
+
+/// What to back-fill, validated.
+#[derive(Debug, Clone)]
+pub struct BackfillRequest {
+    /// Instances (already validated against the config).
+    pub instances: Vec<String>,
+    /// Range start.
+    pub from: RangeStart,
+    /// Range end, epoch ms (exclusive).
+    pub to_ms: i64,
+    /// Fetch committed windows again.
+    pub refetch: bool,
+    /// Treat a range behind the horizon as an error.
+    pub strict_horizon: bool,
+    /// What kind of run.
+    pub kind: RunKind,
+    /// Nightly: also fetch again, per series, from this long before the end of its committed
+    /// coverage (floored to local midnight), to pick up revisions.
+    pub lookback_ms: Option<i64>,
+}
+
+impl BackfillRequest {
+    /// A plain backfill of `[from_ms, to_ms)`.
+    pub fn range(instances: Vec<String>, from_ms: i64, to_ms: i64) -> Self {
+        Self {
+            instances,
+            from: RangeStart::At(from_ms),
+            to_ms,
+            refetch: false,
+            strict_horizon: false,
+            kind: RunKind::Backfill,
+            lookback_ms: None,
+        }
+    }
+}
+
+/// The engine for runs.
+pub struct Backfill {
+    config: Config,
+    client: Arc<CccClient>,
+    sinks: Vec<Arc<dyn Sink>>,
+    ledger: Arc<dyn Ledger>,
+    now: NowFn,
+    progress: Progress,
+}
+
+/// One run in progress.
+struct Run {
+    id: uuid::Uuid,
+    kind: RunKind,
+    started_at: DateTime<Utc>,
+    ctx: RunContext,
+    tally: Tally,
+}
+
+impl Backfill {
+    /// Wires the parts.
+    pub fn new(
+        config: Config,
+        client: Arc<CccClient>,
+        sinks: Vec<Arc<dyn Sink>>,
+        ledger: Arc<dyn Ledger>,
+        now: NowFn,
+        progress: Progress,
+    ) -> Self {
+        Self {
+            config,
+            client,
+            sinks,
+            ledger,
+            now,
+            progress,
+        }
+    }
+
+    /// The plan for a request, before subtracting the ledger.
+    pub fn plan(&self, req: &BackfillRequest) -> plan::Plan {
+        let now_ms = (self.now)();
+        let margin = self.config.pipeline.horizon_margin_ms();
+        plan::plan(&PlanRequest {
+            instances: req.instances.clone(),
+            media_types: self.config.pipeline.media_types.clone(),
+            from_ms: match req.from {
+                RangeStart::At(ms) => ms,
+                RangeStart::Horizon => plan::horizon_ms(now_ms, margin),
+            },
+            to_ms: req.to_ms,
+            now_ms,
+            timezone: self.config.pipeline.timezone,
+            horizon_margin_ms: margin,
+        })
+    }
+
+    /// Runs to the end (or to a run-fatal error) and returns the summary.
+    pub async fn run(&self, req: &BackfillRequest) -> anyhow::Result<RunSummary> {
+        let run_id = uuid::Uuid::new_v4();
+        // Every log line of the run carries its id (and, inside a window, the window's fields).
+        let span = tracing::info_span!("run", run_id = %run_id, command = req.kind.as_str());
+        async {
+            let started = Instant::now();
+            let (run, windows) = self.prepare(req, run_id).await?;
+            let run = self.fetch_all(run, windows).await;
+            let run = self.flush(run).await;
+            Ok(self.finish(run, started).await)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Plans, subtracts what is committed, records the run's start and announces the windows.
+    async fn prepare(
+        &self,
+        req: &BackfillRequest,
+        run_id: uuid::Uuid,
+    ) -> anyhow::Result<(Run, Vec<WindowKey>)> {
+        if let RangeStart::At(from) = req.from
+            && from >= req.to_ms
+        {
+            return Err(InputError::new(format!(
+                "--from ({}) must be before --to ({})",
+                fmt_ms(from),
+                fmt_ms(req.to_ms)
+            ))
+            .into());
+        }
+        let plan = self.plan(req);
+        let mut summary = RunSummary {
+            run_id: run_id.to_string(),
+            ..Default::default()
+        };
+        report_lost(&plan, req.strict_horizon, &mut summary)?;
+        let windows = self.pending_windows(req, &plan, &mut summary).await?;
+        summary.windows_planned = windows.len() as u64;
+        let started_at = Utc::now();
+        self.ledger
+            .record_run(&RunRecord {
+                run_id,
+                command: req.kind.as_str().into(),
+                started_at,
+                finished_at: None,
+                status: "running".into(),
+                summary: None,
+            })
+            .await?;
+        tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
+        self.progress.start(windows.len() as u64);
+        for sink in &self.sinks {
+            sink.expect(&windows);
+        }
+        let run = Run {
+            id: run_id,
+            kind: req.kind,
+            started_at,
+            ctx: RunContext {
+                run_id,
+                ledger: self.ledger.clone(),
+            },
+            tally: Tally::new(self.sinks.iter().map(|s| s.kind()), summary),
+        };
+        Ok((run, windows))
+    }
+
+    /// Fetches every window, `concurrency` at a time, until done or a run-fatal error.
+    async fn fetch_all(&self, mut run: Run, windows: Vec<WindowKey>) -> Run {
+        let concurrency = self.config.source.concurrency.max(1);
+        let ctx = run.ctx.clone();
+        let mut stream = futures::stream::iter(windows.into_iter().map(|w| {
+            let span = tracing::info_span!(
+                "window",
+                instance = %w.instance_id,
+                media_type = %w.media_type,
+                window_start = %fmt_ms(w.start_ms),
+                window_end = %fmt_ms(w.end_ms),
+            );
+            self.process(w, &ctx).instrument(span)
+        }))
+        .buffer_unordered(concurrency);
+        'windows: while let Some(events) = stream.next().await {
+            for event in events {
+                if let Some(fatal) = self.apply(&mut run.tally, event) {
+                    run.tally.stop(fatal);
+                    break 'windows;
+                }
+            }
+        }
+        run
+    }
+
+    /// Whatever a sink still holds is written, also after a fatal error: every row fetched is
+    /// kept.
+    async fn flush(&self, mut run: Run) -> Run {
+        for sink in &self.sinks {
+            let written = sink.flush(&run.ctx).await;
+            for event in window::report(sink.as_ref(), written) {
+                let _ = self.apply(&mut run.tally, event);
+            }
+        }
+        run
+    }
+
+    /// Completes the summary and records the end of the run.
+    async fn finish(&self, run: Run, started: Instant) -> RunSummary {
+        self.progress.finish();
+        let mut summary = run.tally.into_summary();
+        let stats = self.client.stats();
+        summary.requests = stats.requests.load(Ordering::Relaxed);
+        summary.retries = stats.retries.load(Ordering::Relaxed);
+        summary.throttled = stats.throttled.load(Ordering::Relaxed);
+        summary.responses_by_code = stats.by_code();
+        summary.duration_secs = started.elapsed().as_secs_f64();
+        summary.windows_failed.sort_by(|a, b| a.key.cmp(&b.key));
+        summary.revisions = summary.sinks.values().map(|c| c.revised).max().unwrap_or(0);
+        let record = RunRecord {
+            run_id: run.id,
+            command: run.kind.as_str().into(),
+            started_at: run.started_at,
+            finished_at: Some(Utc::now()),
+            status: summary.status().as_str().into(),
+            summary: serde_json::to_value(&summary).ok(),
+        };
+        if let Err(e) = self.ledger.record_run(&record).await {
+            tracing::warn!(error = %e, "could not record the end of the run");
+        }
+        summary
+    }
+
+    /// Applies an event to the tally and the progress display; returns a run-fatal error.
+    fn apply(&self, tally: &mut Tally, event: Event) -> Option<String> {
+        match tally.apply(event) {
+            Step::Quiet => None,
+            Step::WindowDone { rows } => {
+                self.progress.window_done(rows, &self.client);
+                None
+            }
+            Step::Stop(fatal) => Some(fatal),
+        }
+    }
+
+    /// The plan minus what every sink has committed (unless `refetch`), in fetch order.
+    async fn pending_windows(
+        &self,
+        req: &BackfillRequest,
+        plan: &plan::Plan,
+        summary: &mut RunSummary,
+    ) -> anyhow::Result<Vec<WindowKey>> {
+        if req.refetch {
+            return Ok(plan.windows.clone());
+        }
+        let ids = window::sink_ids(&self.sinks);
+        let mut by_series: BTreeMap<(String, MediaType), Vec<&WindowKey>> = BTreeMap::new();
+        for w in &plan.windows {
+            by_series
+                .entry((w.instance_id.clone(), w.media_type))
+                .or_default()
+                .push(w);
+        }
+        let mut out = Vec::new();
+        for ((instance, media), planned) in by_series {
+            let mine = self
+                .series_windows(req, &ids, &instance, media, &planned)
+                .await?;
+            let overlaps = |w: &&&WindowKey| {
+                mine.iter()
+                    .any(|m| m.start_ms < w.end_ms && w.start_ms < m.end_ms)
+            };
+            summary.windows_skipped_committed +=
+                planned.iter().filter(|w| !overlaps(w)).count() as u64;
+            out.extend(mine);
+        }
+        plan::fetch_order(&mut out);
+        Ok(out)
+    }
+
+    /// One series' windows to fetch: the planned span minus what every sink committed, plus the
+    /// nightly lookback, cut into compliant windows.
+    async fn series_windows(
+        &self,
+        req: &BackfillRequest,
+        sinks: &[SinkId],
+        instance: &str,
+        media: MediaType,
+        planned: &[&WindowKey],
+    ) -> anyhow::Result<Vec<WindowKey>> {
+        let start = planned.iter().map(|w| w.start_ms).min().unwrap_or_default();
+        let end = planned.iter().map(|w| w.end_ms).max().unwrap_or_default();
+        let tz = self.config.pipeline.timezone;
+        let mut ranges =
+            ledger::missing(self.ledger.as_ref(), instance, media, sinks, start, end).await?;
+        if let Some(lookback) = req.lookback_ms {
+            // Re-fetch the recent past of what is covered, to pick up revisions.
+            let covered = crate::ranges::subtract(start, end, &ranges);
+            if let Some(cov_end) = covered.iter().map(|c| c.1).max() {
+                let from = plan::local_midnight_at_or_before(tz, cov_end - lookback).max(start);
+                ranges.push((from, end));
+            }
+        }
+        Ok(crate::ranges::union(ranges)
+            .into_iter()
+            .flat_map(|(a, b)| plan::split_range(a, b, tz))
+            .map(|(s, e)| WindowKey {
+                instance_id: instance.to_string(),
+                media_type: media,
+                start_ms: s,
+                end_ms: e,
+            })
+            .collect())
+    }
+}
+
+/// Logs what lies behind the horizon and lists it in the summary, or refuses it when strict.
+fn report_lost(
+    plan: &plan::Plan,
+    strict: bool,
+    summary: &mut RunSummary,
+) -> Result<(), InputError> {
+    if let (true, Some(l)) = (strict, plan.lost.first()) {
+        return Err(InputError::new(format!(
+            "--strict-horizon: {} .. {} is older than the API's 180-day horizon ({}) and cannot be fetched",
+            fmt_ms(l.start_ms),
+            fmt_ms(l.end_ms),
+            fmt_ms(plan.horizon_ms)
+        )));
+    }
+    for l in &plan.lost {
+        tracing::warn!(
+            instance = %l.instance_id, media_type = %l.media_type,
+            "LOST: {} .. {} is older than the API's 180-day horizon and cannot be fetched",
+            fmt_ms(l.start_ms), fmt_ms(l.end_ms)
+        );
+    }
+    summary.lost.extend(plan.lost.iter().cloned());
+    Ok(())
+}

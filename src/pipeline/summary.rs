@@ -1,0 +1,191 @@
+//! The end-of-run summary: what a run did, for people (`render`) and machines (JSON, the
+//! `runs` table, metrics), and the exit code it deserves.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::quality::QualityCounts;
+use crate::record::{Table, WindowKey, fmt_ms};
+use crate::sink::CommitStats;
+
+/// A window that failed for good.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedWindow {
+    /// The window.
+    #[serde(flatten)]
+    pub key: WindowKey,
+    /// Why.
+    pub error: String,
+    /// Whether a later run may succeed.
+    pub retryable: bool,
+}
+
+/// The end-of-run summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: String,
+    /// Windows planned after subtracting committed ones.
+    pub windows_planned: u64,
+    /// Windows committed to every sink.
+    pub windows_ok: u64,
+    /// Windows that failed.
+    pub windows_failed: Vec<FailedWindow>,
+    /// Windows already committed before this run and skipped.
+    pub windows_skipped_committed: u64,
+    /// Rows committed, per table.
+    pub rows: BTreeMap<String, u64>,
+    /// Per sink: inserted, revised, unchanged.
+    pub sinks: BTreeMap<String, CommitStats>,
+    /// HTTP requests sent.
+    pub requests: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Throttling answers.
+    pub throttled: u64,
+    /// Answers by code.
+    pub responses_by_code: BTreeMap<String, u64>,
+    /// Rows of a neighbouring window's boundary bucket, left to it (expected).
+    pub boundary_rows: u64,
+    /// Rows dropped as outside their window, duplicated, or conflicting.
+    pub outside_window_rows: u64,
+    /// Exact duplicate rows dropped.
+    pub duplicate_rows: u64,
+    /// Conflicting duplicate rows resolved.
+    pub conflicting_rows: u64,
+    /// Ranges lost behind the 180-day horizon.
+    pub lost: Vec<WindowKey>,
+    /// Seconds.
+    pub duration_secs: f64,
+    /// Whether a run-fatal error stopped the run.
+    pub fatal: Option<String>,
+    /// Data-quality violations found in the fetched windows.
+    pub quality: QualityCounts,
+    /// Rows whose values changed since they were last written (the largest count of any sink).
+    pub revisions: u64,
+}
+
+impl RunSummary {
+    /// How the run ended: failed on a run-fatal error, partial when windows failed.
+    pub fn status(&self) -> RunStatus {
+        if self.fatal.is_some() {
+            RunStatus::Failed
+        } else if !self.windows_failed.is_empty() {
+            RunStatus::Partial
+        } else {
+            RunStatus::Ok
+        }
+    }
+
+    /// The process exit code this run deserves.
+    pub fn exit_code(&self) -> u8 {
+        self.status().exit_code()
+    }
+
+    /// A human-readable summary, several lines.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "run {}: {} window(s) ok, {} failed, {} already committed, in {:.1} s\n",
+            self.run_id,
+            self.windows_ok,
+            self.windows_failed.len(),
+            self.windows_skipped_committed,
+            self.duration_secs
+        ));
+        for t in Table::ALL {
+            s.push_str(&format!(
+                "  {:<15} {} rows\n",
+                t.name(),
+                self.rows.get(t.name()).copied().unwrap_or(0)
+            ));
+        }
+        for (name, c) in &self.sinks {
+            s.push_str(&format!(
+                "  sink {name}: {} inserted, {} revised, {} unchanged\n",
+                c.inserted, c.revised, c.unchanged
+            ));
+        }
+        s.push_str(&format!(
+            "  requests {}, retries {}, throttled {}\n",
+            self.requests, self.retries, self.throttled
+        ));
+        if self.revisions > 0 {
+            s.push_str(&format!("  revisions found {}\n", self.revisions));
+        }
+        if self.quality.total() > 0 {
+            let kinds: Vec<String> = self
+                .quality
+                .kinds()
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            s.push_str(&format!(
+                "  data-quality violations: {}\n",
+                kinds.join(", ")
+            ));
+        }
+        if self.boundary_rows > 0 {
+            s.push_str(&format!(
+                "  boundary rows left to neighbouring windows {}\n",
+                self.boundary_rows
+            ));
+        }
+        if self.duplicate_rows + self.conflicting_rows > 0 {
+            s.push_str(&format!(
+                "  duplicates dropped {}, conflicts resolved {}\n",
+                self.duplicate_rows, self.conflicting_rows
+            ));
+        }
+        for l in &self.lost {
+            s.push_str(&format!(
+                "  LOST (older than the 180-day horizon): {}/{} {} .. {}\n",
+                l.instance_id,
+                l.media_type,
+                fmt_ms(l.start_ms),
+                fmt_ms(l.end_ms)
+            ));
+        }
+        for f in &self.windows_failed {
+            s.push_str(&format!("  FAILED {}: {}\n", f.key, f.error));
+        }
+        if let Some(f) = &self.fatal {
+            s.push_str(&format!("  STOPPED: {f}\n"));
+        }
+        s
+    }
+}
+
+/// How a run ended, as the `runs` table records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every planned window committed to every sink.
+    Ok,
+    /// Some windows failed; the next run retries them.
+    Partial,
+    /// A run-fatal error stopped the run.
+    Failed,
+}
+
+impl RunStatus {
+    /// The `runs.status` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    /// The exit code (the one mapping from a run's outcome to a code).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunStatus::Ok => crate::error::EXIT_OK,
+            RunStatus::Partial => crate::error::EXIT_PARTIAL,
+            RunStatus::Failed => crate::error::EXIT_FATAL,
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The run's tally: the state of every window between its fetch and its last sink's report, and
+//! the summary it adds up to. Synchronous and pure: the pipeline turns what happens into
+//! [`Event`]s and applies them here, in whatever order they come.
+//!
+//! A window is ok once it was fetched and *each* configured sink reported it durable (a sink
+//! reporting twice does not stand in for another), and it counts once. A window any sink failed is
+//! failed, once, whatever else arrives for it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::summary::{FailedWindow, RunSummary};
+use crate::dedup::DedupCounts;
+use crate::quality::QualityCounts;
+use crate::record::{Table, WindowKey};
+use crate::sink::{CommitStats, SinkKind};
+
+/// What happened to a window (or a sink) during the run.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The window's rows were fetched and handed to every sink.
+    Fetched {
+        /// The window as fetched.
+        key: WindowKey,
+        /// Rows per table.
+        rows: [u64; 3],
+        /// What de-duplication found.
+        dedup: DedupCounts,
+        /// The part of the window that aged out before it was sent.
+        lost: Option<WindowKey>,
+        /// Data-quality findings.
+        quality: QualityCounts,
+    },
+    /// A sink made these windows durable and recorded them.
+    Durable {
+        /// The sink.
+        sink: SinkKind,
+        /// The windows.
+        keys: Vec<WindowKey>,
+    },
+    /// What a sink's writes inserted, revised and left unchanged.
+    Stats {
+        /// The sink.
+        sink: SinkKind,
+        /// The counts.
+        stats: CommitStats,
+    },
+    /// The fetch failed for good.
+    FetchFailed(FailedWindow),
+    /// A sink could not make the window durable.
+    SinkFailed(FailedWindow),
+    /// The window aged out of the horizon before it was sent.
+    Lost(WindowKey),
+    /// Every further request would fail: stop the run.
+    Fatal(String),
+}
+
+/// What applying an event means for the caller (progress, stopping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to show.
+    Quiet,
+    /// A window is done with the network (fetched with these rows, failed, or lost).
+    WindowDone {
+        /// Rows it delivered.
+        rows: u64,
+    },
+    /// The run must stop.
+    Stop(String),
+}
+
+/// One window between fetch and its last sink's report.
+#[derive(Debug, Default)]
+struct Pending {
+    rows: Option<[u64; 3]>,
+    reported: BTreeSet<SinkKind>,
+    failed: bool,
+}
+
+/// The run's windows in flight and its summary.
+#[derive(Debug)]
+pub struct Tally {
+    sinks: BTreeSet<SinkKind>,
+    windows: HashMap<WindowKey, Pending>,
+    summary: RunSummary,
+}
+
+impl Tally {
+    /// A tally for a run writing to `sinks`, adding to `summary`.
+    pub fn new(sinks: impl IntoIterator<Item = SinkKind>, summary: RunSummary) -> Self {
+        Self {
+            sinks: sinks.into_iter().collect(),
+            windows: HashMap::new(),
+            summary,
+        }
+    }
+
+    /// The summary so far.
+    pub fn summary(&self) -> &RunSummary {
+        &self.summary
+    }
+
+    /// A run-fatal error stopped the run.
+    pub fn stop(&mut self, fatal: String) {
+        self.summary.fatal = Some(fatal);
+    }
+
+    /// The summary, once the run is over.
+    pub fn into_summary(self) -> RunSummary {
+        self.summary
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, event: Event) -> Step {
+        match event {
+            Event::Fetched {
+                key,
+                rows,
+                dedup,
+                lost,
+                quality,
+            } => {
+                let s = &mut self.summary;
+                s.lost.extend(lost);
+                s.quality += quality;
+                s.boundary_rows += dedup.boundary;
+                s.outside_window_rows += dedup.outside;
+                s.duplicate_rows += dedup.duplicates;
+                s.conflicting_rows += dedup.conflicts;
+                self.windows.entry(key.clone()).or_default().rows = Some(rows);
+                self.settle(&key);
+                Step::WindowDone {
+                    rows: rows.iter().sum(),
+                }
+            }
+            Event::Durable { sink, keys } => {
+                for key in keys {
+                    self.windows
+                        .entry(key.clone())
+                        .or_default()
+                        .reported
+                        .insert(sink);
+                    self.settle(&key);
+                }
+                Step::Quiet
+            }
+            Event::Stats { sink, stats } => {
+                *self
+                    .summary
+                    .sinks
+                    .entry(sink.as_str().to_string())
+                    .or_default() += stats;
+                Step::Quiet
+            }
+            Event::FetchFailed(f) => {
+                tracing::error!(window = %f.key, error = %f.error, "window failed");
+                self.windows.entry(f.key.clone()).or_default().failed = true;
+                self.summary.windows_failed.push(f);
+                Step::WindowDone { rows: 0 }
+            }
+            Event::SinkFailed(f) => {
+                let p = self.windows.entry(f.key.clone()).or_default();
+                if !p.failed {
+                    tracing::error!(window = %f.key, error = %f.error, "window failed");
+                    p.failed = true;
+                    self.summary.windows_failed.push(f);
+                }
+                Step::Quiet
+            }
+            Event::Lost(k) => {
+                tracing::warn!(window = %k, "LOST: the window aged out of the 180-day horizon before it was sent");
+                self.summary.lost.push(k);
+                Step::WindowDone { rows: 0 }
+            }
+            Event::Fatal(msg) => Step::Stop(msg),
+        }
+    }
+
+    /// Counts the window ok if it is fetched and every sink reported it, then forgets it.
+    fn settle(&mut self, key: &WindowKey) {
+        let Some(p) = self.windows.get(key) else {
+            return;
+        };
+        let Some(rows) = p.rows else {
+            return;
+        };
+        if p.failed || !self.sinks.is_subset(&p.reported) {
+            return;
+        }
+        self.summary.windows_ok += 1;
+        for (table, n) in Table::ALL.iter().zip(rows) {
+            *self
+                .summary
+                .rows
+                .entry(table.name().to_string())
+                .or_default() += n;
+        }
+        self.windows.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::MediaType;
+
+    fn key(start: i64) -> WindowKey {
+        WindowKey {
+            instance_id: "i".into(),
+            media_type: MediaType::Audio,
+            start_ms: start,
+            end_ms: start + 10,
+        }
+    }
+
+    fn fetched(k: &WindowKey) -> Event {
+        Event::Fetched {
+            key: k.clone(),
+            rows: [1, 2, 3],
+            dedup: DedupCounts::default(),
+            lost: None,
+            quality: QualityCounts::default(),
+        }
+    }
+
+    fn durable(sink: SinkKind, k: &WindowKey) -> Event {
+        Event::Durable {
+            sink,
+            keys: vec![k.clone()],
+        }
+    }
+
+    fn failed(k: &WindowKey) -> FailedWindow {
+        FailedWindow {
+            key: k.clone(),
+            error: "e".into(),
+            retryable: true,
+        }
+    }
+
+    fn tally() -> Tally {
+        Tally::new(
+            [SinkKind::Postgres, SinkKind::Parquet],
+            RunSummary::default(),
+        )
+    }
+
+    #[test]
+    fn a_window_is_ok_once_every_sink_reported_it_in_any_order_and_counts_once() {
+        let k = key(0);
+        let events = [
+            fetched(&k),
+            durable(SinkKind::Postgres, &k),
+            durable(SinkKind::Parquet, &k),
+        ];
+        // Every order of the three events.
+        for order in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let mut t = tally();
+            for i in order {
+                t.apply(events[i].clone());
+            }
+            assert_eq!(t.summary().windows_ok, 1, "{order:?}");
+            assert_eq!(t.summary().rows["overall_trend"], 3);
+            // A late duplicate report does not count it again.
+            t.apply(durable(SinkKind::Parquet, &k));
+            assert_eq!(t.summary().windows_ok, 1);
+        }
+    }
+
+    #[test]
+    fn one_sink_reporting_twice_does_not_stand_in_for_another() {
+        let k = key(0);
+        let mut t = tally();
+        t.apply(fetched(&k));
+        t.apply(durable(SinkKind::Postgres, &k));
+        t.apply(durable(SinkKind::Postgres, &k));
+        assert_eq!(t.summary().windows_ok, 0);
+        t.apply(durable(SinkKind::Parquet, &k));
+        assert_eq!(t.summary().windows_ok, 1);
+    }
+
+    #[test]
+    fn a_window_a_sink_failed_is_failed_once_and_never_ok() {
+        let k = key(0);
+        let mut t = tally();
+        t.apply(fetched(&k));
+        t.apply(Event::SinkFailed(failed(&k)));
+        t.apply(Event::SinkFailed(failed(&k)));
+        t.apply(durable(SinkKind::Postgres, &k));
+        t.apply(durable(SinkKind::Parquet, &k));
+        assert_eq!(t.summary().windows_ok, 0);
+        assert_eq!(t.summary().windows_failed.len(), 1);
+        assert_eq!(
+            t.summary().status(),
+            super::super::summary::RunStatus::Partial
+        );
+    }
+
+    #[test]
+    fn fetch_failures_and_losses_finish_a_window_and_fatal_stops_the_run() {
+        let mut t = tally();
+        assert_eq!(
+            t.apply(Event::FetchFailed(failed(&key(0)))),
+            Step::WindowDone { rows: 0 }
+        );
+        assert_eq!(t.apply(Event::Lost(key(10))), Step::WindowDone { rows: 0 });
+        assert_eq!(t.apply(fetched(&key(20))), Step::WindowDone { rows: 6 });
+        assert_eq!(
+            t.apply(Event::Fatal("clock".into())),
+            Step::Stop("clock".into())
+        );
+        let s = t.into_summary();
+        assert_eq!(
+            (s.windows_failed.len(), s.lost.len(), s.windows_ok),
+            (1, 1, 0)
+        );
+    }
+}

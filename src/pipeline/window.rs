@@ -1,0 +1,186 @@
+//! One window's path: check the horizon, fetch, check quality, normalize, hand the rows to every
+//! sink, and turn what happened into [`Event`]s for the tally. The sinks record their own
+//! commits; this path records only a failed fetch, for every sink.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::Backfill;
+use super::summary::FailedWindow;
+use super::tally::Event;
+use crate::ccc::client::{Fetched, TrendingRequest};
+use crate::ccc::error::ErrorClass;
+use crate::dedup::normalize;
+use crate::ledger::{LedgerEntry, SinkId};
+use crate::plan::{self, SEND_MARGIN_MS};
+use crate::quality;
+use crate::record::{Table, WindowKey};
+use crate::sink::{CommitStats, RunContext, Sink, Written};
+
+impl Backfill {
+    /// Fetches one planned window and hands its rows to the sinks.
+    pub(super) async fn process(&self, planned: WindowKey, ctx: &RunContext) -> Vec<Event> {
+        let (key, lost) = match self.still_fetchable(&planned) {
+            Some(parts) => parts,
+            None => {
+                return self
+                    .skip_all(&planned, vec![Event::Lost(planned.clone())], ctx)
+                    .await;
+            }
+        };
+        let req = TrendingRequest {
+            instance_id: key.instance_id.clone(),
+            media_type: key.media_type,
+            start_ms: key.start_ms,
+            end_ms: key.end_ms,
+        };
+        match self.client.get_trending_report(&req).await {
+            Ok(fetched) => self.deliver(&planned, key, lost, fetched, ctx).await,
+            Err(failed) => {
+                let class = failed.error.class();
+                if class == ErrorClass::RunFatal {
+                    let hint = failed
+                        .error
+                        .hint()
+                        .map(|h| format!(": {h}"))
+                        .unwrap_or_default();
+                    return vec![Event::Fatal(format!("{}{hint}", failed.error))];
+                }
+                let f = FailedWindow {
+                    key: key.clone(),
+                    error: failed.to_string(),
+                    retryable: class == ErrorClass::Retryable,
+                };
+                self.record_fetch_failure(&key, &f.error, failed.attempts, ctx)
+                    .await;
+                self.skip_all(&planned, vec![Event::FetchFailed(f)], ctx)
+                    .await
+            }
+        }
+    }
+
+    /// Time passes between planning and sending: the window as it can still be fetched, and the
+    /// part that aged out meanwhile; `None` if all of it did.
+    fn still_fetchable(&self, planned: &WindowKey) -> Option<(WindowKey, Option<WindowKey>)> {
+        let horizon = plan::horizon_ms((self.now)(), SEND_MARGIN_MS);
+        if planned.end_ms <= horizon {
+            return None;
+        }
+        if planned.start_ms >= horizon {
+            return Some((planned.clone(), None));
+        }
+        let lost = WindowKey {
+            end_ms: horizon,
+            ..planned.clone()
+        };
+        tracing::warn!(window = %lost, "LOST: part of the window aged out before it was sent");
+        let key = WindowKey {
+            start_ms: horizon,
+            ..planned.clone()
+        };
+        Some((key, Some(lost)))
+    }
+
+    /// Checks and normalizes a response, then hands the batch to every sink.
+    async fn deliver(
+        &self,
+        planned: &WindowKey,
+        key: WindowKey,
+        lost: Option<WindowKey>,
+        fetched: Fetched,
+        ctx: &RunContext,
+    ) -> Vec<Event> {
+        let now = (self.now)();
+        let quality = quality::check(&key, &fetched.report, now);
+        if quality.total() > 0 {
+            tracing::warn!(
+                window = %key,
+                "data quality: {} in {key}; the rows are kept, look at the source",
+                quality.describe()
+            );
+        }
+        // The bucket in progress is served partly filled: coverage stops before it, so the next
+        // run's window starts at its boundary and completes it.
+        let open_bucket = quality::open_bucket_start(&fetched.report, now);
+        let (mut batch, dedup) = normalize(&key, fetched.report, Utc::now());
+        batch.attempts = fetched.attempts;
+        batch.final_end_ms = Some(open_bucket).filter(|t| *t < key.end_ms);
+        let batch = Arc::new(batch);
+        let mut events = vec![Event::Fetched {
+            key,
+            rows: Table::ALL.map(|t| batch.rows_in(t) as u64),
+            dedup,
+            lost,
+            quality,
+        }];
+        for sink in &self.sinks {
+            let written = sink.write(planned, batch.clone(), ctx).await;
+            events.extend(report(sink.as_ref(), written));
+        }
+        events
+    }
+
+    /// Tells every sink a window will not come, after `events`.
+    async fn skip_all(
+        &self,
+        planned: &WindowKey,
+        mut events: Vec<Event>,
+        ctx: &RunContext,
+    ) -> Vec<Event> {
+        for sink in &self.sinks {
+            let written = sink.skip(planned, ctx).await;
+            events.extend(report(sink.as_ref(), written));
+        }
+        events
+    }
+
+    /// A fetch that failed for good is recorded for every sink, so `status` can tell why.
+    async fn record_fetch_failure(
+        &self,
+        key: &WindowKey,
+        error: &str,
+        attempts: u32,
+        ctx: &RunContext,
+    ) {
+        let entries: Vec<LedgerEntry> = self
+            .sinks
+            .iter()
+            .map(|s| LedgerEntry::failed(&s.id(), key, error, attempts, ctx.run_id))
+            .collect();
+        if let Err(e) = ctx.ledger.record_many(&entries).await {
+            tracing::warn!(error = %e, window = %key, "could not record the failure in the ledger");
+        }
+    }
+}
+
+/// What one call into a sink reported, as events. The sink has already recorded its commits.
+pub(super) fn report(sink: &dyn Sink, written: Written) -> Vec<Event> {
+    let kind = sink.kind();
+    let mut events = vec![];
+    if written.stats != CommitStats::default() {
+        events.push(Event::Stats {
+            sink: kind,
+            stats: written.stats,
+        });
+    }
+    if !written.durable.is_empty() {
+        events.push(Event::Durable {
+            sink: kind,
+            keys: written.durable.into_iter().map(|d| d.key).collect(),
+        });
+    }
+    for (key, e) in written.failed {
+        events.push(Event::SinkFailed(FailedWindow {
+            key,
+            error: e.to_string(),
+            retryable: e.retryable,
+        }));
+    }
+    events
+}
+
+/// The sinks' ids, for the ledger.
+pub(super) fn sink_ids(sinks: &[Arc<dyn Sink>]) -> Vec<SinkId> {
+    sinks.iter().map(|s| s.id()).collect()
+}
