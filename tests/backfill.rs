@@ -8,50 +8,12 @@ use std::sync::Arc;
 
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::config::{Credentials, ParquetConfig, SignatureVersion};
-use ccc_etl::ledger::{FileLedger, Ledger, MemoryLedger};
-use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind};
-use ccc_etl::progress::Progress;
+use ccc_etl::ledger::{FileLedger, MemoryLedger};
 use ccc_etl::record::{MediaType, Table};
-use ccc_etl::sink::Sink;
 use ccc_etl::sink::memory::MemorySink;
 use ccc_etl::sink::parquet::{ParquetSink, read_file};
 use chrono::Utc;
 use common::*;
-
-const H: i64 = 3_600_000;
-const DAY: i64 = 24 * H;
-
-fn now_fn() -> NowFn {
-    Arc::new(|| Utc::now().timestamp_millis())
-}
-
-fn request(instances: &[&str], from: i64, to: i64) -> BackfillRequest {
-    BackfillRequest {
-        instances: instances.iter().map(|s| s.to_string()).collect(),
-        from: RangeStart::At(from),
-        to_ms: to,
-        refetch: false,
-        strict_horizon: false,
-        lookback_ms: None,
-        kind: RunKind::Backfill,
-    }
-}
-
-fn engine(
-    cfg: &ccc_etl::config::Config,
-    secret: &str,
-    sinks: Vec<Arc<dyn Sink>>,
-    ledger: Arc<dyn Ledger>,
-) -> Backfill {
-    Backfill::new(
-        cfg.clone(),
-        Arc::new(client(cfg, secret)),
-        sinks,
-        ledger,
-        now_fn(),
-        Progress::hidden(),
-    )
-}
 
 #[tokio::test]
 async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emulator_values() {
@@ -69,7 +31,7 @@ async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emul
     let from = to - 30 * DAY + 25 * 60_000;
     let sink = Arc::new(MemorySink::default());
     let ledger = Arc::new(MemoryLedger::default());
-    let e = engine(&cfg, SECRET, vec![sink.clone()], ledger.clone());
+    let e = engine_with_secret(&cfg, SECRET, vec![sink.clone()], ledger.clone());
     let summary = e.run(&request(&instances, from, to)).await.unwrap();
     assert_eq!(summary.exit_code(), 0, "{}", summary.render());
     assert_eq!(
@@ -155,7 +117,7 @@ async fn a_rerun_fetches_nothing_already_committed_and_refetch_changes_no_row_co
             let ledger = Arc::new(FileLedger::open(&root).unwrap());
             let mut req = request(&["ccc-a", "ccc-b"], from, to);
             req.refetch = refetch;
-            engine(&cfg, SECRET, vec![sink], ledger)
+            engine_with_secret(&cfg, SECRET, vec![sink], ledger)
                 .run(&req)
                 .await
                 .unwrap()
@@ -288,7 +250,7 @@ async fn a_failing_instance_does_not_stop_the_others_and_the_run_exits_3() {
     let sink = Arc::new(MemorySink::default());
     let ledger = Arc::new(MemoryLedger::default());
     let to = Utc::now().timestamp_millis() / H * H - 8 * H;
-    let summary = engine(&cfg, SECRET, vec![sink.clone()], ledger.clone())
+    let summary = engine_with_secret(&cfg, SECRET, vec![sink.clone()], ledger.clone())
         .run(&request(&["ccc-a", "ccc-bad"], to - 9 * DAY, to))
         .await
         .unwrap();
@@ -319,7 +281,7 @@ async fn wrong_credentials_stop_the_run_at_once_with_one_clear_message() {
     cfg.source.concurrency = 2;
     let sink = Arc::new(MemorySink::default());
     let to = Utc::now().timestamp_millis() / H * H;
-    let summary = engine(
+    let summary = engine_with_secret(
         &cfg,
         "not-the-secret",
         vec![sink.clone()],
@@ -350,7 +312,7 @@ async fn a_range_behind_the_horizon_is_clamped_and_reported_or_refused_when_stri
     let cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
     let now = Utc::now().timestamp_millis();
     let sink = Arc::new(MemorySink::default());
-    let e = engine(
+    let e = engine_with_secret(
         &cfg,
         SECRET,
         vec![sink.clone()],

@@ -3,14 +3,13 @@
 
 mod common;
 
+use common::{DAY, H};
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-
-const H: i64 = 3_600_000;
-const DAY: i64 = 24 * H;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ccc-etl"));

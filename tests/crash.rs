@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{DAY, H};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,9 +19,6 @@ use ccc_etl::sink::parquet::{StoredRow, read_file};
 use chrono::Utc;
 use rand::{Rng, SeedableRng};
 use sqlx::Row;
-
-const H: i64 = 3_600_000;
-const DAY: i64 = 24 * H;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)

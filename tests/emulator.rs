@@ -15,8 +15,6 @@ use ccc_etl::record::MediaType;
 use chrono::{DateTime, Utc};
 use common::*;
 
-const H: i64 = 3_600_000;
-
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }

@@ -14,9 +14,6 @@ use ccc_etl::sink::memory::MemorySink;
 use chrono::Utc;
 use common::*;
 
-const H: i64 = 3_600_000;
-const DAY: i64 = 24 * H;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_5xx_throttling_truncated_bodies_and_timeouts_the_data_is_complete_and_unique() {
     let instances = ["ccc-a", "ccc-b", "ccc-c"];

@@ -19,9 +19,6 @@ use chrono::{DateTime, Utc};
 use common::*;
 use secrecy::SecretString;
 
-const H: i64 = 3_600_000;
-const DAY: i64 = 24 * H;
-
 fn shared_clock(opts: &mut EmulatorOptions, start: i64) -> Arc<AtomicI64> {
     let t = Arc::new(AtomicI64::new(start));
     let c = t.clone();

@@ -19,9 +19,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use common::*;
 use sqlx::Row;
 
-const H: i64 = 3_600_000;
-const DAY: i64 = 24 * H;
-
 /// One operator's setup: an emulator, a database, a directory for roots and configs.
 struct Site {
     emu: RunningEmulator,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use async_trait::async_trait;
 use ccc_etl::ccc::emulator::EmulatorOptions;
 use ccc_etl::config::{Config, ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
-use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind};
+use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::{WindowBatch, WindowKey};
 use ccc_etl::sink::postgres::{PgLedger, PgStore, PostgresSink};
@@ -19,9 +19,6 @@ use chrono::{DateTime, Utc};
 use common::*;
 use secrecy::SecretString;
 use sqlx::Row;
-
-const H: i64 = 3_600_000;
-const DAY: i64 = 24 * H;
 
 fn pg_config(emu_cfg: &Config, db: &TestDb, schema: &str) -> Config {
     let mut c = emu_cfg.clone();
@@ -37,18 +34,6 @@ async fn store(cfg: &Config) -> PgStore {
         .await
         .expect("connects")
         .expect("configured")
-}
-
-fn request(instances: &[&str], from: i64, to: i64, refetch: bool) -> BackfillRequest {
-    BackfillRequest {
-        instances: instances.iter().map(|s| s.to_string()).collect(),
-        from: RangeStart::At(from),
-        to_ms: to,
-        refetch,
-        strict_horizon: false,
-        lookback_ms: None,
-        kind: RunKind::Backfill,
-    }
 }
 
 fn fixed_now(ms: i64) -> NowFn {
@@ -155,9 +140,12 @@ async fn rewrites_are_idempotent_revisions_are_counted_and_unchanged_rows_are_no
                 Arc::new(PgLedger::new(s)),
                 fixed_now(t0),
             );
-            e.run(&request(&["ccc-a"], t0 - 2 * DAY, t0, refetch))
-                .await
-                .unwrap()
+            e.run(&BackfillRequest {
+                refetch,
+                ..request(&["ccc-a"], t0 - 2 * DAY, t0)
+            })
+            .await
+            .unwrap()
         }
     };
     let first = run(false).await;
@@ -254,7 +242,7 @@ async fn resume_after_an_interrupted_run_equals_an_uninterrupted_run() {
         Arc::new(PgLedger::new(rs)),
         fixed_now(t0),
     )
-    .run(&request(&instances, from, to, false))
+    .run(&request(&instances, from, to))
     .await
     .unwrap();
     assert_eq!(full.windows_ok, 18);
@@ -276,7 +264,7 @@ async fn resume_after_an_interrupted_run_equals_an_uninterrupted_run() {
     );
     let cut = tokio::time::timeout(
         std::time::Duration::from_secs(3),
-        interrupted.run(&request(&instances, from, to, false)),
+        interrupted.run(&request(&instances, from, to)),
     )
     .await;
     assert!(cut.is_err(), "the run was interrupted");
@@ -304,7 +292,7 @@ async fn resume_after_an_interrupted_run_equals_an_uninterrupted_run() {
         Arc::new(PgLedger::new(s)),
         fixed_now(t0),
     )
-    .run(&request(&instances, from, to, false))
+    .run(&request(&instances, from, to))
     .await
     .unwrap();
     assert_eq!(resumed.exit_code(), 0);
@@ -345,7 +333,10 @@ async fn two_runs_at_once_on_the_same_instances_neither_corrupt_nor_double() {
         )
     };
     let (a, b) = (make(), make());
-    let req = request(&instances, t0 - 20 * DAY, t0, true);
+    let req = BackfillRequest {
+        refetch: true,
+        ..request(&instances, t0 - 20 * DAY, t0)
+    };
     let (ra, rb) = tokio::join!(a.run(&req), b.run(&req));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_eq!((ra.exit_code(), rb.exit_code()), (0, 0));
@@ -416,7 +407,7 @@ async fn postgres_lost_mid_run_fails_windows_as_retryable_and_a_rerun_completes_
     let emu = start(opts).await;
     let base = config(&emu, &instances, SignatureVersion::V1);
     let t0 = Utc::now().timestamp_millis() / H * H - 4 * H;
-    let req = request(&instances, t0 - 30 * DAY, t0, false);
+    let req = request(&instances, t0 - 30 * DAY, t0);
 
     let reference = TestDb::create().await;
     let rcfg = pg_config(&base, &reference, "ccc");
@@ -520,7 +511,7 @@ async fn with_postgres_configured_the_ledger_tracks_parquet_commits_too() {
         Progress::hidden(),
     );
     let summary = e
-        .run(&request(&["ccc-a"], t0 - 10 * DAY, t0, false))
+        .run(&request(&["ccc-a"], t0 - 10 * DAY, t0))
         .await
         .unwrap();
     assert_eq!(summary.exit_code(), 0);

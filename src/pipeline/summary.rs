@@ -111,6 +111,14 @@ impl RunSummary {
             "  requests {}, retries {}, throttled {}\n",
             self.requests, self.retries, self.throttled
         ));
+        s.push_str(&self.render_findings());
+        s
+    }
+
+    /// The lines about what the data and the run met: revisions, quality, boundary rows,
+    /// duplicates, losses, failures.
+    fn render_findings(&self) -> String {
+        let mut s = String::new();
         if self.revisions > 0 {
             s.push_str(&format!("  revisions found {}\n", self.revisions));
         }

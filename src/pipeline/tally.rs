@@ -119,15 +119,7 @@ impl Tally {
                 lost,
                 quality,
             } => {
-                let s = &mut self.summary;
-                s.lost.extend(lost);
-                s.quality += quality;
-                s.boundary_rows += dedup.boundary;
-                s.outside_window_rows += dedup.outside;
-                s.duplicate_rows += dedup.duplicates;
-                s.conflicting_rows += dedup.conflicts;
-                self.windows.entry(key.clone()).or_default().rows = Some(rows);
-                self.settle(&key);
+                self.fetched(&key, rows, dedup, lost, quality);
                 Step::WindowDone {
                     rows: rows.iter().sum(),
                 }
@@ -173,6 +165,26 @@ impl Tally {
             }
             Event::Fatal(msg) => Step::Stop(msg),
         }
+    }
+
+    /// A window's rows arrived: what they showed goes into the summary.
+    fn fetched(
+        &mut self,
+        key: &WindowKey,
+        rows: [u64; 3],
+        dedup: DedupCounts,
+        lost: Option<WindowKey>,
+        quality: QualityCounts,
+    ) {
+        let s = &mut self.summary;
+        s.lost.extend(lost);
+        s.quality += quality;
+        s.boundary_rows += dedup.boundary;
+        s.outside_window_rows += dedup.outside;
+        s.duplicate_rows += dedup.duplicates;
+        s.conflicting_rows += dedup.conflicts;
+        self.windows.entry(key.clone()).or_default().rows = Some(rows);
+        self.settle(key);
     }
 
     /// Counts the window ok if it is fetched and every sink reported it, then forgets it.

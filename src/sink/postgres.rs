@@ -104,6 +104,28 @@ pub enum Access {
     Migrate,
 }
 
+fn unreachable(describe: &str, e: sqlx::Error) -> PgError {
+    PgError::Server(format!(
+        "cannot connect to PostgreSQL at {describe}: {e} (is the server running? \
+         on Debian: pg_ctlcluster --skip-systemctl-redirect 15 main start)"
+    ))
+}
+
+/// One connection, within 15 s, or an error naming the server (never the password).
+async fn first_connection(
+    base: &PgConnectOptions,
+    describe: &str,
+) -> Result<sqlx::PgConnection, PgError> {
+    tokio::time::timeout(Duration::from_secs(15), base.connect())
+        .await
+        .map_err(|_| {
+            PgError::Server(format!(
+                "cannot connect to PostgreSQL at {describe}: timed out after 15 s"
+            ))
+        })?
+        .map_err(|e| unreachable(describe, e))
+}
+
 impl PgStore {
     /// Connects and checks the zone the views were built with. `Write` and `Migrate` create the
     /// schema if needed and apply the migrations; `ReadOnly` writes nothing. Fails before anything
@@ -119,20 +141,7 @@ impl PgStore {
             .map_err(|_| PgError::Input("the PostgreSQL URL is not valid (postgres://user[:password]@host[:port]/database)".into()))?
             .disable_statement_logging();
         let describe = describe(&base);
-        let unreachable = |e: sqlx::Error| {
-            PgError::Server(format!(
-                "cannot connect to PostgreSQL at {describe}: {e} (is the server running? \
-                 on Debian: pg_ctlcluster --skip-systemctl-redirect 15 main start)"
-            ))
-        };
-        let mut conn = tokio::time::timeout(Duration::from_secs(15), base.connect())
-            .await
-            .map_err(|_| {
-                PgError::Server(format!(
-                    "cannot connect to PostgreSQL at {describe}: timed out after 15 s"
-                ))
-            })?
-            .map_err(unreachable)?;
+        let mut conn = first_connection(&base, &describe).await?;
         if access != Access::ReadOnly {
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
                 .execute(&mut conn)
@@ -150,7 +159,7 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(base.options([("search_path", schema.as_str())]))
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(&describe, e))?;
         let store = Self {
             pool,
             schema: schema.clone(),

@@ -1,4 +1,6 @@
-//! Helpers shared by the integration tests: an emulator on port 0 and a client pointed at it.
+//! The integration tests' one harness: an emulator on port 0, a config and a client pointed at
+//! it, an engine over them, a fresh PostgreSQL database dropped when its guard is, and the
+//! constants every test needs.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -7,6 +9,10 @@ use ccc_etl::ccc::client::CccClient;
 use ccc_etl::ccc::emulator::{self, EmulatorOptions, RunningEmulator};
 use ccc_etl::ccc::ratelimit::AdaptivePacer;
 use ccc_etl::config::{Config, Credentials, SignatureVersion};
+
+/// An hour and a day, in ms.
+pub const H: i64 = 3_600_000;
+pub const DAY: i64 = 24 * H;
 
 pub const KEY_ID: &str = "test-key";
 pub const SECRET: &str = "test-secret-do-not-print";
@@ -64,15 +70,43 @@ pub fn engine(
     )
 }
 
+/// An engine whose client signs with `secret`, on the system clock.
+pub fn engine_with_secret(
+    cfg: &Config,
+    secret: &str,
+    sinks: Vec<Arc<dyn ccc_etl::sink::Sink>>,
+    ledger: Arc<dyn ccc_etl::ledger::Ledger>,
+) -> ccc_etl::pipeline::Backfill {
+    ccc_etl::pipeline::Backfill::new(
+        cfg.clone(),
+        Arc::new(client(cfg, secret)),
+        sinks,
+        ledger,
+        ccc_etl::pipeline::system_now(),
+        ccc_etl::progress::Progress::hidden(),
+    )
+}
+
+/// A plain backfill of `[from, to)` for `instances`.
+pub fn request(instances: &[&str], from: i64, to: i64) -> ccc_etl::pipeline::BackfillRequest {
+    ccc_etl::pipeline::BackfillRequest::range(
+        instances.iter().map(|s| s.to_string()).collect(),
+        from,
+        to,
+    )
+}
+
 /// Where the tests find PostgreSQL; override with CCC_ETL_TEST_PG.
 pub fn pg_server() -> String {
     std::env::var("CCC_ETL_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
-/// A fresh database for one test, dropped by [`TestDb::drop_db`].
+/// A fresh database for one test, dropped when the guard is (also when an assertion fails), or
+/// by [`TestDb::drop_db`].
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    dropped: bool,
 }
 
 impl TestDb {
@@ -94,6 +128,7 @@ impl TestDb {
         TestDb {
             url: format!("{server}/{name}"),
             name,
+            dropped: false,
         }
     }
 
@@ -103,17 +138,39 @@ impl TestDb {
             .expect("connect to the test database")
     }
 
-    pub async fn drop_db(self) {
-        use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_server()))
-            .await
-            .unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
+    pub async fn drop_db(mut self) {
+        drop_database(&self.name).await;
+        self.dropped = true;
+    }
+}
+
+async fn drop_database(name: &str) {
+    use sqlx::Connection;
+    let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{}/postgres", pg_server())).await
+    else {
+        return;
+    };
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut admin)
-        .await
-        .unwrap();
+        .await;
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // A test that panicked before `drop_db`: drop the database from a thread of its own,
+        // since this may run inside the test's runtime.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(drop_database(&name));
+            }
+        })
+        .join();
     }
 }

@@ -17,33 +17,30 @@
 
 mod auth;
 pub mod data;
+mod handler;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use auth::{IncomingRequest, verify};
 pub use auth::{KeyPair, MAX_SKEW_SECS, Rejection};
 use data::DataModel;
 
-use crate::ccc::client::{ACTION, API_VERSION};
 use crate::config::HORIZON_DAYS;
 use crate::record::MediaType;
 
@@ -260,243 +257,6 @@ impl Shared {
     }
 }
 
-fn error_response(status: u16, code: &str, message: &str, request_id: &str) -> Response {
-    let body = json!({
-        "RequestId": request_id,
-        "HostId": "ccc.cn-shanghai.aliyuncs.com",
-        "Code": code,
-        "Message": message,
-        "Recommend": format!("https://api.aliyun.com/troubleshoot?q={code}&product=CCC"),
-    });
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-        [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-/// Decodes `application/x-www-form-urlencoded` pairs (query strings too: `+` is a space).
-fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
-    form_urlencoded::parse(bytes).into_owned().collect()
-}
-
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
-    let received_ms = Utc::now().timestamp_millis();
-    shared.stats.lock().expect("stats lock").requests += 1;
-    let query = decode_pairs(query.as_deref().unwrap_or("").as_bytes());
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let form = if is_form { decode_pairs(&body) } else { vec![] };
-    let header_list: Vec<(String, String)> = headers
-        .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                k.as_str().to_ascii_lowercase(),
-                v.to_str().ok()?.to_string(),
-            ))
-        })
-        .collect();
-    let incoming = IncomingRequest {
-        method: method.as_str(),
-        query: &query,
-        form: &form,
-        headers: &header_list,
-        body: &body,
-    };
-    let auth_now = (shared.opts.auth_clock)();
-    let now = (shared.opts.clock)();
-    let verified = match verify(&incoming, &shared.opts.keys, auth_now) {
-        Ok(v) => v,
-        Err(r) => {
-            let action = param(&query, &form, "Action")
-                .or_else(|| {
-                    header_list
-                        .iter()
-                        .find(|(k, _)| k == "x-acs-action")
-                        .map(|(_, v)| v.as_str())
-                })
-                .unwrap_or("")
-                .to_string();
-            shared.count(&action, r.code);
-            return error_response(r.status, r.code, &r.message, &request_id);
-        }
-    };
-    let action = verified.action.clone();
-    if !shared.fresh_nonce(&verified.nonce, auth_now) {
-        shared.count(&action, "SignatureNonceUsed");
-        return error_response(
-            400,
-            "SignatureNonceUsed",
-            "Specified signature nonce was used already.",
-            &request_id,
-        );
-    }
-    if action != ACTION {
-        shared.count(&action, "InvalidAction.NotFound");
-        return error_response(
-            404,
-            "InvalidAction.NotFound",
-            &format!(
-                "Specified api is not found, please check your url and method. Action: {action}"
-            ),
-            &request_id,
-        );
-    }
-    if verified.api_version != API_VERSION {
-        shared.count(&action, "InvalidVersion");
-        return error_response(
-            400,
-            "InvalidVersion",
-            &format!(
-                "Specified parameter Version is not valid: {}",
-                verified.api_version
-            ),
-            &request_id,
-        );
-    }
-    let params = |name: &str| param(&query, &form, name).map(str::to_string);
-    let call = |code: &str| ServedCall {
-        instance_id: params("InstanceId").unwrap_or_default(),
-        media_type: params("MediaType").unwrap_or_else(|| "Audio".into()),
-        start_ms: params("StartTime")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(-1),
-        end_ms: params("EndTime").and_then(|s| s.parse().ok()).unwrap_or(-1),
-        code: code.to_string(),
-        received_ms,
-    };
-    let log = |c: ServedCall| {
-        let mut s = shared.stats.lock().expect("stats lock");
-        if s.calls.len() >= MAX_CALL_LOG {
-            s.calls.remove(0);
-        }
-        s.calls.push(c);
-    };
-    if shared.over_limit() {
-        shared.count(&action, "Throttling.User");
-        log(call("Throttling.User"));
-        let mut resp = error_response(
-            400,
-            "Throttling.User",
-            "Request was denied due to user flow control.",
-            &request_id,
-        );
-        if let Some(ms) = shared.opts.faults.retry_after_ms {
-            resp.headers_mut().insert("x-acs-retry-after", ms.into());
-        }
-        return resp;
-    }
-    // One draw per request decides its fault, so the sequence replays from the seed.
-    let draw: f64 = shared.rng.lock().expect("rng lock").random();
-    let f = &shared.opts.faults;
-    let failing = params("InstanceId").is_some_and(|i| f.failing_instances.contains(&i));
-    let mut edge = 0.0;
-    let mut hit = |p: f64| {
-        let h = draw >= edge && draw < edge + p;
-        edge += p;
-        h
-    };
-    if hit(f.throttled) {
-        shared.count(&action, "Throttling.User");
-        log(call("Throttling.User"));
-        return error_response(
-            400,
-            "Throttling.User",
-            "Request was denied due to user flow control.",
-            &request_id,
-        );
-    }
-    if hit(f.unavailable) {
-        shared.count(&action, "ServiceUnavailable");
-        log(call("ServiceUnavailable"));
-        return error_response(
-            503,
-            "ServiceUnavailable",
-            "The request has failed due to a temporary failure of the server.",
-            &request_id,
-        );
-    }
-    if failing || hit(f.internal_error) {
-        shared.count(&action, "InternalError");
-        log(call("InternalError"));
-        return error_response(
-            500,
-            "InternalError",
-            "The request processing has failed due to some unknown error.",
-            &request_id,
-        );
-    }
-    let slow = hit(f.slow);
-    let truncated = hit(f.truncated);
-    let non_json = hit(f.non_json);
-    if slow {
-        tokio::time::sleep(Duration::from_millis(f.slow_ms)).await;
-    }
-    let result = report(&shared.opts, &params, now, &request_id);
-    let (status, code, body) = match result {
-        Ok((body, rows)) => {
-            shared.stats.lock().expect("stats lock").rows_served += rows;
-            (200, "OK".to_string(), body)
-        }
-        Err(r) => {
-            shared.count(&action, r.code);
-            log(call(r.code));
-            return error_response(r.status, r.code, &r.message, &request_id);
-        }
-    };
-    if non_json {
-        shared.count(&action, "NonJsonBody");
-        log(call("NonJsonBody"));
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/html")],
-            "<html><body><h1>502 Bad Gateway</h1></body></html>",
-        )
-            .into_response();
-    }
-    if truncated {
-        shared.count(&action, "TruncatedBody");
-        log(call("TruncatedBody"));
-        let cut = body.len() / 2;
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
-            body[..cut].to_string(),
-        )
-            .into_response();
-    }
-    shared.count(&action, &code);
-    log(call(&code));
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-        [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
-
-fn param<'a>(
-    query: &'a [(String, String)],
-    form: &'a [(String, String)],
-    name: &str,
-) -> Option<&'a str> {
-    query
-        .iter()
-        .chain(form.iter())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 fn invalid(msg: String) -> Rejection {
     Rejection::new(400, "Parameter.Invalid", msg)
 }
@@ -642,7 +402,7 @@ pub async fn serve(
     }
     let app = Router::new()
         .route("/_emulator/stats", get(stats))
-        .route("/", any(handle))
+        .route("/", any(handler::handle))
         .with_state(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
