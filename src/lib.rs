@@ -4,17 +4,22 @@
 //! One window's path through the code, in order:
 //!
 //! - [`config`]: `pipeline.toml` + environment -> validated [`config::Config`]
-//! - [`plan`]: date range -> compliant windows (pure; `now` is a parameter)
+//! - [`plan`]: date range -> compliant windows (pure; `now` is a parameter); [`ranges`]: range
+//!   arithmetic (pure)
+//! - [`pipeline`]: a run, `prepare -> fetch_all -> flush -> finish`; one window's path; the
+//!   [`pipeline::Tally`] that owns window state
 //! - [`ccc`]: the API: [`ccc::sign`] (V1, V3), [`ccc::wire`] (JSON as sent),
 //!   [`ccc::client`] (rate limit, retries), [`ccc::redact`] (credentials out of server text),
 //!   [`ccc::emulator`] (the local server)
-//! - [`dedup`]: window ownership and de-duplication of rows (pure)
-//! - [`sink`]: the sinks a window's rows are committed to, behind one trait;
+//! - [`quality`] and [`dedup`]: checks, window ownership and de-duplication of rows (pure);
+//!   [`record`]: typed rows and batches
+//! - [`sink`]: the sinks a window's rows are committed to, behind one trait; each records its own
+//!   commits. [`sink::parquet::buffer`] (which days wait for which windows),
 //!   [`sink::parquet::layout`] (what a root holds where), [`sink::parquet::reconcile`] (the root
 //!   checked against the ledger before a run), [`sink::parquet::migrate`] (a new zone)
-//! - [`ledger`]: which windows are committed; resume = plan minus ledger
-//! - [`pipeline`]: backfill; the only place that wires the parts together
-//! - [`cli`] and [`commands`]: the command line
+//! - [`ledger`]: which windows are committed, where; resume = plan minus ledger
+//! - [`status`], [`verify`], [`metrics`], [`progress`], [`telemetry`]: what a run tells people
+//! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes
 
 pub mod ccc;
 pub mod cli;
