@@ -146,6 +146,10 @@ pub enum Command {
         /// Parquet root.
         #[arg(long, default_value = "warehouse", value_name = "DIR")]
         parquet_root: PathBuf,
+        /// PostgreSQL schema for the demo's rows (with DATABASE_URL): kept apart from the
+        /// production schema `ccc`.
+        #[arg(long, default_value = "ccc_demo", value_name = "NAME")]
+        schema: String,
     },
 }
 

@@ -492,7 +492,26 @@ impl Config {
                 path.display()
             ))
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        let mut config = Self::from_toml(&text, &path.display().to_string())?;
+        // A relative root is relative to the file, not to wherever cron or systemd started us.
+        if let Some(pq) = &mut config.parquet
+            && pq.root.is_relative()
+        {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            let dir = std::path::absolute(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+            .map_err(|e| {
+                InputError::new(format!(
+                    "cannot resolve the directory of {}: {e}",
+                    path.display()
+                ))
+            })?;
+            pq.root = dir.join(&pq.root);
+        }
+        Ok(config)
     }
 
     /// A configuration for the built-in emulator at `endpoint`, used by `demo` and tests.
@@ -607,6 +626,30 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../pipeline.toml");
+
+    #[test]
+    fn a_relative_parquet_root_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        let file = etc.join("pipeline.toml");
+        std::fs::write(
+            &file,
+            "[pipeline]\ninstances = [\"a\"]\n[parquet]\nroot = \"warehouse\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.parquet.unwrap().root, etc.join("warehouse"));
+        std::fs::write(
+            &file,
+            "[pipeline]\ninstances = [\"a\"]\n[parquet]\nroot = \"/srv/wh\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load(&file).unwrap().parquet.unwrap().root,
+            Path::new("/srv/wh")
+        );
+    }
 
     #[test]
     fn the_shipped_example_parses_with_the_documented_values() {

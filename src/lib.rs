@@ -29,6 +29,7 @@ pub mod dedup;
 pub mod error;
 pub mod ledger;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

@@ -298,6 +298,21 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             expect: "out of range",
         },
         Case {
+            name: "metrics file in a directory that does not exist",
+            config: Some(ok.clone()),
+            args: args(&[
+                "backfill",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-03",
+                "--metrics-file",
+                "/nonexistent-dir/ccc_etl.prom",
+            ]),
+            creds: both,
+            expect: "--metrics-file /nonexistent-dir/ccc_etl.prom: cannot write",
+        },
+        Case {
             name: "unknown instance",
             config: Some(ok.clone()),
             args: args(&["backfill", "--from", "2026-11-01", "--instance", "ccc-zzz"]),

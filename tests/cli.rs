@@ -429,7 +429,11 @@ async fn the_demo_writes_to_postgres_too_when_database_url_is_set() {
         "{stdout}"
     );
     let pool = db.pool().await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ccc.inbound_trend")
+    assert!(
+        stdout.contains("schema ccc_demo"),
+        "the demo says where it writes: {stdout}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ccc_demo.inbound_trend")
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -441,6 +445,57 @@ async fn the_demo_writes_to_postgres_too_when_database_url_is_set() {
         .unwrap();
     assert_eq!(n, expected);
     assert!(n >= 3 * 48);
+    let production: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'ccc'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(production, 0, "the production schema is left alone");
     pool.close().await;
+
+    // `migrate` with only DATABASE_URL and no configuration file, as the README shows it.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .current_dir(dir.path())
+        .args(["migrate"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("migrations applied: schema ccc"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     db.drop_db().await;
+}
+
+#[test]
+fn a_closed_pipe_ends_plan_and_status_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &base_config("UTC"));
+    for args in [
+        &["plan", "--from", "2026-06-01", "--to", "2026-11-01"][..],
+        &["status"],
+    ] {
+        let mut child = bin()
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before anything is written, as `| head -0` would.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+        assert!(
+            out.status.code().is_some_and(|c| c == 0 || c == 4),
+            "{args:?}: {stderr}"
+        );
+    }
 }

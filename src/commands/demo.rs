@@ -10,13 +10,19 @@ use super::open::open_sinks;
 use super::report;
 use crate::ccc::emulator::{self, EmulatorOptions};
 use crate::config::{Config, Credentials};
+use crate::error::InputError;
 use crate::pipeline::{BackfillRequest, RangeStart, RunKind, system_now};
 use crate::plan::{self};
 
 /// Instances the demo's emulator serves.
 pub const DEMO_INSTANCES: [&str; 3] = ["demo-north", "demo-south", "demo-east"];
 
-pub(crate) async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Result<u8> {
+pub(crate) async fn run_demo(
+    days: u32,
+    root: &Path,
+    schema: &str,
+    quiet: bool,
+) -> anyhow::Result<u8> {
     // A throwaway key pair: the demo needs no credentials, and these never leave the process.
     let key_id = format!("demo-{}", uuid::Uuid::new_v4().simple());
     let secret = uuid::Uuid::new_v4().simple().to_string();
@@ -27,11 +33,14 @@ pub(crate) async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Res
         .context("cannot start the in-process emulator")?;
     let mut config = Config::for_emulator(&emu.endpoint(), instances.clone());
     config.parquet = Some(crate::config::ParquetConfig::at(root.to_path_buf()));
-    // PostgreSQL too when DATABASE_URL is set (schema `ccc`).
+    // PostgreSQL too when DATABASE_URL is set, in a schema of its own (`ccc_demo`): demo rows
+    // never mix with a warehouse's `ccc`.
+    let schema = crate::config::SchemaName::parse(schema)
+        .map_err(|e| InputError::new(format!("--schema: {e}")))?;
     if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty()) {
         config.postgres = Some(crate::config::PostgresConfig {
             url: None,
-            schema: crate::config::SchemaName::parse("ccc").expect("valid schema name"),
+            schema: schema.clone(),
         });
     }
     let now = system_now();
@@ -49,18 +58,18 @@ pub(crate) async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Res
         lookback_ms: None,
         kind: RunKind::Demo,
     };
-    println!(
+    crate::outln!(
         "demo: emulator on {} serving {}; back-filling {} .. now into {}{}",
         emu.endpoint(),
         DEMO_INSTANCES.join(", "),
         from_day,
         root.display(),
         if config.postgres.is_some() {
-            " and PostgreSQL (DATABASE_URL, schema ccc)"
+            format!(" and PostgreSQL (DATABASE_URL, schema {})", schema.as_str())
         } else {
-            ""
+            String::new()
         }
-    );
+    )?;
     let (sinks, ledger) = open_sinks(&config).await?;
     let summary = execute(
         &config,
@@ -75,15 +84,16 @@ pub(crate) async fn run_demo(days: u32, root: &Path, quiet: bool) -> anyhow::Res
     let code = report(&summary);
     emu.shutdown().await;
     let root = root.display();
-    println!(
+    crate::outln!(
         "\nQuery the result with DuckDB, for example:\n  duckdb -c \"SELECT instance_id, date_trunc('day', stats_time) AS day, sum(total_calls) AS calls, \
          sum(calls_handled) AS handled FROM read_parquet('{root}/inbound_trend/*/*.parquet', hive_partitioning = true) \
          GROUP BY ALL ORDER BY ALL LIMIT 10\""
-    );
+    )?;
     if config.postgres.is_some() {
-        println!(
-            "and in PostgreSQL:\n  psql \"$DATABASE_URL\" -c \"SELECT * FROM ccc.daily_traffic ORDER BY day DESC, instance_id LIMIT 10\""
-        );
+        crate::outln!(
+            "and in PostgreSQL:\n  psql \"$DATABASE_URL\" -c \"SELECT * FROM {}.daily_traffic ORDER BY day DESC, instance_id LIMIT 10\"",
+            schema.as_str()
+        )?;
     }
     Ok(code)
 }

@@ -84,7 +84,7 @@ pub(crate) async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<u8> {
         .await
         .map_err(|e| InputError::new(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
+    crate::outln!("listening on http://{addr}")?;
     use std::io::Write as _;
     std::io::stdout().flush()?;
     tracing::info!(instances = ?args.instances, "emulator serving");

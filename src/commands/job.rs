@@ -78,6 +78,9 @@ pub(crate) async fn run_job(
     metrics: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<u8> {
+    if let Some(path) = metrics {
+        check_metrics_file(path)?;
+    }
     let outcome = async {
         let credentials = Credentials::from_env()?;
         preflight_endpoint(&config.source.endpoint).await?;
@@ -90,6 +93,25 @@ pub(crate) async fn run_job(
         write_failure_metrics(req.kind.as_str(), path, crate::error::exit_code_for(e), e);
     }
     outcome
+}
+
+/// A metrics file that cannot be written is bad input, found before any request rather than after
+/// the data is committed: its directory must exist and take a new file.
+pub fn check_metrics_file(path: &Path) -> Result<(), InputError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".ccc-etl-probe-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            InputError::new(format!(
+                "--metrics-file {}: cannot write in {}: {e}",
+                path.display(),
+                dir.display()
+            ))
+        })
 }
 
 /// The metrics of a run that stopped before its summary: its exit code and time, and the last

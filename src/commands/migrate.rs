@@ -10,7 +10,7 @@ use crate::sink::postgres::Access;
 
 /// `ccc-etl migrate`: applies the PostgreSQL migrations and, when `timezone` changed, moves the
 /// views and the Parquet root's day partitions to the configured zone.
-pub(crate) async fn run_migrate(config: &Config) -> anyhow::Result<u8> {
+pub(crate) async fn run_migrate(config: &Config, access: Access) -> anyhow::Result<u8> {
     if config.postgres.is_none() && config.parquet.is_none() {
         return Err(InputError::new(
             "migrate needs a [postgres] or [parquet] section in the configuration",
@@ -18,14 +18,14 @@ pub(crate) async fn run_migrate(config: &Config) -> anyhow::Result<u8> {
         .into());
     }
     let tz = config.pipeline.timezone;
-    let store = connect_postgres_with(config, Access::Migrate).await?;
+    let store = connect_postgres_with(config, access).await?;
     if let Some(store) = &store {
-        println!(
-            "migrations applied: schema {} at {}; views in time zone {}",
+        let zone = store.recorded_timezone().await?.unwrap_or_default();
+        crate::outln!(
+            "migrations applied: schema {} at {}; views in time zone {zone}",
             store.schema().as_str(),
             store.describe(),
-            tz.name()
-        );
+        )?;
     }
     if let Some(pq) = &config.parquet {
         let layout = Layout::new(&pq.root);
@@ -65,14 +65,14 @@ pub(crate) async fn run_migrate(config: &Config) -> anyhow::Result<u8> {
                 })
                 .collect();
             ledger.record_files(&files).await?;
-            println!(
+            crate::outln!(
                 "Parquet root {} re-partitioned for {}: {} rows, {} day files (were {})",
                 layout.root().display(),
                 tz.name(),
                 report.rows,
                 report.files_after,
                 report.files_before
-            );
+            )?;
         }
     }
     Ok(EXIT_OK)

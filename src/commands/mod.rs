@@ -31,7 +31,11 @@ pub use verify::run_verify;
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Emulator(args) => run_emulator(args).await,
-        Command::Demo { days, parquet_root } => run_demo(*days, parquet_root, cli.quiet).await,
+        Command::Demo {
+            days,
+            parquet_root,
+            schema,
+        } => run_demo(*days, parquet_root, schema, cli.quiet).await,
         Command::Plan { range, format } => {
             let config = Config::load(&cli.config)?;
             run_plan(&config, range, *format, system_now())
@@ -72,8 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             )
             .await?;
             match format {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                OutputFormat::Table => print!("{}", report.render()),
+                OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&report)?)?,
+                OutputFormat::Table => crate::output::print(&report.render())?,
             }
             Ok(if report.alert { EXIT_CHECK } else { EXIT_OK })
         }
@@ -89,15 +93,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(code)
         }
         Command::Migrate => {
-            let config = Config::load(&cli.config)?;
-            run_migrate(&config).await
+            let (config, access) = migrate_config(&cli.config)?;
+            run_migrate(&config, access).await
         }
     }
 }
 
+/// The configuration `migrate` works with: the file, or, when there is no file at all and
+/// `DATABASE_URL` is set, that database with the default schema and zone (what the README's
+/// `DATABASE_URL=… ccc-etl migrate` means).
+fn migrate_config(
+    path: &std::path::Path,
+) -> anyhow::Result<(Config, crate::sink::postgres::Access)> {
+    use crate::sink::postgres::Access;
+    let url_set =
+        std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty());
+    if path.exists() || !url_set {
+        return Ok((Config::load(path)?, Access::Migrate));
+    }
+    tracing::info!(
+        "no {}: migrating the database of DATABASE_URL, schema ccc",
+        path.display()
+    );
+    let mut config = Config::for_emulator("https://ccc.cn-shanghai.aliyuncs.com", vec![]);
+    config.parquet = None;
+    config.postgres = Some(crate::config::PostgresConfig {
+        url: None,
+        schema: crate::config::SchemaName::parse("ccc").expect("valid schema name"),
+    });
+    Ok((config, Access::MigrateKeepZone))
+}
+
 /// Prints the summary to stdout and returns its exit code.
 pub(crate) fn report(summary: &RunSummary) -> u8 {
-    print!("{}", summary.render());
+    if let Err(e) = crate::output::print(&summary.render()) {
+        tracing::error!(error = %e, "cannot print the run summary");
+    }
     summary.exit_code()
 }
 

@@ -29,34 +29,38 @@ pub fn run_plan(
         horizon_margin_ms: config.pipeline.horizon_margin_ms(),
     });
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+        OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&p)?)?,
         OutputFormat::Table => {
-            println!(
+            crate::outln!(
                 "{:<24} {:<6} {:<21} {:<21} {:>7}",
-                "INSTANCE", "MEDIA", "START (UTC)", "END (UTC)", "HOURS"
-            );
+                "INSTANCE",
+                "MEDIA",
+                "START (UTC)",
+                "END (UTC)",
+                "HOURS"
+            )?;
             for w in &p.windows {
-                println!(
+                crate::outln!(
                     "{:<24} {:<6} {:<21} {:<21} {:>7.1}",
                     w.instance_id,
                     w.media_type.as_str(),
                     fmt_ms(w.start_ms),
                     fmt_ms(w.end_ms),
                     (w.end_ms - w.start_ms) as f64 / 3_600_000.0
-                );
+                )?;
             }
-            println!("{} window(s)", p.windows.len());
+            crate::outln!("{} window(s)", p.windows.len())?;
             for l in &p.lost {
-                println!(
+                crate::outln!(
                     "LOST (behind the 180-day horizon): {}/{} {} .. {}",
                     l.instance_id,
                     l.media_type,
                     fmt_ms(l.start_ms),
                     fmt_ms(l.end_ms)
-                );
+                )?;
             }
             if let Some((a, b)) = p.future_trimmed {
-                println!("trimmed (in the future): {} .. {}", fmt_ms(a), fmt_ms(b));
+                crate::outln!("trimmed (in the future): {} .. {}", fmt_ms(a), fmt_ms(b))?;
             }
         }
     }

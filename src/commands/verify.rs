@@ -35,25 +35,30 @@ pub async fn run_verify(config: &Config) -> anyhow::Result<u8> {
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     if diffs.is_empty() && scan.unreadable.is_empty() {
-        println!("verify: PostgreSQL and Parquet agree on {partitions} partition(s)");
+        crate::outln!("verify: PostgreSQL and Parquet agree on {partitions} partition(s)")?;
         return Ok(EXIT_OK);
     }
     for (_, _, e) in &scan.unreadable {
-        println!("verify: DAMAGED {e}");
+        crate::outln!("verify: DAMAGED {e}")?;
     }
     if !diffs.is_empty() {
-        println!(
+        crate::outln!(
             "verify: {} of {partitions} partition(s) differ:",
             diffs.len()
-        );
+        )?;
     }
     for d in &diffs {
-        println!(
+        crate::outln!(
             "  {} dt={}: postgres {} rows (checksum {:016x}), parquet {} rows (checksum {:016x})",
-            d.table, d.dt, d.postgres.rows, d.postgres.checksum, d.parquet.rows, d.parquet.checksum
-        );
+            d.table,
+            d.dt,
+            d.postgres.rows,
+            d.postgres.checksum,
+            d.parquet.rows,
+            d.parquet.checksum
+        )?;
     }
-    println!("run `ccc-etl verify --repair` to fetch those days again");
+    crate::outln!("run `ccc-etl verify --repair` to fetch those days again")?;
     Ok(EXIT_CHECK)
 }
 
@@ -95,7 +100,7 @@ pub(crate) async fn run_repair(
             let to = layout
                 .quarantine(*table, *day)
                 .map_err(anyhow::Error::msg)?;
-            println!("repair: moved the damaged file aside to {}", to.display());
+            crate::outln!("repair: moved the damaged file aside to {}", to.display())?;
         }
     }
     let ranges = crate::ranges::union(
@@ -112,10 +117,10 @@ pub(crate) async fn run_repair(
                 "verify --repair: the sinks differed",
             )
             .await?;
-        println!(
+        crate::outln!(
             "repair: {n} window(s) of the {} sink to fetch again",
             sink.kind()
-        );
+        )?;
     }
     let now = system_now();
     let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {

@@ -102,6 +102,9 @@ pub enum Access {
     ReadOnly,
     /// `migrate`: as `Write`, and set the views' zone to the configured one.
     Migrate,
+    /// `migrate` with no configuration file: the migrations only; the recorded zone is kept (a
+    /// new database gets the default one).
+    MigrateKeepZone,
 }
 
 fn unreachable(describe: &str, e: sqlx::Error) -> PgError {
@@ -218,12 +221,15 @@ impl PgStore {
                 .map_err(err)?;
             return Ok(());
         }
-        if access == Access::Write {
+        if matches!(access, Access::Write | Access::MigrateKeepZone) {
             sqlx::query("INSERT INTO settings (key, value) VALUES ('timezone', $1) ON CONFLICT (key) DO NOTHING")
                 .bind(timezone.name())
                 .execute(&self.pool)
                 .await
                 .map_err(err)?;
+        }
+        if access == Access::MigrateKeepZone {
+            return Ok(());
         }
         let recorded: Option<String> =
             sqlx::query_scalar("SELECT value FROM settings WHERE key = 'timezone'")

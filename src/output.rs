@@ -1,0 +1,21 @@
+//! What commands print on stdout. A closed pipe (`ccc-etl plan | head -2`) ends the output
+//! quietly instead of panicking: the rest is dropped, the command keeps its exit code.
+
+use std::io::Write;
+
+/// Writes `text` to stdout and flushes; a closed pipe is not an error.
+pub fn print(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// `println!` for command output: a closed pipe ends it quietly (see [`print`]).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::print(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
