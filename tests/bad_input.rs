@@ -257,13 +257,6 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             expect: "Parquet root",
         },
         Case {
-            name: "unreachable endpoint",
-            config: Some(with(&emu.endpoint(), "http://127.0.0.1:9")),
-            args: bf(),
-            creds: both,
-            expect: "cannot reach the endpoint http://127.0.0.1:9",
-        },
-        Case {
             name: "from after to",
             config: Some(ok.clone()),
             args: args(&["backfill", "--from", "2026-11-05", "--to", "2026-11-01"]),

@@ -169,3 +169,99 @@ async fn an_untrusted_tls_certificate_stops_the_run_at_once_naming_the_host() {
         "not retried: {stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_network_that_is_down_exits_1_and_a_held_root_exits_5_neither_is_bad_input() {
+    let emu = start(options(&["ccc-a"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("wh");
+    let write = |endpoint: &str| {
+        let cfg = dir.path().join("pipeline.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[source]\nendpoint = \"{endpoint}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[parquet]\nroot = \"{}\"\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let run = |cfg: std::path::PathBuf| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .unwrap()
+    };
+    let down = run(write("http://127.0.0.1:9")).await;
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the endpoint http://127.0.0.1:9"),
+        "{stderr}"
+    );
+    assert!(!root.exists(), "nothing was written");
+
+    let held = ccc_etl::sink::parquet::ParquetSink::new(&root, chrono_tz::Asia::Shanghai).unwrap();
+    let busy = run(write(&emu.endpoint())).await;
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert_eq!(busy.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("another ccc-etl run is writing to"),
+        "{stderr}"
+    );
+    assert_eq!(emu.stats().await.unwrap().requests, 0, "no API request");
+    drop(held);
+    assert_eq!(run(write(&emu.endpoint())).await.status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn an_instance_the_service_does_not_know_is_named_stops_being_fetched_and_exits_1() {
+    let emu = start(options(&["ccc-a"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\nconcurrency = 1\n[pipeline]\ninstances = [\"ccc-a\", \"ccc-typo\"]\n[parquet]\nroot = \"{}\"\n",
+            emu.endpoint(),
+            dir.path().join("wh").display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["backfill", "--from", "2026-11-01", "--to", "2026-11-14"])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not 3, retried forever: {stdout}"
+    );
+    assert!(
+        stdout.contains("UNKNOWN INSTANCE ccc-typo") && stdout.contains("[pipeline] instances"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 window(s) ok"),
+        "ccc-a is written: {stdout}"
+    );
+    let stats = emu.stats().await.unwrap();
+    assert_eq!(
+        stats.count("GetInstanceTrendingReport", "NotExists.InstanceId"),
+        1,
+        "its second window is not requested"
+    );
+}

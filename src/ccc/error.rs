@@ -117,6 +117,12 @@ impl ApiError {
         self.class() == ErrorClass::Retryable
     }
 
+    /// Whether the service says the instance does not exist (a mistyped id, another account or
+    /// region): every window of that instance would fail the same way.
+    pub fn is_unknown_instance(&self) -> bool {
+        matches!(self, ApiError::Service { code, .. } if code.starts_with("NotExists.InstanceId"))
+    }
+
     /// Whether the service asked us to slow down.
     pub fn is_throttling(&self) -> bool {
         match self {

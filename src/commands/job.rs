@@ -177,7 +177,7 @@ pub async fn execute(
 
 /// Checks that the endpoint resolves and accepts a TCP connection, so that a wrong host or port
 /// is reported once, before anything is written, instead of as every window failing.
-pub async fn preflight_endpoint(endpoint: &crate::config::Endpoint) -> Result<(), InputError> {
+pub async fn preflight_endpoint(endpoint: &crate::config::Endpoint) -> anyhow::Result<()> {
     let url = endpoint.url();
     let host = url
         .host_str()
@@ -187,10 +187,11 @@ pub async fn preflight_endpoint(endpoint: &crate::config::Endpoint) -> Result<()
         .to_string();
     let port = url.port_or_known_default().unwrap_or(443);
     let limit = std::time::Duration::from_secs(10);
+    // A network that is down is not bad input: exit 1, with the endpoint named.
     let fail = |why: String| {
-        InputError::new(format!(
+        anyhow::anyhow!(
             "cannot reach the endpoint {endpoint}: {why} (check [source] endpoint and the network)"
-        ))
+        )
     };
     let addrs: Vec<_> = tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), port)))
         .await

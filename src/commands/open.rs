@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::InputError;
 use crate::ledger::{FileLedger, Ledger, SinkId};
-use crate::sink::parquet::{Layout, ParquetSink, check_zone, reconcile};
+use crate::sink::parquet::{Layout, OpenError, ParquetSink, check_zone, reconcile};
 use crate::sink::postgres::{Access, PgError, PgLedger, PgStore, PostgresSink};
 use crate::sink::{Sink, SinkKind};
 
@@ -80,7 +80,12 @@ pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, 
     let parquet = match &config.parquet {
         Some(pq) => Some(
             ParquetSink::new(&pq.root, config.pipeline.timezone)
-                .map_err(|e| InputError::new(e.to_string()))?
+                .map_err(|e| -> anyhow::Error {
+                    match e {
+                        OpenError::Busy(m) => crate::error::Busy(m).into(),
+                        OpenError::Refused(e) => InputError::new(e.to_string()).into(),
+                    }
+                })?
                 .with_buffer_rows(pq.buffer_rows),
         ),
         None => None,

@@ -121,6 +121,8 @@ pub struct Backfill {
     ledger: Arc<dyn Ledger>,
     now: NowFn,
     progress: Progress,
+    /// Instances the service said do not exist, during the current run.
+    unknown_instances: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One run in progress.
@@ -149,6 +151,7 @@ impl Backfill {
             ledger,
             now,
             progress,
+            unknown_instances: Default::default(),
         }
     }
 

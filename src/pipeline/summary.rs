@@ -60,6 +60,9 @@ pub struct RunSummary {
     pub duration_secs: f64,
     /// Whether a run-fatal error stopped the run.
     pub fatal: Option<String>,
+    /// Configured instances the service says do not exist; none of their windows is fetched
+    /// again in this run, and the run exits 1 until the configuration is fixed.
+    pub unknown_instances: std::collections::BTreeSet<String>,
     /// Data-quality violations found in the fetched windows.
     pub quality: QualityCounts,
     /// Rows whose values changed since they were last written (the largest count of any sink).
@@ -69,7 +72,7 @@ pub struct RunSummary {
 impl RunSummary {
     /// How the run ended: failed on a run-fatal error, partial when windows failed.
     pub fn status(&self) -> RunStatus {
-        if self.fatal.is_some() {
+        if self.fatal.is_some() || !self.unknown_instances.is_empty() {
             RunStatus::Failed
         } else if !self.windows_failed.is_empty() {
             RunStatus::Partial
@@ -158,6 +161,13 @@ impl RunSummary {
         }
         for f in &self.windows_failed {
             s.push_str(&format!("  FAILED {}: {}\n", f.key, f.error));
+        }
+        for i in &self.unknown_instances {
+            s.push_str(&format!(
+                "  UNKNOWN INSTANCE {i}: the service has no CCC instance {i} for these credentials \
+                 at this endpoint; fix its id in [pipeline] instances, or point [source] endpoint \
+                 at the instance's region\n"
+            ));
         }
         if let Some(f) = &self.fatal {
             s.push_str(&format!("  STOPPED: {f}\n"));

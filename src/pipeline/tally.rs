@@ -50,6 +50,8 @@ pub enum Event {
     SinkFailed(FailedWindow),
     /// The window aged out of the horizon before it was sent.
     Lost(WindowKey),
+    /// The service says this instance does not exist.
+    UnknownInstance(String),
     /// Every further request would fail: stop the run.
     Fatal(String),
 }
@@ -162,6 +164,10 @@ impl Tally {
                 tracing::warn!(window = %k, "LOST: the window aged out of the 180-day horizon before it was sent");
                 self.summary.lost.push(k);
                 Step::WindowDone { rows: 0 }
+            }
+            Event::UnknownInstance(instance) => {
+                self.summary.unknown_instances.insert(instance);
+                Step::Quiet
             }
             Event::Fatal(msg) => Step::Stop(msg),
         }

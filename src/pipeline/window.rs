@@ -29,6 +29,19 @@ impl Backfill {
                     .await;
             }
         };
+        if self.is_unknown(&key.instance_id) {
+            let f = FailedWindow {
+                key: key.clone(),
+                error: format!(
+                    "not fetched: the service has no instance {}",
+                    key.instance_id
+                ),
+                retryable: false,
+            };
+            return self
+                .skip_all(&planned, vec![Event::FetchFailed(f)], ctx)
+                .await;
+        }
         let req = TrendingRequest {
             instance_id: key.instance_id.clone(),
             media_type: key.media_type,
@@ -54,10 +67,34 @@ impl Backfill {
                 };
                 self.record_fetch_failure(&key, &f.error, failed.attempts, ctx)
                     .await;
-                self.skip_all(&planned, vec![Event::FetchFailed(f)], ctx)
-                    .await
+                let mut events = vec![Event::FetchFailed(f)];
+                if failed.error.is_unknown_instance() && self.mark_unknown(&key.instance_id) {
+                    tracing::error!(
+                        instance = %key.instance_id,
+                        "the service has no CCC instance {}: fix its id in [pipeline] instances, or point [source] endpoint at its region; its other windows are not fetched",
+                        key.instance_id
+                    );
+                    events.push(Event::UnknownInstance(key.instance_id.clone()));
+                }
+                self.skip_all(&planned, events, ctx).await
             }
         }
+    }
+
+    /// Whether the service already said this instance does not exist.
+    fn is_unknown(&self, instance: &str) -> bool {
+        self.unknown_instances
+            .lock()
+            .expect("unknown instances lock")
+            .contains(instance)
+    }
+
+    /// Remembers an instance the service does not know; true the first time.
+    fn mark_unknown(&self, instance: &str) -> bool {
+        self.unknown_instances
+            .lock()
+            .expect("unknown instances lock")
+            .insert(instance.to_string())
     }
 
     /// Time passes between planning and sending: the window as it can still be fetched, and the

@@ -48,7 +48,18 @@ pub mod layout;
 pub mod migrate;
 pub mod reconcile;
 
-pub use layout::{DATA_FILE, Layout, RootMeta, is_temp_name};
+pub use layout::{DATA_FILE, Layout, LockError, RootMeta, is_temp_name};
+
+/// Why a Parquet root cannot be opened for writing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenError {
+    /// Another run holds the root's lock.
+    #[error("{0}")]
+    Busy(String),
+    /// The root cannot be used as configured (not writable, another zone, not a root).
+    #[error("{0}")]
+    Refused(#[from] SinkError),
+}
 
 /// One stored row of any table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +123,7 @@ impl ParquetSink {
     /// A sink writing under `root`, partitioning days in `timezone`. Checks the root is writable,
     /// takes its lock, and gives a new root its identity; a root whose days were cut in another
     /// zone is refused (its `dt=` partitions would not match: see `ccc-etl migrate`).
-    pub fn new(root: &Path, timezone: Tz) -> Result<Self, SinkError> {
+    pub fn new(root: &Path, timezone: Tz) -> Result<Self, OpenError> {
         std::fs::create_dir_all(root).map_err(|e| {
             err(
                 format!("cannot create the Parquet root {}: {e}", root.display()),
@@ -130,7 +141,10 @@ impl ParquetSink {
             })?;
         let layout = Layout::new(root);
         let legacy = layout.has_state_without_meta();
-        let lock = layout.lock().map_err(|e| err(e.to_string(), false))?;
+        let lock = layout.lock().map_err(|e| match e {
+            LockError::Held(m) => OpenError::Busy(m),
+            LockError::Io(m) => OpenError::Refused(err(m, false)),
+        })?;
         let meta = match layout.read_meta().map_err(|e| err(e, false))? {
             Some(meta) => {
                 check_zone(&layout, &meta, timezone)?;
@@ -844,7 +858,10 @@ mod tests {
         let second = ParquetSink::new(dir.path(), chrono_tz::UTC)
             .err()
             .expect("locked");
-        assert!(second.message.contains("another ccc-etl run"), "{second}");
+        assert!(
+            matches!(&second, OpenError::Busy(m) if m.contains("another ccc-etl run")),
+            "{second}"
+        );
         let meta = Layout::new(dir.path()).read_meta().unwrap().unwrap();
         assert_eq!(meta.timezone, "UTC");
         drop(sink);
