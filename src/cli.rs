@@ -96,7 +96,7 @@ pub enum Command {
     },
     /// Print the windows a backfill would fetch, without fetching.
     #[command(
-        after_help = "Example:\n  ccc-etl plan --from 2026-01-01 --to 2026-03-31 --format json"
+        after_help = "Example:\n  ccc-etl plan --from \"$(date -d '-30 days' +%F)\" --format json"
     )]
     Plan {
         /// Range and instances.
@@ -105,6 +105,10 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+        /// The whole plan of the range, committed windows included (by default: only the
+        /// requests a backfill would send now).
+        #[arg(long)]
+        all: bool,
     },
     /// Coverage, gaps and the aging-out alert per instance and media type.
     #[command(after_help = "Example:\n  ccc-etl status --format json")]

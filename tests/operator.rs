@@ -454,3 +454,62 @@ async fn status_and_verify_write_nothing_not_even_migrations() {
     site.run_ok(&cfg, &["status"], 4).await;
     site.db.drop_db().await;
 }
+
+#[tokio::test]
+async fn plan_shows_exactly_the_requests_the_next_backfill_sends() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    // A partial backfill first: the plan must leave its windows out.
+    site.run_ok(
+        &cfg,
+        &["backfill", "--from", "2026-11-03", "--to", "2026-11-05"],
+        0,
+    )
+    .await;
+    let range = ["--from", "2026-10-20", "--to", "2026-11-12"];
+    let planned_json = site
+        .run_ok(
+            &cfg,
+            &[&["plan", "--format", "json"][..], &range].concat(),
+            0,
+        )
+        .await;
+    let planned: serde_json::Value = serde_json::from_str(&planned_json).unwrap();
+    let planned: Vec<(i64, i64)> = planned["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["start_ms"].as_i64().unwrap(),
+                w["end_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let all_json = site
+        .run_ok(
+            &cfg,
+            &[&["plan", "--all", "--format", "json"][..], &range].concat(),
+            0,
+        )
+        .await;
+    let all: serde_json::Value = serde_json::from_str(&all_json).unwrap();
+    assert!(
+        all["windows"].as_array().unwrap().len() >= planned.len(),
+        "--all shows the whole plan"
+    );
+    let before = site.emu.stats().await.unwrap().ok_calls().len();
+    site.run_ok(&cfg, &[&["backfill"][..], &range].concat(), 0)
+        .await;
+    let stats = site.emu.stats().await.unwrap();
+    let mut sent: Vec<(i64, i64)> = stats.ok_calls()[before..]
+        .iter()
+        .map(|c| (c.start_ms, c.end_ms))
+        .collect();
+    sent.sort();
+    let mut expected = planned.clone();
+    expected.sort();
+    assert_eq!(sent, expected, "plan said {planned_json}");
+    assert!(!expected.is_empty());
+    site.db.drop_db().await;
+}

@@ -85,7 +85,7 @@ pub(crate) async fn run_demo(
     emu.shutdown().await;
     let root = root.display();
     crate::outln!(
-        "\nQuery the result with DuckDB, for example:\n  duckdb -c \"SELECT instance_id, date_trunc('day', stats_time) AS day, sum(total_calls) AS calls, \
+        "\nQuery the result with DuckDB, for example:\n  duckdb -c \"SELECT instance_id, dt AS day, sum(total_calls) AS calls, \
          sum(calls_handled) AS handled FROM read_parquet('{root}/inbound_trend/*/*.parquet', hive_partitioning = true) \
          GROUP BY ALL ORDER BY ALL LIMIT 10\""
     )?;

@@ -36,9 +36,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             parquet_root,
             schema,
         } => run_demo(*days, parquet_root, schema, cli.quiet).await,
-        Command::Plan { range, format } => {
+        Command::Plan { range, format, all } => {
             let config = Config::load(&cli.config)?;
-            run_plan(&config, range, *format, system_now())
+            run_plan(&config, range, *format, *all, system_now()).await
         }
         Command::Backfill {
             range,

@@ -1,33 +1,45 @@
-//! `ccc-etl plan`: the windows a backfill would fetch.
+//! `ccc-etl plan`: the requests a backfill would send now, or the whole plan.
 
 use super::job::backfill_request;
+use super::open::{connect_postgres_with, open_ledger, parquet_sink_id};
 use crate::cli::{OutputFormat, RangeArgs};
 use crate::config::Config;
 use crate::error::EXIT_OK;
-use crate::pipeline::{NowFn, RangeStart};
-use crate::plan::{self};
+use crate::ledger::SinkId;
+use crate::pipeline::NowFn;
 use crate::record::fmt_ms;
+use crate::sink::SinkKind;
+use crate::sink::parquet::Layout;
+use crate::sink::postgres::Access;
 
-/// `ccc-etl plan`.
-pub fn run_plan(
+/// `ccc-etl plan`: the requests a `backfill` of the same range would send now (the plan minus
+/// what every sink has committed, read-only), or the whole plan with `--all`.
+pub async fn run_plan(
     config: &Config,
     range: &RangeArgs,
     format: OutputFormat,
+    all: bool,
     now: NowFn,
 ) -> anyhow::Result<u8> {
     let req = backfill_request(config, range, false, false, now.clone())?;
-    let p = plan::plan(&plan::PlanRequest {
-        instances: req.instances.clone(),
-        media_types: config.pipeline.media_types.clone(),
-        from_ms: match req.from {
-            RangeStart::At(ms) => ms,
-            RangeStart::Horizon => plan::horizon_ms(now(), config.pipeline.horizon_margin_ms()),
-        },
-        to_ms: req.to_ms,
-        now_ms: now(),
-        timezone: config.pipeline.timezone,
-        horizon_margin_ms: config.pipeline.horizon_margin_ms(),
-    });
+    let mut p = crate::pipeline::plan_for(config, &req, now());
+    if !all {
+        let store = connect_postgres_with(config, Access::ReadOnly).await?;
+        let ledger = open_ledger(config, store.as_ref(), true)?;
+        let mut sinks = Vec::new();
+        if store.is_some() {
+            sinks.push(SinkId::new(SinkKind::Postgres, ""));
+        }
+        if let Some(pq) = &config.parquet {
+            sinks.push(parquet_sink_id(
+                &Layout::new(&pq.root),
+                config.pipeline.timezone,
+            )?);
+        }
+        let (pending, _) =
+            crate::pipeline::pending_windows(config, ledger.as_ref(), &sinks, &req, &p).await?;
+        p.windows = pending;
+    }
     match format {
         OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&p)?)?,
         OutputFormat::Table => {

@@ -157,20 +157,7 @@ impl Backfill {
 
     /// The plan for a request, before subtracting the ledger.
     pub fn plan(&self, req: &BackfillRequest) -> plan::Plan {
-        let now_ms = (self.now)();
-        let margin = self.config.pipeline.horizon_margin_ms();
-        plan::plan(&PlanRequest {
-            instances: req.instances.clone(),
-            media_types: self.config.pipeline.media_types.clone(),
-            from_ms: match req.from {
-                RangeStart::At(ms) => ms,
-                RangeStart::Horizon => plan::horizon_ms(now_ms, margin),
-            },
-            to_ms: req.to_ms,
-            now_ms,
-            timezone: self.config.pipeline.timezone,
-            horizon_margin_ms: margin,
-        })
+        plan_for(&self.config, req, (self.now)())
     }
 
     /// Runs to the end (or to a run-fatal error) and returns the summary.
@@ -211,7 +198,10 @@ impl Backfill {
             ..Default::default()
         };
         report_lost(&plan, req.strict_horizon, &mut summary)?;
-        let windows = self.pending_windows(req, &plan, &mut summary).await?;
+        let ids = window::sink_ids(&self.sinks);
+        let (windows, skipped) =
+            pending_windows(&self.config, self.ledger.as_ref(), &ids, req, &plan).await?;
+        summary.windows_skipped_committed = skipped;
         summary.windows_planned = windows.len() as u64;
         let started_at = Utc::now();
         self.ledger
@@ -317,76 +307,92 @@ impl Backfill {
             Step::Stop(fatal) => Some(fatal),
         }
     }
+}
 
-    /// The plan minus what every sink has committed (unless `refetch`), in fetch order.
-    async fn pending_windows(
-        &self,
-        req: &BackfillRequest,
-        plan: &plan::Plan,
-        summary: &mut RunSummary,
-    ) -> anyhow::Result<Vec<WindowKey>> {
-        if req.refetch {
-            return Ok(plan.windows.clone());
-        }
-        let ids = window::sink_ids(&self.sinks);
-        let mut by_series: BTreeMap<(String, MediaType), Vec<&WindowKey>> = BTreeMap::new();
-        for w in &plan.windows {
-            by_series
-                .entry((w.instance_id.clone(), w.media_type))
-                .or_default()
-                .push(w);
-        }
-        let mut out = Vec::new();
-        for ((instance, media), planned) in by_series {
-            let mine = self
-                .series_windows(req, &ids, &instance, media, &planned)
-                .await?;
-            let overlaps = |w: &&&WindowKey| {
-                mine.iter()
-                    .any(|m| m.start_ms < w.end_ms && w.start_ms < m.end_ms)
-            };
-            summary.windows_skipped_committed +=
-                planned.iter().filter(|w| !overlaps(w)).count() as u64;
-            out.extend(mine);
-        }
-        plan::fetch_order(&mut out);
-        Ok(out)
+/// The windows a run would fetch now: the plan minus what every sink has committed (unless
+/// `refetch`), plus the nightly lookback, in fetch order; and how many planned windows are
+/// skipped as committed. `plan` shows exactly these; a run fetches them.
+pub async fn pending_windows(
+    config: &Config,
+    ledger: &dyn Ledger,
+    sinks: &[SinkId],
+    req: &BackfillRequest,
+    plan: &plan::Plan,
+) -> anyhow::Result<(Vec<WindowKey>, u64)> {
+    if req.refetch {
+        return Ok((plan.windows.clone(), 0));
     }
+    let mut by_series: BTreeMap<(String, MediaType), Vec<&WindowKey>> = BTreeMap::new();
+    for w in &plan.windows {
+        by_series
+            .entry((w.instance_id.clone(), w.media_type))
+            .or_default()
+            .push(w);
+    }
+    let (mut out, mut skipped) = (Vec::new(), 0u64);
+    for ((instance, media), planned) in by_series {
+        let mine = series_windows(config, ledger, req, sinks, &instance, media, &planned).await?;
+        let overlaps = |w: &&&WindowKey| {
+            mine.iter()
+                .any(|m| m.start_ms < w.end_ms && w.start_ms < m.end_ms)
+        };
+        skipped += planned.iter().filter(|w| !overlaps(w)).count() as u64;
+        out.extend(mine);
+    }
+    plan::fetch_order(&mut out);
+    Ok((out, skipped))
+}
 
-    /// One series' windows to fetch: the planned span minus what every sink committed, plus the
-    /// nightly lookback, cut into compliant windows.
-    async fn series_windows(
-        &self,
-        req: &BackfillRequest,
-        sinks: &[SinkId],
-        instance: &str,
-        media: MediaType,
-        planned: &[&WindowKey],
-    ) -> anyhow::Result<Vec<WindowKey>> {
-        let start = planned.iter().map(|w| w.start_ms).min().unwrap_or_default();
-        let end = planned.iter().map(|w| w.end_ms).max().unwrap_or_default();
-        let tz = self.config.pipeline.timezone;
-        let mut ranges =
-            ledger::missing(self.ledger.as_ref(), instance, media, sinks, start, end).await?;
-        if let Some(lookback) = req.lookback_ms {
-            // Re-fetch the recent past of what is covered, to pick up revisions.
-            let covered = crate::ranges::subtract(start, end, &ranges);
-            if let Some(cov_end) = covered.iter().map(|c| c.1).max() {
-                let from = plan::local_midnight_at_or_before(tz, cov_end - lookback).max(start);
-                ranges.push((from, end));
-            }
+/// One series' windows to fetch: the planned span minus what every sink committed, plus the
+/// nightly lookback, cut into compliant windows.
+async fn series_windows(
+    config: &Config,
+    ledger: &dyn Ledger,
+    req: &BackfillRequest,
+    sinks: &[SinkId],
+    instance: &str,
+    media: MediaType,
+    planned: &[&WindowKey],
+) -> anyhow::Result<Vec<WindowKey>> {
+    let start = planned.iter().map(|w| w.start_ms).min().unwrap_or_default();
+    let end = planned.iter().map(|w| w.end_ms).max().unwrap_or_default();
+    let tz = config.pipeline.timezone;
+    let mut ranges = ledger::missing(ledger, instance, media, sinks, start, end).await?;
+    if let Some(lookback) = req.lookback_ms {
+        // Re-fetch the recent past of what is covered, to pick up revisions.
+        let covered = crate::ranges::subtract(start, end, &ranges);
+        if let Some(cov_end) = covered.iter().map(|c| c.1).max() {
+            let from = plan::local_midnight_at_or_before(tz, cov_end - lookback).max(start);
+            ranges.push((from, end));
         }
-        Ok(crate::ranges::union(ranges)
-            .into_iter()
-            .flat_map(|(a, b)| plan::split_range(a, b, tz))
-            .map(|(s, e)| WindowKey {
-                instance_id: instance.to_string(),
-                media_type: media,
-                start_ms: s,
-                end_ms: e,
-            })
-            .collect())
     }
+    Ok(crate::ranges::union(ranges)
+        .into_iter()
+        .flat_map(|(a, b)| plan::split_range(a, b, tz))
+        .map(|(s, e)| WindowKey {
+            instance_id: instance.to_string(),
+            media_type: media,
+            start_ms: s,
+            end_ms: e,
+        })
+        .collect())
+}
+
+/// The plan for a request at `now_ms`, before subtracting the ledger.
+pub fn plan_for(config: &Config, req: &BackfillRequest, now_ms: i64) -> plan::Plan {
+    let margin = config.pipeline.horizon_margin_ms();
+    plan::plan(&PlanRequest {
+        instances: req.instances.clone(),
+        media_types: config.pipeline.media_types.clone(),
+        from_ms: match req.from {
+            RangeStart::At(ms) => ms,
+            RangeStart::Horizon => plan::horizon_ms(now_ms, margin),
+        },
+        to_ms: req.to_ms,
+        now_ms,
+        timezone: config.pipeline.timezone,
+        horizon_margin_ms: margin,
+    })
 }
 
 /// Logs what lies behind the horizon and lists it in the summary, or refuses it when strict.
