@@ -23,8 +23,8 @@ pub struct Digest64 {
     pub checksum: u64,
 }
 
-/// Digests keyed by (table, `YYYY-MM-DD`).
-pub type Digests = BTreeMap<(String, String), Digest64>;
+/// Digests keyed by (table, `YYYY-MM-DD`, instance).
+pub type Digests = BTreeMap<(String, String, String), Digest64>;
 
 /// The content hash of one row: instance, media type, stats_time and counts (not fetch metadata).
 pub fn row_hash(instance: &str, media: &str, stats_time: i64, counts: &[i64]) -> u64 {
@@ -33,8 +33,10 @@ pub fn row_hash(instance: &str, media: &str, stats_time: i64, counts: &[i64]) ->
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
-fn add(d: &mut Digests, table: Table, day: String, hash: u64) {
-    let e = d.entry((table.name().to_string(), day)).or_default();
+fn add(d: &mut Digests, table: Table, day: String, instance: &str, hash: u64) {
+    let e = d
+        .entry((table.name().to_string(), day, instance.to_string()))
+        .or_default();
     e.rows += 1;
     e.checksum = e.checksum.wrapping_add(hash);
 }
@@ -61,6 +63,7 @@ pub fn parquet_digests(layout: &Layout) -> Result<ParquetScan, String> {
                         &mut out.digests,
                         f.table,
                         dt.clone(),
+                        &r.instance_id,
                         row_hash(&r.instance_id, &r.media_type, r.stats_time, &r.counts),
                     );
                 }
@@ -100,6 +103,7 @@ pub async fn pg_digests(store: &PgStore, tz: Tz) -> Result<Digests, sqlx::Error>
                 &mut d,
                 table,
                 day,
+                &instance,
                 row_hash(&instance, &media, t.timestamp_millis(), &counts),
             );
         }
@@ -118,24 +122,40 @@ pub struct Difference {
     pub postgres: Digest64,
     /// What Parquet holds.
     pub parquet: Digest64,
+    /// The instances whose rows differ in this partition.
+    pub instances: Vec<String>,
 }
 
-/// Partitions whose digests differ (a partition missing on one side has zero rows there).
+/// Partitions whose digests differ (a partition missing on one side has zero rows there), with
+/// the instances behind each difference.
 pub fn compare(pg: &Digests, pq: &Digests) -> Vec<Difference> {
-    let keys: std::collections::BTreeSet<&(String, String)> = pg.keys().chain(pq.keys()).collect();
-    keys.into_iter()
-        .filter_map(|k| {
-            let (a, b) = (
-                pg.get(k).copied().unwrap_or_default(),
-                pq.get(k).copied().unwrap_or_default(),
-            );
-            (a != b).then(|| Difference {
+    let keys: std::collections::BTreeSet<&(String, String, String)> =
+        pg.keys().chain(pq.keys()).collect();
+    let mut out: BTreeMap<(String, String), Difference> = BTreeMap::new();
+    for k in keys {
+        let (a, b) = (
+            pg.get(k).copied().unwrap_or_default(),
+            pq.get(k).copied().unwrap_or_default(),
+        );
+        let d = out
+            .entry((k.0.clone(), k.1.clone()))
+            .or_insert_with(|| Difference {
                 table: k.0.clone(),
                 dt: k.1.clone(),
-                postgres: a,
-                parquet: b,
-            })
-        })
+                postgres: Digest64::default(),
+                parquet: Digest64::default(),
+                instances: vec![],
+            });
+        d.postgres.rows += a.rows;
+        d.postgres.checksum = d.postgres.checksum.wrapping_add(a.checksum);
+        d.parquet.rows += b.rows;
+        d.parquet.checksum = d.parquet.checksum.wrapping_add(b.checksum);
+        if a != b {
+            d.instances.push(k.2.clone());
+        }
+    }
+    out.into_values()
+        .filter(|d| !d.instances.is_empty())
         .collect()
 }
 
@@ -151,24 +171,28 @@ mod tests {
             &mut a,
             Table::Overall,
             "2026-01-01".into(),
+            "i",
             row_hash("i", "Audio", 1, &[5]),
         );
         add(
             &mut a,
             Table::Overall,
             "2026-01-01".into(),
+            "i",
             row_hash("i", "Audio", 2, &[6]),
         );
         add(
             &mut b,
             Table::Overall,
             "2026-01-01".into(),
+            "i",
             row_hash("i", "Audio", 2, &[6]),
         );
         add(
             &mut b,
             Table::Overall,
             "2026-01-01".into(),
+            "i",
             row_hash("i", "Audio", 1, &[5]),
         );
         assert!(compare(&a, &b).is_empty());
@@ -176,6 +200,7 @@ mod tests {
             &mut b,
             Table::Overall,
             "2026-01-02".into(),
+            "i",
             row_hash("i", "Audio", 3, &[1]),
         );
         let diff = compare(&a, &b);

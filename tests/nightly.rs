@@ -257,7 +257,12 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
         };
         assert_eq!(e.run(&req).await.unwrap().exit_code(), 0);
     }
-    assert_eq!(run_verify(&cfg).await.unwrap(), 0);
+    assert_eq!(
+        run_verify(&cfg, std::path::Path::new("pipeline.toml"))
+            .await
+            .unwrap(),
+        0
+    );
     let pool = db.pool().await;
     let deleted = sqlx::query(
         "DELETE FROM ccc.outbound_trend WHERE instance_id = 'ccc-b' AND stats_time = $1",
@@ -268,7 +273,12 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
     .unwrap()
     .rows_affected();
     assert_eq!(deleted, 1);
-    assert_eq!(run_verify(&cfg).await.unwrap(), 4);
+    assert_eq!(
+        run_verify(&cfg, std::path::Path::new("pipeline.toml"))
+            .await
+            .unwrap(),
+        4
+    );
     // A changed value is caught too, with equal counts.
     sqlx::query("UPDATE ccc.inbound_trend SET total_calls = total_calls + 1 WHERE stats_time = $1 AND instance_id = 'ccc-a'")
         .bind(DateTime::<Utc>::from_timestamp_millis(now - 3 * DAY).unwrap())
@@ -293,6 +303,10 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
         diffs
             .iter()
             .any(|d| d.table == "outbound_trend" && d.postgres.rows + 1 == d.parquet.rows)
+    );
+    assert!(
+        diffs.iter().all(|d| !d.instances.is_empty()),
+        "each difference names its instances: {diffs:?}"
     );
     assert!(diffs.iter().any(|d| d.table == "inbound_trend"
         && d.postgres.rows == d.parquet.rows

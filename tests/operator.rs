@@ -424,6 +424,14 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
     );
     let out = site.run_ok(&cfg, &["verify"], 4).await;
     assert!(out.contains("outbound_trend dt=2026-11-05"), "{out}");
+    assert!(
+        out.contains("; instances ccc-a"),
+        "names the instance: {out}"
+    );
+    assert!(
+        out.contains("verify --repair"),
+        "prints the command that repairs: {out}"
+    );
 
     let out = site.run_ok(&cfg, &["verify", "--repair"], 0).await;
     assert!(out.contains("repair:"), "{out}");

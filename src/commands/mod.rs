@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             metrics_file,
         } => {
             let config = Config::load(&cli.config)?;
-            let code = run_verify(&config).await?;
+            let code = run_verify(&config, &cli.config).await?;
             if *repair && code != EXIT_OK {
                 return run_repair(&config, metrics_file.as_deref(), cli.quiet).await;
             }

@@ -12,7 +12,7 @@ use crate::sink::postgres::Access;
 
 /// `ccc-etl verify`: compares the sinks per table and day, and lists day files that cannot be
 /// read. Read-only.
-pub async fn run_verify(config: &Config) -> anyhow::Result<u8> {
+pub async fn run_verify(config: &Config, config_path: &std::path::Path) -> anyhow::Result<u8> {
     let (Some(pq), Some(_)) = (&config.parquet, &config.postgres) else {
         return Err(InputError::new(
             "verify compares the two sinks: configure both [postgres] and [parquet]",
@@ -32,6 +32,7 @@ pub async fn run_verify(config: &Config) -> anyhow::Result<u8> {
     let partitions = pg
         .keys()
         .chain(scan.digests.keys())
+        .map(|(table, dt, _)| (table, dt))
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     if diffs.is_empty() && scan.unreadable.is_empty() {
@@ -49,16 +50,20 @@ pub async fn run_verify(config: &Config) -> anyhow::Result<u8> {
     }
     for d in &diffs {
         crate::outln!(
-            "  {} dt={}: postgres {} rows (checksum {:016x}), parquet {} rows (checksum {:016x})",
+            "  {} dt={}: postgres {} rows (checksum {:016x}), parquet {} rows (checksum {:016x}); instances {}",
             d.table,
             d.dt,
             d.postgres.rows,
             d.postgres.checksum,
             d.parquet.rows,
-            d.parquet.checksum
+            d.parquet.checksum,
+            d.instances.join(", ")
         )?;
     }
-    crate::outln!("run `ccc-etl verify --repair` to fetch those days again")?;
+    crate::outln!(
+        "to fetch those days again: ccc-etl --config {} verify --repair",
+        config_path.display()
+    )?;
     Ok(EXIT_CHECK)
 }
 
