@@ -136,6 +136,22 @@ pub enum Command {
         after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/ccc ccc-etl migrate"
     )]
     Migrate,
+    /// Write a commented pipeline.toml to start from (never overwrites one).
+    #[command(
+        after_help = "Example:\n  ccc-etl init --instances ccc-prod-1,ccc-prod-2\n  ccc-etl init --emulator"
+    )]
+    Init {
+        /// Instance ids for `[pipeline] instances`.
+        #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+        instances: Vec<String>,
+        /// Point `[source] endpoint` at a local emulator (`ccc-etl emulator`, port 8080).
+        #[arg(long)]
+        emulator: bool,
+    },
+    /// Check, without writing, that the credentials work (one API call), PostgreSQL is reachable
+    /// with the privileges needed, and the Parquet root is writable.
+    #[command(after_help = "Example:\n  ccc-etl --config /etc/ccc-etl/pipeline.toml check")]
+    Check,
     /// Run the built-in CCC emulator (credentials from ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET).
     #[command(
         after_help = "Example:\n  ALIBABA_CLOUD_ACCESS_KEY_ID=demo ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo-secret \\\n    ccc-etl emulator --listen 127.0.0.1:8080 --instances ccc-test,ccc-b"

@@ -499,3 +499,84 @@ fn a_closed_pipe_ends_plan_and_status_quietly() {
         );
     }
 }
+
+async fn run_async(args: &[&str], secret: &str, db_url: &str) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .args(args)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", secret)
+        .env("DATABASE_URL", db_url)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn init_writes_a_configuration_and_check_verifies_it_without_writing_anything() {
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let db = common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    let c = cfg.to_str().unwrap();
+    let out = run_async(
+        &["--config", c, "init", "--instances", "ccc-a", "--emulator"],
+        common::SECRET,
+        &db.url,
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains("instances = [\"ccc-a\"]") && text.contains("http://127.0.0.1:8080"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# Credentials are never read from this file"),
+        "commented"
+    );
+    let again = run_async(&["--config", c, "init"], common::SECRET, &db.url).await;
+    assert_eq!(again.status.code(), Some(2), "never overwrites");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), text);
+
+    std::fs::write(&cfg, text.replace("http://127.0.0.1:8080", &emu.endpoint())).unwrap();
+    let out = run_async(&["--config", c, "check"], common::SECRET, &db.url).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["ok    credentials", "ok    postgres", "ok    parquet"] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    assert!(
+        !dir.path().join("warehouse").exists(),
+        "no root was created"
+    );
+    let pool = db.pool().await;
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'ccc'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(schemas, 0, "no schema was created");
+    pool.close().await;
+
+    let wrong = run_async(&["--config", c, "check"], "not-the-secret", &db.url).await;
+    let stdout = String::from_utf8_lossy(&wrong.stdout);
+    assert_eq!(wrong.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  credentials") && stdout.contains("SignatureDoesNotMatch"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not-the-secret"));
+    db.drop_db().await;
+}

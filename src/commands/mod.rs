@@ -1,8 +1,10 @@
 //! What each subcommand does: validated arguments in, a run and its exit code out. One file per
 //! subcommand; `open` decides what a command works on, `job` runs backfills and nightly runs.
 
+mod check;
 mod demo;
 mod emulator;
+mod init;
 mod job;
 mod migrate;
 mod open;
@@ -91,6 +93,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 return run_repair(&config, metrics_file.as_deref(), cli.quiet).await;
             }
             Ok(code)
+        }
+        Command::Init {
+            instances,
+            emulator,
+        } => init::run_init(&cli.config, instances, *emulator),
+        Command::Check => {
+            let config = Config::load(&cli.config)?;
+            check::run_check(&config).await
         }
         Command::Migrate => {
             let (config, access) = migrate_config(&cli.config)?;

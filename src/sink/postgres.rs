@@ -287,6 +287,54 @@ impl PgStore {
     }
 }
 
+/// Whether PostgreSQL at `url` is reachable and lets this user run ccc-etl in `schema`: create it
+/// (or use and create in it, when it exists). Reads only.
+pub async fn check_privileges(url: &SecretString, schema: &SchemaName) -> Result<String, PgError> {
+    let base = PgConnectOptions::from_str(url.expose_secret())
+        .map_err(|_| PgError::Input("the PostgreSQL URL is not valid".into()))?
+        .disable_statement_logging();
+    let describe = describe(&base);
+    let mut conn = first_connection(&base, &describe).await?;
+    let err = |e: sqlx::Error| PgError::Server(format!("{describe}: {e}"));
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema.as_str())
+            .fetch_one(&mut conn)
+            .await
+            .map_err(err)?;
+    let allowed: bool = if exists {
+        sqlx::query_scalar(
+            "SELECT has_schema_privilege($1, 'USAGE') AND has_schema_privilege($1, 'CREATE')",
+        )
+        .bind(schema.as_str())
+        .fetch_one(&mut conn)
+        .await
+        .map_err(err)?
+    } else {
+        sqlx::query_scalar("SELECT has_database_privilege(current_database(), 'CREATE')")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(err)?
+    };
+    let _ = conn.close().await;
+    match (allowed, exists) {
+        (true, true) => Ok(format!("{describe}: schema {} is usable", schema.as_str())),
+        (true, false) => Ok(format!(
+            "{describe}: schema {} does not exist yet and may be created",
+            schema.as_str()
+        )),
+        (false, true) => Err(PgError::Server(format!(
+            "{describe}: this user may not use and create tables in schema {} (GRANT USAGE, CREATE ON SCHEMA {} TO …)",
+            schema.as_str(),
+            schema.as_str()
+        ))),
+        (false, false) => Err(PgError::Server(format!(
+            "{describe}: schema {} does not exist and this user may not create it (GRANT CREATE ON DATABASE … TO …)",
+            schema.as_str()
+        ))),
+    }
+}
+
 fn ts(ms: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
 }
