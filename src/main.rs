@@ -10,7 +10,9 @@ use ccc_etl::error::exit_code_for;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ccc_etl::telemetry::init(cli.log_format, cli.verbose, cli.quiet);
+    let log_format = cli.log_format;
+    ccc_etl::telemetry::init(log_format, cli.verbose, cli.quiet);
+    ccc_etl::output::set_json_lines(log_format == ccc_etl::cli::LogFormat::Json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -21,8 +23,9 @@ fn main() -> ExitCode {
     match runtime.block_on(ccc_etl::commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(exit_code_for(&e))
+            let code = exit_code_for(&e);
+            ccc_etl::telemetry::print_error(log_format, &format!("{e:#}"), code);
+            ExitCode::from(code)
         }
     }
 }

@@ -2,6 +2,19 @@
 //! quietly instead of panicking: the rest is dropped, the command keeps its exit code.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static JSON_LINES: AtomicBool = AtomicBool::new(false);
+
+/// Makes what runs print JSON lines (`--log-format json`), so a log file holds only JSON.
+pub fn set_json_lines(on: bool) {
+    JSON_LINES.store(on, Ordering::Relaxed);
+}
+
+/// Whether runs print JSON lines.
+pub fn json_lines() -> bool {
+    JSON_LINES.load(Ordering::Relaxed)
+}
 
 /// Writes `text` to stdout and flushes; a closed pipe is not an error.
 pub fn print(text: &str) -> std::io::Result<()> {

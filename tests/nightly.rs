@@ -364,12 +364,29 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
     assert!(!lines.is_empty());
-    assert!(lines.iter().all(|l| l["spans"][0]["run_id"].is_string()
-        || l["message"].as_str().is_some_and(|m| !m.is_empty())));
     assert!(
-        lines.iter().any(|l| l["span"]["run_id"].is_string()),
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["message"].is_string())
+    );
+    // Inside the run every line carries the run at the top level, and inside a window the window.
+    let in_run: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["run_id"].is_string()).collect();
+    assert!(!in_run.is_empty(), "{stderr}");
+    assert!(
+        in_run.iter().all(|l| l["command"] == "backfill"),
         "{stderr}"
     );
+    // The summary on stdout is JSON too, one line, with the run's fields at the top.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout is JSON: {l}: {e}")))
+        .collect();
+    assert_eq!(summary.len(), 1, "{stdout}");
+    assert_eq!(summary[0]["command"], "backfill");
+    assert_eq!(summary[0]["windows_ok"], 1);
+    assert!(summary[0]["run_id"].is_string());
     assert_eq!(
         std::fs::read_dir(dir.path())
             .unwrap()
@@ -398,6 +415,8 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
     .unwrap();
     let down = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
         .args([
+            "--log-format",
+            "json",
             "--config",
             cfg_path.to_str().unwrap(),
             "backfill",
@@ -413,6 +432,16 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
         .unwrap();
     let code = down.status.code().unwrap();
     assert_ne!(code, 0);
+    // In JSON mode the fatal error is a JSON line too.
+    let last: serde_json::Value = String::from_utf8_lossy(&down.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stderr is JSON: {l}: {e}")))
+        .last()
+        .unwrap();
+    assert_eq!(
+        (last["level"].as_str(), last["exit_code"].as_u64()),
+        (Some("ERROR"), Some(code as u64))
+    );
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(
         text.contains(&format!(

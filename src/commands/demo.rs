@@ -81,7 +81,7 @@ pub(crate) async fn run_demo(
         quiet,
     )
     .await?;
-    let code = report(&summary);
+    let code = report(RunKind::Demo.as_str(), &summary);
     emu.shutdown().await;
     let root = root.display();
     crate::outln!(

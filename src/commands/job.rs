@@ -136,7 +136,7 @@ pub(crate) async fn finish_run(
     ledger: &dyn Ledger,
     metrics: Option<&Path>,
 ) -> anyhow::Result<u8> {
-    let code = report(summary);
+    let code = report(command, summary);
     if let Some(path) = metrics {
         let now = Utc::now();
         let last = if code == EXIT_OK {

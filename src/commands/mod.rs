@@ -134,9 +134,27 @@ fn migrate_config(
     Ok((config, Access::MigrateKeepZone))
 }
 
-/// Prints the summary to stdout and returns its exit code.
-pub(crate) fn report(summary: &RunSummary) -> u8 {
-    if let Err(e) = crate::output::print(&summary.render()) {
+/// Prints the summary to stdout (one JSON line in JSON mode, with `run_id` and `command` at the
+/// top) and returns its exit code.
+pub(crate) fn report(command: &str, summary: &RunSummary) -> u8 {
+    let text = if crate::output::json_lines() {
+        let mut line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": if summary.exit_code() == EXIT_OK { "INFO" } else { "ERROR" },
+            "message": "run summary",
+            "command": command,
+            "exit_code": summary.exit_code(),
+        });
+        if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
+            (line.as_object_mut(), serde_json::to_value(summary))
+        {
+            obj.extend(fields);
+        }
+        format!("{line}\n")
+    } else {
+        summary.render()
+    };
+    if let Err(e) = crate::output::print(&text) {
         tracing::error!(error = %e, "cannot print the run summary");
     }
     summary.exit_code()
