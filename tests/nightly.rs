@@ -433,11 +433,11 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
     let code = down.status.code().unwrap();
     assert_ne!(code, 0);
     // In JSON mode the fatal error is a JSON line too.
-    let last: serde_json::Value = String::from_utf8_lossy(&down.stderr)
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&down.stderr)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stderr is JSON: {l}: {e}")))
-        .last()
-        .unwrap();
+        .collect();
+    let last = lines.last().unwrap();
     assert_eq!(
         (last["level"].as_str(), last["exit_code"].as_u64()),
         (Some("ERROR"), Some(code as u64))
