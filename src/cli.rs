@@ -119,6 +119,9 @@ pub enum Command {
         /// Alert on uncovered time leaving the horizon within this many days (default: config).
         #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..180))]
         alert_days: Option<u32>,
+        /// Write the horizon headroom and the alert as Prometheus metrics to this file.
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
     /// Check that PostgreSQL and Parquet hold the same rows, and that every day file reads.
     #[command(after_help = "Example:\n  ccc-etl verify\n  ccc-etl verify --repair")]

@@ -142,6 +142,49 @@ pub fn render(
     out
 }
 
+/// The aging-out view of a status report: per instance and media type, the seconds until the
+/// oldest uncovered bucket inside the horizon leaves it (the whole horizon when nothing is
+/// uncovered), and whether the aging-out alert is raised.
+pub fn render_headroom(command: &str, report: &crate::status::StatusReport) -> String {
+    let mut out = String::new();
+    let samples: Vec<(Vec<(&str, String)>, f64)> = report
+        .series
+        .iter()
+        .map(|s| {
+            let oldest = s
+                .recoverable_gaps
+                .iter()
+                .map(|g| g.start_ms)
+                .min()
+                .unwrap_or(report.now_ms);
+            (
+                vec![
+                    ("command", command.to_string()),
+                    ("instance", s.instance_id.clone()),
+                    ("media_type", s.media_type.to_string()),
+                ],
+                ((oldest - report.horizon_ms).max(0) / 1000) as f64,
+            )
+        })
+        .collect();
+    family(
+        &mut out,
+        "ccc_etl_horizon_headroom_seconds",
+        "Seconds until the oldest uncovered bucket leaves the API's 180-day horizon.",
+        &samples,
+    );
+    family(
+        &mut out,
+        "ccc_etl_aging_alert",
+        "1 when uncovered time leaves the horizon within the alert period.",
+        &[(
+            vec![("command", command.to_string())],
+            f64::from(u8::from(report.alert)),
+        )],
+    );
+    out
+}
+
 /// The `ccc_etl_last_success_timestamp_seconds` of `command` in an earlier metrics file.
 pub fn last_success_in(text: &str, command: &str) -> Option<DateTime<Utc>> {
     let prefix = format!(

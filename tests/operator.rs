@@ -521,3 +521,53 @@ async fn plan_shows_exactly_the_requests_the_next_backfill_sends() {
     assert!(!expected.is_empty());
     site.db.drop_db().await;
 }
+
+#[tokio::test]
+async fn status_and_nightly_export_the_horizon_headroom_and_the_alert() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let status_prom = site.dir.path().join("status.prom");
+    site.run_ok(
+        &cfg,
+        &["status", "--metrics-file", status_prom.to_str().unwrap()],
+        4,
+    )
+    .await;
+    let text = std::fs::read_to_string(&status_prom).unwrap();
+    assert!(
+        text.contains("ccc_etl_aging_alert{command=\"status\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ccc_etl_horizon_headroom_seconds{command=\"status\",instance=\"ccc-a\",media_type=\"Audio\"} 0\n"),
+        "the oldest uncovered bucket is at the horizon: {text}"
+    );
+    let nightly_prom = site.dir.path().join("nightly.prom");
+    site.run_ok(
+        &cfg,
+        &["nightly", "--metrics-file", nightly_prom.to_str().unwrap()],
+        0,
+    )
+    .await;
+    let text = std::fs::read_to_string(&nightly_prom).unwrap();
+    assert!(
+        text.contains("ccc_etl_windows{command=\"nightly\",status=\"ok\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ccc_etl_aging_alert{command=\"nightly\"} 0\n"),
+        "{text}"
+    );
+    let headroom: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ccc_etl_horizon_headroom_seconds{command=\"nightly\",instance=\"ccc-a\",media_type=\"Audio\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        headroom >= 179.0 * 86_400.0,
+        "everything is covered: {headroom}"
+    );
+    site.db.drop_db().await;
+}

@@ -86,7 +86,11 @@ pub(crate) async fn run_job(
         preflight_endpoint(&config.source.endpoint).await?;
         let (sinks, ledger) = open_sinks(config).await?;
         let summary = execute(config, credentials, sinks, ledger.clone(), req, now, quiet).await?;
-        finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await
+        let code = finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await?;
+        if let (RunKind::Nightly, Some(path)) = (req.kind, metrics) {
+            append_headroom(config, path).await;
+        }
+        Ok(code)
     }
     .await;
     if let (Err(e), Some(path)) = (&outcome, metrics) {
@@ -126,6 +130,22 @@ pub(crate) fn write_failure_metrics(command: &str, path: &Path, code: u8, error:
     let text = crate::metrics::render(command, &summary, code, Utc::now(), last);
     if let Err(e) = crate::metrics::write_atomic(path, &text) {
         tracing::error!(error = %e, path = %path.display(), "cannot write the metrics file");
+    }
+}
+
+/// After a nightly run: what ages out when, in the same metrics file, so one alerting rule on
+/// `ccc_etl_horizon_headroom_seconds` needs no second job (best effort: the run is done).
+async fn append_headroom(config: &Config, path: &Path) {
+    let now = crate::pipeline::system_now()();
+    match super::status::status_report(config, config.pipeline.aging_alert_days, now).await {
+        Ok(report) => {
+            let mut text = std::fs::read_to_string(path).unwrap_or_default();
+            text.push_str(&crate::metrics::render_headroom("nightly", &report));
+            if let Err(e) = crate::metrics::write_atomic(path, &text) {
+                tracing::error!(error = %e, path = %path.display(), "cannot write the metrics file");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot compute the horizon headroom"),
     }
 }
 

@@ -69,14 +69,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let req = nightly_request(&config, instances, now());
             run_job(&config, &req, now, metrics_file.as_deref(), cli.quiet).await
         }
-        Command::Status { format, alert_days } => {
+        Command::Status {
+            format,
+            alert_days,
+            metrics_file,
+        } => {
             let config = Config::load(&cli.config)?;
+            if let Some(path) = metrics_file {
+                job::check_metrics_file(path)?;
+            }
             let report = status_report(
                 &config,
                 alert_days.unwrap_or(config.pipeline.aging_alert_days),
                 system_now()(),
             )
             .await?;
+            if let Some(path) = metrics_file {
+                let text = crate::metrics::render_headroom("status", &report);
+                crate::metrics::write_atomic(path, &text).map_err(|e| {
+                    anyhow::anyhow!("cannot write the metrics file {}: {e}", path.display())
+                })?;
+            }
             match format {
                 OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&report)?)?,
                 OutputFormat::Table => crate::output::print(&report.render())?,
