@@ -1,0 +1,170 @@
+//! The README is part of the product: a README that drifts from the code fails the build.
+//!
+//! Every `ccc-etl …` line in its shell, cron and systemd examples must parse with the real command
+//! line; every PostgreSQL query must run against a database a backfill filled; the configuration
+//! error it shows must be the one the shipped `pipeline.toml` gives. (The DuckDB, Spark and Trino
+//! examples need engines this test does not have; their paths and columns are checked by the
+//! Parquet tests.)
+
+mod common;
+
+use std::sync::Arc;
+
+use ccc_etl::cli::Cli;
+use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
+use chrono::Utc;
+use clap::Parser;
+use common::*;
+
+const README: &str = include_str!("../README.md");
+
+/// The fenced blocks of the README: (language, body).
+fn blocks() -> Vec<(String, String)> {
+    let mut out = vec![];
+    let mut current: Option<(String, String)> = None;
+    for line in README.lines() {
+        match (&mut current, line.strip_prefix("```")) {
+            (None, Some(lang)) => current = Some((lang.trim().to_string(), String::new())),
+            (Some(_), Some(_)) => out.push(current.take().expect("open block")),
+            (Some((_, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// The arguments of a documented `ccc-etl` line: optional parts (`[...]`) and trailing
+/// redirections and comments dropped, the date example filled in.
+fn invocation(line: &str) -> Option<Vec<String>> {
+    let at = line.find("ccc-etl ")?;
+    let before = &line[..at];
+    // `cargo run --release -- demo`, a path to the binary, or the bare name.
+    if !(before.is_empty() || before.ends_with('/') || before.ends_with(' ')) {
+        return None;
+    }
+    let mut rest = line[at + "ccc-etl ".len()..].to_string();
+    for cut in [" >>", " #", " |"] {
+        if let Some(i) = rest.find(cut) {
+            rest.truncate(i);
+        }
+    }
+    let rest = rest.replace("\"$(date -d '-30 days' +%F)\"", "2026-11-01");
+    let mut words = vec![];
+    let mut depth = 0;
+    for w in rest.split_whitespace() {
+        depth += w.matches('[').count() as i32;
+        let optional = depth > 0;
+        depth -= w.matches(']').count() as i32;
+        if !optional && w != "..." {
+            words.push(w.trim_matches('"').to_string());
+        }
+    }
+    Some(words)
+}
+
+#[test]
+fn every_documented_command_line_parses() {
+    let mut checked = 0;
+    for (lang, body) in blocks() {
+        if !matches!(lang.as_str(), "sh" | "cron" | "ini" | "yaml") {
+            continue;
+        }
+        for line in body.lines() {
+            let line = line.trim_start_matches("ExecStart=");
+            let args = if let Some(i) = line.find("cargo run --release -- ") {
+                Some(
+                    line[i + "cargo run --release -- ".len()..]
+                        .split_whitespace()
+                        .take_while(|w| !w.starts_with('#'))
+                        .map(str::to_string)
+                        .collect(),
+                )
+            } else {
+                invocation(line)
+            };
+            let Some(args) = args else { continue };
+            let argv = std::iter::once("ccc-etl".to_string()).chain(args.iter().cloned());
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("README line does not parse: {line}\n{e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "the README's command lines were found: {checked}"
+    );
+}
+
+#[test]
+fn the_documented_configuration_error_is_the_real_one() {
+    let (_, example) = blocks()
+        .into_iter()
+        .find(|(lang, body)| lang == "text" && body.starts_with("error: pipeline.toml:"))
+        .expect("the README shows a configuration error");
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = include_str!("../pipeline.toml");
+    assert!(shipped.contains("\nmax_qps = 5.0 "));
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        shipped.replace("\nmax_qps = 5.0 ", "\nmax_qps = 0   "),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .current_dir(dir.path())
+        .args(["plan", "--from", "2026-11-01"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), example);
+}
+
+#[tokio::test]
+async fn every_documented_postgres_query_runs_on_a_backfilled_database() {
+    let emu = start(options(&["ccc-a"])).await;
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
+    cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
+    cfg.postgres = Some(PostgresConfig {
+        url: Some(secrecy::SecretString::from(db.url.clone())),
+        schema: SchemaName::parse("ccc").unwrap(),
+    });
+    let now = Utc::now().timestamp_millis();
+    let (sinks, ledger) = ccc_etl::commands::open_sinks(&cfg).await.unwrap();
+    let summary = engine(&cfg, sinks, ledger, Arc::new(move || now))
+        .run(&request(&["ccc-a"], now - 10 * DAY, now))
+        .await
+        .unwrap();
+    assert_eq!(summary.exit_code(), 0, "{}", summary.render());
+    let pool = db.pool().await;
+    let mut ran = 0;
+    for (lang, body) in blocks() {
+        if lang != "sql" || !body.contains("ccc.") || body.contains("hive.") {
+            continue;
+        }
+        let sql: String = body
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let rows = sqlx::query(statement)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("README query fails: {statement}\n{e}"));
+            assert!(!rows.is_empty(), "README query returns rows: {statement}");
+            ran += 1;
+        }
+    }
+    assert!(
+        ran >= 3,
+        "the README's PostgreSQL queries were found: {ran}"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
