@@ -119,14 +119,19 @@ pub fn open_bucket_start(report: &Report, now_ms: i64) -> i64 {
     let bucket = infer_bucket_ms(report)
         .filter(|b| *b > 0)
         .unwrap_or(DEFAULT_BUCKET_MS);
-    let anchor = report
+    let anchor = grid_anchor(report);
+    now_ms - (now_ms - anchor).rem_euclid(bucket)
+}
+
+/// A bucket start the report's grid passes through (the first row's; 0, a UTC hour, if none).
+fn grid_anchor(report: &Report) -> i64 {
+    report
         .inbound
         .first()
         .map(|r| r.stats_time)
         .or(report.outbound.first().map(|r| r.stats_time))
         .or(report.overall.first().map(|r| r.stats_time))
-        .unwrap_or(0);
-    now_ms - (now_ms - anchor).rem_euclid(bucket)
+        .unwrap_or(0)
 }
 
 fn grid_checks<R: TrendRow>(
@@ -179,16 +184,7 @@ fn grid_checks<R: TrendRow>(
 /// Checks one response for `key` at `now_ms`.
 pub fn check(key: &WindowKey, report: &Report, now_ms: i64) -> QualityCounts {
     let mut q = QualityCounts::default();
-    let grid = infer_bucket_ms(report).map(|b| {
-        let anchor = report
-            .inbound
-            .first()
-            .map(|r| r.stats_time)
-            .or(report.outbound.first().map(|r| r.stats_time))
-            .or(report.overall.first().map(|r| r.stats_time))
-            .unwrap_or(0);
-        (b, anchor)
-    });
+    let grid = infer_bucket_ms(report).map(|b| (b, grid_anchor(report)));
     let past = key.end_ms <= now_ms;
     grid_checks(&report.inbound, key, grid, past, &mut q);
     grid_checks(&report.outbound, key, grid, past, &mut q);

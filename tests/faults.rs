@@ -133,24 +133,14 @@ async fn untrusted_tls_server() -> u16 {
 async fn an_untrusted_tls_certificate_stops_the_run_at_once_naming_the_host() {
     let port = untrusted_tls_server().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"https://localhost:{port}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[parquet]\nroot = \"{}\"\n",
-            dir.path().join("wh").display()
-        ),
+    let out = backfill_binary(
+        dir.path(),
+        &format!("endpoint = \"https://localhost:{port}\""),
+        "[\"ccc-a\"]",
+        "2026-11-20",
+        "2026-11-21",
     )
-    .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
-        .output()
-        .await
-        .unwrap();
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -225,25 +215,14 @@ async fn a_network_that_is_down_exits_1_and_a_held_root_exits_5_neither_is_bad_i
 async fn an_instance_the_service_does_not_know_is_named_stops_being_fetched_and_exits_1() {
     let emu = start(options(&["ccc-a"])).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\nconcurrency = 1\n[pipeline]\ninstances = [\"ccc-a\", \"ccc-typo\"]\n[parquet]\nroot = \"{}\"\n",
-            emu.endpoint(),
-            dir.path().join("wh").display()
-        ),
+    let out = backfill_binary(
+        dir.path(),
+        &format!("endpoint = \"{}\"\nconcurrency = 1", emu.endpoint()),
+        "[\"ccc-a\", \"ccc-typo\"]",
+        "2026-11-01",
+        "2026-11-14",
     )
-    .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["backfill", "--from", "2026-11-01", "--to", "2026-11-14"])
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
-        .output()
-        .await
-        .unwrap();
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -264,4 +243,34 @@ async fn an_instance_the_service_does_not_know_is_named_stops_being_fetched_and_
         1,
         "its second window is not requested"
     );
+}
+
+/// Writes a config with `source` and `instances` lines under `dir`, and runs a backfill of
+/// `[from, to]` with the test credentials.
+async fn backfill_binary(
+    dir: &std::path::Path,
+    source: &str,
+    instances: &str,
+    from: &str,
+    to: &str,
+) -> std::process::Output {
+    let cfg = dir.join("pipeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\n{source}\n[pipeline]\ninstances = {instances}\n[parquet]\nroot = \"{}\"\n",
+            dir.join("wh").display()
+        ),
+    )
+    .unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["backfill", "--from", from, "--to", to])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap()
 }
