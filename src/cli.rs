@@ -166,8 +166,8 @@ pub enum Command {
         /// Days to back-fill.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=180))]
         days: u32,
-        /// Parquet root.
-        #[arg(long, default_value = "warehouse", value_name = "DIR")]
+        /// Parquet root: a local directory (or file:// URL).
+        #[arg(long, default_value = "warehouse", value_name = "DIR", value_parser = crate::config::parse_parquet_root)]
         parquet_root: PathBuf,
         /// PostgreSQL schema for the demo's rows (with DATABASE_URL): kept apart from the
         /// production schema `ccc`.

@@ -215,8 +215,10 @@ impl PostgresConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetConfig {
-    /// Directory holding one folder per table.
-    #[serde(default = "default_root")]
+    /// Directory holding one folder per table: a path, or a `file://` URL. Object-storage URLs
+    /// (`s3://`, `oss://`, `gs://`, `az://`, ...) are refused rather than taken for a local
+    /// directory named after the scheme.
+    #[serde(default = "default_root", deserialize_with = "parquet_root")]
     pub root: PathBuf,
     /// Rows held in memory while days wait for their last window; above it the oldest days are
     /// written early (and merged again when the rest of their rows arrive).
@@ -236,6 +238,29 @@ impl ParquetConfig {
 
 fn default_root() -> PathBuf {
     PathBuf::from("warehouse")
+}
+
+/// A local Parquet root from a path or a `file://` URL. Any other URL scheme is refused: a root
+/// written as `s3://bucket/prefix` must never land in a local directory called `s3:`.
+pub fn parse_parquet_root(s: &str) -> Result<PathBuf, String> {
+    let Some((scheme, _)) = s.split_once("://") else {
+        return Ok(PathBuf::from(s));
+    };
+    if scheme == "file" {
+        let url = Url::parse(s).map_err(|e| format!("invalid root URL {s:?}: {e}"))?;
+        return url
+            .to_file_path()
+            .map_err(|_| format!("root {s:?} is not a local file URL (file:///absolute/path)"));
+    }
+    Err(format!(
+        "root {s:?}: object storage ({scheme}://) is not supported yet; use a local path or \
+         file:///path, and copy the files to the bucket with the store's own tool"
+    ))
+}
+
+fn parquet_root<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_parquet_root(&s).map_err(serde::de::Error::custom)
 }
 
 /// About 40 MB of rows.
@@ -626,6 +651,22 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../pipeline.toml");
+
+    #[test]
+    fn an_object_storage_root_is_refused_and_a_file_url_is_a_path() {
+        for url in ["s3://bucket/warehouse", "oss://b/p", "gs://b/p", "az://c/p"] {
+            let e = parse_parquet_root(url).unwrap_err();
+            assert!(e.contains("not supported yet"), "{e}");
+        }
+        assert_eq!(
+            parse_parquet_root("file:///srv/wh").unwrap(),
+            PathBuf::from("/srv/wh")
+        );
+        assert_eq!(
+            parse_parquet_root("warehouse").unwrap(),
+            PathBuf::from("warehouse")
+        );
+    }
 
     #[test]
     fn a_relative_parquet_root_is_relative_to_the_config_file() {

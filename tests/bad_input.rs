@@ -306,6 +306,17 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             expect: "--metrics-file /nonexistent-dir/ccc_etl.prom: cannot write",
         },
         Case {
+            name: "object-storage root",
+            config: Some(ok.replacen(
+                &format!("root = \"{}\"", root.display()),
+                "root = \"s3://bucket/warehouse\"",
+                1,
+            )),
+            args: bf(),
+            creds: both,
+            expect: "object storage (s3://) is not supported yet",
+        },
+        Case {
             name: "unknown instance",
             config: Some(ok.clone()),
             args: args(&["backfill", "--from", "2026-11-01", "--instance", "ccc-zzz"]),
