@@ -353,16 +353,9 @@ fn the_emulator_prints_its_address_first_and_serves_until_terminated() {
     assert_ne!(port, 0);
     let stats = std::net::TcpStream::connect(("127.0.0.1", port));
     assert!(stats.is_ok());
-    send_sigterm(child.id());
+    common::send_sigterm(child.id());
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
-}
-
-fn send_sigterm(pid: u32) {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
 }
 
 #[tokio::test]

@@ -274,3 +274,94 @@ async fn backfill_binary(
         .await
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_taking_windows_writes_what_is_held_and_the_next_run_completes() {
+    let mut opts = options(&["ccc-a"]);
+    opts.revise_ms = 0;
+    opts.faults = Faults {
+        slow: 1.0,
+        slow_ms: 400,
+        ..Default::default()
+    };
+    let emu = start(opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("wh");
+    let cfg = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\nconcurrency = 1\n[pipeline]\ninstances = [\"ccc-a\"]\ntimezone = \"UTC\"\n[parquet]\nroot = \"{}\"\n",
+            emu.endpoint(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let backfill = || {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+        c.arg("--config")
+            .arg(&cfg)
+            .args(["backfill", "--from", "2026-10-01", "--to", "2026-11-19"])
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let child = backfill().spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while emu.stats().await.unwrap().ok_calls().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    common::send_sigterm(child.id().unwrap());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("stops within a bounded time")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("STOPPED by a signal"), "{stdout}");
+    let written: usize = ccc_etl::sink::parquet::Layout::new(&root)
+        .list()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            ccc_etl::sink::parquet::read_file(&f.path, f.table)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(written > 0, "what was fetched before the signal is written");
+
+    let again = backfill().output().await.unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let mut keys = std::collections::BTreeSet::new();
+    let mut rows = 0;
+    for f in ccc_etl::sink::parquet::Layout::new(&root).list().unwrap() {
+        for r in ccc_etl::sink::parquet::read_file(&f.path, f.table).unwrap() {
+            rows += 1;
+            keys.insert((f.table, r.instance_id, r.stats_time));
+        }
+    }
+    assert_eq!(keys.len(), rows, "nothing doubled");
+    assert_eq!(
+        rows,
+        3 * 50 * 24,
+        "every hour of 2026-10-01 .. 2026-11-19, once, in each table"
+    );
+}

@@ -192,7 +192,17 @@ pub async fn execute(
         now,
         Progress::auto(quiet),
     );
-    engine.run(req).await
+    // SIGTERM (Kubernetes eviction, systemd stop) or Ctrl-C: stop taking windows, write what is
+    // held, report. A second signal ends the process at once.
+    let stop = async {
+        super::shutdown_signal().await;
+        tokio::spawn(async {
+            super::shutdown_signal().await;
+            eprintln!("second signal: exiting at once");
+            std::process::exit(130);
+        });
+    };
+    engine.run_until(req, stop).await
 }
 
 /// Checks that the endpoint resolves and accepts a TCP connection, so that a wrong host or port

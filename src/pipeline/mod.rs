@@ -162,13 +162,24 @@ impl Backfill {
 
     /// Runs to the end (or to a run-fatal error) and returns the summary.
     pub async fn run(&self, req: &BackfillRequest) -> anyhow::Result<RunSummary> {
+        self.run_until(req, std::future::pending()).await
+    }
+
+    /// Runs like [`Backfill::run`], but when `stop` completes (SIGTERM, Ctrl-C) takes no new
+    /// window, drops the requests in flight (their windows are not committed and are fetched
+    /// again by the next run), writes what the sinks hold, and returns the summary.
+    pub async fn run_until(
+        &self,
+        req: &BackfillRequest,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<RunSummary> {
         let run_id = uuid::Uuid::new_v4();
         // Every log line of the run carries its id (and, inside a window, the window's fields).
         let span = tracing::info_span!("run", run_id = %run_id, command = req.kind.as_str());
         async {
             let started = Instant::now();
             let (run, windows) = self.prepare(req, run_id).await?;
-            let run = self.fetch_all(run, windows).await;
+            let run = self.fetch_all(run, windows, stop).await;
             let run = self.flush(run).await;
             Ok(self.finish(run, started).await)
         }
@@ -232,8 +243,14 @@ impl Backfill {
         Ok((run, windows))
     }
 
-    /// Fetches every window, `concurrency` at a time, until done or a run-fatal error.
-    async fn fetch_all(&self, mut run: Run, windows: Vec<WindowKey>) -> Run {
+    /// Fetches every window, `concurrency` at a time, until done, a run-fatal error, or `stop`.
+    async fn fetch_all(
+        &self,
+        mut run: Run,
+        windows: Vec<WindowKey>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Run {
+        let total = windows.len() as u64;
         let concurrency = self.config.source.concurrency.max(1);
         let ctx = run.ctx.clone();
         let mut stream = futures::stream::iter(windows.into_iter().map(|w| {
@@ -247,7 +264,22 @@ impl Backfill {
             self.process(w, &ctx).instrument(span)
         }))
         .buffer_unordered(concurrency);
-        'windows: while let Some(events) = stream.next().await {
+        tokio::pin!(stop);
+        let mut done = 0u64;
+        'windows: loop {
+            let events = tokio::select! {
+                next = stream.next() => match next {
+                    Some(events) => events,
+                    None => break,
+                },
+                () = &mut stop => {
+                    let left = total - done;
+                    tracing::warn!(windows_left = left, "stopping on a signal: no new window; writing what is held");
+                    run.tally.interrupt(left);
+                    break;
+                }
+            };
+            done += 1;
             for event in events {
                 if let Some(fatal) = self.apply(&mut run.tally, event) {
                     run.tally.stop(fatal);

@@ -60,6 +60,9 @@ pub struct RunSummary {
     pub duration_secs: f64,
     /// Whether a run-fatal error stopped the run.
     pub fatal: Option<String>,
+    /// Set when a signal (SIGTERM, Ctrl-C) stopped the run: the windows not done, which the next
+    /// run fetches.
+    pub interrupted: Option<u64>,
     /// Configured instances the service says do not exist; none of their windows is fetched
     /// again in this run, and the run exits 1 until the configuration is fixed.
     pub unknown_instances: std::collections::BTreeSet<String>,
@@ -74,7 +77,7 @@ impl RunSummary {
     pub fn status(&self) -> RunStatus {
         if self.fatal.is_some() || !self.unknown_instances.is_empty() {
             RunStatus::Failed
-        } else if !self.windows_failed.is_empty() {
+        } else if !self.windows_failed.is_empty() || self.interrupted.is_some() {
             RunStatus::Partial
         } else {
             RunStatus::Ok
@@ -167,6 +170,11 @@ impl RunSummary {
                 "  UNKNOWN INSTANCE {i}: the service has no CCC instance {i} for these credentials \
                  at this endpoint; fix its id in [pipeline] instances, or point [source] endpoint \
                  at the instance's region\n"
+            ));
+        }
+        if let Some(left) = self.interrupted {
+            s.push_str(&format!(
+                "  STOPPED by a signal: {left} window(s) not done (what was fetched is written); the next run fetches them\n"
             ));
         }
         if let Some(f) = &self.fatal {

@@ -101,6 +101,11 @@ impl Tally {
         &self.summary
     }
 
+    /// A signal stopped the run with `windows_left` windows not done.
+    pub fn interrupt(&mut self, windows_left: u64) {
+        self.summary.interrupted = Some(windows_left);
+    }
+
     /// A run-fatal error stopped the run.
     pub fn stop(&mut self, fatal: String) {
         self.summary.fatal = Some(fatal);

@@ -96,6 +96,14 @@ pub fn request(instances: &[&str], from: i64, to: i64) -> ccc_etl::pipeline::Bac
     )
 }
 
+/// Sends SIGTERM to a process, as Kubernetes and systemd do to stop one.
+pub fn send_sigterm(pid: u32) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
 /// Where the tests find PostgreSQL; override with CCC_ETL_TEST_PG.
 pub fn pg_server() -> String {
     std::env::var("CCC_ETL_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
