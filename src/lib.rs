@@ -18,7 +18,8 @@
 //!   [`sink::parquet::layout`] (what a root holds where), [`sink::parquet::reconcile`] (the root
 //!   checked against the ledger before a run), [`sink::parquet::migrate`] (a new zone)
 //! - [`ledger`]: which windows are committed, where; resume = plan minus ledger
-//! - [`status`], [`verify`], [`metrics`], [`progress`], [`telemetry`]: what a run tells people
+//! - [`status`], [`verify`], [`metrics`], [`progress`], [`telemetry`], [`output`]: what a run
+//!   tells people
 //! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes
 
 pub mod ccc;
