@@ -25,7 +25,7 @@ pub fn print(text: &str) -> std::io::Result<()> {
     }
 }
 
-/// `println!` for command output: a closed pipe ends it quietly (see [`print`]).
+/// `println!` for command output: a closed pipe ends it quietly (see [`print()`]).
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {
