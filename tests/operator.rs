@@ -444,10 +444,25 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
 async fn status_and_verify_write_nothing_not_even_migrations() {
     let site = Site::new().await;
     let cfg = site.config("pipeline.toml", "wh", "UTC", true);
-    for args in [&["status"][..], &["verify"]] {
-        let out = site.run_ok(&cfg, args, 2).await;
-        assert!(out.contains("run `ccc-etl migrate`"), "{args:?}: {out}");
-    }
+    // A database never written to holds nothing: status says so (and alerts), verify asks for a
+    // first run; neither creates anything.
+    let out = site.run(&cfg, &["status", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(4));
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["series"][0]["rows"]["postgres"], 0, "{out}");
+    assert!(
+        report["series"][0]["covered"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{out}"
+    );
+    let out = site.run_ok(&cfg, &["verify"], 2).await;
+    assert!(
+        out.contains("run `ccc-etl migrate` or a backfill first"),
+        "{out}"
+    );
     let pool = site.db.pool().await;
     let schemas: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'ccc'",

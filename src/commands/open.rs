@@ -62,6 +62,38 @@ pub async fn connect_postgres_with(
     Ok(Some(store))
 }
 
+/// What the read-only commands (`plan`, `status`) read: PostgreSQL when it is configured and was
+/// ever written, and the ledger that goes with the sinks. A database never written to holds
+/// nothing: it reads as an empty ledger, so a new user's `plan` and `status` work before the
+/// first run.
+pub(crate) async fn open_read_only(
+    config: &Config,
+) -> anyhow::Result<(Option<PgStore>, Arc<dyn Ledger>)> {
+    let Some(pg) = &config.postgres else {
+        return Ok((None, open_ledger(config, None, true)?));
+    };
+    let url = pg.resolve_url()?;
+    match PgStore::connect(
+        &url,
+        &pg.schema,
+        config.pipeline.timezone,
+        2,
+        Access::ReadOnly,
+    )
+    .await
+    {
+        Ok(store) => {
+            let ledger = open_ledger(config, Some(&store), true)?;
+            Ok((Some(store), ledger))
+        }
+        Err(PgError::NeverWritten(m)) => {
+            tracing::info!("{m}: nothing is committed there");
+            Ok((None, Arc::new(crate::ledger::MemoryLedger::default())))
+        }
+        Err(e) => Err(e.into_anyhow()),
+    }
+}
+
 /// Opens the configured sinks and the ledger that goes with them: the PostgreSQL ledger when
 /// PostgreSQL is configured (it then tracks the Parquet commits too), else the file ledger under
 /// the Parquet root. Everything is checked here, before any API request is sent.

@@ -1,7 +1,7 @@
 //! `ccc-etl plan`: the requests a backfill would send now, or the whole plan.
 
 use super::job::backfill_request;
-use super::open::{connect_postgres_with, open_ledger, parquet_sink_id};
+use super::open::{open_read_only, parquet_sink_id};
 use crate::cli::{OutputFormat, RangeArgs};
 use crate::config::Config;
 use crate::error::EXIT_OK;
@@ -10,7 +10,6 @@ use crate::pipeline::NowFn;
 use crate::record::fmt_ms;
 use crate::sink::SinkKind;
 use crate::sink::parquet::Layout;
-use crate::sink::postgres::Access;
 
 /// `ccc-etl plan`: the requests a `backfill` of the same range would send now (the plan minus
 /// what every sink has committed, read-only), or the whole plan with `--all`.
@@ -24,10 +23,9 @@ pub async fn run_plan(
     let req = backfill_request(config, range, false, false, now.clone())?;
     let mut p = crate::pipeline::plan_for(config, &req, now());
     if !all {
-        let store = connect_postgres_with(config, Access::ReadOnly).await?;
-        let ledger = open_ledger(config, store.as_ref(), true)?;
+        let (_, ledger) = open_read_only(config).await?;
         let mut sinks = Vec::new();
-        if store.is_some() {
+        if config.postgres.is_some() {
             sinks.push(SinkId::new(SinkKind::Postgres, ""));
         }
         if let Some(pq) = &config.parquet {

@@ -1,12 +1,11 @@
 //! `ccc-etl status`: coverage, gaps, the aging-out alert. Read-only.
 
-use super::open::{connect_postgres_with, open_ledger, parquet_sink_id};
+use super::open::{open_read_only, parquet_sink_id};
 use crate::config::Config;
 use crate::ledger::SinkId;
 use crate::plan;
 use crate::sink::SinkKind;
 use crate::sink::parquet::{Layout, count_rows_by_series, reconcile};
-use crate::sink::postgres::Access;
 
 /// Builds the `status` report: read-only, it takes no lock, writes nothing and sends no API
 /// request. Parquet coverage is what the ledger recorded minus the days whose files are missing,
@@ -32,17 +31,17 @@ pub async fn status_report(
     let mut sinks = Vec::new();
     let mut not_covered = std::collections::BTreeMap::new();
     let mut findings = Vec::new();
-    let store = connect_postgres_with(config, Access::ReadOnly).await?;
-    if let Some(store) = &store {
+    let (store, ledger) = open_read_only(config).await?;
+    if config.postgres.is_some() {
         sinks.push(SinkId::new(SinkKind::Postgres, ""));
         for (i, m) in &series {
-            rows.insert(
-                (i.clone(), *m, SinkKind::Postgres),
-                store.row_count(i, *m).await?,
-            );
+            let n = match &store {
+                Some(store) => store.row_count(i, *m).await?,
+                None => 0,
+            };
+            rows.insert((i.clone(), *m, SinkKind::Postgres), n);
         }
     }
-    let ledger = open_ledger(config, store.as_ref(), true)?;
     if let Some(pq) = &config.parquet {
         let layout = Layout::new(&pq.root);
         let id = parquet_sink_id(&layout, config.pipeline.timezone)?;

@@ -59,6 +59,10 @@ pub enum PgError {
     /// exit 2.
     #[error("{0}")]
     Input(String),
+    /// A read-only command found the schema never written (no migration ever ran): it holds
+    /// nothing, which `plan` and `status` read as "nothing committed".
+    #[error("{0}")]
+    NeverWritten(String),
 }
 
 impl PgError {
@@ -66,6 +70,10 @@ impl PgError {
     pub fn into_anyhow(self) -> anyhow::Error {
         match self {
             PgError::Input(m) => crate::error::InputError::new(m).into(),
+            PgError::NeverWritten(m) => crate::error::InputError::new(format!(
+                "{m}: run `ccc-etl migrate` or a backfill first"
+            ))
+            .into(),
             server @ PgError::Server(_) => server.into(),
         }
     }
@@ -194,6 +202,13 @@ impl PgStore {
             .iter()
             .filter(|m| !applied.contains(&m.version))
             .count();
+        if applied.is_empty() {
+            return Err(PgError::NeverWritten(format!(
+                "nothing was written to schema {} at {} yet",
+                self.schema.as_str(),
+                self.describe
+            )));
+        }
         if missing > 0 {
             return Err(PgError::Input(format!(
                 "schema {} at {} lacks {missing} migration(s): run `ccc-etl migrate` (or a backfill) first",
