@@ -137,7 +137,7 @@ pub(crate) fn write_failure_metrics(command: &str, path: &Path, code: u8, error:
 /// `ccc_etl_horizon_headroom_seconds` needs no second job (best effort: the run is done).
 async fn append_headroom(config: &Config, path: &Path) {
     let now = crate::pipeline::system_now()();
-    match super::status::status_report(config, config.pipeline.aging_alert_days, now).await {
+    match super::status::coverage_report(config, config.pipeline.aging_alert_days, now).await {
         Ok(report) => {
             let mut text = std::fs::read_to_string(path).unwrap_or_default();
             text.push_str(&crate::metrics::render_headroom("nightly", &report));

@@ -15,6 +15,25 @@ pub async fn status_report(
     alert_days: u32,
     now_ms: i64,
 ) -> anyhow::Result<crate::status::StatusReport> {
+    report(config, alert_days, now_ms, true).await
+}
+
+/// Coverage and the alert only, without counting rows (the nightly run's headroom metrics): the
+/// ledger and one listing per Parquet table.
+pub async fn coverage_report(
+    config: &Config,
+    alert_days: u32,
+    now_ms: i64,
+) -> anyhow::Result<crate::status::StatusReport> {
+    report(config, alert_days, now_ms, false).await
+}
+
+async fn report(
+    config: &Config,
+    alert_days: u32,
+    now_ms: i64,
+    count_rows: bool,
+) -> anyhow::Result<crate::status::StatusReport> {
     let mut rows = std::collections::BTreeMap::new();
     let series: Vec<(String, crate::record::MediaType)> = config
         .pipeline
@@ -35,9 +54,9 @@ pub async fn status_report(
     if config.postgres.is_some() {
         sinks.push(SinkId::new(SinkKind::Postgres, ""));
         for (i, m) in &series {
-            let n = match &store {
-                Some(store) => store.row_count(i, *m).await?,
-                None => 0,
+            let n = match (&store, count_rows) {
+                (Some(store), true) => store.row_count(i, *m).await?,
+                _ => 0,
             };
             rows.insert((i.clone(), *m, SinkKind::Postgres), n);
         }
@@ -45,11 +64,13 @@ pub async fn status_report(
     if let Some(pq) = &config.parquet {
         let layout = Layout::new(&pq.root);
         let id = parquet_sink_id(&layout, config.pipeline.timezone)?;
-        let disk = {
+        let disk = if count_rows {
             let layout = layout.clone();
             tokio::task::spawn_blocking(move || count_rows_by_series(&layout))
                 .await?
                 .map_err(anyhow::Error::msg)?
+        } else {
+            Default::default()
         };
         let recorded = ledger.day_files(&id.target).await?;
         let mut found = reconcile::check(&layout, &recorded).map_err(anyhow::Error::msg)?;
