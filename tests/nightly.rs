@@ -369,12 +369,16 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
             .iter()
             .all(|l| l["level"].is_string() && l["message"].is_string())
     );
-    // Inside the run every line carries the run at the top level, and inside a window the window.
-    let in_run: Vec<&serde_json::Value> =
-        lines.iter().filter(|l| l["run_id"].is_string()).collect();
-    assert!(!in_run.is_empty(), "{stderr}");
+    // Every line the run writes carries the run at the top level (those before the engine
+    // starts too: opening the sinks, checking the root).
     assert!(
-        in_run.iter().all(|l| l["command"] == "backfill"),
+        lines
+            .iter()
+            .all(|l| l["run_id"].is_string() && l["command"] == "backfill"),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"] == "Parquet root"),
         "{stderr}"
     );
     // The summary on stdout is JSON too, one line, with the run's fields at the top.

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use chrono::Utc;
 
-use super::job::execute;
+use super::job::{HowToRun, execute};
 use super::open::open_sinks;
 use super::report;
 use crate::ccc::emulator::{self, EmulatorOptions};
@@ -77,8 +77,11 @@ pub(crate) async fn run_demo(
         sinks,
         ledger,
         &req,
-        now,
-        quiet,
+        HowToRun {
+            now,
+            quiet,
+            run_id: None,
+        },
     )
     .await?;
     let code = report(RunKind::Demo.as_str(), &summary);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::Utc;
+use tracing::Instrument as _;
 
 use super::open::open_sinks;
 use super::{report, resolve_instances};
@@ -81,17 +82,33 @@ pub(crate) async fn run_job(
     if let Some(path) = metrics {
         check_metrics_file(path)?;
     }
+    // The run's id and span from the start: every line the run logs carries them.
+    let run_id = uuid::Uuid::new_v4();
+    let span = tracing::info_span!("run", run_id = %run_id, command = req.kind.as_str());
     let outcome = async {
         let credentials = Credentials::from_env()?;
         preflight_endpoint(&config.source.endpoint).await?;
         let (sinks, ledger) = open_sinks(config).await?;
-        let summary = execute(config, credentials, sinks, ledger.clone(), req, now, quiet).await?;
+        let summary = execute(
+            config,
+            credentials,
+            sinks,
+            ledger.clone(),
+            req,
+            HowToRun {
+                now,
+                quiet,
+                run_id: Some(run_id),
+            },
+        )
+        .await?;
         let code = finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await?;
         if let (RunKind::Nightly, Some(path)) = (req.kind, metrics) {
             append_headroom(config, path).await;
         }
         Ok(code)
     }
+    .instrument(span)
     .await;
     if let (Err(e), Some(path)) = (&outcome, metrics) {
         write_failure_metrics(req.kind.as_str(), path, crate::error::exit_code_for(e), e);
@@ -171,6 +188,17 @@ pub(crate) async fn finish_run(
     Ok(code)
 }
 
+/// How `execute` runs: the clock, whether to show progress, and the run's id when the caller
+/// opened the run's span.
+pub struct HowToRun {
+    /// The clock.
+    pub now: NowFn,
+    /// No progress bar or progress lines.
+    pub quiet: bool,
+    /// The run's id, chosen by the caller.
+    pub run_id: Option<uuid::Uuid>,
+}
+
 /// Builds the client and runs a backfill.
 pub async fn execute(
     config: &Config,
@@ -178,13 +206,13 @@ pub async fn execute(
     sinks: Vec<Arc<dyn Sink>>,
     ledger: Arc<dyn Ledger>,
     req: &BackfillRequest,
-    now: NowFn,
-    quiet: bool,
+    how: HowToRun,
 ) -> anyhow::Result<RunSummary> {
+    let HowToRun { now, quiet, run_id } = how;
     let limiter = Arc::new(AdaptivePacer::new(config.source.max_qps));
     let client = CccClient::new(&config.source, credentials, limiter)
         .context("cannot build the HTTP client")?;
-    let engine = Backfill::new(
+    let mut engine = Backfill::new(
         config.clone(),
         Arc::new(client),
         sinks,
@@ -192,6 +220,9 @@ pub async fn execute(
         now,
         Progress::auto(quiet),
     );
+    if let Some(id) = run_id {
+        engine = engine.with_run_id(id);
+    }
     // SIGTERM (Kubernetes eviction, systemd stop) or Ctrl-C: stop taking windows, write what is
     // held, report. A second signal ends the process at once.
     let stop = async {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::job::{execute, finish_run, preflight_endpoint};
+use super::job::{HowToRun, execute, finish_run, preflight_endpoint};
 use super::open::{connect_postgres, connect_postgres_with, open_sinks, parquet_sink_id};
 use crate::config::{Config, Credentials};
 use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
@@ -141,6 +141,18 @@ pub(crate) async fn run_repair(
         kind: RunKind::Repair,
         lookback_ms: None,
     };
-    let summary = execute(config, credentials, sinks, ledger.clone(), &req, now, quiet).await?;
+    let summary = execute(
+        config,
+        credentials,
+        sinks,
+        ledger.clone(),
+        &req,
+        HowToRun {
+            now,
+            quiet,
+            run_id: None,
+        },
+    )
+    .await?;
     finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await
 }

@@ -123,6 +123,8 @@ pub struct Backfill {
     progress: Progress,
     /// Instances the service said do not exist, during the current run.
     unknown_instances: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The run's id when the caller chose it (and opened the run's span itself).
+    run_id: Option<uuid::Uuid>,
 }
 
 /// One run in progress.
@@ -152,7 +154,15 @@ impl Backfill {
             now,
             progress,
             unknown_instances: Default::default(),
+            run_id: None,
         }
+    }
+
+    /// Runs under this id; the caller has entered a `run` span with `run_id` and `command`, so
+    /// that the lines it logs before the run (opening the sinks) carry them too.
+    pub fn with_run_id(mut self, run_id: uuid::Uuid) -> Self {
+        self.run_id = Some(run_id);
+        self
     }
 
     /// The plan for a request, before subtracting the ledger.
@@ -173,9 +183,12 @@ impl Backfill {
         req: &BackfillRequest,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<RunSummary> {
-        let run_id = uuid::Uuid::new_v4();
+        let run_id = self.run_id.unwrap_or_else(uuid::Uuid::new_v4);
         // Every log line of the run carries its id (and, inside a window, the window's fields).
-        let span = tracing::info_span!("run", run_id = %run_id, command = req.kind.as_str());
+        let span = match self.run_id {
+            Some(_) => tracing::Span::none(),
+            None => tracing::info_span!("run", run_id = %run_id, command = req.kind.as_str()),
+        };
         async {
             let started = Instant::now();
             let (run, windows) = self.prepare(req, run_id).await?;
