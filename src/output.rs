@@ -11,6 +11,18 @@ pub fn set_json_lines(on: bool) {
     JSON_LINES.store(on, Ordering::Relaxed);
 }
 
+static RUN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// Remembers the process's run (id, command), so its last words carry them too.
+pub fn set_run(run_id: &str, command: &str) {
+    let _ = RUN.set((run_id.to_string(), command.to_string()));
+}
+
+/// The process's run (id, command), once it has one.
+pub fn run() -> Option<&'static (String, String)> {
+    RUN.get()
+}
+
 /// Whether runs print JSON lines.
 pub fn json_lines() -> bool {
     JSON_LINES.load(Ordering::Relaxed)

@@ -120,14 +120,20 @@ impl Visit for Fields<'_> {
 pub fn print_error(format: LogFormat, message: &str, exit_code: u8) {
     match format {
         LogFormat::Text => eprintln!("error: {message}"),
-        LogFormat::Json => eprintln!(
-            "{}",
-            serde_json::json!({
+        LogFormat::Json => {
+            let mut line = serde_json::json!({
                 "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 "level": "ERROR",
                 "message": message,
                 "exit_code": exit_code,
-            })
-        ),
+            });
+            if let (Some((run_id, command)), Some(obj)) =
+                (crate::output::run(), line.as_object_mut())
+            {
+                obj.insert("run_id".into(), run_id.clone().into());
+                obj.insert("command".into(), command.clone().into());
+            }
+            eprintln!("{line}");
+        }
     }
 }

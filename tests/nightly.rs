@@ -446,6 +446,12 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
         (last["level"].as_str(), last["exit_code"].as_u64()),
         (Some("ERROR"), Some(code as u64))
     );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["run_id"].is_string() && l["command"] == "backfill"),
+        "every line, the last words too: {lines:?}"
+    );
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(
         text.contains(&format!(

@@ -84,6 +84,7 @@ pub(crate) async fn run_job(
     }
     // The run's id and span from the start: every line the run logs carries them.
     let run_id = uuid::Uuid::new_v4();
+    crate::output::set_run(&run_id.to_string(), req.kind.as_str());
     let span = tracing::info_span!("run", run_id = %run_id, command = req.kind.as_str());
     let outcome = async {
         let credentials = Credentials::from_env()?;
