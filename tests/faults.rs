@@ -365,3 +365,23 @@ async fn sigterm_stops_taking_windows_writes_what_is_held_and_the_next_run_compl
         "every hour of 2026-10-01 .. 2026-11-19, once, in each table"
     );
 }
+
+#[tokio::test]
+async fn an_unresolvable_host_is_a_clear_error_not_a_retry_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = backfill_binary(
+        dir.path(),
+        "endpoint = \"https://ccc.no-such-host.invalid\"",
+        "[\"ccc-a\"]",
+        "2026-11-20",
+        "2026-11-21",
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the endpoint https://ccc.no-such-host.invalid"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("wh").exists(), "nothing was written");
+}
