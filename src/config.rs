@@ -539,6 +539,27 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration `migrate` uses with no file: the database of `DATABASE_URL`, schema
+    /// `ccc`, every other key at its default.
+    pub fn database_only() -> Self {
+        Config {
+            source: SourceConfig::default(),
+            pipeline: PipelineConfig {
+                instances: vec![],
+                media_types: default_media(),
+                timezone: default_tz(),
+                lookback_days: default_lookback(),
+                horizon_margin_minutes: default_margin(),
+                aging_alert_days: default_alert_days(),
+            },
+            postgres: Some(PostgresConfig {
+                url: None,
+                schema: default_schema(),
+            }),
+            parquet: None,
+        }
+    }
+
     /// A configuration for the built-in emulator at `endpoint`, used by `demo` and tests.
     pub fn for_emulator(endpoint: &str, instances: Vec<String>) -> Self {
         Config {

@@ -113,25 +113,45 @@ pub fn infer_bucket_ms(report: &Report) -> Option<i64> {
 /// granularity for the trending report.
 pub const DEFAULT_BUCKET_MS: i64 = 3_600_000;
 
-/// The start of the bucket in progress at `now_ms`, on the grid of the report's buckets (hourly,
-/// aligned to UTC hours, when the report cannot tell). Rows from this bucket on are not final.
-pub fn open_bucket_start(report: &Report, now_ms: i64) -> i64 {
-    let bucket = infer_bucket_ms(report)
-        .filter(|b| *b > 0)
-        .unwrap_or(DEFAULT_BUCKET_MS);
-    let anchor = grid_anchor(report);
-    now_ms - (now_ms - anchor).rem_euclid(bucket)
+/// A report's bucket grid, inferred once per response: its bucket length (when the report shows
+/// one) and a bucket start it passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// The inferred bucket length, `None` with fewer than two buckets.
+    pub bucket_ms: Option<i64>,
+    /// A bucket start on the grid (the first row's; 0, a UTC hour, if none).
+    pub anchor: i64,
 }
 
-/// A bucket start the report's grid passes through (the first row's; 0, a UTC hour, if none).
-fn grid_anchor(report: &Report) -> i64 {
-    report
-        .inbound
-        .first()
-        .map(|r| r.stats_time)
-        .or(report.outbound.first().map(|r| r.stats_time))
-        .or(report.overall.first().map(|r| r.stats_time))
-        .unwrap_or(0)
+impl Grid {
+    /// The grid of a report.
+    pub fn of(report: &Report) -> Self {
+        Self {
+            bucket_ms: infer_bucket_ms(report),
+            anchor: report
+                .inbound
+                .first()
+                .map(|r| r.stats_time)
+                .or(report.outbound.first().map(|r| r.stats_time))
+                .or(report.overall.first().map(|r| r.stats_time))
+                .unwrap_or(0),
+        }
+    }
+
+    /// The start of the bucket in progress at `now_ms` (hourly buckets when the report cannot
+    /// tell). Rows from this bucket on are not final.
+    pub fn open_bucket_start(&self, now_ms: i64) -> i64 {
+        let bucket = self
+            .bucket_ms
+            .filter(|b| *b > 0)
+            .unwrap_or(DEFAULT_BUCKET_MS);
+        now_ms - (now_ms - self.anchor).rem_euclid(bucket)
+    }
+}
+
+/// The start of the bucket in progress at `now_ms` on the report's grid ([`Grid`]).
+pub fn open_bucket_start(report: &Report, now_ms: i64) -> i64 {
+    Grid::of(report).open_bucket_start(now_ms)
 }
 
 fn grid_checks<R: TrendRow>(
@@ -183,8 +203,13 @@ fn grid_checks<R: TrendRow>(
 
 /// Checks one response for `key` at `now_ms`.
 pub fn check(key: &WindowKey, report: &Report, now_ms: i64) -> QualityCounts {
+    check_on(&Grid::of(report), key, report, now_ms)
+}
+
+/// [`check`] on a grid already inferred from the report.
+pub fn check_on(grid: &Grid, key: &WindowKey, report: &Report, now_ms: i64) -> QualityCounts {
     let mut q = QualityCounts::default();
-    let grid = infer_bucket_ms(report).map(|b| (b, grid_anchor(report)));
+    let grid = grid.bucket_ms.map(|b| (b, grid.anchor));
     let past = key.end_ms <= now_ms;
     grid_checks(&report.inbound, key, grid, past, &mut q);
     grid_checks(&report.outbound, key, grid, past, &mut q);

@@ -104,18 +104,12 @@ fn check_parquet(config: &Config) -> Result<String, String> {
     while !dir.exists() {
         dir = dir.parent().ok_or("no existing directory above the root")?;
     }
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if meta.permissions().readonly() || !is_writable(dir) {
-        return Err(format!(
-            "{} is not writable (the root {} is created there)",
+    super::may_create_in(dir).map_err(|e| {
+        format!(
+            "{} is not writable (the root {} is created there): {e}",
             dir.display(),
             pq.root.display()
-        ));
-    }
+        )
+    })?;
     Ok(format!("{} is writable", pq.root.display()))
-}
-
-/// Whether this process may create files in `dir` (access(2), which writes nothing).
-fn is_writable(dir: &std::path::Path) -> bool {
-    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
 }

@@ -84,10 +84,12 @@ pub(crate) async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<u8> {
         .await
         .map_err(|e| InputError::new(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;
+    // Handle SIGTERM from the moment the address is announced.
+    let shutdown = shutdown_signal();
     crate::outln!("listening on http://{addr}")?;
     use std::io::Write as _;
     std::io::stdout().flush()?;
     tracing::info!(instances = ?args.instances, "emulator serving");
-    emulator::serve(listener, opts, shutdown_signal()).await?;
+    emulator::serve(listener, opts, shutdown).await?;
     Ok(EXIT_OK)
 }

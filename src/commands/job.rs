@@ -124,16 +124,13 @@ pub fn check_metrics_file(path: &Path) -> Result<(), InputError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let probe = dir.join(format!(".ccc-etl-probe-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&probe, b"")
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| {
-            InputError::new(format!(
-                "--metrics-file {}: cannot write in {}: {e}",
-                path.display(),
-                dir.display()
-            ))
-        })
+    super::may_create_in(dir).map_err(|e| {
+        InputError::new(format!(
+            "--metrics-file {}: cannot write in {}: {e}",
+            path.display(),
+            dir.display()
+        ))
+    })
 }
 
 /// The metrics of a run that stopped before its summary: its exit code and time, and the last
@@ -226,8 +223,9 @@ pub async fn execute(
     }
     // SIGTERM (Kubernetes eviction, systemd stop) or Ctrl-C: stop taking windows, write what is
     // held, report. A second signal ends the process at once.
+    let first = super::shutdown_signal();
     let stop = async {
-        super::shutdown_signal().await;
+        first.await;
         tokio::spawn(async {
             super::shutdown_signal().await;
             eprintln!("second signal: exiting at once");

@@ -3,10 +3,26 @@
 use super::open::{connect_postgres_with, open_ledger};
 use crate::config::Config;
 use crate::error::{EXIT_OK, InputError};
-use crate::ledger::{DayFile, SinkId};
+use crate::ledger::SinkId;
 use crate::sink::SinkKind;
-use crate::sink::parquet::Layout;
+use crate::sink::parquet::{Layout, reconcile};
 use crate::sink::postgres::Access;
+
+/// The configuration `migrate` works with: the file, or, when there is no file at all and
+/// `DATABASE_URL` is set, that database with the default schema (what the README's
+/// `DATABASE_URL=… ccc-etl migrate` means), keeping the zone it has.
+pub(crate) fn migrate_config(path: &std::path::Path) -> anyhow::Result<(Config, Access)> {
+    let url_set =
+        std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty());
+    if path.exists() || !url_set {
+        return Ok((Config::load(path)?, Access::Migrate));
+    }
+    tracing::info!(
+        "no {}: migrating the database of DATABASE_URL, schema ccc",
+        path.display()
+    );
+    Ok((Config::database_only(), Access::MigrateKeepZone))
+}
 
 /// `ccc-etl migrate`: applies the PostgreSQL migrations and, when `timezone` changed, moves the
 /// views and the Parquet root's day partitions to the configured zone.
@@ -52,19 +68,9 @@ pub(crate) async fn run_migrate(config: &Config, access: Access) -> anyhow::Resu
             let id = SinkId::new(SinkKind::Parquet, meta.id);
             let old: Vec<_> = before.iter().map(|f| (f.table, f.day)).collect();
             ledger.invalidate(&id, &[], &old, "re-partitioned").await?;
-            let files: Vec<DayFile> = layout
-                .list()
-                .map_err(anyhow::Error::msg)?
-                .into_iter()
-                .map(|l| DayFile {
-                    target: id.target.clone(),
-                    table: l.table,
-                    day: l.day,
-                    etag: l.etag,
-                    rows: 0,
-                })
-                .collect();
-            ledger.record_files(&files).await?;
+            reconcile::record_listing(&layout, ledger.as_ref(), &id.target)
+                .await
+                .map_err(anyhow::Error::msg)?;
             crate::outln!(
                 "Parquet root {} re-partitioned for {}: {} rows, {} day files (were {})",
                 layout.root().display(),

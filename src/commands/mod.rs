@@ -12,9 +12,9 @@ mod plan;
 mod status;
 mod verify;
 
-use crate::cli::{Cli, Command, OutputFormat};
+use crate::cli::{Cli, Command};
 use crate::config::{Config, validate_instances};
-use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
+use crate::error::{EXIT_OK, InputError};
 use crate::pipeline::{RunSummary, system_now};
 
 pub use demo::DEMO_INSTANCES;
@@ -75,35 +75,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             metrics_file,
         } => {
             let config = Config::load(&cli.config)?;
-            if let Some(path) = metrics_file {
-                job::check_metrics_file(path)?;
-            }
-            let report = status_report(
-                &config,
-                alert_days.unwrap_or(config.pipeline.aging_alert_days),
-                system_now()(),
-            )
-            .await?;
-            if let Some(path) = metrics_file {
-                let text = crate::metrics::render_headroom("status", &report);
-                crate::metrics::write_atomic(path, &text).map_err(|e| {
-                    anyhow::anyhow!("cannot write the metrics file {}: {e}", path.display())
-                })?;
-            }
-            match format {
-                OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&report)?)?,
-                OutputFormat::Table => crate::output::print(&report.render())?,
-            }
-            Ok(if report.alert { EXIT_CHECK } else { EXIT_OK })
+            status::run_status(&config, *format, *alert_days, metrics_file.as_deref()).await
         }
         Command::Verify {
             repair,
             metrics_file,
         } => {
             let config = Config::load(&cli.config)?;
-            let code = run_verify(&config, &cli.config).await?;
+            let (code, found) = verify::verify(&config, &cli.config).await?;
             if *repair && code != EXIT_OK {
-                return run_repair(&config, metrics_file.as_deref(), cli.quiet).await;
+                return run_repair(&config, found, metrics_file.as_deref(), cli.quiet).await;
             }
             Ok(code)
         }
@@ -116,35 +97,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             check::run_check(&config).await
         }
         Command::Migrate => {
-            let (config, access) = migrate_config(&cli.config)?;
+            let (config, access) = migrate::migrate_config(&cli.config)?;
             run_migrate(&config, access).await
         }
     }
-}
-
-/// The configuration `migrate` works with: the file, or, when there is no file at all and
-/// `DATABASE_URL` is set, that database with the default schema and zone (what the README's
-/// `DATABASE_URL=… ccc-etl migrate` means).
-fn migrate_config(
-    path: &std::path::Path,
-) -> anyhow::Result<(Config, crate::sink::postgres::Access)> {
-    use crate::sink::postgres::Access;
-    let url_set =
-        std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty());
-    if path.exists() || !url_set {
-        return Ok((Config::load(path)?, Access::Migrate));
-    }
-    tracing::info!(
-        "no {}: migrating the database of DATABASE_URL, schema ccc",
-        path.display()
-    );
-    let mut config = Config::for_emulator("https://ccc.cn-shanghai.aliyuncs.com", vec![]);
-    config.parquet = None;
-    config.postgres = Some(crate::config::PostgresConfig {
-        url: None,
-        schema: crate::config::SchemaName::parse("ccc").expect("valid schema name"),
-    });
-    Ok((config, Access::MigrateKeepZone))
 }
 
 /// Prints the summary to stdout (one JSON line in JSON mode, with `run_id` and `command` at the
@@ -173,6 +129,12 @@ pub(crate) fn report(command: &str, summary: &RunSummary) -> u8 {
     summary.exit_code()
 }
 
+/// Whether this process may create files in `dir`, asked of the kernel (access(2)), which writes
+/// nothing.
+pub(crate) fn may_create_in(dir: &std::path::Path) -> std::io::Result<()> {
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).map_err(std::io::Error::from)
+}
+
 /// Instances from `--instance`, checked against the configuration, or all configured ones.
 pub fn resolve_instances(config: &Config, requested: &[String]) -> Result<Vec<String>, InputError> {
     if requested.is_empty() {
@@ -190,24 +152,41 @@ pub fn resolve_instances(config: &Config, requested: &[String]) -> Result<Vec<St
     Ok(requested.to_vec())
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives in between is not lost (and does not kill
+/// the process with the default action).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let streams = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut int, mut term) = streams;
+            let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
+                let s = s.take();
+                async move {
+                    match s {
+                        Some(mut s) => {
+                            s.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            tokio::select! {
+                _ = recv(&mut int) => {},
+                _ = recv(&mut term) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

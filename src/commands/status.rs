@@ -1,11 +1,45 @@
 //! `ccc-etl status`: coverage, gaps, the aging-out alert. Read-only.
 
 use super::open::{open_read_only, parquet_sink_id};
+use crate::cli::OutputFormat;
 use crate::config::Config;
+use crate::error::{EXIT_CHECK, EXIT_OK};
 use crate::ledger::SinkId;
+use crate::pipeline::system_now;
 use crate::plan;
 use crate::sink::SinkKind;
-use crate::sink::parquet::{Layout, count_rows_by_series, reconcile};
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+
+use crate::ledger::Ledger;
+use crate::record::MediaType;
+use crate::sink::parquet::{Layout, RootCount, count_rows_by_series, reconcile};
+
+/// `ccc-etl status`: the report as a table or JSON, the headroom metrics if asked; exit 4 on the
+/// aging-out alert.
+pub(crate) async fn run_status(
+    config: &Config,
+    format: OutputFormat,
+    alert_days: Option<u32>,
+    metrics_file: Option<&std::path::Path>,
+) -> anyhow::Result<u8> {
+    if let Some(path) = metrics_file {
+        super::job::check_metrics_file(path)?;
+    }
+    let days = alert_days.unwrap_or(config.pipeline.aging_alert_days);
+    let report = status_report(config, days, system_now()()).await?;
+    if let Some(path) = metrics_file {
+        let text = crate::metrics::render_headroom("status", &report);
+        crate::metrics::write_atomic(path, &text)
+            .with_context(|| format!("cannot write the metrics file {}", path.display()))?;
+    }
+    match format {
+        OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&report)?)?,
+        OutputFormat::Table => crate::output::print(&report.render())?,
+    }
+    Ok(if report.alert { EXIT_CHECK } else { EXIT_OK })
+}
 
 /// Builds the `status` report: read-only, it takes no lock, writes nothing and sends no API
 /// request. Parquet coverage is what the ledger recorded minus the days whose files are missing,
@@ -28,14 +62,16 @@ pub async fn coverage_report(
     report(config, alert_days, now_ms, false).await
 }
 
+type Series = Vec<(String, MediaType)>;
+type Rows = BTreeMap<(String, MediaType, SinkKind), u64>;
+
 async fn report(
     config: &Config,
     alert_days: u32,
     now_ms: i64,
     count_rows: bool,
 ) -> anyhow::Result<crate::status::StatusReport> {
-    let mut rows = std::collections::BTreeMap::new();
-    let series: Vec<(String, crate::record::MediaType)> = config
+    let series: Series = config
         .pipeline
         .instances
         .iter()
@@ -47,9 +83,7 @@ async fn report(
                 .map(move |m| (i.clone(), *m))
         })
         .collect();
-    let mut sinks = Vec::new();
-    let mut not_covered = std::collections::BTreeMap::new();
-    let mut findings = Vec::new();
+    let (mut sinks, mut rows, mut not_covered) = (Vec::new(), Rows::new(), BTreeMap::new());
     let (store, ledger) = open_read_only(config).await?;
     if config.postgres.is_some() {
         sinks.push(SinkId::new(SinkKind::Postgres, ""));
@@ -61,42 +95,13 @@ async fn report(
             rows.insert((i.clone(), *m, SinkKind::Postgres), n);
         }
     }
+    let mut findings = Vec::new();
     if let Some(pq) = &config.parquet {
-        let layout = Layout::new(&pq.root);
-        let id = parquet_sink_id(&layout, config.pipeline.timezone)?;
-        let disk = if count_rows {
-            let layout = layout.clone();
-            tokio::task::spawn_blocking(move || count_rows_by_series(&layout))
-                .await?
-                .map_err(anyhow::Error::msg)?
-        } else {
-            Default::default()
-        };
-        let recorded = ledger.day_files(&id.target).await?;
-        let mut found = reconcile::check(&layout, &recorded).map_err(anyhow::Error::msg)?;
-        for (table, day, e) in &disk.unreadable {
-            if !found.iter().any(|f| f.table == *table && f.day == *day) {
-                found.push(reconcile::Finding {
-                    table: *table,
-                    day: *day,
-                    problem: reconcile::Problem::Damaged(e.to_string()),
-                });
-            }
-        }
-        findings.extend(found.iter().map(|f| f.describe(&layout)));
-        not_covered.insert(
-            id.clone(),
-            reconcile::ranges(config.pipeline.timezone, &found),
-        );
-        for (i, m) in &series {
-            let n = disk
-                .rows
-                .get(&(i.clone(), m.to_string()))
-                .copied()
-                .unwrap_or(0);
-            rows.insert((i.clone(), *m, SinkKind::Parquet), n);
-        }
-        sinks.push(id);
+        let parquet = parquet_view(config, &pq.root, ledger.as_ref(), &series, count_rows).await?;
+        rows.extend(parquet.rows);
+        not_covered.insert(parquet.id.clone(), parquet.not_covered);
+        findings = parquet.findings;
+        sinks.push(parquet.id);
     }
     let margin = config.pipeline.horizon_margin_ms();
     let mut report = crate::status::build(
@@ -113,4 +118,60 @@ async fn report(
     .await?;
     report.findings = findings;
     Ok(report)
+}
+
+/// What the Parquet root holds, next to what the ledger says it holds.
+struct ParquetView {
+    id: SinkId,
+    rows: Rows,
+    /// Days whose files are missing, changed or damaged.
+    not_covered: Vec<(i64, i64)>,
+    findings: Vec<String>,
+}
+
+/// One listing of the root: rows counted in its files (when asked), and the days that differ from
+/// the ledger's manifest or cannot be read.
+async fn parquet_view(
+    config: &Config,
+    root: &std::path::Path,
+    ledger: &dyn Ledger,
+    series: &Series,
+    count_rows: bool,
+) -> anyhow::Result<ParquetView> {
+    let layout = Layout::new(root);
+    let id = parquet_sink_id(&layout, config.pipeline.timezone)?;
+    let listing = layout.list().map_err(anyhow::Error::msg)?;
+    let recorded = ledger.day_files(&id.target).await?;
+    let mut found = reconcile::check(&layout, &listing, &recorded).map_err(anyhow::Error::msg)?;
+    let disk = if count_rows {
+        tokio::task::spawn_blocking(move || count_rows_by_series(&listing)).await?
+    } else {
+        RootCount::default()
+    };
+    for (table, day, e) in &disk.unreadable {
+        if !found.iter().any(|f| f.table == *table && f.day == *day) {
+            found.push(reconcile::Finding {
+                table: *table,
+                day: *day,
+                problem: reconcile::Problem::Damaged(e.to_string()),
+            });
+        }
+    }
+    let rows = series
+        .iter()
+        .map(|(i, m)| {
+            let n = disk
+                .rows
+                .get(&(i.clone(), m.to_string()))
+                .copied()
+                .unwrap_or(0);
+            ((i.clone(), *m, SinkKind::Parquet), n)
+        })
+        .collect();
+    Ok(ParquetView {
+        not_covered: reconcile::ranges(config.pipeline.timezone, &found),
+        findings: found.iter().map(|f| f.describe(&layout)).collect(),
+        id,
+        rows,
+    })
 }

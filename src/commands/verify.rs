@@ -1,18 +1,49 @@
-//! `ccc-etl verify` (read-only) and `verify --repair`.
+//! `ccc-etl verify` (read-only) and `verify --repair`, which fetches again what `verify` found.
 
 use std::path::Path;
 
+use chrono::NaiveDate;
+
 use super::job::{HowToRun, execute, finish_run, preflight_endpoint};
-use super::open::{connect_postgres, connect_postgres_with, open_sinks, parquet_sink_id};
+use super::open::{connect_postgres_with, open_sinks, parquet_sink_id};
 use crate::config::{Config, Credentials};
 use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
+use crate::ledger::Ledger;
 use crate::pipeline::{BackfillRequest, RangeStart, RunKind, system_now};
+use crate::record::Table;
+use crate::sink::Sink;
 use crate::sink::parquet::Layout;
 use crate::sink::postgres::Access;
+use crate::verify::Difference;
+
+/// What `verify` found: the partitions that differ and the day files that cannot be read.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    differences: Vec<Difference>,
+    unreadable: Vec<(Table, NaiveDate)>,
+}
+
+impl Findings {
+    /// Every day to fetch again: the differing partitions and the damaged files'.
+    fn days(&self) -> Vec<(Table, NaiveDate)> {
+        let differing = self.differences.iter().filter_map(|d| {
+            Some((
+                Table::from_name(&d.table)?,
+                NaiveDate::parse_from_str(&d.dt, "%Y-%m-%d").ok()?,
+            ))
+        });
+        self.unreadable.iter().copied().chain(differing).collect()
+    }
+}
 
 /// `ccc-etl verify`: compares the sinks per table and day, and lists day files that cannot be
 /// read. Read-only.
-pub async fn run_verify(config: &Config, config_path: &std::path::Path) -> anyhow::Result<u8> {
+pub async fn run_verify(config: &Config, config_path: &Path) -> anyhow::Result<u8> {
+    Ok(verify(config, config_path).await?.0)
+}
+
+/// [`run_verify`], returning what it found too.
+pub(crate) async fn verify(config: &Config, config_path: &Path) -> anyhow::Result<(u8, Findings)> {
     let (Some(pq), Some(_)) = (&config.parquet, &config.postgres) else {
         return Err(InputError::new(
             "verify compares the two sinks: configure both [postgres] and [parquet]",
@@ -28,27 +59,39 @@ pub async fn run_verify(config: &Config, config_path: &std::path::Path) -> anyho
     let scan = tokio::task::spawn_blocking(move || crate::verify::parquet_digests(&layout))
         .await?
         .map_err(anyhow::Error::msg)?;
-    let diffs = crate::verify::compare(&pg, &scan.digests);
     let partitions = pg
         .keys()
         .chain(scan.digests.keys())
         .map(|(table, dt, _)| (table, dt))
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    if diffs.is_empty() && scan.unreadable.is_empty() {
-        crate::outln!("verify: PostgreSQL and Parquet agree on {partitions} partition(s)")?;
-        return Ok(EXIT_OK);
-    }
     for (_, _, e) in &scan.unreadable {
         crate::outln!("verify: DAMAGED {e}")?;
     }
+    let found = Findings {
+        differences: crate::verify::compare(&pg, &scan.digests),
+        unreadable: scan.unreadable.iter().map(|(t, d, _)| (*t, *d)).collect(),
+    };
+    if found.differences.is_empty() && found.unreadable.is_empty() {
+        crate::outln!("verify: PostgreSQL and Parquet agree on {partitions} partition(s)")?;
+        return Ok((EXIT_OK, found));
+    }
+    print_differences(&found.differences, partitions)?;
+    crate::outln!(
+        "to fetch those days again: ccc-etl --config {} verify --repair",
+        config_path.display()
+    )?;
+    Ok((EXIT_CHECK, found))
+}
+
+fn print_differences(diffs: &[Difference], partitions: usize) -> std::io::Result<()> {
     if !diffs.is_empty() {
         crate::outln!(
             "verify: {} of {partitions} partition(s) differ:",
             diffs.len()
         )?;
     }
-    for d in &diffs {
+    for d in diffs {
         crate::outln!(
             "  {} dt={}: postgres {} rows (checksum {:016x}), parquet {} rows (checksum {:016x}); instances {}",
             d.table,
@@ -60,73 +103,29 @@ pub async fn run_verify(config: &Config, config_path: &std::path::Path) -> anyho
             d.instances.join(", ")
         )?;
     }
-    crate::outln!(
-        "to fetch those days again: ccc-etl --config {} verify --repair",
-        config_path.display()
-    )?;
-    Ok(EXIT_CHECK)
+    Ok(())
 }
 
 /// `verify --repair`: sets damaged day files aside, takes back both sinks' commits of every day
-/// that differs, then runs a nightly-style job that fetches exactly those windows again.
+/// `verify` found differing, then fetches exactly those windows again.
 pub(crate) async fn run_repair(
     config: &Config,
+    found: Findings,
     metrics: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<u8> {
     let credentials = Credentials::from_env()?;
     preflight_endpoint(&config.source.endpoint).await?;
     let pq = config.parquet.as_ref().expect("verify checked both sinks");
-    let tz = config.pipeline.timezone;
-    let store = connect_postgres(config)
-        .await?
-        .expect("verify checked both sinks");
-    let layout = Layout::new(&pq.root);
-    let scan = {
-        let layout = layout.clone();
-        tokio::task::spawn_blocking(move || crate::verify::parquet_digests(&layout))
-            .await?
-            .map_err(anyhow::Error::msg)?
-    };
-    let pg = crate::verify::pg_digests(&store, tz).await?;
-    let mut days: Vec<(crate::record::Table, chrono::NaiveDate)> =
-        scan.unreadable.iter().map(|(t, d, _)| (*t, *d)).collect();
-    for d in crate::verify::compare(&pg, &scan.digests) {
-        if let (Some(t), Ok(day)) = (
-            crate::record::Table::from_name(&d.table),
-            chrono::NaiveDate::parse_from_str(&d.dt, "%Y-%m-%d"),
-        ) {
-            days.push((t, day));
-        }
-    }
     let (sinks, ledger) = open_sinks(config).await?;
-    for (table, day, _) in &scan.unreadable {
-        if layout.day_file(*table, *day).exists() {
-            let to = layout
-                .quarantine(*table, *day)
-                .map_err(anyhow::Error::msg)?;
-            crate::outln!("repair: moved the damaged file aside to {}", to.display())?;
-        }
-    }
+    set_aside(&Layout::new(&pq.root), &found.unreadable)?;
+    let days = found.days();
     let ranges = crate::ranges::union(
         days.iter()
-            .map(|(_, d)| Layout::day_range(tz, *d))
+            .map(|(_, d)| Layout::day_range(config.pipeline.timezone, *d))
             .collect(),
     );
-    for sink in &sinks {
-        let n = ledger
-            .invalidate(
-                &sink.id(),
-                &ranges,
-                &days,
-                "verify --repair: the sinks differed",
-            )
-            .await?;
-        crate::outln!(
-            "repair: {n} window(s) of the {} sink to fetch again",
-            sink.kind()
-        )?;
-    }
+    take_back(&sinks, ledger.as_ref(), &ranges, &days).await?;
     let now = system_now();
     let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
         return Ok(EXIT_OK);
@@ -141,18 +140,48 @@ pub(crate) async fn run_repair(
         kind: RunKind::Repair,
         lookback_ms: None,
     };
-    let summary = execute(
-        config,
-        credentials,
-        sinks,
-        ledger.clone(),
-        &req,
-        HowToRun {
-            now,
-            quiet,
-            run_id: None,
-        },
-    )
-    .await?;
+    let how = HowToRun {
+        now,
+        quiet,
+        run_id: None,
+    };
+    let summary = execute(config, credentials, sinks, ledger.clone(), &req, how).await?;
     finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await
+}
+
+/// Moves the damaged files still in place aside (the run that opened the sinks may have already).
+fn set_aside(layout: &Layout, unreadable: &[(Table, NaiveDate)]) -> anyhow::Result<()> {
+    for (table, day) in unreadable {
+        if layout.day_file(*table, *day).exists() {
+            let to = layout
+                .quarantine(*table, *day)
+                .map_err(anyhow::Error::msg)?;
+            crate::outln!("repair: moved the damaged file aside to {}", to.display())?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes back every sink's commits of the days, so the run fetches them again.
+async fn take_back(
+    sinks: &[std::sync::Arc<dyn Sink>],
+    ledger: &dyn Ledger,
+    ranges: &[(i64, i64)],
+    days: &[(Table, NaiveDate)],
+) -> anyhow::Result<()> {
+    for sink in sinks {
+        let n = ledger
+            .invalidate(
+                &sink.id(),
+                ranges,
+                days,
+                "verify --repair: the sinks differed",
+            )
+            .await?;
+        crate::outln!(
+            "repair: {n} window(s) of the {} sink to fetch again",
+            sink.kind()
+        )?;
+    }
+    Ok(())
 }

@@ -129,7 +129,8 @@ impl Backfill {
         ctx: &RunContext,
     ) -> Vec<Event> {
         let now = (self.now)();
-        let quality = quality::check(&key, &fetched.report, now);
+        let grid = quality::Grid::of(&fetched.report);
+        let quality = quality::check_on(&grid, &key, &fetched.report, now);
         if quality.total() > 0 {
             tracing::warn!(
                 window = %key,
@@ -139,7 +140,7 @@ impl Backfill {
         }
         // The bucket in progress is served partly filled: coverage stops before it, so the next
         // run's window starts at its boundary and completes it.
-        let open_bucket = quality::open_bucket_start(&fetched.report, now);
+        let open_bucket = grid.open_bucket_start(now);
         let (mut batch, dedup) = normalize(&key, fetched.report, Utc::now());
         batch.attempts = fetched.attempts;
         batch.final_end_ms = Some(open_bucket).filter(|t| *t < key.end_ms);

@@ -36,13 +36,6 @@ impl SinkKind {
             SinkKind::Memory => "memory",
         }
     }
-
-    /// The kind named `name` ([`SinkKind::as_str`]).
-    pub fn parse(name: &str) -> Option<SinkKind> {
-        [SinkKind::Postgres, SinkKind::Parquet, SinkKind::Memory]
-            .into_iter()
-            .find(|k| k.as_str() == name)
-    }
 }
 
 impl std::fmt::Display for SinkKind {

@@ -39,7 +39,6 @@ use parquet::file::properties::WriterProperties;
 use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, SinkKind, Written};
 use crate::config::DEFAULT_BUFFER_ROWS;
 use crate::ledger::{DayFile, SinkId};
-use crate::plan::local_day_start;
 use crate::record::{Counts, Table, WindowBatch, WindowKey};
 use buffer::{DayBuffer, DayJob, Settled};
 
@@ -372,8 +371,7 @@ fn write_day(
     day: NaiveDate,
     batches: &[Arc<WindowBatch>],
 ) -> Result<DayWritten, DayError> {
-    let from = local_day_start(tz, day);
-    let to = local_day_start(tz, day.succ_opt().unwrap_or(day));
+    let (from, to) = Layout::day_range(tz, day);
     let mut out = DayWritten {
         stats: CommitStats::default(),
         files: vec![],
@@ -659,15 +657,15 @@ pub struct RootCount {
     pub unreadable: Vec<(Table, NaiveDate, ReadError)>,
 }
 
-/// Counts what is on disk under `layout`, one listing per table; never fails on a damaged file.
-pub fn count_rows_by_series(layout: &Layout) -> Result<RootCount, String> {
+/// Counts what the listed day files hold ([`Layout::list`]); never fails on a damaged file.
+pub fn count_rows_by_series(listing: &[layout::Listed]) -> RootCount {
     let mut out = RootCount::default();
-    for f in layout.list()? {
+    for f in listing {
         if let Err(e) = count_file(&f.path, f.table, &mut out.rows) {
             out.unreadable.push((f.table, f.day, e));
         }
     }
-    Ok(out)
+    out
 }
 
 /// Writes rows (sorted by instance, media, stats_time) to `path` atomically.

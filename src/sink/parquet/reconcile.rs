@@ -10,6 +10,7 @@
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Tz;
 
+use super::layout::Listed;
 use super::{Layout, ReadError, read_file};
 use crate::ledger::{DayFile, Ledger, LedgerError, SinkId};
 use crate::record::Table;
@@ -51,12 +52,16 @@ impl Finding {
     }
 }
 
-/// Compares the recorded files with a listing of the root. Reads only files whose ETag changed.
-pub fn check(layout: &Layout, recorded: &[DayFile]) -> Result<Vec<Finding>, String> {
-    let listed: std::collections::HashMap<(Table, NaiveDate), String> = layout
-        .list()?
-        .into_iter()
-        .map(|l| ((l.table, l.day), l.etag))
+/// Compares the recorded files with a listing of the root ([`Layout::list`]). Reads only files
+/// whose ETag changed.
+pub fn check(
+    layout: &Layout,
+    listing: &[Listed],
+    recorded: &[DayFile],
+) -> Result<Vec<Finding>, String> {
+    let listed: std::collections::HashMap<(Table, NaiveDate), &str> = listing
+        .iter()
+        .map(|l| ((l.table, l.day), l.etag.as_str()))
         .collect();
     let mut out = Vec::new();
     for f in recorded {
@@ -137,7 +142,7 @@ pub async fn before_run(
         .day_files(&sink.target)
         .await
         .map_err(|e| e.to_string())?;
-    let findings = check(layout, &recorded)?;
+    let findings = check(layout, &layout.list()?, &recorded)?;
     let taken = repair(layout, tz, ledger, sink, &findings)
         .await
         .map_err(|e| e.to_string())?;
@@ -151,15 +156,18 @@ pub async fn before_run(
     Ok(findings)
 }
 
-/// A root written before roots had ids: its commits and its files, as they are now, become its
-/// own.
-async fn adopt(layout: &Layout, ledger: &dyn Ledger, sink: &SinkId) -> Result<(), String> {
-    let n = ledger.adopt_legacy(sink).await.map_err(|e| e.to_string())?;
+/// Records every day file of the root as it is now in the ledger's manifest (an adopted root, a
+/// re-partitioned one). Returns how many.
+pub async fn record_listing(
+    layout: &Layout,
+    ledger: &dyn Ledger,
+    target: &str,
+) -> Result<usize, String> {
     let files: Vec<DayFile> = layout
         .list()?
         .into_iter()
         .map(|l| DayFile {
-            target: sink.target.clone(),
+            target: target.to_string(),
             table: l.table,
             day: l.day,
             etag: l.etag,
@@ -170,9 +178,17 @@ async fn adopt(layout: &Layout, ledger: &dyn Ledger, sink: &SinkId) -> Result<()
         .record_files(&files)
         .await
         .map_err(|e| e.to_string())?;
+    Ok(files.len())
+}
+
+/// A root written before roots had ids: its commits and its files, as they are now, become its
+/// own.
+async fn adopt(layout: &Layout, ledger: &dyn Ledger, sink: &SinkId) -> Result<(), String> {
+    let n = ledger.adopt_legacy(sink).await.map_err(|e| e.to_string())?;
+    let files = record_listing(layout, ledger, &sink.target).await?;
     tracing::info!(
         windows = n,
-        files = files.len(),
+        files,
         root = %layout.root().display(),
         at = %Utc::now(),
         "adopted a Parquet root written by an earlier version"
