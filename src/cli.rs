@@ -166,9 +166,10 @@ pub enum Command {
         /// Days to back-fill.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=180))]
         days: u32,
-        /// Parquet root: a local directory (or file:// URL).
-        #[arg(long, default_value = "warehouse", value_name = "DIR", value_parser = crate::config::parse_parquet_root)]
-        parquet_root: PathBuf,
+        /// Parquet root: a local directory (or file:// URL), or an object-storage URL such as
+        /// s3://bucket/prefix (which needs DATABASE_URL: its ledger lives in PostgreSQL).
+        #[arg(long, default_value = "warehouse", value_name = "DIR|URL", value_parser = crate::config::parse_parquet_root)]
+        parquet_root: crate::config::RootUrl,
         /// PostgreSQL schema for the demo's rows (with DATABASE_URL): kept apart from the
         /// production schema `ccc`.
         #[arg(long, default_value = "ccc_demo", value_name = "NAME")]

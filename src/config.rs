@@ -215,50 +215,199 @@ impl PostgresConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetConfig {
-    /// Directory holding one folder per table: a path, or a `file://` URL. Object-storage URLs
-    /// (`s3://`, `oss://`, `gs://`, `az://`, ...) are refused rather than taken for a local
-    /// directory named after the scheme.
+    /// Where the tables live: a path, a `file://` URL, or an object-storage URL (`s3://`,
+    /// `oss://`, `gs://`, `az://` followed by the bucket and an optional prefix).
     #[serde(default = "default_root", deserialize_with = "parquet_root")]
-    pub root: PathBuf,
+    pub root: RootUrl,
     /// Rows held in memory while days wait for their last window; above it the oldest days are
     /// written early (and merged again when the rest of their rows arrive).
     #[serde(default = "default_buffer_rows", deserialize_with = "positive_usize")]
     pub buffer_rows: usize,
+    /// The object store's endpoint, for S3-compatible stores and OSS (an origin; for OSS it may
+    /// contain `{bucket}` for virtual-hosted style). Defaults to `AWS_ENDPOINT_URL` for `s3://`
+    /// and to `https://{bucket}.oss-{region}.aliyuncs.com` for `oss://`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The bucket's region (`us-east-1`, or for OSS `cn-hangzhou`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Whether to replace day files with conditional writes (`If-Match` on the ETag read).
+    /// Defaults to on for S3, GCS and Azure; OSS does not support them.
+    #[serde(default)]
+    pub conditional_writes: Option<bool>,
+    /// Day files larger than this many MiB are uploaded in parts (multipart upload) instead
+    /// of one PUT; 0 uploads every file in parts.
+    #[serde(default = "default_multipart_mib")]
+    pub multipart_threshold_mib: u64,
 }
 
 impl ParquetConfig {
-    /// Parquet under `root`, with the default buffer.
-    pub fn at(root: impl Into<PathBuf>) -> Self {
+    /// Parquet under `root`, with the defaults.
+    pub fn at(root: impl Into<RootUrl>) -> Self {
         Self {
             root: root.into(),
             buffer_rows: default_buffer_rows(),
+            endpoint: None,
+            region: None,
+            conditional_writes: None,
+            multipart_threshold_mib: default_multipart_mib(),
+        }
+    }
+
+    /// The local directory, when the root is one.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.root.local()
+    }
+}
+
+fn default_root() -> RootUrl {
+    RootUrl::Local(PathBuf::from("warehouse"))
+}
+
+fn default_multipart_mib() -> u64 {
+    32
+}
+
+/// Where a Parquet root lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootUrl {
+    /// A local directory.
+    Local(PathBuf),
+    /// A bucket and prefix on an object store.
+    Object(ObjectUrl),
+}
+
+impl RootUrl {
+    /// The local directory, when the root is one.
+    pub fn local(&self) -> Option<&Path> {
+        match self {
+            RootUrl::Local(p) => Some(p),
+            RootUrl::Object(_) => None,
         }
     }
 }
 
-fn default_root() -> PathBuf {
-    PathBuf::from("warehouse")
-}
-
-/// A local Parquet root from a path or a `file://` URL. Any other URL scheme is refused: a root
-/// written as `s3://bucket/prefix` must never land in a local directory called `s3:`.
-pub fn parse_parquet_root(s: &str) -> Result<PathBuf, String> {
-    let Some((scheme, _)) = s.split_once("://") else {
-        return Ok(PathBuf::from(s));
-    };
-    if scheme == "file" {
-        let url = Url::parse(s).map_err(|e| format!("invalid root URL {s:?}: {e}"))?;
-        return url
-            .to_file_path()
-            .map_err(|_| format!("root {s:?} is not a local file URL (file:///absolute/path)"));
+impl From<PathBuf> for RootUrl {
+    fn from(p: PathBuf) -> Self {
+        RootUrl::Local(p)
     }
-    Err(format!(
-        "root {s:?}: object storage ({scheme}://) is not supported yet; use a local path or \
-         file:///path, and copy the files to the bucket with the store's own tool"
-    ))
 }
 
-fn parquet_root<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+impl From<&Path> for RootUrl {
+    fn from(p: &Path) -> Self {
+        RootUrl::Local(p.to_path_buf())
+    }
+}
+
+impl fmt::Display for RootUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RootUrl::Local(p) => write!(f, "{}", p.display()),
+            RootUrl::Object(o) => o.fmt(f),
+        }
+    }
+}
+
+/// The kinds of object store a root may live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Amazon S3 and S3-compatible stores (MinIO, Ceph, ...).
+    S3,
+    /// Alibaba Cloud OSS, through its S3-compatible API.
+    Oss,
+    /// Google Cloud Storage.
+    Gcs,
+    /// Azure Blob Storage.
+    Azure,
+}
+
+impl StoreKind {
+    /// The URL scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            StoreKind::S3 => "s3",
+            StoreKind::Oss => "oss",
+            StoreKind::Gcs => "gs",
+            StoreKind::Azure => "az",
+        }
+    }
+}
+
+/// `scheme://bucket/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectUrl {
+    /// The store.
+    pub kind: StoreKind,
+    /// Bucket (container on Azure).
+    pub bucket: String,
+    /// Key prefix, without leading or trailing `/`; may be empty.
+    pub prefix: String,
+}
+
+impl fmt::Display for ObjectUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.kind.scheme(), self.bucket)?;
+        if !self.prefix.is_empty() {
+            write!(f, "/{}", self.prefix)?;
+        }
+        Ok(())
+    }
+}
+
+/// A Parquet root from a path, a `file://` URL or an object-storage URL. An unknown scheme is
+/// refused: a root written as `hdfs://...` must never land in a local directory called `hdfs:`.
+pub fn parse_parquet_root(s: &str) -> Result<RootUrl, String> {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Ok(RootUrl::Local(PathBuf::from(s)));
+    };
+    let kind = match scheme {
+        "file" => {
+            let url = Url::parse(s).map_err(|e| format!("invalid root URL {s:?}: {e}"))?;
+            return url.to_file_path().map(RootUrl::Local).map_err(|_| {
+                format!("root {s:?} is not a local file URL (file:///absolute/path)")
+            });
+        }
+        "s3" | "s3a" => StoreKind::S3,
+        "oss" => StoreKind::Oss,
+        "gs" => StoreKind::Gcs,
+        "az" | "azure" | "abfs" => StoreKind::Azure,
+        other => {
+            return Err(format!(
+                "root {s:?}: unknown scheme {other}://; use a local path, file:///path, \
+                 s3://bucket/prefix, oss://bucket/prefix, gs://bucket/prefix or \
+                 az://container/prefix"
+            ));
+        }
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = !bucket.is_empty()
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !bucket_ok {
+        return Err(format!(
+            "root {s:?}: {bucket:?} is not a bucket name (letters, digits, '-', '.', '_')"
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix
+        .split('/')
+        .any(|p| p.is_empty() && !prefix.is_empty() || p == "." || p == "..")
+        || prefix.contains(['?', '#', '\\'])
+    {
+        return Err(format!(
+            "root {s:?}: the prefix {prefix:?} must be plain path segments (no '//', '.', '..', \
+             '?', '#')"
+        ));
+    }
+    Ok(RootUrl::Object(ObjectUrl {
+        kind,
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+    }))
+}
+
+fn parquet_root<'de, D: Deserializer<'de>>(d: D) -> Result<RootUrl, D::Error> {
     let s = String::deserialize(d)?;
     parse_parquet_root(&s).map_err(serde::de::Error::custom)
 }
@@ -337,6 +486,49 @@ impl<'de> Deserialize<'de> for Endpoint {
         let s = String::deserialize(d)?;
         Endpoint::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// Reads an environment variable (tests pass their own).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The endpoint an object-storage root is reached at, if not the store's default: `[parquet]
+/// endpoint`, else (S3) `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`/`AWS_ENDPOINT` as `env` gives
+/// them (`None` reads the process environment); for OSS the regional endpoint. HTTPS, or plain
+/// HTTP to loopback only. `{bucket}` in an OSS endpoint is replaced by the bucket
+/// (virtual-hosted style).
+pub fn object_endpoint(
+    pq: &ParquetConfig,
+    url: &ObjectUrl,
+    env: Option<EnvLookup<'_>>,
+) -> Result<Option<Endpoint>, String> {
+    let from_env = |k: &str| {
+        match env {
+            Some(f) => f(k),
+            None => std::env::var(k).ok(),
+        }
+        .filter(|v| !v.trim().is_empty())
+    };
+    let raw = match (&pq.endpoint, url.kind) {
+        (Some(e), _) => Some(e.clone()),
+        (None, StoreKind::S3) => ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+            .iter()
+            .find_map(|k| from_env(k)),
+        (None, StoreKind::Oss) => match &pq.region {
+            Some(r) => Some(format!("https://{{bucket}}.oss-{r}.aliyuncs.com")),
+            None => {
+                return Err(format!(
+                    "[parquet] root = \"{url}\" needs `region` (for example \"cn-hangzhou\") or \
+                     `endpoint`"
+                ));
+            }
+        },
+        (None, _) => None,
+    };
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.replace("{bucket}", &url.bucket);
+    Endpoint::parse(text.trim_end_matches('/'))
+        .map(Some)
+        .map_err(|e| format!("[parquet] {e}"))
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -493,6 +685,33 @@ fn media_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MediaType>, D::Erro
 impl Config {
     /// Parses TOML text; `origin` names the file in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, InputError> {
+        let config = Self::parse_toml(text, origin)?;
+        config
+            .check_sinks()
+            .map_err(|e| InputError::new(format!("{origin}: {e}")))?;
+        Ok(config)
+    }
+
+    /// What the sections say together: an object-storage root needs PostgreSQL for its ledger
+    /// and locks, and its endpoint must be one the store can be reached at safely.
+    pub fn check_sinks(&self) -> Result<(), String> {
+        let Some(pq) = &self.parquet else {
+            return Ok(());
+        };
+        let RootUrl::Object(url) = &pq.root else {
+            return Ok(());
+        };
+        if self.postgres.is_none() {
+            return Err(format!(
+                "[parquet] root = \"{url}\" is on object storage, which needs a [postgres] \
+                 section: the ledger of committed windows and the day-file locks live in \
+                 PostgreSQL (object stores cannot append to a ledger file)"
+            ));
+        }
+        object_endpoint(pq, url, None).map(|_| ())
+    }
+
+    fn parse_toml(text: &str, origin: &str) -> Result<Self, InputError> {
         toml::from_str::<Config>(text).map_err(|e| {
             let msg = e.message().trim().replace('\n', " ");
             match e.span() {
@@ -520,7 +739,8 @@ impl Config {
         let mut config = Self::from_toml(&text, &path.display().to_string())?;
         // A relative root is relative to the file, not to wherever cron or systemd started us.
         if let Some(pq) = &mut config.parquet
-            && pq.root.is_relative()
+            && let RootUrl::Local(root) = &mut pq.root
+            && root.is_relative()
         {
             let dir = path.parent().unwrap_or(Path::new(""));
             let dir = std::path::absolute(if dir.as_os_str().is_empty() {
@@ -534,7 +754,7 @@ impl Config {
                     path.display()
                 ))
             })?;
-            pq.root = dir.join(&pq.root);
+            *root = dir.join(&*root);
         }
         Ok(config)
     }
@@ -674,19 +894,88 @@ mod tests {
     const EXAMPLE: &str = include_str!("../pipeline.toml");
 
     #[test]
-    fn an_object_storage_root_is_refused_and_a_file_url_is_a_path() {
-        for url in ["s3://bucket/warehouse", "oss://b/p", "gs://b/p", "az://c/p"] {
-            let e = parse_parquet_root(url).unwrap_err();
-            assert!(e.contains("not supported yet"), "{e}");
+    fn object_storage_roots_parse_and_other_schemes_are_refused() {
+        let url = |s: &str| match parse_parquet_root(s).unwrap() {
+            RootUrl::Object(o) => (o.kind, o.bucket, o.prefix),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            url("s3://bucket/warehouse/ccc/"),
+            (StoreKind::S3, "bucket".into(), "warehouse/ccc".into())
+        );
+        assert_eq!(url("oss://b"), (StoreKind::Oss, "b".into(), String::new()));
+        assert_eq!(url("gs://b/p").0, StoreKind::Gcs);
+        assert_eq!(url("az://c/p").0, StoreKind::Azure);
+        assert_eq!(
+            parse_parquet_root("s3://b/p").unwrap().to_string(),
+            "s3://b/p"
+        );
+        for bad in [
+            "hdfs://nn/wh",
+            "s3:///p",
+            "s3://b/a//c",
+            "s3://b/../x",
+            "s3://b c/p",
+        ] {
+            assert!(parse_parquet_root(bad).is_err(), "{bad}");
         }
         assert_eq!(
             parse_parquet_root("file:///srv/wh").unwrap(),
-            PathBuf::from("/srv/wh")
+            RootUrl::Local(PathBuf::from("/srv/wh"))
         );
         assert_eq!(
             parse_parquet_root("warehouse").unwrap(),
-            PathBuf::from("warehouse")
+            RootUrl::Local(PathBuf::from("warehouse"))
         );
+    }
+
+    #[test]
+    fn an_object_storage_root_needs_postgres_and_a_safe_endpoint() {
+        let base = "[pipeline]\ninstances = [\"a\"]\n";
+        let e = err(&format!("{base}[parquet]\nroot = \"s3://b/wh\"\n"));
+        assert!(e.contains("needs a [postgres] section"), "{e}");
+        let pg = "[postgres]\nurl = \"postgres://localhost/x\"\n";
+        let ok = Config::from_toml(
+            &format!(
+                "{base}{pg}[parquet]\nroot = \"s3://b/wh\"\nendpoint = \"http://127.0.0.1:9000\"\n"
+            ),
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.parquet.unwrap().endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        let e = err(&format!(
+            "{base}{pg}[parquet]\nroot = \"s3://b/wh\"\nendpoint = \"http://minio.internal:9000\"\n"
+        ));
+        assert!(e.contains("plain HTTP to a non-loopback host"), "{e}");
+        let e = err(&format!("{base}{pg}[parquet]\nroot = \"oss://b/wh\"\n"));
+        assert!(e.contains("needs `region`"), "{e}");
+        let pq = ParquetConfig {
+            region: Some("cn-hangzhou".into()),
+            ..ParquetConfig::at(parse_parquet_root("oss://logs/wh").unwrap())
+        };
+        let RootUrl::Object(url) = &pq.root else {
+            unreachable!()
+        };
+        assert_eq!(
+            object_endpoint(&pq, url, None)
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "https://logs.oss-cn-hangzhou.aliyuncs.com"
+        );
+        // S3: the AWS SDKs' variable, checked by the same rule.
+        let s3 = ParquetConfig::at(parse_parquet_root("s3://b/wh").unwrap());
+        let RootUrl::Object(url) = &s3.root else {
+            unreachable!()
+        };
+        let env = |k: &str| (k == "AWS_ENDPOINT_URL").then(|| "http://10.0.0.5:9000".to_string());
+        let e = object_endpoint(&s3, url, Some(&env)).unwrap_err();
+        assert!(e.contains("plain HTTP"), "{e}");
+        let none = |_: &str| None;
+        assert_eq!(object_endpoint(&s3, url, Some(&none)).unwrap(), None);
     }
 
     #[test]
@@ -701,7 +990,10 @@ mod tests {
         )
         .unwrap();
         let c = Config::load(&file).unwrap();
-        assert_eq!(c.parquet.unwrap().root, etc.join("warehouse"));
+        assert_eq!(
+            c.parquet.unwrap().root,
+            RootUrl::Local(etc.join("warehouse"))
+        );
         std::fs::write(
             &file,
             "[pipeline]\ninstances = [\"a\"]\n[parquet]\nroot = \"/srv/wh\"\n",
@@ -709,7 +1001,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             Config::load(&file).unwrap().parquet.unwrap().root,
-            Path::new("/srv/wh")
+            RootUrl::Local(PathBuf::from("/srv/wh"))
         );
     }
 
@@ -730,7 +1022,10 @@ mod tests {
         assert_eq!(c.pipeline.timezone, chrono_tz::Asia::Shanghai);
         assert_eq!(c.pipeline.lookback_days, 2);
         assert_eq!(c.postgres.as_ref().unwrap().schema.as_str(), "ccc");
-        assert_eq!(c.parquet.as_ref().unwrap().root, PathBuf::from("warehouse"));
+        assert_eq!(
+            c.parquet.as_ref().unwrap().root,
+            RootUrl::Local(PathBuf::from("warehouse"))
+        );
     }
 
     fn err(text: &str) -> String {

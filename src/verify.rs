@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::record::Table;
-use crate::sink::parquet::{Layout, ReadError, read_file};
+use crate::sink::parquet::{ReadError, Root};
 use crate::sink::postgres::PgStore;
 
 /// Rows and checksum of one partition.
@@ -52,10 +52,10 @@ pub struct ParquetScan {
 }
 
 /// Digests of every Parquet partition of a root, one listing per table.
-pub fn parquet_digests(layout: &Layout) -> Result<ParquetScan, String> {
+pub async fn parquet_digests(root: &Root) -> Result<ParquetScan, String> {
     let mut out = ParquetScan::default();
-    for f in layout.list()? {
-        match read_file(&f.path, f.table) {
+    for f in root.list().await? {
+        match root.read_rows(f.table, f.day).await {
             Ok(rows) => {
                 let dt = f.day.format("%Y-%m-%d").to_string();
                 for r in rows {

@@ -336,7 +336,7 @@ async fn sigterm_stops_taking_windows_writes_what_is_held_and_the_next_run_compl
         .unwrap()
         .iter()
         .map(|f| {
-            ccc_etl::sink::parquet::read_file(&f.path, f.table)
+            ccc_etl::sink::parquet::read_file(std::path::Path::new(&f.location), f.table)
                 .unwrap()
                 .len()
         })
@@ -353,7 +353,9 @@ async fn sigterm_stops_taking_windows_writes_what_is_held_and_the_next_run_compl
     let mut keys = std::collections::BTreeSet::new();
     let mut rows = 0;
     for f in ccc_etl::sink::parquet::Layout::new(&root).list().unwrap() {
-        for r in ccc_etl::sink::parquet::read_file(&f.path, f.table).unwrap() {
+        for r in
+            ccc_etl::sink::parquet::read_file(std::path::Path::new(&f.location), f.table).unwrap()
+        {
             rows += 1;
             keys.insert((f.table, r.instance_id, r.stats_time));
         }

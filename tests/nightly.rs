@@ -294,7 +294,9 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
     )
     .await
     .unwrap();
-    let pq = ccc_etl::verify::parquet_digests(&ccc_etl::sink::parquet::Layout::new(dir.path()))
+    let root = ccc_etl::sink::parquet::Root::Local(ccc_etl::sink::parquet::Layout::new(dir.path()));
+    let pq = ccc_etl::verify::parquet_digests(&root)
+        .await
         .unwrap()
         .digests;
     let diffs = ccc_etl::verify::compare(&pg, &pq);

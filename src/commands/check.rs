@@ -29,7 +29,7 @@ pub(crate) async fn run_check(config: &Config) -> anyhow::Result<u8> {
         },
         Outcome {
             what: "parquet",
-            result: check_parquet(config),
+            result: check_parquet(config).await,
         },
     ];
     let mut failed = false;
@@ -96,11 +96,19 @@ async fn check_postgres(config: &Config) -> Result<String, String> {
 }
 
 /// The root, or the nearest existing directory above it, takes a new file.
-fn check_parquet(config: &Config) -> Result<String, String> {
+async fn check_parquet(config: &Config) -> Result<String, String> {
     let Some(pq) = &config.parquet else {
         return Ok("not configured".into());
     };
-    let mut dir = pq.root.as_path();
+    let root = match &pq.root {
+        crate::config::RootUrl::Local(root) => root,
+        crate::config::RootUrl::Object(url) => {
+            let root = crate::sink::parquet::ObjectRoot::open(pq, url)?;
+            root.probe_write().await?;
+            return Ok(format!("{url} is writable"));
+        }
+    };
+    let mut dir = root.as_path();
     while !dir.exists() {
         dir = dir.parent().ok_or("no existing directory above the root")?;
     }
@@ -108,8 +116,8 @@ fn check_parquet(config: &Config) -> Result<String, String> {
         format!(
             "{} is not writable (the root {} is created there): {e}",
             dir.display(),
-            pq.root.display()
+            root.display()
         )
     })?;
-    Ok(format!("{} is writable", pq.root.display()))
+    Ok(format!("{} is writable", root.display()))
 }

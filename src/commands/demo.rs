@@ -1,7 +1,5 @@
 //! `ccc-etl demo`: a backfill from an in-process emulator, no credentials needed.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use chrono::Utc;
 
@@ -19,7 +17,7 @@ pub const DEMO_INSTANCES: [&str; 3] = ["demo-north", "demo-south", "demo-east"];
 
 pub(crate) async fn run_demo(
     days: u32,
-    root: &Path,
+    root: &crate::config::RootUrl,
     schema: &str,
     quiet: bool,
 ) -> anyhow::Result<u8> {
@@ -32,7 +30,7 @@ pub(crate) async fn run_demo(
         .await
         .context("cannot start the in-process emulator")?;
     let mut config = Config::for_emulator(&emu.endpoint(), instances.clone());
-    config.parquet = Some(crate::config::ParquetConfig::at(root.to_path_buf()));
+    config.parquet = Some(crate::config::ParquetConfig::at(root.clone()));
     // PostgreSQL too when DATABASE_URL is set, in a schema of its own (`ccc_demo`): demo rows
     // never mix with a warehouse's `ccc`.
     let schema = crate::config::SchemaName::parse(schema)
@@ -63,13 +61,18 @@ pub(crate) async fn run_demo(
         emu.endpoint(),
         DEMO_INSTANCES.join(", "),
         from_day,
-        root.display(),
+        root,
         if config.postgres.is_some() {
             format!(" and PostgreSQL (DATABASE_URL, schema {})", schema.as_str())
         } else {
             String::new()
         }
     )?;
+    config.check_sinks().map_err(|e| {
+        InputError::new(format!(
+            "--parquet-root {root}: {e}; set DATABASE_URL to use it with the demo"
+        ))
+    })?;
     let (sinks, ledger) = open_sinks(&config).await?;
     let summary = execute(
         &config,
@@ -86,7 +89,6 @@ pub(crate) async fn run_demo(
     .await?;
     let code = report(RunKind::Demo.as_str(), &summary);
     emu.shutdown().await;
-    let root = root.display();
     crate::outln!(
         "\nQuery the result with DuckDB, for example:\n  duckdb -c \"SELECT instance_id, dt AS day, sum(total_calls) AS calls, \
          sum(calls_handled) AS handled FROM read_parquet('{root}/inbound_trend/*/*.parquet', hive_partitioning = true) \

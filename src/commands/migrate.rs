@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::error::{EXIT_OK, InputError};
 use crate::ledger::SinkId;
 use crate::sink::SinkKind;
-use crate::sink::parquet::{Layout, reconcile};
+use crate::sink::parquet::{Layout, Root, reconcile};
 use crate::sink::postgres::Access;
 
 /// The configuration `migrate` works with: the file, or, when there is no file at all and
@@ -34,6 +34,25 @@ pub(crate) async fn run_migrate(config: &Config, access: Access) -> anyhow::Resu
         .into());
     }
     let tz = config.pipeline.timezone;
+    if let Some(pq) = &config.parquet
+        && pq.local_root().is_none()
+    {
+        // Checked before the database changes: an object-storage root is not re-partitioned.
+        let root = Root::open(pq).map_err(InputError::new)?;
+        if let Some(meta) = root.read_meta().await.map_err(anyhow::Error::msg)? {
+            crate::sink::parquet::check_zone(&root.display(), &meta, tz).map_err(|_| {
+                InputError::new(format!(
+                    "the Parquet root {} cuts its days in {}, the configuration says {}: \
+                     migrate re-partitions local roots only; set `timezone = \"{}\"` back, \
+                     or back-fill into a new prefix",
+                    pq.root,
+                    meta.timezone,
+                    tz.name(),
+                    meta.timezone
+                ))
+            })?;
+        }
+    }
     let store = connect_postgres_with(config, access).await?;
     if let Some(store) = &store {
         let zone = store.recorded_timezone().await?.unwrap_or_default();
@@ -44,7 +63,10 @@ pub(crate) async fn run_migrate(config: &Config, access: Access) -> anyhow::Resu
         )?;
     }
     if let Some(pq) = &config.parquet {
-        let layout = Layout::new(&pq.root);
+        let Some(local) = pq.local_root() else {
+            return Ok(EXIT_OK);
+        };
+        let layout = Layout::new(local);
         if layout.read_meta().map_err(InputError::new)?.is_none() {
             return Ok(EXIT_OK);
         }
@@ -68,7 +90,7 @@ pub(crate) async fn run_migrate(config: &Config, access: Access) -> anyhow::Resu
             let id = SinkId::new(SinkKind::Parquet, meta.id);
             let old: Vec<_> = before.iter().map(|f| (f.table, f.day)).collect();
             ledger.invalidate(&id, &[], &old, "re-partitioned").await?;
-            reconcile::record_listing(&layout, ledger.as_ref(), &id.target)
+            reconcile::record_listing(&Root::Local(layout.clone()), ledger.as_ref(), &id.target)
                 .await
                 .map_err(anyhow::Error::msg)?;
             crate::outln!(

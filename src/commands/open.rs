@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::config::RootUrl;
 use crate::error::InputError;
 use crate::ledger::{FileLedger, Ledger, SinkId};
-use crate::sink::parquet::{Layout, OpenError, ParquetSink, check_zone, reconcile};
+use crate::sink::parquet::{ObjectRoot, OpenError, ParquetSink, Root, check_zone, reconcile};
 use crate::sink::postgres::{Access, PgError, PgLedger, PgStore, PostgresSink};
 use crate::sink::{Sink, SinkKind};
 
@@ -20,10 +21,18 @@ pub(crate) fn open_ledger(
     Ok(match (store, &config.parquet) {
         (Some(store), _) => Arc::new(PgLedger::new(store.clone())),
         (None, Some(pq)) => {
+            let Some(root) = pq.local_root() else {
+                return Err(InputError::new(format!(
+                    "the Parquet root {} is on object storage, which needs [postgres] for the \
+                     ledger",
+                    pq.root
+                ))
+                .into());
+            };
             let opened = if read_only {
-                FileLedger::open_read_only(&pq.root)
+                FileLedger::open_read_only(root)
             } else {
-                FileLedger::open(&pq.root)
+                FileLedger::open(root)
             };
             Arc::new(opened.map_err(|e| InputError::new(e.to_string()))?)
         }
@@ -105,32 +114,48 @@ pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, 
         .into());
     }
     // Everything that is bad input is checked before anything is created.
+    config.check_sinks().map_err(InputError::new)?;
     if let Some(pg) = &config.postgres {
         pg.resolve_url()?;
     }
+    let opened = |e: OpenError| -> anyhow::Error {
+        match e {
+            OpenError::Busy(m) => crate::error::Busy(m).into(),
+            OpenError::Refused(e) => InputError::new(e.to_string()).into(),
+        }
+    };
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    let parquet = match &config.parquet {
-        Some(pq) => Some(
-            ParquetSink::new(&pq.root, config.pipeline.timezone)
-                .map_err(|e| -> anyhow::Error {
-                    match e {
-                        OpenError::Busy(m) => crate::error::Busy(m).into(),
-                        OpenError::Refused(e) => InputError::new(e.to_string()).into(),
-                    }
-                })?
-                .with_buffer_rows(pq.buffer_rows),
-        ),
+    let mut parquet = match &config.parquet {
+        Some(pq) => match &pq.root {
+            RootUrl::Local(root) => Some(
+                ParquetSink::new(root, config.pipeline.timezone)
+                    .map_err(opened)?
+                    .with_buffer_rows(pq.buffer_rows),
+            ),
+            RootUrl::Object(_) => None,
+        },
         None => None,
     };
     let store = connect_postgres(config).await?;
+    if let (Some(pq), Some(store)) = (&config.parquet, &store)
+        && let RootUrl::Object(url) = &pq.root
+    {
+        let root = ObjectRoot::open(pq, url).map_err(InputError::new)?;
+        parquet = Some(
+            ParquetSink::open_object(root, config.pipeline.timezone, store.pool())
+                .await
+                .map_err(opened)?
+                .with_buffer_rows(pq.buffer_rows),
+        );
+    }
     if let Some(store) = &store {
         sinks.push(Arc::new(PostgresSink::new(store.clone())));
     }
     let ledger = open_ledger(config, store.as_ref(), false)?;
     if let Some(p) = parquet {
-        tracing::info!(root = %p.layout().root().display(), "Parquet root");
+        tracing::info!(root = %p.root().display(), "Parquet root");
         reconcile::before_run(
-            p.layout(),
+            p.root(),
             config.pipeline.timezone,
             ledger.as_ref(),
             &p.id(),
@@ -146,14 +171,14 @@ pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, 
 /// The ledger's name for a Parquet root, read without writing: its id; for a root an older
 /// version wrote, the empty target its commits were recorded with; for a root that does not
 /// exist (or was wiped), one that matches no commit.
-pub(crate) fn parquet_sink_id(layout: &Layout, tz: chrono_tz::Tz) -> anyhow::Result<SinkId> {
-    let target = match layout.read_meta().map_err(InputError::new)? {
+pub(crate) async fn parquet_sink_id(root: &Root, tz: chrono_tz::Tz) -> anyhow::Result<SinkId> {
+    let target = match root.read_meta().await.map_err(InputError::new)? {
         Some(meta) => {
-            check_zone(layout, &meta, tz).map_err(|e| InputError::new(e.message))?;
+            check_zone(&root.display(), &meta, tz).map_err(|e| InputError::new(e.message))?;
             meta.id
         }
-        None if layout.has_state_without_meta() => String::new(),
-        None => format!("absent:{}", layout.root().display()),
+        None if root.has_state_without_meta() => String::new(),
+        None => format!("absent:{}", root.display()),
     };
     Ok(SinkId::new(SinkKind::Parquet, target))
 }

@@ -9,7 +9,7 @@ use crate::ledger::SinkId;
 use crate::pipeline::NowFn;
 use crate::record::fmt_ms;
 use crate::sink::SinkKind;
-use crate::sink::parquet::Layout;
+use crate::sink::parquet::Root;
 
 /// `ccc-etl plan`: the requests a `backfill` of the same range would send now (the plan minus
 /// what every sink has committed, read-only), or the whole plan with `--all`.
@@ -29,10 +29,8 @@ pub async fn run_plan(
             sinks.push(SinkId::new(SinkKind::Postgres, ""));
         }
         if let Some(pq) = &config.parquet {
-            sinks.push(parquet_sink_id(
-                &Layout::new(&pq.root),
-                config.pipeline.timezone,
-            )?);
+            let root = Root::open(pq).map_err(crate::error::InputError::new)?;
+            sinks.push(parquet_sink_id(&root, config.pipeline.timezone).await?);
         }
         let (pending, _) =
             crate::pipeline::pending_windows(config, ledger.as_ref(), &sinks, &req, &p).await?;

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 
 use crate::ledger::Ledger;
 use crate::record::MediaType;
-use crate::sink::parquet::{Layout, RootCount, count_rows_by_series, reconcile};
+use crate::sink::parquet::{Root, RootCount, reconcile};
 
 /// `ccc-etl status`: the report as a table or JSON, the headroom metrics if asked; exit 4 on the
 /// aging-out alert.
@@ -97,7 +97,8 @@ async fn report(
     }
     let mut findings = Vec::new();
     if let Some(pq) = &config.parquet {
-        let parquet = parquet_view(config, &pq.root, ledger.as_ref(), &series, count_rows).await?;
+        let root = Root::open(pq).map_err(crate::error::InputError::new)?;
+        let parquet = parquet_view(config, &root, ledger.as_ref(), &series, count_rows).await?;
         rows.extend(parquet.rows);
         not_covered.insert(parquet.id.clone(), parquet.not_covered);
         findings = parquet.findings;
@@ -133,18 +134,19 @@ struct ParquetView {
 /// the ledger's manifest or cannot be read.
 async fn parquet_view(
     config: &Config,
-    root: &std::path::Path,
+    root: &Root,
     ledger: &dyn Ledger,
     series: &Series,
     count_rows: bool,
 ) -> anyhow::Result<ParquetView> {
-    let layout = Layout::new(root);
-    let id = parquet_sink_id(&layout, config.pipeline.timezone)?;
-    let listing = layout.list().map_err(anyhow::Error::msg)?;
+    let id = parquet_sink_id(root, config.pipeline.timezone).await?;
+    let listing = root.list().await.map_err(anyhow::Error::msg)?;
     let recorded = ledger.day_files(&id.target).await?;
-    let mut found = reconcile::check(&layout, &listing, &recorded).map_err(anyhow::Error::msg)?;
+    let mut found = reconcile::check(root, &listing, &recorded)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let disk = if count_rows {
-        tokio::task::spawn_blocking(move || count_rows_by_series(&listing)).await?
+        root.count_rows_by_series(&listing).await
     } else {
         RootCount::default()
     };
@@ -170,7 +172,7 @@ async fn parquet_view(
         .collect();
     Ok(ParquetView {
         not_covered: reconcile::ranges(config.pipeline.timezone, &found),
-        findings: found.iter().map(|f| f.describe(&layout)).collect(),
+        findings: found.iter().map(|f| f.describe(root)).collect(),
         id,
         rows,
     })

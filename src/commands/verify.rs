@@ -12,7 +12,7 @@ use crate::ledger::Ledger;
 use crate::pipeline::{BackfillRequest, RangeStart, RunKind, system_now};
 use crate::record::Table;
 use crate::sink::Sink;
-use crate::sink::parquet::Layout;
+use crate::sink::parquet::{Layout, Root};
 use crate::sink::postgres::Access;
 use crate::verify::Difference;
 
@@ -53,11 +53,11 @@ pub(crate) async fn verify(config: &Config, config_path: &Path) -> anyhow::Resul
     let store = connect_postgres_with(config, Access::ReadOnly)
         .await?
         .expect("checked above");
-    let layout = Layout::new(&pq.root);
-    parquet_sink_id(&layout, config.pipeline.timezone)?;
+    let root = Root::open(pq).map_err(InputError::new)?;
+    parquet_sink_id(&root, config.pipeline.timezone).await?;
     let pg = crate::verify::pg_digests(&store, config.pipeline.timezone).await?;
-    let scan = tokio::task::spawn_blocking(move || crate::verify::parquet_digests(&layout))
-        .await?
+    let scan = crate::verify::parquet_digests(&root)
+        .await
         .map_err(anyhow::Error::msg)?;
     let partitions = pg
         .keys()
@@ -118,7 +118,7 @@ pub(crate) async fn run_repair(
     preflight_endpoint(&config.source.endpoint).await?;
     let pq = config.parquet.as_ref().expect("verify checked both sinks");
     let (sinks, ledger) = open_sinks(config).await?;
-    set_aside(&Layout::new(&pq.root), &found.unreadable)?;
+    set_aside(&Root::open(pq).map_err(InputError::new)?, &found.unreadable).await?;
     let days = found.days();
     let ranges = crate::ranges::union(
         days.iter()
@@ -150,13 +150,15 @@ pub(crate) async fn run_repair(
 }
 
 /// Moves the damaged files still in place aside (the run that opened the sinks may have already).
-fn set_aside(layout: &Layout, unreadable: &[(Table, NaiveDate)]) -> anyhow::Result<()> {
+async fn set_aside(root: &Root, unreadable: &[(Table, NaiveDate)]) -> anyhow::Result<()> {
+    let listed = root.list().await.map_err(anyhow::Error::msg)?;
     for (table, day) in unreadable {
-        if layout.day_file(*table, *day).exists() {
-            let to = layout
+        if listed.iter().any(|l| l.table == *table && l.day == *day) {
+            let to = root
                 .quarantine(*table, *day)
+                .await
                 .map_err(anyhow::Error::msg)?;
-            crate::outln!("repair: moved the damaged file aside to {}", to.display())?;
+            crate::outln!("repair: moved the damaged file aside to {to}")?;
         }
     }
     Ok(())

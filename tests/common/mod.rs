@@ -182,3 +182,4 @@ impl Drop for TestDb {
         .join();
     }
 }
+pub mod s3;

@@ -26,7 +26,7 @@ use crate::record::Table;
 /// The name of each day's file.
 pub const DATA_FILE: &str = "part-00000.parquet";
 const META_FILE: &str = "root.json";
-const DAMAGED_DIR: &str = "damaged";
+pub(crate) const DAMAGED_DIR: &str = "damaged";
 
 /// What a Parquet root says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +39,17 @@ pub struct RootMeta {
     pub created_at: DateTime<Utc>,
 }
 
+impl RootMeta {
+    /// A new root's description: a fresh id, days cut in `timezone`.
+    pub fn new(timezone: Tz) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            timezone: timezone.name().to_string(),
+            created_at: Utc::now(),
+        }
+    }
+}
+
 /// A day file found by a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -46,8 +57,8 @@ pub struct Listed {
     pub table: Table,
     /// Local day.
     pub day: NaiveDate,
-    /// Path.
-    pub path: PathBuf,
+    /// Where it is: a path, or `scheme://bucket/key`.
+    pub location: String,
     /// ETag: modification time and size.
     pub etag: String,
 }
@@ -166,7 +177,7 @@ impl Layout {
                     Ok(etag) => out.push(Listed {
                         table,
                         day,
-                        path,
+                        location: path.display().to_string(),
                         etag,
                     }),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -97,7 +97,7 @@ fn stage(layout: &Layout, to: Tz) -> Result<Repartitioned, String> {
     for table in Table::ALL {
         let mut by_day: BTreeMap<NaiveDate, Vec<StoredRow>> = BTreeMap::new();
         for f in listed.iter().filter(|f| f.table == table) {
-            for r in read_file(&f.path, table).map_err(|e| {
+            for r in read_file(&layout.day_file(table, f.day), table).map_err(|e| {
                 format!(
                     "{e}: run `ccc-etl nightly` (which sets damaged files aside) before migrating"
                 )

@@ -29,25 +29,31 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use chrono_tz::Tz;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 
 use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, SinkKind, Written};
 use crate::config::DEFAULT_BUFFER_ROWS;
 use crate::ledger::{DayFile, SinkId};
 use crate::record::{Counts, Table, WindowBatch, WindowKey};
 use buffer::{DayBuffer, DayJob, Settled};
+use object::PutOutcome;
 
 pub mod buffer;
 pub mod layout;
 pub mod migrate;
+pub mod object;
 pub mod reconcile;
+pub mod root;
 
 pub use layout::{DATA_FILE, Layout, LockError, RootMeta, is_temp_name};
+pub use object::ObjectRoot;
+pub use root::Root;
 
 /// Why a Parquet root cannot be opened for writing.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,10 +99,11 @@ pub fn schema(table: Table) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The sink. Holds an exclusive lock on `{root}/_ccc_etl/lock` while it lives, so two runs never
-/// merge into the same files at once.
+/// The sink. Holds the root's exclusive lock while it lives (a lock file for a local root, a
+/// PostgreSQL advisory lock for one on object storage), so two runs never merge into the same
+/// files at once.
 pub struct ParquetSink {
-    layout: Layout,
+    root: Root,
     /// The root's id (`_ccc_etl/root.json`): the ledger's target for its commits.
     id: String,
     /// Whether an older ccc-etl wrote this root before roots had ids: its commits in the ledger
@@ -107,7 +114,15 @@ pub struct ParquetSink {
     /// One writer per day at a time (a day written early may be written again while the first
     /// write is still running); entries are removed once released.
     day_locks: Mutex<HashMap<NaiveDate, Arc<tokio::sync::Mutex<()>>>>,
-    _root_lock: File,
+    _root_lock: RootLock,
+}
+
+/// What keeps other runs off a root while a sink writes it.
+enum RootLock {
+    /// The locked `_ccc_etl/lock` file.
+    File(#[allow(dead_code)] File),
+    /// The PostgreSQL session holding the root's advisory lock.
+    Pg(#[allow(dead_code)] Mutex<sqlx::PgConnection>),
 }
 
 fn err(message: String, retryable: bool) -> SinkError {
@@ -119,9 +134,10 @@ fn err(message: String, retryable: bool) -> SinkError {
 }
 
 impl ParquetSink {
-    /// A sink writing under `root`, partitioning days in `timezone`. Checks the root is writable,
-    /// takes its lock, and gives a new root its identity; a root whose days were cut in another
-    /// zone is refused (its `dt=` partitions would not match: see `ccc-etl migrate`).
+    /// A sink writing under the local directory `root`, partitioning days in `timezone`. Checks
+    /// the root is writable, takes its lock, and gives a new root its identity; a root whose days
+    /// were cut in another zone is refused (its `dt=` partitions would not match: see
+    /// `ccc-etl migrate`).
     pub fn new(root: &Path, timezone: Tz) -> Result<Self, OpenError> {
         std::fs::create_dir_all(root).map_err(|e| {
             err(
@@ -146,15 +162,11 @@ impl ParquetSink {
         })?;
         let meta = match layout.read_meta().map_err(|e| err(e, false))? {
             Some(meta) => {
-                check_zone(&layout, &meta, timezone)?;
+                check_zone(&root.display().to_string(), &meta, timezone)?;
                 meta
             }
             None => {
-                let meta = RootMeta {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    timezone: timezone.name().to_string(),
-                    created_at: Utc::now(),
-                };
+                let meta = RootMeta::new(timezone);
                 layout.write_meta(&meta).map_err(|e| err(e, false))?;
                 meta
             }
@@ -167,20 +179,70 @@ impl ParquetSink {
                 "removed temporary files left by an interrupted run"
             );
         }
-        Ok(Self {
-            layout,
-            id: meta.id,
+        Ok(Self::with_root(
+            Root::Local(layout),
+            meta.id,
+            legacy,
+            timezone,
+            RootLock::File(lock),
+        ))
+    }
+
+    /// A sink writing to a root on object storage. Its lock and each day's lock are held in
+    /// PostgreSQL (`pool`); a probe object is written and deleted first, so missing
+    /// permissions or a wrong secret are found before any API request.
+    pub async fn open_object(
+        root: ObjectRoot,
+        timezone: Tz,
+        pool: &sqlx::PgPool,
+    ) -> Result<Self, OpenError> {
+        let url = root.url().clone();
+        let conn = ObjectRoot::lock_root(pool, &url)
+            .await
+            .map_err(|e| err(e, false))?
+            .ok_or_else(|| {
+                OpenError::Busy(format!(
+                    "another ccc-etl run is writing to {url} (its lock in PostgreSQL is held); \
+                     wait for it to finish"
+                ))
+            })?;
+        root.probe_write().await.map_err(|e| err(e, false))?;
+        let meta = match root.read_meta().await.map_err(|e| err(e, false))? {
+            Some(meta) => {
+                check_zone(&url.to_string(), &meta, timezone)?;
+                meta
+            }
+            None => {
+                let meta = RootMeta::new(timezone);
+                root.write_meta(&meta).await.map_err(|e| err(e, false))?;
+                meta
+            }
+        };
+        let root = root.with_day_locks(pool.clone());
+        Ok(Self::with_root(
+            Root::Object(Arc::new(root)),
+            meta.id,
+            false,
+            timezone,
+            RootLock::Pg(Mutex::new(conn)),
+        ))
+    }
+
+    fn with_root(root: Root, id: String, legacy: bool, timezone: Tz, lock: RootLock) -> Self {
+        Self {
+            root,
+            id,
             legacy,
             timezone,
             buffer: Mutex::new(DayBuffer::new(timezone, DEFAULT_BUFFER_ROWS)),
             day_locks: Mutex::new(HashMap::new()),
             _root_lock: lock,
-        })
+        }
     }
 
-    /// The root's layout.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
+    /// The root.
+    pub fn root(&self) -> &Root {
+        &self.root
     }
 
     /// Whether the root was written by an older version, before roots had ids.
@@ -194,9 +256,9 @@ impl ParquetSink {
         self
     }
 
-    /// The file holding one table's rows of one day.
+    /// Where one table's day file is: a path, or `scheme://bucket/key`.
     pub fn file_path(&self, table: Table, day: NaiveDate) -> PathBuf {
-        self.layout.day_file(table, day)
+        PathBuf::from(self.root.location(table, day))
     }
 
     /// Rows held in memory (for tests and metrics).
@@ -251,17 +313,32 @@ impl ParquetSink {
         out: &mut Written,
     ) -> Option<SinkError> {
         let lock = self.day_lock(day);
-        // The guard moves into the blocking task: if this future is dropped (a run stopped by a
+        // The guard moves into the writing task: if this future is dropped (a run stopped by a
         // fatal error), the lock is still held until the file is written.
         let guard = lock.clone().lock_owned().await;
-        let (layout, tz) = (self.layout.clone(), self.timezone);
-        let result = tokio::task::spawn_blocking(move || {
-            let r = write_day(&layout, tz, day, &batches);
-            drop(guard);
-            r
-        })
-        .await
-        .unwrap_or_else(|e| Err(DayError::Io(format!("writer task failed: {e}"))));
+        let tz = self.timezone;
+        let result = match &self.root {
+            Root::Local(layout) => {
+                let layout = layout.clone();
+                tokio::task::spawn_blocking(move || {
+                    let r = write_day(&layout, tz, day, &batches);
+                    drop(guard);
+                    r
+                })
+                .await
+                .unwrap_or_else(|e| Err(DayError::Io(format!("writer task failed: {e}"))))
+            }
+            Root::Object(o) => {
+                let (o, id) = (o.clone(), self.id.clone());
+                tokio::spawn(async move {
+                    let r = write_day_object(&o, &id, tz, day, &batches).await;
+                    drop(guard);
+                    r
+                })
+                .await
+                .unwrap_or_else(|e| Err(DayError::Io(format!("writer task failed: {e}"))))
+            }
+        };
         self.release(day, lock);
         match result {
             Ok(w) => {
@@ -280,21 +357,23 @@ impl ParquetSink {
                 tracing::error!(day = %day, error = %m, "cannot write a Parquet day");
                 Some(err(m, true))
             }
-            Err(DayError::Damaged { table, error }) => Some(self.set_aside(table, day, error, out)),
+            Err(DayError::Damaged { table, error }) => {
+                Some(self.set_aside(table, day, error, out).await)
+            }
         }
     }
 
     /// Moves a damaged day file aside and reports the day, whose windows must all be fetched
     /// again: the rows of every series the file held are gone from the root.
-    fn set_aside(
+    async fn set_aside(
         &self,
         table: Table,
         day: NaiveDate,
         error: ReadError,
         out: &mut Written,
     ) -> SinkError {
-        let moved = match self.layout.quarantine(table, day) {
-            Ok(to) => format!("moved to {}", to.display()),
+        let moved = match self.root.quarantine(table, day).await {
+            Ok(to) => format!("moved to {to}"),
             Err(e) => e,
         };
         let message =
@@ -313,7 +392,7 @@ impl ParquetSink {
 }
 
 /// Refuses a root whose days were cut in another zone than `timezone`.
-pub fn check_zone(layout: &Layout, meta: &RootMeta, timezone: Tz) -> Result<(), SinkError> {
+pub fn check_zone(root: &str, meta: &RootMeta, timezone: Tz) -> Result<(), SinkError> {
     if meta.timezone == timezone.name() {
         return Ok(());
     }
@@ -322,7 +401,7 @@ pub fn check_zone(layout: &Layout, meta: &RootMeta, timezone: Tz) -> Result<(), 
             "the Parquet root {} cuts its dt= days in time zone {}, the configuration says {}: \
              set `timezone = \"{}\"` back, or run `ccc-etl migrate` to re-partition the root (and \
              the PostgreSQL views) for {}",
-            layout.root().display(),
+            root,
             meta.timezone,
             timezone.name(),
             meta.timezone,
@@ -350,10 +429,15 @@ impl OutRow<'_> {
 }
 
 /// What writing one day did.
-struct DayWritten {
-    stats: CommitStats,
+#[derive(Debug, Default)]
+pub struct DayWritten {
+    /// Rows inserted, revised, unchanged.
+    pub stats: CommitStats,
     /// Per table with a file: its ETag after the write and its rows.
-    files: Vec<(Table, String, u64)>,
+    pub files: Vec<(Table, String, u64)>,
+    /// Conditional writes that found the file changed by another writer (and were merged and
+    /// written again).
+    pub conflicts: u32,
 }
 
 /// Why a day could not be written.
@@ -372,29 +456,19 @@ fn write_day(
     batches: &[Arc<WindowBatch>],
 ) -> Result<DayWritten, DayError> {
     let (from, to) = Layout::day_range(tz, day);
-    let mut out = DayWritten {
-        stats: CommitStats::default(),
-        files: vec![],
-    };
+    let mut out = DayWritten::default();
     for table in Table::ALL {
         let slices = slices(table, batches, from, to);
         if slices.is_empty() {
             continue;
         }
-        let new = incoming_rows(table, batches, &slices);
         let path = layout.day_file(table, day);
         let old = if path.exists() {
-            read_file(&path, table).map_err(|error| match error {
-                ReadError::Io { .. } => DayError::Io(error.to_string()),
-                ReadError::Damaged { .. } => DayError::Damaged { table, error },
-            })?
+            read_file(&path, table).map_err(|error| day_error(table, error))?
         } else {
             vec![]
         };
-        let mut old_sorted: Vec<OutRow> = old.iter().map(StoredRow::as_out).collect();
-        old_sorted.sort_by(|a, b| a.key().cmp(&b.key()));
-        let mut s = CommitStats::default();
-        let merged = merge_sorted(&old_sorted, &new, &mut s);
+        let (merged, s) = merge_table(table, batches, &slices, &old);
         if s.inserted + s.revised > 0 {
             write_rows_atomic(&path, table, &merged).map_err(DayError::Io)?;
         }
@@ -402,6 +476,151 @@ fn write_day(
             .map_err(|e| DayError::Io(format!("cannot stat {}: {e}", path.display())))?;
         out.files.push((table, etag, merged.len() as u64));
         out.stats += s;
+    }
+    Ok(out)
+}
+
+fn day_error(table: Table, error: ReadError) -> DayError {
+    match error {
+        ReadError::Io { .. } => DayError::Io(error.to_string()),
+        ReadError::Damaged { .. } => DayError::Damaged { table, error },
+    }
+}
+
+/// One table's rows of a day: the incoming rows merged over the old file's, and what changed.
+fn merge_table<'a>(
+    table: Table,
+    batches: &'a [Arc<WindowBatch>],
+    slices: &'a Slices,
+    old: &'a [StoredRow],
+) -> (Vec<OutRow<'a>>, CommitStats) {
+    let new = incoming_rows(table, batches, slices);
+    let mut old_sorted: Vec<OutRow> = old.iter().map(StoredRow::as_out).collect();
+    old_sorted.sort_by(|a, b| a.key().cmp(&b.key()));
+    let mut s = CommitStats::default();
+    let merged = merge_sorted(&old_sorted, &new, &mut s);
+    (merged, s)
+}
+
+/// One table's day on object storage, merged and encoded: the new file (none if nothing
+/// changed), its rows and what changed.
+struct Encoded {
+    body: Option<Vec<u8>>,
+    rows: u64,
+    stats: CommitStats,
+}
+
+fn merge_encode(
+    table: Table,
+    batches: &[Arc<WindowBatch>],
+    (from, to): (i64, i64),
+    old: Option<bytes::Bytes>,
+    location: &str,
+) -> Result<Option<Encoded>, DayError> {
+    let slices = slices(table, batches, from, to);
+    if slices.is_empty() {
+        return Ok(None);
+    }
+    let old = match old {
+        Some(b) => read_rows(b, location, table).map_err(|error| day_error(table, error))?,
+        None => vec![],
+    };
+    let (merged, stats) = merge_table(table, batches, &slices, &old);
+    let body = if stats.inserted + stats.revised > 0 {
+        Some(encode_rows(Vec::new(), table, &merged).map_err(DayError::Io)?)
+    } else {
+        None
+    };
+    Ok(Some(Encoded {
+        body,
+        rows: merged.len() as u64,
+        stats,
+    }))
+}
+
+/// What the sink does for one day of a root on object storage, for tests that race writers:
+/// merges `batches`' rows of `day` into its objects.
+pub async fn merge_day_into(
+    root: &ObjectRoot,
+    root_id: &str,
+    tz: Tz,
+    day: NaiveDate,
+    batches: &[Arc<WindowBatch>],
+) -> Result<DayWritten, String> {
+    write_day_object(root, root_id, tz, day, batches)
+        .await
+        .map_err(|e| match e {
+            DayError::Io(m) => m,
+            DayError::Damaged { error, .. } => error.to_string(),
+        })
+}
+
+/// Merges one day's rows of every table into its objects, under the day's lock in PostgreSQL
+/// and, where the store has them, with conditional writes: a write that finds the object
+/// changed since it was read reads, merges and writes again.
+async fn write_day_object(
+    root: &ObjectRoot,
+    root_id: &str,
+    tz: Tz,
+    day: NaiveDate,
+    batches: &[Arc<WindowBatch>],
+) -> Result<DayWritten, DayError> {
+    let lock = root.lock_day(root_id, day).await.map_err(DayError::Io)?;
+    let range = Layout::day_range(tz, day);
+    let mut out = DayWritten::default();
+    for table in Table::ALL {
+        let mut conflicts = 0;
+        loop {
+            let old = root
+                .fetch(table, day)
+                .await
+                .map_err(|error| day_error(table, error))?;
+            let (bytes, read) = match old {
+                Some(f) => (Some(f.bytes), Some(f.version)),
+                None => (None, None),
+            };
+            let (b, location) = (batches.to_vec(), root.location(table, day));
+            let encoded = tokio::task::spawn_blocking(move || {
+                merge_encode(table, &b, range, bytes, &location)
+            })
+            .await
+            .unwrap_or_else(|e| Err(DayError::Io(format!("encoder task failed: {e}"))))?;
+            let Some(encoded) = encoded else { break };
+            let etag = match encoded.body {
+                None => read
+                    .as_ref()
+                    .and_then(|v| v.e_tag.clone().or(v.version.clone()))
+                    .map(|e| e.trim_matches('"').to_string())
+                    .unwrap_or_default(),
+                Some(body) => match root
+                    .put_day(table, day, body, read.as_ref())
+                    .await
+                    .map_err(DayError::Io)?
+                {
+                    PutOutcome::Written(etag) => etag,
+                    PutOutcome::Conflict if conflicts + 1 < object::CONFLICT_ATTEMPTS => {
+                        conflicts += 1;
+                        out.conflicts += 1;
+                        tracing::info!(table = %table, day = %day, "another writer changed the day file: reading and merging it again");
+                        continue;
+                    }
+                    PutOutcome::Conflict => {
+                        return Err(DayError::Io(format!(
+                            "{} kept changing under {conflicts} conditional writes",
+                            root.location(table, day)
+                        )));
+                    }
+                },
+            };
+            out.files.push((table, etag, encoded.rows));
+            out.stats += encoded.stats;
+            break;
+        }
+    }
+    if let Some(tx) = lock {
+        tx.commit()
+            .await
+            .map_err(|e| DayError::Io(format!("cannot release the lock of day {day}: {e}")))?;
     }
     Ok(out)
 }
@@ -511,39 +730,52 @@ impl StoredRow {
 /// Why a day file could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
-    /// The file system failed (missing, permissions): the file may be fine.
-    #[error("cannot read {}: {detail}", path.display())]
+    /// The file system or the store failed (missing, permissions): the file may be fine.
+    #[error("cannot read {location}: {detail}")]
     Io {
-        /// The file.
-        path: PathBuf,
+        /// The file: a path or `scheme://bucket/key`.
+        location: String,
         /// The cause.
         detail: String,
     },
     /// The file is not a readable Parquet file of this table: a corrupt footer, a torn page,
     /// another schema.
-    #[error("the Parquet file {} is damaged: {detail}", path.display())]
+    #[error("the Parquet file {location} is damaged: {detail}")]
     Damaged {
-        /// The file.
-        path: PathBuf,
+        /// The file: a path or `scheme://bucket/key`.
+        location: String,
         /// What is wrong.
         detail: String,
     },
 }
 
-fn damaged(path: &Path, detail: impl ToString) -> ReadError {
+fn damaged(path: &str, detail: impl ToString) -> ReadError {
     ReadError::Damaged {
-        path: path.to_path_buf(),
+        location: path.to_string(),
         detail: detail.to_string(),
     }
 }
 
+fn open_local(path: &Path) -> Result<File, ReadError> {
+    File::open(path).map_err(|e| ReadError::Io {
+        location: path.display().to_string(),
+        detail: e.to_string(),
+    })
+}
+
 /// Reads every row of a file.
 pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, ReadError> {
-    let f = File::open(path).map_err(|e| ReadError::Io {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+    read_rows(open_local(path)?, &path.display().to_string(), table)
+}
+
+/// Reads every row of a Parquet file from `reader` (a file, or an object's bytes); `path` names
+/// it in errors.
+pub fn read_rows<R: ChunkReader + 'static>(
+    reader: R,
+    path: &str,
+    table: Table,
+) -> Result<Vec<StoredRow>, ReadError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(reader)
         .and_then(|b| b.build())
         .map_err(|e| damaged(path, e))?;
     let mut out = Vec::new();
@@ -597,17 +829,30 @@ pub fn read_file(path: &Path, table: Table) -> Result<Vec<StoredRow>, ReadError>
     Ok(out)
 }
 
-/// Rows per `(instance_id, media_type)` in one file, reading only those two columns.
-fn count_file(
-    path: &Path,
+/// Rows per series in one local file.
+pub(crate) fn count_file(path: &Path, table: Table) -> Result<SeriesRows, ReadError> {
+    count_reader(open_local(path)?, &path.display().to_string(), table)
+}
+
+/// Rows per series in one object's bytes.
+pub(crate) fn count_bytes(
+    bytes: bytes::Bytes,
+    path: &str,
     table: Table,
-    out: &mut HashMap<(String, String), u64>,
-) -> Result<(), ReadError> {
-    let f = File::open(path).map_err(|e| ReadError::Io {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| damaged(path, e))?;
+) -> Result<SeriesRows, ReadError> {
+    count_reader(bytes, path, table)
+}
+
+/// Rows per `(instance_id, media_type)`.
+pub type SeriesRows = HashMap<(String, String), u64>;
+
+/// Rows per `(instance_id, media_type)` in one file, reading only those two columns.
+fn count_reader<R: ChunkReader + 'static>(
+    reader: R,
+    path: &str,
+    table: Table,
+) -> Result<SeriesRows, ReadError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| damaged(path, e))?;
     if builder.schema().fields().len() != 5 + table.count_columns().len() {
         return Err(damaged(
             path,
@@ -641,10 +886,7 @@ fn count_file(
         }
     }
     // Counted only once the whole file has read: a damaged file counts nothing.
-    for (k, n) in local {
-        *out.entry(k).or_default() += n;
-    }
-    Ok(())
+    Ok(local)
 }
 
 /// What is on disk under a root: rows per series across every readable day file, and the
@@ -655,17 +897,6 @@ pub struct RootCount {
     pub rows: HashMap<(String, String), u64>,
     /// Files that could not be read, with their table and day.
     pub unreadable: Vec<(Table, NaiveDate, ReadError)>,
-}
-
-/// Counts what the listed day files hold ([`Layout::list`]); never fails on a damaged file.
-pub fn count_rows_by_series(listing: &[layout::Listed]) -> RootCount {
-    let mut out = RootCount::default();
-    for f in listing {
-        if let Err(e) = count_file(&f.path, f.table, &mut out.rows) {
-            out.unreadable.push((f.table, f.day, e));
-        }
-    }
-    out
 }
 
 /// Writes rows (sorted by instance, media, stats_time) to `path` atomically.
@@ -683,41 +914,7 @@ fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), S
     let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let f = File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("valid level"),
-            ))
-            .build();
-        let schema = schema(table);
-        let mut w =
-            ArrowWriter::try_new(f, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
-        let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.instance_id),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.media_type),
-            )),
-            Arc::new(
-                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.stats_time))
-                    .with_timezone("UTC"),
-            ),
-        ];
-        for i in 0..table.count_columns().len() {
-            cols.push(Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.counts[i]),
-            )));
-        }
-        cols.push(Arc::new(
-            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.fetched_at))
-                .with_timezone("UTC"),
-        ));
-        cols.push(Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.request_id),
-        )));
-        let batch = RecordBatch::try_new(schema, cols).map_err(|e| e.to_string())?;
-        w.write(&batch).map_err(|e| e.to_string())?;
-        let f = w.into_inner().map_err(|e| e.to_string())?;
+        let f = encode_rows(f, table, rows)?;
         f.sync_all()
             .map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, path)
@@ -730,6 +927,49 @@ fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), S
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Encodes rows as one Parquet file of `table` into `out`; returns `out`.
+fn encode_rows<W: std::io::Write + Send>(
+    out: W,
+    table: Table,
+    rows: &[OutRow],
+) -> Result<W, String> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .build();
+    let schema = schema(table);
+    let mut w =
+        ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.instance_id),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.media_type),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.stats_time))
+                .with_timezone("UTC"),
+        ),
+    ];
+    for i in 0..table.count_columns().len() {
+        cols.push(Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.counts[i]),
+        )));
+    }
+    cols.push(Arc::new(
+        TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.fetched_at))
+            .with_timezone("UTC"),
+    ));
+    cols.push(Arc::new(StringArray::from_iter_values(
+        rows.iter().map(|r| r.request_id),
+    )));
+    let batch = RecordBatch::try_new(schema, cols).map_err(|e| e.to_string())?;
+    w.write(&batch).map_err(|e| e.to_string())?;
+    w.into_inner().map_err(|e| e.to_string())
 }
 
 /// Adds settled windows to what a call reports.

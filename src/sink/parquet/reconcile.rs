@@ -11,7 +11,7 @@ use chrono::{NaiveDate, Utc};
 use chrono_tz::Tz;
 
 use super::layout::Listed;
-use super::{Layout, ReadError, read_file};
+use super::{Layout, ReadError, Root};
 use crate::ledger::{DayFile, Ledger, LedgerError, SinkId};
 use crate::record::Table;
 
@@ -39,23 +39,20 @@ pub struct Finding {
 
 impl Finding {
     /// One line for an operator.
-    pub fn describe(&self, layout: &Layout) -> String {
-        let path = layout.day_file(self.table, self.day);
+    pub fn describe(&self, root: &Root) -> String {
+        let path = root.location(self.table, self.day);
         match &self.problem {
-            Problem::Missing => format!(
-                "{} is missing (deleted, or the root was wiped)",
-                path.display()
-            ),
-            Problem::Changed => format!("{} was changed outside ccc-etl", path.display()),
+            Problem::Missing => format!("{path} is missing (deleted, or the root was wiped)"),
+            Problem::Changed => format!("{path} was changed outside ccc-etl"),
             Problem::Damaged(why) => why.clone(),
         }
     }
 }
 
-/// Compares the recorded files with a listing of the root ([`Layout::list`]). Reads only files
+/// Compares the recorded files with a listing of the root ([`Root::list`]). Reads only files
 /// whose ETag changed.
-pub fn check(
-    layout: &Layout,
+pub async fn check(
+    root: &Root,
     listing: &[Listed],
     recorded: &[DayFile],
 ) -> Result<Vec<Finding>, String> {
@@ -68,7 +65,7 @@ pub fn check(
         let problem = match listed.get(&(f.table, f.day)) {
             None => Problem::Missing,
             Some(etag) if *etag == f.etag => continue,
-            Some(_) => match read_file(&layout.day_file(f.table, f.day), f.table) {
+            Some(_) => match root.read_rows(f.table, f.day).await {
                 Ok(_) => Problem::Changed,
                 Err(e @ ReadError::Damaged { .. }) => Problem::Damaged(e.to_string()),
                 Err(e @ ReadError::Io { .. }) => return Err(e.to_string()),
@@ -96,7 +93,7 @@ pub fn ranges(tz: Tz, findings: &[Finding]) -> Vec<(i64, i64)> {
 /// Moves damaged files aside and takes back every Parquet commit touching the findings' days.
 /// Returns the windows taken back.
 pub async fn repair(
-    layout: &Layout,
+    root: &Root,
     tz: Tz,
     ledger: &dyn Ledger,
     sink: &SinkId,
@@ -106,10 +103,10 @@ pub async fn repair(
         return Ok(0);
     }
     for f in findings {
-        let mut line = f.describe(layout);
+        let mut line = f.describe(root);
         if matches!(f.problem, Problem::Damaged(_)) {
-            match layout.quarantine(f.table, f.day) {
-                Ok(to) => line.push_str(&format!("; moved to {}", to.display())),
+            match root.quarantine(f.table, f.day).await {
+                Ok(to) => line.push_str(&format!("; moved to {to}")),
                 Err(e) => line.push_str(&format!("; {e}")),
             }
         }
@@ -129,27 +126,27 @@ pub async fn repair(
 /// Before a run: gives an older root's commits to it, then checks the root against the ledger and
 /// repairs what differs. Returns the findings.
 pub async fn before_run(
-    layout: &Layout,
+    root: &Root,
     tz: Tz,
     ledger: &dyn Ledger,
     sink: &SinkId,
     legacy: bool,
 ) -> Result<Vec<Finding>, String> {
     if legacy {
-        adopt(layout, ledger, sink).await?;
+        adopt(root, ledger, sink).await?;
     }
     let recorded = ledger
         .day_files(&sink.target)
         .await
         .map_err(|e| e.to_string())?;
-    let findings = check(layout, &layout.list()?, &recorded)?;
-    let taken = repair(layout, tz, ledger, sink, &findings)
+    let findings = check(root, &root.list().await?, &recorded).await?;
+    let taken = repair(root, tz, ledger, sink, &findings)
         .await
         .map_err(|e| e.to_string())?;
     if taken > 0 {
         tracing::warn!(
             windows = taken,
-            root = %layout.root().display(),
+            root = %root.display(),
             "Parquet commits taken back: their windows are fetched again"
         );
     }
@@ -159,12 +156,13 @@ pub async fn before_run(
 /// Records every day file of the root as it is now in the ledger's manifest (an adopted root, a
 /// re-partitioned one). Returns how many.
 pub async fn record_listing(
-    layout: &Layout,
+    root: &Root,
     ledger: &dyn Ledger,
     target: &str,
 ) -> Result<usize, String> {
-    let files: Vec<DayFile> = layout
-        .list()?
+    let files: Vec<DayFile> = root
+        .list()
+        .await?
         .into_iter()
         .map(|l| DayFile {
             target: target.to_string(),
@@ -183,13 +181,13 @@ pub async fn record_listing(
 
 /// A root written before roots had ids: its commits and its files, as they are now, become its
 /// own.
-async fn adopt(layout: &Layout, ledger: &dyn Ledger, sink: &SinkId) -> Result<(), String> {
+async fn adopt(root: &Root, ledger: &dyn Ledger, sink: &SinkId) -> Result<(), String> {
     let n = ledger.adopt_legacy(sink).await.map_err(|e| e.to_string())?;
-    let files = record_listing(layout, ledger, &sink.target).await?;
+    let files = record_listing(root, ledger, &sink.target).await?;
     tracing::info!(
         windows = n,
         files,
-        root = %layout.root().display(),
+        root = %root.display(),
         at = %Utc::now(),
         "adopted a Parquet root written by an earlier version"
     );

@@ -1,0 +1,644 @@
+//! A Parquet root on object storage (S3 and S3-compatible stores, Alibaba Cloud OSS, GCS, Azure)
+//! through the `object_store` crate.
+//!
+//! The layout is the local one: `{root}/{table}/dt=YYYY-MM-DD/part-00000.parquet` and
+//! `{root}/_ccc_etl/root.json`. A day file is replaced by one PUT of the whole object, which is
+//! atomic on every store: a reader sees the old or the new file, never a part of one. Two guards
+//! keep a concurrent writer's rows from being overwritten:
+//!
+//! - the day's lock in PostgreSQL (`pg_advisory_xact_lock`), held while the day is read, merged
+//!   and written. An object-storage root always has PostgreSQL (its ledger lives there), so this
+//!   guard is always on; it is the only one on OSS, which rejects conditional writes, and for
+//!   files above the multipart threshold, which cannot be written conditionally;
+//! - where the store supports it (S3, GCS, Azure), the PUT is conditional: `If-Match` on the ETag
+//!   that was read (`If-None-Match: *` for a new file). On a precondition failure the day is read
+//!   again, merged again and written again.
+//!
+//! The ETag each write returns is what the ledger records, and what the next run's listing is
+//! compared with. A failed multipart upload is aborted; one left by a killed process is removed
+//! by the bucket's lifecycle rule (see the README).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{NaiveDate, Utc};
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::path::Path as ObjPath;
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+    WriteMultipart,
+};
+use regex::Regex;
+use sqlx::PgPool;
+
+use super::ReadError;
+use super::layout::DAMAGED_DIR;
+use super::layout::{DATA_FILE, Listed, RootMeta};
+use crate::config::{ObjectUrl, ParquetConfig, StoreKind, mask, object_endpoint};
+use crate::ledger::FILE_LEDGER_DIR;
+use crate::record::Table;
+
+/// Size of the parts of a multipart upload.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// How often a conditional write is tried again after another writer changed the file.
+pub(crate) const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// A root on an object store.
+pub struct ObjectRoot {
+    store: Arc<dyn ObjectStore>,
+    url: ObjectUrl,
+    prefix: ObjPath,
+    conditional: bool,
+    multipart_threshold: usize,
+    day_locks: Option<PgPool>,
+    secrets: StoreSecrets,
+}
+
+impl std::fmt::Debug for ObjectRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectRoot")
+            .field("url", &self.url.to_string())
+            .field("conditional", &self.conditional)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one write of a day file.
+#[derive(Debug)]
+pub enum PutOutcome {
+    /// Written; the new ETag.
+    Written(String),
+    /// Another writer changed the file since it was read.
+    Conflict,
+}
+
+/// A day file as read: its bytes and what a conditional write must match.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The object.
+    pub bytes: Bytes,
+    /// Its ETag and version, for `If-Match`.
+    pub version: UpdateVersion,
+}
+
+impl ObjectRoot {
+    /// The root `url` as `[parquet]` configures it: endpoint, region, credentials from the
+    /// environment as the store's own tools read them (see the README), HTTPS except to loopback.
+    pub fn open(pq: &ParquetConfig, url: &ObjectUrl) -> Result<Self, String> {
+        let endpoint = object_endpoint(pq, url, None)?;
+        let conditional = match (url.kind, pq.conditional_writes) {
+            (StoreKind::Oss, Some(true)) => {
+                return Err(format!(
+                    "[parquet] conditional_writes = true: {url} is on OSS, which rejects \
+                     If-Match/If-None-Match writes (HTTP 501); remove the key"
+                ));
+            }
+            (StoreKind::Oss, _) => false,
+            (_, c) => c.unwrap_or(true),
+        };
+        let allow_http = endpoint
+            .as_ref()
+            .is_some_and(|e| e.url().scheme() == "http");
+        let client = ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_timeout(Duration::from_secs(120))
+            .with_connect_timeout(Duration::from_secs(10));
+        let secrets = StoreSecrets::from_env();
+        let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match url.kind {
+            StoreKind::S3 => {
+                let mut b = s3_from_env()
+                    .with_bucket_name(&url.bucket)
+                    .with_client_options(client)
+                    .with_conditional_put(if conditional {
+                        S3ConditionalPut::ETagMatch
+                    } else {
+                        S3ConditionalPut::Disabled
+                    });
+                if let Some(e) = &endpoint {
+                    b = b.with_endpoint(e.to_string());
+                }
+                if let Some(r) = &pq.region {
+                    b = b.with_region(r);
+                }
+                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            StoreKind::Oss => {
+                let (id, secret, token) = oss_credentials().ok_or_else(|| {
+                    format!(
+                        "{url}: no OSS credentials: set OSS_ACCESS_KEY_ID and \
+                         OSS_ACCESS_KEY_SECRET, or ALIBABA_CLOUD_ACCESS_KEY_ID and \
+                         ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+                    )
+                })?;
+                let virtual_hosted = pq.endpoint.as_ref().is_none_or(|e| e.contains("{bucket}"));
+                let mut b = AmazonS3Builder::new()
+                    .with_bucket_name(&url.bucket)
+                    .with_client_options(client)
+                    .with_region(pq.region.as_deref().unwrap_or("cn-hangzhou"))
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret)
+                    .with_virtual_hosted_style_request(virtual_hosted)
+                    .with_conditional_put(S3ConditionalPut::Disabled);
+                if let Some(t) = token {
+                    b = b.with_token(t);
+                }
+                if let Some(e) = &endpoint {
+                    b = b.with_endpoint(e.to_string());
+                }
+                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            StoreKind::Gcs => GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&url.bucket)
+                .with_client_options(client)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            StoreKind::Azure => MicrosoftAzureBuilder::from_env()
+                .with_container_name(&url.bucket)
+                .with_client_options(client)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+        };
+        let store =
+            built.map_err(|e| format!("cannot use {url}: {}", secrets.scrub(&e.to_string())))?;
+        let mut root = Self::with_store(store, url.clone(), conditional);
+        root.secrets = secrets;
+        root.multipart_threshold = (pq.multipart_threshold_mib as usize).saturating_mul(1 << 20);
+        Ok(root)
+    }
+
+    /// A root on `store` (tests bring their own).
+    pub fn with_store(store: Arc<dyn ObjectStore>, url: ObjectUrl, conditional: bool) -> Self {
+        let prefix = ObjPath::from(url.prefix.as_str());
+        Self {
+            store,
+            url,
+            prefix,
+            conditional,
+            multipart_threshold: 32 << 20,
+            day_locks: None,
+            secrets: StoreSecrets::default(),
+        }
+    }
+
+    /// Takes each day's lock in PostgreSQL while the day is read, merged and written.
+    pub fn with_day_locks(mut self, pool: PgPool) -> Self {
+        self.day_locks = Some(pool);
+        self
+    }
+
+    /// Uploads files larger than `bytes` in parts.
+    pub fn with_multipart_threshold(mut self, bytes: usize) -> Self {
+        self.multipart_threshold = bytes;
+        self
+    }
+
+    /// The root's URL.
+    pub fn url(&self) -> &ObjectUrl {
+        &self.url
+    }
+
+    /// Whether day files are replaced with conditional writes.
+    pub fn conditional(&self) -> bool {
+        self.conditional
+    }
+
+    fn key(&self, rel: &str) -> ObjPath {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/') {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    fn rel_day(table: Table, day: NaiveDate) -> String {
+        format!("{}/dt={}/{DATA_FILE}", table.name(), day.format("%Y-%m-%d"))
+    }
+
+    fn meta_key(&self) -> ObjPath {
+        self.key(&format!("{FILE_LEDGER_DIR}/root.json"))
+    }
+
+    /// The object of one table's day.
+    pub fn day_key(&self, table: Table, day: NaiveDate) -> ObjPath {
+        self.key(&Self::rel_day(table, day))
+    }
+
+    /// `scheme://bucket/prefix/...` of one table's day, for messages.
+    pub fn location(&self, table: Table, day: NaiveDate) -> String {
+        format!(
+            "{}://{}/{}",
+            self.url.kind.scheme(),
+            self.url.bucket,
+            self.day_key(table, day)
+        )
+    }
+
+    fn fail(&self, what: &str, e: object_store::Error) -> String {
+        format!("{what}: {}", self.secrets.scrub(&e.to_string()))
+    }
+
+    /// The root's `root.json`, if it has one.
+    pub async fn read_meta(&self) -> Result<Option<RootMeta>, String> {
+        let key = self.meta_key();
+        match self.store.get(&key).await {
+            Ok(r) => {
+                let bytes = r
+                    .bytes()
+                    .await
+                    .map_err(|e| self.fail(&format!("cannot read {}", self.at(&key)), e))?;
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                    format!("{} is not a ccc-etl root description: {e}", self.at(&key))
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail(&format!("cannot read {}", self.at(&key)), e)),
+        }
+    }
+
+    /// Writes `root.json` (one PUT).
+    pub async fn write_meta(&self, meta: &RootMeta) -> Result<(), String> {
+        let key = self.meta_key();
+        let text = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+        self.store
+            .put(&key, PutPayload::from(text))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(&format!("cannot write {}", self.at(&key)), e))
+    }
+
+    /// `scheme://bucket/key`, for messages.
+    pub fn at(&self, key: &ObjPath) -> String {
+        format!("{}://{}/{key}", self.url.kind.scheme(), self.url.bucket)
+    }
+
+    /// Every day file, one listing per table.
+    pub async fn list(&self) -> Result<Vec<Listed>, String> {
+        let mut out = Vec::new();
+        for table in Table::ALL {
+            let prefix = self.key(table.name());
+            let mut objects = self.store.list(Some(&prefix));
+            while let Some(meta) = objects
+                .try_next()
+                .await
+                .map_err(|e| self.fail(&format!("cannot list {}", self.at(&prefix)), e))?
+            {
+                let Some(day) = day_of(&prefix, &meta.location) else {
+                    continue;
+                };
+                out.push(Listed {
+                    table,
+                    day,
+                    location: self.at(&meta.location),
+                    etag: etag_of(meta.e_tag.as_deref(), &meta),
+                });
+            }
+        }
+        out.sort_by_key(|a| (a.table, a.day));
+        Ok(out)
+    }
+
+    /// One table's day file, if there is one.
+    pub async fn fetch(&self, table: Table, day: NaiveDate) -> Result<Option<Fetched>, ReadError> {
+        let key = self.day_key(table, day);
+        let io = |e: object_store::Error| ReadError::Io {
+            location: self.at(&key),
+            detail: self.secrets.scrub(&e.to_string()),
+        };
+        let got = match self.store.get(&key).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let version = UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        let bytes = got.bytes().await.map_err(io)?;
+        Ok(Some(Fetched { bytes, version }))
+    }
+
+    /// Writes a day file: one conditional PUT where the store supports it and the file is
+    /// below the multipart threshold, else one unconditional PUT or a multipart upload (under
+    /// the day's lock). `read` is what the merge read (`None`: there was no file).
+    pub async fn put_day(
+        &self,
+        table: Table,
+        day: NaiveDate,
+        body: Vec<u8>,
+        read: Option<&UpdateVersion>,
+    ) -> Result<PutOutcome, String> {
+        let key = self.day_key(table, day);
+        if body.len() > self.multipart_threshold {
+            return self
+                .put_multipart(&key, body)
+                .await
+                .map(PutOutcome::Written);
+        }
+        let mode = match (self.conditional, read) {
+            (false, _) => PutMode::Overwrite,
+            (true, Some(v)) => PutMode::Update(v.clone()),
+            (true, None) => PutMode::Create,
+        };
+        match self
+            .store
+            .put_opts(&key, PutPayload::from(body), PutOptions::from(mode))
+            .await
+        {
+            Ok(r) => Ok(PutOutcome::Written(etag_text(
+                r.e_tag.as_deref(),
+                r.version,
+            ))),
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::Conflict),
+            Err(e) => Err(self.fail(&format!("cannot write {}", self.at(&key)), e)),
+        }
+    }
+
+    async fn put_multipart(&self, key: &ObjPath, body: Vec<u8>) -> Result<String, String> {
+        let what = || format!("cannot upload {} in parts", self.at(key));
+        let upload = self
+            .store
+            .put_multipart(key)
+            .await
+            .map_err(|e| self.fail(&what(), e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        for chunk in body.chunks(PART_SIZE) {
+            if let Err(e) = w.wait_for_capacity(2).await {
+                let _ = w.abort().await;
+                return Err(self.fail(&what(), e));
+            }
+            w.write(chunk);
+        }
+        drop(body);
+        // `finish` aborts the upload itself when completing it fails.
+        let r = w.finish().await.map_err(|e| self.fail(&what(), e))?;
+        Ok(etag_text(r.e_tag.as_deref(), r.version))
+    }
+
+    /// Writes and deletes a probe object under `_ccc_etl/`: the credentials can write here.
+    pub async fn probe_write(&self) -> Result<(), String> {
+        let key = self.key(&format!(
+            "{FILE_LEDGER_DIR}/write-probe-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let what = || format!("the Parquet root {} is not writable", self.url);
+        self.store
+            .put(&key, PutPayload::from_static(b"probe"))
+            .await
+            .map_err(|e| self.fail(&what(), e))?;
+        self.store
+            .delete(&key)
+            .await
+            .map_err(|e| self.fail(&what(), e))
+    }
+
+    /// Moves a damaged day file to `_ccc_etl/damaged/...` (a copy, then a delete of one object:
+    /// no bulk delete, which OSS's S3 API handles differently). Returns where it went.
+    pub async fn quarantine(&self, table: Table, day: NaiveDate) -> Result<String, String> {
+        let from = self.day_key(table, day);
+        let to = self.key(&format!(
+            "{FILE_LEDGER_DIR}/{DAMAGED_DIR}/{}.{}",
+            Self::rel_day(table, day),
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        self.store.copy(&from, &to).await.map_err(|e| {
+            self.fail(
+                &format!("cannot copy the damaged file {} aside", self.at(&from)),
+                e,
+            )
+        })?;
+        self.store
+            .delete(&from)
+            .await
+            .map_err(|e| self.fail(&format!("cannot delete {}", self.at(&from)), e))?;
+        Ok(self.at(&to))
+    }
+
+    /// Holds the day's lock in PostgreSQL until the returned transaction ends (none without a
+    /// pool: conditional writes alone then guard the day).
+    pub async fn lock_day(
+        &self,
+        root_id: &str,
+        day: NaiveDate,
+    ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, String> {
+        let Some(pool) = &self.day_locks else {
+            return Ok(None);
+        };
+        let cannot =
+            |e: sqlx::Error| format!("cannot take the lock of day {day} in PostgreSQL: {e}");
+        let mut tx = pool.begin().await.map_err(cannot)?;
+        let n = (day - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days() as i32;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), $2)")
+            .bind(format!("ccc-etl:parquet-day:{root_id}"))
+            .bind(n)
+            .execute(&mut *tx)
+            .await
+            .map_err(cannot)?;
+        Ok(Some(tx))
+    }
+
+    /// Takes the root's exclusive lock for the life of the returned connection (a session
+    /// advisory lock): `Ok(None)` when another run holds it.
+    pub async fn lock_root(
+        pool: &PgPool,
+        url: &ObjectUrl,
+    ) -> Result<Option<sqlx::PgConnection>, String> {
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| format!("cannot connect to PostgreSQL to lock {url}: {e}"))?
+            .detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), 0)")
+            .bind(format!("ccc-etl:parquet-root:{url}"))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| format!("cannot lock {url} in PostgreSQL: {e}"))?;
+        Ok(got.then_some(conn))
+    }
+}
+
+/// The day of a listed object `{prefix}/dt=YYYY-MM-DD/part-00000.parquet`; other objects (the
+/// staging names of other tools, nested folders) are not day files.
+fn day_of(prefix: &ObjPath, location: &ObjPath) -> Option<NaiveDate> {
+    let mut parts = location.prefix_match(prefix)?;
+    let dir = parts.next()?;
+    let file = parts.next()?;
+    if parts.next().is_some() || file.as_ref() != DATA_FILE {
+        return None;
+    }
+    NaiveDate::parse_from_str(dir.as_ref().strip_prefix("dt=")?, "%Y-%m-%d").ok()
+}
+
+/// An ETag as the ledger records it: without quotes; a store without ETags gives its version,
+/// else the modification time and size.
+fn etag_of(e_tag: Option<&str>, meta: &object_store::ObjectMeta) -> String {
+    match e_tag {
+        Some(e) => e.trim_matches('"').to_string(),
+        None => meta.version.clone().unwrap_or_else(|| {
+            format!(
+                "{:x}-{:x}",
+                meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
+                meta.size
+            )
+        }),
+    }
+}
+
+fn etag_text(e_tag: Option<&str>, version: Option<String>) -> String {
+    match (e_tag, version) {
+        (Some(e), _) => e.trim_matches('"').to_string(),
+        (None, Some(v)) => v,
+        (None, None) => String::new(),
+    }
+}
+
+/// An S3 builder from the `AWS_*` variables, except the endpoint and plain-HTTP ones: the
+/// endpoint is checked and set by [`ObjectRoot::open`], and plain HTTP is allowed to loopback
+/// only, whatever `AWS_ALLOW_HTTP` says.
+fn s3_from_env() -> AmazonS3Builder {
+    let mut b = AmazonS3Builder::new();
+    for (k, v) in std::env::vars() {
+        if !k.starts_with("AWS_") || k.starts_with("AWS_ENDPOINT") || k == "AWS_ALLOW_HTTP" {
+            continue;
+        }
+        if let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+            b = b.with_config(key, v);
+        }
+    }
+    b
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// OSS credentials: `OSS_ACCESS_KEY_ID`/`OSS_ACCESS_KEY_SECRET`(/`OSS_SESSION_TOKEN`) when set,
+/// else the API's `ALIBABA_CLOUD_*` variables.
+fn oss_credentials() -> Option<(String, String, Option<String>)> {
+    if let (Some(id), Some(secret)) = (env("OSS_ACCESS_KEY_ID"), env("OSS_ACCESS_KEY_SECRET")) {
+        return Some((id, secret, env("OSS_SESSION_TOKEN")));
+    }
+    Some((
+        env(crate::config::ENV_ACCESS_KEY_ID)?,
+        env(crate::config::ENV_ACCESS_KEY_SECRET)?,
+        env(crate::config::ENV_SECURITY_TOKEN),
+    ))
+}
+
+/// The credentials a store may echo back in an error, removed from every message.
+#[derive(Clone, Default)]
+pub struct StoreSecrets {
+    ids: Vec<String>,
+    secrets: Vec<String>,
+}
+
+/// Elements of an S3 error body that quote what was signed.
+static SIGNED: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+    Regex::new(
+        r"(?is)<(StringToSign|StringToSignBytes|CanonicalRequest|CanonicalRequestBytes|SignatureProvided)>.*?</(StringToSign|StringToSignBytes|CanonicalRequest|CanonicalRequestBytes|SignatureProvided)>|(?i)(X-Amz-Security-Token|X-Amz-Signature|X-Amz-Credential|x-oss-security-token|Signature)=[^&\s<]*",
+    )
+    .expect("valid pattern")
+});
+
+impl StoreSecrets {
+    /// The values of the credential variables of every store.
+    pub fn from_env() -> Self {
+        let ids = [
+            "AWS_ACCESS_KEY_ID",
+            "OSS_ACCESS_KEY_ID",
+            crate::config::ENV_ACCESS_KEY_ID,
+            "AZURE_STORAGE_ACCOUNT_NAME",
+        ];
+        let secrets = [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "OSS_ACCESS_KEY_SECRET",
+            "OSS_SESSION_TOKEN",
+            crate::config::ENV_ACCESS_KEY_SECRET,
+            crate::config::ENV_SECURITY_TOKEN,
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_SAS_KEY",
+            "AZURE_CLIENT_SECRET",
+        ];
+        Self::new(
+            ids.iter().filter_map(|k| env(k)).collect(),
+            secrets.iter().filter_map(|k| env(k)).collect(),
+        )
+    }
+
+    /// Masks `ids` and removes `secrets` (values shorter than 4 characters are ignored).
+    pub fn new(ids: Vec<String>, secrets: Vec<String>) -> Self {
+        Self {
+            ids: ids.into_iter().filter(|s| s.len() >= 4).collect(),
+            secrets: secrets.into_iter().filter(|s| s.len() >= 4).collect(),
+        }
+    }
+
+    /// `text` without signed material, secrets or tokens, and with key ids masked.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = SIGNED.replace_all(text, "[redacted]").into_owned();
+        for s in &self.secrets {
+            out = out.replace(s.as_str(), "[redacted]");
+        }
+        for id in &self.ids {
+            out = out.replace(id.as_str(), &mask(id));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_error_keeps_no_secret_token_or_signed_text() {
+        let s = StoreSecrets::new(
+            vec!["AKIAEXAMPLEKEYID".into()],
+            vec!["wJalrXUtnFEMI/secret".into(), "FwoGZXtoken".into()],
+        );
+        let body = "Client error with status 403: <Error><Code>SignatureDoesNotMatch</Code>\
+            <AWSAccessKeyId>AKIAEXAMPLEKEYID</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256\n\
+            20261127T000000Z\nabc</StringToSign><SignatureProvided>deadbeef</SignatureProvided>\
+            <CanonicalRequest>PUT\n/b/k\nX-Amz-Security-Token=FwoGZXtoken\n</CanonicalRequest>\
+            </Error> secret wJalrXUtnFEMI/secret url ?X-Amz-Signature=abcd&X-Amz-Credential=AKIA%2F";
+        let out = s.scrub(body);
+        for leak in [
+            "EXAMPLEKEYID",
+            "wJalr",
+            "FwoGZ",
+            "deadbeef",
+            "abcd",
+            "20261127T",
+        ] {
+            assert!(!out.contains(leak), "{leak} in {out}");
+        }
+        assert!(out.contains("AKIA****"), "{out}");
+        assert!(out.contains("SignatureDoesNotMatch"), "{out}");
+    }
+
+    #[test]
+    fn only_day_files_are_listed_as_days() {
+        let prefix = ObjPath::from("wh/inbound_trend");
+        let day = |s: &str| day_of(&prefix, &ObjPath::from(s));
+        assert_eq!(
+            day("wh/inbound_trend/dt=2026-11-03/part-00000.parquet"),
+            NaiveDate::from_ymd_opt(2026, 11, 3)
+        );
+        assert_eq!(day("wh/inbound_trend/dt=2026-11-03/other.parquet"), None);
+        assert_eq!(day("wh/inbound_trend/dt=nope/part-00000.parquet"), None);
+        assert_eq!(
+            day("wh/inbound_trend/x/dt=2026-11-03/part-00000.parquet"),
+            None
+        );
+        assert_eq!(
+            day("wh/inbound_trend_old/dt=2026-11-03/part-00000.parquet"),
+            None
+        );
+    }
+}

@@ -1,0 +1,568 @@
+//! Parquet on object storage, against a real S3 server (moto, started by the tests on loopback):
+//! a backfill into `s3://` equals the same backfill into a local root, file for file, and reads
+//! back with pyarrow; racing writers lose no rows, with conditional writes (S3) and with the
+//! PostgreSQL day lock (OSS mode); large files go up in parts and leave none behind; errors name
+//! the root and never a secret.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccc_etl::config::{ObjectUrl, StoreKind};
+use ccc_etl::record::{MediaType, OverallRow, Table, WindowBatch, WindowKey};
+use ccc_etl::sink::parquet::{Layout, ObjectRoot, Root, merge_day_into};
+use chrono::{NaiveDate, Utc};
+use common::s3::{self, S3Server};
+use common::{DAY, H};
+
+/// An in-process view of a bucket on the test server.
+fn object_root(s3: &S3Server, bucket: &str, prefix: &str, conditional: bool) -> ObjectRoot {
+    let url = ObjectUrl {
+        kind: StoreKind::S3,
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+    };
+    ObjectRoot::with_store(s3.store(bucket, conditional), url, conditional)
+}
+
+/// Every row of a root, without fetch metadata, keyed by file.
+async fn contents(root: &Root) -> BTreeMap<(Table, NaiveDate), Vec<String>> {
+    let mut out = BTreeMap::new();
+    for f in root.list().await.unwrap() {
+        let rows = root
+            .read_rows(f.table, f.day)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        out.insert(
+            (f.table, f.day),
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{}|{}|{}|{:?}",
+                        r.instance_id, r.media_type, r.stats_time, r.counts
+                    )
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+fn day_arg(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// A `ccc-etl` process against the emulator, with the S3 server's environment.
+fn ccc_etl(s3: &S3Server, config: &Path, db_url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(s3.env())
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+        .env("DATABASE_URL", db_url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const PYARROW_SUMMARY: &str = r#"
+import os, json, pyarrow.fs as pafs, pyarrow.parquet as pq
+host = os.environ["ENDPOINT"].removeprefix("http://")
+fs = pafs.S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1")
+out = {}
+for info in fs.get_file_info(pafs.FileSelector(os.environ["BUCKET"] + "/warehouse", recursive=True)):
+    if not info.path.endswith("/part-00000.parquet"):
+        continue
+    table, dt = info.path.split("/")[-3:-1]
+    t = pq.read_table(info.path, filesystem=fs)
+    counts = [c for c in t.column_names if c not in ("instance_id", "media_type", "stats_time", "fetched_at", "request_id")]
+    total = sum(sum(v for v in t.column(c).to_pylist()) for c in counts)
+    out[table + "/" + dt] = [t.num_rows, total, sorted(set(t.column("instance_id").to_pylist()))]
+print(json.dumps(out, sort_keys=True))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_into_s3_equals_the_same_backfill_into_a_local_root_file_for_file() {
+    let s3 = s3::server();
+    let bucket = s3.bucket().await;
+    let emu = common::start(common::options(&["ccc-a", "ccc-b"])).await;
+    let db = common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let (from, to) = (day_arg(today - 9 * DAY), day_arg(today - DAY));
+    let local_root = dir.path().join("local");
+    let local_cfg = dir.path().join("local.toml");
+    std::fs::write(
+        &local_cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\", \"ccc-b\"]\n\
+             [parquet]\nroot = \"{}\"\n",
+            emu.endpoint(),
+            local_root.display()
+        ),
+    )
+    .unwrap();
+    let s3_cfg = dir.path().join("s3.toml");
+    std::fs::write(
+        &s3_cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\", \"ccc-b\"]\n\
+             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://{bucket}/warehouse\"\n",
+            emu.endpoint()
+        ),
+    )
+    .unwrap();
+    let backfill = ["backfill", "--from", from.as_str(), "--to", to.as_str()];
+    let local = ccc_etl(s3, &local_cfg, &db.url, &backfill);
+    assert!(local.status.success(), "{}", text(&local));
+    let remote = ccc_etl(s3, &s3_cfg, &db.url, &backfill);
+    assert!(remote.status.success(), "{}", text(&remote));
+    assert!(
+        !dir.path().join("s3:").exists() && !Path::new("s3:").exists(),
+        "nothing is written to a local directory named after the scheme"
+    );
+
+    let local_root = Root::Local(Layout::new(&local_root));
+    let s3_root = Root::Object(Arc::new(object_root(s3, &bucket, "warehouse", true)));
+    let expected = contents(&local_root).await;
+    let got = contents(&s3_root).await;
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "the same day files"
+    );
+    assert!(expected.len() >= 3 * 8, "{} files", expected.len());
+    assert_eq!(got, expected, "file for file, the same rows");
+
+    // An independent reader: pyarrow's S3 filesystem against the same server.
+    let summary: BTreeMap<String, (u64, i64, Vec<String>)> =
+        serde_json::from_str(&s3.python(&bucket, PYARROW_SUMMARY)).unwrap();
+    assert_eq!(summary.len(), expected.len());
+    for ((table, day), rows) in &expected {
+        let key = format!("{}/dt={}", table.name(), day.format("%Y-%m-%d"));
+        let stored = local_root.read_rows(*table, *day).await.unwrap();
+        let total: i64 = stored.iter().flat_map(|r| r.counts.iter()).sum();
+        let mut instances: Vec<String> = stored.iter().map(|r| r.instance_id.clone()).collect();
+        instances.sort();
+        instances.dedup();
+        assert_eq!(
+            summary.get(&key),
+            Some(&(rows.len() as u64, total, instances)),
+            "{key} as pyarrow reads it"
+        );
+    }
+
+    // status and verify read the bucket; a second run fetches nothing and rewrites nothing.
+    let etags = |l: Vec<ccc_etl::sink::parquet::layout::Listed>| {
+        l.into_iter()
+            .map(|f| (f.table, f.day, f.etag))
+            .collect::<Vec<_>>()
+    };
+    let before = etags(s3_root.list().await.unwrap());
+    let status = ccc_etl(s3, &s3_cfg, &db.url, &["status"]);
+    // Exit 4: the rest of the 180 days is not back-filled, and status says so.
+    assert_eq!(status.status.code(), Some(4), "{}", text(&status));
+    for instance in ["ccc-a", "ccc-b"] {
+        let n = expected
+            .values()
+            .flatten()
+            .filter(|r| r.starts_with(&format!("{instance}|")))
+            .count();
+        assert!(
+            String::from_utf8_lossy(&status.stdout)
+                .contains(&format!("{instance}/Audio: parquet {n} rows, postgres {n} rows")),
+            "{}",
+            text(&status)
+        );
+    }
+    let verify = ccc_etl(s3, &s3_cfg, &db.url, &["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("agree"),
+        "{}",
+        text(&verify)
+    );
+    let calls = emu.stats().await.unwrap().calls.len();
+    let again = ccc_etl(s3, &s3_cfg, &db.url, &backfill);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        emu.stats().await.unwrap().calls.len(),
+        calls,
+        "nothing fetched again"
+    );
+    assert_eq!(
+        etags(s3_root.list().await.unwrap()),
+        before,
+        "no file rewritten"
+    );
+
+    // A file deleted from the bucket is noticed and fetched again, as on a local root.
+    let Root::Object(o) = &s3_root else {
+        unreachable!()
+    };
+    let (table, day) = *expected.keys().nth(3).unwrap();
+    let store = s3.store(&bucket, true);
+    object_store::ObjectStoreExt::delete(&*store, &o.day_key(table, day))
+        .await
+        .unwrap();
+    let repaired = ccc_etl(s3, &s3_cfg, &db.url, &backfill);
+    assert!(repaired.status.success(), "{}", text(&repaired));
+    assert!(emu.stats().await.unwrap().calls.len() > calls);
+    assert_eq!(
+        contents(&s3_root).await,
+        expected,
+        "the deleted day is back"
+    );
+    db.drop_db().await;
+}
+
+const DAY0: i64 = 20_400; // 2025-11-08, days since the epoch
+
+fn date(day: i64) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Duration::days(day)
+}
+
+/// One instance's day of hourly overall rows.
+fn batch(instance: &str, n: i64) -> Arc<WindowBatch> {
+    let key = WindowKey {
+        instance_id: instance.into(),
+        media_type: MediaType::Audio,
+        start_ms: DAY0 * DAY,
+        end_ms: (DAY0 + 1) * DAY,
+    };
+    Arc::new(WindowBatch {
+        final_end_ms: None,
+        request_id: format!("r-{instance}"),
+        fetched_at: Utc::now(),
+        attempts: 1,
+        inbound: vec![],
+        outbound: vec![],
+        overall: (0..24)
+            .map(|h| OverallRow {
+                stats_time: DAY0 * DAY + h * H,
+                max_logged_in_agents: n,
+            })
+            .collect(),
+        key,
+    })
+}
+
+async fn instances_in(root: &ObjectRoot) -> Vec<String> {
+    let root = Root::Object(Arc::new(clone_root(root)));
+    let mut v: Vec<String> = root
+        .read_rows(Table::Overall, date(DAY0))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect();
+    v.dedup();
+    v
+}
+
+fn clone_root(r: &ObjectRoot) -> ObjectRoot {
+    // A second client on the same bucket: what another process would see.
+    let s3 = s3::server();
+    object_root(s3, &r.url().bucket, &r.url().prefix, r.conditional())
+}
+
+/// `writers` tasks, each with its own client, merge their own instance into the same day at
+/// once; returns the conflicts the conditional writes saw.
+async fn race(roots: Vec<ObjectRoot>) -> u32 {
+    let mut tasks = vec![];
+    for (i, root) in roots.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            merge_day_into(
+                &root,
+                "race",
+                chrono_tz::UTC,
+                date(DAY0),
+                &[batch(&format!("w{i:02}"), i as i64)],
+            )
+            .await
+            .unwrap()
+            .conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    conflicts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conditional_writes_keep_every_racing_writers_rows() {
+    let s3 = s3::server();
+    let bucket = s3.bucket().await;
+    let a = object_root(s3, &bucket, "wh", true);
+    let b = object_root(s3, &bucket, "wh", true);
+    // Deterministic: A reads, B writes, A's write (If-Match on what it read) is refused.
+    merge_day_into(&a, "r", chrono_tz::UTC, date(DAY0), &[batch("first", 1)])
+        .await
+        .unwrap();
+    let read = a.fetch(Table::Overall, date(DAY0)).await.unwrap().unwrap();
+    merge_day_into(&b, "r", chrono_tz::UTC, date(DAY0), &[batch("second", 2)])
+        .await
+        .unwrap();
+    let stale = a
+        .put_day(
+            Table::Overall,
+            date(DAY0),
+            read.bytes.to_vec(),
+            Some(&read.version),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(stale, ccc_etl::sink::parquet::object::PutOutcome::Conflict),
+        "{stale:?}"
+    );
+    assert_eq!(instances_in(&a).await, ["first", "second"]);
+    // A new file is written with If-None-Match: a second creator is refused too.
+    let created = a
+        .put_day(Table::Inbound, date(DAY0), b"x".to_vec(), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        created,
+        ccc_etl::sink::parquet::object::PutOutcome::Written(_)
+    ));
+    let again = b
+        .put_day(Table::Inbound, date(DAY0), b"y".to_vec(), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        again,
+        ccc_etl::sink::parquet::object::PutOutcome::Conflict
+    ));
+
+    // Eight writers at once, no lock: conditional writes alone keep every writer's rows.
+    let bucket = s3.bucket().await;
+    let roots = (0..8)
+        .map(|_| object_root(s3, &bucket, "wh", true))
+        .collect();
+    let conflicts = race(roots).await;
+    let want: Vec<String> = (0..8).map(|i| format!("w{i:02}")).collect();
+    assert_eq!(
+        instances_in(&object_root(s3, &bucket, "wh", true)).await,
+        want,
+        "no writer's rows lost ({conflicts} conflicts merged again)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_conditional_writes_the_postgres_day_lock_keeps_every_writers_rows() {
+    let s3 = s3::server();
+    let db = common::TestDb::create().await;
+    let pool = db.pool().await;
+    // What the lock prevents: a stale unconditional write overwrites another writer's rows.
+    let bucket = s3.bucket().await;
+    let a = object_root(s3, &bucket, "wh", false);
+    let b = object_root(s3, &bucket, "wh", false);
+    merge_day_into(&a, "r", chrono_tz::UTC, date(DAY0), &[batch("first", 1)])
+        .await
+        .unwrap();
+    let read = a.fetch(Table::Overall, date(DAY0)).await.unwrap().unwrap();
+    merge_day_into(&b, "r", chrono_tz::UTC, date(DAY0), &[batch("second", 2)])
+        .await
+        .unwrap();
+    a.put_day(
+        Table::Overall,
+        date(DAY0),
+        read.bytes.to_vec(),
+        Some(&read.version),
+    )
+    .await
+    .unwrap();
+    assert_eq!(instances_in(&a).await, ["first"], "the lost update is real");
+
+    // The day lock: a second writer waits until the first one's transaction ends.
+    let locked = a.clone_with_locks(&pool);
+    let held = locked.lock_day("root", date(DAY0)).await.unwrap().unwrap();
+    let other = b.clone_with_locks(&pool);
+    let waiter = tokio::spawn(async move {
+        let tx = other.lock_day("root", date(DAY0)).await.unwrap();
+        drop(tx);
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!waiter.is_finished(), "the second writer waits for the day");
+    let _ = locked
+        .lock_day("root", date(DAY0 + 1))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("released with the transaction")
+        .unwrap();
+
+    // Eight writers at once, as on OSS: no conditional writes, the lock keeps every row.
+    let bucket = s3.bucket().await;
+    let roots = (0..8)
+        .map(|_| object_root(s3, &bucket, "wh", false).with_day_locks(pool.clone()))
+        .collect();
+    assert_eq!(race(roots).await, 0, "no conditional writes on this store");
+    let want: Vec<String> = (0..8).map(|i| format!("w{i:02}")).collect();
+    assert_eq!(
+        instances_in(&object_root(s3, &bucket, "wh", false)).await,
+        want
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
+
+trait WithLocks {
+    fn clone_with_locks(&self, pool: &sqlx::PgPool) -> ObjectRoot;
+}
+
+impl WithLocks for ObjectRoot {
+    fn clone_with_locks(&self, pool: &sqlx::PgPool) -> ObjectRoot {
+        clone_root(self).with_day_locks(pool.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oss_mode_and_multipart_uploads_write_the_same_files_and_leave_no_parts() {
+    let s3 = s3::server();
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let db = common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let (from, to) = (day_arg(today - 5 * DAY), day_arg(today - DAY));
+    let backfill = ["backfill", "--from", from.as_str(), "--to", to.as_str()];
+    let mut roots = vec![];
+    for (name, root, extra) in [
+        // OSS's S3 API on the same server, path-style: no conditional writes, the day lock.
+        ("oss", "oss", "region = \"cn-hangzhou\"\n"),
+        // Every file uploaded in parts.
+        ("multipart", "s3", "multipart_threshold_mib = 0\n"),
+    ] {
+        let bucket = s3.bucket().await;
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n\
+                 [postgres]\nschema = \"{name}\"\n[parquet]\nroot = \"{root}://{bucket}/warehouse\"\n\
+                 endpoint = \"{}\"\n{extra}",
+                emu.endpoint(),
+                s3.endpoint
+            ),
+        )
+        .unwrap();
+        let out = ccc_etl(s3, &cfg, &db.url, &backfill);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let verify = ccc_etl(s3, &cfg, &db.url, &["verify"]);
+        assert!(verify.status.success(), "{name}: {}", text(&verify));
+        roots.push((name, bucket));
+    }
+    let oss = contents(&Root::Object(Arc::new(object_root(
+        s3,
+        &roots[0].1,
+        "warehouse",
+        false,
+    ))))
+    .await;
+    let parts = contents(&Root::Object(Arc::new(object_root(
+        s3,
+        &roots[1].1,
+        "warehouse",
+        false,
+    ))))
+    .await;
+    assert!(oss.len() >= 3 * 4, "{}", oss.len());
+    assert_eq!(oss, parts, "both modes write the same files");
+    // Multipart ETags carry the part count; no upload is left open.
+    let listed = Root::Object(Arc::new(object_root(s3, &roots[1].1, "warehouse", false)))
+        .list()
+        .await
+        .unwrap();
+    assert!(listed.iter().all(|l| l.etag.ends_with("-1")), "{listed:?}");
+    let open = s3.python(
+        &roots[1].1,
+        "import os, boto3\n\
+         s3 = boto3.client('s3', endpoint_url=os.environ['ENDPOINT'])\n\
+         print(len(s3.list_multipart_uploads(Bucket=os.environ['BUCKET']).get('Uploads', [])))",
+    );
+    assert_eq!(open.trim(), "0");
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_name_the_root_never_a_secret_and_a_held_root_is_busy() {
+    let s3 = s3::server();
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let db = common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    let write = |bucket: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n\
+                 [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://{bucket}/wh\"\n",
+                emu.endpoint()
+            ),
+        )
+        .unwrap();
+    };
+    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let (from, to) = (day_arg(today - 2 * DAY), day_arg(today - DAY));
+    let backfill = ["backfill", "--from", from.as_str(), "--to", to.as_str()];
+    write("no-such-bucket");
+    let out = ccc_etl(s3, &cfg, &db.url, &backfill);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("s3://no-such-bucket/wh"), "{all}");
+    assert!(!all.contains(s3::SECRET_ACCESS_KEY), "{all}");
+    assert!(!all.contains(s3::ACCESS_KEY_ID), "{all}");
+    assert!(
+        emu.stats().await.unwrap().calls.is_empty(),
+        "refused before any request"
+    );
+
+    // Another run holds the root: exit 5, nothing written.
+    let bucket = s3.bucket().await;
+    write(&bucket);
+    let pool = db.pool().await;
+    let url = ObjectUrl {
+        kind: StoreKind::S3,
+        bucket: bucket.clone(),
+        prefix: "wh".into(),
+    };
+    // The schema must exist for the run to reach the lock: migrate first.
+    let migrated = ccc_etl(s3, &cfg, &db.url, &["migrate"]);
+    assert!(migrated.status.success(), "{}", text(&migrated));
+    let held = ObjectRoot::lock_root(&pool, &url).await.unwrap().unwrap();
+    let busy = ccc_etl(s3, &cfg, &db.url, &backfill);
+    assert_eq!(busy.status.code(), Some(5), "{}", text(&busy));
+    assert!(
+        text(&busy).contains("another ccc-etl run"),
+        "{}",
+        text(&busy)
+    );
+    sqlx::Connection::close(held).await.unwrap();
+    let ok = ccc_etl(s3, &cfg, &db.url, &backfill);
+    assert!(ok.status.success(), "{}", text(&ok));
+    pool.close().await;
+    db.drop_db().await;
+}
