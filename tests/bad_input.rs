@@ -306,15 +306,39 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             expect: "--metrics-file /nonexistent-dir/ccc_etl.prom: cannot write",
         },
         Case {
-            name: "object-storage root",
-            config: Some(ok.replacen(
+            name: "object-storage root without PostgreSQL",
+            config: Some(
+                ok.replacen(&format!("url = \"{}\"\n", db.url), "", 1)
+                    .replacen("[postgres]\nschema = \"ccc\"\n", "", 1)
+                    .replacen(
+                        &format!("root = \"{}\"", root.display()),
+                        "root = \"s3://bucket/warehouse\"",
+                        1,
+                    ),
+            ),
+            args: bf(),
+            creds: both,
+            expect: "needs a [postgres] section",
+        },
+        Case {
+            name: "unknown root scheme",
+            config: Some(with(
                 &format!("root = \"{}\"", root.display()),
-                "root = \"s3://bucket/warehouse\"",
-                1,
+                "root = \"hdfs://namenode/warehouse\"",
             )),
             args: bf(),
             creds: both,
-            expect: "object storage (s3://) is not supported yet",
+            expect: "unknown scheme hdfs://",
+        },
+        Case {
+            name: "object store over plain HTTP",
+            config: Some(with(
+                &format!("root = \"{}\"", root.display()),
+                "root = \"s3://bucket/warehouse\"\nendpoint = \"http://minio.example.com:9000\"",
+            )),
+            args: bf(),
+            creds: both,
+            expect: "plain HTTP to a non-loopback host",
         },
         Case {
             name: "unknown instance",

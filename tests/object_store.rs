@@ -186,8 +186,9 @@ async fn a_backfill_into_s3_equals_the_same_backfill_into_a_local_root_file_for_
             .filter(|r| r.starts_with(&format!("{instance}|")))
             .count();
         assert!(
-            String::from_utf8_lossy(&status.stdout)
-                .contains(&format!("{instance}/Audio: parquet {n} rows, postgres {n} rows")),
+            String::from_utf8_lossy(&status.stdout).contains(&format!(
+                "{instance}/Audio: parquet {n} rows, postgres {n} rows"
+            )),
             "{}",
             text(&status)
         );
@@ -564,5 +565,82 @@ async fn store_errors_name_the_root_never_a_secret_and_a_held_root_is_busy() {
     let ok = ccc_etl(s3, &cfg, &db.url, &backfill);
     assert!(ok.status.success(), "{}", text(&ok));
     pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_and_check_work_against_a_bucket() {
+    let s3 = s3::server();
+    let db = common::TestDb::create().await;
+    let bucket = s3.bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .current_dir(dir.path())
+        .args(["-q", "demo", "--days", "2", "--parquet-root"])
+        .arg(format!("s3://{bucket}/demo"))
+        .envs(s3.env())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", text(&demo));
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written to the working directory"
+    );
+    let root = Root::Object(Arc::new(object_root(s3, &bucket, "demo", true)));
+    let listed = root.list().await.unwrap();
+    assert!(listed.len() >= 3 * 2, "{listed:?}");
+    let rows: usize = contents(&root).await.values().map(Vec::len).sum();
+    let pool = db.pool().await;
+    let in_pg: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM ccc_demo.inbound_trend) + \
+         (SELECT count(*) FROM ccc_demo.outbound_trend) + (SELECT count(*) FROM ccc_demo.overall_trend)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows as i64, in_pg, "the bucket holds what PostgreSQL holds");
+    pool.close().await;
+
+    // Without DATABASE_URL a bucket is refused: its ledger needs PostgreSQL.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .current_dir(dir.path())
+        .args(["-q", "demo", "--days", "2", "--parquet-root"])
+        .arg(format!("s3://{bucket}/demo2"))
+        .envs(s3.env())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("DATABASE_URL"),
+        "{}",
+        text(&refused)
+    );
+
+    // `check` probes the bucket with a write and a delete.
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n\
+             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://{bucket}/checked\"\n",
+            emu.endpoint()
+        ),
+    )
+    .unwrap();
+    let check = ccc_etl(s3, &cfg, &db.url, &["check"]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains(&format!("s3://{bucket}/checked is writable")),
+        "{}",
+        text(&check)
+    );
+    let checked = Root::Object(Arc::new(object_root(s3, &bucket, "checked", true)));
+    assert!(
+        checked.list().await.unwrap().is_empty(),
+        "the probe is deleted"
+    );
     db.drop_db().await;
 }
