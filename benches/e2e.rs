@@ -227,10 +227,10 @@ async fn load_from_parquet(store: &ccc_etl::sink::postgres::PgStore, root: &std:
             }
         }
     }
-    let run = ccc_etl::sink::RunContext {
-        run_id: uuid::Uuid::new_v4(),
-        ledger: std::sync::Arc::new(ccc_etl::ledger::MemoryLedger::default()),
-    };
+    let run = ccc_etl::sink::RunContext::new(
+        uuid::Uuid::new_v4(),
+        std::sync::Arc::new(ccc_etl::ledger::MemoryLedger::default()),
+    );
     for b in series.values() {
         sink.commit(b, &run).await.unwrap();
     }

@@ -133,6 +133,21 @@ pub struct PipelineConfig {
     /// this many days.
     #[serde(default = "default_alert_days", deserialize_with = "alert_days")]
     pub aging_alert_days: u32,
+    /// Several workers: how long a claimed window stays a worker's without a heartbeat (a dead
+    /// worker's windows are taken over after this).
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    /// Several workers: how often a worker extends its leases and re-reads the shared rate.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+}
+
+fn default_lease() -> u64 {
+    60
+}
+
+fn default_heartbeat() -> u64 {
+    10
 }
 
 impl PipelineConfig {
@@ -695,6 +710,15 @@ impl Config {
     /// What the sections say together: an object-storage root needs PostgreSQL for its ledger
     /// and locks, and its endpoint must be one the store can be reached at safely.
     pub fn check_sinks(&self) -> Result<(), String> {
+        let p = &self.pipeline;
+        if p.heartbeat_secs == 0 || p.lease_secs < 2 * p.heartbeat_secs {
+            return Err(format!(
+                "[pipeline] lease_secs = {} and heartbeat_secs = {}: the heartbeat must be at \
+                 least 1 s and the lease at least two heartbeats, so that a live worker never \
+                 loses its windows",
+                p.lease_secs, p.heartbeat_secs
+            ));
+        }
         let Some(pq) = &self.parquet else {
             return Ok(());
         };
@@ -771,6 +795,8 @@ impl Config {
                 lookback_days: default_lookback(),
                 horizon_margin_minutes: default_margin(),
                 aging_alert_days: default_alert_days(),
+                lease_secs: default_lease(),
+                heartbeat_secs: default_heartbeat(),
             },
             postgres: Some(PostgresConfig {
                 url: None,
@@ -799,6 +825,8 @@ impl Config {
                 lookback_days: default_lookback(),
                 horizon_margin_minutes: default_margin(),
                 aging_alert_days: default_alert_days(),
+                lease_secs: default_lease(),
+                heartbeat_secs: default_heartbeat(),
             },
             postgres: None,
             parquet: None,

@@ -26,6 +26,7 @@ pub mod ccc;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod coord;
 pub mod dedup;
 pub mod error;
 pub mod ledger;

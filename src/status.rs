@@ -97,6 +97,10 @@ pub struct StatusReport {
     /// What a sink was found not to hold although the ledger says so (missing, changed or
     /// damaged day files); those days count as not covered.
     pub findings: Vec<String>,
+    /// Workers seen in the last day, live ones first (PostgreSQL only).
+    pub workers: Vec<crate::coord::WorkerRow>,
+    /// Leases whose worker stopped heartbeating and that no worker has taken over yet.
+    pub expired_leases: i64,
 }
 
 /// Ranges of one series: (covered, recoverable gaps, lost gaps, aging out).
@@ -201,6 +205,8 @@ pub async fn build(
         series: out,
         alert,
         findings: vec![],
+        workers: vec![],
+        expired_leases: 0,
     })
 }
 
@@ -217,6 +223,31 @@ impl StatusReport {
         );
         for f in &self.findings {
             s.push_str(&format!("NOT COVERED: {f}\n"));
+        }
+        for w in &self.workers {
+            s.push_str(&format!(
+                "worker {} {} on {} pid {}: {}, started {}, last heartbeat {}, {} window(s) in flight, {} done, {} commit(s) fenced\n",
+                &w.worker_id[..8.min(w.worker_id.len())],
+                w.command,
+                w.host,
+                w.pid,
+                match (w.live, w.stopped) {
+                    (true, _) => "live",
+                    (false, true) => "finished",
+                    (false, false) => "GONE (no heartbeat: its leases expire and are taken over)",
+                },
+                t(w.started_at.timestamp_millis()),
+                t(w.heartbeat_at.timestamp_millis()),
+                w.windows_in_flight,
+                w.windows_done,
+                w.fenced
+            ));
+        }
+        if self.expired_leases > 0 {
+            s.push_str(&format!(
+                "{} expired lease(s): their worker stopped heartbeating; the next worker takes them over\n",
+                self.expired_leases
+            ));
         }
         for x in &self.series {
             let rows: Vec<String> = x

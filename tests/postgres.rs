@@ -613,10 +613,10 @@ async fn a_plain_insert_racing_an_outside_writer_falls_back_to_the_upsert() {
         .execute(&mut *outside)
         .await
         .unwrap();
-    let run = RunContext {
-        run_id: uuid::Uuid::new_v4(),
-        ledger: Arc::new(ccc_etl::ledger::MemoryLedger::default()),
-    };
+    let run = RunContext::new(
+        uuid::Uuid::new_v4(),
+        Arc::new(ccc_etl::ledger::MemoryLedger::default()),
+    );
     let task = tokio::spawn(async move { sink.commit(&batch, &run).await });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {

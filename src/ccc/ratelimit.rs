@@ -41,6 +41,10 @@ struct PacerState {
 #[derive(Debug)]
 pub struct AdaptivePacer {
     max_qps: f64,
+    /// The share of `max_qps` this process may use (several workers share one budget), as
+    /// f64 bits.
+    ceiling: std::sync::atomic::AtomicU64,
+    throttles: std::sync::atomic::AtomicU64,
     min_qps: f64,
     recovery_per_sec: f64,
     state: Mutex<PacerState>,
@@ -53,6 +57,8 @@ impl AdaptivePacer {
         let now = Instant::now();
         Self {
             max_qps,
+            ceiling: std::sync::atomic::AtomicU64::new(max_qps.to_bits()),
+            throttles: std::sync::atomic::AtomicU64::new(0),
             min_qps: (max_qps / 50.0).max(0.05).min(max_qps),
             recovery_per_sec: (max_qps / 20.0).max(0.5),
             state: Mutex::new(PacerState {
@@ -64,9 +70,28 @@ impl AdaptivePacer {
         }
     }
 
+    fn ceiling(&self) -> f64 {
+        f64::from_bits(self.ceiling.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Caps the rate at `qps` (at most `max_qps`): this process's share of a budget shared with
+    /// other workers.
+    pub fn set_ceiling(&self, qps: f64) {
+        let qps = qps.clamp(self.min_qps, self.max_qps);
+        self.ceiling
+            .store(qps.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        let mut st = self.state.lock().expect("pacer lock");
+        st.rate = st.rate.min(qps);
+    }
+
+    /// Throttling answers seen so far.
+    pub fn throttles(&self) -> u64 {
+        self.throttles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn recover(&self, st: &mut PacerState, now: Instant) {
         let elapsed = now.saturating_duration_since(st.last_update).as_secs_f64();
-        st.rate = (st.rate + elapsed * self.recovery_per_sec).min(self.max_qps);
+        st.rate = (st.rate + elapsed * self.recovery_per_sec).min(self.ceiling());
         st.last_update = now;
     }
 }
@@ -86,6 +111,22 @@ impl RateLimiter for AdaptivePacer {
     }
 
     fn on_throttled(&self) {
+        self.throttles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.slow_down();
+    }
+
+    fn current_qps(&self) -> f64 {
+        let mut st = self.state.lock().expect("pacer lock");
+        self.recover(&mut st, Instant::now());
+        st.rate
+    }
+}
+
+impl AdaptivePacer {
+    /// Slows down as on a throttling answer, without counting one: another worker sharing the
+    /// budget was throttled.
+    pub fn slow_down(&self) {
         let mut st = self.state.lock().expect("pacer lock");
         let now = Instant::now();
         self.recover(&mut st, now);
@@ -100,12 +141,6 @@ impl RateLimiter for AdaptivePacer {
         st.last_decrease = Some(now);
         // Leave one empty slot at the new rate so the limit's window can drain.
         st.next_slot = st.next_slot.max(now) + Duration::from_secs_f64(1.0 / st.rate);
-    }
-
-    fn current_qps(&self) -> f64 {
-        let mut st = self.state.lock().expect("pacer lock");
-        self.recover(&mut st, Instant::now());
-        st.rate
     }
 }
 

@@ -84,6 +84,7 @@ pub(crate) async fn run_demo(
             now,
             quiet,
             run_id: None,
+            workers: None,
         },
     )
     .await?;

@@ -8,12 +8,14 @@ use anyhow::Context as _;
 use chrono::Utc;
 use tracing::Instrument as _;
 
-use super::open::open_sinks;
+use super::open::open_sinks_and_store;
 use super::{report, resolve_instances};
 use crate::ccc::client::CccClient;
 use crate::ccc::ratelimit::AdaptivePacer;
 use crate::cli::RangeArgs;
 use crate::config::{Config, Credentials};
+use crate::coord::{Coordinator, LeaseSettings};
+use std::time::Duration;
 use crate::error::{EXIT_OK, InputError};
 use crate::ledger::Ledger;
 use crate::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind, RunSummary};
@@ -89,7 +91,7 @@ pub(crate) async fn run_job(
     let outcome = async {
         let credentials = Credentials::from_env()?;
         preflight_endpoint(&config.source.endpoint).await?;
-        let (sinks, ledger) = open_sinks(config).await?;
+        let (sinks, ledger, store) = open_sinks_and_store(config).await?;
         let summary = execute(
             config,
             credentials,
@@ -100,6 +102,7 @@ pub(crate) async fn run_job(
                 now,
                 quiet,
                 run_id: Some(run_id),
+                workers: store.map(|s| s.pool().clone()),
             },
         )
         .await?;
@@ -195,6 +198,9 @@ pub struct HowToRun {
     pub quiet: bool,
     /// The run's id, chosen by the caller.
     pub run_id: Option<uuid::Uuid>,
+    /// PostgreSQL, where this run claims its windows so that several workers can share the job
+    /// (`backfill`, `nightly`); none: the run does every window itself.
+    pub workers: Option<sqlx::PgPool>,
 }
 
 /// Builds the client and runs a backfill.
@@ -206,9 +212,14 @@ pub async fn execute(
     req: &BackfillRequest,
     how: HowToRun,
 ) -> anyhow::Result<RunSummary> {
-    let HowToRun { now, quiet, run_id } = how;
+    let HowToRun {
+        now,
+        quiet,
+        run_id,
+        workers,
+    } = how;
     let limiter = Arc::new(AdaptivePacer::new(config.source.max_qps));
-    let client = CccClient::new(&config.source, credentials, limiter)
+    let client = CccClient::new(&config.source, credentials, limiter.clone())
         .context("cannot build the HTTP client")?;
     let mut engine = Backfill::new(
         config.clone(),
@@ -221,6 +232,21 @@ pub async fn execute(
     if let Some(id) = run_id {
         engine = engine.with_run_id(id);
     }
+    let coordinator = match workers {
+        Some(pool) => {
+            let settings = LeaseSettings {
+                lease: Duration::from_secs(config.pipeline.lease_secs),
+                heartbeat: Duration::from_secs(config.pipeline.heartbeat_secs),
+            };
+            let c = Coordinator::register(pool, req.kind.as_str(), settings)
+                .await?
+                .with_pacer(limiter, config.source.max_qps);
+            c.beat().await?;
+            engine = engine.with_coordinator(c.clone());
+            Some((c.clone(), c.spawn_heartbeat()))
+        }
+        None => None,
+    };
     // SIGTERM (Kubernetes eviction, systemd stop) or Ctrl-C: stop taking windows, write what is
     // held, report. A second signal ends the process at once.
     let first = super::shutdown_signal();
@@ -232,7 +258,14 @@ pub async fn execute(
             std::process::exit(130);
         });
     };
-    engine.run_until(req, stop).await
+    let result = engine.run_until(req, stop).await;
+    if let Some((c, heartbeat)) = coordinator {
+        heartbeat.abort();
+        if let Err(e) = c.stop().await {
+            tracing::warn!(error = %e, "could not hand back the leases at the end of the run");
+        }
+    }
+    result
 }
 
 /// Checks that the endpoint resolves and accepts a TCP connection, so that a wrong host or port

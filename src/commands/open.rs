@@ -107,6 +107,15 @@ pub(crate) async fn open_read_only(
 /// PostgreSQL is configured (it then tracks the Parquet commits too), else the file ledger under
 /// the Parquet root. Everything is checked here, before any API request is sent.
 pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, Arc<dyn Ledger>)> {
+    let (sinks, ledger, _) = open_sinks_and_store(config).await?;
+    Ok((sinks, ledger))
+}
+
+/// The sinks already opened: the PostgreSQL sink and the ledger, and PostgreSQL itself.
+pub type Opened = (Vec<Arc<dyn Sink>>, Arc<dyn Ledger>, Option<PgStore>);
+
+/// [`open_sinks`], and the PostgreSQL store it connected to (workers coordinate there).
+pub(crate) async fn open_sinks_and_store(config: &Config) -> anyhow::Result<Opened> {
     if config.postgres.is_none() && config.parquet.is_none() {
         return Err(InputError::new(
             "no sink is configured: add a [parquet] and/or a [postgres] section",
@@ -165,7 +174,7 @@ pub async fn open_sinks(config: &Config) -> anyhow::Result<(Vec<Arc<dyn Sink>>, 
         .map_err(|e| anyhow::anyhow!("cannot check the Parquet root against the ledger: {e}"))?;
         sinks.push(Arc::new(p));
     }
-    Ok((sinks, ledger))
+    Ok((sinks, ledger, store))
 }
 
 /// The ledger's name for a Parquet root, read without writing: its id; for a root an older

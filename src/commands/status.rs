@@ -118,6 +118,15 @@ async fn report(
     )
     .await?;
     report.findings = findings;
+    if let Some(store) = &store {
+        let (workers, expired) = crate::coord::workers(
+            store.pool(),
+            std::time::Duration::from_secs(config.pipeline.lease_secs),
+        )
+        .await?;
+        report.workers = workers;
+        report.expired_leases = expired;
+    }
     Ok(report)
 }
 

@@ -144,6 +144,7 @@ pub(crate) async fn run_repair(
         now,
         quiet,
         run_id: None,
+        workers: None,
     };
     let summary = execute(config, credentials, sinks, ledger.clone(), &req, how).await?;
     finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await

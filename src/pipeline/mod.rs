@@ -8,6 +8,7 @@
 //! `window.rs`; what happened is applied to the run's [`Tally`], the one owner of window state.
 //! Each sink records its own commits in the ledger.
 
+mod claim;
 mod summary;
 mod tally;
 mod window;
@@ -26,6 +27,7 @@ pub use summary::{FailedWindow, RunStatus, RunSummary};
 pub use tally::{Event, Step, Tally};
 
 use crate::ccc::client::CccClient;
+use crate::coord::Coordinator;
 use crate::config::Config;
 use crate::error::InputError;
 use crate::ledger::{self, Ledger, RunRecord, SinkId};
@@ -125,6 +127,8 @@ pub struct Backfill {
     unknown_instances: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The run's id when the caller chose it (and opened the run's span itself).
     run_id: Option<uuid::Uuid>,
+    /// This worker's leases, when windows are claimed from PostgreSQL.
+    coordinator: Option<Arc<Coordinator>>,
 }
 
 /// One run in progress.
@@ -155,7 +159,15 @@ impl Backfill {
             progress,
             unknown_instances: Default::default(),
             run_id: None,
+            coordinator: None,
         }
+    }
+
+    /// Claims each window from PostgreSQL before fetching it, so that several workers share
+    /// the job (see [`crate::coord`]).
+    pub fn with_coordinator(mut self, coordinator: Arc<Coordinator>) -> Self {
+        self.coordinator = Some(coordinator);
+        self
     }
 
     /// Runs under this id; the caller has entered a `run` span with `run_id` and `command`, so
@@ -223,6 +235,9 @@ impl Backfill {
         };
         report_lost(&plan, req.strict_horizon, &mut summary)?;
         let ids = window::sink_ids(&self.sinks);
+        // Before the ledger is read: a window another worker finishes after this instant is
+        // queued again by nobody (see `Coordinator::enqueue`).
+        let planned_at = Utc::now();
         let (windows, skipped) =
             pending_windows(&self.config, self.ledger.as_ref(), &ids, req, &plan).await?;
         summary.windows_skipped_committed = skipped;
@@ -239,6 +254,9 @@ impl Backfill {
             })
             .await?;
         tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
+        if let Some(c) = &self.coordinator {
+            c.enqueue(&windows, planned_at).await?;
+        }
         self.progress.start(windows.len() as u64);
         for sink in &self.sinks {
             sink.expect(&windows);
@@ -250,6 +268,7 @@ impl Backfill {
             ctx: RunContext {
                 run_id,
                 ledger: self.ledger.clone(),
+                coordinator: self.coordinator.clone(),
             },
             tally: Tally::new(self.sinks.iter().map(|s| s.kind()), summary),
         };
@@ -263,6 +282,9 @@ impl Backfill {
         windows: Vec<WindowKey>,
         stop: impl std::future::Future<Output = ()>,
     ) -> Run {
+        if let Some(c) = self.coordinator.clone() {
+            return self.fetch_claimed(run, windows, stop, c).await;
+        }
         let total = windows.len() as u64;
         let concurrency = self.config.source.concurrency.max(1);
         let ctx = run.ctx.clone();
@@ -343,7 +365,13 @@ impl Backfill {
 
     /// Applies an event to the tally and the progress display; returns a run-fatal error.
     fn apply(&self, tally: &mut Tally, event: Event) -> Option<String> {
-        match tally.apply(event) {
+        let step = tally.apply(event);
+        if let Some(c) = &self.coordinator {
+            for key in tally.take_ok() {
+                c.finished(key);
+            }
+        }
+        match step {
             Step::Quiet => None,
             Step::WindowDone { rows } => {
                 self.progress.window_done(rows, &self.client);

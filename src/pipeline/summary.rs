@@ -34,6 +34,9 @@ pub struct RunSummary {
     pub windows_failed: Vec<FailedWindow>,
     /// Windows already committed before this run and skipped.
     pub windows_skipped_committed: u64,
+    /// Windows of this run's plan that other workers of the job did.
+    #[serde(default)]
+    pub windows_done_elsewhere: u64,
     /// Rows committed, per table.
     pub rows: BTreeMap<String, u64>,
     /// Per sink: inserted, revised, unchanged.
@@ -100,6 +103,12 @@ impl RunSummary {
             self.windows_skipped_committed,
             self.duration_secs
         ));
+        if self.windows_done_elsewhere > 0 {
+            s.push_str(&format!(
+                "  {} window(s) done by other workers of the job\n",
+                self.windows_done_elsewhere
+            ));
+        }
         for t in Table::ALL {
             s.push_str(&format!(
                 "  {:<15} {} rows\n",

@@ -54,6 +54,8 @@ pub enum Event {
     UnknownInstance(String),
     /// Every further request would fail: stop the run.
     Fatal(String),
+    /// Another worker of the job did this window.
+    DoneElsewhere(WindowKey),
 }
 
 /// What applying an event means for the caller (progress, stopping).
@@ -84,6 +86,8 @@ pub struct Tally {
     sinks: BTreeSet<SinkKind>,
     windows: HashMap<WindowKey, Pending>,
     summary: RunSummary,
+    /// Windows counted ok since the last [`Tally::take_ok`].
+    ok: Vec<WindowKey>,
 }
 
 impl Tally {
@@ -93,7 +97,13 @@ impl Tally {
             sinks: sinks.into_iter().collect(),
             windows: HashMap::new(),
             summary,
+            ok: Vec::new(),
         }
+    }
+
+    /// The windows counted ok since the last call.
+    pub fn take_ok(&mut self) -> Vec<WindowKey> {
+        std::mem::take(&mut self.ok)
     }
 
     /// The summary so far.
@@ -175,6 +185,10 @@ impl Tally {
                 Step::Quiet
             }
             Event::Fatal(msg) => Step::Stop(msg),
+            Event::DoneElsewhere(_) => {
+                self.summary.windows_done_elsewhere += 1;
+                Step::WindowDone { rows: 0 }
+            }
         }
     }
 
@@ -218,6 +232,7 @@ impl Tally {
                 .or_default() += n;
         }
         self.windows.remove(key);
+        self.ok.push(key.clone());
     }
 }
 

@@ -160,7 +160,7 @@ impl Backfill {
     }
 
     /// Tells every sink a window will not come, after `events`.
-    async fn skip_all(
+    pub(super) async fn skip_all(
         &self,
         planned: &WindowKey,
         mut events: Vec<Event>,

@@ -84,6 +84,9 @@ pub struct RunContext {
     pub run_id: uuid::Uuid,
     /// Where commits are recorded.
     pub ledger: Arc<dyn Ledger>,
+    /// The worker's leases, when several workers share the job: a commit counts only while the
+    /// window's lease is still this worker's.
+    pub coordinator: Option<Arc<crate::coord::Coordinator>>,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -95,6 +98,41 @@ impl std::fmt::Debug for RunContext {
 }
 
 impl RunContext {
+    /// A run's context without coordination (one worker).
+    pub fn new(run_id: uuid::Uuid, ledger: Arc<dyn Ledger>) -> Self {
+        Self {
+            run_id,
+            ledger,
+            coordinator: None,
+        }
+    }
+
+    /// Windows whose lease was taken over by another worker are not recorded: they move to
+    /// `failed`, and the newer worker's commit stands.
+    async fn fence(&self, c: &crate::coord::Coordinator, w: &mut Written) {
+        let keys: Vec<WindowKey> = w.durable.iter().map(|d| d.key.clone()).collect();
+        let mine = match c.still_mine(&keys).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the windows' leases: not recorded");
+                Default::default()
+            }
+        };
+        let (kept, refused): (Vec<_>, Vec<_>) =
+            w.durable.drain(..).partition(|d| mine.contains(&d.key));
+        w.durable = kept;
+        for d in refused {
+            w.failed.push((
+                d.key,
+                SinkError {
+                    sink: SinkKind::Parquet,
+                    message: "fenced: the window's lease was taken over by another worker".into(),
+                    retryable: false,
+                },
+            ));
+        }
+    }
+
     /// Records what a sink made durable during one call: takes back the commits of damaged
     /// days, then records the day files and the durable windows in one step. Windows whose
     /// record fails are moved to `failed` (their rows are on disk, but a window counts only once
@@ -115,6 +153,9 @@ impl RunContext {
         if w.durable.is_empty() && w.files.is_empty() {
             self.record_failed(sink, &w.failed).await;
             return w;
+        }
+        if let Some(c) = &self.coordinator {
+            self.fence(c, &mut w).await;
         }
         let entries: Vec<LedgerEntry> = w
             .durable

@@ -154,6 +154,13 @@ impl PgStore {
         let describe = describe(&base);
         let mut conn = first_connection(&base, &describe).await?;
         if access != Access::ReadOnly {
+            // Several workers start at once: one creates the schema and migrates, the others
+            // wait for it on this lock (held by this connection until the checks are done).
+            sqlx::query("SELECT pg_advisory_lock(hashtext($1), 1)")
+                .bind(format!("ccc-etl:migrate:{}", schema.as_str()))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| unreachable(&describe, e))?;
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
                 .execute(&mut conn)
                 .await
@@ -164,7 +171,6 @@ impl PgStore {
                     ))
                 })?;
         }
-        let _ = conn.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
@@ -188,6 +194,8 @@ impl PgStore {
             })?;
         }
         store.check_timezone(timezone, access).await?;
+        // Closing the session releases the migration lock.
+        let _ = conn.close().await;
         Ok(store)
     }
 
@@ -446,7 +454,8 @@ WHERE w.sink = $1 AND w.target = $2 AND w.status = 'committed'
   AND w.start_ms < r.end_ms AND r.start_ms < w.end_ms
 "#;
 
-async fn upsert_files<'e, E: sqlx::Executor<'e, Database = Postgres>>(
+/// Records day files in the manifest (`parquet_files`).
+pub(crate) async fn upsert_files<'e, E: sqlx::Executor<'e, Database = Postgres>>(
     exec: E,
     files: &[DayFile],
 ) -> Result<(), sqlx::Error> {
@@ -547,6 +556,11 @@ impl PostgresSink {
         fast_path: bool,
     ) -> Result<CommitStats, sqlx::Error> {
         let mut tx = self.store.pool.begin().await?;
+        if let Some(c) = &run.coordinator
+            && !c.fence(&mut tx, &b.key).await?
+        {
+            return Err(sqlx::Error::Protocol(FENCED.into()));
+        }
         let series = format!("ccc-etl:{}:{}", b.key.instance_id, b.key.media_type);
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(&series)
@@ -604,7 +618,17 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+/// Why a commit of a window whose lease was taken over is refused.
+const FENCED: &str = "fenced: the window's lease was taken over by another worker";
+
 fn sink_err(e: sqlx::Error) -> SinkError {
+    if matches!(&e, sqlx::Error::Protocol(m) if m == FENCED) {
+        return SinkError {
+            sink: SinkKind::Postgres,
+            retryable: false,
+            message: FENCED.into(),
+        };
+    }
     SinkError {
         sink: SinkKind::Postgres,
         retryable: is_retryable(&e),

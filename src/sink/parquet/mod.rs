@@ -99,9 +99,9 @@ pub fn schema(table: Table) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The sink. Holds the root's exclusive lock while it lives (a lock file for a local root, a
-/// PostgreSQL advisory lock for one on object storage), so two runs never merge into the same
-/// files at once.
+/// The sink. On a local root it holds the root's exclusive lock (`_ccc_etl/lock`) while it
+/// lives, so two runs never merge into the same files at once; on object storage several
+/// workers write at once, each day under its lock in PostgreSQL (and a conditional write).
 pub struct ParquetSink {
     root: Root,
     /// The root's id (`_ccc_etl/root.json`): the ledger's target for its commits.
@@ -121,8 +121,9 @@ pub struct ParquetSink {
 enum RootLock {
     /// The locked `_ccc_etl/lock` file.
     File(#[allow(dead_code)] File),
-    /// The PostgreSQL session holding the root's advisory lock.
-    Pg(#[allow(dead_code)] Mutex<sqlx::PgConnection>),
+    /// None: several workers write an object-storage root at once, each day under its lock in
+    /// PostgreSQL.
+    Shared,
 }
 
 fn err(message: String, retryable: bool) -> SinkError {
@@ -188,8 +189,8 @@ impl ParquetSink {
         ))
     }
 
-    /// A sink writing to a root on object storage. Its lock and each day's lock are held in
-    /// PostgreSQL (`pool`); a probe object is written and deleted first, so missing
+    /// A sink writing to a root on object storage. Each day's lock is held in PostgreSQL
+    /// (`pool`), so several workers may write the root at once; a probe object is written and deleted first, so missing
     /// permissions or a wrong secret are found before any API request.
     pub async fn open_object(
         root: ObjectRoot,
@@ -197,16 +198,15 @@ impl ParquetSink {
         pool: &sqlx::PgPool,
     ) -> Result<Self, OpenError> {
         let url = root.url().clone();
-        let conn = ObjectRoot::lock_root(pool, &url)
-            .await
-            .map_err(|e| err(e, false))?
-            .ok_or_else(|| {
-                OpenError::Busy(format!(
-                    "another ccc-etl run is writing to {url} (its lock in PostgreSQL is held); \
-                     wait for it to finish"
-                ))
-            })?;
         root.probe_write().await.map_err(|e| err(e, false))?;
+        // Workers starting together on a new root must agree on its id: one creates it, under
+        // a lock in PostgreSQL, and the others read it.
+        let mut tx = pool.begin().await.map_err(|e| err(e.to_string(), false))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), 2)")
+            .bind(format!("ccc-etl:parquet-root:{url}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| err(format!("cannot lock {url} in PostgreSQL: {e}"), false))?;
         let meta = match root.read_meta().await.map_err(|e| err(e, false))? {
             Some(meta) => {
                 check_zone(&url.to_string(), &meta, timezone)?;
@@ -218,13 +218,16 @@ impl ParquetSink {
                 meta
             }
         };
+        tx.commit()
+            .await
+            .map_err(|e| err(e.to_string(), false))?;
         let root = root.with_day_locks(pool.clone());
         Ok(Self::with_root(
             Root::Object(Arc::new(root)),
             meta.id,
             false,
             timezone,
-            RootLock::Pg(Mutex::new(conn)),
+            RootLock::Shared,
         ))
     }
 
@@ -617,7 +620,22 @@ async fn write_day_object(
             break;
         }
     }
-    if let Some(tx) = lock {
+    if let Some(mut tx) = lock {
+        // Recorded under the day's lock: with several writers, the manifest names the ETag of
+        // the last write, never an earlier writer's recorded late.
+        let files: Vec<DayFile> = std::mem::take(&mut out.files)
+            .into_iter()
+            .map(|(table, etag, rows)| DayFile {
+                target: root_id.to_string(),
+                table,
+                day,
+                etag,
+                rows,
+            })
+            .collect();
+        crate::sink::postgres::upsert_files(&mut *tx, &files)
+            .await
+            .map_err(|e| DayError::Io(format!("cannot record the files of day {day}: {e}")))?;
         tx.commit()
             .await
             .map_err(|e| DayError::Io(format!("cannot release the lock of day {day}: {e}")))?;
@@ -1140,10 +1158,10 @@ mod tests {
     }
 
     fn run() -> RunContext {
-        RunContext {
-            run_id: uuid::Uuid::nil(),
-            ledger: Arc::new(crate::ledger::MemoryLedger::default()),
-        }
+        RunContext::new(
+            uuid::Uuid::nil(),
+            Arc::new(crate::ledger::MemoryLedger::default()),
+        )
     }
 
     fn date(day: i64) -> NaiveDate {

@@ -441,25 +441,6 @@ impl ObjectRoot {
             .map_err(cannot)?;
         Ok(Some(tx))
     }
-
-    /// Takes the root's exclusive lock for the life of the returned connection (a session
-    /// advisory lock): `Ok(None)` when another run holds it.
-    pub async fn lock_root(
-        pool: &PgPool,
-        url: &ObjectUrl,
-    ) -> Result<Option<sqlx::PgConnection>, String> {
-        let mut conn = pool
-            .acquire()
-            .await
-            .map_err(|e| format!("cannot connect to PostgreSQL to lock {url}: {e}"))?
-            .detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), 0)")
-            .bind(format!("ccc-etl:parquet-root:{url}"))
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| format!("cannot lock {url} in PostgreSQL: {e}"))?;
-        Ok(got.then_some(conn))
-    }
 }
 
 /// The day of a listed object `{prefix}/dt=YYYY-MM-DD/part-00000.parquet`; other objects (the

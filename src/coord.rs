@@ -1,0 +1,534 @@
+//! Several workers, one job, PostgreSQL the only coordinator.
+//!
+//! A worker ([`Coordinator`]) registers in `workers` and heartbeats. It enqueues the windows of
+//! its plan into `leases` (idempotently: every worker enqueues the same plan), then claims them in
+//! fetch order, a batch at a time, with `FOR UPDATE SKIP LOCKED`: a claimed window is `leased` to
+//! the worker until `lease_until`, which the heartbeat extends while the window is in flight.
+//! A window another worker holds is retried after the worker's own windows: if that worker died,
+//! its lease expires and the window is claimed again (the rescue River and graphile-worker do with
+//! their `attempted_by`/`locked_at` columns, here per window).
+//!
+//! Each claim increments `attempt`, the fencing token. A commit counts only if the lease is still
+//! the committer's, with the attempt it claimed (checked inside the PostgreSQL sink's transaction,
+//! and before the Parquet commits are recorded): a slow worker whose lease was taken over cannot
+//! overwrite the newer result, and its refused commits are counted.
+//!
+//! One QPS budget: each worker's limiter is capped at `max_qps / live workers` (recomputed at every
+//! heartbeat from the `workers` table), and a throttling answer seen by one worker is written to
+//! `shared_rate`, which every other worker reads at its next heartbeat and slows down for.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Row};
+
+use crate::ccc::ratelimit::AdaptivePacer;
+use crate::record::{MediaType, WindowKey};
+
+type Key = (String, MediaType, i64);
+
+fn key(w: &WindowKey) -> Key {
+    (w.instance_id.clone(), w.media_type, w.start_ms)
+}
+
+/// What a claim found for the windows it asked for.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Leased to this worker now: fetch them.
+    pub mine: Vec<WindowKey>,
+    /// Done by another worker since this one planned: nothing to do.
+    pub done: Vec<WindowKey>,
+    /// Held by another live worker (or being claimed at this instant): try again later.
+    pub busy: Vec<WindowKey>,
+}
+
+/// Lease timings.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseSettings {
+    /// How long a claim holds without a heartbeat.
+    pub lease: Duration,
+    /// How often the heartbeat extends the leases (and re-reads the shared rate).
+    pub heartbeat: Duration,
+}
+
+/// One worker of a job.
+pub struct Coordinator {
+    pool: PgPool,
+    worker: uuid::Uuid,
+    settings: LeaseSettings,
+    /// The attempt each window held was claimed with, and its end.
+    tokens: Mutex<HashMap<Key, (i64, i32)>>,
+    /// Windows done here, marked done in `leases` by the next heartbeat.
+    done_queue: Mutex<Vec<WindowKey>>,
+    fenced: AtomicU64,
+    done: AtomicU64,
+    live_workers: AtomicI64,
+    pacer: Option<(Arc<AdaptivePacer>, f64)>,
+    throttles_seen: AtomicU64,
+    shared_throttle_seen: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db(e: sqlx::Error) -> anyhow::Error {
+    anyhow::anyhow!("coordination in PostgreSQL failed: {e}")
+}
+
+impl Coordinator {
+    /// Registers a worker running `command`.
+    pub async fn register(
+        pool: PgPool,
+        command: &str,
+        settings: LeaseSettings,
+    ) -> anyhow::Result<Arc<Self>> {
+        let worker = uuid::Uuid::new_v4();
+        let host = hostname();
+        sqlx::query("INSERT INTO workers (worker_id, host, pid, command) VALUES ($1, $2, $3, $4)")
+            .bind(worker)
+            .bind(&host)
+            .bind(std::process::id() as i32)
+            .bind(command)
+            .execute(&pool)
+            .await
+            .map_err(db)?;
+        tracing::info!(worker = %worker, host = %host, "worker registered");
+        let c = Arc::new(Self {
+            pool,
+            worker,
+            settings,
+            tokens: Mutex::new(HashMap::new()),
+            done_queue: Mutex::new(Vec::new()),
+            fenced: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            live_workers: AtomicI64::new(1),
+            pacer: None,
+            throttles_seen: AtomicU64::new(0),
+            shared_throttle_seen: Mutex::new(None),
+        });
+        Ok(c)
+    }
+
+    /// Shares `max_qps` with the other live workers through `pacer`.
+    pub fn with_pacer(mut self: Arc<Self>, pacer: Arc<AdaptivePacer>, max_qps: f64) -> Arc<Self> {
+        Arc::get_mut(&mut self)
+            .expect("set before the coordinator is shared")
+            .pacer = Some((pacer, max_qps));
+        self
+    }
+
+    /// This worker's id.
+    pub fn worker_id(&self) -> uuid::Uuid {
+        self.worker
+    }
+
+    /// The lease timings.
+    pub fn settings(&self) -> LeaseSettings {
+        self.settings
+    }
+
+    /// Commits refused because the lease had been taken over.
+    pub fn fenced(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Queues the plan's windows (a window already queued stays as it is; one done before
+    /// `planned_at` is queued again: a later night's plan).
+    pub async fn enqueue(&self, windows: &[WindowKey], planned_at: DateTime<Utc>) -> anyhow::Result<()> {
+        for chunk in windows.chunks(10_000) {
+            let (i, m, s, e) = columns(chunk);
+            sqlx::query(
+                "INSERT INTO leases (instance_id, media_type, start_ms, end_ms, state, planned_at) \
+                 SELECT i, m, s, e, 'pending', $5 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS w(i, m, s, e) \
+                 ON CONFLICT (instance_id, media_type, start_ms) DO UPDATE \
+                 SET state = 'pending', end_ms = EXCLUDED.end_ms, worker_id = NULL, lease_until = NULL, \
+                     planned_at = EXCLUDED.planned_at, done_at = NULL \
+                 WHERE leases.state = 'done' AND leases.done_at < EXCLUDED.planned_at",
+            )
+            .bind(i)
+            .bind(m)
+            .bind(s)
+            .bind(e)
+            .bind(planned_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Claims what it can of `windows`: pending ones and ones whose lease expired.
+    pub async fn claim(&self, windows: &[WindowKey]) -> anyhow::Result<Claimed> {
+        if windows.is_empty() {
+            return Ok(Claimed::default());
+        }
+        let (i, m, s, _) = columns(windows);
+        let rows = sqlx::query(
+            "WITH want AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS w(instance_id, media_type, start_ms)), \
+             c AS (SELECT l.instance_id, l.media_type, l.start_ms FROM leases l \
+                   JOIN want USING (instance_id, media_type, start_ms) \
+                   WHERE l.state = 'pending' OR (l.state = 'leased' AND l.lease_until < now()) \
+                   ORDER BY l.start_ms FOR UPDATE OF l SKIP LOCKED), \
+             claimed AS (UPDATE leases l SET state = 'leased', worker_id = $4, \
+                   lease_until = now() + make_interval(secs => $5), attempt = l.attempt + 1 \
+                   FROM c WHERE (l.instance_id, l.media_type, l.start_ms) = (c.instance_id, c.media_type, c.start_ms) \
+                   RETURNING l.instance_id, l.media_type, l.start_ms, l.attempt) \
+             SELECT w.instance_id, w.media_type, w.start_ms, c.attempt, l.state \
+             FROM want w LEFT JOIN claimed c USING (instance_id, media_type, start_ms) \
+             LEFT JOIN leases l USING (instance_id, media_type, start_ms)",
+        )
+        .bind(i)
+        .bind(m)
+        .bind(s)
+        .bind(self.worker)
+        .bind(self.settings.lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let by_key: HashMap<Key, &WindowKey> = windows.iter().map(|w| (key(w), w)).collect();
+        let mut out = Claimed::default();
+        let mut tokens = self.tokens.lock().expect("tokens");
+        for r in rows {
+            let media: String = r.get(1);
+            let Ok(media) = media.parse::<MediaType>() else {
+                continue;
+            };
+            let k: Key = (r.get(0), media, r.get(2));
+            let Some(w) = by_key.get(&k) else { continue };
+            let attempt: Option<i32> = r.get(3);
+            let state: Option<String> = r.get(4);
+            match (attempt, state.as_deref()) {
+                (Some(a), _) => {
+                    tokens.insert(k, (w.end_ms, a));
+                    out.mine.push((*w).clone());
+                }
+                (None, Some("done")) => out.done.push((*w).clone()),
+                // A window missing from the queue (enqueued by nobody) is this worker's to do.
+                (None, None) => out.busy.push((*w).clone()),
+                (None, _) => out.busy.push((*w).clone()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The attempt this worker claimed `w` with, if it holds it.
+    pub fn token(&self, w: &WindowKey) -> Option<i32> {
+        let tokens = self.tokens.lock().expect("tokens");
+        if let Some((_, a)) = tokens.get(&key(w)) {
+            return Some(*a);
+        }
+        // A window whose start aged out is sent shorter: it is still the claimed one.
+        tokens
+            .iter()
+            .find(|((i, m, s), (e, _))| {
+                *i == w.instance_id && *m == w.media_type && *s <= w.start_ms && w.start_ms < *e
+            })
+            .map(|(_, (_, a))| *a)
+    }
+
+    /// Inside a commit's transaction: whether this worker still holds `w` with the attempt it
+    /// claimed (locking the lease row until the transaction ends). A refusal is counted.
+    pub async fn fence(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        w: &WindowKey,
+    ) -> Result<bool, sqlx::Error> {
+        let Some(token) = self.token(w) else {
+            self.fenced.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        };
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT attempt FROM leases WHERE instance_id = $1 AND media_type = $2 AND start_ms = $3 \
+             AND worker_id = $4 AND attempt = $5 AND state = 'leased' FOR UPDATE",
+        )
+        .bind(&w.instance_id)
+        .bind(w.media_type.as_str())
+        .bind(w.start_ms)
+        .bind(self.worker)
+        .bind(token)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if held.is_none() {
+            self.fenced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(window = %w, "commit refused: the window's lease was taken over by another worker");
+        }
+        Ok(held.is_some())
+    }
+
+    /// Of `windows`, those this worker still holds; the others are counted as fenced.
+    pub async fn still_mine(&self, windows: &[WindowKey]) -> Result<HashSet<WindowKey>, sqlx::Error> {
+        if windows.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let (i, m, s, _) = columns(windows);
+        let tokens: Vec<i32> = windows.iter().map(|w| self.token(w).unwrap_or(-1)).collect();
+        let rows = sqlx::query(
+            "SELECT w.i, w.m, w.s FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
+             JOIN leases l ON (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+             WHERE l.worker_id = $5 AND l.attempt = w.a AND l.state IN ('leased', 'done')",
+        )
+        .bind(i)
+        .bind(m)
+        .bind(s)
+        .bind(tokens)
+        .bind(self.worker)
+        .fetch_all(&self.pool)
+        .await?;
+        let held: HashSet<Key> = rows
+            .iter()
+            .filter_map(|r| {
+                let media: String = r.get(1);
+                Some((r.get(0), media.parse().ok()?, r.get(2)))
+            })
+            .collect();
+        let mine: HashSet<WindowKey> = windows
+            .iter()
+            .filter(|w| held.contains(&key(w)))
+            .cloned()
+            .collect();
+        let refused = windows.len() - mine.len();
+        if refused > 0 {
+            self.fenced.fetch_add(refused as u64, Ordering::Relaxed);
+            tracing::warn!(windows = refused, "Parquet commits refused: the windows' leases were taken over by another worker");
+        }
+        Ok(mine)
+    }
+
+    /// A window is done here (every sink has it): marked done by the next heartbeat.
+    pub fn finished(&self, w: WindowKey) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        self.done_queue.lock().expect("done queue").push(w);
+    }
+
+    /// Windows held now.
+    pub fn in_flight(&self) -> usize {
+        self.tokens.lock().expect("tokens").len()
+    }
+
+    /// Extends this worker's leases, marks finished windows done, records liveness, and shares
+    /// the rate; runs every `heartbeat` until the returned handle is aborted.
+    pub fn spawn_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.settings.heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.beat().await {
+                    tracing::warn!(error = %e, "heartbeat failed; retrying at the next one");
+                }
+            }
+        })
+    }
+
+    /// One heartbeat.
+    pub async fn beat(&self) -> anyhow::Result<()> {
+        self.flush_done().await?;
+        sqlx::query(
+            "UPDATE leases SET lease_until = now() + make_interval(secs => $2) \
+             WHERE worker_id = $1 AND state = 'leased'",
+        )
+        .bind(self.worker)
+        .bind(self.settings.lease.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let live: i64 = sqlx::query_scalar(
+            "WITH me AS (UPDATE workers SET heartbeat_at = now(), windows_in_flight = $2, \
+             windows_done = $3, fenced = $4 WHERE worker_id = $1) \
+             SELECT count(*) FROM workers WHERE stopped_at IS NULL \
+             AND heartbeat_at > now() - make_interval(secs => $5)",
+        )
+        .bind(self.worker)
+        .bind(self.in_flight() as i32)
+        .bind(self.done.load(Ordering::Relaxed) as i64)
+        .bind(self.fenced() as i64)
+        .bind(self.settings.lease.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        self.live_workers.store(live.max(1), Ordering::Relaxed);
+        self.share_rate().await
+    }
+
+    async fn share_rate(&self) -> anyhow::Result<()> {
+        let Some((pacer, max_qps)) = &self.pacer else {
+            return Ok(());
+        };
+        pacer.set_ceiling(max_qps / self.live_workers.load(Ordering::Relaxed) as f64);
+        let throttles = pacer.throttles();
+        let before = self.throttles_seen.swap(throttles, Ordering::Relaxed);
+        let shared: Option<DateTime<Utc>> = if throttles > before {
+            sqlx::query_scalar("UPDATE shared_rate SET throttled_at = now() WHERE id = 1 RETURNING throttled_at")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?
+                .flatten()
+        } else {
+            sqlx::query_scalar("SELECT throttled_at FROM shared_rate WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?
+                .flatten()
+        };
+        let mut seen = self.shared_throttle_seen.lock().expect("seen");
+        if let Some(at) = shared
+            && seen.is_some_and(|s| at > s)
+            && throttles == before
+        {
+            // Another worker was throttled since the last heartbeat: slow down too.
+            pacer.slow_down();
+        }
+        if shared.is_some() {
+            *seen = shared;
+        }
+        Ok(())
+    }
+
+    async fn flush_done(&self) -> anyhow::Result<()> {
+        let done = std::mem::take(&mut *self.done_queue.lock().expect("done queue"));
+        if done.is_empty() {
+            return Ok(());
+        }
+        let (i, m, s, _) = columns(&done);
+        let tokens: Vec<i32> = done.iter().map(|w| self.token(w).unwrap_or(-1)).collect();
+        sqlx::query(
+            "UPDATE leases l SET state = 'done', done_at = now() \
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
+             WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+             AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased'",
+        )
+        .bind(i)
+        .bind(m)
+        .bind(s)
+        .bind(tokens)
+        .bind(self.worker)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut t = self.tokens.lock().expect("tokens");
+        for w in &done {
+            t.remove(&key(w));
+        }
+        Ok(())
+    }
+
+    /// The end of this worker's run: marks what it finished done, hands back what it still
+    /// holds (another worker takes it at once instead of after the lease), and deregisters.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.flush_done().await?;
+        sqlx::query(
+            "UPDATE leases SET state = 'pending', worker_id = NULL, lease_until = NULL \
+             WHERE worker_id = $1 AND state = 'leased'",
+        )
+        .bind(self.worker)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "UPDATE workers SET stopped_at = now(), heartbeat_at = now(), windows_in_flight = 0, \
+             windows_done = $2, fenced = $3 WHERE worker_id = $1",
+        )
+        .bind(self.worker)
+        .bind(self.done.load(Ordering::Relaxed) as i64)
+        .bind(self.fenced() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        self.tokens.lock().expect("tokens").clear();
+        Ok(())
+    }
+}
+
+fn columns(ws: &[WindowKey]) -> (Vec<String>, Vec<String>, Vec<i64>, Vec<i64>) {
+    (
+        ws.iter().map(|w| w.instance_id.clone()).collect(),
+        ws.iter().map(|w| w.media_type.as_str().to_string()).collect(),
+        ws.iter().map(|w| w.start_ms).collect(),
+        ws.iter().map(|w| w.end_ms).collect(),
+    )
+}
+
+/// This machine's name, for `status`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A live or recently seen worker, for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerRow {
+    /// Id.
+    pub worker_id: String,
+    /// Host.
+    pub host: String,
+    /// Process id.
+    pub pid: i32,
+    /// Command.
+    pub command: String,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Windows in flight at the last heartbeat.
+    pub windows_in_flight: i32,
+    /// Windows done.
+    pub windows_done: i64,
+    /// Commits refused by fencing.
+    pub fenced: i64,
+    /// Whether its heartbeat is recent (within a lease).
+    pub live: bool,
+    /// Whether it ended its run (else, if not live, it died).
+    pub stopped: bool,
+}
+
+/// Workers seen in the last day (live first: a heartbeat within `lease`), and how many leases
+/// have expired without being taken over.
+pub async fn workers(pool: &PgPool, lease: Duration) -> Result<(Vec<WorkerRow>, i64), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT worker_id::text, host, pid, command, started_at, heartbeat_at, windows_in_flight, \
+         windows_done, fenced, (stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)) AS live, \
+         stopped_at IS NOT NULL AS stopped \
+         FROM workers WHERE heartbeat_at > now() - interval '1 day' \
+         ORDER BY live DESC, started_at DESC LIMIT 50",
+    )
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let expired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM leases WHERE state = 'leased' AND lease_until < now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((
+        rows.iter()
+            .map(|r| WorkerRow {
+                worker_id: r.get(0),
+                host: r.get(1),
+                pid: r.get(2),
+                command: r.get(3),
+                started_at: r.get(4),
+                heartbeat_at: r.get(5),
+                windows_in_flight: r.get(6),
+                windows_done: r.get(7),
+                fenced: r.get(8),
+                live: r.get(9),
+                stopped: r.get(10),
+            })
+            .collect(),
+        expired,
+    ))
+}
+

@@ -1,0 +1,136 @@
+//! Fetching with several workers: each window is claimed from PostgreSQL before it is fetched
+//! (see [`crate::coord`]). Windows are claimed in fetch order, a batch at a time; a window another
+//! worker finished is skipped, one another live worker holds is tried again at every heartbeat
+//! (its lease expires if that worker died, and it is taken over).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tracing::Instrument;
+
+use super::tally::Event;
+use super::{Backfill, Run};
+use crate::coord::Coordinator;
+use crate::record::{WindowKey, fmt_ms};
+
+/// Windows asked for per claim, per window of concurrency.
+const CLAIM_PER_SLOT: usize = 4;
+
+impl Backfill {
+    /// Fetches the windows this worker claims, until every window of the plan is done here or
+    /// elsewhere, a run-fatal error, or `stop`.
+    pub(super) async fn fetch_claimed(
+        &self,
+        mut run: Run,
+        windows: Vec<WindowKey>,
+        stop: impl std::future::Future<Output = ()>,
+        coord: Arc<Coordinator>,
+    ) -> Run {
+        let total = windows.len() as u64;
+        let concurrency = self.config.source.concurrency.max(1);
+        let batch = concurrency * CLAIM_PER_SLOT;
+        let heartbeat = coord.settings().heartbeat;
+        let ctx = run.ctx.clone();
+        let (mut queue, mut waiting): (VecDeque<WindowKey>, Vec<WindowKey>) =
+            (windows.into(), Vec::new());
+        let mut ready: VecDeque<WindowKey> = VecDeque::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut last_retry = Instant::now();
+        let mut done = 0u64;
+        tokio::pin!(stop);
+        'run: loop {
+            // Claim: the next batch of the plan, and now and then what others held.
+            let retry_due = !waiting.is_empty()
+                && (last_retry.elapsed() >= heartbeat || (queue.is_empty() && ready.is_empty()));
+            if ready.len() < concurrency && (!queue.is_empty() || retry_due) {
+                let ask: Vec<WindowKey> = if retry_due {
+                    last_retry = Instant::now();
+                    std::mem::take(&mut waiting)
+                } else {
+                    let n = batch.min(queue.len());
+                    queue.drain(..n).collect()
+                };
+                match coord.claim(&ask).await {
+                    Ok(claimed) => {
+                        ready.extend(claimed.mine);
+                        if !retry_due {
+                            // Held elsewhere: the sinks stop waiting for it (a day whose other
+                            // windows are here is written without it); if it is taken over
+                            // later, its rows are merged in then.
+                            for w in &claimed.busy {
+                                for event in self.skip_all(w, vec![], &ctx).await {
+                                    let _ = self.apply(&mut run.tally, event);
+                                }
+                            }
+                        }
+                        waiting.extend(claimed.busy);
+                        for w in claimed.done {
+                            done += 1;
+                            for event in self.skip_all(&w, vec![Event::DoneElsewhere(w.clone())], &ctx).await {
+                                let _ = self.apply(&mut run.tally, event);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        run.tally.stop(e.to_string());
+                        break;
+                    }
+                }
+            }
+            while in_flight.len() < concurrency
+                && let Some(w) = ready.pop_front()
+            {
+                let span = tracing::info_span!(
+                    "window",
+                    instance = %w.instance_id,
+                    media_type = %w.media_type,
+                    window_start = %fmt_ms(w.start_ms),
+                    window_end = %fmt_ms(w.end_ms),
+                );
+                in_flight.push(self.process(w, &ctx).instrument(span));
+            }
+            if in_flight.is_empty() && ready.is_empty() && queue.is_empty() {
+                if waiting.is_empty() {
+                    break;
+                }
+                // Only windows other workers hold are left: wait for them to finish or expire.
+                tokio::select! {
+                    () = tokio::time::sleep(heartbeat) => continue,
+                    () = &mut stop => {
+                        self.stopped(&mut run, total - done);
+                        break;
+                    }
+                }
+            }
+            let events = tokio::select! {
+                next = in_flight.next() => match next {
+                    Some(events) => events,
+                    None => continue,
+                },
+                () = &mut stop => {
+                    self.stopped(&mut run, total - done);
+                    break;
+                }
+            };
+            done += 1;
+            for event in events {
+                if let Some(fatal) = self.apply(&mut run.tally, event) {
+                    run.tally.stop(fatal);
+                    break 'run;
+                }
+            }
+        }
+        run
+    }
+
+    fn stopped(&self, run: &mut Run, left: u64) {
+        tracing::warn!(
+            windows_left = left,
+            "stopping on a signal: no new window; writing what is held"
+        );
+        run.tally.interrupt(left);
+    }
+}
