@@ -315,6 +315,111 @@ async fn end_to_end(instances: usize, days: i64) {
     drop_database(&db).await;
 }
 
+/// One backfill of the given size into a fresh database (PostgreSQL sink only, local Parquet
+/// would dominate nothing here), claiming its windows from PostgreSQL or not; the wall time.
+async fn one_run(emu: &Emulator, ids: &[String], days: i64, coordinated: bool) -> f64 {
+    let (url, db) = fresh_database().await;
+    let mut cfg = Config::for_emulator(&emu.endpoint, ids.to_vec());
+    cfg.source.max_qps = 1_000_000.0;
+    cfg.source.concurrency = 8;
+    cfg.postgres = Some(PostgresConfig {
+        url: Some(SecretString::from(url.clone())),
+        schema: SchemaName::parse("ccc").unwrap(),
+    });
+    let store = ccc_etl::commands::connect_postgres(&cfg)
+        .await
+        .unwrap()
+        .unwrap();
+    let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
+        ccc_etl::commands::open_sinks(&cfg).await.unwrap();
+    let pacer = Arc::new(AdaptivePacer::new(cfg.source.max_qps));
+    let client = CccClient::new(
+        &cfg.source,
+        Credentials::new(KEY, SECRET, None),
+        pacer.clone(),
+    )
+    .unwrap();
+    let now = Utc::now().timestamp_millis();
+    let mut engine = Backfill::new(
+        cfg.clone(),
+        Arc::new(client),
+        sinks,
+        ledger,
+        Arc::new(move || now),
+        Progress::hidden(),
+    );
+    let mut heartbeat = None;
+    if coordinated {
+        let settings = ccc_etl::coord::LeaseSettings {
+            lease: std::time::Duration::from_secs(60),
+            heartbeat: std::time::Duration::from_secs(10),
+        };
+        let c = ccc_etl::coord::Coordinator::register(store.pool().clone(), "backfill", settings)
+            .await
+            .unwrap()
+            .with_pacer(pacer, cfg.source.max_qps);
+        heartbeat = Some((c.clone(), c.spawn_heartbeat()));
+        engine = engine.with_coordinator(c);
+    }
+    let req = BackfillRequest {
+        instances: ids.to_vec(),
+        from: RangeStart::At(now - days * 86_400_000),
+        to_ms: now,
+        refetch: false,
+        strict_horizon: false,
+        kind: RunKind::Backfill,
+        lookback_ms: None,
+    };
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("CHECKPOINT").execute(&mut admin).await.unwrap();
+    let t0 = Instant::now();
+    let summary = engine.run(&req).await.unwrap();
+    if let Some((c, h)) = heartbeat {
+        c.stop().await.unwrap();
+        h.abort();
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    assert_eq!(summary.exit_code(), 0, "{}", summary.render());
+    drop(engine);
+    drop(admin);
+    store.pool().close().await;
+    drop_database(&db).await;
+    wall
+}
+
+/// A single process claiming its windows from PostgreSQL against the same process not claiming
+/// them, alternating the order over the rounds: what several-worker support costs one worker.
+async fn coordination_overhead(instances: usize, days: i64, rounds: usize) {
+    let ids: Vec<String> = (0..instances).map(|i| format!("bench-{i:04}")).collect();
+    let emu = Emulator::start(&ids, &["--revise-hours", "0"]);
+    let (mut plain, mut claimed, mut ratio) = (vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut t = [0.0; 2];
+        for coordinated in order {
+            t[usize::from(coordinated)] = one_run(&emu, &ids, days, coordinated).await;
+        }
+        println!("round {round}: plain {:.2}s, claimed {:.2}s", t[0], t[1]);
+        plain.push(t[0]);
+        claimed.push(t[1]);
+        ratio.push(t[1] / t[0]);
+    }
+    let mmm = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    let (p, c, r) = (mmm(&mut plain), mmm(&mut claimed), mmm(&mut ratio));
+    println!(
+        "coordination instances={instances} days={days} rounds={rounds}: plain min/median/max \
+         {:.2}/{:.2}/{:.2}s, claimed {:.2}/{:.2}/{:.2}s, ratio claimed/plain {:.2}/{:.2}/{:.2}",
+        p.0, p.1, p.2, c.0, c.1, c.2, r.0, r.1, r.2
+    );
+}
+
 async fn rate_adaptation(secs: u64) {
     let ids: Vec<String> = (0..50).map(|i| format!("rate-{i:02}")).collect();
     let emu = Emulator::start(&ids, &["--throttle-qps", "20"]);
@@ -391,6 +496,12 @@ fn main() {
             let instances = env_or("CCC_ETL_BENCH_INSTANCES", 200) as usize;
             let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
             end_to_end(instances, days).await;
+        }
+        if filter.is_empty() || "coordination".contains(&filter) {
+            let instances = env_or("CCC_ETL_BENCH_INSTANCES", 200) as usize;
+            let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
+            coordination_overhead(instances, days, env_or("CCC_ETL_BENCH_ROUNDS", 3) as usize)
+                .await;
         }
         if filter.is_empty() || "rate".contains(&filter) {
             rate_adaptation(env_or("CCC_ETL_BENCH_RATE_SECS", 40)).await;

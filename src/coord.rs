@@ -101,6 +101,7 @@ impl Coordinator {
             .await
             .map_err(db)?;
         tracing::info!(worker = %worker, host = %host, "worker registered");
+        rescue_dead_neighbours(&pool, &host).await?;
         let c = Arc::new(Self {
             pool,
             worker,
@@ -142,7 +143,11 @@ impl Coordinator {
 
     /// Queues the plan's windows (a window already queued stays as it is; one done before
     /// `planned_at` is queued again: a later night's plan).
-    pub async fn enqueue(&self, windows: &[WindowKey], planned_at: DateTime<Utc>) -> anyhow::Result<()> {
+    pub async fn enqueue(
+        &self,
+        windows: &[WindowKey],
+        planned_at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         for chunk in windows.chunks(10_000) {
             let (i, m, s, e) = columns(chunk);
             sqlx::query(
@@ -264,12 +269,18 @@ impl Coordinator {
     }
 
     /// Of `windows`, those this worker still holds; the others are counted as fenced.
-    pub async fn still_mine(&self, windows: &[WindowKey]) -> Result<HashSet<WindowKey>, sqlx::Error> {
+    pub async fn still_mine(
+        &self,
+        windows: &[WindowKey],
+    ) -> Result<HashSet<WindowKey>, sqlx::Error> {
         if windows.is_empty() {
             return Ok(HashSet::new());
         }
         let (i, m, s, _) = columns(windows);
-        let tokens: Vec<i32> = windows.iter().map(|w| self.token(w).unwrap_or(-1)).collect();
+        let tokens: Vec<i32> = windows
+            .iter()
+            .map(|w| self.token(w).unwrap_or(-1))
+            .collect();
         let rows = sqlx::query(
             "SELECT w.i, w.m, w.s FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
              JOIN leases l ON (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
@@ -297,7 +308,10 @@ impl Coordinator {
         let refused = windows.len() - mine.len();
         if refused > 0 {
             self.fenced.fetch_add(refused as u64, Ordering::Relaxed);
-            tracing::warn!(windows = refused, "Parquet commits refused: the windows' leases were taken over by another worker");
+            tracing::warn!(
+                windows = refused,
+                "Parquet commits refused: the windows' leases were taken over by another worker"
+            );
         }
         Ok(mine)
     }
@@ -367,11 +381,13 @@ impl Coordinator {
         let throttles = pacer.throttles();
         let before = self.throttles_seen.swap(throttles, Ordering::Relaxed);
         let shared: Option<DateTime<Utc>> = if throttles > before {
-            sqlx::query_scalar("UPDATE shared_rate SET throttled_at = now() WHERE id = 1 RETURNING throttled_at")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?
-                .flatten()
+            sqlx::query_scalar(
+                "UPDATE shared_rate SET throttled_at = now() WHERE id = 1 RETURNING throttled_at",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .flatten()
         } else {
             sqlx::query_scalar("SELECT throttled_at FROM shared_rate WHERE id = 1")
                 .fetch_optional(&self.pool)
@@ -448,10 +464,49 @@ impl Coordinator {
     }
 }
 
+/// A worker on this host whose process is gone (killed, crashed) holds its leases until they
+/// expire; a new worker on the same host need not wait: it hands them back at once. (On another
+/// host, a process cannot be checked: its leases expire.)
+async fn rescue_dead_neighbours(pool: &PgPool, host: &str) -> anyhow::Result<()> {
+    let rows: Vec<(uuid::Uuid, i32)> =
+        sqlx::query_as("SELECT worker_id, pid FROM workers WHERE host = $1 AND stopped_at IS NULL")
+            .bind(host)
+            .fetch_all(pool)
+            .await
+            .map_err(db)?;
+    for (worker, pid) in rows {
+        if process_runs_ccc_etl(pid) {
+            continue;
+        }
+        let n = sqlx::query(
+            "UPDATE leases SET state = 'pending', worker_id = NULL, lease_until = NULL \
+             WHERE worker_id = $1 AND state = 'leased'",
+        )
+        .bind(worker)
+        .execute(pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n > 0 {
+            tracing::warn!(worker = %worker, pid, windows = n, "a worker on this host died holding windows: handed back");
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` on this machine is a ccc-etl.
+fn process_runs_ccc_etl(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("ccc-etl"))
+        .unwrap_or(false)
+}
+
 fn columns(ws: &[WindowKey]) -> (Vec<String>, Vec<String>, Vec<i64>, Vec<i64>) {
     (
         ws.iter().map(|w| w.instance_id.clone()).collect(),
-        ws.iter().map(|w| w.media_type.as_str().to_string()).collect(),
+        ws.iter()
+            .map(|w| w.media_type.as_str().to_string())
+            .collect(),
         ws.iter().map(|w| w.start_ms).collect(),
         ws.iter().map(|w| w.end_ms).collect(),
     )
@@ -531,4 +586,3 @@ pub async fn workers(pool: &PgPool, lease: Duration) -> Result<(Vec<WorkerRow>, 
         expired,
     ))
 }
-

@@ -88,12 +88,15 @@ async fn migrations_from_empty_create_the_tables_views_and_ledger_and_can_run_ag
             "daily_traffic",
             "hourly_traffic",
             "inbound_trend",
+            "leases",
             "outbound_trend",
             "overall_trend",
             "parquet_files",
             "runs",
             "settings",
-            "windows"
+            "shared_rate",
+            "windows",
+            "workers"
         ]
     );
     let applied: i64 = sqlx::query("SELECT count(*) AS n FROM ccc_mig._sqlx_migrations")
@@ -101,7 +104,7 @@ async fn migrations_from_empty_create_the_tables_views_and_ledger_and_can_run_ag
         .await
         .unwrap()
         .get("n");
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     let tz: String = sqlx::query("SELECT value FROM ccc_mig.settings WHERE key = 'timezone'")
         .fetch_one(&pool)
         .await

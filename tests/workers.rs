@@ -56,7 +56,13 @@ fn backfill(config: &Path, db_url: &str, from: i64, to: i64) -> tokio::process::
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
     c.args(["-q", "--config"])
         .arg(config)
-        .args(["backfill", "--from", &from.to_string(), "--to", &to.to_string()])
+        .args([
+            "backfill",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+        ])
         .envs(common::s3::server().env())
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
@@ -146,7 +152,11 @@ async fn job() -> Job {
     let cfg = work.path().join("reference.toml");
     write_config(&cfg, &emu.endpoint(), &ids, &bucket, 20.0);
     let out = backfill(&cfg, &db.url, from, to).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pool = db.pool().await;
     let expected_pg = pg_contents(&pool).await;
     pool.close().await;
@@ -181,7 +191,11 @@ async fn three_workers_share_one_job_within_one_qps_budget_and_write_it_exactly_
         .collect();
     for c in children {
         let out = c.wait_with_output().await.unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let stats = job.emu.stats().await.unwrap();
     let calls = &stats.calls[calls_before..];
@@ -193,16 +207,30 @@ async fn three_workers_share_one_job_within_one_qps_budget_and_write_it_exactly_
     assert_eq!(seen.len(), job.windows);
     assert!(seen.values().all(|n| *n == 1), "a window fetched twice");
     // One budget: after the first 10 s, under 5% of requests throttled.
-    let late: Vec<_> = calls.iter().filter(|c| c.received_ms > started + 10_000).collect();
-    let throttled = late.iter().filter(|c| c.code.starts_with("Throttling")).count();
+    let late: Vec<_> = calls
+        .iter()
+        .filter(|c| c.received_ms > started + 10_000)
+        .collect();
+    let throttled = late
+        .iter()
+        .filter(|c| c.code.starts_with("Throttling"))
+        .count();
     assert!(
         throttled * 20 < late.len().max(1),
         "{throttled} of {} requests throttled after the first 10 s",
         late.len()
     );
     let pool = db.pool().await;
-    assert_eq!(pg_contents(&pool).await, job.expected_pg, "PostgreSQL as one process");
-    assert_eq!(parquet_contents(&bucket).await, job.expected_pq, "Parquet as one process");
+    assert_eq!(
+        pg_contents(&pool).await,
+        job.expected_pg,
+        "PostgreSQL as one process"
+    );
+    assert_eq!(
+        parquet_contents(&bucket).await,
+        job.expected_pq,
+        "Parquet as one process"
+    );
     // Each window committed once per sink in the ledger, and the work spread over all three.
     let per_window: Vec<i64> = sqlx::query_scalar(
         "SELECT count(*) FROM ccc.windows WHERE status = 'committed' \
@@ -225,9 +253,20 @@ async fn three_workers_share_one_job_within_one_qps_budget_and_write_it_exactly_
     );
     // The manifest names every day file as the last writer left it: a new run fetches nothing.
     let calls = job.emu.stats().await.unwrap().calls.len();
-    let again = backfill(&cfg, &db.url, job.from, job.to).output().await.unwrap();
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(job.emu.stats().await.unwrap().calls.len(), calls, "nothing fetched again");
+    let again = backfill(&cfg, &db.url, job.from, job.to)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        job.emu.stats().await.unwrap().calls.len(),
+        calls,
+        "nothing fetched again"
+    );
     pool.close().await;
     db.drop_db().await;
 }
@@ -262,7 +301,10 @@ async fn a_killed_workers_windows_are_taken_over_within_the_lease_and_a_heartbea
         if held > 0 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "the worker never claimed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the worker never claimed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(rng.random_range(300..3_000))).await;
@@ -291,20 +333,39 @@ async fn a_killed_workers_windows_are_taken_over_within_the_lease_and_a_heartbea
     }
     for c in children {
         let out = c.wait_with_output().await.unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let stats = job.emu.stats().await.unwrap();
     let mut after = stats.clone();
     after.calls = stats.calls[calls_before..].to_vec();
     let fetched = fetches(&after);
-    assert_eq!(fetched.len(), job.windows, "seed {seed}: every window fetched");
+    assert_eq!(
+        fetched.len(),
+        job.windows,
+        "seed {seed}: every window fetched"
+    );
     // Fetched twice: only windows the dead worker had fetched before it died.
     for (w, times) in fetched.iter().filter(|(_, t)| t.len() > 1) {
         assert_eq!(times.len(), 2, "seed {seed}: {w:?}");
-        assert!(times[0] <= killed_at, "seed {seed}: {w:?} first fetched before the kill");
+        assert!(
+            times[0] <= killed_at,
+            "seed {seed}: {w:?} first fetched before the kill"
+        );
     }
-    assert_eq!(pg_contents(&pool).await, job.expected_pg, "seed {seed}: nothing lost or doubled");
-    assert_eq!(parquet_contents(&bucket).await, job.expected_pq, "seed {seed}: Parquet exact");
+    assert_eq!(
+        pg_contents(&pool).await,
+        job.expected_pg,
+        "seed {seed}: nothing lost or doubled"
+    );
+    assert_eq!(
+        parquet_contents(&bucket).await,
+        job.expected_pq,
+        "seed {seed}: Parquet exact"
+    );
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM ccc.leases WHERE state = 'leased'")
         .fetch_one(&pool)
         .await
@@ -343,7 +404,10 @@ async fn schema(db: &common::TestDb) -> ccc_etl::sink::postgres::PgStore {
         url: Some(db.url.clone().into()),
         schema: ccc_etl::config::SchemaName::parse("ccc").unwrap(),
     });
-    ccc_etl::commands::connect_postgres(&cfg).await.unwrap().unwrap()
+    ccc_etl::commands::connect_postgres(&cfg)
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn settings(lease_secs: u64) -> LeaseSettings {
@@ -376,24 +440,48 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
             .collect(),
     };
     let ledger = Arc::new(ccc_etl::sink::postgres::PgLedger::new(store.clone()));
-    let zombie = Coordinator::register(pool.clone(), "backfill", settings(60)).await.unwrap();
-    let newer = Coordinator::register(pool.clone(), "backfill", settings(60)).await.unwrap();
-    zombie.enqueue(std::slice::from_ref(&w), Utc::now()).await.unwrap();
-    assert_eq!(zombie.claim(std::slice::from_ref(&w)).await.unwrap().mine, [w.clone()]);
-    assert!(newer.claim(std::slice::from_ref(&w)).await.unwrap().busy.contains(&w), "held");
+    let zombie = Coordinator::register(pool.clone(), "backfill", settings(60))
+        .await
+        .unwrap();
+    let newer = Coordinator::register(pool.clone(), "backfill", settings(60))
+        .await
+        .unwrap();
+    zombie
+        .enqueue(std::slice::from_ref(&w), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        zombie.claim(std::slice::from_ref(&w)).await.unwrap().mine,
+        vec![w.clone()]
+    );
+    assert!(
+        newer
+            .claim(std::slice::from_ref(&w))
+            .await
+            .unwrap()
+            .busy
+            .contains(&w),
+        "held"
+    );
     // The zombie stalls past its lease; the newer worker takes the window over.
     sqlx::query("UPDATE ccc.leases SET lease_until = now() - interval '1 second'")
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(newer.claim(std::slice::from_ref(&w)).await.unwrap().mine, [w.clone()]);
+    assert_eq!(
+        newer.claim(std::slice::from_ref(&w)).await.unwrap().mine,
+        vec![w.clone()]
+    );
     let ctx = |c: &Arc<Coordinator>| RunContext {
         run_id: uuid::Uuid::new_v4(),
         ledger: ledger.clone(),
         coordinator: Some(c.clone()),
     };
     sink.commit(&batch(2, "newer"), &ctx(&newer)).await.unwrap();
-    let refused = sink.commit(&batch(1, "zombie"), &ctx(&zombie)).await.unwrap_err();
+    let refused = sink
+        .commit(&batch(1, "zombie"), &ctx(&zombie))
+        .await
+        .unwrap_err();
     assert!(refused.message.contains("fenced"), "{refused:?}");
     assert!(!refused.retryable);
     assert_eq!((zombie.fenced(), newer.fenced()), (1, 0));
@@ -403,7 +491,10 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
             .await
             .unwrap();
     assert_eq!(rows.len(), 24);
-    assert!(rows.iter().all(|r| *r == (2, "newer".to_string())), "the newer worker's data");
+    assert!(
+        rows.iter().all(|r| *r == (2, "newer".to_string())),
+        "the newer worker's data"
+    );
     // The Parquet path is fenced too: a durable window of the zombie is not recorded.
     let recorded = ctx(&zombie)
         .record(
@@ -426,7 +517,11 @@ async fn eight_workers_claiming_at_once_never_share_a_window() {
     let all: Vec<WindowKey> = (0..2000).map(window).collect();
     let mut workers = vec![];
     for _ in 0..8 {
-        workers.push(Coordinator::register(pool.clone(), "backfill", settings(60)).await.unwrap());
+        workers.push(
+            Coordinator::register(pool.clone(), "backfill", settings(60))
+                .await
+                .unwrap(),
+        );
     }
     workers[0].enqueue(&all, Utc::now()).await.unwrap();
     let t0 = Instant::now();

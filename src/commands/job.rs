@@ -15,7 +15,6 @@ use crate::ccc::ratelimit::AdaptivePacer;
 use crate::cli::RangeArgs;
 use crate::config::{Config, Credentials};
 use crate::coord::{Coordinator, LeaseSettings};
-use std::time::Duration;
 use crate::error::{EXIT_OK, InputError};
 use crate::ledger::Ledger;
 use crate::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind, RunSummary};
@@ -23,6 +22,7 @@ use crate::plan::{self, Bound};
 use crate::progress::Progress;
 use crate::record::fmt_ms;
 use crate::sink::Sink;
+use std::time::Duration;
 
 /// The request a nightly run makes at `now_ms`: from just inside the horizon to now, every gap,
 /// plus `lookback_days` before the end of each series' coverage.
@@ -258,11 +258,19 @@ pub async fn execute(
             std::process::exit(130);
         });
     };
-    let result = engine.run_until(req, stop).await;
+    let span = match &coordinator {
+        Some((c, _)) => tracing::info_span!("worker", worker = %c.worker_id()),
+        None => tracing::Span::none(),
+    };
+    let mut result = engine.run_until(req, stop).instrument(span).await;
     if let Some((c, heartbeat)) = coordinator {
         heartbeat.abort();
         if let Err(e) = c.stop().await {
             tracing::warn!(error = %e, "could not hand back the leases at the end of the run");
+        }
+        if let Ok(summary) = &mut result {
+            summary.worker = Some(c.worker_id().to_string());
+            summary.fenced_commits = c.fenced();
         }
     }
     result

@@ -69,7 +69,10 @@ impl Backfill {
                         waiting.extend(claimed.busy);
                         for w in claimed.done {
                             done += 1;
-                            for event in self.skip_all(&w, vec![Event::DoneElsewhere(w.clone())], &ctx).await {
+                            for event in self
+                                .skip_all(&w, vec![Event::DoneElsewhere(w.clone())], &ctx)
+                                .await
+                            {
                                 let _ = self.apply(&mut run.tally, event);
                             }
                         }

@@ -27,8 +27,8 @@ pub use summary::{FailedWindow, RunStatus, RunSummary};
 pub use tally::{Event, Step, Tally};
 
 use crate::ccc::client::CccClient;
-use crate::coord::Coordinator;
 use crate::config::Config;
+use crate::coord::Coordinator;
 use crate::error::InputError;
 use crate::ledger::{self, Ledger, RunRecord, SinkId};
 use crate::plan::{self, PlanRequest};

@@ -37,6 +37,12 @@ pub struct RunSummary {
     /// Windows of this run's plan that other workers of the job did.
     #[serde(default)]
     pub windows_done_elsewhere: u64,
+    /// This worker's id, when the run claimed its windows from PostgreSQL.
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// Commits refused because the window's lease had been taken over by another worker.
+    #[serde(default)]
+    pub fenced_commits: u64,
     /// Rows committed, per table.
     pub rows: BTreeMap<String, u64>,
     /// Per sink: inserted, revised, unchanged.

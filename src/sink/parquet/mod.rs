@@ -218,9 +218,7 @@ impl ParquetSink {
                 meta
             }
         };
-        tx.commit()
-            .await
-            .map_err(|e| err(e.to_string(), false))?;
+        tx.commit().await.map_err(|e| err(e.to_string(), false))?;
         let root = root.with_day_locks(pool.clone());
         Ok(Self::with_root(
             Root::Object(Arc::new(root)),
