@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgPool, Row};
 
 use crate::ccc::ratelimit::AdaptivePacer;
 use crate::record::{MediaType, WindowKey};
@@ -226,9 +226,14 @@ impl Coordinator {
 
     /// The attempt this worker claimed `w` with, if it holds it.
     pub fn token(&self, w: &WindowKey) -> Option<i32> {
+        self.lease_of(w).map(|(_, a)| a)
+    }
+
+    /// The start of the lease `w` is fetched under, and its attempt.
+    fn lease_of(&self, w: &WindowKey) -> Option<(i64, i32)> {
         let tokens = self.tokens.lock().expect("tokens");
         if let Some((_, a)) = tokens.get(&key(w)) {
-            return Some(*a);
+            return Some((w.start_ms, *a));
         }
         // A window whose start aged out is sent shorter: it is still the claimed one.
         tokens
@@ -236,36 +241,25 @@ impl Coordinator {
             .find(|((i, m, s), (e, _))| {
                 *i == w.instance_id && *m == w.media_type && *s <= w.start_ms && w.start_ms < *e
             })
-            .map(|(_, (_, a))| *a)
+            .map(|((_, _, s), (_, a))| (*s, *a))
     }
 
-    /// Inside a commit's transaction: whether this worker still holds `w` with the attempt it
-    /// claimed (locking the lease row until the transaction ends). A refusal is counted.
-    pub async fn fence(
-        &self,
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        w: &WindowKey,
-    ) -> Result<bool, sqlx::Error> {
-        let Some(token) = self.token(w) else {
-            self.fenced.fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
-        };
-        let held: Option<i32> = sqlx::query_scalar(
-            "SELECT attempt FROM leases WHERE instance_id = $1 AND media_type = $2 AND start_ms = $3 \
-             AND worker_id = $4 AND attempt = $5 AND state = 'leased' FOR UPDATE",
-        )
-        .bind(&w.instance_id)
-        .bind(w.media_type.as_str())
-        .bind(w.start_ms)
-        .bind(self.worker)
-        .bind(token)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if held.is_none() {
-            self.fenced.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(window = %w, "commit refused: the window's lease was taken over by another worker");
-        }
-        Ok(held.is_some())
+    /// The SQL condition (on table `leases`) that `w` is still held by this worker with the
+    /// attempt it claimed, and its parameters: a commit checks it inside its transaction, locking
+    /// the lease row until it commits (a take-over waits for it, then fetches anew).
+    pub const HELD: &'static str = "instance_id = $2 AND media_type = $3 AND start_ms = $4 \
+         AND worker_id = $5 AND attempt = $6 AND state = 'leased'";
+
+    /// This worker's id, the start of the lease `w` is fetched under and the attempt it was
+    /// claimed with (none: this worker does not hold `w`).
+    pub fn held(&self, w: &WindowKey) -> Option<(uuid::Uuid, i64, i32)> {
+        self.lease_of(w).map(|(s, a)| (self.worker, s, a))
+    }
+
+    /// A commit of `w` was refused: counted and logged.
+    pub fn refused(&self, w: &WindowKey) {
+        self.fenced.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(window = %w, "commit refused: the window's lease was taken over by another worker");
     }
 
     /// Of `windows`, those this worker still holds; the others are counted as fenced.
@@ -276,11 +270,13 @@ impl Coordinator {
         if windows.is_empty() {
             return Ok(HashSet::new());
         }
-        let (i, m, s, _) = columns(windows);
-        let tokens: Vec<i32> = windows
+        let leases: Vec<(i64, i32)> = windows
             .iter()
-            .map(|w| self.token(w).unwrap_or(-1))
+            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
             .collect();
+        let (i, m, _, _) = columns(windows);
+        let s: Vec<i64> = leases.iter().map(|l| l.0).collect();
+        let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
         let rows = sqlx::query(
             "SELECT w.i, w.m, w.s FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
              JOIN leases l ON (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
@@ -302,8 +298,9 @@ impl Coordinator {
             .collect();
         let mine: HashSet<WindowKey> = windows
             .iter()
-            .filter(|w| held.contains(&key(w)))
-            .cloned()
+            .zip(&leases)
+            .filter(|(w, l)| held.contains(&(w.instance_id.clone(), w.media_type, l.0)))
+            .map(|(w, _)| w.clone())
             .collect();
         let refused = windows.len() - mine.len();
         if refused > 0 {
@@ -414,8 +411,13 @@ impl Coordinator {
         if done.is_empty() {
             return Ok(());
         }
-        let (i, m, s, _) = columns(&done);
-        let tokens: Vec<i32> = done.iter().map(|w| self.token(w).unwrap_or(-1)).collect();
+        let leases: Vec<(i64, i32)> = done
+            .iter()
+            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
+            .collect();
+        let (i, m, _, _) = columns(&done);
+        let s: Vec<i64> = leases.iter().map(|l| l.0).collect();
+        let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
         sqlx::query(
             "UPDATE leases l SET state = 'done', done_at = now() \
              FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
@@ -431,8 +433,8 @@ impl Coordinator {
         .await
         .map_err(db)?;
         let mut t = self.tokens.lock().expect("tokens");
-        for w in &done {
-            t.remove(&key(w));
+        for (w, l) in done.iter().zip(&leases) {
+            t.remove(&(w.instance_id.clone(), w.media_type, l.0));
         }
         Ok(())
     }
