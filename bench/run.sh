@@ -15,5 +15,8 @@ CCC_ETL_BENCH_INSTANCES="$instances" CCC_ETL_BENCH_DAYS=30 cargo bench --bench e
 echo "== end to end, ${instances} instances, 180 days, and rate adaptation"
 CCC_ETL_BENCH_INSTANCES="$instances" CCC_ETL_BENCH_DAYS=180 cargo bench --bench e2e
 
+echo "== one worker claiming its windows against the same run unclaimed"
+CCC_ETL_BENCH_INSTANCES="$instances" CCC_ETL_BENCH_DAYS=180 cargo bench --bench e2e -- coordination
+
 echo "== Parquet on object storage: S3 (moto on loopback) against a local root, same run"
 CCC_ETL_BENCH_INSTANCES="$instances" CCC_ETL_BENCH_DAYS=180 cargo bench --bench object_store

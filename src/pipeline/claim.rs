@@ -19,6 +19,11 @@ use crate::record::{WindowKey, fmt_ms};
 /// Windows asked for per claim, per window of concurrency.
 const CLAIM_PER_SLOT: usize = 4;
 
+/// A claim in progress: whether it retried windows others held, and what it found.
+type ClaimFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (bool, anyhow::Result<crate::coord::Claimed>)> + Send>,
+>;
+
 impl Backfill {
     /// Fetches the windows this worker claims, until every window of the plan is done here or
     /// elsewhere, a run-fatal error, or `stop`.
@@ -38,14 +43,18 @@ impl Backfill {
             (windows.into(), Vec::new());
         let mut ready: VecDeque<WindowKey> = VecDeque::new();
         let mut in_flight = FuturesUnordered::new();
+        // The claim of the next batch runs beside the fetches, so that no slot waits for it.
+        let mut claiming: Option<ClaimFuture> = None;
         let mut last_retry = Instant::now();
         let mut done = 0u64;
         tokio::pin!(stop);
         'run: loop {
-            // Claim: the next batch of the plan, and now and then what others held.
-            let retry_due = !waiting.is_empty()
-                && (last_retry.elapsed() >= heartbeat || (queue.is_empty() && ready.is_empty()));
-            if ready.len() < concurrency && (!queue.is_empty() || retry_due) {
+            // Claim ahead: the next batch of the plan, and now and then what others held.
+            let retry_due = !waiting.is_empty() && last_retry.elapsed() >= heartbeat;
+            if claiming.is_none()
+                && ready.len() < 2 * concurrency
+                && (!queue.is_empty() || retry_due)
+            {
                 let ask: Vec<WindowKey> = if retry_due {
                     last_retry = Instant::now();
                     std::mem::take(&mut waiting)
@@ -53,35 +62,11 @@ impl Backfill {
                     let n = batch.min(queue.len());
                     queue.drain(..n).collect()
                 };
-                match coord.claim(&ask).await {
-                    Ok(claimed) => {
-                        ready.extend(claimed.mine);
-                        if !retry_due {
-                            // Held elsewhere: the sinks stop waiting for it (a day whose other
-                            // windows are here is written without it); if it is taken over
-                            // later, its rows are merged in then.
-                            for w in &claimed.busy {
-                                for event in self.skip_all(w, vec![], &ctx).await {
-                                    let _ = self.apply(&mut run.tally, event);
-                                }
-                            }
-                        }
-                        waiting.extend(claimed.busy);
-                        for w in claimed.done {
-                            done += 1;
-                            for event in self
-                                .skip_all(&w, vec![Event::DoneElsewhere(w.clone())], &ctx)
-                                .await
-                            {
-                                let _ = self.apply(&mut run.tally, event);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        run.tally.stop(e.to_string());
-                        break;
-                    }
-                }
+                let c = coord.clone();
+                claiming = Some(Box::pin(async move {
+                    let claimed = c.claim(&ask).await;
+                    (retry_due, claimed)
+                }));
             }
             while in_flight.len() < concurrency
                 && let Some(w) = ready.pop_front()
@@ -95,7 +80,7 @@ impl Backfill {
                 );
                 in_flight.push(self.process(w, &ctx).instrument(span));
             }
-            if in_flight.is_empty() && ready.is_empty() && queue.is_empty() {
+            if in_flight.is_empty() && claiming.is_none() && ready.is_empty() && queue.is_empty() {
                 if waiting.is_empty() {
                     break;
                 }
@@ -108,21 +93,47 @@ impl Backfill {
                     }
                 }
             }
-            let events = tokio::select! {
-                next = in_flight.next() => match next {
-                    Some(events) => events,
-                    None => continue,
-                },
+            tokio::select! {
+                Some(events) = in_flight.next(), if !in_flight.is_empty() => {
+                    done += 1;
+                    for event in events {
+                        if let Some(fatal) = self.apply(&mut run.tally, event) {
+                            run.tally.stop(fatal);
+                            break 'run;
+                        }
+                    }
+                }
+                (retry, claimed) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                    claiming = None;
+                    let claimed = match claimed {
+                        Ok(c) => c,
+                        Err(e) => {
+                            run.tally.stop(e.to_string());
+                            break;
+                        }
+                    };
+                    ready.extend(claimed.mine);
+                    if !retry {
+                        // Held elsewhere: the sinks stop waiting for it (a day whose other
+                        // windows are here is written without it); if it is taken over later,
+                        // its rows are merged in then.
+                        for w in &claimed.busy {
+                            for event in self.skip_all(w, vec![], &ctx).await {
+                                let _ = self.apply(&mut run.tally, event);
+                            }
+                        }
+                    }
+                    waiting.extend(claimed.busy);
+                    for w in claimed.done {
+                        done += 1;
+                        for event in self.skip_all(&w, vec![Event::DoneElsewhere(w.clone())], &ctx).await {
+                            let _ = self.apply(&mut run.tally, event);
+                        }
+                    }
+                }
                 () = &mut stop => {
                     self.stopped(&mut run, total - done);
                     break;
-                }
-            };
-            done += 1;
-            for event in events {
-                if let Some(fatal) = self.apply(&mut run.tally, event) {
-                    run.tally.stop(fatal);
-                    break 'run;
                 }
             }
         }
