@@ -228,7 +228,9 @@ impl Layout {
         match f.try_lock() {
             Ok(()) => Ok(f),
             Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Held(format!(
-                "another ccc-etl run is writing to {} (lock {} is held); wait for it to finish",
+                "another ccc-etl run is writing to {} (lock {} is held); wait for it to finish \
+                 (several workers can share a job with [postgres] and a Parquet root on object \
+                 storage)",
                 self.root.display(),
                 path.display()
             ))),
