@@ -374,16 +374,7 @@ async fn without_conditional_writes_the_postgres_day_lock_keeps_every_writers_ro
     let s3 = s3::server();
     let db = common::TestDb::create().await;
     // The schema's tables (the manifest is recorded under the day's lock).
-    let mut cfg = ccc_etl::config::Config::for_emulator("http://127.0.0.1:1", vec![]);
-    cfg.postgres = Some(ccc_etl::config::PostgresConfig {
-        url: Some(db.url.clone().into()),
-        schema: ccc_etl::config::SchemaName::parse("ccc").unwrap(),
-    });
-    let store = ccc_etl::commands::connect_postgres(&cfg)
-        .await
-        .unwrap()
-        .unwrap();
-    let pool = store.pool().clone();
+    let pool = db.migrated().await.pool().clone();
     // What the lock prevents: a stale unconditional write overwrites another writer's rows.
     let bucket = s3.bucket().await;
     let a = object_root(s3, &bucket, "wh", false);

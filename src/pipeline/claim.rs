@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::tally::Event;
 use super::{Backfill, Run};
 use crate::coord::Coordinator;
-use crate::record::{WindowKey, fmt_ms};
+use crate::record::WindowKey;
 
 /// Windows asked for per claim, per window of concurrency.
 const CLAIM_PER_SLOT: usize = 4;
@@ -71,13 +71,7 @@ impl Backfill {
             while in_flight.len() < concurrency
                 && let Some(w) = ready.pop_front()
             {
-                let span = tracing::info_span!(
-                    "window",
-                    instance = %w.instance_id,
-                    media_type = %w.media_type,
-                    window_start = %fmt_ms(w.start_ms),
-                    window_end = %fmt_ms(w.end_ms),
-                );
+                let span = super::window_span(&w);
                 in_flight.push(self.process(w, &ctx).instrument(span));
             }
             if in_flight.is_empty() && claiming.is_none() && ready.is_empty() && queue.is_empty() {

@@ -289,13 +289,7 @@ impl Backfill {
         let concurrency = self.config.source.concurrency.max(1);
         let ctx = run.ctx.clone();
         let mut stream = futures::stream::iter(windows.into_iter().map(|w| {
-            let span = tracing::info_span!(
-                "window",
-                instance = %w.instance_id,
-                media_type = %w.media_type,
-                window_start = %fmt_ms(w.start_ms),
-                window_end = %fmt_ms(w.end_ms),
-            );
+            let span = window_span(&w);
             self.process(w, &ctx).instrument(span)
         }))
         .buffer_unordered(concurrency);
@@ -380,6 +374,17 @@ impl Backfill {
             Step::Stop(fatal) => Some(fatal),
         }
     }
+}
+
+/// The span every line about one window carries.
+fn window_span(w: &WindowKey) -> tracing::Span {
+    tracing::info_span!(
+        "window",
+        instance = %w.instance_id,
+        media_type = %w.media_type,
+        window_start = %fmt_ms(w.start_ms),
+        window_end = %fmt_ms(w.end_ms),
+    )
 }
 
 /// The windows a run would fetch now: the plan minus what every sink has committed (unless

@@ -140,6 +140,19 @@ impl TestDb {
         }
     }
 
+    /// The database with the schema `ccc` migrated, as a run leaves it.
+    pub async fn migrated(&self) -> ccc_etl::sink::postgres::PgStore {
+        let mut cfg = Config::for_emulator("http://127.0.0.1:1", vec![]);
+        cfg.postgres = Some(ccc_etl::config::PostgresConfig {
+            url: Some(self.url.clone().into()),
+            schema: ccc_etl::config::SchemaName::parse("ccc").unwrap(),
+        });
+        ccc_etl::commands::connect_postgres(&cfg)
+            .await
+            .expect("migrate the test database")
+            .expect("PostgreSQL is configured")
+    }
+
     pub async fn pool(&self) -> sqlx::PgPool {
         sqlx::PgPool::connect(&self.url)
             .await
