@@ -224,11 +224,6 @@ impl Coordinator {
         Ok(out)
     }
 
-    /// The attempt this worker claimed `w` with, if it holds it.
-    pub fn token(&self, w: &WindowKey) -> Option<i32> {
-        self.lease_of(w).map(|(_, a)| a)
-    }
-
     /// The start of the lease `w` is fetched under, and its attempt.
     fn lease_of(&self, w: &WindowKey) -> Option<(i64, i32)> {
         let tokens = self.tokens.lock().expect("tokens");

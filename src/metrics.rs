@@ -30,6 +30,31 @@ fn family(out: &mut String, name: &str, help: &str, samples: &[(Vec<(&str, Strin
     }
 }
 
+/// With several workers: which worker ran, and what the job's other workers meant for it.
+fn worker_families(out: &mut String, command: &str, s: &RunSummary) {
+    let Some(worker) = &s.worker else { return };
+    let c = || ("command", command.to_string());
+    let w = || ("worker", worker.clone());
+    family(
+        out,
+        "ccc_etl_worker_info",
+        "The worker that ran (several workers share a job through PostgreSQL).",
+        &[(vec![c(), w(), ("host", crate::coord::hostname())], 1.0)],
+    );
+    family(
+        out,
+        "ccc_etl_windows_done_elsewhere",
+        "Windows of this worker's plan done by other workers of the job.",
+        &[(vec![c(), w()], s.windows_done_elsewhere as f64)],
+    );
+    family(
+        out,
+        "ccc_etl_fenced_commits",
+        "Commits refused because another worker had taken the window over.",
+        &[(vec![c(), w()], s.fenced_commits as f64)],
+    );
+}
+
 /// Renders the metrics of one run of `command`.
 pub fn render(
     command: &str,
@@ -72,27 +97,7 @@ pub fn render(
         "Rows committed by the last run, by sink and table.",
         &rows,
     );
-    if let Some(worker) = &s.worker {
-        let w = || ("worker", worker.clone());
-        family(
-            &mut out,
-            "ccc_etl_worker_info",
-            "The worker that ran (several workers share a job through PostgreSQL).",
-            &[(vec![c(), w(), ("host", crate::coord::hostname())], 1.0)],
-        );
-        family(
-            &mut out,
-            "ccc_etl_windows_done_elsewhere",
-            "Windows of this worker's plan done by other workers of the job.",
-            &[(vec![c(), w()], s.windows_done_elsewhere as f64)],
-        );
-        family(
-            &mut out,
-            "ccc_etl_fenced_commits",
-            "Commits refused because another worker had taken the window over.",
-            &[(vec![c(), w()], s.fenced_commits as f64)],
-        );
-    }
+    worker_families(&mut out, command, s);
     let codes: Vec<_> = s
         .responses_by_code
         .iter()

@@ -99,31 +99,15 @@ impl Backfill {
                 }
                 (retry, claimed) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
                     claiming = None;
-                    let claimed = match claimed {
+                    let mut claimed = match claimed {
                         Ok(c) => c,
                         Err(e) => {
                             run.tally.stop(e.to_string());
                             break;
                         }
                     };
-                    ready.extend(claimed.mine);
-                    if !retry {
-                        // Held elsewhere: the sinks stop waiting for it (a day whose other
-                        // windows are here is written without it); if it is taken over later,
-                        // its rows are merged in then.
-                        for w in &claimed.busy {
-                            for event in self.skip_all(w, vec![], &ctx).await {
-                                let _ = self.apply(&mut run.tally, event);
-                            }
-                        }
-                    }
-                    waiting.extend(claimed.busy);
-                    for w in claimed.done {
-                        done += 1;
-                        for event in self.skip_all(&w, vec![Event::DoneElsewhere(w.clone())], &ctx).await {
-                            let _ = self.apply(&mut run.tally, event);
-                        }
-                    }
+                    ready.extend(std::mem::take(&mut claimed.mine));
+                    done += self.take_claim(&mut run, claimed, retry, &ctx, &mut waiting).await;
                 }
                 () = &mut stop => {
                     self.stopped(&mut run, total - done);
@@ -132,6 +116,37 @@ impl Backfill {
             }
         }
         run
+    }
+
+    /// What a claim found besides this worker's windows: the sinks stop waiting for windows
+    /// held elsewhere (kept to retry), and windows done elsewhere count as such. Returns how many
+    /// were done elsewhere.
+    async fn take_claim(
+        &self,
+        run: &mut Run,
+        claimed: crate::coord::Claimed,
+        retry: bool,
+        ctx: &crate::sink::RunContext,
+        waiting: &mut Vec<WindowKey>,
+    ) -> u64 {
+        if !retry {
+            // A day whose other windows are here is written without them; if one is taken over
+            // later, its rows are merged in then.
+            for w in &claimed.busy {
+                for event in self.skip_all(w, vec![], ctx).await {
+                    let _ = self.apply(&mut run.tally, event);
+                }
+            }
+        }
+        waiting.extend(claimed.busy);
+        let done = claimed.done.len() as u64;
+        for w in claimed.done {
+            let events = vec![Event::DoneElsewhere(w.clone())];
+            for event in self.skip_all(&w, events, ctx).await {
+                let _ = self.apply(&mut run.tally, event);
+            }
+        }
+        done
     }
 
     fn stopped(&self, run: &mut Run, left: u64) {

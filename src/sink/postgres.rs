@@ -556,39 +556,7 @@ impl PostgresSink {
         fast_path: bool,
     ) -> Result<CommitStats, sqlx::Error> {
         let mut tx = self.store.pool.begin().await?;
-        let series = format!("ccc-etl:{}:{}", b.key.instance_id, b.key.media_type);
-        match &run.coordinator {
-            None => {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(&series)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            // Several workers: the series lock and the fencing check in one round trip.
-            Some(c) => {
-                let Some((worker, start, attempt)) = c.held(&b.key) else {
-                    c.refused(&b.key);
-                    return Err(sqlx::Error::Protocol(FENCED.into()));
-                };
-                let held: i64 = sqlx::query_scalar(&format!(
-                    "SELECT (SELECT count(*) FROM (SELECT 1 FROM leases WHERE {} FOR UPDATE) f) \
-                     FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) l",
-                    crate::coord::Coordinator::HELD
-                ))
-                .bind(&series)
-                .bind(&b.key.instance_id)
-                .bind(b.key.media_type.as_str())
-                .bind(start)
-                .bind(worker)
-                .bind(attempt)
-                .fetch_one(&mut *tx)
-                .await?;
-                if held == 0 {
-                    c.refused(&b.key);
-                    return Err(sqlx::Error::Protocol(FENCED.into()));
-                }
-            }
-        }
+        lock_series(&mut tx, b, run).await?;
         let (inst, media) = (&b.key.instance_id, b.key.media_type.as_str());
         // Under the series lock no other ccc-etl run writes this series: if the window's range
         // is empty in every table, a plain insert is exact and skips the conflict checks.
@@ -635,6 +603,49 @@ impl PostgresSink {
         tx.commit().await?;
         Ok(stats)
     }
+}
+
+/// Takes the series lock in the commit's transaction; with several workers, in the same round
+/// trip, checks that this worker still holds the window's lease (refused: the `FENCED` error).
+async fn lock_series(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    b: &WindowBatch,
+    run: &RunContext,
+) -> Result<(), sqlx::Error> {
+    let series = format!("ccc-etl:{}:{}", b.key.instance_id, b.key.media_type);
+    match &run.coordinator {
+        None => {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(&series)
+                .execute(&mut **tx)
+                .await?;
+        }
+        // Several workers: the series lock and the fencing check in one round trip.
+        Some(c) => {
+            let Some((worker, start, attempt)) = c.held(&b.key) else {
+                c.refused(&b.key);
+                return Err(sqlx::Error::Protocol(FENCED.into()));
+            };
+            let held: i64 = sqlx::query_scalar(&format!(
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM leases WHERE {} FOR UPDATE) f) \
+                     FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) l",
+                crate::coord::Coordinator::HELD
+            ))
+            .bind(&series)
+            .bind(&b.key.instance_id)
+            .bind(b.key.media_type.as_str())
+            .bind(start)
+            .bind(worker)
+            .bind(attempt)
+            .fetch_one(&mut **tx)
+            .await?;
+            if held == 0 {
+                c.refused(&b.key);
+                return Err(sqlx::Error::Protocol(FENCED.into()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
