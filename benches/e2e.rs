@@ -357,7 +357,7 @@ async fn one_run(emu: &Emulator, ids: &[String], days: i64, coordinated: bool) -
         let c = ccc_etl::coord::Coordinator::register(store.pool().clone(), "backfill", settings)
             .await
             .unwrap()
-            .with_pacer(pacer, cfg.source.max_qps);
+            .with_pacers(vec![pacer], cfg.source.max_qps);
         heartbeat = Some((c.clone(), c.spawn_heartbeat()));
         engine = engine.with_coordinator(c);
     }

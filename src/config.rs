@@ -47,9 +47,19 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Base URL; HTTPS, or plain HTTP to a loopback address only.
-    #[serde(default = "default_endpoint")]
-    pub endpoint: Endpoint,
+    /// Base URL for every region; HTTPS, or plain HTTP to a loopback address only. Unset: each
+    /// region's endpoint as the official SDK derives it.
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    /// The region of instances that do not name one.
+    #[serde(default = "default_region", deserialize_with = "region")]
+    pub region: String,
+    /// Endpoint per region, ahead of `endpoint` (a proxy, a private endpoint, a test server).
+    #[serde(default)]
+    pub endpoints: std::collections::BTreeMap<String, Endpoint>,
+    /// Where credentials come from: the default chain, or one provider pinned.
+    #[serde(default)]
+    pub credentials: crate::credentials::Choice,
     /// Request signing scheme.
     #[serde(default)]
     pub signature_version: SignatureVersion,
@@ -76,7 +86,10 @@ pub struct SourceConfig {
 impl Default for SourceConfig {
     fn default() -> Self {
         Self {
-            endpoint: default_endpoint(),
+            endpoint: None,
+            region: default_region(),
+            endpoints: Default::default(),
+            credentials: Default::default(),
             signature_version: SignatureVersion::default(),
             max_qps: default_max_qps(),
             concurrency: default_concurrency(),
@@ -88,8 +101,79 @@ impl Default for SourceConfig {
     }
 }
 
-fn default_endpoint() -> Endpoint {
-    Endpoint::parse("https://ccc.cn-shanghai.aliyuncs.com").expect("valid default")
+fn default_region() -> String {
+    "cn-shanghai".into()
+}
+
+fn region<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    validate_region(&s).map_err(serde::de::Error::custom)?;
+    Ok(s)
+}
+
+/// A region id such as `cn-shanghai` or `ap-southeast-1`.
+pub fn validate_region(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(format!(
+            "invalid region {s:?}: use a region id such as \"cn-shanghai\" or \"ap-southeast-1\""
+        ));
+    }
+    Ok(())
+}
+
+/// Regions the official CCC SDK (`alibabacloud-ccc20200701`) sends to the central endpoint;
+/// every other region goes to `ccc.{region}.aliyuncs.com`.
+const CENTRAL_REGIONS: &[&str] = &[
+    "ap-northeast-1",
+    "ap-south-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-5",
+    "cn-beijing",
+    "cn-chengdu",
+    "cn-hongkong",
+    "cn-huhehaote",
+    "cn-qingdao",
+    "cn-shenzhen",
+    "cn-zhangjiakou",
+    "eu-central-1",
+    "eu-west-1",
+    "me-east-1",
+    "us-east-1",
+    "us-west-1",
+    "cn-hangzhou-finance",
+    "cn-shenzhen-finance-1",
+    "cn-shanghai-finance-1",
+    "cn-north-2-gov-1",
+];
+
+/// The CCC endpoint of `region` as the official SDK derives it: its endpoint map, else the
+/// regional rule.
+pub fn sdk_endpoint(region: &str) -> Endpoint {
+    let host = if CENTRAL_REGIONS.contains(&region) {
+        "ccc.aliyuncs.com".to_string()
+    } else {
+        format!("ccc.{region}.aliyuncs.com")
+    };
+    Endpoint::parse(&format!("https://{host}")).expect("a validated region makes a valid host")
+}
+
+impl SourceConfig {
+    /// Where requests for `region`'s instances go: `[source.endpoints]`, else `endpoint`, else
+    /// the SDK's rule.
+    pub fn endpoint_for(&self, region: &str) -> Endpoint {
+        self.endpoints
+            .get(region)
+            .or(self.endpoint.as_ref())
+            .cloned()
+            .unwrap_or_else(|| sdk_endpoint(region))
+    }
 }
 fn default_max_qps() -> f64 {
     5.0
@@ -114,9 +198,9 @@ fn default_backoff_max() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Call-center instance ids.
+    /// Call-center instances: ids, or `{ id = "...", region = "..." }`.
     #[serde(deserialize_with = "instance_list")]
-    pub instances: Vec<String>,
+    pub instances: Vec<InstanceSpec>,
     /// Media types to fetch for every instance.
     #[serde(default = "default_media", deserialize_with = "media_list")]
     pub media_types: Vec<MediaType>,
@@ -150,7 +234,50 @@ fn default_heartbeat() -> u64 {
     10
 }
 
+/// One configured instance and, if not `[source] region`, its region.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum InstanceSpec {
+    /// Just the id.
+    Id(String),
+    /// The id and its region.
+    WithRegion {
+        /// Instance id.
+        id: String,
+        /// Region id.
+        region: String,
+    },
+}
+
+impl InstanceSpec {
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        match self {
+            InstanceSpec::Id(id) | InstanceSpec::WithRegion { id, .. } => id,
+        }
+    }
+
+    /// Its region, if it names one.
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            InstanceSpec::Id(_) => None,
+            InstanceSpec::WithRegion { region, .. } => Some(region),
+        }
+    }
+}
+
+impl From<String> for InstanceSpec {
+    fn from(id: String) -> Self {
+        InstanceSpec::Id(id)
+    }
+}
+
 impl PipelineConfig {
+    /// The instance ids, in the configured order.
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.instances.iter().map(|i| i.id().to_string()).collect()
+    }
+
     /// `horizon_margin_minutes` in milliseconds.
     pub fn horizon_margin_ms(&self) -> i64 {
         self.horizon_margin_minutes as i64 * 60_000
@@ -648,10 +775,18 @@ fn timezone<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
     })
 }
 
-/// Instance ids: non-empty list, no duplicates, each a plain token.
-fn instance_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
-    validate_instances(&v).map_err(serde::de::Error::custom)?;
+/// Instances: non-empty list, no duplicates, each id a plain token, each region valid.
+fn instance_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<InstanceSpec>, D::Error> {
+    let v = Vec::<InstanceSpec>::deserialize(d).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{e}: list instance ids, or tables such as {{ id = \"ccc-sg\", region = \"ap-southeast-1\" }}"
+        ))
+    })?;
+    let ids: Vec<String> = v.iter().map(|i| i.id().to_string()).collect();
+    validate_instances(&ids).map_err(serde::de::Error::custom)?;
+    for r in v.iter().filter_map(InstanceSpec::region) {
+        validate_region(r).map_err(serde::de::Error::custom)?;
+    }
     Ok(v)
 }
 
@@ -698,6 +833,31 @@ fn media_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MediaType>, D::Erro
 }
 
 impl Config {
+    /// The region of instance `id`: its own, else `[source] region`.
+    pub fn region_of(&self, id: &str) -> &str {
+        self.pipeline
+            .instances
+            .iter()
+            .find(|i| i.id() == id)
+            .and_then(InstanceSpec::region)
+            .unwrap_or(&self.source.region)
+    }
+
+    /// Every region the configured instances are in, with its endpoint.
+    pub fn regions(&self) -> std::collections::BTreeMap<String, Endpoint> {
+        let mut out = std::collections::BTreeMap::new();
+        out.insert(
+            self.source.region.clone(),
+            self.source.endpoint_for(&self.source.region),
+        );
+        for i in &self.pipeline.instances {
+            if let Some(r) = i.region() {
+                out.insert(r.to_string(), self.source.endpoint_for(r));
+            }
+        }
+        out
+    }
+
     /// Parses TOML text; `origin` names the file in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, InputError> {
         let config = Self::parse_toml(text, origin)?;
@@ -711,6 +871,9 @@ impl Config {
     /// and locks, and its endpoint must be one the store can be reached at safely.
     pub fn check_sinks(&self) -> Result<(), String> {
         let p = &self.pipeline;
+        for region in self.source.endpoints.keys() {
+            validate_region(region).map_err(|e| format!("[source.endpoints] {e}"))?;
+        }
         if p.heartbeat_secs == 0 || p.lease_secs < 2 * p.heartbeat_secs {
             return Err(format!(
                 "[pipeline] lease_secs = {} and heartbeat_secs = {}: the heartbeat must be at \
@@ -810,7 +973,7 @@ impl Config {
     pub fn for_emulator(endpoint: &str, instances: Vec<String>) -> Self {
         Config {
             source: SourceConfig {
-                endpoint: Endpoint::parse(endpoint).expect("emulator endpoint is loopback"),
+                endpoint: Some(Endpoint::parse(endpoint).expect("emulator endpoint is loopback")),
                 max_qps: 50.0,
                 concurrency: 4,
                 timeout_secs: 10,
@@ -819,7 +982,7 @@ impl Config {
                 ..SourceConfig::default()
             },
             pipeline: PipelineConfig {
-                instances,
+                instances: instances.into_iter().map(InstanceSpec::from).collect(),
                 media_types: vec![MediaType::Audio],
                 timezone: default_tz(),
                 lookback_days: default_lookback(),
@@ -882,26 +1045,6 @@ impl Credentials {
             access_key_secret: SecretString::from(secret.to_string()),
             security_token: token.map(|t| SecretString::from(t.to_string())),
         }
-    }
-
-    /// Reads the official SDK's variables.
-    pub fn from_env() -> Result<Self, InputError> {
-        let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let id = get(ENV_ACCESS_KEY_ID).ok_or_else(|| {
-            InputError::new(format!(
-                "{ENV_ACCESS_KEY_ID} is not set: export the AccessKeyId (credentials are read only from the environment)"
-            ))
-        })?;
-        let secret = get(ENV_ACCESS_KEY_SECRET).ok_or_else(|| {
-            InputError::new(format!(
-                "{ENV_ACCESS_KEY_SECRET} is not set: export the AccessKeySecret (credentials are read only from the environment)"
-            ))
-        })?;
-        Ok(Self {
-            access_key_id: id,
-            access_key_secret: SecretString::from(secret),
-            security_token: get(ENV_SECURITY_TOKEN).map(SecretString::from),
-        })
     }
 
     /// The secret, for signing only.
@@ -1034,18 +1177,84 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_example_parses_with_the_documented_values() {
-        let c = Config::from_toml(EXAMPLE, "pipeline.toml").expect("example parses");
+    fn each_region_gets_the_endpoint_the_official_sdk_derives() {
         assert_eq!(
-            c.source.endpoint.to_string(),
+            sdk_endpoint("cn-shanghai").to_string(),
             "https://ccc.cn-shanghai.aliyuncs.com"
         );
+        assert_eq!(
+            sdk_endpoint("ap-southeast-1").to_string(),
+            "https://ccc.aliyuncs.com"
+        );
+        assert_eq!(
+            sdk_endpoint("cn-beijing").to_string(),
+            "https://ccc.aliyuncs.com"
+        );
+        assert_eq!(
+            sdk_endpoint("cn-hangzhou").to_string(),
+            "https://ccc.cn-hangzhou.aliyuncs.com"
+        );
+        let c = Config::from_toml(
+            "[source]\nregion = \"cn-hangzhou\"\n[source.endpoints]\n\"ap-southeast-1\" = \
+             \"http://127.0.0.1:9001\"\n[pipeline]\ninstances = [\"a\", { id = \"b\", region = \
+             \"ap-southeast-1\" }, { id = \"c\", region = \"cn-beijing\" }]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.pipeline.instance_ids(), vec!["a", "b", "c"]);
+        assert_eq!(c.region_of("a"), "cn-hangzhou");
+        assert_eq!(c.region_of("b"), "ap-southeast-1");
+        let regions: Vec<(String, String)> = c
+            .regions()
+            .into_iter()
+            .map(|(r, e)| (r, e.to_string()))
+            .collect();
+        assert_eq!(
+            regions,
+            vec![
+                ("ap-southeast-1".into(), "http://127.0.0.1:9001".into()),
+                ("cn-beijing".into(), "https://ccc.aliyuncs.com".into()),
+                (
+                    "cn-hangzhou".into(),
+                    "https://ccc.cn-hangzhou.aliyuncs.com".into()
+                ),
+            ]
+        );
+        // An explicit endpoint serves every region without its own entry.
+        let c = Config::from_toml(
+            "[source]\nendpoint = \"http://127.0.0.1:9000\"\n[pipeline]\ninstances = [{ id = \
+             \"b\", region = \"ap-southeast-1\" }]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.source.endpoint_for("ap-southeast-1").to_string(),
+            "http://127.0.0.1:9000"
+        );
+        let e = err("[pipeline]\ninstances = [{ id = \"b\", region = \"Mars 1\" }]\n");
+        assert!(e.contains("invalid region \"Mars 1\""), "{e}");
+        let e = err("[pipeline]\ninstances = [{ name = \"b\" }]\n");
+        assert!(e.contains("list instance ids, or tables"), "{e}");
+        let e = err("[source]\ncredentials = \"magic\"\n[pipeline]\ninstances = [\"a\"]\n");
+        assert!(e.contains("credentials"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_parses_with_the_documented_values() {
+        let c = Config::from_toml(EXAMPLE, "pipeline.toml").expect("example parses");
+        assert_eq!(c.source.endpoint, None);
+        assert_eq!(c.source.region, "cn-shanghai");
+        assert_eq!(
+            c.source.endpoint_for(&c.source.region).to_string(),
+            "https://ccc.cn-shanghai.aliyuncs.com"
+        );
+        assert_eq!(c.source.credentials, crate::credentials::Choice::Chain);
         assert_eq!(c.source.signature_version, SignatureVersion::V1);
         assert_eq!(c.source.max_qps, 5.0);
         assert_eq!(c.source.concurrency, 4);
         assert_eq!(c.source.timeout_secs, 30);
         assert_eq!(c.source.max_attempts, 6);
-        assert_eq!(c.pipeline.instances, vec!["ccc-test".to_string()]);
+        assert_eq!(c.pipeline.instance_ids(), vec!["ccc-test".to_string()]);
         assert_eq!(c.pipeline.media_types, vec![MediaType::Audio]);
         assert_eq!(c.pipeline.timezone, chrono_tz::Asia::Shanghai);
         assert_eq!(c.pipeline.lookback_days, 2);

@@ -66,7 +66,8 @@ pub struct Coordinator {
     fenced: AtomicU64,
     done: AtomicU64,
     live_workers: AtomicI64,
-    pacer: Option<(Arc<AdaptivePacer>, f64)>,
+    /// Every region's pacer and `max_qps`, the per-region budget the live workers share.
+    pacers: Option<(Vec<Arc<AdaptivePacer>>, f64)>,
     throttles_seen: AtomicU64,
     shared_throttle_seen: Mutex<Option<DateTime<Utc>>>,
 }
@@ -111,18 +112,22 @@ impl Coordinator {
             fenced: AtomicU64::new(0),
             done: AtomicU64::new(0),
             live_workers: AtomicI64::new(1),
-            pacer: None,
+            pacers: None,
             throttles_seen: AtomicU64::new(0),
             shared_throttle_seen: Mutex::new(None),
         });
         Ok(c)
     }
 
-    /// Shares `max_qps` with the other live workers through `pacer`.
-    pub fn with_pacer(mut self: Arc<Self>, pacer: Arc<AdaptivePacer>, max_qps: f64) -> Arc<Self> {
+    /// Shares each region's `max_qps` with the other live workers through that region's pacer.
+    pub fn with_pacers(
+        mut self: Arc<Self>,
+        pacers: Vec<Arc<AdaptivePacer>>,
+        max_qps: f64,
+    ) -> Arc<Self> {
         Arc::get_mut(&mut self)
             .expect("set before the coordinator is shared")
-            .pacer = Some((pacer, max_qps));
+            .pacers = Some((pacers, max_qps));
         self
     }
 
@@ -366,11 +371,14 @@ impl Coordinator {
     }
 
     async fn share_rate(&self) -> anyhow::Result<()> {
-        let Some((pacer, max_qps)) = &self.pacer else {
+        let Some((pacers, max_qps)) = &self.pacers else {
             return Ok(());
         };
-        pacer.set_ceiling(max_qps / self.live_workers.load(Ordering::Relaxed) as f64);
-        let throttles = pacer.throttles();
+        let live = self.live_workers.load(Ordering::Relaxed) as f64;
+        for pacer in pacers {
+            pacer.set_ceiling(max_qps / live);
+        }
+        let throttles: u64 = pacers.iter().map(|p| p.throttles()).sum();
         let before = self.throttles_seen.swap(throttles, Ordering::Relaxed);
         let shared: Option<DateTime<Utc>> = if throttles > before {
             sqlx::query_scalar(
@@ -393,7 +401,9 @@ impl Coordinator {
             && throttles == before
         {
             // Another worker was throttled since the last heartbeat: slow down too.
-            pacer.slow_down();
+            for pacer in pacers {
+                pacer.slow_down();
+            }
         }
         if shared.is_some() {
             *seen = shared;

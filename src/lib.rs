@@ -27,6 +27,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod coord;
+pub mod credentials;
 pub mod dedup;
 pub mod error;
 pub mod ledger;

@@ -123,6 +123,12 @@ pub fn render(
     );
     family(
         &mut out,
+        "ccc_etl_credential_refreshes",
+        "Temporary credentials renewed during the last run.",
+        &[(vec![c()], s.credential_refreshes as f64)],
+    );
+    family(
+        &mut out,
         "ccc_etl_revisions",
         "Rows whose values changed since last written.",
         &[(vec![c()], s.revisions as f64)],

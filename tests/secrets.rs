@@ -55,6 +55,7 @@ async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
         KeyPair {
             secret: SECRET.into(),
             security_token: Some(TOKEN.into()),
+            expires: None,
         },
     );
     let emu = common::start(opts).await;

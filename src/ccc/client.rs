@@ -4,7 +4,7 @@
 //! holds one permit of the in-flight semaphore (`concurrency`), so neither limit can be
 //! exceeded however many windows are being fetched at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use super::redact::Redactor;
 use super::sign::{self, V3Canonical};
 use super::wire::{Body, parse_body};
 use crate::config::{Credentials, Endpoint, SignatureVersion, SourceConfig};
+use crate::credentials::CredentialSource;
 use crate::record::{MediaType, Report};
 
 /// The API action this client calls.
@@ -121,14 +122,41 @@ pub struct CallFailed {
     pub attempts: u32,
 }
 
+/// Where one region's requests go, and its own rate budget (QPS limits are per region).
+struct Route {
+    endpoint: Endpoint,
+    limiter: Arc<dyn RateLimiter>,
+}
+
+/// What [`CccClient::new`] takes as credentials: a fixed key pair, or a shared source that
+/// renews temporary ones.
+pub trait IntoCredentialSource {
+    /// The shared source.
+    fn into_source(self) -> Arc<CredentialSource>;
+}
+
+impl IntoCredentialSource for Credentials {
+    fn into_source(self) -> Arc<CredentialSource> {
+        Arc::new(CredentialSource::fixed(self))
+    }
+}
+
+impl IntoCredentialSource for Arc<CredentialSource> {
+    fn into_source(self) -> Arc<CredentialSource> {
+        self
+    }
+}
+
 /// The client. Cheap to share behind an `Arc`.
 pub struct CccClient {
     http: reqwest::Client,
-    endpoint: Endpoint,
+    /// `[source] region`'s route, for instances in no other region.
+    default_route: Route,
+    /// Other regions' routes, and which instances are in which region.
+    routes: HashMap<String, Route>,
+    instance_region: HashMap<String, String>,
     version: SignatureVersion,
-    credentials: Credentials,
-    redactor: Redactor,
-    limiter: Arc<dyn RateLimiter>,
+    credentials: Arc<CredentialSource>,
     inflight: Arc<Semaphore>,
     retry: RetryPolicy,
     timeout_secs: u64,
@@ -138,7 +166,8 @@ pub struct CccClient {
 impl std::fmt::Debug for CccClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CccClient")
-            .field("endpoint", &self.endpoint.to_string())
+            .field("endpoint", &self.default_route.endpoint.to_string())
+            .field("regions", &self.routes.keys().collect::<Vec<_>>())
             .field("version", &self.version)
             .field("credentials", &self.credentials)
             .finish_non_exhaustive()
@@ -146,25 +175,34 @@ impl std::fmt::Debug for CccClient {
 }
 
 impl CccClient {
-    /// Builds a client from `[source]`, the credentials and the run's shared limiter.
+    /// Builds a client from `[source]` (its `region`'s endpoint), the credentials and the run's
+    /// shared limiter. Instances in other regions are added with [`CccClient::with_region`].
     pub fn new(
         source: &SourceConfig,
-        credentials: Credentials,
+        credentials: impl IntoCredentialSource,
         limiter: Arc<dyn RateLimiter>,
     ) -> Result<Self, reqwest::Error> {
+        let endpoint = source.endpoint_for(&source.region);
+        // Every endpoint was checked when parsed: plain HTTP only to loopback.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(source.timeout_secs))
             .connect_timeout(Duration::from_secs(source.timeout_secs.min(10)))
             .user_agent(concat!("ccc-etl/", env!("CARGO_PKG_VERSION")))
-            .https_only(!is_plain_loopback(&source.endpoint))
+            .https_only(
+                source.endpoint_for(&source.region).url().scheme() == "https"
+                    && source
+                        .endpoints
+                        .values()
+                        .all(|e| e.url().scheme() == "https"),
+            )
             .build()?;
         Ok(Self {
             http,
-            endpoint: source.endpoint.clone(),
+            default_route: Route { endpoint, limiter },
+            routes: HashMap::new(),
+            instance_region: HashMap::new(),
             version: source.signature_version,
-            redactor: Redactor::new(&credentials),
-            credentials,
-            limiter,
+            credentials: credentials.into_source(),
             inflight: Arc::new(Semaphore::new(source.concurrency)),
             retry: RetryPolicy {
                 max_attempts: source.max_attempts,
@@ -176,14 +214,42 @@ impl CccClient {
         })
     }
 
+    /// Sends `instances`' requests to `endpoint`, paced by `limiter` (the region's own budget).
+    pub fn with_region(
+        mut self,
+        region: &str,
+        endpoint: Endpoint,
+        limiter: Arc<dyn RateLimiter>,
+        instances: impl IntoIterator<Item = String>,
+    ) -> Self {
+        for i in instances {
+            self.instance_region.insert(i, region.to_string());
+        }
+        self.routes
+            .insert(region.to_string(), Route { endpoint, limiter });
+        self
+    }
+
+    fn route(&self, instance: &str) -> &Route {
+        self.instance_region
+            .get(instance)
+            .and_then(|r| self.routes.get(r))
+            .unwrap_or(&self.default_route)
+    }
+
     /// The run's counters.
     pub fn stats(&self) -> &Arc<ClientStats> {
         &self.stats
     }
 
-    /// The shared rate limiter.
+    /// The credentials the client signs with.
+    pub fn credentials(&self) -> &Arc<CredentialSource> {
+        &self.credentials
+    }
+
+    /// The default region's rate limiter.
     pub fn limiter(&self) -> &Arc<dyn RateLimiter> {
-        &self.limiter
+        &self.default_route.limiter
     }
 
     /// Fetches one report, retrying what is retryable with capped, fully jittered exponential
@@ -196,15 +262,25 @@ impl CccClient {
             if attempt > 1 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
+            let route = self.route(&req.instance_id);
+            let credentials = match self.credentials.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    return Err(CallFailed {
+                        error: ApiError::Credentials(e.to_string()),
+                        attempts: attempt,
+                    });
+                }
+            };
             let outcome = {
                 let _permit = self
                     .inflight
                     .acquire()
                     .await
                     .expect("semaphore never closed");
-                self.limiter.acquire().await;
+                route.limiter.acquire().await;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                self.send_once(req).await
+                self.send_once(req, route, &credentials).await
             };
             match outcome {
                 Ok(report) => {
@@ -216,9 +292,23 @@ impl CccClient {
                 }
                 Err((error, retry_after)) => {
                     self.stats.count_code(error.code());
+                    if error.code() == "InvalidSecurityToken.Expired"
+                        && self.credentials.renewable()
+                        && attempt < self.retry.max_attempts
+                    {
+                        // Renewed once for every request that met the same expiry; then
+                        // this one goes again at once.
+                        if let Err(e) = self.credentials.expired(&credentials).await {
+                            return Err(CallFailed {
+                                error: ApiError::Credentials(e.to_string()),
+                                attempts: attempt,
+                            });
+                        }
+                        continue;
+                    }
                     if error.is_throttling() {
                         self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                        self.limiter.on_throttled();
+                        route.limiter.on_throttled();
                     }
                     if !error.is_retryable() || attempt >= self.retry.max_attempts {
                         return Err(CallFailed {
@@ -242,16 +332,18 @@ impl CccClient {
     async fn send_once(
         &self,
         req: &TrendingRequest,
+        route: &Route,
+        credentials: &Credentials,
     ) -> Result<Report, (ApiError, Option<Duration>)> {
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let now = Utc::now();
         let builder = match self.version {
             SignatureVersion::V1 => {
                 let url = sign_v1_url(
-                    self.endpoint.url(),
+                    route.endpoint.url(),
                     "GET",
                     &req.params(),
-                    &self.credentials,
+                    credentials,
                     &nonce,
                     &now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 );
@@ -259,10 +351,10 @@ impl CccClient {
             }
             SignatureVersion::V3 => {
                 let (url, headers) = sign_v3_request(
-                    self.endpoint.url(),
-                    &self.endpoint.authority(),
+                    route.endpoint.url(),
+                    &route.endpoint.authority(),
                     &req.params(),
-                    &self.credentials,
+                    credentials,
                     &nonce,
                     &now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 );
@@ -276,7 +368,7 @@ impl CccClient {
         let resp = builder
             .send()
             .await
-            .map_err(|e| (self.transport(e), None))?;
+            .map_err(|e| (self.transport(e, &route.endpoint), None))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -292,54 +384,12 @@ impl CccClient {
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| (self.transport(e), retry_after))?;
-        self.interpret(status, &bytes, header_request_id)
-            .map_err(|e| (e, retry_after))
+            .map_err(|e| (self.transport(e, &route.endpoint), retry_after))?;
+        interpret(status, &bytes, header_request_id, credentials).map_err(|e| (e, retry_after))
     }
 
-    /// Turns an answer into a report or an error. Every text the server sent passes through the
-    /// redactor first: a `SignatureDoesNotMatch` message quotes the AccessKeyId, the STS token and
-    /// the signature.
-    fn interpret(
-        &self,
-        status: u16,
-        bytes: &[u8],
-        header_request_id: Option<String>,
-    ) -> Result<Report, ApiError> {
-        let scrub = |s: String| self.redactor.scrub(&s);
-        match parse_body(bytes) {
-            Ok(Body::Ok(report)) if status == 200 => Ok(report),
-            Ok(Body::Ok(report)) => Err(ApiError::Service {
-                http_status: status,
-                code: format!("HTTP{status}"),
-                message: "non-200 status with a success body".into(),
-                request_id: Some(report.request_id).filter(|r| !r.is_empty()),
-            }),
-            Ok(Body::Error {
-                code,
-                message,
-                request_id,
-            }) => Err(ApiError::Service {
-                http_status: status,
-                code: scrub(code),
-                message: scrub(message),
-                request_id: request_id.or(header_request_id),
-            }),
-            Err(malformed) if status >= 400 => Err(ApiError::Service {
-                http_status: status,
-                code: format!("HTTP{status}"),
-                message: scrub(malformed.0),
-                request_id: header_request_id,
-            }),
-            Err(malformed) => Err(ApiError::Malformed {
-                http_status: status,
-                detail: scrub(malformed.0),
-                request_id: header_request_id,
-            }),
-        }
-    }
-
-    fn transport(&self, e: reqwest::Error) -> ApiError {
+    /// A transport failure, worded without the signed URL.
+    fn transport(&self, e: reqwest::Error, endpoint: &Endpoint) -> ApiError {
         if e.is_timeout() {
             ApiError::Timeout(self.timeout_secs)
         } else {
@@ -357,7 +407,7 @@ impl CccClient {
             }
             if certificate {
                 return ApiError::Certificate {
-                    host: self.endpoint.authority(),
+                    host: endpoint.authority(),
                     detail: msg,
                 };
             }
@@ -366,8 +416,47 @@ impl CccClient {
     }
 }
 
-fn is_plain_loopback(e: &Endpoint) -> bool {
-    e.url().scheme() == "http"
+/// Turns an answer into a report or an error. Every text the server sent passes through the
+/// redactor first: a `SignatureDoesNotMatch` message quotes the AccessKeyId, the STS token and
+/// the signature.
+fn interpret(
+    status: u16,
+    bytes: &[u8],
+    header_request_id: Option<String>,
+    credentials: &Credentials,
+) -> Result<Report, ApiError> {
+    let redactor = Redactor::new(credentials);
+    let scrub = |s: String| redactor.scrub(&s);
+    match parse_body(bytes) {
+        Ok(Body::Ok(report)) if status == 200 => Ok(report),
+        Ok(Body::Ok(report)) => Err(ApiError::Service {
+            http_status: status,
+            code: format!("HTTP{status}"),
+            message: "non-200 status with a success body".into(),
+            request_id: Some(report.request_id).filter(|r| !r.is_empty()),
+        }),
+        Ok(Body::Error {
+            code,
+            message,
+            request_id,
+        }) => Err(ApiError::Service {
+            http_status: status,
+            code: scrub(code),
+            message: scrub(message),
+            request_id: request_id.or(header_request_id),
+        }),
+        Err(malformed) if status >= 400 => Err(ApiError::Service {
+            http_status: status,
+            code: format!("HTTP{status}"),
+            message: scrub(malformed.0),
+            request_id: header_request_id,
+        }),
+        Err(malformed) => Err(ApiError::Malformed {
+            http_status: status,
+            detail: scrub(malformed.0),
+            request_id: header_request_id,
+        }),
+    }
 }
 
 /// The V1 common parameters plus `params`, signed, as a full URL (GET: everything in the query).
@@ -379,9 +468,30 @@ pub fn sign_v1_url(
     nonce: &str,
     timestamp: &str,
 ) -> reqwest::Url {
+    sign_v1_action(
+        base,
+        (ACTION, API_VERSION),
+        method,
+        params,
+        credentials,
+        nonce,
+        timestamp,
+    )
+}
+
+/// [`sign_v1_url`] for any `(action, version)` of any RPC product (STS `AssumeRole` too).
+pub fn sign_v1_action(
+    base: &reqwest::Url,
+    (action, version): (&str, &str),
+    method: &str,
+    params: &[(&str, String)],
+    credentials: &Credentials,
+    nonce: &str,
+    timestamp: &str,
+) -> reqwest::Url {
     let mut all: Vec<(&str, &str)> = vec![
-        ("Action", ACTION),
-        ("Version", API_VERSION),
+        ("Action", action),
+        ("Version", version),
         ("Format", "JSON"),
         ("AccessKeyId", &credentials.access_key_id),
         ("SignatureMethod", "HMAC-SHA1"),

@@ -46,6 +46,9 @@ pub enum ApiError {
     /// Connection refused, reset, DNS.
     #[error("network error: {0}")]
     Network(String),
+    /// No credentials to sign with: the provider could not renew expired ones.
+    #[error("{0}")]
+    Credentials(String),
     /// The endpoint's TLS certificate is not trusted (expired, self-signed, another host's):
     /// every further request would fail the same way.
     #[error("the TLS certificate of {host} is not trusted: {detail}")]
@@ -105,9 +108,10 @@ impl ApiError {
             ApiError::Service {
                 code, http_status, ..
             } => classify_code(code, *http_status),
-            ApiError::Malformed { .. } | ApiError::Timeout(_) | ApiError::Network(_) => {
-                ErrorClass::Retryable
-            }
+            ApiError::Malformed { .. }
+            | ApiError::Timeout(_)
+            | ApiError::Network(_)
+            | ApiError::Credentials(_) => ErrorClass::Retryable,
             ApiError::Certificate { .. } => ErrorClass::RunFatal,
         }
     }
@@ -140,6 +144,7 @@ impl ApiError {
             ApiError::Malformed { .. } => "MalformedResponse",
             ApiError::Timeout(_) => "Timeout",
             ApiError::Network(_) => "NetworkError",
+            ApiError::Credentials(_) => "CredentialsUnavailable",
             ApiError::Certificate { .. } => "CertificateError",
         }
     }
@@ -170,7 +175,10 @@ impl ApiError {
             Some("check ALIBABA_CLOUD_ACCESS_KEY_SECRET for the configured AccessKeyId")
         } else if code.starts_with("InvalidAccessKeyId") || code.starts_with("InvalidSecurityToken")
         {
-            Some("check ALIBABA_CLOUD_ACCESS_KEY_ID (and ALIBABA_CLOUD_SECURITY_TOKEN for STS)")
+            Some(
+                "check the credentials the start-up line names (for an AccessKey: \
+                 ALIBABA_CLOUD_ACCESS_KEY_ID, and ALIBABA_CLOUD_SECURITY_TOKEN for STS)",
+            )
         } else if self.class() == ErrorClass::RunFatal {
             Some("grant the RAM user permission for ccc:GetInstanceTrendingReport")
         } else {

@@ -2,12 +2,8 @@
 //! (one API call), PostgreSQL (reachable, privileges), the Parquet root (writable). One line per
 //! check; exit 1 when any fails.
 
-use std::sync::Arc;
-
-use super::job::preflight_endpoint;
-use crate::ccc::client::{CccClient, TrendingRequest};
-use crate::ccc::ratelimit::AdaptivePacer;
-use crate::config::{Config, Credentials};
+use crate::ccc::client::TrendingRequest;
+use crate::config::Config;
 use crate::error::{EXIT_FATAL, EXIT_OK};
 
 /// One check's outcome.
@@ -45,44 +41,49 @@ pub(crate) async fn run_check(config: &Config) -> anyhow::Result<u8> {
     Ok(if failed { EXIT_FATAL } else { EXIT_OK })
 }
 
-/// One request for the first instance's last hour.
+/// Credentials from the chain, then one request for each region's first instance's last hour.
 async fn check_api(config: &Config) -> Result<String, String> {
-    let credentials = Credentials::from_env().map_err(|e| e.to_string())?;
-    preflight_endpoint(&config.source.endpoint)
+    let credentials = crate::credentials::process_source(config.source.credentials)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    super::job::preflight_regions(config)
         .await
         .map_err(|e| e.to_string())?;
-    let instance = config
-        .pipeline
-        .instances
-        .first()
-        .ok_or("no instance is configured")?;
-    let client = CccClient::new(
-        &config.source,
-        credentials,
-        Arc::new(AdaptivePacer::new(config.source.max_qps)),
-    )
-    .map_err(|e| e.to_string())?;
+    let (client, _) =
+        super::job::build_client(config, credentials.clone()).map_err(|e| e.to_string())?;
     let now = chrono::Utc::now().timestamp_millis();
-    let req = TrendingRequest {
-        instance_id: instance.clone(),
-        media_type: config.pipeline.media_types[0],
-        start_ms: now - 3_600_000,
-        end_ms: now,
-    };
-    match client.get_trending_report(&req).await {
-        Ok(_) => Ok(format!(
-            "GetInstanceTrendingReport for {instance} at {} answered",
-            config.source.endpoint
-        )),
-        Err(failed) => {
+    let mut answered = Vec::new();
+    for (region, endpoint) in config.regions() {
+        let Some(instance) = config
+            .pipeline
+            .instances
+            .iter()
+            .find(|i| config.region_of(i.id()) == region)
+        else {
+            continue;
+        };
+        let req = TrendingRequest {
+            instance_id: instance.id().to_string(),
+            media_type: config.pipeline.media_types[0],
+            start_ms: now - 3_600_000,
+            end_ms: now,
+        };
+        if let Err(failed) = client.get_trending_report(&req).await {
             let hint = failed
                 .error
                 .hint()
                 .map(|h| format!(": {h}"))
                 .unwrap_or_default();
-            Err(format!("{}{hint}", failed.error))
+            return Err(format!("{}{hint}", failed.error));
         }
+        answered.push(format!("{} at {endpoint}", instance.id()));
     }
+    Ok(format!(
+        "GetInstanceTrendingReport for {} answered (credentials: {}, AccessKeyId {})",
+        answered.join(", "),
+        credentials.label(),
+        credentials.masked_key_id()
+    ))
 }
 
 async fn check_postgres(config: &Config) -> Result<String, String> {
@@ -103,7 +104,7 @@ async fn check_parquet(config: &Config) -> Result<String, String> {
     let root = match &pq.root {
         crate::config::RootUrl::Local(root) => root,
         crate::config::RootUrl::Object(url) => {
-            let root = crate::sink::parquet::ObjectRoot::open(pq, url)?;
+            let root = crate::sink::parquet::ObjectRoot::open(pq, url, config.source.credentials)?;
             root.probe_write().await?;
             return Ok(format!("{url} is writable"));
         }

@@ -53,6 +53,7 @@ pub(crate) fn emulator_options(
         KeyPair {
             secret: credentials.secret().to_string(),
             security_token: credentials.token().map(str::to_string),
+            expires: None,
         },
     );
     opts.bucket_ms = args.bucket_minutes as i64 * 60_000;
@@ -78,7 +79,7 @@ pub(crate) fn emulator_options(
 }
 
 pub(crate) async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<u8> {
-    let credentials = Credentials::from_env()?;
+    let credentials = emulator_key_pair()?;
     let opts = emulator_options(args, &credentials)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -92,4 +93,18 @@ pub(crate) async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<u8> {
     tracing::info!(instances = ?args.instances, "emulator serving");
     emulator::serve(listener, opts, shutdown).await?;
     Ok(EXIT_OK)
+}
+
+/// The key pair the emulator accepts: `ALIBABA_CLOUD_ACCESS_KEY_ID`/`SECRET` (a fixed pair, as
+/// a client configured from the environment signs with).
+fn emulator_key_pair() -> Result<Credentials, InputError> {
+    let env = |k: &str| std::env::var(k).ok();
+    let found = crate::credentials::resolve(crate::credentials::Choice::Env, &env)?;
+    match found.into_iter().next().map(|f| f.provider) {
+        Some(crate::credentials::Provider::Static(c)) => Ok(c),
+        _ => Err(InputError::new(
+            "the emulator needs ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET: \
+             the key pair it accepts",
+        )),
+    }
 }

@@ -13,7 +13,7 @@ use super::{report, resolve_instances};
 use crate::ccc::client::CccClient;
 use crate::ccc::ratelimit::AdaptivePacer;
 use crate::cli::RangeArgs;
-use crate::config::{Config, Credentials};
+use crate::config::Config;
 use crate::coord::{Coordinator, LeaseSettings};
 use crate::error::{EXIT_OK, InputError};
 use crate::ledger::Ledger;
@@ -89,8 +89,8 @@ pub(crate) async fn run_job(
     crate::output::set_run(&run_id.to_string(), req.kind.as_str());
     let span = tracing::info_span!("run", run_id = %run_id, command = req.kind.as_str());
     let outcome = async {
-        let credentials = Credentials::from_env()?;
-        preflight_endpoint(&config.source.endpoint).await?;
+        let credentials = crate::credentials::process_source(config.source.credentials).await?;
+        preflight_regions(config).await?;
         let (sinks, ledger, store) = open_sinks_and_store(config).await?;
         let summary = execute(
             config,
@@ -203,10 +203,48 @@ pub struct HowToRun {
     pub workers: Option<sqlx::PgPool>,
 }
 
+/// The API client of a run: `[source] region`'s endpoint and budget, and one more route, with
+/// its own budget of `max_qps`, for every other region an instance is in. Returns the client
+/// and every region's pacer.
+pub fn build_client(
+    config: &Config,
+    credentials: impl crate::ccc::client::IntoCredentialSource,
+) -> anyhow::Result<(CccClient, Vec<Arc<AdaptivePacer>>)> {
+    let pacer = || Arc::new(AdaptivePacer::new(config.source.max_qps));
+    let first = pacer();
+    let mut pacers = vec![first.clone()];
+    let mut client = CccClient::new(&config.source, credentials, first)
+        .context("cannot build the HTTP client")?;
+    for (region, endpoint) in config.regions() {
+        if region == config.source.region {
+            continue;
+        }
+        let instances: Vec<String> = config
+            .pipeline
+            .instances
+            .iter()
+            .filter(|i| i.region() == Some(region.as_str()))
+            .map(|i| i.id().to_string())
+            .collect();
+        let p = pacer();
+        pacers.push(p.clone());
+        client = client.with_region(&region, endpoint, p, instances);
+    }
+    Ok((client, pacers))
+}
+
+/// [`preflight_endpoint`] for every region's endpoint.
+pub async fn preflight_regions(config: &Config) -> anyhow::Result<()> {
+    for endpoint in config.regions().values() {
+        preflight_endpoint(endpoint).await?;
+    }
+    Ok(())
+}
+
 /// Builds the client and runs a backfill.
 pub async fn execute(
     config: &Config,
-    credentials: Credentials,
+    credentials: impl crate::ccc::client::IntoCredentialSource,
     sinks: Vec<Arc<dyn Sink>>,
     ledger: Arc<dyn Ledger>,
     req: &BackfillRequest,
@@ -218,9 +256,7 @@ pub async fn execute(
         run_id,
         workers,
     } = how;
-    let limiter = Arc::new(AdaptivePacer::new(config.source.max_qps));
-    let client = CccClient::new(&config.source, credentials, limiter.clone())
-        .context("cannot build the HTTP client")?;
+    let (client, pacers) = build_client(config, credentials)?;
     let mut engine = Backfill::new(
         config.clone(),
         Arc::new(client),
@@ -240,7 +276,7 @@ pub async fn execute(
             };
             let c = Coordinator::register(pool, req.kind.as_str(), settings)
                 .await?
-                .with_pacer(limiter, config.source.max_qps);
+                .with_pacers(pacers, config.source.max_qps);
             c.beat().await?;
             engine = engine.with_coordinator(c.clone());
             Some((c.clone(), c.spawn_heartbeat()))

@@ -38,7 +38,7 @@ pub(crate) async fn run_migrate(config: &Config, access: Access) -> anyhow::Resu
         && pq.local_root().is_none()
     {
         // Checked before the database changes: an object-storage root is not re-partitioned.
-        let root = Root::open(pq).map_err(InputError::new)?;
+        let root = Root::open(pq, config.source.credentials).map_err(InputError::new)?;
         if let Some(meta) = root.read_meta().await.map_err(anyhow::Error::msg)? {
             crate::sink::parquet::check_zone(&root.display(), &meta, tz).map_err(|_| {
                 InputError::new(format!(

@@ -138,14 +138,15 @@ pub(crate) fn may_create_in(dir: &std::path::Path) -> std::io::Result<()> {
 /// Instances from `--instance`, checked against the configuration, or all configured ones.
 pub fn resolve_instances(config: &Config, requested: &[String]) -> Result<Vec<String>, InputError> {
     if requested.is_empty() {
-        return Ok(config.pipeline.instances.clone());
+        return Ok(config.pipeline.instance_ids());
     }
     validate_instances(requested).map_err(|e| InputError::new(format!("--instance: {e}")))?;
+    let configured = config.pipeline.instance_ids();
     for id in requested {
-        if !config.pipeline.instances.contains(id) {
+        if !configured.contains(id) {
             return Err(InputError::new(format!(
                 "--instance {id:?} is not a configured instance (configured: {})",
-                config.pipeline.instances.join(", ")
+                configured.join(", ")
             )));
         }
     }

@@ -149,7 +149,7 @@ pub(crate) async fn open_sinks_and_store(config: &Config) -> anyhow::Result<Open
     if let (Some(pq), Some(store)) = (&config.parquet, &store)
         && let RootUrl::Object(url) = &pq.root
     {
-        let root = ObjectRoot::open(pq, url).map_err(InputError::new)?;
+        let root = ObjectRoot::open(pq, url, config.source.credentials).map_err(InputError::new)?;
         parquet = Some(
             ParquetSink::open_object(root, config.pipeline.timezone, store.pool())
                 .await

@@ -29,7 +29,8 @@ pub async fn run_plan(
             sinks.push(SinkId::new(SinkKind::Postgres, ""));
         }
         if let Some(pq) = &config.parquet {
-            let root = Root::open(pq).map_err(crate::error::InputError::new)?;
+            let root =
+                Root::open(pq, config.source.credentials).map_err(crate::error::InputError::new)?;
             sinks.push(parquet_sink_id(&root, config.pipeline.timezone).await?);
         }
         let (pending, _) =

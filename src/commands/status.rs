@@ -80,7 +80,7 @@ async fn report(
                 .pipeline
                 .media_types
                 .iter()
-                .map(move |m| (i.clone(), *m))
+                .map(move |m| (i.id().to_string(), *m))
         })
         .collect();
     let (mut sinks, mut rows, mut not_covered) = (Vec::new(), Rows::new(), BTreeMap::new());
@@ -97,7 +97,8 @@ async fn report(
     }
     let mut findings = Vec::new();
     if let Some(pq) = &config.parquet {
-        let root = Root::open(pq).map_err(crate::error::InputError::new)?;
+        let root =
+            Root::open(pq, config.source.credentials).map_err(crate::error::InputError::new)?;
         let parquet = parquet_view(config, &root, ledger.as_ref(), &series, count_rows).await?;
         rows.extend(parquet.rows);
         not_covered.insert(parquet.id.clone(), parquet.not_covered);

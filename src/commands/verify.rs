@@ -4,9 +4,9 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 
-use super::job::{HowToRun, execute, finish_run, preflight_endpoint};
+use super::job::{HowToRun, execute, finish_run};
 use super::open::{connect_postgres_with, open_sinks, parquet_sink_id};
-use crate::config::{Config, Credentials};
+use crate::config::Config;
 use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
 use crate::ledger::Ledger;
 use crate::pipeline::{BackfillRequest, RangeStart, RunKind, system_now};
@@ -53,7 +53,7 @@ pub(crate) async fn verify(config: &Config, config_path: &Path) -> anyhow::Resul
     let store = connect_postgres_with(config, Access::ReadOnly)
         .await?
         .expect("checked above");
-    let root = Root::open(pq).map_err(InputError::new)?;
+    let root = Root::open(pq, config.source.credentials).map_err(InputError::new)?;
     parquet_sink_id(&root, config.pipeline.timezone).await?;
     let pg = crate::verify::pg_digests(&store, config.pipeline.timezone).await?;
     let scan = crate::verify::parquet_digests(&root)
@@ -114,11 +114,15 @@ pub(crate) async fn run_repair(
     metrics: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<u8> {
-    let credentials = Credentials::from_env()?;
-    preflight_endpoint(&config.source.endpoint).await?;
+    let credentials = crate::credentials::process_source(config.source.credentials).await?;
+    super::job::preflight_regions(config).await?;
     let pq = config.parquet.as_ref().expect("verify checked both sinks");
     let (sinks, ledger) = open_sinks(config).await?;
-    set_aside(&Root::open(pq).map_err(InputError::new)?, &found.unreadable).await?;
+    set_aside(
+        &Root::open(pq, config.source.credentials).map_err(InputError::new)?,
+        &found.unreadable,
+    )
+    .await?;
     let days = found.days();
     let ranges = crate::ranges::union(
         days.iter()
@@ -132,7 +136,7 @@ pub(crate) async fn run_repair(
     };
     // Only the span of the days taken back: what is committed inside it is not fetched again.
     let req = BackfillRequest {
-        instances: config.pipeline.instances.clone(),
+        instances: config.pipeline.instance_ids(),
         from: RangeStart::At(first.0),
         to_ms: last.1.min(now()),
         refetch: false,

@@ -340,6 +340,9 @@ impl Backfill {
         summary.retries = stats.retries.load(Ordering::Relaxed);
         summary.throttled = stats.throttled.load(Ordering::Relaxed);
         summary.responses_by_code = stats.by_code();
+        let credentials = self.client.credentials();
+        summary.credentials = Some(credentials.label().to_string());
+        summary.credential_refreshes = credentials.refreshes();
         summary.duration_secs = started.elapsed().as_secs_f64();
         summary.windows_failed.sort_by(|a, b| a.key.cmp(&b.key));
         summary.revisions = summary.sinks.values().map(|c| c.revised).max().unwrap_or(0);

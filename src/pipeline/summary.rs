@@ -53,6 +53,12 @@ pub struct RunSummary {
     pub retries: u64,
     /// Throttling answers.
     pub throttled: u64,
+    /// Where the credentials came from (the provider, never a secret).
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// Temporary credentials renewed during the run.
+    #[serde(default)]
+    pub credential_refreshes: u64,
     /// Answers by code.
     pub responses_by_code: BTreeMap<String, u64>,
     /// Rows of a neighbouring window's boundary bucket, left to it (expected).
@@ -132,6 +138,17 @@ impl RunSummary {
             "  requests {}, retries {}, throttled {}\n",
             self.requests, self.retries, self.throttled
         ));
+        if let Some(provider) = &self.credentials {
+            s.push_str(&format!(
+                "  credentials: {provider}, renewed {} time{}\n",
+                self.credential_refreshes,
+                if self.credential_refreshes == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            ));
+        }
         s.push_str(&self.render_findings());
         s
     }

@@ -1,8 +1,6 @@
 //! Signature verification as Alibaba Cloud performs it, for V1 (query `Signature`) and V3
 //! (`Authorization: ACS3-HMAC-SHA256 ...`).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::ccc::sign::{self, V3Authorization, V3Canonical};
@@ -38,6 +36,8 @@ pub struct KeyPair {
     pub secret: String,
     /// Required STS token, if the pair is temporary.
     pub security_token: Option<String>,
+    /// When a temporary pair stops being accepted (`InvalidSecurityToken.Expired`).
+    pub expires: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for KeyPair {
@@ -127,8 +127,11 @@ fn check_time(ts: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Rej
     Ok(t)
 }
 
-fn lookup<'k>(keys: &'k HashMap<String, KeyPair>, id: &str) -> Result<&'k KeyPair, Rejection> {
-    keys.get(id).ok_or_else(|| {
+/// Finds the key pair of an AccessKeyId: the configured ones and the STS credentials issued.
+pub type KeyLookup<'a> = &'a (dyn Fn(&str) -> Option<KeyPair> + Sync);
+
+fn lookup(keys: KeyLookup<'_>, id: &str) -> Result<KeyPair, Rejection> {
+    keys(id).ok_or_else(|| {
         Rejection::new(
             404,
             "InvalidAccessKeyId.NotFound",
@@ -137,7 +140,14 @@ fn lookup<'k>(keys: &'k HashMap<String, KeyPair>, id: &str) -> Result<&'k KeyPai
     })
 }
 
-fn check_token(pair: &KeyPair, sent: Option<&str>) -> Result<(), Rejection> {
+fn check_token(pair: &KeyPair, sent: Option<&str>, now: DateTime<Utc>) -> Result<(), Rejection> {
+    if pair.expires.is_some_and(|e| now >= e) {
+        return Err(Rejection::new(
+            400,
+            "InvalidSecurityToken.Expired",
+            "Specified SecurityToken is expired.",
+        ));
+    }
     match (&pair.security_token, sent) {
         (None, _) => Ok(()),
         (Some(expected), Some(got)) if sign::signatures_equal(expected, got) => Ok(()),
@@ -157,7 +167,7 @@ fn check_token(pair: &KeyPair, sent: Option<&str>) -> Result<(), Rejection> {
 /// Verifies the request's signature, key, clock and token. The nonce is returned, not checked.
 pub fn verify(
     req: &IncomingRequest<'_>,
-    keys: &HashMap<String, KeyPair>,
+    keys: KeyLookup<'_>,
     now: DateTime<Utc>,
 ) -> Result<Verified, Rejection> {
     if let Some(auth) = req.header("authorization") {
@@ -175,7 +185,7 @@ pub fn verify(
 
 fn verify_v1(
     req: &IncomingRequest<'_>,
-    keys: &HashMap<String, KeyPair>,
+    keys: KeyLookup<'_>,
     now: DateTime<Utc>,
 ) -> Result<Verified, Rejection> {
     let id = req.param("AccessKeyId").ok_or_else(|| {
@@ -234,7 +244,7 @@ fn verify_v1(
             ),
         ));
     }
-    check_token(pair, req.param("SecurityToken"))?;
+    check_token(&pair, req.param("SecurityToken"), now)?;
     Ok(Verified {
         version: "v1",
         action: req.param("Action").unwrap_or_default().to_string(),
@@ -247,7 +257,7 @@ fn verify_v1(
 fn verify_v3(
     req: &IncomingRequest<'_>,
     auth: &str,
-    keys: &HashMap<String, KeyPair>,
+    keys: KeyLookup<'_>,
     now: DateTime<Utc>,
 ) -> Result<Verified, Rejection> {
     let parsed = V3Authorization::parse(auth).ok_or_else(|| {
@@ -316,7 +326,7 @@ fn verify_v3(
             ),
         ));
     }
-    check_token(pair, req.header("x-acs-security-token"))?;
+    check_token(&pair, req.header("x-acs-security-token"), now)?;
     Ok(Verified {
         version: "v3",
         action: req.header("x-acs-action").unwrap_or_default().to_string(),

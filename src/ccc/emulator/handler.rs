@@ -151,7 +151,7 @@ impl Shared {
             headers: &req.headers,
             body: &req.body,
         };
-        let verified = verify(&incoming, &self.opts.keys, auth_now).map_err(|r| {
+        let verified = verify(&incoming, &|id| self.key(id), auth_now).map_err(|r| {
             let action = req.param("Action").or(req.header("x-acs-action"));
             (action.unwrap_or("").to_string(), r)
         })?;
@@ -163,6 +163,9 @@ impl Shared {
                 "SignatureNonceUsed",
                 "Specified signature nonce was used already.",
             ));
+        }
+        if action == "AssumeRole" && verified.api_version == super::sts::STS_VERSION {
+            return Ok(verified);
         }
         if action != ACTION {
             return refuse(Rejection::new(
@@ -241,10 +244,17 @@ pub(super) async fn handle(
 ) -> Response {
     shared.stats.lock().expect("stats lock").requests += 1;
     let req = receive(method, query, headers, body);
+    let param = |name: &str| req.param(name).map(str::to_string);
+    if req.param("Action") == Some("AssumeRoleWithOIDC") {
+        return super::sts::assume_role_with_oidc(&shared, &param, &req.request_id);
+    }
     let action = match shared.admit(&req) {
         Ok(v) => v.action,
         Err((action, r)) => return shared.answer(&action, &req, r, false),
     };
+    if action == "AssumeRole" {
+        return super::sts::assume_role(&shared, &param, &req.request_id);
+    }
     if shared.over_limit() {
         let mut resp = shared.answer(&action, &req, throttled(), true);
         if let Some(ms) = shared.opts.faults.retry_after_ms {
@@ -259,9 +269,8 @@ pub(super) async fn handle(
     if fault.slow {
         tokio::time::sleep(Duration::from_millis(shared.opts.faults.slow_ms)).await;
     }
-    let params = |name: &str| req.param(name).map(str::to_string);
     let now = (shared.opts.clock)();
-    let body = match report(&shared.opts, &params, now, &req.request_id) {
+    let body = match report(&shared.opts, &param, now, &req.request_id) {
         Ok((body, rows)) => {
             shared.stats.lock().expect("stats lock").rows_served += rows;
             body

@@ -18,6 +18,7 @@
 mod auth;
 pub mod data;
 mod handler;
+mod sts;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -29,7 +30,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, put};
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use rand::SeedableRng;
@@ -40,6 +41,7 @@ use tokio::net::TcpListener;
 
 pub use auth::{KeyPair, MAX_SKEW_SECS, Rejection};
 use data::DataModel;
+pub use sts::StsOptions;
 
 use crate::config::HORIZON_DAYS;
 use crate::record::MediaType;
@@ -103,6 +105,8 @@ pub struct EmulatorOptions {
     pub inclusive_end: bool,
     /// Failures to inject.
     pub faults: Faults,
+    /// STS, the ECS metadata service and the credentials URI: what they accept and issue.
+    pub sts: StsOptions,
     /// The report service's notion of now: which buckets exist and how revised they are.
     pub clock: Clock,
     /// The clock signatures are checked against (15 minutes of skew allowed). Separate from
@@ -130,6 +134,7 @@ impl EmulatorOptions {
             KeyPair {
                 secret: secret.to_string(),
                 security_token: None,
+                expires: None,
             },
         );
         Self {
@@ -144,6 +149,7 @@ impl EmulatorOptions {
             floor_start: true,
             inclusive_end: false,
             faults: Faults::default(),
+            sts: StsOptions::new(std::time::Duration::from_secs(3600)),
             clock: Arc::new(Utc::now),
             auth_clock: Arc::new(Utc::now),
         }
@@ -190,6 +196,9 @@ pub struct EmulatorStats {
     pub rows_served: u64,
     /// The most recent GetInstanceTrendingReport calls (at most 100,000).
     pub calls: Vec<ServedCall>,
+    /// `AssumeRoleWithOIDC` calls by the index of the accepted token they sent.
+    #[serde(default)]
+    pub oidc_token_uses: BTreeMap<usize, u64>,
 }
 
 const MAX_CALL_LOG: usize = 100_000;
@@ -206,6 +215,10 @@ struct Shared {
     nonces: Mutex<NonceBook>,
     rng: Mutex<StdRng>,
     throttle: Mutex<(f64, tokio::time::Instant)>,
+    /// STS credentials issued, by AccessKeyId.
+    issued: Mutex<HashMap<String, KeyPair>>,
+    /// IMDSv2 tokens handed out.
+    imds_tokens: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -394,6 +407,8 @@ pub async fn serve(
         nonces: Mutex::new((HashMap::new(), VecDeque::new())),
         rng: Mutex::new(StdRng::seed_from_u64(seed)),
         throttle: Mutex::new((0.0, tokio::time::Instant::now())),
+        issued: Mutex::new(HashMap::new()),
+        imds_tokens: Mutex::new(Default::default()),
     });
     {
         // Start with a full bucket: one second's worth.
@@ -402,6 +417,16 @@ pub async fn serve(
     }
     let app = Router::new()
         .route("/_emulator/stats", get(stats))
+        .route("/_emulator/credentials", get(sts::credentials_uri))
+        .route("/latest/api/token", put(sts::metadata_token))
+        .route(
+            "/latest/meta-data/ram/security-credentials/",
+            get(sts::metadata_roles),
+        )
+        .route(
+            "/latest/meta-data/ram/security-credentials/{role}",
+            get(sts::metadata_role),
+        )
         .route("/", any(handler::handle))
         .with_state(shared);
     axum::serve(listener, app)

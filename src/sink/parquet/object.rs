@@ -89,7 +89,14 @@ pub struct Fetched {
 impl ObjectRoot {
     /// The root `url` as `[parquet]` configures it: endpoint, region, credentials from the
     /// environment as the store's own tools read them (see the README), HTTPS except to loopback.
-    pub fn open(pq: &ParquetConfig, url: &ObjectUrl) -> Result<Self, String> {
+    /// An `oss://` root signs with `OSS_ACCESS_KEY_ID`/`OSS_ACCESS_KEY_SECRET` when they are set,
+    /// else with the Alibaba Cloud credential chain (`credentials` pins a provider), the same
+    /// credentials as the API client.
+    pub fn open(
+        pq: &ParquetConfig,
+        url: &ObjectUrl,
+        credentials: crate::credentials::Choice,
+    ) -> Result<Self, String> {
         let endpoint = object_endpoint(pq, url, None)?;
         let conditional = match (url.kind, pq.conditional_writes) {
             (StoreKind::Oss, Some(true)) => {
@@ -128,25 +135,26 @@ impl ObjectRoot {
                 b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
             }
             StoreKind::Oss => {
-                let (id, secret, token) = oss_credentials().ok_or_else(|| {
-                    format!(
-                        "{url}: no OSS credentials: set OSS_ACCESS_KEY_ID and \
-                         OSS_ACCESS_KEY_SECRET, or ALIBABA_CLOUD_ACCESS_KEY_ID and \
-                         ALIBABA_CLOUD_ACCESS_KEY_SECRET"
-                    )
-                })?;
                 let virtual_hosted = pq.endpoint.as_ref().is_none_or(|e| e.contains("{bucket}"));
                 let mut b = AmazonS3Builder::new()
                     .with_bucket_name(&url.bucket)
                     .with_client_options(client)
                     .with_region(pq.region.as_deref().unwrap_or("cn-hangzhou"))
-                    .with_access_key_id(id)
-                    .with_secret_access_key(secret)
                     .with_virtual_hosted_style_request(virtual_hosted)
                     .with_conditional_put(S3ConditionalPut::Disabled);
-                if let Some(t) = token {
-                    b = b.with_token(t);
-                }
+                b = match (env("OSS_ACCESS_KEY_ID"), env("OSS_ACCESS_KEY_SECRET")) {
+                    (Some(id), Some(secret)) => {
+                        let b = b.with_access_key_id(id).with_secret_access_key(secret);
+                        match env("OSS_SESSION_TOKEN") {
+                            Some(t) => b.with_token(t),
+                            None => b,
+                        }
+                    }
+                    _ => b.with_credentials(Arc::new(ChainCredentials {
+                        choice: credentials,
+                        cached: std::sync::Mutex::new(None),
+                    })),
+                };
                 if let Some(e) = &endpoint {
                     b = b.with_endpoint(e.to_string());
                 }
@@ -498,17 +506,48 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// OSS credentials: `OSS_ACCESS_KEY_ID`/`OSS_ACCESS_KEY_SECRET`(/`OSS_SESSION_TOKEN`) when set,
-/// else the API's `ALIBABA_CLOUD_*` variables.
-fn oss_credentials() -> Option<(String, String, Option<String>)> {
-    if let (Some(id), Some(secret)) = (env("OSS_ACCESS_KEY_ID"), env("OSS_ACCESS_KEY_SECRET")) {
-        return Some((id, secret, env("OSS_SESSION_TOKEN")));
+/// The Alibaba Cloud credential chain as `object_store` asks for credentials: the process's one
+/// [`CredentialSource`](crate::credentials::CredentialSource), so the API client and the OSS
+/// root renew temporary credentials once for both.
+#[derive(Debug)]
+struct ChainCredentials {
+    choice: crate::credentials::Choice,
+    /// The last credentials handed out, converted once.
+    cached: std::sync::Mutex<Option<CachedCredential>>,
+}
+
+type CachedCredential = (
+    Arc<crate::config::Credentials>,
+    Arc<object_store::aws::AwsCredential>,
+);
+
+#[async_trait::async_trait]
+impl object_store::CredentialProvider for ChainCredentials {
+    type Credential = object_store::aws::AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<Self::Credential>> {
+        let failed = |e: String| object_store::Error::Generic {
+            store: "OSS",
+            source: e.into(),
+        };
+        let source = crate::credentials::process_source(self.choice)
+            .await
+            .map_err(|e| failed(format!("{e:#}")))?;
+        let now = source.get().await.map_err(|e| failed(e.to_string()))?;
+        let mut cached = self.cached.lock().expect("credential cache");
+        if let Some((c, aws)) = cached.as_ref()
+            && Arc::ptr_eq(c, &now)
+        {
+            return Ok(aws.clone());
+        }
+        let aws = Arc::new(object_store::aws::AwsCredential {
+            key_id: now.access_key_id.clone(),
+            secret_key: now.secret().to_string(),
+            token: now.token().map(str::to_string),
+        });
+        *cached = Some((now, aws.clone()));
+        Ok(aws)
     }
-    Some((
-        env(crate::config::ENV_ACCESS_KEY_ID)?,
-        env(crate::config::ENV_ACCESS_KEY_SECRET)?,
-        env(crate::config::ENV_SECURITY_TOKEN),
-    ))
 }
 
 /// The credentials a store may echo back in an error, removed from every message.
@@ -563,11 +602,27 @@ impl StoreSecrets {
     /// `text` without signed material, secrets or tokens, and with key ids masked.
     pub fn scrub(&self, text: &str) -> String {
         let mut out = SIGNED.replace_all(text, "[redacted]").into_owned();
-        for s in &self.secrets {
-            out = out.replace(s.as_str(), "[redacted]");
+        // The chain's credentials change during a run: the ones in use now.
+        let current = crate::credentials::process_credentials();
+        let current_secrets = current.iter().flat_map(|c| [Some(c.secret()), c.token()]);
+        for s in self
+            .secrets
+            .iter()
+            .map(String::as_str)
+            .chain(current_secrets.flatten())
+            .filter(|s| s.len() >= 4)
+        {
+            out = out.replace(s, "[redacted]");
         }
-        for id in &self.ids {
-            out = out.replace(id.as_str(), &mask(id));
+        let current_id = current.iter().map(|c| c.access_key_id.as_str());
+        for id in self
+            .ids
+            .iter()
+            .map(String::as_str)
+            .chain(current_id)
+            .filter(|s| s.len() >= 4)
+        {
+            out = out.replace(id, &mask(id));
         }
         out
     }
