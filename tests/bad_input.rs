@@ -352,14 +352,14 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             config: Some(ok.clone()),
             args: bf(),
             creds: (false, true),
-            expect: "ALIBABA_CLOUD_ACCESS_KEY_ID is not set",
+            expect: "ALIBABA_CLOUD_ACCESS_KEY_SECRET is set but ALIBABA_CLOUD_ACCESS_KEY_ID is not",
         },
         Case {
             name: "missing secret",
             config: Some(ok.clone()),
             args: bf(),
             creds: (true, false),
-            expect: "ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set",
+            expect: "ALIBABA_CLOUD_ACCESS_KEY_ID is set but ALIBABA_CLOUD_ACCESS_KEY_SECRET is not",
         },
         Case {
             name: "no config file",
@@ -406,6 +406,8 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             .env_remove("DATABASE_URL")
             .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
             .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+            .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+            .env("HOME", work.path())
             .env_remove("RUST_LOG");
         if let Some(text) = &case.config {
             let p = work.path().join("pipeline.toml");

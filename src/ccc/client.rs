@@ -263,24 +263,27 @@ impl CccClient {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
             let route = self.route(&req.instance_id);
-            let credentials = match self.credentials.get().await {
-                Ok(c) => c,
-                Err(e) => {
-                    return Err(CallFailed {
-                        error: ApiError::Credentials(e.to_string()),
-                        attempts: attempt,
-                    });
-                }
-            };
-            let outcome = {
+            let (credentials, outcome) = {
                 let _permit = self
                     .inflight
                     .acquire()
                     .await
                     .expect("semaphore never closed");
                 route.limiter.acquire().await;
+                // Taken at the last moment: a request that waited for its slot does not sign
+                // with credentials that expired meanwhile.
+                let credentials = match self.credentials.get().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Err(CallFailed {
+                            error: ApiError::Credentials(e.to_string()),
+                            attempts: attempt,
+                        });
+                    }
+                };
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                self.send_once(req, route, &credentials).await
+                let outcome = self.send_once(req, route, &credentials).await;
+                (credentials, outcome)
             };
             match outcome {
                 Ok(report) => {

@@ -33,6 +33,10 @@ pub struct StsOptions {
     pub ecs_role: String,
     /// The metadata service answers only with an IMDSv2 token.
     pub imdsv2_required: bool,
+    /// `Expiration` is reported this much later than the credentials really stop working, as a
+    /// client whose clock runs behind the service's sees it: only the service's
+    /// `InvalidSecurityToken.Expired` tells the client to renew.
+    pub expiration_skew: Duration,
 }
 
 impl StsOptions {
@@ -45,6 +49,7 @@ impl StsOptions {
             oidc_tokens: vec!["oidc-token-one".into(), "oidc-token-two".into()],
             ecs_role: "ccc-etl-role".into(),
             imdsv2_required: true,
+            expiration_skew: Duration::ZERO,
         }
     }
 }
@@ -55,6 +60,8 @@ struct Issued {
     secret: String,
     token: String,
     expires: DateTime<Utc>,
+    /// The `Expiration` the answer states.
+    reported: DateTime<Utc>,
 }
 
 impl Shared {
@@ -66,13 +73,13 @@ impl Shared {
         let now = (self.opts.auth_clock)().trunc_subsecs(0);
         let issued = Issued {
             id: format!("STS.{}", uuid::Uuid::new_v4().simple()),
-            secret: uuid::Uuid::new_v4().simple().to_string(),
-            token: format!(
-                "CAIS{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            ),
+            // Recognisable, so tests can assert they appear in no output.
+            secret: format!("issued-secret-{}", uuid::Uuid::new_v4().simple()),
+            token: format!("issued-token-{}", uuid::Uuid::new_v4().simple()),
             expires: now + chrono::Duration::from_std(lifetime).unwrap_or_default(),
+            reported: now
+                + chrono::Duration::from_std(lifetime + self.opts.sts.expiration_skew)
+                    .unwrap_or_default(),
         };
         self.issued.lock().expect("issued lock").insert(
             issued.id.clone(),
@@ -107,7 +114,7 @@ fn sts_answer(issued: &Issued, role_arn: &str, request_id: &str) -> Response {
             "AccessKeyId": issued.id,
             "AccessKeySecret": issued.secret,
             "SecurityToken": issued.token,
-            "Expiration": expiration(issued.expires),
+            "Expiration": expiration(issued.reported),
         },
     });
     (
@@ -216,7 +223,7 @@ fn metadata_credentials(shared: &Shared) -> Response {
         "AccessKeyId": issued.id,
         "AccessKeySecret": issued.secret,
         "SecurityToken": issued.token,
-        "Expiration": expiration(issued.expires),
+        "Expiration": expiration(issued.reported),
         "LastUpdated": expiration((shared.opts.auth_clock)()),
     });
     (
