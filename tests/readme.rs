@@ -131,7 +131,7 @@ async fn the_readme_walk_runs_every_command_it_can_run_here() {
     std::fs::write(
         &cfg,
         include_str!("../pipeline.toml").replace(
-            "endpoint = \"https://ccc.cn-shanghai.aliyuncs.com\"",
+            "# endpoint = \"https://ccc.cn-shanghai.aliyuncs.com\"",
             &format!("endpoint = \"{}\"", emu.endpoint()),
         ),
     )

@@ -29,8 +29,10 @@ pub(crate) fn run_init(path: &Path, instances: &[String], emulator: bool) -> any
         );
     }
     if emulator {
+        let commented = "# endpoint = \"https://ccc.cn-shanghai.aliyuncs.com\"";
+        debug_assert!(text.contains(commented));
         text = text.replacen(
-            "endpoint = \"https://ccc.cn-shanghai.aliyuncs.com\"",
+            commented,
             "endpoint = \"http://127.0.0.1:8080\"   # `ccc-etl emulator --listen 127.0.0.1:8080`",
             1,
         );

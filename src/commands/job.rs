@@ -92,6 +92,7 @@ pub(crate) async fn run_job(
         let credentials = crate::credentials::process_source(config.source.credentials).await?;
         preflight_regions(config).await?;
         let (sinks, ledger, store) = open_sinks_and_store(config).await?;
+        credentials.log_start();
         let summary = execute(
             config,
             credentials,

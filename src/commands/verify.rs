@@ -150,6 +150,7 @@ pub(crate) async fn run_repair(
         run_id: None,
         workers: None,
     };
+    credentials.log_start();
     let summary = execute(config, credentials, sinks, ledger.clone(), &req, how).await?;
     finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await
 }

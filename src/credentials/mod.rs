@@ -137,6 +137,16 @@ impl CredentialSource {
         mask(&self.lease().credentials.access_key_id)
     }
 
+    /// Logs which provider signs, the masked AccessKeyId and the expiry (never a secret).
+    pub fn log_start(&self) {
+        tracing::info!(
+            provider = %self.label,
+            access_key_id = %self.masked_key_id(),
+            expires = ?self.lease().expires,
+            "credentials"
+        );
+    }
+
     /// Temporary credentials fetched again since the start.
     pub fn refreshes(&self) -> u64 {
         self.refreshes.load(Ordering::Relaxed)
@@ -238,15 +248,7 @@ pub async fn process_source(choice: Choice) -> anyhow::Result<Arc<CredentialSour
                 let env = |k: &str| std::env::var(k).ok();
                 chain::resolve(choice, &env)?
             };
-            let source = chain::start(choice, candidates).await?;
-            let lease = source.lease();
-            tracing::info!(
-                provider = %source.label(),
-                access_key_id = %source.masked_key_id(),
-                expires = ?lease.expires,
-                "credentials"
-            );
-            Ok(Arc::new(source))
+            Ok(Arc::new(chain::start(choice, candidates).await?))
         })
         .await
         .cloned()
