@@ -231,4 +231,7 @@ pub struct EmulatorArgs {
     /// Seed of the fault draws.
     #[arg(long, default_value_t = 0)]
     pub fault_seed: u64,
+    /// Lifetime of the STS credentials its STS, metadata service and credentials URI issue.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sts_lifetime_secs: u64,
 }

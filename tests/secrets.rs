@@ -215,3 +215,100 @@ async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// What a keyless job must never show: the OIDC token, the STS credentials issued to it, or a
+/// temporary AccessKeyId unmasked.
+fn assert_no_sts_secret(what: &str, text: &str) {
+    for s in ["oidc-token-", "issued-secret-", "issued-token-"] {
+        assert!(!text.contains(s), "{what} contains {s}");
+    }
+    let full_id = regex::Regex::new(r"STS\.[0-9a-f]{6}").unwrap();
+    assert!(!full_id.is_match(text), "{what} shows an STS AccessKeyId");
+}
+
+#[tokio::test]
+async fn a_keyless_job_shows_no_oidc_token_and_no_issued_credential_anywhere() {
+    use ccc_etl::ccc::emulator::StsOptions;
+    let db = common::TestDb::create().await;
+    let mut opts = common::options(&["ccc-a"]);
+    // Short-lived, so the job renews them at least once: every issued set must stay hidden.
+    opts.sts = StsOptions::new(std::time::Duration::from_secs(2));
+    let sts = opts.sts.clone();
+    let emu = common::start(opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("wh");
+    let cfg = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\nmax_qps = 4\n[pipeline]\ninstances = [\"ccc-a\"]\n\
+             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"{}\"\n",
+            emu.endpoint(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let token = dir.path().join("token");
+    let metrics = dir.path().join("m.prom");
+    let run = |oidc_token: &'static str| {
+        std::fs::write(&token, oidc_token).unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+            .env_clear()
+            .args(["-vv", "--config", cfg.to_str().unwrap(), "backfill"])
+            .args(["--from", "2026-07-01", "--to", "2026-10-31"])
+            .arg("--metrics-file")
+            .arg(&metrics)
+            .env("HOME", dir.path())
+            .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+            .env("ALIBABA_CLOUD_ROLE_ARN", &sts.role_arn)
+            .env("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", &sts.oidc_provider_arn)
+            .env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", &token)
+            .env("ALIBABA_CLOUD_STS_ENDPOINT", emu.endpoint())
+            .env("DATABASE_URL", &db.url)
+            .output()
+    };
+    // STS refuses a token it does not know: exit 1, STS's code named, the token not shown.
+    let refused = run("oidc-token-unknown").await.unwrap();
+    let refused_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused_text}");
+    assert!(
+        refused_text.contains("AuthenticationFail.OIDCToken.Invalid"),
+        "{refused_text}"
+    );
+    assert_no_sts_secret("refused job output", &refused_text);
+    let ok = run("oidc-token-one").await.unwrap();
+    let ok_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(ok.status.code(), Some(0), "{ok_text}");
+    let renewed = regex::Regex::new(r"renewed [1-9][0-9]* time").unwrap();
+    assert!(
+        renewed.is_match(&ok_text),
+        "the job outlived its credentials: {ok_text}"
+    );
+    assert_no_sts_secret("job output", &ok_text);
+    assert_no_sts_secret("metrics file", &std::fs::read_to_string(&metrics).unwrap());
+    let mut files = String::new();
+    everything_under(&root, &mut files);
+    assert!(files.contains("ccc-a"), "the files were read");
+    assert_no_sts_secret("Parquet files", &files);
+    let pool = db.pool().await;
+    let dump: String =
+        sqlx::query_scalar("SELECT coalesce(string_agg(summary::text, ' '), '') FROM ccc.runs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        dump.contains("OIDC role"),
+        "the runs table names the provider"
+    );
+    assert_no_sts_secret("database", &dump);
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -56,6 +56,7 @@ pub(crate) fn emulator_options(
             expires: None,
         },
     );
+    opts.sts.lifetime = std::time::Duration::from_secs(args.sts_lifetime_secs);
     opts.bucket_ms = args.bucket_minutes as i64 * 60_000;
     opts.seed = args.seed;
     opts.revise_ms = args.revise_hours as i64 * 3_600_000;
