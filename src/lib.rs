@@ -8,6 +8,8 @@
 //!   arithmetic (pure)
 //! - [`pipeline`]: a run, `prepare -> fetch_all -> flush -> finish`; one window's path; the
 //!   [`pipeline::Tally`] that owns window state
+//! - [`credentials`]: Alibaba Cloud's default credential chain, resolved once per process and
+//!   renewed before expiry for the API client and an `oss://` root alike
 //! - [`ccc`]: the API: [`ccc::sign`] (V1, V3), [`ccc::wire`] (JSON as sent),
 //!   [`ccc::client`] (rate limit, retries), [`ccc::redact`] (credentials out of server text),
 //!   [`ccc::emulator`] (the local server)
