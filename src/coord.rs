@@ -81,7 +81,10 @@ impl std::fmt::Debug for Coordinator {
 }
 
 fn db(e: sqlx::Error) -> anyhow::Error {
-    anyhow::anyhow!("coordination in PostgreSQL failed: {e}")
+    anyhow::anyhow!(
+        "coordination in PostgreSQL failed: {}",
+        crate::sink::postgres::explain(&e)
+    )
 }
 
 impl Coordinator {

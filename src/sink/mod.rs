@@ -111,25 +111,36 @@ impl RunContext {
     /// `failed`, and the newer worker's commit stands.
     async fn fence(&self, c: &crate::coord::Coordinator, w: &mut Written) {
         let keys: Vec<WindowKey> = w.durable.iter().map(|d| d.key.clone()).collect();
-        let mine = match c.still_mine(&keys).await {
-            Ok(m) => m,
+        let (mine, unchecked) = match c.still_mine(&keys).await {
+            Ok(m) => (m, None),
             Err(e) => {
-                tracing::error!(error = %e, "cannot check the windows' leases: not recorded");
-                Default::default()
+                // Not known to be fenced: the lease could not be read. The rows are on disk; the
+                // window is not recorded, so it is fetched again.
+                let why = format!(
+                    "cannot check the window's lease in PostgreSQL: {}",
+                    crate::sink::postgres::explain(&e)
+                );
+                tracing::error!(error = %why, "the windows are not recorded");
+                (Default::default(), Some(why))
             }
         };
         let (kept, refused): (Vec<_>, Vec<_>) =
             w.durable.drain(..).partition(|d| mine.contains(&d.key));
         w.durable = kept;
         for d in refused {
-            w.failed.push((
-                d.key,
-                SinkError {
+            let error = match &unchecked {
+                Some(why) => SinkError {
+                    sink: SinkKind::Parquet,
+                    message: why.clone(),
+                    retryable: true,
+                },
+                None => SinkError {
                     sink: SinkKind::Parquet,
                     message: "fenced: the window's lease was taken over by another worker".into(),
                     retryable: false,
                 },
-            ));
+            };
+            w.failed.push((d.key, error));
         }
     }
 

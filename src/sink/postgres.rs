@@ -90,6 +90,22 @@ pub fn describe(opts: &PgConnectOptions) -> String {
     )
 }
 
+/// A database error as an operator needs to read it: a pool that gave no connection in time
+/// says why that happens.
+pub fn explain(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::PoolTimedOut => format!(
+            "no PostgreSQL connection within {} s: the server is down or unreachable, or at \
+             max_connections",
+            ACQUIRE_TIMEOUT.as_secs()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// How long a statement waits for a pooled connection.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn is_retryable(e: &sqlx::Error) -> bool {
     match e {
         // SQLSTATE class 42 (syntax, undefined object, privileges) and 22 (data) will fail again.
@@ -173,7 +189,7 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(base.options([("search_path", schema.as_str())]))
             .await
             .map_err(|e| unreachable(&describe, e))?;
@@ -232,8 +248,9 @@ impl PgStore {
     async fn check_timezone(&self, timezone: Tz, access: Access) -> Result<(), PgError> {
         let err = |e: sqlx::Error| {
             PgError::Server(format!(
-                "cannot read the time zone on {}: {e}",
-                self.describe
+                "cannot read the time zone on {}: {}",
+                self.describe,
+                explain(&e)
             ))
         };
         if access == Access::Migrate {
@@ -666,7 +683,7 @@ fn sink_err(e: sqlx::Error) -> SinkError {
     SinkError {
         sink: SinkKind::Postgres,
         retryable: is_retryable(&e),
-        message: e.to_string(),
+        message: explain(&e),
     }
 }
 
@@ -706,7 +723,7 @@ impl PgLedger {
 fn ledger_err(e: sqlx::Error) -> LedgerError {
     LedgerError {
         retryable: is_retryable(&e),
-        message: format!("PostgreSQL: {e}"),
+        message: format!("PostgreSQL: {}", explain(&e)),
     }
 }
 

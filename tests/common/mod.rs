@@ -195,4 +195,6 @@ impl Drop for TestDb {
         .join();
     }
 }
+pub mod cluster;
 pub mod s3;
+pub mod sinks;
