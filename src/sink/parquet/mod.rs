@@ -930,7 +930,8 @@ fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), S
     let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let f = File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let f = encode_rows(f, table, rows)?;
+        let f = encode_rows(f, table, rows)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         f.sync_all()
             .map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, path)
@@ -942,7 +943,13 @@ fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), S
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map_err(|e| {
+        if e.contains("os error 28") {
+            format!("{e} (the disk is full: free space, then run again)")
+        } else {
+            e
+        }
+    })
 }
 
 /// Encodes rows as one Parquet file of `table` into `out`; returns `out`.
