@@ -196,5 +196,6 @@ impl Drop for TestDb {
     }
 }
 pub mod cluster;
+pub mod proxy;
 pub mod s3;
 pub mod sinks;
