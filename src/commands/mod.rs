@@ -25,7 +25,7 @@ pub use job::{backfill_request, execute, nightly_request, preflight_endpoint};
 use migrate::run_migrate;
 pub use open::{connect_postgres, connect_postgres_with, open_sinks};
 pub use plan::run_plan;
-pub use status::status_report;
+pub use status::{coverage_report, status_report};
 use verify::run_repair;
 pub use verify::run_verify;
 
