@@ -42,8 +42,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 fn outages(nights: usize, rng: &mut impl Rng) -> Vec<bool> {
     let mut off = vec![false; nights];
     let mut mark = |from: usize, len: usize| {
-        for n in from..(from + len).min(nights) {
-            off[n] = true;
+        for o in off.iter_mut().skip(from).take(len) {
+            *o = true;
         }
     };
     // Scaled to the number of nights; at 400: 176 nights (the alert fires on its last days, then
