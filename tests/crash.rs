@@ -4,7 +4,9 @@
 //! partitions equal those of an uninterrupted run.
 //!
 //! The same harness runs against a root on S3 (a real S3 server, moto): every object is old or
-//! new, never partial, and the final state equals the uninterrupted run's.
+//! new, never partial, and the final state equals the uninterrupted run's; and with two worker
+//! processes sharing one job (leases in PostgreSQL, the root on S3), each killed at its own
+//! moment. Every harness prints, and asserts a minimum of, the kills that landed mid-run.
 //!
 //! `cargo test` runs a short version; the long one (24 kills) is
 //! `CCC_ETL_CRASH_KILLS=24 cargo test --release --test crash`. `CCC_ETL_CRASH_SEED` replays a run.
@@ -80,10 +82,14 @@ fn backfill(config: &Path, db_url: &str, from: i64, to: i64) -> tokio::process::
 /// The S3 server's environment, for the run against a bucket.
 static S3_ENV: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
 
-/// Where the killed run writes its Parquet.
+/// Where the killed run writes its Parquet, and how many workers share it.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Target {
     Local,
     S3,
+    /// Two worker processes on one job (a bucket and the PostgreSQL ledger), each killed at its
+    /// own seeded moment.
+    TwoWorkers,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +102,12 @@ async fn sigkill_at_seeded_moments_loses_and_doubles_nothing_in_either_sink() {
 async fn sigkill_while_writing_to_s3_leaves_every_object_old_or_new() {
     let kills_wanted = env_or("CCC_ETL_CRASH_KILLS", 4) as usize;
     crash_harness(Target::S3, kills_wanted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_two_workers_sharing_a_job_loses_and_doubles_nothing() {
+    let kills_wanted = env_or("CCC_ETL_CRASH_KILLS", 4) as usize;
+    crash_harness(Target::TwoWorkers, kills_wanted).await;
 }
 
 async fn crash_harness(target: Target, kills_wanted: usize) {
@@ -142,7 +154,7 @@ async fn crash_harness(target: Target, kills_wanted: usize) {
             write_config(&cfg, &emu.endpoint(), &root.display().to_string(), qps);
             Root::Local(Layout::new(&root))
         }
-        Target::S3 => {
+        Target::S3 | Target::TwoWorkers => {
             let s3 = common::s3::server();
             S3_ENV.get_or_init(|| s3.env());
             let bucket = s3.bucket().await;
@@ -163,6 +175,23 @@ async fn crash_harness(target: Target, kills_wanted: usize) {
         let calls_before = emu.stats().await.unwrap().calls.len();
         let mut child = backfill(&cfg, &db.url, from, to).spawn().unwrap();
         let delay = Duration::from_millis(rng.random_range(150..750));
+        // A second worker on the same job, killed at its own moment.
+        let second = (target == Target::TwoWorkers).then(|| {
+            let delay = Duration::from_millis(rng.random_range(150..750));
+            let mut c = backfill(&cfg, &db.url, from, to).spawn().unwrap();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {
+                        c.kill().await.unwrap();
+                        true
+                    }
+                    status = c.wait() => {
+                        assert!(status.unwrap().success());
+                        false
+                    }
+                }
+            })
+        });
         let finished = tokio::select! {
             _ = tokio::time::sleep(delay) => {
                 child.kill().await.unwrap();
@@ -174,6 +203,11 @@ async fn crash_harness(target: Target, kills_wanted: usize) {
                 true
             }
         };
+        if let Some(second) = second
+            && second.await.unwrap()
+        {
+            kills += 1;
+        }
         let stats = emu.stats().await.unwrap();
         // A kill lands mid-run when the killed process had begun fetching.
         if !finished && stats.calls.len() > calls_before {
