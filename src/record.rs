@@ -218,6 +218,35 @@ pub struct Report {
     pub outbound: Vec<OutboundRow>,
     /// `Data.Overall`.
     pub overall: Vec<OverallRow>,
+    /// What the response carried beyond, or short of, the fields ccc-etl knows.
+    pub drift: Drift,
+}
+
+/// Schema drift in one response (or a run): fields the API sent that ccc-etl does not know,
+/// and known fields it stopped sending.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// Unknown names, with how many rows (or items) carried them: `Inbound.CallsOverflowed`
+    /// inside an array's items, `Data.SkillGroups` for a member of `Data` (its item count), and a
+    /// bare name for a top-level field.
+    pub unknown: std::collections::BTreeMap<String, u64>,
+    /// Known fields absent from every item of a non-empty array (`Inbound.CallsQueued`).
+    pub missing: std::collections::BTreeSet<String>,
+}
+
+impl Drift {
+    /// Nothing unknown, nothing missing.
+    pub fn is_empty(&self) -> bool {
+        self.unknown.is_empty() && self.missing.is_empty()
+    }
+
+    /// Adds another response's (or window's) drift.
+    pub fn merge(&mut self, other: &Drift) {
+        for (k, v) in &other.unknown {
+            *self.unknown.entry(k.clone()).or_default() += v;
+        }
+        self.missing.extend(other.missing.iter().cloned());
+    }
 }
 
 impl Report {

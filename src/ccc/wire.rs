@@ -1,14 +1,24 @@
 //! The JSON the API sends, as sent: numbers as numbers or strings, either ring-abandon name,
 //! any array missing. `parse_body` turns it into a typed [`Report`] or says what is wrong.
 
+use serde::Deserialize;
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize};
 
-use crate::record::{InboundRow, OutboundRow, OverallRow, Report};
+use crate::record::{Drift, InboundRow, OutboundRow, OverallRow, Report};
 
-/// Error and success bodies share these fields.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+/// Top-level fields of a response that ccc-etl knows (read or deliberately ignored).
+const KNOWN_TOP: &[&str] = &[
+    "RequestId",
+    "Code",
+    "Message",
+    "Data",
+    "HttpStatusCode",
+    "Success",
+    "Params",
+];
+
+/// Error and success bodies share these fields. Fields it does not know are named in `unknown`.
+#[derive(Debug, Clone, Default)]
 pub struct Envelope {
     /// Present on every response Alibaba Cloud sends.
     pub request_id: Option<String>,
@@ -18,83 +28,273 @@ pub struct Envelope {
     pub message: Option<String>,
     /// The report itself on success.
     pub data: Option<WireData>,
+    /// Top-level fields ccc-etl does not know.
+    pub unknown: Vec<String>,
 }
 
-/// `Data` of a success body.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "PascalCase")]
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Envelope;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a GetInstanceTrendingReport response object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut env = Envelope::default();
+                while let Some(key) = map.next_key_seed(KeySeed(KNOWN_TOP))? {
+                    match key {
+                        Key::Known(0) => {
+                            env.request_id = map.next_value::<Option<Text>>()?.map(|t| t.0)
+                        }
+                        Key::Known(1) => env.code = map.next_value::<Option<Text>>()?.map(|t| t.0),
+                        Key::Known(2) => {
+                            env.message = map.next_value::<Option<Text>>()?.map(|t| t.0)
+                        }
+                        Key::Known(3) => env.data = map.next_value()?,
+                        Key::Known(_) => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                        Key::Unknown(name) => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            env.unknown.push(name);
+                        }
+                    }
+                }
+                Ok(env)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A text field, also when sent as a number (`"Code": 200` has been seen on gateways).
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(serde_json::Number),
+            B(bool),
+        }
+        Ok(Text(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::N(n) => n.to_string(),
+            Raw::B(b) => b.to_string(),
+        }))
+    }
+}
+
+/// A key of an object: one of the names given (by index), or another.
+enum Key {
+    Known(usize),
+    Unknown(String),
+}
+
+/// Matches keys against known names without allocating for them.
+struct KeySeed(&'static [&'static str]);
+
+impl<'de> de::DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl de::Visitor<'_> for KeySeed {
+    type Value = Key;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+        Ok(match self.0.iter().position(|k| *k == v) {
+            Some(i) => Key::Known(i),
+            None => Key::Unknown(v.to_string()),
+        })
+    }
+}
+
+/// `Data` of a success body. Arrays it does not know are named, with their length, in
+/// `unknown`.
+#[derive(Debug, Clone, Default)]
 pub struct WireData {
     /// Inbound buckets; missing or null means none.
-    #[serde(default, deserialize_with = "null_as_empty")]
     pub inbound: Vec<WireInbound>,
     /// Outbound buckets.
-    #[serde(default, deserialize_with = "null_as_empty")]
     pub outbound: Vec<WireOutbound>,
     /// Overall buckets (current API only).
-    #[serde(default, deserialize_with = "null_as_empty")]
     pub overall: Vec<WireOverall>,
+    /// Other members of `Data`: name and item count (1 for a value that is not an array).
+    pub unknown: Vec<(String, u64)>,
 }
 
-/// One inbound bucket as sent.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct WireInbound {
-    /// Bucket start, epoch ms.
-    #[serde(deserialize_with = "count")]
-    pub stats_time: i64,
-    /// Calls offered.
-    #[serde(default, deserialize_with = "count")]
-    pub total_calls: i64,
-    /// Calls answered by an agent.
-    #[serde(default, deserialize_with = "count")]
-    pub calls_handled: i64,
-    /// Calls that entered a queue.
-    #[serde(default, deserialize_with = "count")]
-    pub calls_queued: i64,
-    /// Abandoned in the IVR.
-    #[serde(default, rename = "CallsAbandonedInIVR", deserialize_with = "count")]
-    pub calls_abandoned_in_ivr: i64,
-    /// Abandoned in queue.
-    #[serde(default, deserialize_with = "count")]
-    pub calls_abandoned_in_queue: i64,
-    /// Abandoned while ringing; older documents call it `CallsAbandonedInRinging`.
-    #[serde(default, alias = "CallsAbandonedInRinging", deserialize_with = "count")]
-    pub calls_abandoned_in_ring: i64,
+impl<'de> Deserialize<'de> for WireData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = WireData;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("the Data object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<WireData, A::Error> {
+                let mut data = WireData::default();
+                while let Some(key) =
+                    map.next_key_seed(KeySeed(&["Inbound", "Outbound", "Overall"]))?
+                {
+                    match key {
+                        Key::Known(0) => {
+                            data.inbound = map.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        Key::Known(1) => {
+                            data.outbound = map.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        Key::Known(_) => {
+                            data.overall = map.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        Key::Unknown(name) => {
+                            let items = match map.next_value::<serde_json::Value>()? {
+                                serde_json::Value::Array(a) => a.len() as u64,
+                                _ => 1,
+                            };
+                            data.unknown.push((name, items));
+                        }
+                    }
+                }
+                Ok(data)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
-/// One outbound bucket as sent.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct WireOutbound {
-    /// Bucket start, epoch ms.
-    #[serde(deserialize_with = "count")]
-    pub stats_time: i64,
-    /// Outbound calls placed.
-    #[serde(default, deserialize_with = "count")]
-    pub total_calls: i64,
-    /// Outbound calls connected.
-    #[serde(default, deserialize_with = "count")]
-    pub calls_answered: i64,
+/// Declares one item type of a `Data` array: its known count fields (with older aliases),
+/// read in one pass; which of them each item carried; the names of the fields it did not know.
+macro_rules! wire_item {
+    ($(#[$doc:meta])* $name:ident, $section:literal, {
+        $($(#[$fdoc:meta])* $field:ident : $key:literal $(| $alias:literal)?),* $(,)?
+    }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default)]
+        pub struct $name {
+            /// Bucket start, epoch ms.
+            pub stats_time: i64,
+            $($(#[$fdoc])* pub $field: i64,)*
+            /// Known fields the item carried: bit `i` for the `i`-th of [`Self::FIELDS`].
+            pub present: u32,
+            /// Fields ccc-etl does not know.
+            pub unknown: Vec<String>,
+        }
+
+        impl $name {
+            /// The section, as the API names it.
+            pub const SECTION: &'static str = $section;
+            /// The known count fields, as the API names them.
+            pub const FIELDS: &'static [&'static str] = &[$($key),*];
+            /// Every accepted key: `StatsTime`, the fields, then older aliases.
+            const KEYS: &'static [&'static str] = &["StatsTime", $($key,)* $($($alias,)?)*];
+            const ALIASES: &'static [usize] = &[$(wire_item!(@alias_of $key $(| $alias)?),)*];
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> de::Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        write!(f, "an item of Data.{}", $section)
+                    }
+                    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
+                        let mut item = $name::default();
+                        let mut stats_time = None;
+                        let n = $name::FIELDS.len();
+                        while let Some(key) = map.next_key_seed(KeySeed($name::KEYS))? {
+                            match key {
+                                Key::Known(0) => {
+                                    stats_time = Some(map.next_value_seed(CountSeed($section, "StatsTime"))?)
+                                }
+                                Key::Known(k) => {
+                                    // An alias stands for the field it renamed.
+                                    let i = if k <= n { k - 1 } else {
+                                        let mut seen = 0;
+                                        (0..n).find(|f| {
+                                            if $name::ALIASES[*f] == 1 { seen += 1; seen == k - n } else { false }
+                                        }).expect("alias index")
+                                    };
+                                    let v = map.next_value_seed(CountSeed($section, $name::FIELDS[i]))?;
+                                    item.present |= 1 << i;
+                                    let mut j = 0;
+                                    $(
+                                        if j == i { item.$field = v; }
+                                        j += 1;
+                                    )*
+                                    let _ = j;
+                                }
+                                Key::Unknown(name) => {
+                                    map.next_value::<de::IgnoredAny>()?;
+                                    item.unknown.push(name);
+                                }
+                            }
+                        }
+                        item.stats_time = stats_time.ok_or_else(|| de::Error::missing_field("StatsTime"))?;
+                        Ok(item)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+    (@alias_of $key:literal) => { 0 };
+    (@alias_of $key:literal | $alias:literal) => { 1 };
 }
 
-/// One overall bucket as sent.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct WireOverall {
-    /// Bucket start, epoch ms.
-    #[serde(deserialize_with = "count")]
-    pub stats_time: i64,
-    /// Most agents logged in at once.
-    #[serde(default, deserialize_with = "count")]
-    pub max_logged_in_agents: i64,
-}
+wire_item!(
+    /// One inbound bucket as sent.
+    WireInbound, "Inbound", {
+        /// Calls offered.
+        total_calls: "TotalCalls",
+        /// Calls answered by an agent.
+        calls_handled: "CallsHandled",
+        /// Calls that entered a queue.
+        calls_queued: "CallsQueued",
+        /// Abandoned in the IVR.
+        calls_abandoned_in_ivr: "CallsAbandonedInIVR",
+        /// Abandoned in queue.
+        calls_abandoned_in_queue: "CallsAbandonedInQueue",
+        /// Abandoned while ringing; older documents call it `CallsAbandonedInRinging`.
+        calls_abandoned_in_ring: "CallsAbandonedInRing" | "CallsAbandonedInRinging",
+    }
+);
 
-fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+wire_item!(
+    /// One outbound bucket as sent.
+    WireOutbound, "Outbound", {
+        /// Outbound calls placed.
+        total_calls: "TotalCalls",
+        /// Outbound calls connected.
+        calls_answered: "CallsAnswered",
+    }
+);
+
+wire_item!(
+    /// One overall bucket as sent.
+    WireOverall, "Overall", {
+        /// Most agents logged in at once.
+        max_logged_in_agents: "MaxLoggedInAgents",
+    }
+);
+
+/// A count, named in its error: a known field whose type changed fails the window with
+/// `Inbound.TotalCalls: expected an integer, got ...`, never writes garbage.
+struct CountSeed(&'static str, &'static str);
+
+impl<'de> de::DeserializeSeed<'de> for CountSeed {
+    type Value = i64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<i64, D::Error> {
+        count(d).map_err(|e| de::Error::custom(format!("Data.{}.{}: {e}", self.0, self.1)))
+    }
 }
 
 /// An integer sent as a JSON number or as a decimal string (older documents print `"0"`).
@@ -168,8 +368,34 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
             ..Report::default()
         }));
     };
+    let mut drift = Drift::default();
+    for name in &env.unknown {
+        *drift.unknown.entry(name.clone()).or_default() += 1;
+    }
+    for (name, items) in &data.unknown {
+        *drift.unknown.entry(format!("Data.{name}")).or_default() += items;
+    }
+    section_drift(
+        &mut drift,
+        WireInbound::SECTION,
+        WireInbound::FIELDS,
+        data.inbound.iter().map(|r| (r.present, &r.unknown)),
+    );
+    section_drift(
+        &mut drift,
+        WireOutbound::SECTION,
+        WireOutbound::FIELDS,
+        data.outbound.iter().map(|r| (r.present, &r.unknown)),
+    );
+    section_drift(
+        &mut drift,
+        WireOverall::SECTION,
+        WireOverall::FIELDS,
+        data.overall.iter().map(|r| (r.present, &r.unknown)),
+    );
     Ok(Body::Ok(Report {
         request_id: env.request_id.unwrap_or_default(),
+        drift,
         inbound: data
             .inbound
             .into_iter()
@@ -201,6 +427,33 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
             })
             .collect(),
     }))
+}
+
+/// One array's unknown fields (rows carrying each) and the known fields no item carried.
+fn section_drift<'a>(
+    drift: &mut Drift,
+    section: &str,
+    fields: &[&str],
+    items: impl Iterator<Item = (u32, &'a Vec<String>)>,
+) {
+    let (mut any, mut seen) = (false, 0u32);
+    for (present, unknown) in items {
+        any = true;
+        seen |= present;
+        for name in unknown {
+            *drift
+                .unknown
+                .entry(format!("{section}.{name}"))
+                .or_default() += 1;
+        }
+    }
+    if any {
+        for (i, f) in fields.iter().enumerate() {
+            if seen & (1 << i) == 0 {
+                drift.missing.insert(format!("{section}.{f}"));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -255,13 +508,51 @@ mod tests {
     }
 
     #[test]
-    fn missing_null_and_empty_arrays_are_empty_and_unknown_fields_ignored() {
+    fn missing_null_and_empty_arrays_are_empty_and_unknown_members_are_named() {
         let r = ok(
-            r#"{"RequestId":"r3","Code":"OK","Extra":{"x":1},"Data":{"Inbound":null,"Outbound":[],"Future":[1]}}"#,
+            r#"{"RequestId":"r3","Code":"OK","Extra":{"x":1},"Data":{"Inbound":null,"Outbound":[],"Future":[1,2,3]}}"#,
         );
         assert_eq!(r.row_count(), 0);
+        assert_eq!(
+            r.drift.unknown.into_iter().collect::<Vec<_>>(),
+            vec![("Data.Future".to_string(), 3), ("Extra".to_string(), 1)]
+        );
+        assert!(r.drift.missing.is_empty(), "no item, nothing missing");
         let r = ok(r#"{"RequestId":"r4","Code":"OK"}"#);
         assert_eq!(r.row_count(), 0);
+    }
+
+    #[test]
+    fn unknown_fields_are_counted_per_row_and_known_fields_missing_everywhere_are_named() {
+        let r = ok(r#"{"Code":"OK","Data":{
+            "Inbound":[{"StatsTime":1,"TotalCalls":3,"CallsOverflowed":1,"CallsHandled":1,
+                        "CallsAbandonedInIVR":0,"CallsAbandonedInQueue":0,"CallsAbandonedInRing":0},
+                       {"StatsTime":2,"TotalCalls":4,"CallsOverflowed":{"by":"queue"},"CallsHandled":2,
+                        "CallsAbandonedInIVR":0,"CallsAbandonedInQueue":0,"CallsAbandonedInRinging":0}],
+            "Overall":[{"StatsTime":1,"MaxLoggedInAgents":2,"Peak":3}]}}"#);
+        assert_eq!(r.inbound[1].total_calls, 4);
+        assert_eq!(r.inbound[1].calls_handled, 2);
+        assert_eq!(
+            r.drift.unknown.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("Inbound.CallsOverflowed".to_string(), 2),
+                ("Overall.Peak".to_string(), 1)
+            ]
+        );
+        assert_eq!(
+            r.drift.missing.into_iter().collect::<Vec<_>>(),
+            vec!["Inbound.CallsQueued".to_string()],
+            "the older ring name counts as the ring field"
+        );
+    }
+
+    #[test]
+    fn a_known_field_whose_type_changed_fails_naming_the_field() {
+        let e = parse_body(
+            br#"{"Code":"OK","Data":{"Outbound":[{"StatsTime":1,"TotalCalls":{"n":1},"CallsAnswered":1}]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("Data.Outbound.TotalCalls"), "{e}");
     }
 
     #[test]
