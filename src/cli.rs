@@ -234,4 +234,16 @@ pub struct EmulatorArgs {
     /// Lifetime of the STS credentials its STS, metadata service and credentials URI issue.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub sts_lifetime_secs: u64,
+    /// Adds a field unknown to ccc-etl to every item of a section (`Inbound.CallsOverflowed`).
+    #[arg(long, value_name = "SECTION.FIELD")]
+    pub add_field: Vec<String>,
+    /// Adds an array unknown to ccc-etl under `Data` (`SkillGroups`).
+    #[arg(long, value_name = "NAME")]
+    pub add_array: Vec<String>,
+    /// Leaves a known field out of every item (`Inbound.CallsQueued`).
+    #[arg(long, value_name = "SECTION.FIELD")]
+    pub drop_field: Vec<String>,
+    /// Sends a known field as an object instead of a number (`Outbound.TotalCalls`).
+    #[arg(long, value_name = "SECTION.FIELD")]
+    pub retype_field: Vec<String>,
 }

@@ -121,6 +121,24 @@ pub fn render(
         "Throttling answers in the last run.",
         &[(vec![c()], s.throttled as f64)],
     );
+    let unknown: Vec<_> = s
+        .drift
+        .unknown
+        .iter()
+        .map(|(name, n)| {
+            let (section, field) = match name.split_once('.') {
+                Some((sec, f)) => (sec.to_string(), f.to_string()),
+                None => ("response".to_string(), name.clone()),
+            };
+            (vec![c(), ("section", section), ("field", field)], *n as f64)
+        })
+        .collect();
+    family(
+        &mut out,
+        "ccc_etl_unknown_fields",
+        "Fields the API sent in the last run that ccc-etl does not know, by rows (items) carrying them.",
+        &unknown,
+    );
     family(
         &mut out,
         "ccc_etl_credential_refreshes",

@@ -21,6 +21,8 @@ pub struct QualityCounts {
     pub outside_window: u64,
     /// Buckets absent from a table inside a window wholly in the past.
     pub missing_buckets: u64,
+    /// Known fields absent from every row of a window's array (stored as 0), per window.
+    pub missing_fields: u64,
 }
 
 impl QualityCounts {
@@ -32,10 +34,11 @@ impl QualityCounts {
             + self.misaligned_stats_time
             + self.outside_window
             + self.missing_buckets
+            + self.missing_fields
     }
 
     /// `(kind, count)` pairs, for metrics and messages.
-    pub fn kinds(&self) -> [(&'static str, u64); 6] {
+    pub fn kinds(&self) -> [(&'static str, u64); 7] {
         [
             ("negative_counts", self.negative_counts),
             ("handled_above_total", self.handled_above_total),
@@ -43,6 +46,7 @@ impl QualityCounts {
             ("misaligned_stats_time", self.misaligned_stats_time),
             ("outside_window", self.outside_window),
             ("missing_buckets", self.missing_buckets),
+            ("missing_fields", self.missing_fields),
         ]
     }
 }
@@ -66,6 +70,10 @@ impl QualityCounts {
                 "row(s) far outside the requested window",
             ),
             (self.missing_buckets, "bucket(s) missing"),
+            (
+                self.missing_fields,
+                "known field(s) absent from every row (stored as 0)",
+            ),
         ];
         words
             .iter()
@@ -84,6 +92,7 @@ impl std::ops::AddAssign for QualityCounts {
         self.misaligned_stats_time += o.misaligned_stats_time;
         self.outside_window += o.outside_window;
         self.missing_buckets += o.missing_buckets;
+        self.missing_fields += o.missing_fields;
     }
 }
 
@@ -208,7 +217,10 @@ pub fn check(key: &WindowKey, report: &Report, now_ms: i64) -> QualityCounts {
 
 /// [`check`] on a grid already inferred from the report.
 pub fn check_on(grid: &Grid, key: &WindowKey, report: &Report, now_ms: i64) -> QualityCounts {
-    let mut q = QualityCounts::default();
+    let mut q = QualityCounts {
+        missing_fields: report.drift.missing.len() as u64,
+        ..QualityCounts::default()
+    };
     let grid = grid.bucket_ms.map(|b| (b, grid.anchor));
     let past = key.end_ms <= now_ms;
     grid_checks(&report.inbound, key, grid, past, &mut q);

@@ -299,22 +299,32 @@ impl<'de> de::DeserializeSeed<'de> for CountSeed {
 
 /// An integer sent as a JSON number or as a decimal string (older documents print `"0"`).
 fn count<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Num {
-        Int(i64),
-        Float(f64),
-        Str(String),
+    struct V;
+    impl de::Visitor<'_> for V {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer (a number or a decimal string)")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("expected an integer, got {v}")))
+        }
+        fn visit_f64<E: de::Error>(self, f: f64) -> Result<i64, E> {
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                Ok(f as i64)
+            } else {
+                Err(E::custom(format!("expected an integer, got {f}")))
+            }
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<i64, E> {
+            s.trim()
+                .parse::<i64>()
+                .map_err(|_| E::custom(format!("expected an integer, got {s:?}")))
+        }
     }
-    match Num::deserialize(d)? {
-        Num::Int(n) => Ok(n),
-        Num::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
-        Num::Float(f) => Err(de::Error::custom(format!("expected an integer, got {f}"))),
-        Num::Str(s) => s
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| de::Error::custom(format!("expected an integer, got {s:?}"))),
-    }
+    d.deserialize_any(V)
 }
 
 /// What a body turned out to be.

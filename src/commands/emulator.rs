@@ -57,6 +57,12 @@ pub(crate) fn emulator_options(
         },
     );
     opts.sts.lifetime = std::time::Duration::from_secs(args.sts_lifetime_secs);
+    opts.drift = crate::ccc::emulator::DriftOptions {
+        add_fields: args.add_field.clone(),
+        add_arrays: args.add_array.clone(),
+        drop_fields: args.drop_field.clone(),
+        retype_fields: args.retype_field.clone(),
+    };
     opts.bucket_ms = args.bucket_minutes as i64 * 60_000;
     opts.seed = args.seed;
     opts.revise_ms = args.revise_hours as i64 * 3_600_000;

@@ -53,6 +53,10 @@ pub struct RunSummary {
     pub retries: u64,
     /// Throttling answers.
     pub throttled: u64,
+    /// Fields the API sent that ccc-etl does not know (with rows carrying them), and known
+    /// fields it stopped sending.
+    #[serde(default)]
+    pub drift: crate::record::Drift,
     /// Where the credentials came from (the provider, never a secret).
     #[serde(default)]
     pub credentials: Option<String>,
@@ -138,6 +142,34 @@ impl RunSummary {
             "  requests {}, retries {}, throttled {}\n",
             self.requests, self.retries, self.throttled
         ));
+        if !self.drift.unknown.is_empty() {
+            let named: Vec<String> = self
+                .drift
+                .unknown
+                .iter()
+                .map(|(name, n)| {
+                    let what = if name.contains('.') && !name.starts_with("Data.") {
+                        "rows"
+                    } else if name.starts_with("Data.") {
+                        "items"
+                    } else {
+                        "responses"
+                    };
+                    format!("{name} ({} {what})", thousands(*n))
+                })
+                .collect();
+            s.push_str(&format!(
+                "  new fields from the API: {} (not stored)\n",
+                named.join(", ")
+            ));
+        }
+        if !self.drift.missing.is_empty() {
+            let named: Vec<&str> = self.drift.missing.iter().map(String::as_str).collect();
+            s.push_str(&format!(
+                "  fields the API stopped sending: {} (stored as 0)\n",
+                named.join(", ")
+            ));
+        }
         if let Some(provider) = &self.credentials {
             s.push_str(&format!(
                 "  credentials: {provider}, renewed {} time{}\n",
@@ -246,4 +278,17 @@ impl RunStatus {
             RunStatus::Failed => crate::error::EXIT_FATAL,
         }
     }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

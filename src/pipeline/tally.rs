@@ -29,6 +29,8 @@ pub enum Event {
         lost: Option<WindowKey>,
         /// Data-quality findings.
         quality: QualityCounts,
+        /// Fields the API sent that ccc-etl does not know, and known ones it did not send.
+        drift: crate::record::Drift,
     },
     /// A sink made these windows durable and recorded them.
     Durable {
@@ -135,7 +137,9 @@ impl Tally {
                 dedup,
                 lost,
                 quality,
+                drift,
             } => {
+                self.drift(&drift);
                 self.fetched(&key, rows, dedup, lost, quality);
                 Step::WindowDone {
                     rows: rows.iter().sum(),
@@ -190,6 +194,30 @@ impl Tally {
                 Step::WindowDone { rows: 0 }
             }
         }
+    }
+
+    /// What the API sent beyond, or short of, the known fields: counted for the summary and
+    /// the metrics, and one warning per field per run (not per window).
+    fn drift(&mut self, drift: &crate::record::Drift) {
+        for name in drift.unknown.keys() {
+            if !self.summary.drift.unknown.contains_key(name) {
+                tracing::warn!(
+                    field = %name,
+                    "new field from the API: {name} is not a field ccc-etl knows; it is not stored \
+                     (see the README's Schema drift section)"
+                );
+            }
+        }
+        for name in &drift.missing {
+            if !self.summary.drift.missing.contains(name) {
+                tracing::warn!(
+                    field = %name,
+                    "the API stopped sending {name}: rows without it are stored with 0 and \
+                     counted as a data-quality violation"
+                );
+            }
+        }
+        self.summary.drift.merge(drift);
     }
 
     /// A window's rows arrived: what they showed goes into the summary.
@@ -257,6 +285,7 @@ mod tests {
             dedup: DedupCounts::default(),
             lost: None,
             quality: QualityCounts::default(),
+            drift: Default::default(),
         }
     }
 

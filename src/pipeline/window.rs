@@ -125,7 +125,7 @@ impl Backfill {
         planned: &WindowKey,
         key: WindowKey,
         lost: Option<WindowKey>,
-        fetched: Fetched,
+        mut fetched: Fetched,
         ctx: &RunContext,
     ) -> Vec<Event> {
         let now = (self.now)();
@@ -141,6 +141,7 @@ impl Backfill {
         // The bucket in progress is served partly filled: coverage stops before it, so the next
         // run's window starts at its boundary and completes it.
         let open_bucket = grid.open_bucket_start(now);
+        let drift = std::mem::take(&mut fetched.report.drift);
         let (mut batch, dedup) = normalize(&key, fetched.report, Utc::now());
         batch.attempts = fetched.attempts;
         batch.final_end_ms = Some(open_bucket).filter(|t| *t < key.end_ms);
@@ -151,6 +152,7 @@ impl Backfill {
             dedup,
             lost,
             quality,
+            drift,
         }];
         for sink in &self.sinks {
             let written = sink.write(planned, batch.clone(), ctx).await;

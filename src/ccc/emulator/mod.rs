@@ -79,6 +79,60 @@ pub struct Faults {
     pub retry_after_ms: Option<u64>,
 }
 
+/// How the served response departs from the shape ccc-etl knows: fields and arrays added,
+/// known fields left out or sent as another type. Names are `Section.Field` (`Inbound.X`).
+#[derive(Debug, Clone, Default)]
+pub struct DriftOptions {
+    /// Fields added to every item of their section; the value is a count derived from the
+    /// bucket ([`drift_value`]).
+    pub add_fields: Vec<String>,
+    /// Arrays added under `Data`, with one item per inbound row.
+    pub add_arrays: Vec<String>,
+    /// Known fields left out of every item.
+    pub drop_fields: Vec<String>,
+    /// Known fields sent as an object (`{"Value": n}`) instead of a number.
+    pub retype_fields: Vec<String>,
+}
+
+/// The value an added field carries in the bucket starting at `stats_time`.
+pub fn drift_value(stats_time: i64) -> i64 {
+    (stats_time / 3_600_000).rem_euclid(97) + 1
+}
+
+impl DriftOptions {
+    fn apply(&self, section: &str, items: &mut [Value]) {
+        let mine = |list: &[String]| -> Vec<String> {
+            list.iter()
+                .filter_map(|n| n.strip_prefix(section)?.strip_prefix('.'))
+                .map(str::to_string)
+                .collect()
+        };
+        let (add, drop, retype) = (
+            mine(&self.add_fields),
+            mine(&self.drop_fields),
+            mine(&self.retype_fields),
+        );
+        if add.is_empty() && drop.is_empty() && retype.is_empty() {
+            return;
+        }
+        for item in items.iter_mut() {
+            let Value::Object(m) = item else { continue };
+            let t = m.get("StatsTime").and_then(Value::as_i64).unwrap_or(0);
+            for f in &add {
+                m.insert(f.clone(), json!(drift_value(t)));
+            }
+            for f in &drop {
+                m.remove(f);
+            }
+            for f in &retype {
+                if let Some(v) = m.remove(f) {
+                    m.insert(f.clone(), json!({ "Value": v }));
+                }
+            }
+        }
+    }
+}
+
 /// Everything the emulator serves and how.
 #[derive(Clone)]
 pub struct EmulatorOptions {
@@ -107,6 +161,8 @@ pub struct EmulatorOptions {
     pub faults: Faults,
     /// STS, the ECS metadata service and the credentials URI: what they accept and issue.
     pub sts: StsOptions,
+    /// Changes to the response's shape, as the API's own changes would be.
+    pub drift: DriftOptions,
     /// The report service's notion of now: which buckets exist and how revised they are.
     pub clock: Clock,
     /// The clock signatures are checked against (15 minutes of skew allowed). Separate from
@@ -150,6 +206,7 @@ impl EmulatorOptions {
             inclusive_end: false,
             faults: Faults::default(),
             sts: StsOptions::new(std::time::Duration::from_secs(3600)),
+            drift: DriftOptions::default(),
             clock: Arc::new(Utc::now),
             auth_clock: Arc::new(Utc::now),
         }
@@ -375,12 +432,26 @@ fn report(
         );
     }
     let rows = (starts.len() * 3) as u64;
+    opts.drift.apply("Inbound", &mut inbound);
+    opts.drift.apply("Outbound", &mut outbound);
+    opts.drift.apply("Overall", &mut overall);
+    let mut data = serde_json::Map::new();
+    for name in &opts.drift.add_arrays {
+        let items: Vec<Value> = starts
+            .iter()
+            .map(|t| json!({"StatsTime": num(*t), "Id": format!("sg-{}", drift_value(*t))}))
+            .collect();
+        data.insert(name.clone(), Value::Array(items));
+    }
+    data.insert("Inbound".into(), Value::Array(inbound));
+    data.insert("Outbound".into(), Value::Array(outbound));
+    data.insert("Overall".into(), Value::Array(overall));
     let body = json!({
         "RequestId": request_id,
         "Code": "OK",
         "HttpStatusCode": num(200),
         "Message": "",
-        "Data": {"Inbound": inbound, "Outbound": outbound, "Overall": overall},
+        "Data": data,
     });
     Ok((body.to_string(), rows))
 }
