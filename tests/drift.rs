@@ -86,17 +86,7 @@ async fn new_fields_and_arrays_are_named_in_the_summary_the_metrics_and_one_warn
         "ccc_etl_unknown_fields{command=\"backfill\",section=\"Data\",field=\"SkillGroups\"}",
     );
     assert_eq!(items, served as f64);
-    let served_fmt = {
-        let d = served.to_string();
-        let mut s = String::new();
-        for (i, c) in d.chars().enumerate() {
-            if i > 0 && (d.len() - i) % 3 == 0 {
-                s.push(',');
-            }
-            s.push(c);
-        }
-        s
-    };
+    let served_fmt = ccc_etl::pipeline::thousands(served);
     assert!(
         t.contains(&format!(
             "new fields from the API: Data.SkillGroups ({served_fmt} items), \

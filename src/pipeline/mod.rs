@@ -23,7 +23,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::Instrument;
 
-pub use summary::{FailedWindow, RunStatus, RunSummary};
+pub use summary::{FailedWindow, RunStatus, RunSummary, thousands};
 pub use tally::{Event, Step, Tally};
 
 use crate::ccc::client::CccClient;
