@@ -233,6 +233,14 @@ pub trait Ledger: Send + Sync {
         &self,
         command: Option<&str>,
     ) -> Result<Option<DateTime<Utc>>, LedgerError>;
+    /// The schema drift the recorded runs met (since the schema last changed, where the ledger
+    /// knows when that was): unknown fields with the rows that carried them, missing fields.
+    async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError>;
+}
+
+/// The drift a recorded run's summary names.
+pub fn drift_of(summary: Option<&serde_json::Value>) -> Option<crate::record::Drift> {
+    serde_json::from_value(summary?.get("drift")?.clone()).ok()
 }
 
 /// Parts of `[start, end)` that at least one of `sinks` has not committed.
@@ -363,10 +371,14 @@ pub struct MemoryLedger {
     index: Mutex<Index>,
     entries: Mutex<Vec<LedgerEntry>>,
     successes: Mutex<HashMap<String, DateTime<Utc>>>,
+    drift: Mutex<crate::record::Drift>,
 }
 
 impl MemoryLedger {
     fn note_run(&self, run: &RunRecord) {
+        if let Some(d) = drift_of(run.summary.as_ref()) {
+            self.drift.lock().expect("ledger lock").merge(&d);
+        }
         if let (Some(done), "ok") = (run.finished_at, run.status.as_str()) {
             let mut m = self.successes.lock().expect("ledger lock");
             let e = m.entry(run.command.clone()).or_insert(done);
@@ -451,6 +463,10 @@ impl Ledger for MemoryLedger {
         command: Option<&str>,
     ) -> Result<Option<DateTime<Utc>>, LedgerError> {
         Ok(self.latest_success(command))
+    }
+
+    async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError> {
+        Ok(self.drift.lock().expect("ledger lock").clone())
     }
 }
 
@@ -705,6 +721,10 @@ impl Ledger for FileLedger {
         command: Option<&str>,
     ) -> Result<Option<DateTime<Utc>>, LedgerError> {
         Ok(self.index.latest_success(command))
+    }
+
+    async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError> {
+        self.index.fields_seen().await
     }
 }
 

@@ -101,6 +101,9 @@ pub struct StatusReport {
     pub workers: Vec<crate::coord::WorkerRow>,
     /// Leases whose worker stopped heartbeating and that no worker has taken over yet.
     pub expired_leases: i64,
+    /// Fields the API sent that ccc-etl does not know, and known fields it stopped sending, as
+    /// the runs since the schema last changed met them.
+    pub fields: crate::record::Drift,
 }
 
 /// Ranges of one series: (covered, recoverable gaps, lost gaps, aging out).
@@ -207,6 +210,7 @@ pub async fn build(
         findings: vec![],
         workers: vec![],
         expired_leases: 0,
+        fields: ledger.fields_seen().await?,
     })
 }
 
@@ -223,6 +227,25 @@ impl StatusReport {
         );
         for f in &self.findings {
             s.push_str(&format!("NOT COVERED: {f}\n"));
+        }
+        if !self.fields.unknown.is_empty() {
+            let named: Vec<String> = self
+                .fields
+                .unknown
+                .iter()
+                .map(|(n, c)| format!("{n} ({})", crate::pipeline::thousands(*c)))
+                .collect();
+            s.push_str(&format!(
+                "NEW FIELDS from the API since the schema last changed, not stored: {}\n",
+                named.join(", ")
+            ));
+        }
+        if !self.fields.missing.is_empty() {
+            let named: Vec<&str> = self.fields.missing.iter().map(String::as_str).collect();
+            s.push_str(&format!(
+                "fields the API stopped sending: {}\n",
+                named.join(", ")
+            ));
         }
         for w in &self.workers {
             s.push_str(&format!(

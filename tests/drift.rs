@@ -112,6 +112,73 @@ async fn new_fields_and_arrays_are_named_in_the_summary_the_metrics_and_one_warn
         ),
         0.0
     );
+    // `status` names them, from the runs the ledger recorded.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .arg("--config")
+        .arg(dir.path().join("pipeline.toml"))
+        .arg("status")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let st = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        st.contains(&format!(
+            "NEW FIELDS from the API since the schema last changed, not stored: \
+             Data.SkillGroups ({served_fmt}), Inbound.CallsOverflowed ({served_fmt})"
+        )),
+        "{st}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+#[tokio::test]
+async fn status_names_the_new_fields_from_the_runs_in_postgresql() {
+    let emu = emulator(DriftOptions {
+        add_fields: vec!["Overall.PeakAgents".into()],
+        drop_fields: vec!["Inbound.CallsQueued".into()],
+        ..DriftOptions::default()
+    })
+    .await;
+    let db = common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\nmax_qps = 200\n[pipeline]\ninstances = [\"ccc-a\"]\n\
+             [postgres]\nschema = \"ccc\"\n",
+            emu.endpoint()
+        ),
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+            .env("DATABASE_URL", &db.url)
+            .env("NO_COLOR", "1")
+            .output()
+    };
+    let out = run(&["backfill", "--from", "2026-11-01", "--to", "2026-11-03"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let status = run(&["status"]).await.unwrap();
+    let st = String::from_utf8_lossy(&status.stdout);
+    assert!(st.contains("NEW FIELDS from the API"), "{st}");
+    assert!(
+        st.contains("Overall.PeakAgents (72)"),
+        "three days of hourly rows: {st}"
+    );
+    assert!(
+        st.contains("fields the API stopped sending: Inbound.CallsQueued"),
+        "{st}"
+    );
+    db.drop_db().await;
 }
 
 #[tokio::test]

@@ -879,4 +879,22 @@ impl Ledger for PgLedger {
         .await
         .map_err(ledger_err)
     }
+
+    /// The drift of the runs since the last migration was applied (the schema last changed).
+    async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError> {
+        let summaries: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT summary FROM runs WHERE summary ? 'drift' AND started_at >= \
+             (SELECT coalesce(max(installed_on), '-infinity') FROM _sqlx_migrations)",
+        )
+        .fetch_all(&self.store.pool)
+        .await
+        .map_err(ledger_err)?;
+        let mut drift = crate::record::Drift::default();
+        for s in &summaries {
+            if let Some(d) = crate::ledger::drift_of(Some(s)) {
+                drift.merge(&d);
+            }
+        }
+        Ok(drift)
+    }
 }
