@@ -202,6 +202,7 @@ async fn load_from_parquet(store: &ccc_etl::sink::postgres::PgStore, root: &std:
                         inbound: vec![],
                         outbound: vec![],
                         overall: vec![],
+                        extra: Default::default(),
                     });
                 let (t, c) = (r.stats_time, &r.counts);
                 match table {

@@ -83,6 +83,7 @@ pub fn normalize(
     let mut counts = DedupCounts::default();
     let batch = WindowBatch {
         final_end_ms: None,
+        extra: report.extra,
         key: key.clone(),
         request_id: report.request_id,
         fetched_at,

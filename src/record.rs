@@ -85,6 +85,15 @@ impl Table {
         Table::ALL.into_iter().find(|t| t.name() == name)
     }
 
+    /// Position in [`Table::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Table::Inbound => 0,
+            Table::Outbound => 1,
+            Table::Overall => 2,
+        }
+    }
+
     /// The table name in PostgreSQL and the Parquet directory name.
     pub fn name(self) -> &'static str {
         match self {
@@ -220,7 +229,13 @@ pub struct Report {
     pub overall: Vec<OverallRow>,
     /// What the response carried beyond, or short of, the fields ccc-etl knows.
     pub drift: Drift,
+    /// Per table (in [`Table::ALL`] order), the fields of an item ccc-etl does not know, as
+    /// compact JSON, by StatsTime.
+    pub extra: Extras,
 }
+
+/// Per table (in [`Table::ALL`] order), unknown fields as compact JSON, by StatsTime.
+pub type Extras = [std::collections::BTreeMap<i64, String>; 3];
 
 /// Schema drift in one response (or a run): fields the API sent that ccc-etl does not know,
 /// and known fields it stopped sending.
@@ -316,6 +331,9 @@ pub struct WindowBatch {
     pub outbound: Vec<OutboundRow>,
     /// Overall rows, sorted by `stats_time`, one per bucket.
     pub overall: Vec<OverallRow>,
+    /// Fields of the rows ccc-etl does not know, as sent (compact JSON), by table and
+    /// StatsTime; stored in each table's `extra` column.
+    pub extra: Extras,
     /// Where the window's rows are final: the start of the bucket that was still in progress
     /// when they were fetched, if it lies inside the window. The ledger records coverage only up
     /// to here, so the next run starts at that bucket and completes it. `None`: the whole window.
@@ -354,6 +372,13 @@ impl WindowBatch {
             .map(|i| rows.iter().map(|(_, c)| c[i]).collect())
             .collect();
         (times, counts)
+    }
+
+    /// The unknown fields of `table`'s row at `stats_time`, as compact JSON.
+    pub fn extra(&self, table: Table, stats_time: i64) -> Option<&str> {
+        self.extra[table.index()]
+            .get(&stats_time)
+            .map(String::as_str)
     }
 
     /// Rows in one table.

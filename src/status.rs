@@ -236,7 +236,7 @@ impl StatusReport {
                 .map(|(n, c)| format!("{n} ({})", crate::pipeline::thousands(*c)))
                 .collect();
             s.push_str(&format!(
-                "NEW FIELDS from the API since the schema last changed, not stored: {}\n",
+                "NEW FIELDS from the API since the schema last changed (items' fields kept in `extra`): {}\n",
                 named.join(", ")
             ));
         }

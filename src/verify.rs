@@ -26,10 +26,25 @@ pub struct Digest64 {
 /// Digests keyed by (table, `YYYY-MM-DD`, instance).
 pub type Digests = BTreeMap<(String, String, String), Digest64>;
 
-/// The content hash of one row: instance, media type, stats_time and counts (not fetch metadata).
-pub fn row_hash(instance: &str, media: &str, stats_time: i64, counts: &[i64]) -> u64 {
+/// The content hash of one row: instance, media type, stats_time, counts and the unknown fields
+/// (not fetch metadata).
+pub fn row_hash(
+    instance: &str,
+    media: &str,
+    stats_time: i64,
+    counts: &[i64],
+    extra: Option<&str>,
+) -> u64 {
     let mut h = Sha256::new();
     h.update(format!("{instance}|{media}|{stats_time}|{counts:?}").as_bytes());
+    if let Some(e) = extra {
+        // PostgreSQL's jsonb prints JSON its own way: compare the values, not the text.
+        let canonical = serde_json::from_str::<serde_json::Value>(e)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| e.to_string());
+        h.update(b"|");
+        h.update(canonical.as_bytes());
+    }
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
@@ -64,7 +79,13 @@ pub async fn parquet_digests(root: &Root) -> Result<ParquetScan, String> {
                         f.table,
                         dt.clone(),
                         &r.instance_id,
-                        row_hash(&r.instance_id, &r.media_type, r.stats_time, &r.counts),
+                        row_hash(
+                            &r.instance_id,
+                            &r.media_type,
+                            r.stats_time,
+                            &r.counts,
+                            r.extra.as_deref(),
+                        ),
                     );
                 }
             }
@@ -81,7 +102,7 @@ pub async fn pg_digests(store: &PgStore, tz: Tz) -> Result<Digests, sqlx::Error>
         let cols = table.count_columns().join(", ");
         // Table and column names are constants of this program, not input.
         let sql = format!(
-            "SELECT instance_id, media_type, stats_time, {cols} FROM {}",
+            "SELECT instance_id, media_type, stats_time, {cols}, extra::text AS extra FROM {}",
             table.name()
         );
         let mut rows = sqlx::query(&sql).fetch(store.pool());
@@ -104,7 +125,13 @@ pub async fn pg_digests(store: &PgStore, tz: Tz) -> Result<Digests, sqlx::Error>
                 table,
                 day,
                 &instance,
-                row_hash(&instance, &media, t.timestamp_millis(), &counts),
+                row_hash(
+                    &instance,
+                    &media,
+                    t.timestamp_millis(),
+                    &counts,
+                    row.get::<Option<String>, _>("extra").as_deref(),
+                ),
             );
         }
     }
@@ -172,28 +199,28 @@ mod tests {
             Table::Overall,
             "2026-01-01".into(),
             "i",
-            row_hash("i", "Audio", 1, &[5]),
+            row_hash("i", "Audio", 1, &[5], None),
         );
         add(
             &mut a,
             Table::Overall,
             "2026-01-01".into(),
             "i",
-            row_hash("i", "Audio", 2, &[6]),
+            row_hash("i", "Audio", 2, &[6], None),
         );
         add(
             &mut b,
             Table::Overall,
             "2026-01-01".into(),
             "i",
-            row_hash("i", "Audio", 2, &[6]),
+            row_hash("i", "Audio", 2, &[6], None),
         );
         add(
             &mut b,
             Table::Overall,
             "2026-01-01".into(),
             "i",
-            row_hash("i", "Audio", 1, &[5]),
+            row_hash("i", "Audio", 1, &[5], None),
         );
         assert!(compare(&a, &b).is_empty());
         add(
@@ -201,15 +228,24 @@ mod tests {
             Table::Overall,
             "2026-01-02".into(),
             "i",
-            row_hash("i", "Audio", 3, &[1]),
+            row_hash("i", "Audio", 3, &[1], None),
         );
         let diff = compare(&a, &b);
         assert_eq!(diff.len(), 1);
         assert_eq!(diff[0].dt, "2026-01-02");
         assert_eq!(diff[0].postgres.rows, 0);
         assert_ne!(
-            row_hash("i", "Audio", 1, &[5]),
-            row_hash("i", "Audio", 1, &[6])
+            row_hash("i", "Audio", 1, &[5], None),
+            row_hash("i", "Audio", 1, &[6], None)
+        );
+        // The unknown fields count, as values: jsonb's spacing does not.
+        assert_ne!(
+            row_hash("i", "Audio", 1, &[5], None),
+            row_hash("i", "Audio", 1, &[5], Some(r#"{"X":1}"#))
+        );
+        assert_eq!(
+            row_hash("i", "Audio", 1, &[5], Some(r#"{"X": 1, "Y": "a"}"#)),
+            row_hash("i", "Audio", 1, &[5], Some(r#"{"X":1,"Y":"a"}"#))
         );
     }
 }

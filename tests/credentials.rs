@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use ccc_etl::ccc::emulator::{EmulatorOptions, EmulatorStats, RunningEmulator, StsOptions};
-use common::{KEY_ID, SECRET};
+use common::{KEY_ID, SECRET, metric, output_text};
 
 /// A `ccc-etl` process with nothing from the test's environment but what `env` gives: no
 /// AccessKey, a private HOME, no metadata service unless asked.
@@ -25,25 +25,6 @@ async fn run(config: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().await.unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// The value of the first metric line starting with `prefix`.
-fn metric(path: &Path, prefix: &str) -> f64 {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or_else(|| panic!("no {prefix} in {text}"))
-        .parse()
-        .unwrap()
 }
 
 struct Setup {
@@ -144,11 +125,16 @@ impl Setup {
 
 /// Exit 0, every window committed, nothing failed, and the summary names the provider.
 fn assert_completed(setup: &Setup, out: &Output, provider: &str) {
-    let t = text(out);
+    let t = output_text(out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(t.contains(&format!("credentials: {provider}")), "{t}");
     let m = setup.metrics();
-    assert!(metric(&m, "ccc_etl_windows{command=\"backfill\",status=\"ok\"}") >= 1.0);
+    assert!(
+        metric(
+            &std::fs::read_to_string(&m).unwrap(),
+            "ccc_etl_windows{command=\"backfill\",status=\"ok\"}"
+        ) >= 1.0
+    );
     let text = std::fs::read_to_string(&m).unwrap();
     assert!(
         !text.contains("status=\"failed\"} 1") && !text.contains("InvalidSecurityToken"),
@@ -233,7 +219,7 @@ async fn oidc_credentials_are_renewed_once_for_all_requests_and_the_rotated_toke
     );
     let stats = s.stats().await;
     let refreshes = metric(
-        &s.metrics(),
+        &std::fs::read_to_string(s.metrics()).unwrap(),
         "ccc_etl_credential_refreshes{command=\"backfill\"}",
     );
     assert!(refreshes >= 1.0, "the run outlived its credentials");
@@ -242,7 +228,7 @@ async fn oidc_credentials_are_renewed_once_for_all_requests_and_the_rotated_toke
         1.0 + refreshes,
         "one STS call at start and one per renewal, however many requests waited"
     );
-    let t = text(&out);
+    let t = output_text(&out);
     assert!(
         t.contains(&format!("renewed {refreshes} time")),
         "the summary counts renewals: {t}"
@@ -286,20 +272,23 @@ async fn credentials_the_service_calls_expired_are_renewed_and_the_request_goes_
     let out = s
         .backfill("2026-09-01", "2026-10-31", &s.oidc_env(&token))
         .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let m = s.metrics();
     assert_eq!(
         metric(
-            &m,
+            &std::fs::read_to_string(&m).unwrap(),
             "ccc_etl_windows{command=\"backfill\",status=\"failed\"}"
         ),
         0.0
     );
     let expired = metric(
-        &m,
+        &std::fs::read_to_string(&m).unwrap(),
         "ccc_etl_requests{command=\"backfill\",code=\"InvalidSecurityToken.Expired\"}",
     );
-    let refreshes = metric(&m, "ccc_etl_credential_refreshes{command=\"backfill\"}");
+    let refreshes = metric(
+        &std::fs::read_to_string(&m).unwrap(),
+        "ccc_etl_credential_refreshes{command=\"backfill\"}",
+    );
     assert!(expired >= 1.0 && refreshes >= 1.0, "{expired} {refreshes}");
     assert!(
         refreshes <= expired,
@@ -340,7 +329,7 @@ async fn a_cli_profile_assumes_a_ram_role_with_its_accesskey() {
         1,
         "AssumeRole signed with the profile's key"
     );
-    assert!(!text(&out).contains(SECRET));
+    assert!(!output_text(&out).contains(SECRET));
 }
 
 #[tokio::test]
@@ -367,8 +356,12 @@ async fn a_credentials_file_section_is_read_and_a_missing_named_file_is_an_error
     assert_completed(&s, &out, "credentials file");
     env[2].1 = s.dir.path().join("nope.ini").to_str().unwrap().into();
     let out = s.backfill("2026-11-20", "2026-11-22", &env).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("does not exist"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[tokio::test]
@@ -427,7 +420,7 @@ async fn partly_configured_providers_are_one_clear_line_and_exit_2() {
         let mut env = s.base_env();
         env.extend(vars);
         let out = s.backfill("2026-11-20", "2026-11-22", &env).await;
-        let t = text(&out);
+        let t = output_text(&out);
         assert_eq!(out.status.code(), Some(2), "{t}");
         assert!(t.contains(expected), "{t}");
         assert_eq!(
@@ -450,8 +443,8 @@ async fn partly_configured_providers_are_one_clear_line_and_exit_2() {
         ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET.to_string()),
     ]);
     let out = s.backfill("2026-11-20", "2026-11-22", &env).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("[source] credentials = \"oidc\""));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(output_text(&out).contains("[source] credentials = \"oidc\""));
     assert_eq!(s.stats().await.count("GetInstanceTrendingReport", "OK"), 0);
 }
 
@@ -488,7 +481,7 @@ async fn instances_in_two_regions_go_to_their_own_endpoints_each_within_its_own_
     )
     .await;
     let elapsed = started.elapsed().as_secs_f64();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let mut total = 0;
     for (emu, instance) in [(&shanghai, "ccc-sh"), (&singapore, "ccc-sg")] {
         let stats = emu.stats().await.unwrap();
@@ -555,7 +548,7 @@ async fn an_oss_root_is_written_with_the_chains_credentials_and_no_accesskey_any
         &env,
     )
     .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let stats = emu.stats().await.unwrap();
     assert_eq!(
         stats.count("AssumeRoleWithOIDC", "OK"),

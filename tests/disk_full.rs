@@ -69,14 +69,6 @@ fn fill_leaving(dir: &Path, leave: u64) -> PathBuf {
     filler
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -186,7 +178,7 @@ async fn disk_fills_mid_run(postgres: bool) {
             postgres.then_some(reference_db.url.as_str()),
         )
         .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     let reference = parquet_contents(&Root::Local(Layout::new(&roomy))).await;
 
     // A tmpfs with room for a part of it.
@@ -197,7 +189,7 @@ async fn disk_fills_mid_run(postgres: bool) {
     let config = run.config(scratch.path(), &root, postgres);
     let db_url = postgres.then_some(db.url.as_str());
     let full = run.backfill(&config, db_url).await;
-    let t = text(&full);
+    let t = common::output_text(&full);
     let code = full.status.code();
     assert!(code == Some(3) || code == Some(1), "exit {code:?}: {t}");
     assert!(t.contains("No space left on device"), "{t}");
@@ -212,7 +204,12 @@ async fn disk_fills_mid_run(postgres: bool) {
     // Space is freed: the next run completes the job, to exactly the roomy run's contents.
     std::fs::remove_file(&filler).unwrap();
     let again = run.backfill(&config, db_url).await;
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&again)
+    );
     engines_read_only_whole_files(&root);
     assert_eq!(
         parquet_contents(&Root::Local(Layout::new(&root))).await,

@@ -254,6 +254,22 @@ async fn backfill_binary(
     from: &str,
     to: &str,
 ) -> std::process::Output {
+    backfill_binary_with(
+        dir,
+        source,
+        instances,
+        &["backfill", "--from", from, "--to", to],
+    )
+    .await
+}
+
+/// [`backfill_binary`] with the command line's arguments after `--config FILE`.
+async fn backfill_binary_with(
+    dir: &std::path::Path,
+    source: &str,
+    instances: &str,
+    args: &[&str],
+) -> std::process::Output {
     let cfg = dir.join("pipeline.toml");
     std::fs::write(
         &cfg,
@@ -266,7 +282,7 @@ async fn backfill_binary(
     tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
         .arg("--config")
         .arg(&cfg)
-        .args(["backfill", "--from", from, "--to", to])
+        .args(args)
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
         .env("NO_COLOR", "1")
@@ -425,35 +441,22 @@ async fn connections_reset_cut_stalled_or_never_answered_are_retried_and_nothing
     .await;
     assert_eq!(out.status.code(), Some(0));
     let metrics = faulty.path().join("m.prom");
-    let cfg_source = source(&proxy.endpoint());
-    let out = {
-        let cfg = faulty.path().join("pipeline.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[source]\n{cfg_source}\n[pipeline]\ninstances = {instances}\n[parquet]\nroot = \"{}\"\n",
-                faulty.path().join("wh").display()
-            ),
-        )
-        .unwrap();
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(["backfill", "--from", "2026-09-01", "--to", "2026-10-31"])
-            .arg("--metrics-file")
-            .arg(&metrics)
-            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
-            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
-            .env("NO_COLOR", "1")
-            .output()
-            .await
-            .unwrap()
-    };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = backfill_binary_with(
+        faulty.path(),
+        &source(&proxy.endpoint()),
+        instances,
+        &[
+            "backfill",
+            "--from",
+            "2026-09-01",
+            "--to",
+            "2026-10-31",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let text = common::output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     let seen = proxy.seen();
     for f in [
@@ -466,14 +469,11 @@ async fn connections_reset_cut_stalled_or_never_answered_are_retried_and_nothing
     }
     let m = std::fs::read_to_string(&metrics).unwrap();
     let count = |code: &str| -> f64 {
-        m.lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    "ccc_etl_requests{{command=\"backfill\",code=\"{code}\"}}"
-                ))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0.0, |v| v.parse().unwrap())
+        common::metric_value(
+            &m,
+            &format!("ccc_etl_requests{{command=\"backfill\",code=\"{code}\"}}"),
+        )
+        .unwrap_or(0.0)
     };
     assert!(count("Timeout") >= 2.0, "stalls and silences time out: {m}");
     assert!(

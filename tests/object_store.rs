@@ -262,6 +262,7 @@ fn batch(instance: &str, n: i64) -> Arc<WindowBatch> {
             })
             .collect(),
         key,
+        extra: Default::default(),
     })
 }
 

@@ -112,7 +112,7 @@ impl Job {
             .output()
             .await
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
         self.contents(&url, "reference").await
     }
 
@@ -149,14 +149,6 @@ impl Job {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// The disturbed run ended as it should (`codes`), saying why (`says`); the next run completes
 /// the job; both sinks equal the undisturbed run's.
 async fn then_the_next_run_completes(
@@ -166,7 +158,7 @@ async fn then_the_next_run_completes(
     says: &str,
     reference: &(Vec<String>, Vec<String>),
 ) {
-    let t = text(&disturbed);
+    let t = common::output_text(&disturbed);
     let code = disturbed.status.code().unwrap_or(-1);
     assert!(codes.contains(&code), "exit {code}: {t}");
     if code != 0 {
@@ -178,7 +170,12 @@ async fn then_the_next_run_completes(
         .output()
         .await
         .unwrap();
-    assert_eq!(rerun.status.code(), Some(0), "{}", text(&rerun));
+    assert_eq!(
+        rerun.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&rerun)
+    );
     let got = job.contents(&url, "job").await;
     assert!(!got.0.is_empty());
     assert_eq!(got.0, reference.0, "PostgreSQL: nothing lost or doubled");
@@ -251,7 +248,7 @@ async fn a_database_at_max_connections_is_a_clear_error_before_any_request() {
         .output()
         .await
         .unwrap();
-    let t = text(&out);
+    let t = common::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("too many clients"), "{t}");
     assert_eq!(
@@ -292,7 +289,12 @@ async fn a_statement_timeout_behind_a_lock_fails_windows_as_retryable_and_the_ne
         .output()
         .await
         .unwrap();
-    assert_eq!(migrate.status.code(), Some(0), "{}", text(&migrate));
+    assert_eq!(
+        migrate.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&migrate)
+    );
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query("ALTER DATABASE job SET statement_timeout = '300ms'")
         .execute(&pool)

@@ -606,6 +606,7 @@ async fn a_plain_insert_racing_an_outside_writer_falls_back_to_the_upsert() {
                 max_logged_in_agents: 6,
             },
         ],
+        extra: Default::default(),
     };
     // A writer outside ccc-etl (it takes no series lock) inserts one of the keys and keeps its
     // transaction open: the sink's check sees an empty range and takes the plain insert, which

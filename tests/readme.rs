@@ -264,49 +264,13 @@ async fn every_documented_postgres_query_runs_on_a_backfilled_database() {
     db.drop_db().await;
 }
 
-/// A Python with DuckDB, set up under `target/` on first use (from PyPI), so this stays one
-/// `cargo test` on a fresh machine.
-fn duckdb_python() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/readme-venv");
-    let python = venv.join("bin/python");
-    let ready = |p: &std::path::Path| {
-        std::process::Command::new(p)
-            .args(["-c", "import duckdb"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready(&python) {
-        return python;
-    }
-    let run = |cmd: &mut std::process::Command, what: &str| {
-        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!(
-            out.status.success(),
-            "{what} failed (this test runs the README's DuckDB example and needs python3 with \
-             venv, and PyPI): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(
-        std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv),
-        "python3 -m venv",
-    );
-    run(
-        std::process::Command::new(&python).args(["-m", "pip", "install", "--quiet", "duckdb"]),
-        "pip install duckdb",
-    );
-    python
-}
-
 #[test]
 fn the_documented_duckdb_query_runs_on_what_the_demo_writes() {
     let (_, sql) = blocks()
         .into_iter()
         .find(|(lang, body)| lang == "sql" && body.contains("read_parquet("))
         .expect("the README shows a DuckDB query");
-    let python = duckdb_python();
+    let python = common::duckdb_python();
     let dir = tempfile::tempdir().unwrap();
     let demo = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
         .current_dir(dir.path())

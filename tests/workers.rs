@@ -433,6 +433,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
                 max_logged_in_agents: n,
             })
             .collect(),
+        extra: Default::default(),
     };
     let ledger = Arc::new(ccc_etl::sink::postgres::PgLedger::new(store.clone()));
     let zombie = Coordinator::register(pool.clone(), "backfill", settings(60))

@@ -184,8 +184,8 @@ macro_rules! wire_item {
             $($(#[$fdoc])* pub $field: i64,)*
             /// Known fields the item carried: bit `i` for the `i`-th of [`Self::FIELDS`].
             pub present: u32,
-            /// Fields ccc-etl does not know.
-            pub unknown: Vec<String>,
+            /// Fields ccc-etl does not know, with their values as sent.
+            pub extra: serde_json::Map<String, serde_json::Value>,
         }
 
         impl $name {
@@ -233,8 +233,8 @@ macro_rules! wire_item {
                                     let _ = j;
                                 }
                                 Key::Unknown(name) => {
-                                    map.next_value::<de::IgnoredAny>()?;
-                                    item.unknown.push(name);
+                                    let v = map.next_value::<serde_json::Value>()?;
+                                    item.extra.insert(name, v);
                                 }
                             }
                         }
@@ -389,23 +389,29 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
         &mut drift,
         WireInbound::SECTION,
         WireInbound::FIELDS,
-        data.inbound.iter().map(|r| (r.present, &r.unknown)),
+        data.inbound.iter().map(|r| (r.present, &r.extra)),
     );
     section_drift(
         &mut drift,
         WireOutbound::SECTION,
         WireOutbound::FIELDS,
-        data.outbound.iter().map(|r| (r.present, &r.unknown)),
+        data.outbound.iter().map(|r| (r.present, &r.extra)),
     );
     section_drift(
         &mut drift,
         WireOverall::SECTION,
         WireOverall::FIELDS,
-        data.overall.iter().map(|r| (r.present, &r.unknown)),
+        data.overall.iter().map(|r| (r.present, &r.extra)),
     );
+    let extra = [
+        extra_of(data.inbound.iter().map(|r| (r.stats_time, &r.extra))),
+        extra_of(data.outbound.iter().map(|r| (r.stats_time, &r.extra))),
+        extra_of(data.overall.iter().map(|r| (r.stats_time, &r.extra))),
+    ];
     Ok(Body::Ok(Report {
         request_id: env.request_id.unwrap_or_default(),
         drift,
+        extra,
         inbound: data
             .inbound
             .into_iter()
@@ -439,18 +445,28 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
     }))
 }
 
+/// The unknown fields of an array's items, as compact JSON (keys sorted), by StatsTime.
+fn extra_of<'a>(
+    items: impl Iterator<Item = (i64, &'a serde_json::Map<String, serde_json::Value>)>,
+) -> std::collections::BTreeMap<i64, String> {
+    items
+        .filter(|(_, e)| !e.is_empty())
+        .map(|(t, e)| (t, serde_json::to_string(e).expect("a JSON map serializes")))
+        .collect()
+}
+
 /// One array's unknown fields (rows carrying each) and the known fields no item carried.
 fn section_drift<'a>(
     drift: &mut Drift,
     section: &str,
     fields: &[&str],
-    items: impl Iterator<Item = (u32, &'a Vec<String>)>,
+    items: impl Iterator<Item = (u32, &'a serde_json::Map<String, serde_json::Value>)>,
 ) {
     let (mut any, mut seen) = (false, 0u32);
     for (present, unknown) in items {
         any = true;
         seen |= present;
-        for name in unknown {
+        for name in unknown.keys() {
             *drift
                 .unknown
                 .entry(format!("{section}.{name}"))

@@ -62,6 +62,7 @@ pub(crate) fn emulator_options(
         add_arrays: args.add_array.clone(),
         drop_fields: args.drop_field.clone(),
         retype_fields: args.retype_field.clone(),
+        value_offset: 0,
     };
     opts.bucket_ms = args.bucket_minutes as i64 * 60_000;
     opts.seed = args.seed;

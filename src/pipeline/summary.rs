@@ -159,7 +159,8 @@ impl RunSummary {
                 })
                 .collect();
             s.push_str(&format!(
-                "  new fields from the API: {} (not stored)\n",
+                "  new fields from the API: {} (an item's fields are kept in its `extra` column; \
+                 other arrays and top-level fields are only counted)\n",
                 named.join(", ")
             ));
         }

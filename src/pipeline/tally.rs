@@ -203,8 +203,8 @@ impl Tally {
             if !self.summary.drift.unknown.contains_key(name) {
                 tracing::warn!(
                     field = %name,
-                    "new field from the API: {name} is not a field ccc-etl knows; it is not stored \
-                     (see the README's Schema drift section)"
+                    "new field from the API: {name} is not a field ccc-etl knows; rows keep it in \
+                     their `extra` column (see the README's Schema drift section to adopt it)"
                 );
             }
         }

@@ -399,26 +399,36 @@ impl TableSql {
         let n = counts.len();
         let cols = counts.join(", ");
         let arrays: Vec<String> = (0..n).map(|i| format!("${}::bigint[]", i + 4)).collect();
-        let (fetched, request) = (n + 4, n + 5);
+        let (fetched, request, extra) = (n + 4, n + 5, n + 6);
         let select = format!(
-            "SELECT $1, $2, stats_time, {cols}, ${fetched}, ${request} \
-             FROM UNNEST($3::timestamptz[], {}) AS r(stats_time, {cols})",
+            "SELECT $1, $2, stats_time, {cols}, ${fetched}, ${request}, extra::jsonb \
+             FROM UNNEST($3::timestamptz[], {}, ${extra}::text[]) AS r(stats_time, {cols}, extra)",
             arrays.join(", ")
         );
         let target = format!(
-            "{name} AS t (instance_id, media_type, stats_time, {cols}, fetched_at, request_id)"
+            "{name} AS t (instance_id, media_type, stats_time, {cols}, fetched_at, request_id, extra)"
         );
         let set: Vec<String> = counts
             .iter()
             .map(|c| format!("{c} = EXCLUDED.{c}"))
             .collect();
-        let old: Vec<String> = counts.iter().map(|c| format!("t.{c}")).collect();
-        let new: Vec<String> = counts.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+        // A change of the unknown fields is a revision too.
+        let old: Vec<String> = counts
+            .iter()
+            .map(|c| format!("t.{c}"))
+            .chain(["t.extra".to_string()])
+            .collect();
+        let new: Vec<String> = counts
+            .iter()
+            .map(|c| format!("EXCLUDED.{c}"))
+            .chain(["EXCLUDED.extra".to_string()])
+            .collect();
         Self {
             upsert: format!(
                 "WITH written AS (INSERT INTO {target} {select} \
                  ON CONFLICT (instance_id, media_type, stats_time) DO UPDATE SET {}, \
-                 fetched_at = EXCLUDED.fetched_at, request_id = EXCLUDED.request_id \
+                 fetched_at = EXCLUDED.fetched_at, request_id = EXCLUDED.request_id, \
+                 extra = EXCLUDED.extra \
                  WHERE ({}) IS DISTINCT FROM ({}) RETURNING (xmax = 0) AS inserted) \
                  SELECT count(*) FILTER (WHERE inserted) AS inserted, \
                  count(*) FILTER (WHERE NOT inserted) AS revised FROM written",
@@ -592,6 +602,7 @@ impl PostgresSink {
             if total == 0 {
                 continue;
             }
+            let extra: Vec<Option<&str>> = times.iter().map(|t| b.extra(*table, *t)).collect();
             let mut q = sqlx::query(if fresh { &sql.insert } else { &sql.upsert })
                 .bind(inst)
                 .bind(media)
@@ -599,7 +610,7 @@ impl PostgresSink {
             for c in counts {
                 q = q.bind(c);
             }
-            q = q.bind(b.fetched_at).bind(&b.request_id);
+            q = q.bind(b.fetched_at).bind(&b.request_id).bind(extra);
             if fresh {
                 stats.inserted += q.execute(&mut *tx).await?.rows_affected();
             } else {

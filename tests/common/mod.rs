@@ -199,3 +199,61 @@ pub mod cluster;
 pub mod proxy;
 pub mod s3;
 pub mod sinks;
+
+/// A process's stdout then stderr, as text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The value of the first line of Prometheus text starting with `prefix` (`None` if absent).
+pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+}
+
+/// [`metric_value`], which must be there.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    metric_value(text, prefix).unwrap_or_else(|| panic!("no {prefix} in {text}"))
+}
+
+/// A Python with DuckDB, set up under `target/` on first use (from PyPI), so this stays one
+/// `cargo test` on a fresh machine.
+pub fn duckdb_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/readme-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &std::path::Path| {
+        std::process::Command::new(p)
+            .args(["-c", "import duckdb"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&python) {
+        return python;
+    }
+    let run = |cmd: &mut std::process::Command, what: &str| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed (this test runs the README's DuckDB example and needs python3 with \
+             venv, and PyPI): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+        "python3 -m venv",
+    );
+    run(
+        std::process::Command::new(&python).args(["-m", "pip", "install", "--quiet", "duckdb"]),
+        "pip install duckdb",
+    );
+    python
+}

@@ -92,9 +92,12 @@ pub struct DriftOptions {
     pub drop_fields: Vec<String>,
     /// Known fields sent as an object (`{"Value": n}`) instead of a number.
     pub retype_fields: Vec<String>,
+    /// Added to every added field's value: a later change of the value (a revision).
+    pub value_offset: i64,
 }
 
-/// The value an added field carries in the bucket starting at `stats_time`.
+/// The value an added field carries in the bucket starting at `stats_time` (before
+/// [`DriftOptions::value_offset`]).
 pub fn drift_value(stats_time: i64) -> i64 {
     (stats_time / 3_600_000).rem_euclid(97) + 1
 }
@@ -119,7 +122,7 @@ impl DriftOptions {
             let Value::Object(m) = item else { continue };
             let t = m.get("StatsTime").and_then(Value::as_i64).unwrap_or(0);
             for f in &add {
-                m.insert(f.clone(), json!(drift_value(t)));
+                m.insert(f.clone(), json!(drift_value(t) + self.value_offset));
             }
             for f in &drop {
                 m.remove(f);

@@ -282,6 +282,7 @@ mod tests {
                     max_logged_in_agents: 1,
                 })
                 .collect(),
+            extra: Default::default(),
         })
     }
 

@@ -194,6 +194,7 @@ mod tests {
                 counts: vec![h],
                 fetched_at: 0,
                 request_id: "r".into(),
+                extra: None,
             })
             .collect();
         write_file_atomic(&layout.day_file(Table::Overall, day), Table::Overall, &rows).unwrap();

@@ -81,6 +81,9 @@ pub struct StoredRow {
     pub fetched_at: i64,
     /// RequestId that delivered it.
     pub request_id: String,
+    /// Fields the API sent that ccc-etl does not know, as compact JSON; `None` when there are
+    /// none (and in files written before the column existed).
+    pub extra: Option<String>,
 }
 
 /// The Arrow schema of a table's files.
@@ -96,6 +99,9 @@ pub fn schema(table: Table) -> SchemaRef {
     }
     fields.push(Field::new("fetched_at", ts, false));
     fields.push(Field::new("request_id", DataType::Utf8, false));
+    // Unknown fields as a JSON string; null when there are none. Files written before this
+    // column existed lack it, and read as null.
+    fields.push(Field::new("extra", DataType::Utf8, true));
     Arc::new(Schema::new(fields))
 }
 
@@ -421,6 +427,7 @@ struct OutRow<'a> {
     counts: &'a [i64],
     fetched_at: i64,
     request_id: &'a str,
+    extra: Option<&'a str>,
 }
 
 impl OutRow<'_> {
@@ -673,6 +680,7 @@ fn incoming_rows<'a>(
                     counts: &c[..n],
                     fetched_at: b.fetched_at.timestamp_millis(),
                     request_id: &b.request_id,
+                    extra: b.extra(table, *t),
                 },
                 *i,
             ));
@@ -715,7 +723,7 @@ fn merge_sorted<'a>(
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
-                if old[i].counts == new[j].counts {
+                if old[i].counts == new[j].counts && old[i].extra == new[j].extra {
                     stats.unchanged += 1;
                     out.push(old[i]);
                 } else {
@@ -739,6 +747,7 @@ impl StoredRow {
             counts: &self.counts,
             fetched_at: self.fetched_at,
             request_id: &self.request_id,
+            extra: self.extra.as_deref(),
         }
     }
 }
@@ -825,12 +834,20 @@ pub fn read_rows<R: ChunkReader + 'static>(
                 .downcast_ref::<Int64Array>()
                 .ok_or_else(bad)
         };
-        if batch.num_columns() != 5 + ncounts {
-            return Err(bad());
-        }
+        // Files written before the `extra` column existed have one column less.
+        let with_extra = match batch.num_columns() {
+            c if c == 5 + ncounts => false,
+            c if c == 6 + ncounts => true,
+            _ => return Err(bad()),
+        };
         let (inst, media, st) = (s(0)?, s(1)?, t(2)?);
         let counts: Vec<&Int64Array> = (0..ncounts).map(|i| n(3 + i)).collect::<Result<_, _>>()?;
         let (fa, rid) = (t(3 + ncounts)?, s(4 + ncounts)?);
+        let extra = if with_extra {
+            Some(s(5 + ncounts)?)
+        } else {
+            None
+        };
         for r in 0..batch.num_rows() {
             out.push(StoredRow {
                 instance_id: inst.value(r).to_string(),
@@ -839,6 +856,9 @@ pub fn read_rows<R: ChunkReader + 'static>(
                 counts: counts.iter().map(|c| c.value(r)).collect(),
                 fetched_at: fa.value(r),
                 request_id: rid.value(r).to_string(),
+                extra: extra
+                    .filter(|e| !e.is_null(r))
+                    .map(|e| e.value(r).to_string()),
             });
         }
     }
@@ -869,7 +889,9 @@ fn count_reader<R: ChunkReader + 'static>(
     table: Table,
 ) -> Result<SeriesRows, ReadError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| damaged(path, e))?;
-    if builder.schema().fields().len() != 5 + table.count_columns().len() {
+    let columns = builder.schema().fields().len();
+    let n = table.count_columns().len();
+    if columns != 5 + n && columns != 6 + n {
         return Err(damaged(
             path,
             format!("it does not have the {} schema", table.name()),
@@ -990,6 +1012,9 @@ fn encode_rows<W: std::io::Write + Send>(
     cols.push(Arc::new(StringArray::from_iter_values(
         rows.iter().map(|r| r.request_id),
     )));
+    cols.push(Arc::new(StringArray::from_iter(
+        rows.iter().map(|r| r.extra),
+    )));
     let batch = RecordBatch::try_new(schema, cols).map_err(|e| e.to_string())?;
     w.write(&batch).map_err(|e| e.to_string())?;
     w.into_inner().map_err(|e| e.to_string())
@@ -1062,6 +1087,7 @@ mod tests {
             counts: vec![n],
             fetched_at: at,
             request_id: format!("r{at}"),
+            extra: None,
         }
     }
 
@@ -1159,6 +1185,7 @@ mod tests {
                     max_logged_in_agents: n,
                 })
                 .collect(),
+            extra: Default::default(),
         })
     }
 
