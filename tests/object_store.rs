@@ -92,7 +92,7 @@ for info in fs.get_file_info(pafs.FileSelector(os.environ["BUCKET"] + "/warehous
         continue
     table, dt = info.path.split("/")[-3:-1]
     t = pq.read_table(info.path, filesystem=fs)
-    counts = [c for c in t.column_names if c not in ("instance_id", "media_type", "stats_time", "fetched_at", "request_id")]
+    counts = [c for c in t.column_names if c not in ("instance_id", "media_type", "stats_time", "fetched_at", "request_id", "extra")]
     total = sum(sum(v for v in t.column(c).to_pylist()) for c in counts)
     out[table + "/" + dt] = [t.num_rows, total, sorted(set(t.column("instance_id").to_pylist()))]
 print(json.dumps(out, sort_keys=True))

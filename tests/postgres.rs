@@ -104,7 +104,7 @@ async fn migrations_from_empty_create_the_tables_views_and_ledger_and_can_run_ag
         .await
         .unwrap()
         .get("n");
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
     let tz: String = sqlx::query("SELECT value FROM ccc_mig.settings WHERE key = 'timezone'")
         .fetch_one(&pool)
         .await
