@@ -673,7 +673,8 @@ pub fn object_endpoint(
         .map_err(|e| format!("[parquet] {e}"))
 }
 
-fn is_loopback(host: &str) -> bool {
+/// `localhost` or a loopback address (IPv6 in brackets or not).
+pub(crate) fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -428,8 +428,8 @@ fn interpret(
     header_request_id: Option<String>,
     credentials: &Credentials,
 ) -> Result<Report, ApiError> {
-    let redactor = Redactor::new(credentials);
-    let scrub = |s: String| redactor.scrub(&s);
+    // Only error texts are scrubbed: a successful answer builds no redactor.
+    let scrub = |s: String| Redactor::new(credentials).scrub(&s);
     match parse_body(bytes) {
         Ok(Body::Ok(report)) if status == 200 => Ok(report),
         Ok(Body::Ok(report)) => Err(ApiError::Service {

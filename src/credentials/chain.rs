@@ -322,12 +322,7 @@ fn ecs_provider(env: Env<'_>, role: Option<String>) -> Result<Provider, InputErr
 fn checked_url(text: &str, what: &str) -> Result<Url, InputError> {
     let url = Url::parse(text).map_err(|e| InputError::new(format!("{what}: {e}")))?;
     let host = url.host_str().unwrap_or_default();
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = crate::config::is_loopback(host);
     match url.scheme() {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
