@@ -189,7 +189,29 @@ pub fn render(
             &[(vec![c()], t.timestamp() as f64)],
         );
     }
+    if let Some(peak) = peak_rss_bytes() {
+        family(
+            &mut out,
+            "ccc_etl_peak_rss_bytes",
+            "Peak resident memory of the process until the run ended (its memory limit's floor).",
+            &[(vec![c()], peak)],
+        );
+    }
     out
+}
+
+/// The process's peak resident set (`VmHWM`), where the system tells it (Linux).
+pub fn peak_rss_bytes() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024.0)
 }
 
 /// The aging-out view of a status report: per instance and media type, the seconds until the
@@ -303,6 +325,14 @@ mod tests {
             "ccc_etl_last_success_timestamp_seconds{command=\"night\\\"ly\"} 1800000000\n"
         ));
         assert!(text.contains("# TYPE ccc_etl_quality_violations gauge\n"));
+        // This test process has touched at least a megabyte, and less than it has memory.
+        let peak = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ccc_etl_peak_rss_bytes{command=\"night\\\"ly\"} "))
+            .expect("the peak RSS family")
+            .parse::<f64>()
+            .unwrap();
+        assert!((1e6..64e9).contains(&peak), "{peak}");
     }
 
     #[test]
