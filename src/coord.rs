@@ -13,6 +13,11 @@
 //! and before the Parquet commits are recorded): a slow worker whose lease was taken over cannot
 //! overwrite the newer result, and its refused commits are counted.
 //!
+//! Lock order: every statement that locks several lease rows locks them in key order (instance,
+//! media type, start), and a commit takes its series locks before its lease rows, so two
+//! transactions never wait for each other in a circle (a group commit holds many lease rows while
+//! the heartbeat extends them all).
+//!
 //! One QPS budget: each worker's limiter is capped at `max_qps / live workers` (recomputed at every
 //! heartbeat from the `workers` table), and a throttling answer seen by one worker is written to
 //! `shared_rate`, which every other worker reads at its next heartbeat and slows down for.
@@ -247,12 +252,6 @@ impl Coordinator {
             .map(|((_, _, s), (_, a))| (*s, *a))
     }
 
-    /// The SQL condition (on table `leases`) that `w` is still held by this worker with the
-    /// attempt it claimed, and its parameters: a commit checks it inside its transaction, locking
-    /// the lease row until it commits (a take-over waits for it, then fetches anew).
-    pub const HELD: &'static str = "instance_id = $2 AND media_type = $3 AND start_ms = $4 \
-         AND worker_id = $5 AND attempt = $6 AND state = 'leased'";
-
     /// This worker's id, the start of the lease `w` is fetched under and the attempt it was
     /// claimed with (none: this worker does not hold `w`).
     pub fn held(&self, w: &WindowKey) -> Option<(uuid::Uuid, i64, i32)> {
@@ -347,8 +346,10 @@ impl Coordinator {
     pub async fn beat(&self) -> anyhow::Result<()> {
         self.flush_done().await?;
         sqlx::query(
-            "UPDATE leases SET lease_until = now() + make_interval(secs => $2) \
-             WHERE worker_id = $1 AND state = 'leased'",
+            "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \
+                  WHERE worker_id = $1 AND state = 'leased' ORDER BY 1, 2, 3 FOR UPDATE) \
+             UPDATE leases l SET lease_until = now() + make_interval(secs => $2) FROM mine \
+             WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)",
         )
         .bind(self.worker)
         .bind(self.settings.lease.as_secs_f64())
@@ -427,10 +428,13 @@ impl Coordinator {
         let s: Vec<i64> = leases.iter().map(|l| l.0).collect();
         let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
         sqlx::query(
-            "UPDATE leases l SET state = 'done', done_at = now() \
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
-             WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
-             AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased'",
+            "WITH mine AS (SELECT l.instance_id, l.media_type, l.start_ms FROM leases l \
+                  JOIN unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
+                  ON (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+                  WHERE l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' \
+                  ORDER BY 1, 2, 3 FOR UPDATE OF l) \
+             UPDATE leases l SET state = 'done', done_at = now() FROM mine \
+             WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)",
         )
         .bind(i)
         .bind(m)
@@ -451,14 +455,11 @@ impl Coordinator {
     /// holds (another worker takes it at once instead of after the lease), and deregisters.
     pub async fn stop(&self) -> anyhow::Result<()> {
         self.flush_done().await?;
-        sqlx::query(
-            "UPDATE leases SET state = 'pending', worker_id = NULL, lease_until = NULL \
-             WHERE worker_id = $1 AND state = 'leased'",
-        )
-        .bind(self.worker)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        sqlx::query(HAND_BACK)
+            .bind(self.worker)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         sqlx::query(
             "UPDATE workers SET stopped_at = now(), heartbeat_at = now(), windows_in_flight = 0, \
              windows_done = $2, fenced = $3 WHERE worker_id = $1",
@@ -474,6 +475,12 @@ impl Coordinator {
     }
 }
 
+/// Hands back every lease a worker holds.
+const HAND_BACK: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \
+     WHERE worker_id = $1 AND state = 'leased' ORDER BY 1, 2, 3 FOR UPDATE) \
+     UPDATE leases l SET state = 'pending', worker_id = NULL, lease_until = NULL FROM mine \
+     WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)";
+
 /// A worker on this host whose process is gone (killed, crashed) holds its leases until they
 /// expire; a new worker on the same host need not wait: it hands them back at once. (On another
 /// host, a process cannot be checked: its leases expire.)
@@ -488,15 +495,12 @@ async fn rescue_dead_neighbours(pool: &PgPool, host: &str) -> anyhow::Result<()>
         if process_runs_ccc_etl(pid) {
             continue;
         }
-        let n = sqlx::query(
-            "UPDATE leases SET state = 'pending', worker_id = NULL, lease_until = NULL \
-             WHERE worker_id = $1 AND state = 'leased'",
-        )
-        .bind(worker)
-        .execute(pool)
-        .await
-        .map_err(db)?
-        .rows_affected();
+        let n = sqlx::query(HAND_BACK)
+            .bind(worker)
+            .execute(pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
         if n > 0 {
             tracing::warn!(worker = %worker, pid, windows = n, "a worker on this host died holding windows: handed back");
         }

@@ -218,6 +218,12 @@ impl Sink for StallAfter {
     fn kind(&self) -> SinkKind {
         SinkKind::Postgres
     }
+    fn expect(&self, windows: &[WindowKey]) {
+        self.inner.expect(windows)
+    }
+    async fn flush(&self, run: &RunContext) -> Written {
+        self.inner.flush(run).await
+    }
     async fn write(&self, planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
         if self.seen.fetch_add(1, Ordering::SeqCst) >= self.limit {
             std::future::pending::<()>().await;
@@ -378,6 +384,12 @@ struct LoseDatabaseAfter {
 impl Sink for LoseDatabaseAfter {
     fn kind(&self) -> SinkKind {
         SinkKind::Postgres
+    }
+    fn expect(&self, windows: &[WindowKey]) {
+        self.inner.expect(windows)
+    }
+    async fn flush(&self, run: &RunContext) -> Written {
+        self.inner.flush(run).await
     }
     async fn write(&self, planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
         if self.seen.fetch_add(1, Ordering::SeqCst) == self.limit {

@@ -78,7 +78,15 @@ impl Backfill {
                 if waiting.is_empty() {
                     break;
                 }
-                // Only windows other workers hold are left: wait for them to finish or expire.
+                // Only windows other workers hold are left: what the sinks hold to write
+                // together is written first (another worker may be waiting for it), then wait for
+                // them to finish or expire.
+                for sink in &self.sinks {
+                    let written = sink.idle(&ctx).await;
+                    for event in super::window::report(sink.as_ref(), written) {
+                        let _ = self.apply(&mut run.tally, event);
+                    }
+                }
                 tokio::select! {
                     () = tokio::time::sleep(heartbeat) => continue,
                     () = &mut stop => {

@@ -3,6 +3,7 @@
 
 pub mod memory;
 pub mod parquet;
+pub mod pgcopy;
 pub mod postgres;
 
 use std::sync::Arc;
@@ -319,6 +320,13 @@ pub trait Sink: Send + Sync {
 
     /// An expected window will not be written (its fetch failed or it aged out).
     async fn skip(&self, _planned: &WindowKey, _run: &RunContext) -> Written {
+        Written::default()
+    }
+
+    /// The run has no window in flight and waits (for windows other workers hold): a sink that
+    /// holds windows only to write them together writes them now, so that nobody waits for
+    /// them. A sink holding rows for partitions still incomplete keeps them.
+    async fn idle(&self, _run: &RunContext) -> Written {
         Written::default()
     }
 

@@ -3,15 +3,22 @@
 //! Every table lives in the configured schema; connections set `search_path` to it, so all SQL
 //! below is text fixed at compile time (or built once from the compile-time column lists) with
 //! bound values, and the only identifier ever put into SQL from configuration is the validated,
-//! quoted schema name in `CREATE SCHEMA`. A window's rows (one `INSERT ... SELECT FROM UNNEST
-//! ... ON CONFLICT DO UPDATE` per table) and its ledger row commit in one transaction. Changed
-//! rows are updated and counted as revisions; unchanged rows are not rewritten. A window whose
-//! range holds no row yet (the common case of a backfill) is written with a plain insert, which
-//! skips the conflict checks and halves the index work.
+//! quoted schema name in `CREATE SCHEMA`.
 //!
-//! Concurrency: the upserts are safe for any number of concurrent runs (the primary key decides);
-//! a transaction-scoped advisory lock per (instance, media type) series serializes commits of the
-//! same series so revision counts stay exact. Several workers can share this ledger.
+//! Writing: fetched windows wait in a small group (up to 32 windows or 16,384 rows, or 0.5 s),
+//! and a group commits in one transaction with the ledger rows of its windows: the series locks,
+//! one check of which windows' ranges already hold rows, one binary `COPY` per table for those
+//! that do not (the common case of a backfill: no conflict check, rows inserted in batches), an
+//! `INSERT ... SELECT FROM UNNEST ... ON CONFLICT DO UPDATE` per table for those that do
+//! (changed rows are updated and counted as revisions, unchanged rows are not rewritten), and
+//! one statement for the ledger rows. A crash before the commit loses no committed window: the
+//! group's windows are fetched again.
+//!
+//! Concurrency: a transaction-scoped advisory lock per (instance, media type) series, taken in
+//! the order of the lock keys, serializes commits of the same series across runs and workers, so
+//! a range found empty stays empty until the commit and revision counts stay exact. A writer
+//! outside ccc-etl that inserts meanwhile makes the `COPY` fail on the primary key; the group is
+//! then written again the careful way. Several workers can share this ledger.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,6 +31,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Row};
 
+use super::pgcopy::BinaryCopy;
 use super::{CommitStats, RunContext, Sink, SinkError, SinkKind, Written};
 use crate::config::SchemaName;
 use crate::ledger::{DayFile, Ledger, LedgerEntry, LedgerError, RunRecord, SinkId, WindowStatus};
@@ -387,9 +395,9 @@ struct TableSql {
     /// Insert or update: one row per key; rows whose counts changed are updated (revisions),
     /// unchanged rows are not rewritten. Returns the inserted and revised counts.
     upsert: String,
-    /// Plain insert, for a range of a series that holds no row yet (checked under the series
-    /// lock): half the index work of the upsert.
-    insert: String,
+    /// Binary `COPY` of whole rows, for ranges of a series that hold no row yet (checked under
+    /// the series lock): no conflict check, and the server inserts rows in batches.
+    copy: String,
 }
 
 impl TableSql {
@@ -436,7 +444,10 @@ impl TableSql {
                 old.join(", "),
                 new.join(", ")
             ),
-            insert: format!("INSERT INTO {target} {select}"),
+            copy: format!(
+                "COPY {name} (instance_id, media_type, stats_time, {cols}, fetched_at, request_id, \
+                 extra) FROM STDIN (FORMAT binary)"
+            ),
         }
     }
 }
@@ -444,11 +455,14 @@ impl TableSql {
 static TABLE_SQL: std::sync::LazyLock<[TableSql; 3]> =
     std::sync::LazyLock::new(|| Table::ALL.map(TableSql::new));
 
-/// Whether a series holds any row in `[$3, $4)` of any table.
-const ANY_ROWS: &str = r#"
-SELECT EXISTS (SELECT 1 FROM inbound_trend WHERE instance_id = $1 AND media_type = $2 AND stats_time >= $3 AND stats_time < $4)
-    OR EXISTS (SELECT 1 FROM outbound_trend WHERE instance_id = $1 AND media_type = $2 AND stats_time >= $3 AND stats_time < $4)
-    OR EXISTS (SELECT 1 FROM overall_trend WHERE instance_id = $1 AND media_type = $2 AND stats_time >= $3 AND stats_time < $4)
+/// Of a group's windows (`unnest` of instance, media type, start, end), the ordinals of those
+/// whose series holds a row in the window's range in any table.
+const STORED_RANGES: &str = r#"
+SELECT w.n FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+    WITH ORDINALITY AS w(i, m, s, e, n)
+WHERE EXISTS (SELECT 1 FROM inbound_trend t WHERE t.instance_id = w.i AND t.media_type = w.m AND t.stats_time >= w.s AND t.stats_time < w.e)
+   OR EXISTS (SELECT 1 FROM outbound_trend t WHERE t.instance_id = w.i AND t.media_type = w.m AND t.stats_time >= w.s AND t.stats_time < w.e)
+   OR EXISTS (SELECT 1 FROM overall_trend t WHERE t.instance_id = w.i AND t.media_type = w.m AND t.stats_time >= w.s AND t.stats_time < w.e)
 "#;
 
 /// Records ledger entries, one RequestId each; a failed refetch does not undo an earlier commit.
@@ -548,132 +562,384 @@ async fn upsert_windows<'e, E: sqlx::Executor<'e, Database = Postgres>>(
         .map(|_| ())
 }
 
-/// The PostgreSQL sink.
+/// The PostgreSQL sink. Fetched windows wait in a small group (see [`GROUP_WINDOWS`]) and are
+/// written together: one transaction, one `COPY` per table for the ranges that hold no row yet,
+/// one statement for their ledger rows. A window counts as committed once its group commits; a
+/// crash before that loses nothing committed, because its window is fetched again.
 #[derive(Debug, Clone)]
 pub struct PostgresSink {
     store: PgStore,
+    pending: Arc<std::sync::Mutex<Pending>>,
+    /// Groups being written at once, at most [`GROUP_WRITERS`]: a writer that fills a group
+    /// while they are busy waits, so that fetched rows do not pile up in memory.
+    writers: Arc<tokio::sync::Semaphore>,
+    /// Windows per group in this run (see [`PostgresSink::expect`]).
+    group_windows: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Windows per group, at most.
+pub const GROUP_WINDOWS: usize = 32;
+/// Windows per group with few series: at most the run's series over [`GROUP_WRITERS`], so that
+/// the groups written at once (windows arrive oldest first across series) hold different
+/// series, whose locks they would otherwise wait for.
+fn group_windows(series: usize) -> usize {
+    (series / GROUP_WRITERS).clamp(1, GROUP_WINDOWS)
+}
+/// Rows per group, at most (a 7-day hourly window has 3 x 168).
+const GROUP_ROWS: usize = 16_384;
+/// How long the first window of a group waits for others before the next window commits them.
+const GROUP_WAIT: Duration = Duration::from_millis(500);
+/// Groups written at once: a server on two cores is kept busy by two.
+const GROUP_WRITERS: usize = 2;
+
+/// Windows handed over and not yet written.
+#[derive(Debug, Default)]
+struct Pending {
+    batches: Vec<Arc<WindowBatch>>,
+    rows: usize,
+    since: Option<std::time::Instant>,
+}
+
+impl Pending {
+    /// Adds a window; the group to write now, when it is full or its first window has waited
+    /// long enough.
+    fn push(&mut self, b: Arc<WindowBatch>, windows: usize) -> Option<Vec<Arc<WindowBatch>>> {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        self.rows += b.row_count();
+        self.batches.push(b);
+        (self.batches.len() >= windows || self.rows >= GROUP_ROWS || since.elapsed() >= GROUP_WAIT)
+            .then(|| self.take())
+    }
+
+    fn take(&mut self) -> Vec<Arc<WindowBatch>> {
+        self.rows = 0;
+        self.since = None;
+        std::mem::take(&mut self.batches)
+    }
 }
 
 impl PostgresSink {
     /// A sink over a connected store.
     pub fn new(store: PgStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            pending: Default::default(),
+            writers: Arc::new(tokio::sync::Semaphore::new(GROUP_WRITERS)),
+            group_windows: Arc::new(GROUP_WINDOWS.into()),
+        }
     }
 
-    /// Commits one window's rows and its ledger row in one transaction.
+    /// Commits one window's rows and its ledger row in one transaction, now.
     pub async fn commit(
         &self,
         b: &WindowBatch,
         run: &RunContext,
     ) -> Result<CommitStats, SinkError> {
-        match self.commit_once(b, run, true).await {
-            // Rows appeared that the check did not see (a writer outside ccc-etl, which does
-            // not take the series lock): write the window again the careful way.
-            Err(e) if is_unique_violation(&e) => {
-                self.commit_once(b, run, false).await.map_err(sink_err)
-            }
-            other => other.map_err(sink_err),
+        let mut w = self.commit_all(&[Arc::new(b.clone())], run).await;
+        match w.failed.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(w.stats),
         }
     }
 
-    async fn commit_once(
-        &self,
-        b: &WindowBatch,
-        run: &RunContext,
-        fast_path: bool,
-    ) -> Result<CommitStats, sqlx::Error> {
-        let mut tx = self.store.pool.begin().await?;
-        lock_series(&mut tx, b, run).await?;
-        let (inst, media) = (&b.key.instance_id, b.key.media_type.as_str());
-        // Under the series lock no other ccc-etl run writes this series: if the window's range
-        // is empty in every table, a plain insert is exact and skips the conflict checks.
-        let fresh = fast_path
-            && !sqlx::query_scalar::<_, bool>(ANY_ROWS)
-                .bind(inst)
-                .bind(media)
-                .bind(ts(b.key.start_ms))
-                .bind(ts(b.key.end_ms))
-                .fetch_one(&mut *tx)
-                .await?;
-        let mut stats = CommitStats::default();
-        for (table, sql) in Table::ALL.iter().zip(TABLE_SQL.iter()) {
-            let (times, counts) = b.columns(*table);
-            let total = times.len() as u64;
-            if total == 0 {
-                continue;
+    /// Commits a group of windows. One window whose rows the database refuses (a data error)
+    /// fails alone: the group is then written window by window. A server that is down or a lost
+    /// connection fails the whole group at once.
+    async fn commit_all(&self, group: &[Arc<WindowBatch>], run: &RunContext) -> Written {
+        match self.commit_group(group, run).await {
+            Ok(w) => w,
+            Err(e) if group.len() > 1 && !is_retryable(&e) => {
+                let mut all = Written::default();
+                for b in group {
+                    let one = match self.commit_group(std::slice::from_ref(b), run).await {
+                        Ok(w) => w,
+                        Err(e) => Written::failed(&b.key, sink_err(e)),
+                    };
+                    all.durable.extend(one.durable);
+                    all.failed.extend(one.failed);
+                    all.stats += one.stats;
+                }
+                all
             }
-            let extra: Vec<Option<&str>> = times.iter().map(|t| b.extra(*table, *t)).collect();
-            let mut q = sqlx::query(if fresh { &sql.insert } else { &sql.upsert })
-                .bind(inst)
-                .bind(media)
-                .bind(times.into_iter().map(ts).collect::<Vec<_>>());
-            for c in counts {
-                q = q.bind(c);
-            }
-            q = q.bind(b.fetched_at).bind(&b.request_id).bind(extra);
-            if fresh {
-                stats.inserted += q.execute(&mut *tx).await?.rows_affected();
-            } else {
-                let row = q.fetch_one(&mut *tx).await?;
-                let ins = row.get::<i64, _>("inserted") as u64;
-                let rev = row.get::<i64, _>("revised") as u64;
-                stats.inserted += ins;
-                stats.revised += rev;
-                stats.unchanged += total - ins - rev;
+            Err(e) => {
+                let error = sink_err(e);
+                Written {
+                    failed: group
+                        .iter()
+                        .map(|b| (b.key.clone(), error.clone()))
+                        .collect(),
+                    ..Written::default()
+                }
             }
         }
-        let entry = LedgerEntry::committed(
-            &SinkId::new(SinkKind::Postgres, ""),
-            &super::DurableWindow::of(b),
-            run.run_id,
-        );
-        upsert_windows(&mut *tx, entry.as_slice()).await?;
+    }
+
+    async fn commit_group(
+        &self,
+        group: &[Arc<WindowBatch>],
+        run: &RunContext,
+    ) -> Result<Written, sqlx::Error> {
+        match self.commit_once(group, run, true).await {
+            // Rows appeared that the check did not see (a writer outside ccc-etl, which does
+            // not take the series lock): write the group again the careful way.
+            Err(e) if is_unique_violation(&e) => self.commit_once(group, run, false).await,
+            other => other,
+        }
+    }
+
+    /// One transaction: the series locks (and, with several workers, the leases), the ranges
+    /// that hold no row yet by binary `COPY`, the others by upsert, and the ledger rows.
+    async fn commit_once(
+        &self,
+        group: &[Arc<WindowBatch>],
+        run: &RunContext,
+        fast_path: bool,
+    ) -> Result<Written, sqlx::Error> {
+        let mut tx = self.store.pool.begin().await?;
+        lock_series(&mut tx, group).await?;
+        let mut written = Written::default();
+        let kept: Vec<&Arc<WindowBatch>> = match &run.coordinator {
+            None => group.iter().collect(),
+            Some(c) => {
+                let held = held_leases(&mut tx, c, group).await?;
+                let (kept, refused): (Vec<_>, Vec<_>) =
+                    group.iter().enumerate().partition(|(i, _)| held[*i]);
+                for (_, b) in refused {
+                    c.refused(&b.key);
+                    written.failed.push((b.key.clone(), sink_err(fenced())));
+                }
+                kept.into_iter().map(|(_, b)| b).collect()
+            }
+        };
+        if kept.is_empty() {
+            return Ok(written);
+        }
+        // Under the series locks no other ccc-etl run writes these series: a range empty in
+        // every table takes a plain COPY, exact and without conflict checks.
+        let stored = if fast_path {
+            stored_ranges(&mut tx, &kept).await?
+        } else {
+            vec![true; kept.len()]
+        };
+        let (fresh, known): (Vec<_>, Vec<_>) =
+            kept.iter().zip(&stored).partition(|(_, stored)| !**stored);
+        let fresh: Vec<&WindowBatch> = fresh.into_iter().map(|(b, _)| b.as_ref()).collect();
+        for (table, sql) in Table::ALL.iter().zip(TABLE_SQL.iter()) {
+            written.stats.inserted += copy_rows(&mut tx, *table, &sql.copy, &fresh).await?;
+            for (b, _) in &known {
+                written.stats += upsert_rows(&mut tx, b, *table, &sql.upsert).await?;
+            }
+        }
+        let entries: Vec<LedgerEntry> = kept
+            .iter()
+            .filter_map(|b| {
+                LedgerEntry::committed(
+                    &SinkId::new(SinkKind::Postgres, ""),
+                    &super::DurableWindow::of(b),
+                    run.run_id,
+                )
+            })
+            .collect();
+        upsert_windows(&mut *tx, &entries).await?;
         tx.commit().await?;
-        Ok(stats)
+        written
+            .durable
+            .extend(kept.iter().map(|b| super::DurableWindow::of(b)));
+        Ok(written)
     }
 }
 
-/// Takes the series lock in the commit's transaction; with several workers, in the same round
-/// trip, checks that this worker still holds the window's lease (refused: the `FENCED` error).
+/// Takes the series locks of a group, in the order of their lock keys: two groups sharing
+/// series wait for each other, never in a circle.
 async fn lock_series(
     tx: &mut sqlx::Transaction<'_, Postgres>,
-    b: &WindowBatch,
-    run: &RunContext,
+    group: &[Arc<WindowBatch>],
 ) -> Result<(), sqlx::Error> {
-    let series = format!("ccc-etl:{}:{}", b.key.instance_id, b.key.media_type);
-    match &run.coordinator {
-        None => {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(&series)
-                .execute(&mut **tx)
-                .await?;
+    let series: Vec<String> = group
+        .iter()
+        .map(|b| format!("ccc-etl:{}:{}", b.key.instance_id, b.key.media_type))
+        .collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(s, 0) AS k \
+         FROM unnest($1::text[]) AS s ORDER BY 1) AS l",
+    )
+    .bind(series)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}
+
+/// With several workers: which windows of the group this worker still holds the lease of. The
+/// lease rows stay locked until the commit, so a take-over waits for it, then fetches anew.
+async fn held_leases(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    c: &crate::coord::Coordinator,
+    group: &[Arc<WindowBatch>],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let leases: Vec<Option<(uuid::Uuid, i64, i32)>> =
+        group.iter().map(|b| c.held(&b.key)).collect();
+    let worker = leases.iter().flatten().map(|l| l.0).next();
+    let rows: Vec<i64> = sqlx::query_scalar(
+        "SELECT w.n FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
+             WITH ORDINALITY AS w(i, m, s, a, n) \
+         JOIN leases l ON (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+         WHERE l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' \
+         ORDER BY l.instance_id, l.media_type, l.start_ms FOR UPDATE OF l",
+    )
+    .bind(
+        group
+            .iter()
+            .map(|b| b.key.instance_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        group
+            .iter()
+            .map(|b| b.key.media_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        leases
+            .iter()
+            .map(|l| l.map_or(-1, |l| l.1))
+            .collect::<Vec<i64>>(),
+    )
+    .bind(
+        leases
+            .iter()
+            .map(|l| l.map_or(-1, |l| l.2))
+            .collect::<Vec<i32>>(),
+    )
+    .bind(worker)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut held = vec![false; group.len()];
+    for n in rows {
+        if let Some(h) = held.get_mut(n as usize - 1) {
+            *h = leases[n as usize - 1].is_some();
         }
-        // Several workers: the series lock and the fencing check in one round trip.
-        Some(c) => {
-            let Some((worker, start, attempt)) = c.held(&b.key) else {
-                c.refused(&b.key);
-                return Err(sqlx::Error::Protocol(FENCED.into()));
-            };
-            let held: i64 = sqlx::query_scalar(&format!(
-                "SELECT (SELECT count(*) FROM (SELECT 1 FROM leases WHERE {} FOR UPDATE) f) \
-                     FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) l",
-                crate::coord::Coordinator::HELD
-            ))
-            .bind(&series)
-            .bind(&b.key.instance_id)
-            .bind(b.key.media_type.as_str())
-            .bind(start)
-            .bind(worker)
-            .bind(attempt)
-            .fetch_one(&mut **tx)
-            .await?;
-            if held == 0 {
-                c.refused(&b.key);
-                return Err(sqlx::Error::Protocol(FENCED.into()));
+    }
+    Ok(held)
+}
+
+/// For each window of a group, whether its series already holds a row in its range in any
+/// table.
+async fn stored_ranges(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    group: &[&Arc<WindowBatch>],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let rows: Vec<i64> = sqlx::query_scalar(STORED_RANGES)
+        .bind(
+            group
+                .iter()
+                .map(|b| b.key.instance_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            group
+                .iter()
+                .map(|b| b.key.media_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(group.iter().map(|b| ts(b.key.start_ms)).collect::<Vec<_>>())
+        .bind(group.iter().map(|b| ts(b.key.end_ms)).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut stored = vec![false; group.len()];
+    for n in rows {
+        if let Some(s) = stored.get_mut(n as usize - 1) {
+            *s = true;
+        }
+    }
+    Ok(stored)
+}
+
+/// Writes the rows of `table` of windows whose ranges hold no row yet, with one binary COPY
+/// sent in chunks of [`COPY_CHUNK`] bytes (memory stays flat however large the group); the rows
+/// written.
+async fn copy_rows(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    table: Table,
+    statement: &str,
+    fresh: &[&WindowBatch],
+) -> Result<u64, sqlx::Error> {
+    if fresh.iter().all(|b| b.rows_in(table) == 0) {
+        return Ok(0);
+    }
+    let n_counts = table.count_columns().len();
+    let mut copy = tx.copy_in_raw(statement).await?;
+    let mut out = BinaryCopy::new(n_counts + 6);
+    for b in fresh {
+        let fetched = b.fetched_at.timestamp_micros();
+        for (t, counts) in b.rows_between(table, i64::MIN, i64::MAX) {
+            out.row();
+            out.text(&b.key.instance_id);
+            out.text(b.key.media_type.as_str());
+            out.timestamptz_ms(t);
+            for c in &counts[..n_counts] {
+                out.int8(*c);
+            }
+            out.timestamptz_us(fetched);
+            out.text(&b.request_id);
+            out.jsonb(b.extra(table, t));
+            if out.len() >= COPY_CHUNK
+                && let Err(e) = copy.send(out.take()).await
+            {
+                return Err(abort(copy, e).await);
             }
         }
     }
-    Ok(())
+    if let Err(e) = copy.send(out.finish()).await {
+        return Err(abort(copy, e).await);
+    }
+    copy.finish().await
+}
+
+/// Bytes per `CopyData` message.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// Ends a COPY that failed half-way, so that the connection can be used (and rolled back).
+async fn abort(
+    copy: sqlx::postgres::PgCopyIn<&mut sqlx::PgConnection>,
+    e: sqlx::Error,
+) -> sqlx::Error {
+    let _ = copy.abort("ccc-etl: the COPY failed").await;
+    e
+}
+
+/// Inserts or updates one window's rows of `table`: what was inserted, revised, unchanged.
+async fn upsert_rows(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    b: &WindowBatch,
+    table: Table,
+    statement: &str,
+) -> Result<CommitStats, sqlx::Error> {
+    let (times, counts) = b.columns(table);
+    let total = times.len() as u64;
+    if total == 0 {
+        return Ok(CommitStats::default());
+    }
+    let extra: Vec<Option<&str>> = times.iter().map(|t| b.extra(table, *t)).collect();
+    let mut q = sqlx::query(statement)
+        .bind(&b.key.instance_id)
+        .bind(b.key.media_type.as_str())
+        .bind(times.into_iter().map(ts).collect::<Vec<_>>());
+    for c in counts {
+        q = q.bind(c);
+    }
+    let row = q
+        .bind(b.fetched_at)
+        .bind(&b.request_id)
+        .bind(extra)
+        .fetch_one(&mut **tx)
+        .await?;
+    let inserted = row.get::<i64, _>("inserted") as u64;
+    let revised = row.get::<i64, _>("revised") as u64;
+    Ok(CommitStats {
+        inserted,
+        revised,
+        unchanged: total - inserted - revised,
+    })
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -682,6 +948,10 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 /// Why a commit of a window whose lease was taken over is refused.
 const FENCED: &str = "fenced: the window's lease was taken over by another worker";
+
+fn fenced() -> sqlx::Error {
+    sqlx::Error::Protocol(FENCED.into())
+}
 
 fn sink_err(e: sqlx::Error) -> SinkError {
     if matches!(&e, sqlx::Error::Protocol(m) if m == FENCED) {
@@ -704,17 +974,50 @@ impl Sink for PostgresSink {
         SinkKind::Postgres
     }
 
-    /// The commit record is written in the rows' transaction; only a failure is recorded
-    /// through the run's ledger.
+    /// The window joins the pending group; when the group is full (or its first window has
+    /// waited long enough) the group is written, in this call. The commit records are written
+    /// in the rows' transaction; only failures are recorded through the run's ledger.
+    fn expect(&self, windows: &[WindowKey]) {
+        let series: std::collections::HashSet<(&str, MediaType)> = windows
+            .iter()
+            .map(|w| (w.instance_id.as_str(), w.media_type))
+            .collect();
+        self.group_windows.store(
+            group_windows(series.len()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     async fn write(&self, _planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
-        match self.commit(&b, run).await {
-            Ok(stats) => Written::durable(&b, stats),
-            Err(e) => {
-                let written = Written::failed(&b.key, e);
-                run.record_failed(&self.id(), &written.failed).await;
-                written
-            }
+        let windows = self
+            .group_windows
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let group = self.pending.lock().expect("pending lock").push(b, windows);
+        match group {
+            Some(group) => self.write_group(group, run).await,
+            None => Written::default(),
         }
+    }
+
+    async fn idle(&self, run: &RunContext) -> Written {
+        self.flush(run).await
+    }
+
+    async fn flush(&self, run: &RunContext) -> Written {
+        let group = self.pending.lock().expect("pending lock").take();
+        if group.is_empty() {
+            return Written::default();
+        }
+        self.write_group(group, run).await
+    }
+}
+
+impl PostgresSink {
+    async fn write_group(&self, group: Vec<Arc<WindowBatch>>, run: &RunContext) -> Written {
+        let _writer = self.writers.acquire().await.expect("never closed");
+        let written = self.commit_all(&group, run).await;
+        run.record_failed(&self.id(), &written.failed).await;
+        written
     }
 }
 
@@ -907,5 +1210,71 @@ impl Ledger for PgLedger {
             }
         }
         Ok(drift)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{InboundRow, WindowBatch};
+
+    fn batch(rows: usize) -> Arc<WindowBatch> {
+        Arc::new(WindowBatch {
+            key: WindowKey {
+                instance_id: "i".into(),
+                media_type: MediaType::Audio,
+                start_ms: 0,
+                end_ms: 1,
+            },
+            request_id: "r".into(),
+            fetched_at: Utc::now(),
+            attempts: 1,
+            inbound: (0..rows as i64)
+                .map(|t| InboundRow {
+                    stats_time: t,
+                    total_calls: 1,
+                    calls_handled: 1,
+                    calls_queued: 0,
+                    calls_abandoned_in_ivr: 0,
+                    calls_abandoned_in_queue: 0,
+                    calls_abandoned_in_ring: 0,
+                })
+                .collect(),
+            outbound: vec![],
+            overall: vec![],
+            extra: Default::default(),
+            final_end_ms: None,
+        })
+    }
+
+    #[test]
+    fn a_group_is_written_when_full_by_windows_or_by_rows() {
+        let mut p = Pending::default();
+        assert!(p.push(batch(10), 3).is_none());
+        assert!(p.push(batch(10), 3).is_none());
+        assert_eq!(p.push(batch(10), 3).map(|g| g.len()), Some(3));
+        assert!(p.batches.is_empty() && p.rows == 0 && p.since.is_none());
+        // Rows: two windows of more than half the limit.
+        assert!(p.push(batch(GROUP_ROWS / 2 + 1), 32).is_none());
+        assert_eq!(
+            p.push(batch(GROUP_ROWS / 2 + 1), 32).map(|g| g.len()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_group_whose_first_window_waited_long_enough_is_written_with_the_next() {
+        let mut p = Pending::default();
+        assert!(p.push(batch(1), 32).is_none());
+        p.since = Some(std::time::Instant::now() - GROUP_WAIT);
+        assert_eq!(p.push(batch(1), 32).map(|g| g.len()), Some(2));
+    }
+
+    #[test]
+    fn groups_hold_at_most_half_the_series() {
+        assert_eq!(group_windows(1), 1);
+        assert_eq!(group_windows(40), 20);
+        assert_eq!(group_windows(200), GROUP_WINDOWS);
+        assert_eq!(group_windows(0), 1);
     }
 }
