@@ -1,13 +1,25 @@
-//! End-to-end benchmark: a full backfill from an emulator process into PostgreSQL and Parquet,
-//! against the physical limit of the sink (the same rows loaded with one COPY per table), plus
-//! the client's rate adaptation against a 20 QPS limit. Figures are ratios measured in the same
-//! run, because the machine is shared and noisy.
+//! End-to-end benchmarks, every figure a ratio to a reference measured in the same run (the
+//! machine is shared and noisy):
 //!
-//! `cargo bench --bench e2e` (or `bench/run.sh`). Sizes: CCC_ETL_BENCH_INSTANCES (200),
-//! CCC_ETL_BENCH_DAYS (180), CCC_ETL_BENCH_RATE_SECS (40); CCC_ETL_BENCH_SINKS
-//! (`postgres,parquet`; one of them alone shows each sink's share); PostgreSQL from
+//! - `e2e`: a full backfill from an emulator process into PostgreSQL and/or Parquet, timed as a
+//!   `ccc-etl backfill` process (start-up and exit included) and as the engine in this process,
+//!   against the same rows loaded with one `COPY` per table. Every phase starts from the same
+//!   state (a fresh migrated database, an empty Parquet root, a `CHECKPOINT`), the three phases'
+//!   order rotates from round to round, and each figure is min / median / max over the rounds.
+//! - `coordination`: one worker claiming its windows from PostgreSQL against the same run
+//!   unclaimed.
+//! - `collation` (only when named): the COPY reference into the key columns as migrated against
+//!   the same columns in the "C" collation.
+//! - `rate`: the client's rate adaptation against a 20 QPS limit.
+//!
+//! `cargo bench --bench e2e [-- e2e|coordination|rate]` (or `bench/run.sh`). Sizes:
+//! CCC_ETL_BENCH_SCALES (instances per scale, `40,200`), CCC_ETL_BENCH_DAYS (180),
+//! CCC_ETL_BENCH_ROUNDS (3), CCC_ETL_BENCH_SINKS (`both,postgres,parquet`),
+//! CCC_ETL_BENCH_INSTANCES (200, coordination), CCC_ETL_BENCH_RATE_SECS (40);
+//! CCC_ETL_BENCH_REPORT: a file the e2e table rows are appended to. PostgreSQL from
 //! CCC_ETL_TEST_PG (the COPY reference needs it whatever the sinks).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -16,8 +28,8 @@ use std::time::Instant;
 use ccc_etl::ccc::client::CccClient;
 use ccc_etl::ccc::emulator::EmulatorStats;
 use ccc_etl::ccc::ratelimit::AdaptivePacer;
-use ccc_etl::config::{Config, Credentials, ParquetConfig, PostgresConfig, SchemaName};
-use ccc_etl::pipeline::{Backfill, BackfillRequest, RangeStart, RunKind};
+use ccc_etl::config::{Config, Credentials, PostgresConfig, SchemaName};
+use ccc_etl::pipeline::{Backfill, BackfillRequest, RangeStart, RunKind, thousands};
 use ccc_etl::progress::Progress;
 use ccc_etl::sink::Sink;
 use chrono::Utc;
@@ -133,187 +145,396 @@ async fn drop_database(name: &str) {
         .await;
 }
 
-/// Loads every row the pipeline wrote into a second schema with one COPY per table: the
-/// physical limit of the sink for the same rows.
-async fn copy_reference(url: &str) -> f64 {
-    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query("CREATE SCHEMA copyref")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let mut payloads = vec![];
-    for t in ccc_etl::record::Table::ALL {
-        sqlx::query(&format!(
-            "CREATE TABLE copyref.{0} (LIKE ccc.{0} INCLUDING ALL)",
-            t.name()
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-        // Export outside the timed part.
-        let mut out = Vec::new();
-        let mut copy = conn
-            .copy_out_raw(&format!("COPY ccc.{} TO STDOUT", t.name()))
-            .await
-            .unwrap();
-        use futures::TryStreamExt;
-        while let Some(chunk) = copy.try_next().await.unwrap() {
-            out.extend_from_slice(&chunk);
-        }
-        drop(copy);
-        payloads.push((t.name(), out));
-    }
-    let start = Instant::now();
-    for (name, data) in payloads {
-        let mut copy = conn
-            .copy_in_raw(&format!("COPY copyref.{name} FROM STDIN"))
-            .await
-            .unwrap();
-        copy.send(data).await.unwrap();
-        copy.finish().await.unwrap();
-    }
-    start.elapsed().as_secs_f64()
+/// A timed phase of one round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `ccc-etl backfill` as a user runs it: a process, start-up and exit included.
+    Process,
+    /// The engine in this process (`Backfill::run`), sinks already open.
+    Engine,
+    /// The reference: the same rows loaded with one text `COPY` per table.
+    Copy,
 }
 
-/// Upserts every Parquet row into PostgreSQL (for the COPY reference of a Parquet-only run).
-async fn load_from_parquet(store: &ccc_etl::sink::postgres::PgStore, root: &std::path::Path) {
-    use ccc_etl::record::{InboundRow, OutboundRow, OverallRow, Table, WindowBatch, WindowKey};
-    use ccc_etl::sink::parquet::read_file;
-    use std::collections::BTreeMap;
-    let sink = ccc_etl::sink::postgres::PostgresSink::new(store.clone());
-    let mut series: BTreeMap<(String, String), WindowBatch> = BTreeMap::new();
-    for table in Table::ALL {
-        for day in std::fs::read_dir(root.join(table.name())).unwrap() {
-            let p = day.unwrap().path().join(ccc_etl::sink::parquet::DATA_FILE);
-            for r in read_file(&p, table).unwrap() {
-                let b = series
-                    .entry((r.instance_id.clone(), r.media_type.clone()))
-                    .or_insert_with(|| WindowBatch {
-                        final_end_ms: None,
-                        key: WindowKey {
-                            instance_id: r.instance_id.clone(),
-                            media_type: r.media_type.parse().unwrap(),
-                            start_ms: 0,
-                            end_ms: 4_102_444_800_000,
-                        },
-                        request_id: r.request_id.clone(),
-                        fetched_at: chrono::DateTime::from_timestamp_millis(r.fetched_at).unwrap(),
-                        attempts: 1,
-                        inbound: vec![],
-                        outbound: vec![],
-                        overall: vec![],
-                        extra: Default::default(),
-                    });
-                let (t, c) = (r.stats_time, &r.counts);
-                match table {
-                    Table::Inbound => b.inbound.push(InboundRow {
-                        stats_time: t,
-                        total_calls: c[0],
-                        calls_handled: c[1],
-                        calls_queued: c[2],
-                        calls_abandoned_in_ivr: c[3],
-                        calls_abandoned_in_queue: c[4],
-                        calls_abandoned_in_ring: c[5],
-                    }),
-                    Table::Outbound => b.outbound.push(OutboundRow {
-                        stats_time: t,
-                        total_calls: c[0],
-                        calls_answered: c[1],
-                    }),
-                    Table::Overall => b.overall.push(OverallRow {
-                        stats_time: t,
-                        max_logged_in_agents: c[0],
-                    }),
-                }
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Process => "process",
+            Phase::Engine => "engine",
+            Phase::Copy => "copy",
+        }
+    }
+}
+
+/// What one timed phase measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    wall: f64,
+    /// CPU seconds (the child's for a process; this process's for the engine).
+    cpu: f64,
+    /// Peak RSS in MiB (the child's; not measured in-process).
+    rss: f64,
+}
+
+/// min / median / max.
+fn mmm(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn fmt_mmm(v: &[f64], digits: usize) -> String {
+    let (a, b, c) = mmm(v);
+    format!("{a:.digits$} / {b:.digits$} / {c:.digits$}")
+}
+
+/// The sink sections of one configuration: "both", "postgres" or "parquet".
+fn sinks_toml(sinks: &str, root: &std::path::Path) -> String {
+    let mut t = String::new();
+    if sinks != "parquet" {
+        t.push_str("[postgres]\nschema = \"ccc\"\n");
+    }
+    if sinks != "postgres" {
+        t.push_str(&format!(
+            "[parquet]\nroot = {:?}\n",
+            root.display().to_string()
+        ));
+    }
+    t
+}
+
+/// One scale's fixture: the emulator, the range, and the rows a run writes (exported once from
+/// an untimed warm-up run, which also warms the emulator and the page cache).
+struct Scale {
+    emu: Emulator,
+    ids: Vec<String>,
+    from_ms: i64,
+    to_ms: i64,
+    payloads: Vec<(&'static str, Vec<u8>)>,
+    rows: u64,
+    work: tempfile::TempDir,
+}
+
+impl Scale {
+    async fn new(instances: usize, days: i64) -> Scale {
+        let ids: Vec<String> = (0..instances).map(|i| format!("bench-{i:04}")).collect();
+        let emu = Emulator::start(&ids, &["--revise-hours", "0"]);
+        // The top of the hour, and the start a few hours inside the 180-day horizon, so that
+        // every round plans the same windows however long the benchmark takes.
+        let hour = 3_600_000;
+        let to_ms = Utc::now().timestamp_millis() / hour * hour;
+        let from_ms = to_ms - days * 86_400_000 + 4 * hour;
+        let mut scale = Scale {
+            emu,
+            ids,
+            from_ms,
+            to_ms,
+            payloads: vec![],
+            rows: 0,
+            work: tempfile::tempdir().unwrap(),
+        };
+        let (url, db) = fresh_database().await;
+        scale.migrate(&url);
+        scale.process("both", &url);
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        for t in ccc_etl::record::Table::ALL {
+            let mut out = Vec::new();
+            let mut copy = conn
+                .copy_out_raw(&format!("COPY ccc.{} TO STDOUT", t.name()))
+                .await
+                .unwrap();
+            use futures::TryStreamExt;
+            while let Some(chunk) = copy.try_next().await.unwrap() {
+                out.extend_from_slice(&chunk);
+            }
+            drop(copy);
+            scale.rows += out.iter().filter(|b| **b == b'\n').count() as u64;
+            scale.payloads.push((t.name(), out));
+        }
+        drop(conn);
+        drop_database(&db).await;
+        scale
+    }
+
+    /// Windows per run: at most 7 days each, per series.
+    fn windows(&self) -> u64 {
+        let days = ((self.to_ms - self.from_ms) as u64).div_ceil(86_400_000);
+        self.ids.len() as u64 * days.div_ceil(7)
+    }
+
+    /// The configuration file of a run with these sinks, its Parquet root emptied.
+    fn config(&self, sinks: &str) -> std::path::PathBuf {
+        let root = self.work.path().join("warehouse");
+        let _ = std::fs::remove_dir_all(&root);
+        let ids: Vec<String> = self.ids.iter().map(|i| format!("{i:?}")).collect();
+        let text = format!(
+            "[source]\nendpoint = {:?}\nmax_qps = 1000000.0\nconcurrency = 8\n\n\
+             [pipeline]\ninstances = [{}]\n\n{}",
+            self.emu.endpoint,
+            ids.join(", "),
+            sinks_toml(sinks, &root)
+        );
+        let path = self.work.path().join(format!("{sinks}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn command(&self, sinks: &str, url: &str) -> Command {
+        let mut c = Command::new(binary());
+        c.arg("-q")
+            .arg("--config")
+            .arg(self.config(sinks))
+            .env("DATABASE_URL", url)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+            .stdout(Stdio::null());
+        c
+    }
+
+    /// The schema, migrated (untimed: every phase starts from the same migrated database).
+    fn migrate(&self, url: &str) {
+        let out = self.command("both", url).arg("migrate").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One `ccc-etl backfill` process, timed from spawn to exit, with its own CPU and peak RSS
+    /// (from its metrics file: a spawned child's `ru_maxrss` starts at its parent's peak).
+    fn process(&self, sinks: &str, url: &str) -> Sample {
+        let metrics = self.work.path().join("run.prom");
+        let _ = std::fs::remove_file(&metrics);
+        let mut cmd = self.command(sinks, url);
+        cmd.args([
+            "backfill",
+            "--from",
+            &self.from_ms.to_string(),
+            "--to",
+            &self.to_ms.to_string(),
+            "--metrics-file",
+        ])
+        .arg(&metrics)
+        .stderr(Stdio::piped());
+        let t0 = Instant::now();
+        // Reaped by `wait4` below, which also gives its resource usage.
+        #[allow(clippy::zombie_processes)]
+        let child = cmd.spawn().unwrap();
+        let (status, usage) = wait4(child.id() as i32);
+        let wall = t0.elapsed().as_secs_f64();
+        let mut stderr = String::new();
+        use std::io::Read;
+        child.stderr.unwrap().read_to_string(&mut stderr).unwrap();
+        assert_eq!(status, 0, "ccc-etl backfill failed: {stderr}");
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let peak = std::fs::read_to_string(&metrics)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("ccc_etl_peak_rss_bytes")?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .expect("ccc_etl_peak_rss_bytes in the metrics file");
+        Sample {
+            wall,
+            cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
+            rss: peak / (1024.0 * 1024.0),
+        }
+    }
+
+    /// The engine in this process, sinks opened before the clock starts.
+    async fn engine(&self, sinks: &str, url: &str) -> Sample {
+        let mut cfg = Config::load(&self.config(sinks)).unwrap();
+        if let Some(pg) = cfg.postgres.as_mut() {
+            pg.url = Some(SecretString::from(url.to_string()));
+        }
+        let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
+            ccc_etl::commands::open_sinks(&cfg).await.unwrap();
+        let client = CccClient::new(
+            &cfg.source,
+            Credentials::new(KEY, SECRET, None),
+            Arc::new(AdaptivePacer::new(cfg.source.max_qps)),
+        )
+        .unwrap();
+        let to_ms = self.to_ms;
+        let mut engine = Backfill::new(
+            cfg.clone(),
+            Arc::new(client),
+            sinks,
+            ledger,
+            Arc::new(move || to_ms),
+            Progress::hidden(),
+        );
+        // As the binary does: with PostgreSQL, windows are claimed there (so that other workers
+        // could share the job). Registering is start-up, outside the engine's figure.
+        let mut heartbeat = None;
+        if cfg.postgres.is_some() {
+            let store = ccc_etl::commands::connect_postgres(&cfg)
+                .await
+                .unwrap()
+                .unwrap();
+            let settings = ccc_etl::coord::LeaseSettings {
+                lease: std::time::Duration::from_secs(cfg.pipeline.lease_secs),
+                heartbeat: std::time::Duration::from_secs(cfg.pipeline.heartbeat_secs),
+            };
+            let c =
+                ccc_etl::coord::Coordinator::register(store.pool().clone(), "backfill", settings)
+                    .await
+                    .unwrap();
+            heartbeat = Some((c.clone(), c.spawn_heartbeat()));
+            engine = engine.with_coordinator(c);
+        }
+        let req = BackfillRequest::range(self.ids.clone(), self.from_ms, self.to_ms);
+        let (cpu0, _) = cpu_and_peak_rss();
+        let t0 = Instant::now();
+        let summary = engine.run(&req).await.unwrap();
+        if let Some((c, h)) = heartbeat {
+            c.stop().await.unwrap();
+            h.abort();
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let (cpu1, _) = cpu_and_peak_rss();
+        assert_eq!(summary.exit_code(), 0, "{}", summary.render());
+        assert_eq!(summary.rows.values().sum::<u64>(), self.rows);
+        Sample {
+            wall,
+            cpu: cpu1 - cpu0,
+            rss: 0.0,
+        }
+    }
+
+    /// The reference: the rows with one text COPY per table into the migrated tables.
+    async fn copy(&self, url: &str) -> Sample {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let t0 = Instant::now();
+        for (name, data) in &self.payloads {
+            let mut copy = conn
+                .copy_in_raw(&format!("COPY ccc.{name} FROM STDIN"))
+                .await
+                .unwrap();
+            copy.send(data.as_slice()).await.unwrap();
+            copy.finish().await.unwrap();
+        }
+        Sample {
+            wall: t0.elapsed().as_secs_f64(),
+            ..Sample::default()
+        }
+    }
+
+    /// One timed phase from the same state: a fresh migrated database, an empty Parquet root,
+    /// and a `CHECKPOINT` just before the clock starts. Checks the rows afterwards.
+    async fn phase(&self, phase: Phase, sinks: &str) -> Sample {
+        let (url, db) = fresh_database().await;
+        self.migrate(&url);
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("CHECKPOINT").execute(&mut admin).await.unwrap();
+        let sample = match phase {
+            Phase::Process => self.process(sinks, &url),
+            Phase::Engine => self.engine(sinks, &url).await,
+            Phase::Copy => self.copy(&url).await,
+        };
+        if phase == Phase::Copy || sinks != "parquet" {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM ccc.inbound_trend) \
+                      + (SELECT count(*) FROM ccc.outbound_trend) \
+                      + (SELECT count(*) FROM ccc.overall_trend)",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            assert_eq!(n as u64, self.rows, "{phase:?} {sinks}: rows in PostgreSQL");
+        }
+        drop(admin);
+        drop_database(&db).await;
+        sample
+    }
+}
+
+/// The `ccc-etl` binary the process phase runs: this build's, or CCC_ETL_BENCH_BIN (another
+/// build's, to compare two builds in one session against the same emulator).
+fn binary() -> String {
+    std::env::var("CCC_ETL_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ccc-etl").into())
+}
+
+/// Waits for a child and returns its exit status and resource usage.
+fn wait4(pid: i32) -> (i32, libc::rusage) {
+    let mut status = 0;
+    // SAFETY: `rusage` is plain old data, which wait4 fills for the child spawned here.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pid of our own child and valid pointers to locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    (libc::WEXITSTATUS(status), usage)
+}
+
+/// Rounds of the three phases, their order rotated each round (each phase runs first, second
+/// and third equally often), for every sink configuration. Prints one markdown table row per
+/// configuration and appends it to the file CCC_ETL_BENCH_REPORT names.
+async fn fair_e2e(instances: usize, days: i64, rounds: usize, configs: &[String]) {
+    let scale = Scale::new(instances, days).await;
+    let orders = [
+        [Phase::Process, Phase::Engine, Phase::Copy],
+        [Phase::Copy, Phase::Process, Phase::Engine],
+        [Phase::Engine, Phase::Copy, Phase::Process],
+    ];
+    let mut table = String::new();
+    for sinks in configs {
+        let mut s: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+        let (mut ratio_p, mut ratio_e) = (vec![], vec![]);
+        for round in 0..rounds {
+            let mut r: BTreeMap<&str, Sample> = BTreeMap::new();
+            for phase in orders[round % orders.len()] {
+                r.insert(phase.name(), scale.phase(phase, sinks).await);
+            }
+            println!(
+                "{instances} x {days} {sinks} round {round}: process {:.2}s (cpu {:.1}s, rss {:.0} MiB), engine {:.2}s, copy {:.2}s",
+                r["process"].wall,
+                r["process"].cpu,
+                r["process"].rss,
+                r["engine"].wall,
+                r["copy"].wall
+            );
+            ratio_p.push(r["process"].wall / r["copy"].wall);
+            ratio_e.push(r["engine"].wall / r["copy"].wall);
+            for (k, v) in r {
+                s.entry(k).or_default().push(v);
             }
         }
+        let col = |k: &str, f: fn(&Sample) -> f64| s[k].iter().map(f).collect::<Vec<f64>>();
+        let row = format!(
+            "| {sinks} | {instances} x {days} | {} | {} | {} | {} | {} | {} | {} | **{}** | {} |\n",
+            thousands(scale.windows()),
+            thousands(scale.rows),
+            fmt_mmm(&col("process", |x| x.wall), 2),
+            fmt_mmm(&col("engine", |x| x.wall), 2),
+            fmt_mmm(&col("copy", |x| x.wall), 2),
+            fmt_mmm(&col("process", |x| x.cpu), 1),
+            fmt_mmm(&col("process", |x| x.rss), 0),
+            fmt_mmm(&ratio_p, 2),
+            fmt_mmm(&ratio_e, 2),
+        );
+        print!("{row}");
+        table.push_str(&row);
     }
-    let run = ccc_etl::sink::RunContext::new(
-        uuid::Uuid::new_v4(),
-        std::sync::Arc::new(ccc_etl::ledger::MemoryLedger::default()),
-    );
-    for b in series.values() {
-        sink.commit(b, &run).await.unwrap();
-    }
+    report(&table);
 }
 
-async fn end_to_end(instances: usize, days: i64) {
-    let ids: Vec<String> = (0..instances).map(|i| format!("bench-{i:04}")).collect();
-    let emu = Emulator::start(&ids, &["--revise-hours", "0"]);
-    let (url, db) = fresh_database().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::for_emulator(&emu.endpoint, ids.clone());
-    cfg.source.max_qps = 1_000_000.0;
-    cfg.source.concurrency = 8;
-    let sink_names =
-        std::env::var("CCC_ETL_BENCH_SINKS").unwrap_or_else(|_| "postgres,parquet".into());
-    if sink_names.contains("postgres") {
-        cfg.postgres = Some(PostgresConfig {
-            url: Some(SecretString::from(url.clone())),
-            schema: SchemaName::parse("ccc").unwrap(),
-        });
+/// Appends table rows to the file CCC_ETL_BENCH_REPORT names (`bench/run.sh` builds
+/// `docs/benchmarks.md` from them).
+fn report(rows: &str) {
+    if let Ok(path) = std::env::var("CCC_ETL_BENCH_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(rows.as_bytes()).unwrap();
     }
-    if sink_names.contains("parquet") {
-        cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
-    }
-    let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
-        ccc_etl::commands::open_sinks(&cfg).await.unwrap();
-    let client = CccClient::new(
-        &cfg.source,
-        Credentials::new(KEY, SECRET, None),
-        Arc::new(AdaptivePacer::new(cfg.source.max_qps)),
-    )
-    .unwrap();
-    let now = Utc::now().timestamp_millis();
-    let engine = Backfill::new(
-        cfg.clone(),
-        Arc::new(client),
-        sinks,
-        ledger,
-        Arc::new(move || now),
-        Progress::hidden(),
-    );
-    let req = BackfillRequest {
-        instances: ids,
-        from: RangeStart::At(now - days * 86_400_000),
-        to_ms: now,
-        refetch: false,
-        strict_horizon: false,
-        kind: RunKind::Backfill,
-        lookback_ms: None,
-    };
-    let (cpu0, _) = cpu_and_peak_rss();
-    let t0 = Instant::now();
-    let summary = engine.run(&req).await.unwrap();
-    let wall = t0.elapsed().as_secs_f64();
-    let (cpu1, rss) = cpu_and_peak_rss();
-    assert_eq!(summary.exit_code(), 0, "{}", summary.render());
-    let rows: u64 = summary.rows.values().sum();
-    if cfg.postgres.is_none() {
-        // The reference needs the rows in PostgreSQL: load them there, outside the timed part.
-        let store = ccc_etl::commands::connect_postgres(&Config {
-            postgres: Some(PostgresConfig {
-                url: Some(SecretString::from(url.clone())),
-                schema: SchemaName::parse("ccc").unwrap(),
-            }),
-            ..cfg.clone()
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        load_from_parquet(&store, dir.path()).await;
-    }
-    let copy = copy_reference(&url).await;
-    println!(
-        "e2e sinks={sink_names} instances={instances} days={days}: windows={} rows={rows} wall={wall:.1}s windows/s={:.1} rows/s={:.0} cpu={:.1}s peak_rss={rss:.0}MiB copy_reference={copy:.2}s ratio_to_copy={:.2}",
-        summary.windows_ok,
-        summary.windows_ok as f64 / wall,
-        rows as f64 / wall,
-        cpu1 - cpu0,
-        wall / copy
-    );
-    drop(engine);
-    drop_database(&db).await;
 }
 
 /// One backfill of the given size into a fresh database (PostgreSQL sink only, local Parquet
@@ -388,6 +609,62 @@ async fn one_run(emu: &Emulator, ids: &[String], days: i64, coordinated: bool) -
     wall
 }
 
+/// The COPY reference into the tables as migrated against the same tables with their key
+/// columns in the "C" collation (bytewise comparison instead of the database locale's), the
+/// order alternating over the rounds: what the collation would save on every key comparison.
+async fn collation(instances: usize, days: i64, rounds: usize) {
+    let scale = Scale::new(instances, days).await;
+    let (mut default, mut c, mut ratio) = (vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let mut t = [0.0; 2];
+        for bytewise in if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let (url, db) = fresh_database().await;
+            scale.migrate(&url);
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            // A column a view uses cannot change type: the views go in both variants.
+            sqlx::query("DROP VIEW ccc.daily_traffic, ccc.hourly_traffic")
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            if bytewise {
+                for table in ccc_etl::record::Table::ALL {
+                    sqlx::query(&format!(
+                        "ALTER TABLE ccc.{} ALTER COLUMN instance_id TYPE text COLLATE \"C\", \
+                         ALTER COLUMN media_type TYPE text COLLATE \"C\"",
+                        table.name()
+                    ))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                }
+            }
+            sqlx::query("CHECKPOINT").execute(&mut admin).await.unwrap();
+            t[usize::from(bytewise)] = scale.copy(&url).await.wall;
+            drop(admin);
+            drop_database(&db).await;
+        }
+        println!(
+            "round {round}: database collation {:.2}s, \"C\" {:.2}s",
+            t[0], t[1]
+        );
+        default.push(t[0]);
+        c.push(t[1]);
+        ratio.push(t[1] / t[0]);
+    }
+    let line = format!(
+        "| {instances} x {days} | {} | {} | {} |\n",
+        fmt_mmm(&default, 2),
+        fmt_mmm(&c, 2),
+        fmt_mmm(&ratio, 2)
+    );
+    print!("{line}");
+    report(&line);
+}
+
 /// A single process claiming its windows from PostgreSQL against the same process not claiming
 /// them, alternating the order over the rounds: what several-worker support costs one worker.
 async fn coordination_overhead(instances: usize, days: i64, rounds: usize) {
@@ -409,11 +686,7 @@ async fn coordination_overhead(instances: usize, days: i64, rounds: usize) {
         claimed.push(t[1]);
         ratio.push(t[1] / t[0]);
     }
-    let mmm = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[0], v[v.len() / 2], v[v.len() - 1])
-    };
-    let (p, c, r) = (mmm(&mut plain), mmm(&mut claimed), mmm(&mut ratio));
+    let (p, c, r) = (mmm(&plain), mmm(&claimed), mmm(&ratio));
     println!(
         "coordination instances={instances} days={days} rounds={rounds}: plain min/median/max \
          {:.2}/{:.2}/{:.2}s, claimed {:.2}/{:.2}/{:.2}s, ratio claimed/plain {:.2}/{:.2}/{:.2}",
@@ -494,9 +767,22 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         if filter.is_empty() || "e2e".contains(&filter) {
+            let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
+            let rounds = env_or("CCC_ETL_BENCH_ROUNDS", 3) as usize;
+            let configs: Vec<String> = std::env::var("CCC_ETL_BENCH_SINKS")
+                .unwrap_or_else(|_| "both,postgres,parquet".into())
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            let scales = std::env::var("CCC_ETL_BENCH_SCALES").unwrap_or_else(|_| "40,200".into());
+            for instances in scales.split(',').filter_map(|n| n.trim().parse().ok()) {
+                fair_e2e(instances, days, rounds, &configs).await;
+            }
+        }
+        if filter == "collation" {
             let instances = env_or("CCC_ETL_BENCH_INSTANCES", 200) as usize;
             let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
-            end_to_end(instances, days).await;
+            collation(instances, days, env_or("CCC_ETL_BENCH_ROUNDS", 5) as usize).await;
         }
         if filter.is_empty() || "coordination".contains(&filter) {
             let instances = env_or("CCC_ETL_BENCH_INSTANCES", 200) as usize;
