@@ -225,7 +225,9 @@ async fn a_killed_postmaster_mid_run_fails_the_run_clearly_and_the_next_run_comp
     let out = child.wait_with_output().await.unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(90),
-        "the run ends on its own when the database is gone"
+        "the run ends on its own when the database is gone; it took {:?}: {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
     );
     tokio::task::block_in_place(|| job.cluster.start_again());
     then_the_next_run_completes(

@@ -575,6 +575,10 @@ pub struct PostgresSink {
     writers: Arc<tokio::sync::Semaphore>,
     /// Windows per group in this run (see [`PostgresSink::expect`]).
     group_windows: Arc<std::sync::atomic::AtomicUsize>,
+    /// When a group last waited out [`ACQUIRE_TIMEOUT`] for a connection: for as long again,
+    /// groups fail at once instead of each waiting as long (a run whose database is gone ends
+    /// in seconds, not in a timeout per group).
+    unreachable_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// Windows per group, at most.
@@ -626,6 +630,7 @@ impl PostgresSink {
             pending: Default::default(),
             writers: Arc::new(tokio::sync::Semaphore::new(GROUP_WRITERS)),
             group_windows: Arc::new(GROUP_WINDOWS.into()),
+            unreachable_since: Default::default(),
         }
     }
 
@@ -646,7 +651,19 @@ impl PostgresSink {
     /// fails alone: the group is then written window by window. A server that is down or a lost
     /// connection fails the whole group at once.
     async fn commit_all(&self, group: &[Arc<WindowBatch>], run: &RunContext) -> Written {
-        match self.commit_group(group, run).await {
+        let since = *self.unreachable_since.lock().expect("unreachable lock");
+        let result = match since {
+            Some(t) if t.elapsed() < ACQUIRE_TIMEOUT => Err(sqlx::Error::PoolTimedOut),
+            _ => {
+                let result = self.commit_group(group, run).await;
+                *self.unreachable_since.lock().expect("unreachable lock") = match &result {
+                    Err(sqlx::Error::PoolTimedOut) => Some(std::time::Instant::now()),
+                    _ => None,
+                };
+                result
+            }
+        };
+        match result {
             Ok(w) => w,
             Err(e) if group.len() > 1 && !is_retryable(&e) => {
                 let mut all = Written::default();
@@ -1016,7 +1033,16 @@ impl PostgresSink {
     async fn write_group(&self, group: Vec<Arc<WindowBatch>>, run: &RunContext) -> Written {
         let _writer = self.writers.acquire().await.expect("never closed");
         let written = self.commit_all(&group, run).await;
-        run.record_failed(&self.id(), &written.failed).await;
+        // The ledger is in the same database: when it is unreachable, recording why would only
+        // wait out the same timeout again (the failures are logged and in the summary).
+        if self
+            .unreachable_since
+            .lock()
+            .expect("unreachable lock")
+            .is_none()
+        {
+            run.record_failed(&self.id(), &written.failed).await;
+        }
         written
     }
 }
