@@ -81,12 +81,7 @@ impl Backfill {
                 // Only windows other workers hold are left: what the sinks hold to write
                 // together is written first (another worker may be waiting for it), then wait for
                 // them to finish or expire.
-                for sink in &self.sinks {
-                    let written = sink.idle(&ctx).await;
-                    for event in super::window::report(sink.as_ref(), written) {
-                        let _ = self.apply(&mut run.tally, event);
-                    }
-                }
+                self.write_held(&mut run, true).await;
                 tokio::select! {
                     () = tokio::time::sleep(heartbeat) => continue,
                     () = &mut stop => {

@@ -322,13 +322,24 @@ impl Backfill {
     /// Whatever a sink still holds is written, also after a fatal error: every row fetched is
     /// kept.
     async fn flush(&self, mut run: Run) -> Run {
+        self.write_held(&mut run, false).await;
+        run
+    }
+
+    /// Has every sink write what it holds and applies what it reports: all of it at the end of
+    /// the run (`Sink::flush`), or, while the run waits for other workers, what a sink holds only
+    /// to write it together (`Sink::idle`).
+    async fn write_held(&self, run: &mut Run, idle: bool) {
         for sink in &self.sinks {
-            let written = sink.flush(&run.ctx).await;
+            let written = if idle {
+                sink.idle(&run.ctx).await
+            } else {
+                sink.flush(&run.ctx).await
+            };
             for event in window::report(sink.as_ref(), written) {
                 let _ = self.apply(&mut run.tally, event);
             }
         }
-        run
     }
 
     /// Completes the summary and records the end of the run.

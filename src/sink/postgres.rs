@@ -830,13 +830,7 @@ async fn held_leases(
     .bind(worker)
     .fetch_all(&mut **tx)
     .await?;
-    let mut held = vec![false; group.len()];
-    for n in rows {
-        if let Some(h) = held.get_mut(n as usize - 1) {
-            *h = leases[n as usize - 1].is_some();
-        }
-    }
-    Ok(held)
+    Ok(flags_at(group.len(), &rows))
 }
 
 /// For each window of a group, whether its series already holds a row in its range in any
@@ -862,13 +856,18 @@ async fn stored_ranges(
         .bind(group.iter().map(|b| ts(b.key.end_ms)).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
-    let mut stored = vec![false; group.len()];
-    for n in rows {
-        if let Some(s) = stored.get_mut(n as usize - 1) {
-            *s = true;
+    Ok(flags_at(group.len(), &rows))
+}
+
+/// `len` flags, set at the 1-based ordinals (`WITH ORDINALITY`) a statement returned.
+fn flags_at(len: usize, ordinals: &[i64]) -> Vec<bool> {
+    let mut flags = vec![false; len];
+    for n in ordinals {
+        if let Some(f) = usize::try_from(*n - 1).ok().and_then(|i| flags.get_mut(i)) {
+            *f = true;
         }
     }
-    Ok(stored)
+    flags
 }
 
 /// Writes the rows of `table` of windows whose ranges hold no row yet, with one binary COPY
