@@ -212,11 +212,15 @@ struct Scale {
     to_ms: i64,
     payloads: Vec<(&'static str, Vec<u8>)>,
     rows: u64,
-    work: tempfile::TempDir,
+    /// This scale's directory (configs, Parquet roots), inside the benchmark's, which is deleted
+    /// when the benchmark ends: see [`Scale::config`].
+    work: std::path::PathBuf,
+    /// Parquet roots handed out so far.
+    roots: std::sync::atomic::AtomicUsize,
 }
 
 impl Scale {
-    async fn new(instances: usize, days: i64) -> Scale {
+    async fn new(instances: usize, days: i64, dir: &std::path::Path) -> Scale {
         let ids: Vec<String> = (0..instances).map(|i| format!("bench-{i:04}")).collect();
         let emu = Emulator::start(&ids, &["--revise-hours", "0"]);
         // The top of the hour, and the start a few hours inside the 180-day horizon, so that
@@ -231,7 +235,12 @@ impl Scale {
             to_ms,
             payloads: vec![],
             rows: 0,
-            work: tempfile::tempdir().unwrap(),
+            work: tempfile::Builder::new()
+                .prefix("scale-")
+                .tempdir_in(dir)
+                .unwrap()
+                .keep(),
+            roots: Default::default(),
         };
         let (url, db) = fresh_database().await;
         scale.migrate(&url);
@@ -262,10 +271,16 @@ impl Scale {
         self.ids.len() as u64 * days.div_ceil(7)
     }
 
-    /// The configuration file of a run with these sinks, its Parquet root emptied.
+    /// The configuration file of a run with these sinks and a Parquet root never used before.
+    ///
+    /// Old roots stay until the benchmark ends: deleting a thousand files just before a timed
+    /// phase makes ext4 skip its recently freed inodes on every create (`recently_deleted`), which
+    /// took a third of the process's CPU, and no nightly run starts from that state.
     fn config(&self, sinks: &str) -> std::path::PathBuf {
-        let root = self.work.path().join("warehouse");
-        let _ = std::fs::remove_dir_all(&root);
+        let n = self
+            .roots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = self.work.join(format!("warehouse-{n}"));
         let ids: Vec<String> = self.ids.iter().map(|i| format!("{i:?}")).collect();
         let text = format!(
             "[source]\nendpoint = {:?}\nmax_qps = 1000000.0\nconcurrency = 8\n\n\
@@ -274,7 +289,7 @@ impl Scale {
             ids.join(", "),
             sinks_toml(sinks, &root)
         );
-        let path = self.work.path().join(format!("{sinks}.toml"));
+        let path = self.work.join(format!("{sinks}.toml"));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -304,7 +319,7 @@ impl Scale {
     /// One `ccc-etl backfill` process, timed from spawn to exit, with its own CPU and peak RSS
     /// (from its metrics file: a spawned child's `ru_maxrss` starts at its parent's peak).
     fn process(&self, sinks: &str, url: &str) -> Sample {
-        let metrics = self.work.path().join("run.prom");
+        let metrics = self.work.join("run.prom");
         let _ = std::fs::remove_file(&metrics);
         let mut cmd = self.command(sinks, url);
         cmd.args([
@@ -474,8 +489,14 @@ fn wait4(pid: i32) -> (i32, libc::rusage) {
 /// Rounds of the three phases, their order rotated each round (each phase runs first, second
 /// and third equally often), for every sink configuration. Prints one markdown table row per
 /// configuration and appends it to the file CCC_ETL_BENCH_REPORT names.
-async fn fair_e2e(instances: usize, days: i64, rounds: usize, configs: &[String]) {
-    let scale = Scale::new(instances, days).await;
+async fn fair_e2e(
+    instances: usize,
+    days: i64,
+    rounds: usize,
+    configs: &[String],
+    dir: &std::path::Path,
+) {
+    let scale = Scale::new(instances, days, dir).await;
     let orders = [
         [Phase::Process, Phase::Engine, Phase::Copy],
         [Phase::Copy, Phase::Process, Phase::Engine],
@@ -612,8 +633,8 @@ async fn one_run(emu: &Emulator, ids: &[String], days: i64, coordinated: bool) -
 /// The COPY reference into the tables as migrated against the same tables with their key
 /// columns in the "C" collation (bytewise comparison instead of the database locale's), the
 /// order alternating over the rounds: what the collation would save on every key comparison.
-async fn collation(instances: usize, days: i64, rounds: usize) {
-    let scale = Scale::new(instances, days).await;
+async fn collation(instances: usize, days: i64, rounds: usize, dir: &std::path::Path) {
+    let scale = Scale::new(instances, days, dir).await;
     let (mut default, mut c, mut ratio) = (vec![], vec![], vec![]);
     for round in 0..rounds {
         let mut t = [0.0; 2];
@@ -765,6 +786,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // Every scale's files, deleted only when the benchmark ends (see `Scale::config`).
+    let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
         if filter.is_empty() || "e2e".contains(&filter) {
             let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
@@ -776,13 +799,14 @@ fn main() {
                 .collect();
             let scales = std::env::var("CCC_ETL_BENCH_SCALES").unwrap_or_else(|_| "40,200".into());
             for instances in scales.split(',').filter_map(|n| n.trim().parse().ok()) {
-                fair_e2e(instances, days, rounds, &configs).await;
+                fair_e2e(instances, days, rounds, &configs, dir.path()).await;
             }
         }
         if filter == "collation" {
             let instances = env_or("CCC_ETL_BENCH_INSTANCES", 200) as usize;
             let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
-            collation(instances, days, env_or("CCC_ETL_BENCH_ROUNDS", 5) as usize).await;
+            let rounds = env_or("CCC_ETL_BENCH_ROUNDS", 5) as usize;
+            collation(instances, days, rounds, dir.path()).await;
         }
         if filter.is_empty() || "coordination".contains(&filter) {
             let instances = env_or("CCC_ETL_BENCH_INSTANCES", 200) as usize;

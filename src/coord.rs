@@ -18,6 +18,12 @@
 //! transactions never wait for each other in a circle (a group commit holds many lease rows while
 //! the heartbeat extends them all).
 //!
+//! Lookups by key: a statement given a list of windows finds their lease rows one primary-key
+//! lookup each, in a `LATERAL` subquery the planner cannot flatten (`FOR UPDATE` or `OFFSET 0`).
+//! `leases` is filled when a run starts, before PostgreSQL has statistics on it: as a plain join,
+//! the planner took the worker's lease rows for one row and scanned the whole list once for each
+//! of them, a cost that grew with the square of the run.
+//!
 //! One QPS budget: each worker's limiter is capped at `max_qps / live workers` (recomputed at every
 //! heartbeat from the `workers` table), and a throttling answer seen by one worker is written to
 //! `shared_rate`, which every other worker reads at its next heartbeat and slows down for.
@@ -191,17 +197,19 @@ impl Coordinator {
         let (i, m, s, _) = columns(windows);
         let rows = sqlx::query(
             "WITH want AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS w(instance_id, media_type, start_ms)), \
-             c AS (SELECT l.instance_id, l.media_type, l.start_ms FROM leases l \
-                   JOIN want USING (instance_id, media_type, start_ms) \
-                   WHERE l.state = 'pending' OR (l.state = 'leased' AND l.lease_until < now()) \
-                   ORDER BY l.start_ms FOR UPDATE OF l SKIP LOCKED), \
+             c AS (SELECT x.* FROM want w CROSS JOIN LATERAL \
+                   (SELECT l.instance_id, l.media_type, l.start_ms FROM leases l \
+                    WHERE (l.instance_id, l.media_type, l.start_ms) = (w.instance_id, w.media_type, w.start_ms) \
+                      AND (l.state = 'pending' OR (l.state = 'leased' AND l.lease_until < now())) \
+                    FOR UPDATE SKIP LOCKED) x), \
              claimed AS (UPDATE leases l SET state = 'leased', worker_id = $4, \
                    lease_until = now() + make_interval(secs => $5), attempt = l.attempt + 1 \
                    FROM c WHERE (l.instance_id, l.media_type, l.start_ms) = (c.instance_id, c.media_type, c.start_ms) \
                    RETURNING l.instance_id, l.media_type, l.start_ms, l.attempt) \
              SELECT w.instance_id, w.media_type, w.start_ms, c.attempt, l.state \
              FROM want w LEFT JOIN claimed c USING (instance_id, media_type, start_ms) \
-             LEFT JOIN leases l USING (instance_id, media_type, start_ms)",
+             LEFT JOIN LATERAL (SELECT l.state FROM leases l WHERE (l.instance_id, l.media_type, l.start_ms) \
+                   = (w.instance_id, w.media_type, w.start_ms) OFFSET 0) l ON true",
         )
         .bind(i)
         .bind(m)
@@ -281,8 +289,9 @@ impl Coordinator {
         let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
         let rows = sqlx::query(
             "SELECT w.i, w.m, w.s FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
-             JOIN leases l ON (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
-             WHERE l.worker_id = $5 AND l.attempt = w.a AND l.state IN ('leased', 'done')",
+             CROSS JOIN LATERAL (SELECT 1 FROM leases l \
+                  WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+                    AND l.worker_id = $5 AND l.attempt = w.a AND l.state IN ('leased', 'done') OFFSET 0) x",
         )
         .bind(i)
         .bind(m)
@@ -428,11 +437,11 @@ impl Coordinator {
         let s: Vec<i64> = leases.iter().map(|l| l.0).collect();
         let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
         sqlx::query(
-            "WITH mine AS (SELECT l.instance_id, l.media_type, l.start_ms FROM leases l \
-                  JOIN unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
-                  ON (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
-                  WHERE l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' \
-                  ORDER BY 1, 2, 3 FOR UPDATE OF l) \
+            "WITH mine AS (SELECT x.* FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
+                  AS w(i, m, s, a) ORDER BY 1, 2, 3 OFFSET 0) w CROSS JOIN LATERAL \
+                  (SELECT l.instance_id, l.media_type, l.start_ms FROM leases l \
+                   WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+                     AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x) \
              UPDATE leases l SET state = 'done', done_at = now() FROM mine \
              WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)",
         )

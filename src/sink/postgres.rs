@@ -797,11 +797,11 @@ async fn held_leases(
         group.iter().map(|b| c.held(&b.key)).collect();
     let worker = leases.iter().flatten().map(|l| l.0).next();
     let rows: Vec<i64> = sqlx::query_scalar(
-        "SELECT w.n FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
-             WITH ORDINALITY AS w(i, m, s, a, n) \
-         JOIN leases l ON (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
-         WHERE l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' \
-         ORDER BY l.instance_id, l.media_type, l.start_ms FOR UPDATE OF l",
+        "SELECT w.n FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
+             WITH ORDINALITY AS w(i, m, s, a, n) ORDER BY 1, 2, 3 OFFSET 0) w \
+         CROSS JOIN LATERAL (SELECT 1 FROM leases l \
+             WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+               AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x",
     )
     .bind(
         group
