@@ -73,9 +73,9 @@ pub(crate) async fn run_migrate(config: &Config, access: Access) -> anyhow::Resu
         let _lock = layout.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
         let before = layout.list().map_err(anyhow::Error::msg)?;
         let report = {
-            let layout = layout.clone();
+            let (layout, compression) = (layout.clone(), pq.compression);
             tokio::task::spawn_blocking(move || {
-                crate::sink::parquet::migrate::repartition(&layout, tz)
+                crate::sink::parquet::migrate::repartition(&layout, tz, compression)
             })
             .await?
             .map_err(anyhow::Error::msg)?

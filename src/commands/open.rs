@@ -139,7 +139,8 @@ pub(crate) async fn open_sinks_and_store(config: &Config) -> anyhow::Result<Open
             RootUrl::Local(root) => Some(
                 ParquetSink::new(root, config.pipeline.timezone)
                     .map_err(opened)?
-                    .with_buffer_rows(pq.buffer_rows),
+                    .with_buffer_rows(pq.buffer_rows)
+                    .with_compression(pq.compression),
             ),
             RootUrl::Object(_) => None,
         },
@@ -154,7 +155,8 @@ pub(crate) async fn open_sinks_and_store(config: &Config) -> anyhow::Result<Open
             ParquetSink::open_object(root, config.pipeline.timezone, store.pool())
                 .await
                 .map_err(opened)?
-                .with_buffer_rows(pq.buffer_rows),
+                .with_buffer_rows(pq.buffer_rows)
+                .with_compression(pq.compression),
         );
     }
     if let Some(store) = &store {

@@ -14,6 +14,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::{Layout, StoredRow, read_file, write_file_atomic};
+use crate::config::ParquetCompression;
 use crate::record::Table;
 
 const STAGING: &str = "repartition";
@@ -43,7 +44,11 @@ fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> String {
 
 /// Moves every row of the root to its local day in `to`. Does nothing when the root already cuts
 /// its days in `to`, or has no `root.json` yet.
-pub fn repartition(layout: &Layout, to: Tz) -> Result<Repartitioned, String> {
+pub fn repartition(
+    layout: &Layout,
+    to: Tz,
+    compression: ParquetCompression,
+) -> Result<Repartitioned, String> {
     let state = layout.state_dir();
     let marker = state.join(MARKER);
     let Some(mut meta) = layout.read_meta()? else {
@@ -53,7 +58,7 @@ pub fn repartition(layout: &Layout, to: Tz) -> Result<Repartitioned, String> {
         if meta.timezone == to.name() {
             return Ok(Repartitioned::default());
         }
-        let report = stage(layout, to)?;
+        let report = stage(layout, to, compression)?;
         let text = serde_json::to_vec(&Marker {
             from: meta.timezone.clone(),
             to: to.name().into(),
@@ -86,7 +91,11 @@ pub fn repartition(layout: &Layout, to: Tz) -> Result<Repartitioned, String> {
 }
 
 /// Writes every table's rows, re-cut by day in `to`, under the staging directory.
-fn stage(layout: &Layout, to: Tz) -> Result<Repartitioned, String> {
+fn stage(
+    layout: &Layout,
+    to: Tz,
+    compression: ParquetCompression,
+) -> Result<Repartitioned, String> {
     let staging = Layout::new(layout.state_dir().join(STAGING));
     if staging.root().exists() {
         std::fs::remove_dir_all(staging.root()).map_err(|e| io("remove", staging.root(), e))?;
@@ -119,7 +128,7 @@ fn stage(layout: &Layout, to: Tz) -> Result<Repartitioned, String> {
             });
             report.rows += rows.len() as u64;
             report.files_after += 1;
-            write_file_atomic(&staging.day_file(table, day), table, &rows)?;
+            write_file_atomic(&staging.day_file(table, day), table, &rows, compression)?;
         }
     }
     Ok(report)
@@ -197,8 +206,14 @@ mod tests {
                 extra: None,
             })
             .collect();
-        write_file_atomic(&layout.day_file(Table::Overall, day), Table::Overall, &rows).unwrap();
-        let report = repartition(&layout, chrono_tz::Asia::Shanghai).unwrap();
+        write_file_atomic(
+            &layout.day_file(Table::Overall, day),
+            Table::Overall,
+            &rows,
+            Default::default(),
+        )
+        .unwrap();
+        let report = repartition(&layout, chrono_tz::Asia::Shanghai, Default::default()).unwrap();
         assert_eq!(
             (report.rows, report.files_before, report.files_after),
             (24, 1, 2)
@@ -218,7 +233,7 @@ mod tests {
         );
         assert!(!layout.state_dir().join(STAGING).exists());
         assert_eq!(
-            repartition(&layout, chrono_tz::Asia::Shanghai).unwrap(),
+            repartition(&layout, chrono_tz::Asia::Shanghai, Default::default()).unwrap(),
             Repartitioned::default(),
             "a second migrate has nothing to do"
         );

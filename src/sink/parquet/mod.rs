@@ -38,7 +38,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
 
 use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, SinkKind, Written};
-use crate::config::DEFAULT_BUFFER_ROWS;
+use crate::config::{DEFAULT_BUFFER_ROWS, ParquetCompression};
 use crate::ledger::{DayFile, SinkId};
 use crate::record::{Counts, Table, WindowBatch, WindowKey};
 use buffer::{DayBuffer, DayJob, Settled};
@@ -117,6 +117,8 @@ pub struct ParquetSink {
     legacy: bool,
     timezone: Tz,
     buffer: Mutex<DayBuffer>,
+    /// The codec of the files written.
+    compression: Compression,
     /// One writer per day at a time (a day written early may be written again while the first
     /// write is still running); entries are removed once released.
     day_locks: Mutex<HashMap<NaiveDate, Arc<tokio::sync::Mutex<()>>>>,
@@ -242,6 +244,7 @@ impl ParquetSink {
             legacy,
             timezone,
             buffer: Mutex::new(DayBuffer::new(timezone, DEFAULT_BUFFER_ROWS)),
+            compression: codec(ParquetCompression::default()),
             day_locks: Mutex::new(HashMap::new()),
             _root_lock: lock,
         }
@@ -260,6 +263,12 @@ impl ParquetSink {
     /// Holds at most about `rows` rows before writing the oldest days early (at least 1).
     pub fn with_buffer_rows(mut self, rows: usize) -> Self {
         self.buffer = Mutex::new(DayBuffer::new(self.timezone, rows));
+        self
+    }
+
+    /// Compresses the files it writes with `compression`.
+    pub fn with_compression(mut self, compression: ParquetCompression) -> Self {
+        self.compression = codec(compression);
         self
     }
 
@@ -323,12 +332,12 @@ impl ParquetSink {
         // The guard moves into the writing task: if this future is dropped (a run stopped by a
         // fatal error), the lock is still held until the file is written.
         let guard = lock.clone().lock_owned().await;
-        let tz = self.timezone;
+        let (tz, codec) = (self.timezone, self.compression);
         let result = match &self.root {
             Root::Local(layout) => {
                 let layout = layout.clone();
                 tokio::task::spawn_blocking(move || {
-                    let r = write_day(&layout, tz, day, &batches);
+                    let r = write_day(&layout, tz, day, &batches, codec);
                     drop(guard);
                     r
                 })
@@ -338,7 +347,7 @@ impl ParquetSink {
             Root::Object(o) => {
                 let (o, id) = (o.clone(), self.id.clone());
                 tokio::spawn(async move {
-                    let r = write_day_object(&o, &id, tz, day, &batches).await;
+                    let r = write_day_object(&o, &id, tz, day, &batches, codec).await;
                     drop(guard);
                     r
                 })
@@ -462,6 +471,7 @@ fn write_day(
     tz: Tz,
     day: NaiveDate,
     batches: &[Arc<WindowBatch>],
+    codec: Compression,
 ) -> Result<DayWritten, DayError> {
     let (from, to) = Layout::day_range(tz, day);
     let mut out = DayWritten::default();
@@ -478,7 +488,7 @@ fn write_day(
         };
         let (merged, s) = merge_table(table, batches, &slices, &old);
         if s.inserted + s.revised > 0 {
-            write_rows_atomic(&path, table, &merged).map_err(DayError::Io)?;
+            write_rows_atomic(&path, table, &merged, codec).map_err(DayError::Io)?;
         }
         let etag = layout::etag(&path)
             .map_err(|e| DayError::Io(format!("cannot stat {}: {e}", path.display())))?;
@@ -524,6 +534,7 @@ fn merge_encode(
     (from, to): (i64, i64),
     old: Option<bytes::Bytes>,
     location: &str,
+    codec: Compression,
 ) -> Result<Option<Encoded>, DayError> {
     let slices = slices(table, batches, from, to);
     if slices.is_empty() {
@@ -535,7 +546,7 @@ fn merge_encode(
     };
     let (merged, stats) = merge_table(table, batches, &slices, &old);
     let body = if stats.inserted + stats.revised > 0 {
-        Some(encode_rows(Vec::new(), table, &merged).map_err(DayError::Io)?)
+        Some(encode_rows(Vec::new(), table, &merged, codec).map_err(DayError::Io)?)
     } else {
         None
     };
@@ -555,7 +566,7 @@ pub async fn merge_day_into(
     day: NaiveDate,
     batches: &[Arc<WindowBatch>],
 ) -> Result<DayWritten, String> {
-    write_day_object(root, root_id, tz, day, batches)
+    write_day_object(root, root_id, tz, day, batches, codec(Default::default()))
         .await
         .map_err(|e| match e {
             DayError::Io(m) => m,
@@ -572,6 +583,7 @@ async fn write_day_object(
     tz: Tz,
     day: NaiveDate,
     batches: &[Arc<WindowBatch>],
+    codec: Compression,
 ) -> Result<DayWritten, DayError> {
     let lock = root.lock_day(root_id, day).await.map_err(DayError::Io)?;
     let range = Layout::day_range(tz, day);
@@ -589,7 +601,7 @@ async fn write_day_object(
             };
             let (b, location) = (batches.to_vec(), root.location(table, day));
             let encoded = tokio::task::spawn_blocking(move || {
-                merge_encode(table, &b, range, bytes, &location)
+                merge_encode(table, &b, range, bytes, &location, codec)
             })
             .await
             .unwrap_or_else(|e| Err(DayError::Io(format!("encoder task failed: {e}"))))?;
@@ -938,12 +950,22 @@ pub struct RootCount {
 }
 
 /// Writes rows (sorted by instance, media, stats_time) to `path` atomically.
-pub fn write_file_atomic(path: &Path, table: Table, rows: &[StoredRow]) -> Result<(), String> {
+pub fn write_file_atomic(
+    path: &Path,
+    table: Table,
+    rows: &[StoredRow],
+    compression: ParquetCompression,
+) -> Result<(), String> {
     let rows: Vec<OutRow> = rows.iter().map(StoredRow::as_out).collect();
-    write_rows_atomic(path, table, &rows)
+    write_rows_atomic(path, table, &rows, codec(compression))
 }
 
-fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), String> {
+fn write_rows_atomic(
+    path: &Path,
+    table: Table,
+    rows: &[OutRow],
+    codec: Compression,
+) -> Result<(), String> {
     let dir = path
         .parent()
         .ok_or_else(|| format!("{} has no directory", path.display()))?;
@@ -952,7 +974,7 @@ fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), S
     let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let f = File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let f = encode_rows(f, table, rows)
+        let f = encode_rows(f, table, rows, codec)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         f.sync_all()
             .map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
@@ -974,17 +996,24 @@ fn write_rows_atomic(path: &Path, table: Table, rows: &[OutRow]) -> Result<(), S
     })
 }
 
+/// The Parquet codec of a configured compression.
+fn codec(compression: ParquetCompression) -> Compression {
+    match compression {
+        ParquetCompression::Snappy => Compression::SNAPPY,
+        ParquetCompression::Zstd => Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")),
+        ParquetCompression::Lz4Raw => Compression::LZ4_RAW,
+        ParquetCompression::None => Compression::UNCOMPRESSED,
+    }
+}
+
 /// Encodes rows as one Parquet file of `table` into `out`; returns `out`.
 fn encode_rows<W: std::io::Write + Send>(
     out: W,
     table: Table,
     rows: &[OutRow],
+    codec: Compression,
 ) -> Result<W, String> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
-        ))
-        .build();
+    let props = WriterProperties::builder().set_compression(codec).build();
     let schema = schema(table);
     let mut w =
         ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
@@ -1121,13 +1150,44 @@ mod tests {
             .join("overall_trend/dt=2026-01-01")
             .join(DATA_FILE);
         let rows = vec![row(1, 5, 100), row(2, 6, 100)];
-        write_file_atomic(&path, Table::Overall, &rows).unwrap();
+        write_file_atomic(&path, Table::Overall, &rows, Default::default()).unwrap();
         assert_eq!(read_file(&path, Table::Overall).unwrap(), rows);
         let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec![DATA_FILE.to_string()]);
+    }
+
+    #[test]
+    fn every_codec_writes_files_that_record_it_and_read_back() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<StoredRow> = (0..500).map(|t| row(t * 3_600_000, t % 7, 100)).collect();
+        for (compression, expected) in [
+            (ParquetCompression::Snappy, "SNAPPY"),
+            (ParquetCompression::Zstd, "ZSTD"),
+            (ParquetCompression::Lz4Raw, "LZ4_RAW"),
+            (ParquetCompression::None, "UNCOMPRESSED"),
+        ] {
+            let path = dir.path().join(format!("{expected}.parquet"));
+            write_file_atomic(&path, Table::Overall, &rows, compression).unwrap();
+            assert_eq!(read_file(&path, Table::Overall).unwrap(), rows);
+            let meta = SerializedFileReader::new(File::open(&path).unwrap())
+                .unwrap()
+                .metadata()
+                .clone();
+            let codecs: Vec<String> = meta
+                .row_group(0)
+                .columns()
+                .iter()
+                .map(|c| c.compression().to_string())
+                .collect();
+            assert!(
+                codecs.iter().all(|c| c.starts_with(expected)),
+                "{compression:?}: {codecs:?}"
+            );
+        }
     }
 
     #[test]
@@ -1138,7 +1198,7 @@ mod tests {
         let stale = day.join(".part-00000.parquet.0123.tmp");
         std::fs::write(&stale, b"PAR1 half a file").unwrap();
         let keep = day.join(DATA_FILE);
-        write_file_atomic(&keep, Table::Inbound, &[]).unwrap();
+        write_file_atomic(&keep, Table::Inbound, &[], Default::default()).unwrap();
         let sink = ParquetSink::new(dir.path(), chrono_tz::UTC).unwrap();
         assert!(!stale.exists(), "a crashed run's temporary file is removed");
         assert!(keep.exists());
