@@ -18,11 +18,13 @@
 //! transactions never wait for each other in a circle (a group commit holds many lease rows while
 //! the heartbeat extends them all).
 //!
-//! Lookups by key: a statement given a list of windows finds their lease rows one primary-key
-//! lookup each, in a `LATERAL` subquery the planner cannot flatten (`FOR UPDATE` or `OFFSET 0`).
-//! `leases` is filled when a run starts, before PostgreSQL has statistics on it: as a plain join,
-//! the planner took the worker's lease rows for one row and scanned the whole list once for each
-//! of them, a cost that grew with the square of the run.
+//! Lookups by key: a statement given a list of windows finds their lease rows one index lookup
+//! each, in a `LATERAL` subquery the planner cannot flatten (`FOR UPDATE` or `OFFSET 0`), and
+//! updates the rows it locked by their row ids (`ctid = ANY(...)`, a TID scan; they cannot move
+//! while locked). `leases` is filled when a run starts, before PostgreSQL has statistics on it:
+//! as plain joins, the planner took the worker's lease rows for one row and scanned the whole
+//! list once for each of them, or the whole table for every claim, a cost that grew with the
+//! square of the run.
 //!
 //! One QPS budget: each worker's limiter is capped at `max_qps / live workers` (recomputed at every
 //! heartbeat from the `workers` table), and a throttling answer seen by one worker is written to
@@ -195,30 +197,15 @@ impl Coordinator {
             return Ok(Claimed::default());
         }
         let (i, m, s, _) = columns(windows);
-        let rows = sqlx::query(
-            "WITH want AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS w(instance_id, media_type, start_ms)), \
-             c AS (SELECT x.* FROM want w CROSS JOIN LATERAL \
-                   (SELECT l.instance_id, l.media_type, l.start_ms FROM leases l \
-                    WHERE (l.instance_id, l.media_type, l.start_ms) = (w.instance_id, w.media_type, w.start_ms) \
-                      AND (l.state = 'pending' OR (l.state = 'leased' AND l.lease_until < now())) \
-                    FOR UPDATE SKIP LOCKED) x), \
-             claimed AS (UPDATE leases l SET state = 'leased', worker_id = $4, \
-                   lease_until = now() + make_interval(secs => $5), attempt = l.attempt + 1 \
-                   FROM c WHERE (l.instance_id, l.media_type, l.start_ms) = (c.instance_id, c.media_type, c.start_ms) \
-                   RETURNING l.instance_id, l.media_type, l.start_ms, l.attempt) \
-             SELECT w.instance_id, w.media_type, w.start_ms, c.attempt, l.state \
-             FROM want w LEFT JOIN claimed c USING (instance_id, media_type, start_ms) \
-             LEFT JOIN LATERAL (SELECT l.state FROM leases l WHERE (l.instance_id, l.media_type, l.start_ms) \
-                   = (w.instance_id, w.media_type, w.start_ms) OFFSET 0) l ON true",
-        )
-        .bind(i)
-        .bind(m)
-        .bind(s)
-        .bind(self.worker)
-        .bind(self.settings.lease.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        let rows = sqlx::query(CLAIM)
+            .bind(i)
+            .bind(m)
+            .bind(s)
+            .bind(self.worker)
+            .bind(self.settings.lease.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         let by_key: HashMap<Key, &WindowKey> = windows.iter().map(|w| (key(w), w)).collect();
         let mut out = Claimed::default();
         let mut tokens = self.tokens.lock().expect("tokens");
@@ -287,19 +274,14 @@ impl Coordinator {
         let (i, m, _, _) = columns(windows);
         let s: Vec<i64> = leases.iter().map(|l| l.0).collect();
         let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
-        let rows = sqlx::query(
-            "SELECT w.i, w.m, w.s FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
-             CROSS JOIN LATERAL (SELECT 1 FROM leases l \
-                  WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
-                    AND l.worker_id = $5 AND l.attempt = w.a AND l.state IN ('leased', 'done') OFFSET 0) x",
-        )
-        .bind(i)
-        .bind(m)
-        .bind(s)
-        .bind(tokens)
-        .bind(self.worker)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(STILL_MINE)
+            .bind(i)
+            .bind(m)
+            .bind(s)
+            .bind(tokens)
+            .bind(self.worker)
+            .fetch_all(&self.pool)
+            .await?;
         let held: HashSet<Key> = rows
             .iter()
             .filter_map(|r| {
@@ -436,23 +418,15 @@ impl Coordinator {
         let (i, m, _, _) = columns(&done);
         let s: Vec<i64> = leases.iter().map(|l| l.0).collect();
         let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
-        sqlx::query(
-            "WITH mine AS (SELECT x.* FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
-                  AS w(i, m, s, a) ORDER BY 1, 2, 3 OFFSET 0) w CROSS JOIN LATERAL \
-                  (SELECT l.instance_id, l.media_type, l.start_ms FROM leases l \
-                   WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
-                     AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x) \
-             UPDATE leases l SET state = 'done', done_at = now() FROM mine \
-             WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)",
-        )
-        .bind(i)
-        .bind(m)
-        .bind(s)
-        .bind(tokens)
-        .bind(self.worker)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        sqlx::query(MARK_DONE)
+            .bind(i)
+            .bind(m)
+            .bind(s)
+            .bind(tokens)
+            .bind(self.worker)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         let mut t = self.tokens.lock().expect("tokens");
         for (w, l) in done.iter().zip(&leases) {
             t.remove(&(w.instance_id.clone(), w.media_type, l.0));
@@ -483,6 +457,40 @@ impl Coordinator {
         Ok(())
     }
 }
+
+/// Claims the windows `($1, $2, $3)` that are pending or whose lease expired for worker `$4`,
+/// for `$5` seconds; returns every window asked for, with its new attempt if claimed and its
+/// state before. Public, like the other lease statements, so that tests can check their plans.
+pub const CLAIM: &str = "WITH want AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS w(instance_id, media_type, start_ms)), \
+     c AS (SELECT x.* FROM want w CROSS JOIN LATERAL \
+           (SELECT l.ctid AS row FROM leases l \
+            WHERE (l.instance_id, l.media_type, l.start_ms) = (w.instance_id, w.media_type, w.start_ms) \
+              AND (l.state = 'pending' OR (l.state = 'leased' AND l.lease_until < now())) \
+            FOR UPDATE SKIP LOCKED) x), \
+     claimed AS (UPDATE leases l SET state = 'leased', worker_id = $4, \
+           lease_until = now() + make_interval(secs => $5), attempt = l.attempt + 1 \
+           WHERE l.ctid = ANY (ARRAY(SELECT row FROM c)) \
+           RETURNING l.instance_id, l.media_type, l.start_ms, l.attempt) \
+     SELECT w.instance_id, w.media_type, w.start_ms, c.attempt, l.state \
+     FROM want w LEFT JOIN claimed c USING (instance_id, media_type, start_ms) \
+     LEFT JOIN LATERAL (SELECT l.state FROM leases l WHERE (l.instance_id, l.media_type, l.start_ms) \
+           = (w.instance_id, w.media_type, w.start_ms) OFFSET 0) l ON true";
+
+/// Of the windows `($1, $2, $3)` with the attempts `$4` claimed, those worker `$5` still holds
+/// (leased or done).
+pub const STILL_MINE: &str = "SELECT w.i, w.m, w.s FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS w(i, m, s, a) \
+     CROSS JOIN LATERAL (SELECT 1 FROM leases l \
+          WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+            AND l.worker_id = $5 AND l.attempt = w.a AND l.state IN ('leased', 'done') OFFSET 0) x";
+
+/// Marks done the windows `($1, $2, $3)` worker `$5` still holds with the attempts `$4`, their
+/// lease rows locked in key order.
+pub const MARK_DONE: &str = "WITH mine AS (SELECT x.* FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
+          AS w(i, m, s, a) ORDER BY 1, 2, 3 OFFSET 0) w CROSS JOIN LATERAL \
+          (SELECT l.ctid AS row FROM leases l \
+           WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+             AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x) \
+     UPDATE leases l SET state = 'done', done_at = now() WHERE l.ctid = ANY (ARRAY(SELECT row FROM mine))";
 
 /// Hands back every lease a worker holds.
 const HAND_BACK: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \

@@ -559,3 +559,96 @@ async fn eight_workers_claiming_at_once_never_share_a_window() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// The statements that look up the leases of a list of windows read a few lease rows per window
+/// (find, update, report), however many leases the table and the worker hold: each window by key. As plain
+/// joins, planned before PostgreSQL had statistics on a freshly filled `leases`, they read every
+/// lease of the worker once per window, or the whole table for every claim.
+#[tokio::test]
+async fn lease_lookups_read_a_few_lease_rows_per_window_however_many_are_held() {
+    let db = common::TestDb::create().await;
+    let store = db.migrated().await;
+    let pool = store.pool().clone();
+    let all: Vec<WindowKey> = (0..3000).map(window).collect();
+    let c = Coordinator::register(pool.clone(), "backfill", settings(60))
+        .await
+        .unwrap();
+    c.enqueue(&all, Utc::now()).await.unwrap();
+    // All leased to this worker but 50, which the claim below asks for.
+    let (pending, held) = (&all[2000..2050], [&all[..2000], &all[2050..]].concat());
+    for chunk in held.chunks(500) {
+        assert_eq!(c.claim(chunk).await.unwrap().mine.len(), chunk.len());
+    }
+    let (worker, attempt): (uuid::Uuid, i32) = sqlx::query_as(
+        "SELECT DISTINCT worker_id, attempt FROM leases WHERE worker_id IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    for (name, sql) in [
+        ("claim", ccc_etl::coord::CLAIM),
+        ("still mine", ccc_etl::coord::STILL_MINE),
+        ("mark done", ccc_etl::coord::MARK_DONE),
+        ("held leases", ccc_etl::sink::postgres::HELD_LEASES),
+    ] {
+        let ask = if name == "claim" {
+            pending
+        } else {
+            &held[1000..1050]
+        };
+        let ids: Vec<&str> = ask.iter().map(|w| w.instance_id.as_str()).collect();
+        let media: Vec<&str> = ask.iter().map(|w| w.media_type.as_str()).collect();
+        let starts: Vec<i64> = ask.iter().map(|w| w.start_ms).collect();
+        let attempts = vec![attempt; ask.len()];
+        let q = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
+        let q = sqlx::query_scalar::<_, sqlx::types::Json<serde_json::Value>>(&q)
+            .bind(&ids)
+            .bind(&media)
+            .bind(&starts);
+        let q = if name == "claim" {
+            q.bind(worker).bind(60.0)
+        } else {
+            q.bind(&attempts).bind(worker)
+        };
+        let mut tx = pool.begin().await.unwrap();
+        let plan = q.fetch_one(&mut *tx).await.unwrap().0;
+        tx.rollback().await.unwrap();
+        let mut scans = vec![];
+        lease_scans(&plan, &mut scans);
+        let kinds: Vec<&str> = scans.iter().map(|s| s.0.as_str()).collect();
+        assert!(
+            !kinds.contains(&"Seq Scan"),
+            "{name}: a sequential scan of leases: {plan:#}"
+        );
+        let read: f64 = scans.iter().map(|s| s.1 * s.2).sum();
+        assert!(
+            read >= ask.len() as f64 && read <= 3.0 * ask.len() as f64,
+            "{name}: {read} lease rows read for {} windows among {} leases: {plan:#}",
+            ask.len(),
+            all.len()
+        );
+    }
+    db.drop_db().await;
+}
+
+/// The plan's scans of `leases`: kind, rows returned or filtered out per loop, loops.
+fn lease_scans(node: &serde_json::Value, out: &mut Vec<(String, f64, f64)>) {
+    match node {
+        serde_json::Value::Array(a) => a.iter().for_each(|n| lease_scans(n, out)),
+        serde_json::Value::Object(o) => {
+            if o.get("Relation Name").and_then(|r| r.as_str()) == Some("leases")
+                && let Some(kind) = o.get("Node Type").and_then(|k| k.as_str())
+                && kind != "ModifyTable"
+            {
+                let n = |k: &str| o.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+                out.push((
+                    kind.to_string(),
+                    n("Actual Rows") + n("Rows Removed by Filter"),
+                    n("Actual Loops"),
+                ));
+            }
+            o.values().for_each(|v| lease_scans(v, out));
+        }
+        _ => {}
+    }
+}

@@ -786,6 +786,15 @@ async fn lock_series(
     .map(|_| ())
 }
 
+/// With several workers: the ordinals of the group's windows `($1, $2, $3)` whose lease worker
+/// `$5` still holds with the attempts `$4`, the lease rows locked in key order until the commit.
+/// Public so that tests can check its plan.
+pub const HELD_LEASES: &str = "SELECT w.n FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
+         WITH ORDINALITY AS w(i, m, s, a, n) ORDER BY 1, 2, 3 OFFSET 0) w \
+     CROSS JOIN LATERAL (SELECT 1 FROM leases l \
+         WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+           AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x";
+
 /// With several workers: which windows of the group this worker still holds the lease of. The
 /// lease rows stay locked until the commit, so a take-over waits for it, then fetches anew.
 async fn held_leases(
@@ -796,40 +805,34 @@ async fn held_leases(
     let leases: Vec<Option<(uuid::Uuid, i64, i32)>> =
         group.iter().map(|b| c.held(&b.key)).collect();
     let worker = leases.iter().flatten().map(|l| l.0).next();
-    let rows: Vec<i64> = sqlx::query_scalar(
-        "SELECT w.n FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
-             WITH ORDINALITY AS w(i, m, s, a, n) ORDER BY 1, 2, 3 OFFSET 0) w \
-         CROSS JOIN LATERAL (SELECT 1 FROM leases l \
-             WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
-               AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x",
-    )
-    .bind(
-        group
-            .iter()
-            .map(|b| b.key.instance_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        group
-            .iter()
-            .map(|b| b.key.media_type.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        leases
-            .iter()
-            .map(|l| l.map_or(-1, |l| l.1))
-            .collect::<Vec<i64>>(),
-    )
-    .bind(
-        leases
-            .iter()
-            .map(|l| l.map_or(-1, |l| l.2))
-            .collect::<Vec<i32>>(),
-    )
-    .bind(worker)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows: Vec<i64> = sqlx::query_scalar(HELD_LEASES)
+        .bind(
+            group
+                .iter()
+                .map(|b| b.key.instance_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            group
+                .iter()
+                .map(|b| b.key.media_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            leases
+                .iter()
+                .map(|l| l.map_or(-1, |l| l.1))
+                .collect::<Vec<i64>>(),
+        )
+        .bind(
+            leases
+                .iter()
+                .map(|l| l.map_or(-1, |l| l.2))
+                .collect::<Vec<i32>>(),
+        )
+        .bind(worker)
+        .fetch_all(&mut **tx)
+        .await?;
     Ok(flags_at(group.len(), &rows))
 }
 
