@@ -23,12 +23,13 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ccc_etl::ccc::client::CccClient;
 use ccc_etl::ccc::emulator::EmulatorStats;
 use ccc_etl::ccc::ratelimit::AdaptivePacer;
 use ccc_etl::config::{Config, Credentials, PostgresConfig, SchemaName};
+use ccc_etl::coord::{Coordinator, LeaseSettings};
 use ccc_etl::pipeline::{Backfill, BackfillRequest, RangeStart, RunKind, thousands};
 use ccc_etl::progress::Progress;
 use ccc_etl::sink::Sink;
@@ -203,6 +204,63 @@ fn sinks_toml(sinks: &str, root: &std::path::Path) -> String {
     t
 }
 
+/// A registered worker and its heartbeat.
+type Worker = Option<(Arc<Coordinator>, tokio::task::JoinHandle<()>)>;
+
+/// The engine in the benchmark's process, set up as `ccc-etl backfill` sets it up.
+struct InProcess;
+
+impl InProcess {
+    /// An engine over `cfg` whose clock stands at `now_ms`, its sinks open; with `claim`, it
+    /// registers as a worker in PostgreSQL and claims its windows there, as the binary does
+    /// (pacer shared with the coordinator, a first heartbeat, the heartbeat running).
+    async fn start(cfg: &Config, now_ms: i64, claim: bool) -> (Backfill, Worker) {
+        let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
+            ccc_etl::commands::open_sinks(cfg).await.unwrap();
+        let pacer = Arc::new(AdaptivePacer::new(cfg.source.max_qps));
+        let client = CccClient::new(
+            &cfg.source,
+            Credentials::new(KEY, SECRET, None),
+            pacer.clone(),
+        )
+        .unwrap();
+        let engine = Backfill::new(
+            cfg.clone(),
+            Arc::new(client),
+            sinks,
+            ledger,
+            Arc::new(move || now_ms),
+            Progress::hidden(),
+        );
+        if !claim {
+            return (engine, None);
+        }
+        let store = ccc_etl::commands::connect_postgres(cfg)
+            .await
+            .unwrap()
+            .expect("claiming needs PostgreSQL");
+        let settings = LeaseSettings {
+            lease: Duration::from_secs(cfg.pipeline.lease_secs),
+            heartbeat: Duration::from_secs(cfg.pipeline.heartbeat_secs),
+        };
+        let c = Coordinator::register(store.pool().clone(), "backfill", settings)
+            .await
+            .unwrap()
+            .with_pacers(vec![pacer], cfg.source.max_qps);
+        c.beat().await.unwrap();
+        let worker = Some((c.clone(), c.spawn_heartbeat()));
+        (engine.with_coordinator(c), worker)
+    }
+
+    /// Hands back what the worker holds and stops its heartbeat.
+    async fn stop(worker: Worker) {
+        if let Some((c, h)) = worker {
+            c.stop().await.unwrap();
+            h.abort();
+        }
+    }
+}
+
 /// One scale's fixture: the emulator, the range, and the rows a run writes (exported once from
 /// an untimed warm-up run, which also warms the emulator and the page cache).
 struct Scale {
@@ -367,50 +425,14 @@ impl Scale {
         if let Some(pg) = cfg.postgres.as_mut() {
             pg.url = Some(SecretString::from(url.to_string()));
         }
-        let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
-            ccc_etl::commands::open_sinks(&cfg).await.unwrap();
-        let client = CccClient::new(
-            &cfg.source,
-            Credentials::new(KEY, SECRET, None),
-            Arc::new(AdaptivePacer::new(cfg.source.max_qps)),
-        )
-        .unwrap();
-        let to_ms = self.to_ms;
-        let mut engine = Backfill::new(
-            cfg.clone(),
-            Arc::new(client),
-            sinks,
-            ledger,
-            Arc::new(move || to_ms),
-            Progress::hidden(),
-        );
         // As the binary does: with PostgreSQL, windows are claimed there (so that other workers
         // could share the job). Registering is start-up, outside the engine's figure.
-        let mut heartbeat = None;
-        if cfg.postgres.is_some() {
-            let store = ccc_etl::commands::connect_postgres(&cfg)
-                .await
-                .unwrap()
-                .unwrap();
-            let settings = ccc_etl::coord::LeaseSettings {
-                lease: std::time::Duration::from_secs(cfg.pipeline.lease_secs),
-                heartbeat: std::time::Duration::from_secs(cfg.pipeline.heartbeat_secs),
-            };
-            let c =
-                ccc_etl::coord::Coordinator::register(store.pool().clone(), "backfill", settings)
-                    .await
-                    .unwrap();
-            heartbeat = Some((c.clone(), c.spawn_heartbeat()));
-            engine = engine.with_coordinator(c);
-        }
+        let (engine, worker) = InProcess::start(&cfg, self.to_ms, cfg.postgres.is_some()).await;
         let req = BackfillRequest::range(self.ids.clone(), self.from_ms, self.to_ms);
         let (cpu0, _) = cpu_and_peak_rss();
         let t0 = Instant::now();
         let summary = engine.run(&req).await.unwrap();
-        if let Some((c, h)) = heartbeat {
-            c.stop().await.unwrap();
-            h.abort();
-        }
+        InProcess::stop(worker).await;
         let wall = t0.elapsed().as_secs_f64();
         let (cpu1, _) = cpu_and_peak_rss();
         assert_eq!(summary.exit_code(), 0, "{}", summary.render());
@@ -573,37 +595,8 @@ async fn one_run(emu: &Emulator, ids: &[String], days: i64, coordinated: bool) -
         .await
         .unwrap()
         .unwrap();
-    let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
-        ccc_etl::commands::open_sinks(&cfg).await.unwrap();
-    let pacer = Arc::new(AdaptivePacer::new(cfg.source.max_qps));
-    let client = CccClient::new(
-        &cfg.source,
-        Credentials::new(KEY, SECRET, None),
-        pacer.clone(),
-    )
-    .unwrap();
     let now = Utc::now().timestamp_millis();
-    let mut engine = Backfill::new(
-        cfg.clone(),
-        Arc::new(client),
-        sinks,
-        ledger,
-        Arc::new(move || now),
-        Progress::hidden(),
-    );
-    let mut heartbeat = None;
-    if coordinated {
-        let settings = ccc_etl::coord::LeaseSettings {
-            lease: std::time::Duration::from_secs(60),
-            heartbeat: std::time::Duration::from_secs(10),
-        };
-        let c = ccc_etl::coord::Coordinator::register(store.pool().clone(), "backfill", settings)
-            .await
-            .unwrap()
-            .with_pacers(vec![pacer], cfg.source.max_qps);
-        heartbeat = Some((c.clone(), c.spawn_heartbeat()));
-        engine = engine.with_coordinator(c);
-    }
+    let (engine, worker) = InProcess::start(&cfg, now, coordinated).await;
     let req = BackfillRequest {
         instances: ids.to_vec(),
         from: RangeStart::At(now - days * 86_400_000),
@@ -617,10 +610,7 @@ async fn one_run(emu: &Emulator, ids: &[String], days: i64, coordinated: bool) -
     sqlx::query("CHECKPOINT").execute(&mut admin).await.unwrap();
     let t0 = Instant::now();
     let summary = engine.run(&req).await.unwrap();
-    if let Some((c, h)) = heartbeat {
-        c.stop().await.unwrap();
-        h.abort();
-    }
+    InProcess::stop(worker).await;
     let wall = t0.elapsed().as_secs_f64();
     assert_eq!(summary.exit_code(), 0, "{}", summary.render());
     drop(engine);
@@ -731,7 +721,7 @@ async fn rate_adaptation(secs: u64) {
         .unwrap(),
     );
     let now = Utc::now().timestamp_millis();
-    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = vec![];
     for w in 0..cfg.source.concurrency {
         let (client, ids) = (client.clone(), ids.clone());

@@ -532,15 +532,18 @@ fn process_runs_ccc_etl(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-fn columns(ws: &[WindowKey]) -> (Vec<String>, Vec<String>, Vec<i64>, Vec<i64>) {
-    (
-        ws.iter().map(|w| w.instance_id.clone()).collect(),
-        ws.iter()
-            .map(|w| w.media_type.as_str().to_string())
-            .collect(),
-        ws.iter().map(|w| w.start_ms).collect(),
-        ws.iter().map(|w| w.end_ms).collect(),
-    )
+/// The instance ids, media types, starts and ends of windows, as arrays to bind.
+pub(crate) fn columns<'a>(
+    ws: impl IntoIterator<Item = &'a WindowKey>,
+) -> (Vec<&'a str>, Vec<&'a str>, Vec<i64>, Vec<i64>) {
+    let mut out = (vec![], vec![], vec![], vec![]);
+    for w in ws {
+        out.0.push(w.instance_id.as_str());
+        out.1.push(w.media_type.as_str());
+        out.2.push(w.start_ms);
+        out.3.push(w.end_ms);
+    }
+    out
 }
 
 /// This machine's name, for `status`.

@@ -805,7 +805,7 @@ async fn held_leases(
     let leases: Vec<Option<(uuid::Uuid, i64, i32)>> =
         group.iter().map(|b| c.held(&b.key)).collect();
     let worker = leases.iter().flatten().map(|l| l.0).next();
-    let (ids, media) = series_arrays(group.iter().map(|b| &b.key));
+    let (ids, media, _, _) = crate::coord::columns(group.iter().map(|b| &b.key));
     let rows: Vec<i64> = sqlx::query_scalar(HELD_LEASES)
         .bind(ids)
         .bind(media)
@@ -827,19 +827,13 @@ async fn held_leases(
     Ok(flags_at(group.len(), &rows))
 }
 
-/// The instance ids and media types of windows, as two arrays to bind.
-fn series_arrays<'a>(keys: impl Iterator<Item = &'a WindowKey>) -> (Vec<&'a str>, Vec<&'a str>) {
-    keys.map(|k| (k.instance_id.as_str(), k.media_type.as_str()))
-        .unzip()
-}
-
 /// For each window of a group, whether its series already holds a row in its range in any
 /// table.
 async fn stored_ranges(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     group: &[&Arc<WindowBatch>],
 ) -> Result<Vec<bool>, sqlx::Error> {
-    let (ids, media) = series_arrays(group.iter().map(|b| &b.key));
+    let (ids, media, _, _) = crate::coord::columns(group.iter().map(|b| &b.key));
     let rows: Vec<i64> = sqlx::query_scalar(STORED_RANGES)
         .bind(ids)
         .bind(media)
