@@ -33,7 +33,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
@@ -83,6 +83,14 @@ pub struct Coordinator {
     pacers: Option<(Vec<Arc<AdaptivePacer>>, f64)>,
     throttles_seen: AtomicU64,
     shared_throttle_seen: Mutex<Option<DateTime<Utc>>>,
+    /// When the leases were last extended (a monotonic clock, which runs on while the process
+    /// is stopped): past a lease without an extension, every lease held is taken for lost.
+    extended_at: Mutex<Instant>,
+    /// Windows whose lease this worker lost (taken over, or expired without a heartbeat): their
+    /// fetches are cancelled and their rows are written nowhere.
+    lost: Mutex<HashSet<Key>>,
+    /// Bumped whenever `lost` grows, to wake the fetches waiting on it.
+    lost_signal: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -131,6 +139,9 @@ impl Coordinator {
             pacers: None,
             throttles_seen: AtomicU64::new(0),
             shared_throttle_seen: Mutex::new(None),
+            extended_at: Mutex::new(Instant::now()),
+            lost: Mutex::new(HashSet::new()),
+            lost_signal: tokio::sync::watch::Sender::new(0),
         });
         Ok(c)
     }
@@ -220,6 +231,7 @@ impl Coordinator {
             let state: Option<String> = r.get(4);
             match (attempt, state.as_deref()) {
                 (Some(a), _) => {
+                    self.lost.lock().expect("lost").remove(&k);
                     tokens.insert(k, (w.end_ms, a));
                     out.mine.push((*w).clone());
                 }
@@ -253,10 +265,96 @@ impl Coordinator {
         self.lease_of(w).map(|(s, a)| (self.worker, s, a))
     }
 
-    /// A commit of `w` was refused: counted and logged.
-    pub fn refused(&self, w: &WindowKey) {
+    /// A commit of `w` to `sink` was refused: counted, and logged with the refused window's own
+    /// fields (not those of the window whose write found it).
+    pub fn refused(&self, w: &WindowKey, sink: &str) {
         self.fenced.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(window = %w, "commit refused: the window's lease was taken over by another worker");
+        // The event's own fields override those of the span it is logged in (the window being
+        // written when the refusal was found may be another one).
+        tracing::warn!(
+            instance = %w.instance_id,
+            media_type = %w.media_type,
+            window_start = %crate::record::fmt_ms(w.start_ms),
+            window_end = %crate::record::fmt_ms(w.end_ms),
+            sink,
+            "commit refused: this worker no longer holds the window's lease (taken over by \
+             another worker, or expired)"
+        );
+    }
+
+    /// Whether this worker lost the lease of the planned window `w`.
+    pub fn is_lost(&self, w: &WindowKey) -> bool {
+        self.lost.lock().expect("lost").contains(&key(w))
+    }
+
+    /// Completes when this worker loses the lease of the planned window `w` (never, if it
+    /// keeps it).
+    pub async fn lease_lost(&self, w: &WindowKey) {
+        let mut signal = self.lost_signal.subscribe();
+        loop {
+            if self.is_lost(w) {
+                return;
+            }
+            if signal.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Leases lost so far (taken over, or expired without a heartbeat).
+    pub fn leases_lost(&self) -> usize {
+        self.lost.lock().expect("lost").len()
+    }
+
+    /// Forgets the leases of `keys`: their fetches are cancelled, their rows written nowhere.
+    fn lose(&self, keys: Vec<Key>, why: &str) {
+        if keys.is_empty() {
+            return;
+        }
+        let n = keys.len();
+        {
+            let mut tokens = self.tokens.lock().expect("tokens");
+            let mut lost = self.lost.lock().expect("lost");
+            for k in keys {
+                tokens.remove(&k);
+                lost.insert(k);
+            }
+        }
+        self.lost_signal.send_modify(|g| *g += 1);
+        tracing::warn!(
+            windows = n,
+            "{why}: their fetches are cancelled and their rows are written nowhere"
+        );
+    }
+
+    /// Of `windows` (as fetched), those whose lease this worker can prove it holds now, as flags:
+    /// leased to it with the attempt it claimed and not expired, or done by it. Run inside the
+    /// transaction that holds a day's lock, before the day's file is written (Parquet's fence).
+    pub async fn holds_now(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        windows: &[&WindowKey],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let leases: Vec<(i64, i32)> = windows
+            .iter()
+            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
+            .collect();
+        let (i, m, _, _) = columns(windows.iter().copied());
+        let rows: Vec<i64> = sqlx::query_scalar(HOLDS_NOW)
+            .bind(i)
+            .bind(m)
+            .bind(leases.iter().map(|l| l.0).collect::<Vec<i64>>())
+            .bind(leases.iter().map(|l| l.1).collect::<Vec<i32>>())
+            .bind(self.worker)
+            .fetch_all(conn)
+            .await?;
+        let mut flags = vec![false; windows.len()];
+        for n in rows {
+            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| flags.get_mut(i)) {
+                *f = true;
+            }
+        }
+        Ok(flags)
     }
 
     /// Of `windows`, those this worker still holds; the others are counted as fenced.
@@ -335,18 +433,8 @@ impl Coordinator {
 
     /// One heartbeat.
     pub async fn beat(&self) -> anyhow::Result<()> {
+        self.extend().await?;
         self.flush_done().await?;
-        sqlx::query(
-            "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \
-                  WHERE worker_id = $1 AND state = 'leased' ORDER BY 1, 2, 3 FOR UPDATE) \
-             UPDATE leases l SET lease_until = now() + make_interval(secs => $2) FROM mine \
-             WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)",
-        )
-        .bind(self.worker)
-        .bind(self.settings.lease.as_secs_f64())
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
         let live: i64 = sqlx::query_scalar(
             "WITH me AS (UPDATE workers SET heartbeat_at = now(), windows_in_flight = $2, \
              windows_done = $3, fenced = $4 WHERE worker_id = $1) \
@@ -363,6 +451,54 @@ impl Coordinator {
         .map_err(db)?;
         self.live_workers.store(live.max(1), Ordering::Relaxed);
         self.share_rate().await
+    }
+
+    /// Extends the leases still held. A lease another worker took over is lost; so is every
+    /// lease, handed back at once, when no extension succeeded for longer than a lease (the
+    /// process was stopped, the database unreachable): another worker may hold them by now.
+    async fn extend(&self) -> anyhow::Result<()> {
+        let since = self.extended_at.lock().expect("extended").elapsed();
+        let held: Vec<(Key, i32)> = self
+            .tokens
+            .lock()
+            .expect("tokens")
+            .iter()
+            .map(|(k, (_, a))| (k.clone(), *a))
+            .collect();
+        if since > self.settings.lease {
+            self.lose(
+                held.into_iter().map(|(k, _)| k).collect(),
+                &format!(
+                    "no heartbeat for {:.1} s, longer than the lease ({} s): every window held is \
+                     taken for lost",
+                    since.as_secs_f64(),
+                    self.settings.lease.as_secs_f64()
+                ),
+            );
+            sqlx::query(HAND_BACK)
+                .bind(self.worker)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+            *self.extended_at.lock().expect("extended") = Instant::now();
+            return Ok(());
+        }
+        let sent = Instant::now();
+        let extended: Vec<(String, String, i64, i32)> = sqlx::query_as(EXTEND)
+            .bind(self.worker)
+            .bind(self.settings.lease.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        *self.extended_at.lock().expect("extended") = sent;
+        let still: HashSet<(String, String, i64, i32)> = extended.into_iter().collect();
+        let lost: Vec<Key> = held
+            .into_iter()
+            .filter(|((i, m, s), a)| !still.contains(&(i.clone(), m.as_str().to_string(), *s, *a)))
+            .map(|(k, _)| k)
+            .collect();
+        self.lose(lost, "leases taken over by another worker");
+        Ok(())
     }
 
     async fn share_rate(&self) -> anyhow::Result<()> {
@@ -491,6 +627,24 @@ pub const MARK_DONE: &str = "WITH mine AS (SELECT x.* FROM (SELECT * FROM unnest
            WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
              AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x) \
      UPDATE leases l SET state = 'done', done_at = now() WHERE l.ctid = ANY (ARRAY(SELECT row FROM mine))";
+
+/// Extends every lease worker `$1` holds by `$2` seconds; returns them with their attempts.
+const EXTEND: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \
+     WHERE worker_id = $1 AND state = 'leased' ORDER BY 1, 2, 3 FOR UPDATE) \
+     UPDATE leases l SET lease_until = now() + make_interval(secs => $2) FROM mine \
+     WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms) \
+     RETURNING l.instance_id, l.media_type, l.start_ms, l.attempt";
+
+/// Of the windows `($1, $2, $3)` with the attempts `$4`, the ordinals worker `$5` can prove it
+/// holds at this instant (`clock_timestamp()`, not the transaction's start, which may have waited
+/// for a day's lock): leased with a lease not expired, or done.
+pub const HOLDS_NOW: &str = "SELECT w.n FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
+         WITH ORDINALITY AS w(i, m, s, a, n) \
+     CROSS JOIN LATERAL (SELECT 1 FROM leases l \
+         WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+           AND l.worker_id = $5 AND l.attempt = w.a \
+           AND ((l.state = 'leased' AND l.lease_until > clock_timestamp()) OR l.state = 'done') \
+         OFFSET 0) x";
 
 /// Hands back every lease a worker holds.
 const HAND_BACK: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \

@@ -252,9 +252,49 @@ pub async fn missing(
     start: i64,
     end: i64,
 ) -> Result<Vec<(i64, i64)>, LedgerError> {
+    missing_after(
+        ledger,
+        instance,
+        media,
+        sinks,
+        (start, end),
+        &TakenBack::default(),
+    )
+    .await
+}
+
+/// Commits the next run will take back before it plans (a sink's day files found missing,
+/// changed or damaged), not taken back yet: `plan` subtracts them as that run will.
+#[derive(Debug, Clone, Default)]
+pub struct TakenBack {
+    /// Per sink, the ranges whose overlapping commits are taken back.
+    pub ranges: Vec<(SinkId, Vec<(i64, i64)>)>,
+}
+
+impl TakenBack {
+    fn keeps(&self, sink: &SinkId, (s, e): (i64, i64)) -> bool {
+        !self
+            .ranges
+            .iter()
+            .filter(|(k, _)| k == sink)
+            .flat_map(|(_, r)| r)
+            .any(|(a, b)| s < *b && *a < e)
+    }
+}
+
+/// [`missing`] once the commits of `taken` are taken back.
+pub async fn missing_after(
+    ledger: &dyn Ledger,
+    instance: &str,
+    media: MediaType,
+    sinks: &[SinkId],
+    (start, end): (i64, i64),
+    taken: &TakenBack,
+) -> Result<Vec<(i64, i64)>, LedgerError> {
     let mut gaps = Vec::new();
     for sink in sinks {
-        let done = ledger.committed(instance, media, sink).await?;
+        let mut done = ledger.committed(instance, media, sink).await?;
+        done.retain(|w| taken.keeps(sink, *w));
         gaps.extend(crate::ranges::subtract(start, end, &done));
     }
     Ok(crate::ranges::union(gaps))

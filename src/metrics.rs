@@ -49,6 +49,12 @@ fn worker_families(out: &mut String, command: &str, s: &RunSummary) {
     );
     family(
         out,
+        "ccc_etl_leases_lost",
+        "Windows this worker claimed and lost the lease of before writing them.",
+        &[(vec![c(), w()], s.windows_lease_lost as f64)],
+    );
+    family(
+        out,
         "ccc_etl_fenced_commits",
         "Commits refused because another worker had taken the window over.",
         &[(vec![c(), w()], s.fenced_commits as f64)],

@@ -97,6 +97,10 @@ pub struct StatusReport {
     /// What a sink was found not to hold although the ledger says so (missing, changed or
     /// damaged day files); those days count as not covered.
     pub findings: Vec<String>,
+    /// Files in the Parquet root's day directories besides the day's file: engines read them as
+    /// part of the table (a day counted twice); the next run moves them aside.
+    #[serde(default)]
+    pub extra_files: Vec<String>,
     /// Workers seen in the last day, live ones first (PostgreSQL only).
     pub workers: Vec<crate::coord::WorkerRow>,
     /// Leases whose worker stopped heartbeating and that no worker has taken over yet.
@@ -208,6 +212,7 @@ pub async fn build(
         series: out,
         alert,
         findings: vec![],
+        extra_files: vec![],
         workers: vec![],
         expired_leases: 0,
         fields: ledger.fields_seen().await?,
@@ -227,6 +232,9 @@ impl StatusReport {
         );
         for f in &self.findings {
             s.push_str(&format!("NOT COVERED: {f}\n"));
+        }
+        for f in &self.extra_files {
+            s.push_str(&format!("{f}\n"));
         }
         if !self.fields.unknown.is_empty() {
             let named: Vec<String> = self

@@ -57,22 +57,52 @@ fn add(d: &mut Digests, table: Table, day: String, instance: &str, hash: u64) {
 }
 
 /// What the Parquet root holds: digests of every readable partition, and the files that
-/// cannot be read (findings, not errors).
+/// cannot be read or break the layout's rules (findings, not errors).
 #[derive(Debug, Default)]
 pub struct ParquetScan {
     /// Per table and day.
     pub digests: Digests,
     /// Day files that could not be read.
     pub unreadable: Vec<(Table, chrono::NaiveDate, ReadError)>,
+    /// Day files holding rows of other days or a key more than once, with what is wrong.
+    pub malformed: Vec<(Table, chrono::NaiveDate, String)>,
+    /// Files in day directories other than the day's file (engines read them too).
+    pub strays: Vec<crate::sink::parquet::Stray>,
 }
 
-/// Digests of every Parquet partition of a root, one listing per table.
-pub async fn parquet_digests(root: &Root) -> Result<ParquetScan, String> {
+/// Digests of every Parquet partition of a root, one listing per table; each day file is
+/// checked to hold only rows of its day (in `tz`), each key once.
+pub async fn parquet_digests(root: &Root, tz: Tz) -> Result<ParquetScan, String> {
     let mut out = ParquetScan::default();
-    for f in root.list().await? {
+    let listing = root.list_all().await?;
+    out.strays = listing.strays;
+    for f in listing.files {
         match root.read_rows(f.table, f.day).await {
             Ok(rows) => {
                 let dt = f.day.format("%Y-%m-%d").to_string();
+                let (from, to) = crate::sink::parquet::Layout::day_range(tz, f.day);
+                let outside = rows
+                    .iter()
+                    .filter(|r| r.stats_time < from || r.stats_time >= to)
+                    .count();
+                let mut keys: Vec<(&str, &str, i64)> = rows
+                    .iter()
+                    .map(|r| (r.instance_id.as_str(), r.media_type.as_str(), r.stats_time))
+                    .collect();
+                keys.sort_unstable();
+                let total = keys.len();
+                keys.dedup();
+                let repeated = total - keys.len();
+                if outside + repeated > 0 {
+                    out.malformed.push((
+                        f.table,
+                        f.day,
+                        format!(
+                            "{}: {outside} row(s) outside the day, {repeated} key(s) repeated",
+                            f.location
+                        ),
+                    ));
+                }
                 for r in rows {
                     add(
                         &mut out.digests,

@@ -295,7 +295,7 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
     .await
     .unwrap();
     let root = ccc_etl::sink::parquet::Root::Local(ccc_etl::sink::parquet::Layout::new(dir.path()));
-    let pq = ccc_etl::verify::parquet_digests(&root)
+    let pq = ccc_etl::verify::parquet_digests(&root, cfg.pipeline.timezone)
         .await
         .unwrap()
         .digests;

@@ -581,3 +581,152 @@ async fn status_and_nightly_export_the_horizon_headroom_and_the_alert() {
     );
     site.db.drop_db().await;
 }
+
+/// The windows `plan --format json` lists, as (start, end), sorted.
+fn planned_windows(json: &str) -> Vec<(i64, i64)> {
+    let planned: serde_json::Value = serde_json::from_str(json).unwrap();
+    let mut out: Vec<(i64, i64)> = planned["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["start_ms"].as_i64().unwrap(),
+                w["end_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// What the backfill sent to the emulator after `before` successful calls, sorted.
+async fn sent_since(site: &Site, before: usize) -> Vec<(i64, i64)> {
+    let stats = site.emu.stats().await.unwrap();
+    let mut sent: Vec<(i64, i64)> = stats.ok_calls()[before..]
+        .iter()
+        .map(|c| (c.start_ms, c.end_ms))
+        .collect();
+    sent.sort();
+    sent
+}
+
+#[tokio::test]
+async fn a_day_file_copied_from_another_day_or_holding_a_key_twice_is_rewritten_as_its_day() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let full = parquet_rows(&site.root("wh"));
+    let layout = Layout::new(site.root("wh"));
+    // Another day's file copied over 2026-11-03 (an operator restoring the wrong file) ...
+    let foreign = layout.day_file(Table::Inbound, day("2026-11-03"));
+    std::fs::copy(layout.day_file(Table::Inbound, day("2026-11-02")), &foreign).unwrap();
+    // ... and a file of 2026-11-04 holding one key twice.
+    let doubled = layout.day_file(Table::Overall, day("2026-11-04"));
+    let mut rows = read_file(&doubled, Table::Overall).unwrap();
+    rows.insert(1, rows[0].clone());
+    ccc_etl::sink::parquet::write_file_atomic(&doubled, Table::Overall, &rows, Default::default())
+        .unwrap();
+    assert_eq!(read_file(&doubled, Table::Overall).unwrap().len(), 25);
+
+    let out = site.run_ok(&cfg, &["verify"], 4).await;
+    assert!(
+        out.contains("NOT ONE ROW PER KEY OF ITS DAY")
+            && out.contains("dt=2026-11-03")
+            && out.contains("24 row(s) outside the day, 0 key(s) repeated"),
+        "{out}"
+    );
+    assert!(out.contains("0 row(s) outside the day, 1 key(s) repeated"), "{out}");
+
+    // The repair rewrites both days from their keys alone, then verifies what it repaired.
+    let out = site.run_ok(&cfg, &["verify", "--repair"], 0).await;
+    assert!(out.contains("repair: ") && out.contains("window(s) to fetch again"), "{out}");
+    assert!(
+        out.contains("25 row(s) dropped from day files they did not belong in"),
+        "24 of another day and one repeated key: {out}"
+    );
+    assert_eq!(parquet_rows(&site.root("wh")), full);
+    assert_eq!(read_file(&foreign, Table::Inbound).unwrap().len(), 24);
+    assert_eq!(read_file(&doubled, Table::Overall).unwrap().len(), 24);
+    let out = site.run_ok(&cfg, &["verify"], 0).await;
+    assert!(out.contains("agree"), "{out}");
+    site.db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_second_file_in_a_partition_is_a_finding_and_the_next_run_moves_it_aside() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let full = parquet_rows(&site.root("wh"));
+    let layout = Layout::new(site.root("wh"));
+    let file = layout.day_file(Table::Inbound, day("2026-11-05"));
+    let copy = file.with_file_name("part-00001.parquet");
+    std::fs::copy(&file, &copy).unwrap();
+
+    let out = site.run_ok(&cfg, &["verify"], 4).await;
+    assert!(
+        out.contains("EXTRA FILE") && out.contains("part-00001.parquet"),
+        "{out}"
+    );
+    let status = site.run_ok(&cfg, &["status", "--format", "json"], 4).await;
+    let report: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let extra = report["extra_files"].as_array().unwrap();
+    assert_eq!(extra.len(), 1, "{status}");
+    assert!(extra[0].as_str().unwrap().contains("part-00001.parquet"));
+    let text = site.run_ok(&cfg, &["status"], 4).await;
+    assert!(text.contains("EXTRA FILE"), "{text}");
+
+    // The next run moves it aside, never deletes it; the day itself is untouched.
+    site.run_ok(&cfg, &WEEK, 0).await;
+    assert!(!copy.exists());
+    let aside = walk(&layout.state_dir().join("set-aside"));
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        aside[0].to_string_lossy().contains("inbound_trend/dt=2026-11-05/part-00001.parquet."),
+        "{aside:?}"
+    );
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), std::fs::read(&file).unwrap());
+    assert_eq!(parquet_rows(&site.root("wh")), full);
+    site.run_ok(&cfg, &["verify"], 0).await;
+    site.db.drop_db().await;
+}
+
+#[tokio::test]
+async fn plan_lists_what_the_reconcile_will_find_before_the_next_backfill() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    let range = ["--from", "2026-10-20", "--to", "2026-11-12"];
+    site.run_ok(&cfg, &[&["backfill"][..], &range].concat(), 0)
+        .await;
+    let plan_args = [&["plan", "--format", "json"][..], &range].concat();
+    let plan = || site.run_ok(&cfg, &plan_args, 0);
+    assert!(planned_windows(&plan().await).is_empty(), "all done");
+    // One day file deleted, two corrupted, one replaced by another day's.
+    let layout = Layout::new(site.root("wh"));
+    std::fs::remove_file(layout.day_file(Table::Inbound, day("2026-10-22"))).unwrap();
+    for d in ["2026-10-25", "2026-11-02"] {
+        std::fs::write(layout.day_file(Table::Overall, day(d)), b"not parquet").unwrap();
+    }
+    std::fs::copy(
+        layout.day_file(Table::Outbound, day("2026-11-08")),
+        layout.day_file(Table::Outbound, day("2026-11-09")),
+    )
+    .unwrap();
+    let status = site.run_ok(&cfg, &["status"], 4).await;
+    assert_eq!(status.matches("NOT COVERED").count(), 4, "{status}");
+    let text = site
+        .run_ok(&cfg, &[&["plan"][..], &range].concat(), 0)
+        .await;
+    assert_eq!(text.matches("NOT COVERED").count(), 4, "{text}");
+    let planned = planned_windows(&plan().await);
+    assert!(!planned.is_empty());
+    // Exactly what the backfill then sends, and the plan is empty again afterwards.
+    let before = site.emu.stats().await.unwrap().ok_calls().len();
+    site.run_ok(&cfg, &[&["backfill"][..], &range].concat(), 0)
+        .await;
+    assert_eq!(sent_since(&site, before).await, planned);
+    assert!(planned_windows(&plan().await).is_empty());
+    site.run_ok(&cfg, &["verify"], 0).await;
+    site.db.drop_db().await;
+}

@@ -84,7 +84,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = Config::load(&cli.config)?;
             let (code, found) = verify::verify(&config, &cli.config).await?;
             if *repair && code != EXIT_OK {
-                return run_repair(&config, found, metrics_file.as_deref(), cli.quiet).await;
+                return run_repair(
+                    &config,
+                    &cli.config,
+                    found,
+                    metrics_file.as_deref(),
+                    cli.quiet,
+                )
+                .await;
             }
             Ok(code)
         }

@@ -8,7 +8,7 @@ use crate::config::RootUrl;
 use crate::error::InputError;
 use crate::ledger::{FileLedger, Ledger, SinkId};
 use crate::sink::parquet::{ObjectRoot, OpenError, ParquetSink, Root, check_zone, reconcile};
-use crate::sink::postgres::{Access, PgError, PgLedger, PgStore, PostgresSink};
+use crate::sink::postgres::{Access, PgError, PgLedger, PgStore, PostgresSink, SessionLimits};
 use crate::sink::{Sink, SinkKind};
 
 /// The ledger that goes with the configured sinks: PostgreSQL's when it is configured (it then
@@ -59,16 +59,25 @@ pub async fn connect_postgres_with(
         return Ok(None);
     };
     let url = pg.resolve_url()?;
-    let store = PgStore::connect(
+    let store = PgStore::connect_limited(
         &url,
         &pg.schema,
         config.pipeline.timezone,
         config.source.concurrency as u32 + 2,
         access,
+        session_limits(config),
     )
     .await
     .map_err(PgError::into_anyhow)?;
     Ok(Some(store))
+}
+
+/// The bounds on every PostgreSQL session of a run, from its lease timings.
+pub(crate) fn session_limits(config: &Config) -> SessionLimits {
+    SessionLimits::for_leases(
+        std::time::Duration::from_secs(config.pipeline.lease_secs),
+        std::time::Duration::from_secs(config.pipeline.heartbeat_secs),
+    )
 }
 
 /// What the read-only commands (`plan`, `status`) read: PostgreSQL when it is configured and was
@@ -82,12 +91,13 @@ pub(crate) async fn open_read_only(
         return Ok((None, open_ledger(config, None, true)?));
     };
     let url = pg.resolve_url()?;
-    match PgStore::connect(
+    match PgStore::connect_limited(
         &url,
         &pg.schema,
         config.pipeline.timezone,
         2,
         Access::ReadOnly,
+        session_limits(config),
     )
     .await
     {

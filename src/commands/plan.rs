@@ -5,11 +5,11 @@ use super::open::{open_read_only, parquet_sink_id};
 use crate::cli::{OutputFormat, RangeArgs};
 use crate::config::Config;
 use crate::error::EXIT_OK;
-use crate::ledger::SinkId;
+use crate::ledger::{SinkId, TakenBack};
 use crate::pipeline::NowFn;
 use crate::record::fmt_ms;
 use crate::sink::SinkKind;
-use crate::sink::parquet::Root;
+use crate::sink::parquet::{Root, reconcile};
 
 /// `ccc-etl plan`: the requests a `backfill` of the same range would send now (the plan minus
 /// what every sink has committed, read-only), or the whole plan with `--all`.
@@ -22,19 +22,36 @@ pub async fn run_plan(
 ) -> anyhow::Result<u8> {
     let req = backfill_request(config, range, false, false, now.clone())?;
     let mut p = crate::pipeline::plan_for(config, &req, now());
+    let mut found = Vec::new();
     if !all {
         let (_, ledger) = open_read_only(config).await?;
         let mut sinks = Vec::new();
         if config.postgres.is_some() {
             sinks.push(SinkId::new(SinkKind::Postgres, ""));
         }
+        let mut taken = TakenBack::default();
         if let Some(pq) = &config.parquet {
             let root =
                 Root::open(pq, config.source.credentials).map_err(crate::error::InputError::new)?;
-            sinks.push(parquet_sink_id(&root, config.pipeline.timezone).await?);
+            let id = parquet_sink_id(&root, config.pipeline.timezone).await?;
+            // What the run's reconcile will find first, read-only: the windows of days whose
+            // files are missing, changed or damaged are fetched again.
+            let seen = reconcile::inspect(&root, ledger.as_ref(), &id.target)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let ranges = reconcile::ranges(config.pipeline.timezone, &seen.findings);
+            found.extend(
+                seen.findings
+                    .iter()
+                    .map(|f| format!("NOT COVERED: {}", f.describe(&root))),
+            );
+            found.extend(seen.strays.iter().map(|s| s.describe()));
+            taken.ranges.push((id.clone(), ranges));
+            sinks.push(id);
         }
         let (pending, _) =
-            crate::pipeline::pending_windows(config, ledger.as_ref(), &sinks, &req, &p).await?;
+            crate::pipeline::pending_windows(config, ledger.as_ref(), &sinks, &req, &p, &taken)
+                .await?;
         p.windows = pending;
     }
     match format {
@@ -59,6 +76,9 @@ pub async fn run_plan(
                 )?;
             }
             crate::outln!("{} window(s)", p.windows.len())?;
+            for f in &found {
+                crate::outln!("{f}")?;
+            }
             for l in &p.lost {
                 crate::outln!(
                     "LOST (behind the 180-day horizon): {}/{} {} .. {}",

@@ -95,7 +95,7 @@ async fn report(
             rows.insert((i.clone(), *m, SinkKind::Postgres), n);
         }
     }
-    let mut findings = Vec::new();
+    let (mut findings, mut extra_files) = (Vec::new(), Vec::new());
     if let Some(pq) = &config.parquet {
         let root =
             Root::open(pq, config.source.credentials).map_err(crate::error::InputError::new)?;
@@ -103,6 +103,7 @@ async fn report(
         rows.extend(parquet.rows);
         not_covered.insert(parquet.id.clone(), parquet.not_covered);
         findings = parquet.findings;
+        extra_files = parquet.extra_files;
         sinks.push(parquet.id);
     }
     let margin = config.pipeline.horizon_margin_ms();
@@ -119,6 +120,7 @@ async fn report(
     )
     .await?;
     report.findings = findings;
+    report.extra_files = extra_files;
     if let Some(store) = &store {
         let (workers, expired) = crate::coord::workers(
             store.pool(),
@@ -138,6 +140,8 @@ struct ParquetView {
     /// Days whose files are missing, changed or damaged.
     not_covered: Vec<(i64, i64)>,
     findings: Vec<String>,
+    /// Other files in day directories.
+    extra_files: Vec<String>,
 }
 
 /// One listing of the root: rows counted in its files (when asked), and the days that differ from
@@ -150,7 +154,8 @@ async fn parquet_view(
     count_rows: bool,
 ) -> anyhow::Result<ParquetView> {
     let id = parquet_sink_id(root, config.pipeline.timezone).await?;
-    let listing = root.list().await.map_err(anyhow::Error::msg)?;
+    let all = root.list_all().await.map_err(anyhow::Error::msg)?;
+    let listing = all.files;
     let recorded = ledger.day_files(&id.target).await?;
     let mut found = reconcile::check(root, &listing, &recorded)
         .await
@@ -183,6 +188,7 @@ async fn parquet_view(
     Ok(ParquetView {
         not_covered: reconcile::ranges(config.pipeline.timezone, &found),
         findings: found.iter().map(|f| f.describe(root)).collect(),
+        extra_files: all.strays.iter().map(|s| s.describe()).collect(),
         id,
         rows,
     })

@@ -21,10 +21,15 @@ use crate::verify::Difference;
 pub(crate) struct Findings {
     differences: Vec<Difference>,
     unreadable: Vec<(Table, NaiveDate)>,
+    /// Day files with rows of other days or repeated keys.
+    malformed: Vec<(Table, NaiveDate)>,
+    /// Other files in day directories.
+    strays: usize,
 }
 
 impl Findings {
-    /// Every day to fetch again: the differing partitions and the damaged files'.
+    /// Every day to fetch again: the differing partitions, the damaged and the malformed
+    /// files'.
     fn days(&self) -> Vec<(Table, NaiveDate)> {
         let differing = self.differences.iter().filter_map(|d| {
             Some((
@@ -32,7 +37,24 @@ impl Findings {
                 NaiveDate::parse_from_str(&d.dt, "%Y-%m-%d").ok()?,
             ))
         });
-        self.unreadable.iter().copied().chain(differing).collect()
+        let mut days: Vec<(Table, NaiveDate)> = self
+            .unreadable
+            .iter()
+            .chain(&self.malformed)
+            .copied()
+            .chain(differing)
+            .collect();
+        days.sort();
+        days.dedup();
+        days
+    }
+
+    /// Whether anything was found.
+    fn any(&self) -> bool {
+        !(self.differences.is_empty()
+            && self.unreadable.is_empty()
+            && self.malformed.is_empty()
+            && self.strays == 0)
     }
 }
 
@@ -56,7 +78,7 @@ pub(crate) async fn verify(config: &Config, config_path: &Path) -> anyhow::Resul
     let root = Root::open(pq, config.source.credentials).map_err(InputError::new)?;
     parquet_sink_id(&root, config.pipeline.timezone).await?;
     let pg = crate::verify::pg_digests(&store, config.pipeline.timezone).await?;
-    let scan = crate::verify::parquet_digests(&root)
+    let scan = crate::verify::parquet_digests(&root, config.pipeline.timezone)
         .await
         .map_err(anyhow::Error::msg)?;
     let partitions = pg
@@ -68,11 +90,19 @@ pub(crate) async fn verify(config: &Config, config_path: &Path) -> anyhow::Resul
     for (_, _, e) in &scan.unreadable {
         crate::outln!("verify: DAMAGED {e}")?;
     }
+    for (_, _, why) in &scan.malformed {
+        crate::outln!("verify: NOT ONE ROW PER KEY OF ITS DAY {why}")?;
+    }
+    for s in &scan.strays {
+        crate::outln!("verify: {}", s.describe())?;
+    }
     let found = Findings {
         differences: crate::verify::compare(&pg, &scan.digests),
         unreadable: scan.unreadable.iter().map(|(t, d, _)| (*t, *d)).collect(),
+        malformed: scan.malformed.iter().map(|(t, d, _)| (*t, *d)).collect(),
+        strays: scan.strays.len(),
     };
-    if found.differences.is_empty() && found.unreadable.is_empty() {
+    if !found.any() {
         crate::outln!("verify: PostgreSQL and Parquet agree on {partitions} partition(s)")?;
         return Ok((EXIT_OK, found));
     }
@@ -106,10 +136,13 @@ fn print_differences(diffs: &[Difference], partitions: usize) -> std::io::Result
     Ok(())
 }
 
-/// `verify --repair`: sets damaged day files aside, takes back both sinks' commits of every day
-/// `verify` found differing, then fetches exactly those windows again.
+/// `verify --repair`: sets damaged day files aside (and, through the run's reconcile, other files
+/// in day directories), takes back both sinks' commits of every day `verify` found differing,
+/// announces the windows it fetches again and fetches exactly those, then verifies again: the
+/// exit code is the run's, or 4 if the sinks still differ.
 pub(crate) async fn run_repair(
     config: &Config,
+    config_path: &Path,
     found: Findings,
     metrics: Option<&Path>,
     quiet: bool,
@@ -131,28 +164,49 @@ pub(crate) async fn run_repair(
     );
     take_back(&sinks, ledger.as_ref(), &ranges, &days).await?;
     let now = system_now();
-    let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
-        return Ok(EXIT_OK);
-    };
-    // Only the span of the days taken back: what is committed inside it is not fetched again.
-    let req = BackfillRequest {
-        instances: config.pipeline.instance_ids(),
-        from: RangeStart::At(first.0),
-        to_ms: last.1.min(now()),
-        refetch: false,
-        strict_horizon: false,
-        kind: RunKind::Repair,
-        lookback_ms: None,
-    };
-    let how = HowToRun {
-        now,
-        quiet,
-        run_id: None,
-        workers: None,
-    };
-    credentials.log_start();
-    let summary = execute(config, credentials, sinks, ledger.clone(), &req, how).await?;
-    finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await
+    let mut code = EXIT_OK;
+    if let (Some(first), Some(last)) = (ranges.first(), ranges.last()) {
+        // Only the span of the days taken back: what is committed inside it is not fetched again.
+        let req = BackfillRequest {
+            instances: config.pipeline.instance_ids(),
+            from: RangeStart::At(first.0),
+            to_ms: last.1.min(now()),
+            refetch: false,
+            strict_horizon: false,
+            kind: RunKind::Repair,
+            lookback_ms: None,
+        };
+        let plan = crate::pipeline::plan_for(config, &req, now());
+        let ids: Vec<_> = sinks.iter().map(|s| s.id()).collect();
+        let (windows, _) = crate::pipeline::pending_windows(
+            config,
+            ledger.as_ref(),
+            &ids,
+            &req,
+            &plan,
+            &Default::default(),
+        )
+        .await?;
+        crate::outln!("repair: {} window(s) to fetch again", windows.len())?;
+        let how = HowToRun {
+            now,
+            quiet,
+            run_id: None,
+            workers: None,
+        };
+        credentials.log_start();
+        let summary = execute(config, credentials, sinks, ledger.clone(), &req, how).await?;
+        code = finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await?;
+    } else {
+        drop(sinks);
+    }
+    // What was repaired is verified: a repair that left a difference says so.
+    let (after, _) = verify(config, config_path).await?;
+    if after != EXIT_OK {
+        crate::outln!("repair: PostgreSQL and Parquet still differ after the repair")?;
+        return Ok(if code == EXIT_OK { EXIT_CHECK } else { code });
+    }
+    Ok(code)
 }
 
 /// Moves the damaged files still in place aside (the run that opened the sinks may have already).
@@ -186,10 +240,11 @@ async fn take_back(
                 "verify --repair: the sinks differed",
             )
             .await?;
-        crate::outln!(
-            "repair: {n} window(s) of the {} sink to fetch again",
-            sink.kind()
-        )?;
+        tracing::info!(
+            sink = %sink.kind(),
+            windows = n,
+            "repair: commits taken back"
+        );
     }
     Ok(())
 }

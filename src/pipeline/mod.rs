@@ -238,8 +238,15 @@ impl Backfill {
         // Before the ledger is read: a window another worker finishes after this instant is
         // queued again by nobody (see `Coordinator::enqueue`).
         let planned_at = Utc::now();
-        let (windows, skipped) =
-            pending_windows(&self.config, self.ledger.as_ref(), &ids, req, &plan).await?;
+        let (windows, skipped) = pending_windows(
+            &self.config,
+            self.ledger.as_ref(),
+            &ids,
+            req,
+            &plan,
+            &Default::default(),
+        )
+        .await?;
         summary.windows_skipped_committed = skipped;
         summary.windows_planned = windows.len() as u64;
         let started_at = Utc::now();
@@ -403,13 +410,15 @@ fn window_span(w: &WindowKey) -> tracing::Span {
 
 /// The windows a run would fetch now: the plan minus what every sink has committed (unless
 /// `refetch`), plus the nightly lookback, in fetch order; and how many planned windows are
-/// skipped as committed. `plan` shows exactly these; a run fetches them.
+/// skipped as committed. `plan` shows exactly these (passing what the run's reconcile will take
+/// back first, `taken`); a run fetches them.
 pub async fn pending_windows(
     config: &Config,
     ledger: &dyn Ledger,
     sinks: &[SinkId],
     req: &BackfillRequest,
     plan: &plan::Plan,
+    taken: &ledger::TakenBack,
 ) -> anyhow::Result<(Vec<WindowKey>, u64)> {
     if req.refetch {
         return Ok((plan.windows.clone(), 0));
@@ -423,7 +432,12 @@ pub async fn pending_windows(
     }
     let (mut out, mut skipped) = (Vec::new(), 0u64);
     for ((instance, media), planned) in by_series {
-        let mine = series_windows(config, ledger, req, sinks, &instance, media, &planned).await?;
+        let series = Series {
+            instance: &instance,
+            media,
+            planned: &planned,
+        };
+        let mine = series_windows(config, ledger, req, sinks, series, taken).await?;
         let overlaps = |w: &&&WindowKey| {
             mine.iter()
                 .any(|m| m.start_ms < w.end_ms && w.start_ms < m.end_ms)
@@ -435,6 +449,13 @@ pub async fn pending_windows(
     Ok((out, skipped))
 }
 
+/// One series and its planned windows.
+struct Series<'a> {
+    instance: &'a str,
+    media: MediaType,
+    planned: &'a [&'a WindowKey],
+}
+
 /// One series' windows to fetch: the planned span minus what every sink committed, plus the
 /// nightly lookback, cut into compliant windows.
 async fn series_windows(
@@ -442,14 +463,18 @@ async fn series_windows(
     ledger: &dyn Ledger,
     req: &BackfillRequest,
     sinks: &[SinkId],
-    instance: &str,
-    media: MediaType,
-    planned: &[&WindowKey],
+    Series {
+        instance,
+        media,
+        planned,
+    }: Series<'_>,
+    taken: &ledger::TakenBack,
 ) -> anyhow::Result<Vec<WindowKey>> {
     let start = planned.iter().map(|w| w.start_ms).min().unwrap_or_default();
     let end = planned.iter().map(|w| w.end_ms).max().unwrap_or_default();
     let tz = config.pipeline.timezone;
-    let mut ranges = ledger::missing(ledger, instance, media, sinks, start, end).await?;
+    let mut ranges =
+        ledger::missing_after(ledger, instance, media, sinks, (start, end), taken).await?;
     if let Some(lookback) = req.lookback_ms {
         // Re-fetch the recent past of what is covered, to pick up revisions.
         let covered = crate::ranges::subtract(start, end, &ranges);

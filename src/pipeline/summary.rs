@@ -37,6 +37,14 @@ pub struct RunSummary {
     /// Windows of this run's plan that other workers of the job did.
     #[serde(default)]
     pub windows_done_elsewhere: u64,
+    /// Windows this worker had claimed and lost the lease of before writing them (taken over,
+    /// or expired while the process was stopped): not fetched further, not written.
+    #[serde(default)]
+    pub windows_lease_lost: u64,
+    /// Rows dropped from Parquet day files they did not belong in (another day's rows, a repeated
+    /// key: a file copied or edited by hand) when the day was written again.
+    #[serde(default)]
+    pub foreign_rows_dropped: u64,
     /// This worker's id, when the run claimed its windows from PostgreSQL.
     #[serde(default)]
     pub worker: Option<String>,
@@ -123,6 +131,19 @@ impl RunSummary {
             s.push_str(&format!(
                 "  {} window(s) done by other workers of the job\n",
                 self.windows_done_elsewhere
+            ));
+        }
+        if self.foreign_rows_dropped > 0 {
+            s.push_str(&format!(
+                "  {} row(s) dropped from day files they did not belong in (another day's, or a key \
+                 repeated)\n",
+                self.foreign_rows_dropped
+            ));
+        }
+        if self.windows_lease_lost > 0 {
+            s.push_str(&format!(
+                "  {} window(s) dropped: this worker lost their leases (taken over, or expired)\n",
+                self.windows_lease_lost
             ));
         }
         for t in Table::ALL {

@@ -58,6 +58,11 @@ pub enum Event {
     Fatal(String),
     /// Another worker of the job did this window.
     DoneElsewhere(WindowKey),
+    /// Rows dropped from day files they did not belong in (another day's, a repeated key).
+    ForeignRows(u64),
+    /// This worker lost the window's lease (taken over, or expired) before it was written: it is
+    /// another worker's to do.
+    LeaseLost(WindowKey),
 }
 
 /// What applying an event means for the caller (progress, stopping).
@@ -191,6 +196,14 @@ impl Tally {
             Event::Fatal(msg) => Step::Stop(msg),
             Event::DoneElsewhere(_) => {
                 self.summary.windows_done_elsewhere += 1;
+                Step::WindowDone { rows: 0 }
+            }
+            Event::ForeignRows(n) => {
+                self.summary.foreign_rows_dropped += n;
+                Step::Quiet
+            }
+            Event::LeaseLost(_) => {
+                self.summary.windows_lease_lost += 1;
                 Step::WindowDone { rows: 0 }
             }
         }

@@ -21,6 +21,13 @@ use crate::sink::{CommitStats, RunContext, Sink, Written};
 impl Backfill {
     /// Fetches one planned window and hands its rows to the sinks.
     pub(super) async fn process(&self, planned: WindowKey, ctx: &RunContext) -> Vec<Event> {
+        if self
+            .coordinator
+            .as_ref()
+            .is_some_and(|c| c.is_lost(&planned))
+        {
+            return self.lease_lost(&planned, ctx).await;
+        }
         let (key, lost) = match self.still_fetchable(&planned) {
             Some(parts) => parts,
             None => {
@@ -48,7 +55,16 @@ impl Backfill {
             start_ms: key.start_ms,
             end_ms: key.end_ms,
         };
-        match self.client.get_trending_report(&req).await {
+        let fetch = self.client.get_trending_report(&req);
+        let result = match &self.coordinator {
+            None => fetch.await,
+            // A lease lost while the request is in flight (retries, backoff) cancels it.
+            Some(c) => tokio::select! {
+                r = fetch => r,
+                () = c.lease_lost(&planned) => return self.lease_lost(&planned, ctx).await,
+            },
+        };
+        match result {
             Ok(fetched) => self.deliver(&planned, key, lost, fetched, ctx).await,
             Err(failed) => {
                 let class = failed.error.class();
@@ -79,6 +95,12 @@ impl Backfill {
                 self.skip_all(&planned, events, ctx).await
             }
         }
+    }
+
+    /// The worker lost the window's lease: nothing of it is fetched or written here.
+    async fn lease_lost(&self, planned: &WindowKey, ctx: &RunContext) -> Vec<Event> {
+        self.skip_all(planned, vec![Event::LeaseLost(planned.clone())], ctx)
+            .await
     }
 
     /// Whether the service already said this instance does not exist.
@@ -203,6 +225,9 @@ pub(super) fn report(sink: &dyn Sink, written: Written) -> Vec<Event> {
             sink: kind,
             stats: written.stats,
         });
+    }
+    if written.foreign_rows > 0 {
+        events.push(Event::ForeignRows(written.foreign_rows));
     }
     if !written.durable.is_empty() {
         events.push(Event::Durable {

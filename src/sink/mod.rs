@@ -250,6 +250,8 @@ pub struct Written {
     pub files: Vec<crate::ledger::DayFile>,
     /// Day files found damaged and moved aside: every commit touching their days is gone.
     pub damaged: Vec<DamagedDay>,
+    /// Rows dropped from day files they did not belong in (another day's, a repeated key).
+    pub foreign_rows: u64,
 }
 
 /// A day whose file was found damaged (unreadable, another schema) and set aside.

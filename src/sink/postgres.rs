@@ -71,6 +71,9 @@ pub enum PgError {
     /// nothing, which `plan` and `status` read as "nothing committed".
     #[error("{0}")]
     NeverWritten(String),
+    /// Another ccc-etl holds the schema's migration lock for longer than the lock wait: exit 5.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl PgError {
@@ -82,6 +85,7 @@ impl PgError {
                 "{m}: run `ccc-etl migrate` or a backfill first"
             ))
             .into(),
+            PgError::Busy(m) => crate::error::Busy(m).into(),
             server @ PgError::Server(_) => server.into(),
         }
     }
@@ -109,6 +113,54 @@ pub fn explain(e: &sqlx::Error) -> String {
         ),
         other => other.to_string(),
     }
+}
+
+/// Bounds on what a ccc-etl session may hold, set on every connection: a worker that is frozen
+/// or gone costs the others at most a lease plus a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `idle_in_transaction_session_timeout`: a transaction idle this long (its process stopped,
+    /// or lost) is ended by the server, and the locks it held are released.
+    pub idle_in_transaction: Duration,
+    /// `lock_timeout`: no statement waits longer than this for a lock (a row, an advisory lock).
+    pub lock_wait: Duration,
+}
+
+impl SessionLimits {
+    /// The limits for a job with these lease timings: idle for a lease, a lock wait of a lease
+    /// plus a heartbeat.
+    pub fn for_leases(lease: Duration, heartbeat: Duration) -> Self {
+        Self {
+            idle_in_transaction: lease,
+            lock_wait: lease + heartbeat,
+        }
+    }
+
+    fn options(&self) -> [(&'static str, String); 3] {
+        [
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction.as_millis().to_string(),
+            ),
+            ("lock_timeout", self.lock_wait.as_millis().to_string()),
+            (
+                "application_name",
+                format!("ccc-etl/{}", std::process::id()),
+            ),
+        ]
+    }
+}
+
+impl Default for SessionLimits {
+    /// The limits for the default lease (60 s) and heartbeat (10 s).
+    fn default() -> Self {
+        Self::for_leases(Duration::from_secs(60), Duration::from_secs(10))
+    }
+}
+
+/// Whether a statement gave up waiting for a lock (`lock_timeout`).
+pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }
 
 /// How long a statement waits for a pooled connection.
@@ -172,19 +224,52 @@ impl PgStore {
         max_connections: u32,
         access: Access,
     ) -> Result<Self, PgError> {
+        Self::connect_limited(
+            url,
+            schema,
+            timezone,
+            max_connections,
+            access,
+            SessionLimits::default(),
+        )
+        .await
+    }
+
+    /// [`PgStore::connect`], every session bounded by `limits`.
+    pub async fn connect_limited(
+        url: &SecretString,
+        schema: &SchemaName,
+        timezone: Tz,
+        max_connections: u32,
+        access: Access,
+        limits: SessionLimits,
+    ) -> Result<Self, PgError> {
         let base = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|_| PgError::Input("the PostgreSQL URL is not valid (postgres://user[:password]@host[:port]/database)".into()))?
-            .disable_statement_logging();
+            .disable_statement_logging()
+            .options(limits.options());
         let describe = describe(&base);
         let mut conn = first_connection(&base, &describe).await?;
         if access != Access::ReadOnly {
             // Several workers start at once: one creates the schema and migrates, the others
-            // wait for it on this lock (held by this connection until the checks are done).
+            // wait for it on this lock (held by this connection until the checks are done), at
+            // most the lock wait: a holder frozen or stuck longer is reported as busy.
             sqlx::query("SELECT pg_advisory_lock(hashtext($1), 1)")
                 .bind(format!("ccc-etl:migrate:{}", schema.as_str()))
                 .execute(&mut conn)
                 .await
-                .map_err(|e| unreachable(&describe, e))?;
+                .map_err(|e| {
+                    if is_lock_timeout(&e) {
+                        PgError::Busy(format!(
+                            "another ccc-etl has been migrating schema {} at {describe} for more \
+                             than {} s (its migration lock is held): try again when it is done",
+                            schema.as_str(),
+                            limits.lock_wait.as_secs()
+                        ))
+                    } else {
+                        unreachable(&describe, e)
+                    }
+                })?;
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
                 .execute(&mut conn)
                 .await
@@ -722,7 +807,7 @@ impl PostgresSink {
                 let (kept, refused): (Vec<_>, Vec<_>) =
                     group.iter().enumerate().partition(|(i, _)| held[*i]);
                 for (_, b) in refused {
-                    c.refused(&b.key);
+                    c.refused(&b.key, "postgres");
                     written.failed.push((b.key.clone(), sink_err(fenced())));
                 }
                 kept.into_iter().map(|(_, b)| b).collect()

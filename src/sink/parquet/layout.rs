@@ -5,7 +5,12 @@
 //! {root}/_ccc_etl/root.json                         the root's id and the zone its days are cut in
 //! {root}/_ccc_etl/lock                              held by the run writing here
 //! {root}/_ccc_etl/damaged/...                       unreadable day files, moved aside, never deleted
+//! {root}/_ccc_etl/set-aside/...                     other files found in a day's directory
 //! ```
+//!
+//! A day's directory holds its one file: any other file there (a copy such as
+//! `part-00001.parquet`, another tool's output) is a [`Stray`], which every engine would read as
+//! part of the table. `status` and `verify` list them; the next run moves them aside.
 //!
 //! The id in `root.json` is what the ledger records commits against: a wiped or replaced root has
 //! none (or another), so its windows are fetched again. A listing ([`Layout::list`]) is one
@@ -27,6 +32,7 @@ use crate::record::Table;
 pub const DATA_FILE: &str = "part-00000.parquet";
 const META_FILE: &str = "root.json";
 pub(crate) const DAMAGED_DIR: &str = "damaged";
+pub(crate) const SET_ASIDE_DIR: &str = "set-aside";
 
 /// What a Parquet root says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +67,40 @@ pub struct Listed {
     pub location: String,
     /// ETag: modification time and size.
     pub etag: String,
+}
+
+/// A file in a day's directory other than the day's file (a copy, another tool's output):
+/// engines read it as part of the table, so the day would count twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stray {
+    /// Table.
+    pub table: Table,
+    /// Local day.
+    pub day: NaiveDate,
+    /// The file's name in the day's directory.
+    pub name: String,
+    /// Where it is: a path, or `scheme://bucket/key`.
+    pub location: String,
+}
+
+impl Stray {
+    /// One line for an operator.
+    pub fn describe(&self) -> String {
+        format!(
+            "EXTRA FILE {}: a second file in {} dt={} (engines read it too, counting the day \
+             twice); the next run moves it to _ccc_etl/{SET_ASIDE_DIR}/",
+            self.location, self.table, self.day
+        )
+    }
+}
+
+/// What a listing of a root found: the day files, and the other files in day directories.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Day files, by table and day.
+    pub files: Vec<Listed>,
+    /// Other files in day directories.
+    pub strays: Vec<Stray>,
 }
 
 /// The paths of one root.
@@ -155,7 +195,13 @@ impl Layout {
 
     /// Every day file, one directory listing per table; temporary files are not listed.
     pub fn list(&self) -> Result<Vec<Listed>, String> {
-        let mut out = Vec::new();
+        self.list_all().map(|l| l.files)
+    }
+
+    /// Every day file, and every other file in a day's directory (temporary files of ours
+    /// aside): a listing per table and per day.
+    pub fn list_all(&self) -> Result<Listing, String> {
+        let mut out = Listing::default();
         for table in Table::ALL {
             let dir = self.root.join(table.name());
             let days = match std::fs::read_dir(&dir) {
@@ -172,21 +218,69 @@ impl Layout {
                 else {
                     continue;
                 };
-                let path = entry.path().join(DATA_FILE);
-                match etag(&path) {
-                    Ok(etag) => out.push(Listed {
-                        table,
-                        day,
-                        location: path.display().to_string(),
-                        etag,
-                    }),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
+                let files = match std::fs::read_dir(entry.path()) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(format!("cannot list {}: {e}", entry.path().display())),
+                };
+                for f in files.flatten() {
+                    let path = f.path();
+                    let Some(file) = f.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
+                    if is_temp_name(&file) || !f.file_type().is_ok_and(|t| t.is_file()) {
+                        continue;
+                    }
+                    if file != DATA_FILE {
+                        out.strays.push(Stray {
+                            table,
+                            day,
+                            name: file,
+                            location: path.display().to_string(),
+                        });
+                        continue;
+                    }
+                    match etag(&path) {
+                        Ok(etag) => out.files.push(Listed {
+                            table,
+                            day,
+                            location: path.display().to_string(),
+                            etag,
+                        }),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
+                    }
                 }
             }
         }
-        out.sort_by_key(|a| (a.table, a.day));
+        out.files.sort_by_key(|a| (a.table, a.day));
+        out.strays
+            .sort_by(|a, b| (a.table, a.day, &a.name).cmp(&(b.table, b.day, &b.name)));
         Ok(out)
+    }
+
+    /// Moves a stray file to `_ccc_etl/set-aside/{table}/dt=…/{name}.{time}`, where engines do
+    /// not read it (never deleted). Returns the new path.
+    pub fn set_aside(&self, stray: &Stray) -> Result<PathBuf, String> {
+        let dir = self
+            .state_dir()
+            .join(SET_ASIDE_DIR)
+            .join(stray.table.name())
+            .join(format!("dt={}", stray.day.format("%Y-%m-%d")));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let to = dir.join(format!(
+            "{}.{}",
+            stray.name,
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        std::fs::rename(&stray.location, &to)
+            .map_err(|e| format!("cannot move {} to {}: {e}", stray.location, to.display()))?;
+        if let Some(parent) = Path::new(&stray.location).parent() {
+            let _ = File::open(parent).and_then(|d| d.sync_all());
+        }
+        Ok(to)
     }
 
     /// Removes temporary files a crashed run left in the day directories; returns how many.

@@ -51,7 +51,7 @@ pub mod object;
 pub mod reconcile;
 pub mod root;
 
-pub use layout::{DATA_FILE, Layout, LockError, RootMeta, is_temp_name};
+pub use layout::{DATA_FILE, Layout, Listing, LockError, RootMeta, Stray, is_temp_name};
 pub use object::ObjectRoot;
 pub use root::Root;
 
@@ -307,27 +307,42 @@ impl ParquetSink {
     }
 
     /// Writes the days, then settles their windows: durable once their last day is written.
-    async fn write_days(&self, jobs: Vec<DayJob>) -> Written {
+    /// Windows whose lease this worker cannot prove it holds (several workers) are refused and
+    /// fail here, their rows left out of the file.
+    async fn write_days(&self, jobs: Vec<DayJob>, run: &RunContext) -> Written {
         let mut out = Written::default();
         for job in jobs {
-            let error = self.write_one_day(job.day, job.batches, &mut out).await;
-            let settled = self
-                .buffer
-                .lock()
-                .expect("buffer lock")
-                .day_done(job.ids, error);
+            let (error, fenced) = self
+                .write_one_day(job.day, job.batches, &mut out, run)
+                .await;
+            let (mut ids, mut refused) = (Vec::new(), Vec::new());
+            for (i, id) in job.ids.into_iter().enumerate() {
+                if fenced.contains(&i) {
+                    refused.push(id);
+                } else {
+                    ids.push(id);
+                }
+            }
+            let mut buffer = self.buffer.lock().expect("buffer lock");
+            let mut settled = buffer.day_done(ids, error);
+            if !refused.is_empty() {
+                settled.extend(buffer.day_done(refused, Some(err(FENCED.into(), false))));
+            }
+            drop(buffer);
             absorb(&mut out, settled);
         }
         out
     }
 
-    /// Writes one day under its lock; records its files (or the damage found) in `out`.
+    /// Writes one day under its lock; records its files (or the damage found) in `out`. Returns
+    /// the error, and the indices of the batches refused by the lease check.
     async fn write_one_day(
         &self,
         day: NaiveDate,
         batches: Vec<Arc<WindowBatch>>,
         out: &mut Written,
-    ) -> Option<SinkError> {
+        run: &RunContext,
+    ) -> (Option<SinkError>, Vec<usize>) {
         let lock = self.day_lock(day);
         // The guard moves into the writing task: if this future is dropped (a run stopped by a
         // fatal error), the lock is still held until the file is written.
@@ -345,9 +360,10 @@ impl ParquetSink {
                 .unwrap_or_else(|e| Err(DayError::Io(format!("writer task failed: {e}"))))
             }
             Root::Object(o) => {
-                let (o, id) = (o.clone(), self.id.clone());
+                let (o, id, fence) = (o.clone(), self.id.clone(), run.coordinator.clone());
                 tokio::spawn(async move {
-                    let r = write_day_object(&o, &id, tz, day, &batches, codec).await;
+                    let r =
+                        write_day_object(&o, &id, tz, day, &batches, codec, fence.as_deref()).await;
                     drop(guard);
                     r
                 })
@@ -359,6 +375,7 @@ impl ParquetSink {
         match result {
             Ok(w) => {
                 out.stats += w.stats;
+                out.foreign_rows += w.dropped;
                 out.files
                     .extend(w.files.into_iter().map(|(table, etag, rows)| DayFile {
                         target: self.id.clone(),
@@ -367,14 +384,14 @@ impl ParquetSink {
                         etag,
                         rows,
                     }));
-                None
+                (None, w.fenced)
             }
             Err(DayError::Io(m)) => {
                 tracing::error!(day = %day, error = %m, "cannot write a Parquet day");
-                Some(err(m, true))
+                (Some(err(m, true)), vec![])
             }
             Err(DayError::Damaged { table, error }) => {
-                Some(self.set_aside(table, day, error, out).await)
+                (Some(self.set_aside(table, day, error, out).await), vec![])
             }
         }
     }
@@ -455,7 +472,17 @@ pub struct DayWritten {
     /// Conditional writes that found the file changed by another writer (and were merged and
     /// written again).
     pub conflicts: u32,
+    /// Indices of the batches left out because this worker could not prove it holds their
+    /// windows' leases.
+    pub fenced: Vec<usize>,
+
+    /// Rows of the old files dropped as not belonging to the day (another day's, a repeated
+    /// key).
+    pub dropped: u64,
 }
+
+/// Why a window's rows were left out of a day file.
+const FENCED: &str = "fenced: this worker no longer holds the window's lease (taken over by another worker, or expired)";
 
 /// Why a day could not be written.
 enum DayError {
@@ -486,16 +513,30 @@ fn write_day(
         } else {
             vec![]
         };
-        let (merged, s) = merge_table(table, batches, &slices, &old);
-        if s.inserted + s.revised > 0 {
+        let (merged, s, dropped) = merge_table(table, batches, &slices, &old, (from, to));
+        if s.inserted + s.revised > 0 || dropped > 0 {
             write_rows_atomic(&path, table, &merged, codec).map_err(DayError::Io)?;
         }
+        foreign_rows(&path.display().to_string(), dropped);
         let etag = layout::etag(&path)
             .map_err(|e| DayError::Io(format!("cannot stat {}: {e}", path.display())))?;
         out.files.push((table, etag, merged.len() as u64));
         out.stats += s;
+        out.dropped += dropped;
     }
     Ok(out)
+}
+
+/// Says that a day file held rows that did not belong in it, now dropped.
+fn foreign_rows(location: &str, dropped: u64) {
+    if dropped > 0 {
+        tracing::warn!(
+            file = %location,
+            rows = dropped,
+            "the day file held rows of another day or repeated keys (copied or edited by hand): \
+             dropped as the day was written again"
+        );
+    }
 }
 
 fn day_error(table: Table, error: ReadError) -> DayError {
@@ -505,19 +546,30 @@ fn day_error(table: Table, error: ReadError) -> DayError {
     }
 }
 
-/// One table's rows of a day: the incoming rows merged over the old file's, and what changed.
+/// One table's rows of the day `[from, to)`: the incoming rows merged over the old file's, what
+/// changed, and how many of the old file's rows were dropped. A day file is a function of the
+/// day's keys: old rows outside the day, and every repeat of a key after its first row, are
+/// dropped (a file copied from another day, or edited by hand).
 fn merge_table<'a>(
     table: Table,
     batches: &'a [Arc<WindowBatch>],
     slices: &'a Slices,
     old: &'a [StoredRow],
-) -> (Vec<OutRow<'a>>, CommitStats) {
+    (from, to): (i64, i64),
+) -> (Vec<OutRow<'a>>, CommitStats, u64) {
     let new = incoming_rows(table, batches, slices);
-    let mut old_sorted: Vec<OutRow> = old.iter().map(StoredRow::as_out).collect();
+    let mut old_sorted: Vec<OutRow> = old
+        .iter()
+        .filter(|r| from <= r.stats_time && r.stats_time < to)
+        .map(StoredRow::as_out)
+        .collect();
+    // Stable: of rows with one key, the first in the file stays.
     old_sorted.sort_by(|a, b| a.key().cmp(&b.key()));
+    old_sorted.dedup_by(|later, first| later.key() == first.key());
+    let dropped = (old.len() - old_sorted.len()) as u64;
     let mut s = CommitStats::default();
     let merged = merge_sorted(&old_sorted, &new, &mut s);
-    (merged, s)
+    (merged, s, dropped)
 }
 
 /// One table's day on object storage, merged and encoded: the new file (none if nothing
@@ -526,6 +578,7 @@ struct Encoded {
     body: Option<Vec<u8>>,
     rows: u64,
     stats: CommitStats,
+    dropped: u64,
 }
 
 fn merge_encode(
@@ -544,8 +597,8 @@ fn merge_encode(
         Some(b) => read_rows(b, location, table).map_err(|error| day_error(table, error))?,
         None => vec![],
     };
-    let (merged, stats) = merge_table(table, batches, &slices, &old);
-    let body = if stats.inserted + stats.revised > 0 {
+    let (merged, stats, dropped) = merge_table(table, batches, &slices, &old, (from, to));
+    let body = if stats.inserted + stats.revised > 0 || dropped > 0 {
         Some(encode_rows(Vec::new(), table, &merged, codec).map_err(DayError::Io)?)
     } else {
         None
@@ -554,6 +607,7 @@ fn merge_encode(
         body,
         rows: merged.len() as u64,
         stats,
+        dropped,
     }))
 }
 
@@ -566,17 +620,32 @@ pub async fn merge_day_into(
     day: NaiveDate,
     batches: &[Arc<WindowBatch>],
 ) -> Result<DayWritten, String> {
-    write_day_object(root, root_id, tz, day, batches, codec(Default::default()))
-        .await
-        .map_err(|e| match e {
-            DayError::Io(m) => m,
-            DayError::Damaged { error, .. } => error.to_string(),
-        })
+    write_day_object(
+        root,
+        root_id,
+        tz,
+        day,
+        batches,
+        codec(Default::default()),
+        None,
+    )
+    .await
+    .map_err(|e| match e {
+        DayError::Io(m) => m,
+        DayError::Damaged { error, .. } => error.to_string(),
+    })
 }
 
 /// Merges one day's rows of every table into its objects, under the day's lock in PostgreSQL
 /// and, where the store has them, with conditional writes: a write that finds the object
 /// changed since it was read reads, merges and writes again.
+///
+/// With several workers (`fence`), the lease of every window whose rows would go into a file is
+/// checked under the day's lock, in the transaction that records the files' ETags, before each
+/// write: the rows of a window this worker cannot prove it holds are left out (a worker stopped
+/// past its lease and resumed writes nothing another worker has taken over). While the lock is
+/// held the transaction shows it is alive; a frozen holder's is ended by the server
+/// (`idle_in_transaction_session_timeout`), and its writes stop at the next check.
 async fn write_day_object(
     root: &ObjectRoot,
     root_id: &str,
@@ -584,27 +653,36 @@ async fn write_day_object(
     day: NaiveDate,
     batches: &[Arc<WindowBatch>],
     codec: Compression,
+    fence: Option<&crate::coord::Coordinator>,
 ) -> Result<DayWritten, DayError> {
-    let lock = root.lock_day(root_id, day).await.map_err(DayError::Io)?;
+    let mut lock = DayLock {
+        tx: root.lock_day(root_id, day).await.map_err(DayError::Io)?,
+        day,
+        every: root.keepalive(),
+        fence,
+    };
     let range = Layout::day_range(tz, day);
     let mut out = DayWritten::default();
+    let mut kept = lock.fence(batches).await?;
     for table in Table::ALL {
         let mut conflicts = 0;
-        loop {
-            let old = root
-                .fetch(table, day)
-                .await
+        while !kept.is_empty() {
+            let old = lock
+                .hold(root.fetch(table, day))
+                .await?
                 .map_err(|error| day_error(table, error))?;
             let (bytes, read) = match old {
                 Some(f) => (Some(f.bytes), Some(f.version)),
                 None => (None, None),
             };
-            let (b, location) = (batches.to_vec(), root.location(table, day));
-            let encoded = tokio::task::spawn_blocking(move || {
+            let (b, location) = (kept.clone(), root.location(table, day));
+            let encoding = tokio::task::spawn_blocking(move || {
                 merge_encode(table, &b, range, bytes, &location, codec)
-            })
-            .await
-            .unwrap_or_else(|e| Err(DayError::Io(format!("encoder task failed: {e}"))))?;
+            });
+            let encoded = lock
+                .hold(encoding)
+                .await?
+                .unwrap_or_else(|e| Err(DayError::Io(format!("encoder task failed: {e}"))))?;
             let Some(encoded) = encoded else { break };
             let etag = match encoded.body {
                 None => read
@@ -612,32 +690,39 @@ async fn write_day_object(
                     .and_then(|v| v.e_tag.clone().or(v.version.clone()))
                     .map(|e| e.trim_matches('"').to_string())
                     .unwrap_or_default(),
-                Some(body) => match root
-                    .put_day(table, day, body, read.as_ref())
-                    .await
-                    .map_err(DayError::Io)?
-                {
-                    PutOutcome::Written(etag) => etag,
-                    PutOutcome::Conflict if conflicts + 1 < object::CONFLICT_ATTEMPTS => {
-                        conflicts += 1;
-                        out.conflicts += 1;
-                        tracing::info!(table = %table, day = %day, "another writer changed the day file: reading and merging it again");
-                        continue;
+                Some(body) => {
+                    let put = root.put_day(table, day, body, read.as_ref());
+                    match lock.hold(put).await?.map_err(DayError::Io)? {
+                        PutOutcome::Written(etag) => etag,
+                        PutOutcome::Conflict if conflicts + 1 < object::CONFLICT_ATTEMPTS => {
+                            conflicts += 1;
+                            out.conflicts += 1;
+                            tracing::info!(table = %table, day = %day, "another writer changed the day file: reading and merging it again");
+                            // The leases again: time has passed, and the lock may be gone.
+                            kept = lock.fence(&kept).await?;
+                            continue;
+                        }
+                        PutOutcome::Conflict => {
+                            return Err(DayError::Io(format!(
+                                "{} kept changing under {conflicts} conditional writes",
+                                root.location(table, day)
+                            )));
+                        }
                     }
-                    PutOutcome::Conflict => {
-                        return Err(DayError::Io(format!(
-                            "{} kept changing under {conflicts} conditional writes",
-                            root.location(table, day)
-                        )));
-                    }
-                },
+                }
             };
+            foreign_rows(&root.location(table, day), encoded.dropped);
             out.files.push((table, etag, encoded.rows));
             out.stats += encoded.stats;
+            out.dropped += encoded.dropped;
             break;
         }
     }
-    if let Some(mut tx) = lock {
+    // Indices into `batches`, as the caller knows them.
+    out.fenced = (0..batches.len())
+        .filter(|i| !kept.iter().any(|k| Arc::ptr_eq(k, &batches[*i])))
+        .collect();
+    if let Some(mut tx) = lock.tx {
         // Recorded under the day's lock: with several writers, the manifest names the ETag of
         // the last write, never an earlier writer's recorded late.
         let files: Vec<DayFile> = std::mem::take(&mut out.files)
@@ -658,6 +743,71 @@ async fn write_day_object(
             .map_err(|e| DayError::Io(format!("cannot release the lock of day {day}: {e}")))?;
     }
     Ok(out)
+}
+
+/// A day's lock in PostgreSQL (none without a pool), and the worker whose leases fence the
+/// writes made under it.
+struct DayLock<'a> {
+    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    day: NaiveDate,
+    /// How often the transaction shows it is alive.
+    every: std::time::Duration,
+    fence: Option<&'a crate::coord::Coordinator>,
+}
+
+impl DayLock<'_> {
+    /// Of `batches`, those whose windows' leases this worker can prove it holds, checked in the
+    /// lock's transaction; the others are refused (counted, logged).
+    async fn fence(
+        &mut self,
+        batches: &[Arc<WindowBatch>],
+    ) -> Result<Vec<Arc<WindowBatch>>, DayError> {
+        let (Some(tx), Some(c)) = (self.tx.as_mut(), self.fence) else {
+            return Ok(batches.to_vec());
+        };
+        let keys: Vec<&WindowKey> = batches.iter().map(|b| &b.key).collect();
+        let held = c.holds_now(tx, &keys).await.map_err(|e| {
+            DayError::Io(format!(
+                "cannot check the leases of day {} in PostgreSQL: {}",
+                self.day,
+                crate::sink::postgres::explain(&e)
+            ))
+        })?;
+        let mut kept = Vec::with_capacity(batches.len());
+        for (b, h) in batches.iter().zip(held) {
+            if h {
+                kept.push(b.clone());
+            } else {
+                c.refused(&b.key, "parquet");
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Runs `work` while the lock is held, with a trivial statement every `every` so that the
+    /// transaction is not ended as idle. If the session is gone (ended by the server while the
+    /// process was stopped), so is the lock: the work is dropped and the day fails.
+    async fn hold<F: std::future::Future>(&mut self, work: F) -> Result<F::Output, DayError> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(work.await);
+        };
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = tick.tick() => {
+                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut **tx).await {
+                        return Err(DayError::Io(format!(
+                            "lost the lock of day {} in PostgreSQL (its session ended): {}",
+                            self.day,
+                            crate::sink::postgres::explain(&e)
+                        )));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One table's rows of `[from, to)` in each batch (index, rows), batches without any left out.
@@ -1084,20 +1234,20 @@ impl Sink for ParquetSink {
             .lock()
             .expect("buffer lock")
             .arrive(planned, batch);
-        let mut written = self.write_days(jobs).await;
+        let mut written = self.write_days(jobs, run).await;
         absorb(&mut written, at_once.into_iter().collect());
         run.record(&self.id(), written).await
     }
 
     async fn skip(&self, planned: &WindowKey, run: &RunContext) -> Written {
         let jobs = self.buffer.lock().expect("buffer lock").skip(planned);
-        let written = self.write_days(jobs).await;
+        let written = self.write_days(jobs, run).await;
         run.record(&self.id(), written).await
     }
 
     async fn flush(&self, run: &RunContext) -> Written {
         let jobs = self.buffer.lock().expect("buffer lock").flush();
-        let written = self.write_days(jobs).await;
+        let written = self.write_days(jobs, run).await;
         run.record(&self.id(), written).await
     }
 }

@@ -36,8 +36,8 @@ use regex::Regex;
 use sqlx::PgPool;
 
 use super::ReadError;
-use super::layout::DAMAGED_DIR;
-use super::layout::{DATA_FILE, Listed, RootMeta};
+use super::layout::{DAMAGED_DIR, SET_ASIDE_DIR};
+use super::layout::{DATA_FILE, Listed, Listing, RootMeta, Stray};
 use crate::config::{ObjectUrl, ParquetConfig, StoreKind, mask, object_endpoint};
 use crate::ledger::FILE_LEDGER_DIR;
 use crate::record::Table;
@@ -286,7 +286,12 @@ impl ObjectRoot {
 
     /// Every day file, one listing per table.
     pub async fn list(&self) -> Result<Vec<Listed>, String> {
-        let mut out = Vec::new();
+        self.list_all().await.map(|l| l.files)
+    }
+
+    /// Every day file, and every other object directly in a day's folder: one listing per table.
+    pub async fn list_all(&self) -> Result<Listing, String> {
+        let mut out = Listing::default();
         for table in Table::ALL {
             let prefix = self.key(table.name());
             let mut objects = self.store.list(Some(&prefix));
@@ -295,10 +300,19 @@ impl ObjectRoot {
                 .await
                 .map_err(|e| self.fail(&format!("cannot list {}", self.at(&prefix)), e))?
             {
-                let Some(day) = day_of(&prefix, &meta.location) else {
+                let Some((day, name)) = day_of(&prefix, &meta.location) else {
                     continue;
                 };
-                out.push(Listed {
+                if name != DATA_FILE {
+                    out.strays.push(Stray {
+                        table,
+                        day,
+                        name,
+                        location: self.at(&meta.location),
+                    });
+                    continue;
+                }
+                out.files.push(Listed {
                     table,
                     day,
                     location: self.at(&meta.location),
@@ -306,8 +320,37 @@ impl ObjectRoot {
                 });
             }
         }
-        out.sort_by_key(|a| (a.table, a.day));
+        out.files.sort_by_key(|a| (a.table, a.day));
+        out.strays
+            .sort_by(|a, b| (a.table, a.day, &a.name).cmp(&(b.table, b.day, &b.name)));
         Ok(out)
+    }
+
+    /// Moves a stray object to `_ccc_etl/set-aside/{table}/dt=…/{name}.{time}` (a copy, then a
+    /// delete of one object). Returns where it went.
+    pub async fn set_aside(&self, stray: &Stray) -> Result<String, String> {
+        let from = self.key(&format!(
+            "{}/dt={}/{}",
+            stray.table.name(),
+            stray.day.format("%Y-%m-%d"),
+            stray.name
+        ));
+        let to = self.key(&format!(
+            "{FILE_LEDGER_DIR}/{SET_ASIDE_DIR}/{}/dt={}/{}.{}",
+            stray.table.name(),
+            stray.day.format("%Y-%m-%d"),
+            stray.name,
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        self.store
+            .copy(&from, &to)
+            .await
+            .map_err(|e| self.fail(&format!("cannot copy {} aside", self.at(&from)), e))?;
+        self.store
+            .delete(&from)
+            .await
+            .map_err(|e| self.fail(&format!("cannot delete {}", self.at(&from)), e))?;
+        Ok(self.at(&to))
     }
 
     /// One table's day file, if there is one.
@@ -388,6 +431,12 @@ impl ObjectRoot {
         Ok(etag_text(r.e_tag.as_deref(), r.version))
     }
 
+    /// How often a transaction holding a day's lock shows it is alive while the day is read,
+    /// merged and written (the shortest lease, hence idle timeout, is 2 s).
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
     /// Writes and deletes a probe object under `_ccc_etl/`: the credentials can write here.
     pub async fn probe_write(&self) -> Result<(), String> {
         let key = self.key(&format!(
@@ -451,16 +500,17 @@ impl ObjectRoot {
     }
 }
 
-/// The day of a listed object `{prefix}/dt=YYYY-MM-DD/part-00000.parquet`; other objects (the
-/// staging names of other tools, nested folders) are not day files.
-fn day_of(prefix: &ObjPath, location: &ObjPath) -> Option<NaiveDate> {
+/// The day and name of an object directly in a day's folder, `{prefix}/dt=YYYY-MM-DD/{name}`;
+/// nested folders are not looked into.
+fn day_of(prefix: &ObjPath, location: &ObjPath) -> Option<(NaiveDate, String)> {
     let mut parts = location.prefix_match(prefix)?;
     let dir = parts.next()?;
     let file = parts.next()?;
-    if parts.next().is_some() || file.as_ref() != DATA_FILE {
+    if parts.next().is_some() {
         return None;
     }
-    NaiveDate::parse_from_str(dir.as_ref().strip_prefix("dt=")?, "%Y-%m-%d").ok()
+    let day = NaiveDate::parse_from_str(dir.as_ref().strip_prefix("dt=")?, "%Y-%m-%d").ok()?;
+    Some((day, file.as_ref().to_string()))
 }
 
 /// An ETag as the ledger records it: without quotes; a store without ETags gives its version,
@@ -659,14 +709,19 @@ mod tests {
     }
 
     #[test]
-    fn only_day_files_are_listed_as_days() {
+    fn objects_directly_in_a_day_folder_are_listed_with_their_names() {
         let prefix = ObjPath::from("wh/inbound_trend");
         let day = |s: &str| day_of(&prefix, &ObjPath::from(s));
+        let nov3 = NaiveDate::from_ymd_opt(2026, 11, 3).unwrap();
         assert_eq!(
             day("wh/inbound_trend/dt=2026-11-03/part-00000.parquet"),
-            NaiveDate::from_ymd_opt(2026, 11, 3)
+            Some((nov3, DATA_FILE.to_string()))
         );
-        assert_eq!(day("wh/inbound_trend/dt=2026-11-03/other.parquet"), None);
+        // A second file in the day's folder is listed, to be reported and set aside.
+        assert_eq!(
+            day("wh/inbound_trend/dt=2026-11-03/part-00001.parquet"),
+            Some((nov3, "part-00001.parquet".to_string()))
+        );
         assert_eq!(day("wh/inbound_trend/dt=nope/part-00000.parquet"), None);
         assert_eq!(
             day("wh/inbound_trend/x/dt=2026-11-03/part-00000.parquet"),

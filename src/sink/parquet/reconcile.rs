@@ -10,7 +10,7 @@
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Tz;
 
-use super::layout::Listed;
+use super::layout::{Listed, Stray};
 use super::{Layout, ReadError, Root};
 use crate::ledger::{DayFile, Ledger, LedgerError, SinkId};
 use crate::record::Table;
@@ -80,6 +80,27 @@ pub async fn check(
     Ok(out)
 }
 
+/// What a look at a root found, read-only: the day files that are not as the ledger recorded
+/// them, and the other files in day directories.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// Day files missing, changed or damaged.
+    pub findings: Vec<Finding>,
+    /// Files in day directories other than the day's file.
+    pub strays: Vec<Stray>,
+}
+
+/// Lists the root once and compares it with the ledger's manifest for `target`, changing
+/// nothing: what the next run's [`before_run`] will act on (`plan` and `status` show it).
+pub async fn inspect(root: &Root, ledger: &dyn Ledger, target: &str) -> Result<Inspection, String> {
+    let recorded = ledger.day_files(target).await.map_err(|e| e.to_string())?;
+    let listing = root.list_all().await?;
+    Ok(Inspection {
+        findings: check(root, &listing.files, &recorded).await?,
+        strays: listing.strays,
+    })
+}
+
 /// The epoch-ms ranges of the findings' days.
 pub fn ranges(tz: Tz, findings: &[Finding]) -> Vec<(i64, i64)> {
     crate::ranges::union(
@@ -124,7 +145,8 @@ pub async fn repair(
 }
 
 /// Before a run: gives an older root's commits to it, then checks the root against the ledger and
-/// repairs what differs. Returns the findings.
+/// repairs what differs (other files in day directories are moved aside, never deleted).
+/// Returns the findings.
 pub async fn before_run(
     root: &Root,
     tz: Tz,
@@ -135,11 +157,17 @@ pub async fn before_run(
     if legacy {
         adopt(root, ledger, sink).await?;
     }
-    let recorded = ledger
-        .day_files(&sink.target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let findings = check(root, &root.list().await?, &recorded).await?;
+    let Inspection { findings, strays } = inspect(root, ledger, &sink.target).await?;
+    for stray in &strays {
+        let moved = root.set_aside(stray).await?;
+        tracing::warn!(
+            table = %stray.table,
+            day = %stray.day,
+            "a second file in a day's directory ({}), which engines would read as part of the \
+             table: moved to {moved}",
+            stray.location
+        );
+    }
     let taken = repair(root, tz, ledger, sink, &findings)
         .await
         .map_err(|e| e.to_string())?;

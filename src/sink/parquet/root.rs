@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 
-use super::layout::{Layout, Listed, RootMeta};
+use super::layout::{Layout, Listed, Listing, RootMeta, Stray};
 use super::object::ObjectRoot;
 use super::{ReadError, RootCount, StoredRow};
 use crate::config::{ParquetConfig, RootUrl};
@@ -84,6 +84,27 @@ impl Root {
                     .map_err(|e| format!("listing task failed: {e}"))?
             }
             Root::Object(o) => o.list().await,
+        }
+    }
+
+    /// Every day file with its ETag, and every other file in a day's directory.
+    pub async fn list_all(&self) -> Result<Listing, String> {
+        match self {
+            Root::Local(l) => {
+                let l = l.clone();
+                tokio::task::spawn_blocking(move || l.list_all())
+                    .await
+                    .map_err(|e| format!("listing task failed: {e}"))?
+            }
+            Root::Object(o) => o.list_all().await,
+        }
+    }
+
+    /// Moves a stray file where engines do not read it (never deleted); returns where it went.
+    pub async fn set_aside(&self, stray: &Stray) -> Result<String, String> {
+        match self {
+            Root::Local(l) => l.set_aside(stray).map(|p| p.display().to_string()),
+            Root::Object(o) => o.set_aside(stray).await,
         }
     }
 
