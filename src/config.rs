@@ -341,15 +341,28 @@ fn default_schema() -> SchemaName {
 impl PostgresConfig {
     /// The URL from the file, else from `DATABASE_URL`.
     pub fn resolve_url(&self) -> Result<SecretString, InputError> {
-        if let Some(url) = &self.url {
-            return Ok(url.clone());
+        let (url, from) = match &self.url {
+            Some(url) => (url.clone(), "[postgres] url"),
+            None => match std::env::var(ENV_DATABASE_URL) {
+                Ok(v) if !v.trim().is_empty() => (SecretString::from(v), ENV_DATABASE_URL),
+                _ => {
+                    return Err(InputError::new(format!(
+                        "[postgres] is configured but has no url and {ENV_DATABASE_URL} is not set"
+                    )));
+                }
+            },
+        };
+        // Only the scheme is shown: the rest may carry a password.
+        let text = url.expose_secret();
+        let scheme = text.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("postgres" | "postgresql")) {
+            return Err(InputError::new(format!(
+                "{from} is not a PostgreSQL URL: it must start with postgres:// or postgresql:// \
+                 (postgres://user[:password]@host[:port]/database){}",
+                scheme.map(|s| format!(", not {s}://")).unwrap_or_default()
+            )));
         }
-        match std::env::var(ENV_DATABASE_URL) {
-            Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v)),
-            _ => Err(InputError::new(format!(
-                "[postgres] is configured but has no url and {ENV_DATABASE_URL} is not set"
-            ))),
-        }
+        Ok(url)
     }
 }
 
@@ -520,6 +533,13 @@ impl fmt::Display for ObjectUrl {
 /// A Parquet root from a path, a `file://` URL or an object-storage URL. An unknown scheme is
 /// refused: a root written as `hdfs://...` must never land in a local directory called `hdfs:`.
 pub fn parse_parquet_root(s: &str) -> Result<RootUrl, String> {
+    if s.trim().is_empty() {
+        return Err(
+            "the Parquet root is empty: name a directory (a relative one is relative to this \
+             file) or an object-storage URL, or remove the key for the default `warehouse`"
+                .into(),
+        );
+    }
     let Some((scheme, rest)) = s.split_once("://") else {
         return Ok(RootUrl::Local(PathBuf::from(s)));
     };

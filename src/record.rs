@@ -250,6 +250,14 @@ pub struct Drift {
 }
 
 impl Drift {
+    /// Whether rows keep an unknown field of this name in their `extra` column: a field inside
+    /// the items of one of the three arrays (`Inbound.X`). A member of `Data` (an array the API
+    /// added, `Data.SkillGroups`) or a top-level field is counted, not kept.
+    pub fn is_kept(name: &str) -> bool {
+        name.split_once('.')
+            .is_some_and(|(section, _)| section != "Data")
+    }
+
     /// Nothing unknown, nothing missing.
     pub fn is_empty(&self) -> bool {
         self.unknown.is_empty() && self.missing.is_empty()

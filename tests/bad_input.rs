@@ -396,6 +396,23 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             creds: both,
             expect: "--fail-503 must be a fraction",
         },
+        Case {
+            name: "empty parquet root",
+            config: Some(with(
+                &format!("root = \"{}\"", root.display()),
+                "root = \"\"",
+            )),
+            args: bf(),
+            creds: both,
+            expect: "the Parquet root is empty",
+        },
+        Case {
+            name: "a database URL of another kind",
+            config: Some(with(&db.url, "mysql://etl:hunter2@127.0.0.1/warehouse")),
+            args: bf(),
+            creds: both,
+            expect: "is not a PostgreSQL URL: it must start with postgres:// or postgresql://",
+        },
     ];
     assert!(cases.len() >= 30);
     let pool = db.pool().await;
@@ -442,6 +459,11 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             case.name
         );
         assert!(!stderr.contains(SECRET_VALUE), "{}", case.name);
+        assert!(
+            !stderr.contains("hunter2"),
+            "{}: a password shown",
+            case.name
+        );
         assert!(
             !root.exists(),
             "{}: the Parquet root was created",

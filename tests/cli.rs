@@ -402,6 +402,48 @@ async fn an_unreachable_postgres_fails_at_start_before_any_api_request() {
 }
 
 #[tokio::test]
+async fn a_database_that_does_not_exist_is_named_as_such() {
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The server is up; the database in the URL is not there.
+    let url = format!(
+        "{}/ccc_etl_no_such_db_{}",
+        common::pg_server(),
+        std::process::id()
+    );
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[postgres]\nurl = \"{url}\"\n",
+            emu.endpoint()
+        ),
+    );
+    for args in [&["check"][..], &["backfill", "--from", "2026-11-01"]] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(
+            text.contains("the database does not exist"),
+            "{args:?}: {text}"
+        );
+        assert!(!text.contains("is the server running"), "{args:?}: {text}");
+    }
+    assert_eq!(emu.stats().await.unwrap().requests, 0);
+}
+
+#[tokio::test]
 async fn the_demo_writes_to_postgres_too_when_database_url_is_set() {
     let db = common::TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();

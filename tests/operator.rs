@@ -428,8 +428,20 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
         "prints the command that repairs: {out}"
     );
 
+    let before = site.emu.stats().await.unwrap().ok_calls().len();
     let out = site.run_ok(&cfg, &["verify", "--repair"], 0).await;
-    assert!(out.contains("repair:"), "{out}");
+    // It says how many windows it fetches again, and fetches that many.
+    let announced: usize = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("repair: ")?
+                .strip_suffix(" window(s) to fetch again")
+        })
+        .unwrap_or_else(|| panic!("{out}"))
+        .parse()
+        .unwrap();
+    assert!(announced > 0, "{out}");
+    assert_eq!(sent_since(&site, before).await.len(), announced, "{out}");
     assert_eq!(site.pg_rows().await, rows, "{out}");
     site.run_ok(&cfg, &["verify"], 0).await;
     site.db.drop_db().await;
@@ -636,11 +648,17 @@ async fn a_day_file_copied_from_another_day_or_holding_a_key_twice_is_rewritten_
             && out.contains("24 row(s) outside the day, 0 key(s) repeated"),
         "{out}"
     );
-    assert!(out.contains("0 row(s) outside the day, 1 key(s) repeated"), "{out}");
+    assert!(
+        out.contains("0 row(s) outside the day, 1 key(s) repeated"),
+        "{out}"
+    );
 
     // The repair rewrites both days from their keys alone, then verifies what it repaired.
     let out = site.run_ok(&cfg, &["verify", "--repair"], 0).await;
-    assert!(out.contains("repair: ") && out.contains("window(s) to fetch again"), "{out}");
+    assert!(
+        out.contains("repair: ") && out.contains("window(s) to fetch again"),
+        "{out}"
+    );
     assert!(
         out.contains("25 row(s) dropped from day files they did not belong in"),
         "24 of another day and one repeated key: {out}"
@@ -683,10 +701,15 @@ async fn a_second_file_in_a_partition_is_a_finding_and_the_next_run_moves_it_asi
     let aside = walk(&layout.state_dir().join("set-aside"));
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert!(
-        aside[0].to_string_lossy().contains("inbound_trend/dt=2026-11-05/part-00001.parquet."),
+        aside[0]
+            .to_string_lossy()
+            .contains("inbound_trend/dt=2026-11-05/part-00001.parquet."),
         "{aside:?}"
     );
-    assert_eq!(std::fs::read(&aside[0]).unwrap(), std::fs::read(&file).unwrap());
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
     assert_eq!(parquet_rows(&site.root("wh")), full);
     site.run_ok(&cfg, &["verify"], 0).await;
     site.db.drop_db().await;

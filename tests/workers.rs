@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ccc_etl::coord::{Coordinator, LeaseSettings};
 use ccc_etl::record::{MediaType, OverallRow, Table, WindowBatch, WindowKey};
-use ccc_etl::sink::RunContext;
 use ccc_etl::sink::parquet::Root;
+use ccc_etl::sink::{RunContext, Sink};
 use chrono::Utc;
 use common::{DAY, H};
 use rand::{Rng, SeedableRng};
@@ -501,6 +501,66 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
     assert!(recorded.durable.is_empty());
     assert!(recorded.failed[0].1.message.contains("fenced"));
     assert_eq!(zombie.fenced(), 2);
+
+    // A Parquet day write on object storage checks the leases under the day's lock, before the
+    // file is written: the zombie's rows never reach the file; the newer worker's do.
+    let url = ccc_etl::config::ObjectUrl {
+        kind: ccc_etl::config::StoreKind::S3,
+        bucket: common::s3::server().bucket().await,
+        prefix: "wh".into(),
+    };
+    let open = || async {
+        ccc_etl::sink::parquet::ParquetSink::open_object(
+            common::s3::object_root(common::s3::server(), &url),
+            chrono_tz::UTC,
+            &pool,
+        )
+        .await
+        .unwrap()
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        zombie.holds_now(&mut conn, &[&w]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(newer.holds_now(&mut conn, &[&w]).await.unwrap(), vec![true]);
+    drop(conn);
+    let zombie_sink = open().await;
+    zombie_sink.expect(std::slice::from_ref(&w));
+    let written = zombie_sink
+        .write(&w, Arc::new(batch(1, "zombie")), &ctx(&zombie))
+        .await;
+    assert!(
+        written.durable.is_empty() && written.files.is_empty(),
+        "{written:?}"
+    );
+    assert!(
+        written.failed[0].1.message.contains("fenced"),
+        "{written:?}"
+    );
+    assert_eq!(zombie.fenced(), 3);
+    let root = Root::Object(Arc::new(common::s3::object_root(
+        common::s3::server(),
+        &url,
+    )));
+    let listed = root.list().await.unwrap();
+    assert!(listed.is_empty(), "no day file written: {listed:?}");
+    let newer_sink = open().await;
+    newer_sink.expect(std::slice::from_ref(&w));
+    let written = newer_sink
+        .write(&w, Arc::new(batch(2, "newer")), &ctx(&newer))
+        .await;
+    assert_eq!(written.durable.len(), 1, "{written:?}");
+    let day = chrono::DateTime::from_timestamp_millis(w.start_ms)
+        .unwrap()
+        .date_naive();
+    let rows = root.read_rows(Table::Overall, day).await.unwrap();
+    assert_eq!(rows.len(), 24);
+    assert!(
+        rows.iter()
+            .all(|r| r.counts == vec![2] && r.request_id == "newer")
+    );
+    assert_eq!(newer.fenced(), 0);
     pool.close().await;
     db.drop_db().await;
 }
@@ -651,4 +711,280 @@ fn lease_scans(node: &serde_json::Value, out: &mut Vec<(String, f64, f64)>) {
         }
         _ => {}
     }
+}
+
+/// Every Parquet row in the format of [`pg_contents`], sorted; every key must be there once.
+async fn parquet_as_pg(bucket: &str) -> Vec<String> {
+    let s3 = common::s3::server();
+    let url = ccc_etl::config::ObjectUrl {
+        kind: ccc_etl::config::StoreKind::S3,
+        bucket: bucket.into(),
+        prefix: "warehouse".into(),
+    };
+    let root = Root::Object(Arc::new(common::s3::object_root(s3, &url)));
+    let mut out = vec![];
+    let mut keys = BTreeSet::new();
+    for f in root.list().await.unwrap() {
+        for r in root.read_rows(f.table, f.day).await.unwrap() {
+            assert!(
+                keys.insert((
+                    f.table,
+                    r.instance_id.clone(),
+                    r.media_type.clone(),
+                    r.stats_time
+                )),
+                "a key twice in Parquet: {} {} {}",
+                f.table,
+                r.instance_id,
+                r.stats_time
+            );
+            let counts: Vec<String> = r.counts.iter().map(i64::to_string).collect();
+            out.push(format!(
+                "{}|{}|{}|{}|{}",
+                f.table,
+                r.instance_id,
+                r.media_type,
+                r.stats_time,
+                counts.join("|")
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+/// Runs a command of the binary with `config`, as the job's workers do; its exit code and output.
+async fn ccc(config: &Path, db_url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(common::s3::server().env())
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+        .env("DATABASE_URL", db_url)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// What both sinks hold, compared row by row; then `verify` agrees and `plan` has nothing left.
+async fn sinks_agree(config: &Path, db: &common::TestDb, bucket: &str, from: i64, to: i64) {
+    let pool = db.pool().await;
+    let pg = pg_contents(&pool).await;
+    pool.close().await;
+    let pq = parquet_as_pg(bucket).await;
+    assert!(!pg.is_empty());
+    assert_eq!(pg.len(), pq.len(), "rows in PostgreSQL and in Parquet");
+    assert!(pg == pq, "PostgreSQL and Parquet hold other values");
+    let (code, text) = ccc(config, &db.url, &["verify"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    let (from, to) = (from.to_string(), to.to_string());
+    let (code, text) = ccc(
+        config,
+        &db.url,
+        &["plan", "--format", "json", "--from", &from, "--to", &to],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{text}");
+    let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(plan["windows"].as_array().unwrap().len(), 0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_past_its_lease_and_resumed_writes_nothing_another_worker_took_over() {
+    let ids: Vec<String> = (0..3).map(|i| format!("ccc-z{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut first = common::options(&refs);
+    first.revise_ms = 0;
+    let emu_a = common::start(first).await;
+    // The data as revised while the first worker was stopped: another seed.
+    let mut revised = common::options(&refs);
+    revised.revise_ms = 0;
+    revised.seed = 7;
+    let emu_b = common::start(revised).await;
+    let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let from = to - 60 * DAY;
+    let db = common::TestDb::create().await;
+    let bucket = common::s3::server().bucket().await;
+    let work = tempfile::tempdir().unwrap();
+    let (cfg_a, cfg_b) = (work.path().join("a.toml"), work.path().join("b.toml"));
+    // Worker A is slow (3 requests a second), so that it is stopped in the middle of its job.
+    write_config(&cfg_a, &emu_a.endpoint(), &ids, &bucket, 3.0);
+    write_config(&cfg_b, &emu_b.endpoint(), &ids, &bucket, 50.0);
+    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+    a.args(["--log-format", "json", "-q", "--config"])
+        .arg(&cfg_a)
+        .args([
+            "backfill",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+        ])
+        .envs(common::s3::server().env())
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let a = a.spawn().unwrap();
+    let pid = a.id().unwrap();
+    let t0 = Instant::now();
+    while emu_a.stats().await.unwrap().ok_calls().len() < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "A never fetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(pid, libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls_when_stopped = emu_a.stats().await.unwrap().calls.len();
+    // Past its lease (4 s) and a heartbeat: worker B takes the job over, against revised data.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (code, text) = ccc(
+        &cfg_b,
+        &db.url,
+        &[
+            "-q",
+            "backfill",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{text}");
+    signal(pid, libc::SIGCONT);
+    let out = tokio::time::timeout(Duration::from_secs(60), a.wait_with_output())
+        .await
+        .expect("the resumed worker ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // It stops at once: no more than the requests it had in flight.
+    let after = emu_a.stats().await.unwrap().calls.len() - calls_when_stopped;
+    assert!(after <= 4, "{after} requests after it was resumed");
+    let summary: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "run summary")
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    let dropped = summary["windows_lease_lost"].as_u64().unwrap()
+        + summary["fenced_commits"].as_u64().unwrap();
+    assert!(dropped > 0, "it knew it had lost its leases: {summary}");
+    // The sinks hold the same rows: A wrote nothing of what B took over.
+    sinks_agree(&cfg_b, &db, &bucket, from, to).await;
+    db.drop_db().await;
+}
+
+/// Whether a session of this test's database holds a Parquet day's lock (only the worker being
+/// caught runs there); `pid` is that worker's, for the message.
+async fn holds_day_lock(pool: &sqlx::PgPool, pid: u32) -> bool {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.objid > 1000 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| panic!("worker {pid}: {e}"));
+    n > 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease() {
+    let ids: Vec<String> = (0..3).map(|i| format!("ccc-f{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut opts = common::options(&refs);
+    opts.revise_ms = 0;
+    let emu = common::start(opts).await;
+    let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let from = to - 60 * DAY;
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("p.toml");
+    // Worker A (3 requests a second, a long run) is frozen (SIGSTOP) at an instant it holds a
+    // day's lock; a run that ends before it is caught is done again on a fresh database.
+    let t0 = Instant::now();
+    let (a, pid, db, bucket, pool) = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "never caught a worker holding a day's lock"
+        );
+        let db = common::TestDb::create().await;
+        let bucket = common::s3::server().bucket().await;
+        write_config(&cfg, &emu.endpoint(), &ids, &bucket, 3.0);
+        let pool = db.pool().await;
+        let mut a = backfill(&cfg, &db.url, from, to).spawn().unwrap();
+        let pid = a.id().unwrap();
+        let caught = loop {
+            if holds_day_lock(&pool, pid).await {
+                signal(pid, libc::SIGSTOP);
+                if holds_day_lock(&pool, pid).await {
+                    break true;
+                }
+                signal(pid, libc::SIGCONT);
+            }
+            if a.try_wait().unwrap().is_some() {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        if caught {
+            break (a, pid, db, bucket, pool);
+        }
+        pool.close().await;
+        db.drop_db().await;
+    };
+    // Worker B, at full speed, on the same job.
+    write_config(&cfg, &emu.endpoint(), &ids, &bucket, 50.0);
+    // Worker B does the job: the frozen holder's transaction is ended after a lease (4 s), its
+    // leases lapse as long after, and B finishes.
+    let started = Instant::now();
+    let (code, text) = tokio::time::timeout(
+        Duration::from_secs(60),
+        ccc(
+            &cfg,
+            &db.url,
+            &[
+                "-q",
+                "backfill",
+                "--from",
+                &from.to_string(),
+                "--to",
+                &to.to_string(),
+            ],
+        ),
+    )
+    .await
+    .expect("the other worker is not stalled by the frozen one");
+    assert_eq!(code, Some(0), "{text}");
+    let waited = started.elapsed();
+    assert!(
+        !holds_day_lock(&pool, pid).await,
+        "the frozen worker's lock is gone"
+    );
+    signal(pid, libc::SIGCONT);
+    tokio::time::timeout(Duration::from_secs(60), a.wait_with_output())
+        .await
+        .expect("the resumed worker ends")
+        .unwrap();
+    pool.close().await;
+    sinks_agree(&cfg, &db, &bucket, from, to).await;
+    eprintln!("the second worker finished in {waited:?}");
+    db.drop_db().await;
 }

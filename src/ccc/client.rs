@@ -458,6 +458,7 @@ fn interpret(
             http_status: status,
             detail: scrub(malformed.0),
             request_id: header_request_id,
+            permanent: malformed.1,
         }),
     }
 }

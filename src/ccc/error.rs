@@ -39,6 +39,9 @@ pub enum ApiError {
         detail: String,
         /// RequestId from headers, if any.
         request_id: Option<String>,
+        /// Whether the answer was well-formed JSON of another shape (a field whose type
+        /// changed): asking again gets the same answer, so the window is not retried.
+        permanent: bool,
     },
     /// No answer in time.
     #[error("request timed out after {0} s")]
@@ -108,6 +111,9 @@ impl ApiError {
             ApiError::Service {
                 code, http_status, ..
             } => classify_code(code, *http_status),
+            ApiError::Malformed {
+                permanent: true, ..
+            } => ErrorClass::WindowFatal,
             ApiError::Malformed { .. }
             | ApiError::Timeout(_)
             | ApiError::Network(_)
@@ -250,10 +256,23 @@ mod tests {
             ApiError::Malformed {
                 http_status: 200,
                 detail: "truncated".into(),
-                request_id: None
+                request_id: None,
+                permanent: false,
             }
             .is_retryable()
         );
+    }
+
+    #[test]
+    fn a_well_formed_answer_of_another_shape_is_not_retried() {
+        let e = ApiError::Malformed {
+            http_status: 200,
+            detail: "Data.Outbound.TotalCalls: invalid type: map, expected an integer".into(),
+            request_id: None,
+            permanent: true,
+        };
+        assert_eq!(e.class(), ErrorClass::WindowFatal);
+        assert!(!e.is_retryable());
     }
 
     #[test]

@@ -343,10 +343,12 @@ pub enum Body {
     },
 }
 
-/// Why a body could not be read.
+/// Why a body could not be read, and whether the same answer would be read the same way again:
+/// well-formed JSON of another shape (a field whose type changed) is permanent; a body cut short
+/// or not JSON at all (a proxy's page, a reset connection) may be right the next time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct MalformedBody(pub String);
+pub struct MalformedBody(pub String, pub bool);
 
 /// Parses a response body. Never panics, whatever the bytes.
 pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
@@ -356,7 +358,8 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
         } else {
             "body is not the expected JSON"
         };
-        MalformedBody(format!("{kind}: {e} ({} bytes)", bytes.len()))
+        let permanent = e.classify() == serde_json::error::Category::Data;
+        MalformedBody(format!("{kind}: {e} ({} bytes)", bytes.len()), permanent)
     })?;
     let code = env.code.clone().unwrap_or_default();
     if !code.is_empty() && code != "OK" {
@@ -370,6 +373,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
         if code.is_empty() {
             return Err(MalformedBody(
                 "response has neither Code nor Data".to_string(),
+                true,
             ));
         }
         // `Code: OK` with no `Data` at all: an empty report.

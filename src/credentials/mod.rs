@@ -138,11 +138,12 @@ impl CredentialSource {
     }
 
     /// Logs which provider signs, the masked AccessKeyId and the expiry (never a secret).
+    /// The expiry is an RFC 3339 timestamp, or `never` for long-lived keys.
     pub fn log_start(&self) {
         tracing::info!(
             provider = %self.label,
             access_key_id = %self.masked_key_id(),
-            expires = ?self.lease().expires,
+            expires = %expiry(self.lease().expires),
             "credentials"
         );
     }
@@ -205,7 +206,7 @@ impl CredentialSource {
                 tracing::info!(
                     provider = %self.label,
                     access_key_id = %mask(&creds.access_key_id),
-                    expires = ?new.expires,
+                    expires = %expiry(new.expires),
                     "temporary credentials renewed"
                 );
                 *self.current.write().expect("credential lock") = new;
@@ -252,4 +253,12 @@ pub async fn process_source(choice: Choice) -> anyhow::Result<Arc<CredentialSour
         })
         .await
         .cloned()
+}
+
+/// An expiry as logged: an RFC 3339 timestamp, or `never`.
+fn expiry(at: Option<DateTime<Utc>>) -> String {
+    at.map_or_else(
+        || "never".to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }

@@ -213,11 +213,20 @@ impl Tally {
     /// the metrics, and one warning per field per run (not per window).
     fn drift(&mut self, drift: &crate::record::Drift) {
         for name in drift.unknown.keys() {
-            if !self.summary.drift.unknown.contains_key(name) {
+            if self.summary.drift.unknown.contains_key(name) {
+                continue;
+            }
+            if crate::record::Drift::is_kept(name) {
                 tracing::warn!(
                     field = %name,
                     "new field from the API: {name} is not a field ccc-etl knows; rows keep it in \
                      their `extra` column (see the README's Schema drift section to adopt it)"
+                );
+            } else {
+                tracing::warn!(
+                    field = %name,
+                    "new data from the API: {name} is not part of the three reports ccc-etl stores; \
+                     it is counted (status and the metrics show it), not kept"
                 );
             }
         }

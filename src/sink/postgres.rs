@@ -192,6 +192,14 @@ pub enum Access {
 }
 
 fn unreachable(describe: &str, e: sqlx::Error) -> PgError {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("3D000")
+    {
+        return PgError::Server(format!(
+            "cannot connect to PostgreSQL at {describe}: the database does not exist \
+             (create it: createdb -h HOST -U USER DATABASE, or CREATE DATABASE … in psql)"
+        ));
+    }
     PgError::Server(format!(
         "cannot connect to PostgreSQL at {describe}: {e} (is the server running? \
          on Debian: pg_ctlcluster --skip-systemctl-redirect 15 main start)"

@@ -792,7 +792,8 @@ impl DayLock<'_> {
             return Ok(work.await);
         };
         tokio::pin!(work);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
         loop {
             tokio::select! {
                 out = &mut work => return Ok(out),
