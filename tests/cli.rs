@@ -419,6 +419,8 @@ async fn a_database_that_does_not_exist_is_named_as_such() {
         ),
     );
     for args in [&["check"][..], &["backfill", "--from", "2026-11-01"]] {
+        // `check` asks the API too (its credentials line); a backfill sends nothing.
+        let requests = emu.stats().await.unwrap().requests;
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
             .arg("--config")
             .arg(&cfg)
@@ -439,8 +441,10 @@ async fn a_database_that_does_not_exist_is_named_as_such() {
             "{args:?}: {text}"
         );
         assert!(!text.contains("is the server running"), "{args:?}: {text}");
+        if args[0] == "backfill" {
+            assert_eq!(emu.stats().await.unwrap().requests, requests);
+        }
     }
-    assert_eq!(emu.stats().await.unwrap().requests, 0);
 }
 
 #[tokio::test]
