@@ -1066,7 +1066,7 @@ async fn chaos_workers_killed_terminated_and_stopped_past_their_lease_leave_both
         Duration::from_millis(rng.random_range(lo..hi))
     };
     // Which worker gets what: a seeded order.
-    let mut roles = vec![0usize, 1, 2, 3];
+    let mut roles = [0usize, 1, 2, 3];
     for i in (1..roles.len()).rev() {
         roles.swap(i, rng.random_range(0..=i));
     }
