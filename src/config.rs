@@ -397,6 +397,10 @@ pub struct ParquetConfig {
     /// How day files are compressed: `snappy` (the default), `zstd`, `lz4_raw` or `none`.
     #[serde(default)]
     pub compression: ParquetCompression,
+    /// Object storage: seconds a request may take, retries included (a store that accepts
+    /// connections and never answers fails the run at start within about this long).
+    #[serde(default = "default_timeout", deserialize_with = "positive_u64")]
+    pub timeout_secs: u64,
 }
 
 /// The compression codec of the day files written. Files already written keep theirs until
@@ -427,6 +431,7 @@ impl ParquetConfig {
             conditional_writes: None,
             multipart_threshold_mib: default_multipart_mib(),
             compression: ParquetCompression::default(),
+            timeout_secs: default_timeout(),
         }
     }
 

@@ -536,6 +536,13 @@ async fn store_errors_name_the_root_and_never_a_secret() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let all = text(&out);
     assert!(all.contains("s3://no-such-bucket/wh"), "{all}");
+    // The store's XML error body is reduced to its code, on the error's one line.
+    let line = all
+        .lines()
+        .find(|l| l.contains("s3://no-such-bucket/wh"))
+        .unwrap();
+    assert!(line.contains("NoSuchBucket"), "{line}");
+    assert!(!all.contains("<?xml") && !all.contains("<Error>"), "{all}");
     assert!(!all.contains(s3::SECRET_ACCESS_KEY), "{all}");
     assert!(!all.contains(s3::ACCESS_KEY_ID), "{all}");
     assert!(
@@ -620,5 +627,63 @@ async fn the_demo_and_check_work_against_a_bucket() {
         checked.list().await.unwrap().is_empty(),
         "the probe is deleted"
     );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_never_answers_fails_the_run_at_start_within_its_timeout() {
+    let s3 = s3::server();
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let db = common::TestDb::create().await;
+    // Accepts connections, reads, never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n\
+             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://silent/wh\"\n\
+             endpoint = \"http://{addr}\"\ntimeout_secs = 2\n",
+            emu.endpoint()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = ccc_etl(
+        s3,
+        &cfg,
+        &db.url,
+        &["backfill", "--from", "2026-11-01", "--to", "2026-11-02"],
+    );
+    let took = started.elapsed();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "unreachable at start: {all}");
+    assert!(
+        took < Duration::from_secs(20),
+        "within its timeout: {took:?}"
+    );
+    let line = all
+        .lines()
+        .find(|l| l.contains("cannot reach the Parquet root s3://silent/wh"))
+        .unwrap_or_else(|| panic!("{all}"));
+    assert!(line.contains("error: cannot reach"), "{all}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1,
+        "one line: {all}"
+    );
+    assert!(
+        emu.stats().await.unwrap().calls.is_empty(),
+        "no API request"
+    );
+    silent.abort();
     db.drop_db().await;
 }

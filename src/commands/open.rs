@@ -141,6 +141,7 @@ pub(crate) async fn open_sinks_and_store(config: &Config) -> anyhow::Result<Open
         match e {
             OpenError::Busy(m) => crate::error::Busy(m).into(),
             OpenError::Refused(e) => InputError::new(e.to_string()).into(),
+            OpenError::Unreachable(m) => anyhow::anyhow!(m),
         }
     };
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();

@@ -52,7 +52,7 @@ pub mod reconcile;
 pub mod root;
 
 pub use layout::{DATA_FILE, Layout, Listing, LockError, RootMeta, Stray, is_temp_name};
-pub use object::ObjectRoot;
+pub use object::{ObjectRoot, Probe};
 pub use root::Root;
 
 /// Why a Parquet root cannot be opened for writing.
@@ -64,6 +64,9 @@ pub enum OpenError {
     /// The root cannot be used as configured (not writable, another zone, not a root).
     #[error("{0}")]
     Refused(#[from] SinkError),
+    /// The store could not be reached at start, or failed (the network, the service).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// One stored row of any table.
@@ -206,7 +209,10 @@ impl ParquetSink {
         pool: &sqlx::PgPool,
     ) -> Result<Self, OpenError> {
         let url = root.url().clone();
-        root.probe_write().await.map_err(|e| err(e, false))?;
+        root.probe().await.map_err(|p| match p.unreachable {
+            true => OpenError::Unreachable(p.message),
+            false => OpenError::Refused(err(p.message, false)),
+        })?;
         // Workers starting together on a new root must agree on its id: one creates it, under
         // a lock in PostgreSQL, and the others read it.
         let mut tx = pool.begin().await.map_err(|e| err(e.to_string(), false))?;

@@ -29,8 +29,8 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
-    WriteMultipart,
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion, WriteMultipart,
 };
 use regex::Regex;
 use sqlx::PgPool;
@@ -66,6 +66,32 @@ impl std::fmt::Debug for ObjectRoot {
             .field("conditional", &self.conditional)
             .finish_non_exhaustive()
     }
+}
+
+/// Why the probe at start failed.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// One line naming the root.
+    pub message: String,
+    /// The store could not be reached or failed (exit 1), rather than refused (exit 2).
+    pub unreachable: bool,
+}
+
+/// A store's error text on one line: an XML error body (S3, OSS) as its code and message.
+pub(crate) fn one_line(text: &str) -> String {
+    static XML: std::sync::LazyLock<Regex> =
+        std::sync::LazyLock::new(|| Regex::new(r"(?s)<\?xml.*</Error>").expect("valid pattern"));
+    static FIELD: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r"(?s)<(Code|Message)>(.*?)</(?:Code|Message)>").expect("valid pattern")
+    });
+    let text = XML.replace_all(text, |c: &regex::Captures<'_>| {
+        FIELD
+            .captures_iter(&c[0])
+            .map(|f| format!("{}: {}", &f[1], &f[2]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The outcome of one write of a day file.
@@ -111,16 +137,25 @@ impl ObjectRoot {
         let allow_http = endpoint
             .as_ref()
             .is_some_and(|e| e.url().scheme() == "http");
+        let timeout = Duration::from_secs(pq.timeout_secs);
         let client = ClientOptions::new()
             .with_allow_http(allow_http)
-            .with_timeout(Duration::from_secs(120))
-            .with_connect_timeout(Duration::from_secs(10));
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout.min(Duration::from_secs(10)));
+        // Retries stop once a request has taken `timeout`: a silent store fails in about that
+        // long, not in the library's three minutes of retries.
+        let retry = RetryConfig {
+            max_retries: 4,
+            retry_timeout: timeout,
+            ..RetryConfig::default()
+        };
         let secrets = StoreSecrets::from_env();
         let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match url.kind {
             StoreKind::S3 => {
                 let mut b = s3_from_env()
                     .with_bucket_name(&url.bucket)
                     .with_client_options(client)
+                    .with_retry(retry)
                     .with_conditional_put(if conditional {
                         S3ConditionalPut::ETagMatch
                     } else {
@@ -139,6 +174,7 @@ impl ObjectRoot {
                 let mut b = AmazonS3Builder::new()
                     .with_bucket_name(&url.bucket)
                     .with_client_options(client)
+                    .with_retry(retry)
                     .with_region(pq.region.as_deref().unwrap_or("cn-hangzhou"))
                     .with_virtual_hosted_style_request(virtual_hosted)
                     .with_conditional_put(S3ConditionalPut::Disabled);
@@ -163,11 +199,13 @@ impl ObjectRoot {
             StoreKind::Gcs => GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(&url.bucket)
                 .with_client_options(client)
+                .with_retry(retry)
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             StoreKind::Azure => MicrosoftAzureBuilder::from_env()
                 .with_container_name(&url.bucket)
                 .with_client_options(client)
+                .with_retry(retry)
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
         };
@@ -247,7 +285,7 @@ impl ObjectRoot {
     }
 
     fn fail(&self, what: &str, e: object_store::Error) -> String {
-        format!("{what}: {}", self.secrets.scrub(&e.to_string()))
+        format!("{what}: {}", one_line(&self.secrets.scrub(&e.to_string())))
     }
 
     /// The root's `root.json`, if it has one.
@@ -439,19 +477,34 @@ impl ObjectRoot {
 
     /// Writes and deletes a probe object under `_ccc_etl/`: the credentials can write here.
     pub async fn probe_write(&self) -> Result<(), String> {
+        self.probe().await.map_err(|p| p.message)
+    }
+
+    /// [`ObjectRoot::probe_write`], telling a store that answered no (a missing bucket, a
+    /// refused key: the configuration) from one that could not be reached or failed (the
+    /// network, the service).
+    pub async fn probe(&self) -> Result<(), Probe> {
         let key = self.key(&format!(
             "{FILE_LEDGER_DIR}/write-probe-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        let what = || format!("the Parquet root {} is not writable", self.url);
+        let failed = |e: object_store::Error| {
+            let unreachable = matches!(e, object_store::Error::Generic { .. });
+            let what = if unreachable {
+                format!("cannot reach the Parquet root {}", self.url)
+            } else {
+                format!("the Parquet root {} is not writable", self.url)
+            };
+            Probe {
+                message: self.fail(&what, e),
+                unreachable,
+            }
+        };
         self.store
             .put(&key, PutPayload::from_static(b"probe"))
             .await
-            .map_err(|e| self.fail(&what(), e))?;
-        self.store
-            .delete(&key)
-            .await
-            .map_err(|e| self.fail(&what(), e))
+            .map_err(failed)?;
+        self.store.delete(&key).await.map_err(failed)
     }
 
     /// Moves a damaged day file to `_ccc_etl/damaged/...` (a copy, then a delete of one object:
@@ -706,6 +759,22 @@ mod tests {
         }
         assert!(out.contains("AKIA****"), "{out}");
         assert!(out.contains("SignatureDoesNotMatch"), "{out}");
+    }
+
+    #[test]
+    fn a_store_error_is_one_line_with_the_xml_body_reduced_to_its_code() {
+        let text = "Generic S3 error: Error performing PUT http://127.0.0.1/b/k in 1ms - \
+                    Server returned non-2xx status code: 404 Not Found: \
+                    <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\n  <Code>NoSuchBucket</Code>\n  \
+                    <Message>The specified bucket does not exist</Message>\n  <BucketName>b</BucketName>\n</Error>";
+        let line = one_line(text);
+        assert!(!line.contains('\n') && !line.contains('<'), "{line}");
+        assert!(
+            line.ends_with(
+                "404 Not Found: Code: NoSuchBucket, Message: The specified bucket does not exist"
+            ),
+            "{line}"
+        );
     }
 
     #[test]
