@@ -567,3 +567,66 @@ async fn an_oss_root_is_written_with_the_chains_credentials_and_no_accesskey_any
     );
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn an_oidc_token_file_that_vanishes_mid_run_stops_the_run_once() {
+    // Credentials live 2 s; the run takes longer (27 windows at 3 requests per second).
+    let s = Setup::new(&["ccc-a", "ccc-b", "ccc-c"], Duration::from_secs(2), "").await;
+    std::fs::write(
+        &s.config,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace("max_qps = 50\n", "max_qps = 3\n"),
+    )
+    .unwrap();
+    let token = s.token_file("oidc-token-one");
+    let env = s.oidc_env(&token);
+    let metrics = s.metrics();
+    let config = s.config.clone();
+    let child = tokio::spawn(async move {
+        run(
+            &config,
+            &[
+                "backfill",
+                "--from",
+                "2026-09-01",
+                "--to",
+                "2026-10-31",
+                "--metrics-file",
+                metrics.to_str().unwrap(),
+            ],
+            &env,
+        )
+        .await
+    });
+    // The token file is gone once the job has its first credentials (a pod's volume lost).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ok(&s.stats().await, "GetInstanceTrendingReport") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_file(&token).unwrap();
+    let out = child.await.unwrap();
+    let t = output_text(&out);
+    // One fatal error, exit 1: not a failed window per request left.
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("oidc-token") && (l.contains("ERROR") || l.contains("error")))
+        .collect();
+    assert!(!said.is_empty(), "the missing token file is named: {t}");
+    let m = std::fs::read_to_string(s.metrics()).unwrap();
+    let failed = metric(
+        &m,
+        "ccc_etl_windows{command=\"backfill\",status=\"failed\"}",
+    );
+    assert_eq!(
+        failed, 0.0,
+        "the run stopped, its windows did not each fail: {t}"
+    );
+    assert!(
+        ok(&s.stats().await, "GetInstanceTrendingReport") < 27,
+        "it stopped before the end"
+    );
+}

@@ -114,11 +114,12 @@ impl ApiError {
             ApiError::Malformed {
                 permanent: true, ..
             } => ErrorClass::WindowFatal,
-            ApiError::Malformed { .. }
-            | ApiError::Timeout(_)
-            | ApiError::Network(_)
-            | ApiError::Credentials(_) => ErrorClass::Retryable,
-            ApiError::Certificate { .. } => ErrorClass::RunFatal,
+            ApiError::Malformed { .. } | ApiError::Timeout(_) | ApiError::Network(_) => {
+                ErrorClass::Retryable
+            }
+            // Nothing valid to sign with, and the provider could not renew it: every further
+            // request would fail the same way.
+            ApiError::Credentials(_) | ApiError::Certificate { .. } => ErrorClass::RunFatal,
         }
     }
 
@@ -184,6 +185,11 @@ impl ApiError {
             Some(
                 "check the credentials the start-up line names (for an AccessKey: \
                  ALIBABA_CLOUD_ACCESS_KEY_ID, and ALIBABA_CLOUD_SECURITY_TOKEN for STS)",
+            )
+        } else if code == "CredentialsUnavailable" {
+            Some(
+                "the credential provider could not renew the credentials: check what it reads \
+                 (the OIDC token file, the metadata service, the credentials URI), then run again",
             )
         } else if self.class() == ErrorClass::RunFatal {
             Some("grant the RAM user permission for ccc:GetInstanceTrendingReport")
