@@ -23,6 +23,10 @@ pub struct QualityCounts {
     pub missing_buckets: u64,
     /// Known fields absent from every row of a window's array (stored as 0), per window.
     pub missing_fields: u64,
+    /// Rows carrying a field under both its current and its former name, with different
+    /// values (the current name's is kept).
+    #[serde(default)]
+    pub conflicting_names: u64,
 }
 
 impl QualityCounts {
@@ -35,10 +39,11 @@ impl QualityCounts {
             + self.outside_window
             + self.missing_buckets
             + self.missing_fields
+            + self.conflicting_names
     }
 
     /// `(kind, count)` pairs, for metrics and messages.
-    pub fn kinds(&self) -> [(&'static str, u64); 7] {
+    pub fn kinds(&self) -> [(&'static str, u64); 8] {
         [
             ("negative_counts", self.negative_counts),
             ("handled_above_total", self.handled_above_total),
@@ -47,6 +52,7 @@ impl QualityCounts {
             ("outside_window", self.outside_window),
             ("missing_buckets", self.missing_buckets),
             ("missing_fields", self.missing_fields),
+            ("conflicting_names", self.conflicting_names),
         ]
     }
 }
@@ -74,6 +80,11 @@ impl QualityCounts {
                 self.missing_fields,
                 "known field(s) absent from every row (stored as 0)",
             ),
+            (
+                self.conflicting_names,
+                "row(s) sending a field under its current and its former name with different \
+                 values (the current name's is kept)",
+            ),
         ];
         words
             .iter()
@@ -93,6 +104,7 @@ impl std::ops::AddAssign for QualityCounts {
         self.outside_window += o.outside_window;
         self.missing_buckets += o.missing_buckets;
         self.missing_fields += o.missing_fields;
+        self.conflicting_names += o.conflicting_names;
     }
 }
 
@@ -219,6 +231,7 @@ pub fn check(key: &WindowKey, report: &Report, now_ms: i64) -> QualityCounts {
 pub fn check_on(grid: &Grid, key: &WindowKey, report: &Report, now_ms: i64) -> QualityCounts {
     let mut q = QualityCounts {
         missing_fields: report.drift.missing.len() as u64,
+        conflicting_names: report.conflicting_names.values().sum(),
         ..QualityCounts::default()
     };
     let grid = grid.bucket_ms.map(|b| (b, grid.anchor));

@@ -232,6 +232,10 @@ pub struct Report {
     /// Per table (in [`Table::ALL`] order), the fields of an item ccc-etl does not know, as
     /// compact JSON, by StatsTime.
     pub extra: Extras,
+    /// Fields sent under both their current and their former name with different values
+    /// (`Inbound.CallsAbandonedInRing / Inbound.CallsAbandonedInRinging`), with the rows that
+    /// did; the current name's values are kept.
+    pub conflicting_names: std::collections::BTreeMap<String, u64>,
 }
 
 /// Per table (in [`Table::ALL`] order), unknown fields as compact JSON, by StatsTime.

@@ -184,6 +184,9 @@ macro_rules! wire_item {
             $($(#[$fdoc])* pub $field: i64,)*
             /// Known fields the item carried: bit `i` for the `i`-th of [`Self::FIELDS`].
             pub present: u32,
+            /// Fields the item carried under both their current and their former name, with
+            /// different values (the current name's is kept): bit `i` as in `present`.
+            pub renamed_conflicts: u32,
             /// Fields ccc-etl does not know, with their values as sent.
             pub extra: serde_json::Map<String, serde_json::Value>,
         }
@@ -196,6 +199,34 @@ macro_rules! wire_item {
             /// Every accepted key: `StatsTime`, the fields, then older aliases.
             const KEYS: &'static [&'static str] = &["StatsTime", $($key,)* $($($alias,)?)*];
             const ALIASES: &'static [usize] = &[$(wire_item!(@alias_of $key $(| $alias)?),)*];
+
+            /// The former name of the `i`-th field, if it had one.
+            pub fn former_name(i: usize) -> Option<&'static str> {
+                if Self::ALIASES.get(i) != Some(&1) {
+                    return None;
+                }
+                let nth = Self::ALIASES[..i].iter().filter(|a| **a == 1).count();
+                Self::KEYS.get(1 + Self::FIELDS.len() + nth).copied()
+            }
+
+            fn get(&self, i: usize) -> i64 {
+                let mut j = 0;
+                $(
+                    if j == i { return self.$field; }
+                    j += 1;
+                )*
+                let _ = j;
+                0
+            }
+
+            fn set(&mut self, i: usize, v: i64) {
+                let mut j = 0;
+                $(
+                    if j == i { self.$field = v; }
+                    j += 1;
+                )*
+                let _ = j;
+            }
         }
 
         impl<'de> Deserialize<'de> for $name {
@@ -210,6 +241,10 @@ macro_rules! wire_item {
                         let mut item = $name::default();
                         let mut stats_time = None;
                         let n = $name::FIELDS.len();
+                        // Fields read under their current name, and values read under a former
+                        // one: when an item carries both, the current name wins.
+                        let mut current = 0u32;
+                        let mut former: Vec<(usize, i64)> = Vec::new();
                         while let Some(key) = map.next_key_seed(KeySeed($name::KEYS))? {
                             match key {
                                 Key::Known(0) => {
@@ -225,12 +260,20 @@ macro_rules! wire_item {
                                     };
                                     let v = map.next_value_seed(CountSeed($section, $name::FIELDS[i]))?;
                                     item.present |= 1 << i;
-                                    let mut j = 0;
-                                    $(
-                                        if j == i { item.$field = v; }
-                                        j += 1;
-                                    )*
-                                    let _ = j;
+                                    if k <= n {
+                                        if former.iter().any(|(f, old)| *f == i && *old != v) {
+                                            item.renamed_conflicts |= 1 << i;
+                                        }
+                                        current |= 1 << i;
+                                        item.set(i, v);
+                                    } else if current & (1 << i) != 0 {
+                                        if item.get(i) != v {
+                                            item.renamed_conflicts |= 1 << i;
+                                        }
+                                    } else {
+                                        former.push((i, v));
+                                        item.set(i, v);
+                                    }
                                 }
                                 Key::Unknown(name) => {
                                     let v = map.next_value::<serde_json::Value>()?;
@@ -407,6 +450,28 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
         WireOverall::FIELDS,
         data.overall.iter().map(|r| (r.present, &r.extra)),
     );
+    let mut conflicting_names = std::collections::BTreeMap::new();
+    renamed_conflicts(
+        &mut conflicting_names,
+        WireInbound::SECTION,
+        WireInbound::FIELDS,
+        WireInbound::former_name,
+        data.inbound.iter().map(|r| r.renamed_conflicts),
+    );
+    renamed_conflicts(
+        &mut conflicting_names,
+        WireOutbound::SECTION,
+        WireOutbound::FIELDS,
+        WireOutbound::former_name,
+        data.outbound.iter().map(|r| r.renamed_conflicts),
+    );
+    renamed_conflicts(
+        &mut conflicting_names,
+        WireOverall::SECTION,
+        WireOverall::FIELDS,
+        WireOverall::former_name,
+        data.overall.iter().map(|r| r.renamed_conflicts),
+    );
     let extra = [
         extra_of(data.inbound.iter().map(|r| (r.stats_time, &r.extra))),
         extra_of(data.outbound.iter().map(|r| (r.stats_time, &r.extra))),
@@ -416,6 +481,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
         request_id: env.request_id.unwrap_or_default(),
         drift,
         extra,
+        conflicting_names,
         inbound: data
             .inbound
             .into_iter()
@@ -459,6 +525,26 @@ fn extra_of<'a>(
         .collect()
 }
 
+/// Rows of one array that carried a field under both its current and its former name with
+/// different values, per `{section}.{current} / {section}.{former}`.
+fn renamed_conflicts(
+    out: &mut std::collections::BTreeMap<String, u64>,
+    section: &str,
+    fields: &[&str],
+    former_name: fn(usize) -> Option<&'static str>,
+    items: impl Iterator<Item = u32>,
+) {
+    for bits in items.filter(|b| *b != 0) {
+        for (i, f) in fields.iter().enumerate() {
+            if bits & (1 << i) != 0 {
+                let former = former_name(i).unwrap_or("?");
+                *out.entry(format!("{section}.{f} / {section}.{former}"))
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
 /// One array's unknown fields (rows carrying each) and the known fields no item carried.
 fn section_drift<'a>(
     drift: &mut Drift,
@@ -495,6 +581,46 @@ mod tests {
             Body::Ok(r) => r,
             other => panic!("expected a report, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_field_sent_under_its_current_and_its_former_name_keeps_the_current_value() {
+        // Either order: the current name wins; a differing value is a conflict, an equal one is
+        // not.
+        let r = ok(r#"{"RequestId":"r","Code":"OK","Data":{"Inbound":[
+            {"StatsTime":0,"TotalCalls":9,"CallsAbandonedInRing":3,"CallsAbandonedInRinging":5},
+            {"StatsTime":3600000,"TotalCalls":9,"CallsAbandonedInRinging":5,"CallsAbandonedInRing":3},
+            {"StatsTime":7200000,"TotalCalls":9,"CallsAbandonedInRing":3,"CallsAbandonedInRinging":3}]}}"#);
+        assert!(
+            r.inbound.iter().all(|i| i.calls_abandoned_in_ring == 3),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.conflicting_names,
+            [(
+                "Inbound.CallsAbandonedInRing / Inbound.CallsAbandonedInRinging".to_string(),
+                2
+            )]
+            .into()
+        );
+        let q = crate::quality::check_on(
+            &crate::quality::Grid::of(&r),
+            &crate::record::WindowKey {
+                instance_id: "i".into(),
+                media_type: crate::record::MediaType::Audio,
+                start_ms: 0,
+                end_ms: 3 * 3_600_000,
+            },
+            &r,
+            0,
+        );
+        assert_eq!(q.conflicting_names, 2);
+        assert!(q.describe().contains("its current and its former name"));
+        // The former name alone is read as before, and is no conflict.
+        let r = ok(r#"{"RequestId":"r","Code":"OK","Data":{"Inbound":[
+            {"StatsTime":0,"TotalCalls":9,"CallsAbandonedInRinging":5}]}}"#);
+        assert_eq!(r.inbound[0].calls_abandoned_in_ring, 5);
+        assert!(r.conflicting_names.is_empty());
     }
 
     #[test]

@@ -160,6 +160,14 @@ impl Backfill {
                 quality.describe()
             );
         }
+        for (names, rows) in &fetched.report.conflicting_names {
+            tracing::warn!(
+                window = %key,
+                fields = %names,
+                "data quality: {rows} row(s) carry both {names} with different values; the \
+                 current name's value is kept"
+            );
+        }
         // The bucket in progress is served partly filled: coverage stops before it, so the next
         // run's window starts at its boundary and completes it.
         let open_bucket = grid.open_bucket_start(now);
