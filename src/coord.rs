@@ -91,6 +91,8 @@ pub struct Coordinator {
     lost: Mutex<HashSet<Key>>,
     /// Bumped whenever `lost` grows, to wake the fetches waiting on it.
     lost_signal: tokio::sync::watch::Sender<u64>,
+    /// Windows whose commit a sink refused, counted once each.
+    refusals: Mutex<HashSet<(Key, &'static str)>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -142,6 +144,7 @@ impl Coordinator {
             extended_at: Mutex::new(Instant::now()),
             lost: Mutex::new(HashSet::new()),
             lost_signal: tokio::sync::watch::Sender::new(0),
+            refusals: Mutex::new(HashSet::new()),
         });
         Ok(c)
     }
@@ -267,7 +270,16 @@ impl Coordinator {
 
     /// A commit of `w` to `sink` was refused: counted, and logged with the refused window's own
     /// fields (not those of the window whose write found it).
-    pub fn refused(&self, w: &WindowKey, sink: &str) {
+    pub fn refused(&self, w: &WindowKey, sink: &'static str) {
+        // Once per window and sink: a window whose rows span two days is refused by each.
+        if !self
+            .refusals
+            .lock()
+            .expect("refusals")
+            .insert((key(w), sink))
+        {
+            return;
+        }
         self.fenced.fetch_add(1, Ordering::Relaxed);
         // The event's own fields override those of the span it is logged in (the window being
         // written when the refusal was found may be another one).

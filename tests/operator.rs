@@ -753,3 +753,34 @@ async fn plan_lists_what_the_reconcile_will_find_before_the_next_backfill() {
     site.run_ok(&cfg, &["verify"], 0).await;
     site.db.drop_db().await;
 }
+
+#[tokio::test]
+async fn concurrent_migrates_to_a_new_zone_leave_one_doing_it_and_the_others_busy() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let rows = parquet_rows(&site.root("wh")).len();
+    let utc = site.config("pipeline.toml", "wh", "UTC", true);
+    let runs: Vec<_> = (0..3).map(|_| site.run(&utc, &["migrate"])).collect();
+    let mut codes = vec![];
+    for out in futures::future::join_all(runs).await {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let code = out.status.code().unwrap();
+        // Done, or busy (5) with the lock named: never a failure.
+        assert!(
+            code == 0 || (code == 5 && text.contains("lock")),
+            "{code}: {text}"
+        );
+        codes.push(code);
+    }
+    assert!(codes.contains(&0), "{codes:?}");
+    // Once it is done, a migrate has nothing left to do, and the root is in the new zone.
+    site.run_ok(&utc, &["migrate"], 0).await;
+    assert_eq!(parquet_rows(&site.root("wh")).len(), rows);
+    site.run_ok(&utc, &["verify"], 0).await;
+    site.db.drop_db().await;
+}

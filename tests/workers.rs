@@ -827,7 +827,7 @@ async fn a_worker_stopped_past_its_lease_and_resumed_writes_nothing_another_work
     write_config(&cfg_a, &emu_a.endpoint(), &ids, &bucket, 3.0);
     write_config(&cfg_b, &emu_b.endpoint(), &ids, &bucket, 50.0);
     let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
-    a.args(["--log-format", "json", "-q", "--config"])
+    a.args(["--log-format", "json", "--config"])
         .arg(&cfg_a)
         .args([
             "backfill",
@@ -887,6 +887,52 @@ async fn a_worker_stopped_past_its_lease_and_resumed_writes_nothing_another_work
     let dropped = summary["windows_lease_lost"].as_u64().unwrap()
         + summary["fenced_commits"].as_u64().unwrap();
     assert!(dropped > 0, "it knew it had lost its leases: {summary}");
+    // Each refused commit is logged once, with the refused window's own fields (not those of
+    // the window whose write found it).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut refused = BTreeSet::new();
+    for line in stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("commit refused"))
+        })
+    {
+        let field = |k: &str| {
+            line[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("{k}: {line}"))
+                .to_string()
+        };
+        assert!(ids.contains(&field("instance")), "{line}");
+        assert_eq!(field("media_type"), "Audio");
+        let window = (field("sink"), field("instance"), field("window_start"));
+        assert!(refused.insert(window), "logged twice: {line}");
+    }
+    // So does the line that says the window failed.
+    for line in stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "window failed")
+    {
+        let instance = line["instance"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            line["window"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{instance}/Audio ")),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        refused.len() as u64,
+        summary["fenced_commits"].as_u64().unwrap(),
+        "{stderr}"
+    );
     // The sinks hold the same rows: A wrote nothing of what B took over.
     sinks_agree(&cfg_b, &db, &bucket, from, to).await;
     db.drop_db().await;

@@ -70,7 +70,13 @@ pub(crate) async fn run_migrate(config: &Config, access: Access) -> anyhow::Resu
         if layout.read_meta().map_err(InputError::new)?.is_none() {
             return Ok(EXIT_OK);
         }
-        let _lock = layout.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Another `migrate` (or a run) holds the root: busy, exit 5; run again when it is done.
+        let _lock = layout.lock().map_err(|e| -> anyhow::Error {
+            match e {
+                crate::sink::parquet::LockError::Held(m) => crate::error::Busy(m).into(),
+                crate::sink::parquet::LockError::Io(m) => anyhow::anyhow!(m),
+            }
+        })?;
         let before = layout.list().map_err(anyhow::Error::msg)?;
         let report = {
             let (layout, compression) = (layout.clone(), pq.compression);

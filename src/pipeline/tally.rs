@@ -170,7 +170,13 @@ impl Tally {
                 Step::Quiet
             }
             Event::FetchFailed(f) => {
-                tracing::error!(window = %f.key, error = %f.error, "window failed");
+                tracing::error!(
+                    window = %f.key,
+                    instance = %f.key.instance_id,
+                    media_type = %f.key.media_type,
+                    error = %f.error,
+                    "window failed"
+                );
                 self.windows.entry(f.key.clone()).or_default().failed = true;
                 self.summary.windows_failed.push(f);
                 Step::WindowDone { rows: 0 }
@@ -178,7 +184,13 @@ impl Tally {
             Event::SinkFailed(f) => {
                 let p = self.windows.entry(f.key.clone()).or_default();
                 if !p.failed {
-                    tracing::error!(window = %f.key, error = %f.error, "window failed");
+                    tracing::error!(
+                        window = %f.key,
+                        instance = %f.key.instance_id,
+                        media_type = %f.key.media_type,
+                        error = %f.error,
+                        "window failed"
+                    );
                     p.failed = true;
                     self.summary.windows_failed.push(f);
                 }
