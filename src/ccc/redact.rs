@@ -13,10 +13,12 @@ use regex::Regex;
 use crate::config::{Credentials, mask};
 
 /// `name` then a separator (`=`, `:`, `%3D`, `%253D`, JSON's `":"`), then the value up to the next
-/// delimiter (`&`, `%26`, `%2526`, whitespace, a quote, `,` or `;`).
+/// delimiter (`&`, `%26`, `%2526`, whitespace, a quote, `,`, `;`, or a backslash: a message that
+/// quotes a canonical request escapes its line breaks as `\n`, and the next header is not part
+/// of the value).
 static PARAM: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r#"(?i)(?P<name>x-acs-security-token|x-acs-accesskey-id|securitytoken|accesskeyid|accesskeysecret|signature|credential)(?P<sep>\s*(?:=|:|%3D|%253D|"\s*:\s*")\s*)(?P<value>(?:[^&\s"',;%]|%(?:25(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-57-9A-Fa-f])|2[0-47-9A-Fa-f]|[013-9A-Fa-f][0-9A-Fa-f]))+)"#,
+        r#"(?i)(?P<name>x-acs-security-token|x-acs-accesskey-id|securitytoken|accesskeyid|accesskeysecret|signature|credential)(?P<sep>\s*(?:=|:|%3D|%253D|"\s*:\s*")\s*)(?P<value>(?:[^&\s"',;%\\]|%(?:25(?:[013-9A-Fa-f][0-9A-Fa-f]|2[0-57-9A-Fa-f])|2[0-47-9A-Fa-f]|[013-9A-Fa-f][0-9A-Fa-f]))+)"#,
     )
     .expect("valid pattern")
 });
@@ -139,6 +141,17 @@ mod tests {
             assert!(!out.contains(leak), "{leak} in {out}");
         }
         assert!(out.contains("SignedHeaders=host;x-acs-date"), "{out}");
+    }
+
+    #[test]
+    fn a_value_is_removed_and_nothing_after_it() {
+        // A canonical request quoted in a JSON message: its line breaks arrive escaped.
+        let msg = r"canonical request is:POST\n/\n\nx-acs-security-token:CAISexample/Token+Value==\nx-acs-signature-nonce:n-1\nx-acs-date:2026-12-04T10:00:00Z";
+        let out = redactor().scrub(msg);
+        assert_eq!(
+            out,
+            r"canonical request is:POST\n/\n\nx-acs-security-token:[redacted]\nx-acs-signature-nonce:n-1\nx-acs-date:2026-12-04T10:00:00Z"
+        );
     }
 
     #[test]
