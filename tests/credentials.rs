@@ -616,6 +616,9 @@ async fn an_oidc_token_file_that_vanishes_mid_run_stops_the_run_once() {
         .filter(|l| l.contains("oidc-token") && (l.contains("ERROR") || l.contains("error")))
         .collect();
     assert!(!said.is_empty(), "the missing token file is named: {t}");
+    // The expiry is logged as a timestamp, not as Rust's debug text.
+    let expires = regex::Regex::new(r"expires=20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ").unwrap();
+    assert!(expires.is_match(&t) && !t.contains("expires=Some("), "{t}");
     let m = std::fs::read_to_string(s.metrics()).unwrap();
     let failed = metric(
         &m,

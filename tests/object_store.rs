@@ -231,6 +231,44 @@ async fn a_backfill_into_s3_equals_the_same_backfill_into_a_local_root_file_for_
         expected,
         "the deleted day is back"
     );
+
+    // A second object in a day's folder (a copy) is a finding, and the next run moves it under
+    // `_ccc_etl/set-aside/` (a copy, then a delete), leaving the day as it was.
+    let (table, day) = *expected.keys().nth(5).unwrap();
+    let file = o.day_key(table, day);
+    let copy = object_store::path::Path::from(
+        file.as_ref()
+            .replace("part-00000.parquet", "part-00001.parquet"),
+    );
+    object_store::ObjectStoreExt::copy(&*store, &file, &copy)
+        .await
+        .unwrap();
+    let verify = ccc_etl(s3, &s3_cfg, &db.url, &["verify"]);
+    assert_eq!(verify.status.code(), Some(4), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("EXTRA FILE") && text(&verify).contains("part-00001.parquet"),
+        "{}",
+        text(&verify)
+    );
+    let status = ccc_etl(s3, &s3_cfg, &db.url, &["status"]);
+    assert!(text(&status).contains("EXTRA FILE"), "{}", text(&status));
+    let moved = ccc_etl(s3, &s3_cfg, &db.url, &backfill);
+    assert!(moved.status.success(), "{}", text(&moved));
+    let listing = s3_root.list_all().await.unwrap();
+    assert!(listing.strays.is_empty(), "{:?}", listing.strays);
+    let aside: Vec<_> =
+        futures::TryStreamExt::try_collect::<Vec<_>>(object_store::ObjectStore::list(
+            &*store,
+            Some(&object_store::path::Path::from(
+                "warehouse/_ccc_etl/set-aside",
+            )),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(contents(&s3_root).await, expected);
+    let verify = ccc_etl(s3, &s3_cfg, &db.url, &["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
     db.drop_db().await;
 }
 
