@@ -49,6 +49,10 @@ impl Backfill {
         let mut done = 0u64;
         tokio::pin!(stop);
         'run: loop {
+            // A window whose lease was lost (taken over, or expired while this worker was
+            // stopped) is claimed again with those others hold: taken over, it is done
+            // elsewhere; handed back, it is fetched here.
+            waiting.extend(run.tally.take_lost());
             // Claim ahead: the next batch of the plan, and now and then what others held.
             let retry_due = !waiting.is_empty() && last_retry.elapsed() >= heartbeat;
             if claiming.is_none()

@@ -61,8 +61,11 @@ pub enum Event {
     /// Rows dropped from day files they did not belong in (another day's, a repeated key).
     ForeignRows(u64),
     /// This worker lost the window's lease (taken over, or expired) before it was written: it is
-    /// another worker's to do.
+    /// another worker's to do, or this one's once it claims it back.
     LeaseLost(WindowKey),
+    /// A sink refused the window's write: this worker no longer holds its lease. Like
+    /// `LeaseLost`, after the fetch.
+    Fenced(WindowKey),
 }
 
 /// What applying an event means for the caller (progress, stopping).
@@ -85,6 +88,8 @@ struct Pending {
     rows: Option<[u64; 3]>,
     reported: BTreeSet<SinkKind>,
     failed: bool,
+    /// The worker lost its lease: done once claimed back and written, or done elsewhere.
+    lost: bool,
 }
 
 /// The run's windows in flight and its summary.
@@ -95,6 +100,8 @@ pub struct Tally {
     summary: RunSummary,
     /// Windows counted ok since the last [`Tally::take_ok`].
     ok: Vec<WindowKey>,
+    /// Windows whose lease was lost since the last [`Tally::take_lost`].
+    newly_lost: Vec<WindowKey>,
 }
 
 impl Tally {
@@ -105,7 +112,13 @@ impl Tally {
             windows: HashMap::new(),
             summary,
             ok: Vec::new(),
+            newly_lost: Vec::new(),
         }
+    }
+
+    /// The windows whose lease this worker lost since the last call: to claim again.
+    pub fn take_lost(&mut self) -> Vec<WindowKey> {
+        std::mem::take(&mut self.newly_lost)
     }
 
     /// The windows counted ok since the last call.
@@ -128,9 +141,35 @@ impl Tally {
         self.summary.fatal = Some(fatal);
     }
 
-    /// The summary, once the run is over.
-    pub fn into_summary(self) -> RunSummary {
+    /// The summary, once the run is over: a window whose lease was lost, and that was neither
+    /// claimed back and written nor done elsewhere, failed (the next run fetches it).
+    pub fn into_summary(mut self) -> RunSummary {
+        let mut lost: Vec<WindowKey> = self
+            .windows
+            .iter()
+            .filter(|(_, p)| p.lost && !p.failed)
+            .map(|(k, _)| k.clone())
+            .collect();
+        lost.sort();
+        for key in lost {
+            self.summary.windows_failed.push(FailedWindow {
+                key,
+                error: "this worker lost the window's lease and could not claim it back; the \
+                        next run fetches it"
+                    .into(),
+                retryable: true,
+            });
+        }
         self.summary
+    }
+
+    /// The worker lost `key`'s lease.
+    fn lose(&mut self, key: WindowKey) {
+        let p = self.windows.entry(key.clone()).or_default();
+        if !p.lost {
+            p.lost = true;
+            self.newly_lost.push(key);
+        }
     }
 
     /// Applies one event.
@@ -206,7 +245,9 @@ impl Tally {
                 Step::Quiet
             }
             Event::Fatal(msg) => Step::Stop(msg),
-            Event::DoneElsewhere(_) => {
+            Event::DoneElsewhere(key) => {
+                // A window this worker lost and another finished is nobody's failure.
+                self.windows.remove(&key);
                 self.summary.windows_done_elsewhere += 1;
                 Step::WindowDone { rows: 0 }
             }
@@ -214,9 +255,14 @@ impl Tally {
                 self.summary.foreign_rows_dropped += n;
                 Step::Quiet
             }
-            Event::LeaseLost(_) => {
+            Event::LeaseLost(key) => {
                 self.summary.windows_lease_lost += 1;
+                self.lose(key);
                 Step::WindowDone { rows: 0 }
+            }
+            Event::Fenced(key) => {
+                self.lose(key);
+                Step::Quiet
             }
         }
     }

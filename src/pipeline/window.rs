@@ -243,6 +243,7 @@ pub(super) fn report(sink: &dyn Sink, written: Written) -> Vec<Event> {
             keys: written.durable.into_iter().map(|d| d.key).collect(),
         });
     }
+    events.extend(written.fenced.into_iter().map(Event::Fenced));
     for (key, e) in written.failed {
         events.push(Event::SinkFailed(FailedWindow {
             key,

@@ -129,19 +129,17 @@ impl RunContext {
             w.durable.drain(..).partition(|d| mine.contains(&d.key));
         w.durable = kept;
         for d in refused {
-            let error = match &unchecked {
-                Some(why) => SinkError {
-                    sink: SinkKind::Parquet,
-                    message: why.clone(),
-                    retryable: true,
-                },
-                None => SinkError {
-                    sink: SinkKind::Parquet,
-                    message: "fenced: the window's lease was taken over by another worker".into(),
-                    retryable: false,
-                },
-            };
-            w.failed.push((d.key, error));
+            match &unchecked {
+                Some(why) => w.failed.push((
+                    d.key,
+                    SinkError {
+                        sink: SinkKind::Parquet,
+                        message: why.clone(),
+                        retryable: true,
+                    },
+                )),
+                None => w.fenced.push(d.key),
+            }
         }
     }
 
@@ -252,6 +250,9 @@ pub struct Written {
     pub damaged: Vec<DamagedDay>,
     /// Rows dropped from day files they did not belong in (another day's, a repeated key).
     pub foreign_rows: u64,
+    /// Windows whose write was refused because this worker no longer holds their lease: not
+    /// failed here, but another worker's (or this one's again, once it claims them back).
+    pub fenced: Vec<WindowKey>,
 }
 
 /// A day whose file was found damaged (unreadable, another schema) and set aside.

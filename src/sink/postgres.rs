@@ -734,6 +734,13 @@ impl PostgresSink {
         run: &RunContext,
     ) -> Result<CommitStats, SinkError> {
         let mut w = self.commit_all(&[Arc::new(b.clone())], run).await;
+        if !w.fenced.is_empty() {
+            return Err(SinkError {
+                sink: SinkKind::Postgres,
+                message: "fenced: this worker no longer holds the window's lease".into(),
+                retryable: false,
+            });
+        }
         match w.failed.pop() {
             Some((_, e)) => Err(e),
             None => Ok(w.stats),
@@ -767,6 +774,7 @@ impl PostgresSink {
                     };
                     all.durable.extend(one.durable);
                     all.failed.extend(one.failed);
+                    all.fenced.extend(one.fenced);
                     all.stats += one.stats;
                 }
                 all
@@ -816,7 +824,7 @@ impl PostgresSink {
                     group.iter().enumerate().partition(|(i, _)| held[*i]);
                 for (_, b) in refused {
                     c.refused(&b.key, "postgres");
-                    written.failed.push((b.key.clone(), sink_err(fenced())));
+                    written.fenced.push(b.key.clone());
                 }
                 kept.into_iter().map(|(_, b)| b).collect()
             }
@@ -1040,21 +1048,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
-/// Why a commit of a window whose lease was taken over is refused.
-const FENCED: &str = "fenced: the window's lease was taken over by another worker";
-
-fn fenced() -> sqlx::Error {
-    sqlx::Error::Protocol(FENCED.into())
-}
-
 fn sink_err(e: sqlx::Error) -> SinkError {
-    if matches!(&e, sqlx::Error::Protocol(m) if m == FENCED) {
-        return SinkError {
-            sink: SinkKind::Postgres,
-            retryable: false,
-            message: FENCED.into(),
-        };
-    }
     SinkError {
         sink: SinkKind::Postgres,
         retryable: is_retryable(&e),

@@ -1206,11 +1206,13 @@ fn encode_rows<W: std::io::Write + Send>(
     w.into_inner().map_err(|e| e.to_string())
 }
 
-/// Adds settled windows to what a call reports.
+/// Adds settled windows to what a call reports: a window refused by the lease check is fenced,
+/// not failed.
 fn absorb(out: &mut Written, settled: Vec<Settled>) {
     for s in settled {
         match s {
             Settled::Durable(batch) => out.durable.push(DurableWindow::of(&batch)),
+            Settled::Failed(key, e) if e.message == FENCED => out.fenced.push(key),
             Settled::Failed(key, e) => out.failed.push((key, e)),
         }
     }
