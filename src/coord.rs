@@ -234,7 +234,13 @@ impl Coordinator {
             let state: Option<String> = r.get(4);
             match (attempt, state.as_deref()) {
                 (Some(a), _) => {
+                    // Claimed (back): a new attempt, whose refusals would be new ones.
                     self.lost.lock().expect("lost").remove(&k);
+                    let mut refusals = self.refusals.lock().expect("refusals");
+                    for sink in ["postgres", "parquet"] {
+                        refusals.remove(&(k.clone(), sink));
+                    }
+                    drop(refusals);
                     tokens.insert(k, (w.end_ms, a));
                     out.mine.push((*w).clone());
                 }
@@ -311,11 +317,6 @@ impl Coordinator {
                 return std::future::pending().await;
             }
         }
-    }
-
-    /// Leases lost so far (taken over, or expired without a heartbeat).
-    pub fn leases_lost(&self) -> usize {
-        self.lost.lock().expect("lost").len()
     }
 
     /// Forgets the leases of `keys`: their fetches are cancelled, their rows written nowhere.

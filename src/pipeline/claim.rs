@@ -80,6 +80,12 @@ impl Backfill {
             }
             if in_flight.is_empty() && claiming.is_none() && ready.is_empty() && queue.is_empty() {
                 if waiting.is_empty() {
+                    // What the sinks hold is written now, while a window whose write is refused
+                    // (its lease lost) can still be claimed back.
+                    self.write_held(&mut run, false).await;
+                    if run.tally.has_lost() {
+                        continue;
+                    }
                     break;
                 }
                 // Only windows other workers hold are left: what the sinks hold to write

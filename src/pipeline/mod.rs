@@ -380,6 +380,13 @@ impl Backfill {
 
     /// Applies an event to the tally and the progress display; returns a run-fatal error.
     fn apply(&self, tally: &mut Tally, event: Event) -> Option<String> {
+        let event = match (event, &self.coordinator) {
+            // A sink failed a window whose lease this worker lost meanwhile (its transaction
+            // ended while the process was stopped): not this worker's failure; it claims the
+            // window back with the others it lost.
+            (Event::SinkFailed(f), Some(c)) if c.is_lost(&f.key) => Event::Fenced(f.key),
+            (event, _) => event,
+        };
         let step = tally.apply(event);
         if let Some(c) = &self.coordinator {
             for key in tally.take_ok() {

@@ -116,6 +116,11 @@ impl Tally {
         }
     }
 
+    /// Whether windows whose lease was lost wait to be claimed again.
+    pub fn has_lost(&self) -> bool {
+        !self.newly_lost.is_empty()
+    }
+
     /// The windows whose lease this worker lost since the last call: to claim again.
     pub fn take_lost(&mut self) -> Vec<WindowKey> {
         std::mem::take(&mut self.newly_lost)
