@@ -488,7 +488,7 @@ impl Coordinator {
                     self.settings.lease.as_secs_f64()
                 ),
             );
-            sqlx::query(HAND_BACK)
+            sqlx::query(HAND_BACK_EXPIRED)
                 .bind(self.worker)
                 .execute(&self.pool)
                 .await
@@ -662,6 +662,12 @@ pub const HOLDS_NOW: &str = "SELECT w.n FROM unnest($1::text[], $2::text[], $3::
 /// Hands back every lease a worker holds.
 const HAND_BACK: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \
      WHERE worker_id = $1 AND state = 'leased' ORDER BY 1, 2, 3 FOR UPDATE) \
+     UPDATE leases l SET state = 'pending', worker_id = NULL, lease_until = NULL FROM mine \
+     WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)";
+
+/// Hands back the leases a worker holds that have expired (not one it claimed again since).
+const HAND_BACK_EXPIRED: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \
+     WHERE worker_id = $1 AND state = 'leased' AND lease_until < now() ORDER BY 1, 2, 3 FOR UPDATE) \
      UPDATE leases l SET state = 'pending', worker_id = NULL, lease_until = NULL FROM mine \
      WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)";
 

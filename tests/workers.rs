@@ -52,9 +52,22 @@ fn write_config(path: &Path, endpoint: &str, ids: &[String], bucket: &str, qps: 
     .unwrap();
 }
 
+/// A quiet `backfill` worker of `[from, to)`: stderr piped, stdout dropped.
 fn backfill(config: &Path, db_url: &str, from: i64, to: i64) -> tokio::process::Command {
+    worker(config, db_url, from, to, &["-q"])
+}
+
+/// A `backfill` worker of `[from, to)` with the global flags `flags`.
+fn worker(
+    config: &Path,
+    db_url: &str,
+    from: i64,
+    to: i64,
+    flags: &[&str],
+) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
-    c.args(["-q", "--config"])
+    c.args(flags)
+        .arg("--config")
         .arg(config)
         .args([
             "backfill",
@@ -750,6 +763,24 @@ async fn parquet_as_pg(bucket: &str) -> Vec<String> {
     out
 }
 
+/// A `backfill` worker logging JSON lines, its output piped: the run summary on stdout, the log
+/// on stderr.
+fn json_worker(config: &Path, db_url: &str, from: i64, to: i64) -> tokio::process::Child {
+    worker(config, db_url, from, to, &["--log-format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The run summary a JSON-logging worker printed.
+fn run_summary(stdout: &str) -> serde_json::Value {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "run summary")
+        .unwrap_or_else(|| panic!("no summary: {stdout}"))
+}
+
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a child process this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
@@ -777,6 +808,17 @@ async fn ccc(config: &Path, db_url: &str, args: &[&str]) -> (Option<i32>, String
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// `backfill -q` of `[from, to)` with `config`: its exit code and output.
+async fn quiet_backfill(config: &Path, db_url: &str, from: i64, to: i64) -> (Option<i32>, String) {
+    let (from, to) = (from.to_string(), to.to_string());
+    ccc(
+        config,
+        db_url,
+        &["-q", "backfill", "--from", &from, "--to", &to],
+    )
+    .await
 }
 
 /// What both sinks hold, compared row by row; then `verify` agrees and `plan` has nothing left.
@@ -823,25 +865,7 @@ async fn a_worker_stopped_past_its_lease_and_resumed_writes_nothing_another_work
     // Worker A is slow (3 requests a second), so that it is stopped in the middle of its job.
     write_config(&cfg_a, &emu_a.endpoint(), &ids, &bucket, 3.0);
     write_config(&cfg_b, &emu_b.endpoint(), &ids, &bucket, 50.0);
-    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
-    a.args(["--log-format", "json", "--config"])
-        .arg(&cfg_a)
-        .args([
-            "backfill",
-            "--from",
-            &from.to_string(),
-            "--to",
-            &to.to_string(),
-        ])
-        .envs(common::s3::server().env())
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let a = a.spawn().unwrap();
+    let a = json_worker(&cfg_a, &db.url, from, to);
     let pid = a.id().unwrap();
     let t0 = Instant::now();
     while emu_a.stats().await.unwrap().ok_calls().len() < 5 {
@@ -853,19 +877,7 @@ async fn a_worker_stopped_past_its_lease_and_resumed_writes_nothing_another_work
     let calls_when_stopped = emu_a.stats().await.unwrap().calls.len();
     // Past its lease (4 s) and a heartbeat: worker B takes the job over, against revised data.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let (code, text) = ccc(
-        &cfg_b,
-        &db.url,
-        &[
-            "-q",
-            "backfill",
-            "--from",
-            &from.to_string(),
-            "--to",
-            &to.to_string(),
-        ],
-    )
-    .await;
+    let (code, text) = quiet_backfill(&cfg_b, &db.url, from, to).await;
     assert_eq!(code, Some(0), "{text}");
     signal(pid, libc::SIGCONT);
     let out = tokio::time::timeout(Duration::from_secs(60), a.wait_with_output())
@@ -876,11 +888,7 @@ async fn a_worker_stopped_past_its_lease_and_resumed_writes_nothing_another_work
     // It stops at once: no more than the requests it had in flight.
     let after = emu_a.stats().await.unwrap().calls.len() - calls_when_stopped;
     assert!(after <= 4, "{after} requests after it was resumed");
-    let summary: serde_json::Value = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["message"] == "run summary")
-        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    let summary = run_summary(&stdout);
     let dropped = summary["windows_lease_lost"].as_u64().unwrap()
         + summary["fenced_commits"].as_u64().unwrap();
     assert!(dropped > 0, "it knew it had lost its leases: {summary}");
@@ -1000,18 +1008,7 @@ async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease
     let started = Instant::now();
     let (code, text) = tokio::time::timeout(
         Duration::from_secs(60),
-        ccc(
-            &cfg,
-            &db.url,
-            &[
-                "-q",
-                "backfill",
-                "--from",
-                &from.to_string(),
-                "--to",
-                &to.to_string(),
-            ],
-        ),
+        quiet_backfill(&cfg, &db.url, from, to),
     )
     .await
     .expect("the other worker is not stalled by the frozen one");
@@ -1147,19 +1144,7 @@ async fn chaos_workers_killed_terminated_and_stopped_past_their_lease_leave_both
     }
     ticker.await.unwrap();
     // What the chaos left undone, one clean run does; nothing is done twice or left stale.
-    let (code, text) = ccc(
-        &cfg,
-        &db.url,
-        &[
-            "-q",
-            "backfill",
-            "--from",
-            &from.to_string(),
-            "--to",
-            &to.to_string(),
-        ],
-    )
-    .await;
+    let (code, text) = quiet_backfill(&cfg, &db.url, from, to).await;
     assert_eq!(code, Some(0), "seed {seed}: {text}");
     sinks_agree(&cfg, &db, &bucket, from, to).await;
     // The emulator's values final, and the range fetched again.
@@ -1205,25 +1190,7 @@ async fn a_lone_worker_stopped_past_its_lease_takes_its_windows_back_and_finishe
     let work = tempfile::tempdir().unwrap();
     let cfg = work.path().join("p.toml");
     write_config(&cfg, &emu.endpoint(), &ids, &bucket, 3.0);
-    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
-    a.args(["--log-format", "json", "--config"])
-        .arg(&cfg)
-        .args([
-            "backfill",
-            "--from",
-            &from.to_string(),
-            "--to",
-            &to.to_string(),
-        ])
-        .envs(common::s3::server().env())
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let a = a.spawn().unwrap();
+    let a = json_worker(&cfg, &db.url, from, to);
     let pid = a.id().unwrap();
     let t0 = Instant::now();
     while emu.stats().await.unwrap().ok_calls().len() < 5 {
@@ -1245,11 +1212,7 @@ async fn a_lone_worker_stopped_past_its_lease_takes_its_windows_back_and_finishe
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["message"] == "run summary")
-        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    let summary = run_summary(&stdout);
     assert!(
         summary["windows_lease_lost"].as_u64().unwrap() > 0,
         "it noticed its leases had expired: {summary}"

@@ -52,7 +52,11 @@ impl Backfill {
             // A window whose lease was lost (taken over, or expired while this worker was
             // stopped) is claimed again with those others hold: taken over, it is done
             // elsewhere; handed back, it is fetched here.
-            waiting.extend(run.tally.take_lost());
+            for w in run.tally.take_lost() {
+                if !waiting.contains(&w) {
+                    waiting.push(w);
+                }
+            }
             // Claim ahead: the next batch of the plan, and now and then what others held.
             let retry_due = !waiting.is_empty() && last_retry.elapsed() >= heartbeat;
             if claiming.is_none()

@@ -168,11 +168,10 @@ impl Tally {
         self.summary
     }
 
-    /// The worker lost `key`'s lease.
+    /// The worker lost `key`'s lease (again, perhaps: each claim is an attempt of its own).
     fn lose(&mut self, key: WindowKey) {
-        let p = self.windows.entry(key.clone()).or_default();
-        if !p.lost {
-            p.lost = true;
+        self.windows.entry(key.clone()).or_default().lost = true;
+        if !self.newly_lost.contains(&key) {
             self.newly_lost.push(key);
         }
     }
@@ -214,13 +213,7 @@ impl Tally {
                 Step::Quiet
             }
             Event::FetchFailed(f) => {
-                tracing::error!(
-                    window = %f.key,
-                    instance = %f.key.instance_id,
-                    media_type = %f.key.media_type,
-                    error = %f.error,
-                    "window failed"
-                );
+                log_failed(&f);
                 self.windows.entry(f.key.clone()).or_default().failed = true;
                 self.summary.windows_failed.push(f);
                 Step::WindowDone { rows: 0 }
@@ -228,13 +221,7 @@ impl Tally {
             Event::SinkFailed(f) => {
                 let p = self.windows.entry(f.key.clone()).or_default();
                 if !p.failed {
-                    tracing::error!(
-                        window = %f.key,
-                        instance = %f.key.instance_id,
-                        media_type = %f.key.media_type,
-                        error = %f.error,
-                        "window failed"
-                    );
+                    log_failed(&f);
                     p.failed = true;
                     self.summary.windows_failed.push(f);
                 }
@@ -347,6 +334,17 @@ impl Tally {
         self.windows.remove(key);
         self.ok.push(key.clone());
     }
+}
+
+/// One error line per failed window, with the window's own instance and media type.
+fn log_failed(f: &FailedWindow) {
+    tracing::error!(
+        window = %f.key,
+        instance = %f.key.instance_id,
+        media_type = %f.key.media_type,
+        error = %f.error,
+        "window failed"
+    );
 }
 
 #[cfg(test)]
