@@ -8,10 +8,14 @@
 //! its lease expires and the window is claimed again (the rescue River and graphile-worker do with
 //! their `attempted_by`/`locked_at` columns, here per window).
 //!
-//! Each claim increments `attempt`, the fencing token. A commit counts only if the lease is still
-//! the committer's, with the attempt it claimed (checked inside the PostgreSQL sink's transaction,
-//! and before the Parquet commits are recorded): a slow worker whose lease was taken over cannot
-//! overwrite the newer result, and its refused commits are counted.
+//! Each claim increments `attempt`, the fencing token. A write counts only if the lease is still
+//! the writer's, with the attempt it claimed: checked inside the PostgreSQL sink's transaction
+//! ([`HELD_LEASES`], the lease rows locked until the commit), under a Parquet day's lock before
+//! its file is written on object storage ([`HOLDS_NOW`]), and before the Parquet commits are
+//! recorded ([`STILL_MINE`]). A slow worker whose lease was taken over cannot overwrite the newer
+//! result; its refused writes are counted. Its heartbeat notices the loss (a lease taken over,
+//! or every lease when no extension succeeded for a lease): those windows' requests are
+//! cancelled, and the pipeline claims them again with the ones other workers hold.
 //!
 //! Lock order: every statement that locks several lease rows locks them in key order (instance,
 //! media type, start), and a commit takes its series locks before its lease rows, so two
@@ -106,7 +110,7 @@ impl std::fmt::Debug for Coordinator {
 fn db(e: sqlx::Error) -> anyhow::Error {
     anyhow::anyhow!(
         "coordination in PostgreSQL failed: {}",
-        crate::sink::postgres::explain(&e)
+        crate::db::explain(&e)
     )
 }
 
@@ -268,12 +272,6 @@ impl Coordinator {
             .map(|((_, _, s), (_, a))| (*s, *a))
     }
 
-    /// This worker's id, the start of the lease `w` is fetched under and the attempt it was
-    /// claimed with (none: this worker does not hold `w`).
-    pub fn held(&self, w: &WindowKey) -> Option<(uuid::Uuid, i64, i32)> {
-        self.lease_of(w).map(|(s, a)| (self.worker, s, a))
-    }
-
     /// A commit of `w` to `sink` was refused: counted, and logged with the refused window's own
     /// fields (not those of the window whose write found it).
     pub fn refused(&self, w: &WindowKey, sink: &'static str) {
@@ -361,13 +359,31 @@ impl Coordinator {
             .bind(self.worker)
             .fetch_all(conn)
             .await?;
-        let mut flags = vec![false; windows.len()];
-        for n in rows {
-            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| flags.get_mut(i)) {
-                *f = true;
-            }
-        }
-        Ok(flags)
+        Ok(flags_at(windows.len(), &rows))
+    }
+
+    /// Of `windows` (as fetched), those whose lease this worker still holds with the attempt it
+    /// claimed, as flags, their lease rows locked in key order until `conn`'s transaction ends
+    /// (the PostgreSQL sink's fence: a take-over waits for the commit, then fetches anew).
+    pub async fn holds_for_commit(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        windows: &[&WindowKey],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let leases: Vec<(i64, i32)> = windows
+            .iter()
+            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
+            .collect();
+        let (i, m, _, _) = columns(windows.iter().copied());
+        let rows: Vec<i64> = sqlx::query_scalar(HELD_LEASES)
+            .bind(i)
+            .bind(m)
+            .bind(leases.iter().map(|l| l.0).collect::<Vec<i64>>())
+            .bind(leases.iter().map(|l| l.1).collect::<Vec<i32>>())
+            .bind(self.worker)
+            .fetch_all(conn)
+            .await?;
+        Ok(flags_at(windows.len(), &rows))
     }
 
     /// Of `windows`, those this worker still holds; the others are counted as fenced.
@@ -648,6 +664,15 @@ const EXTEND: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FRO
      WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms) \
      RETURNING l.instance_id, l.media_type, l.start_ms, l.attempt";
 
+/// The ordinals of the group's windows `($1, $2, $3)` whose lease worker `$5` still holds with
+/// the attempts `$4`, the lease rows locked in key order until the commit (the PostgreSQL
+/// sink's fence).
+pub const HELD_LEASES: &str = "SELECT w.n FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
+         WITH ORDINALITY AS w(i, m, s, a, n) ORDER BY 1, 2, 3 OFFSET 0) w \
+     CROSS JOIN LATERAL (SELECT 1 FROM leases l \
+         WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+           AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x";
+
 /// Of the windows `($1, $2, $3)` with the attempts `$4`, the ordinals worker `$5` can prove it
 /// holds at this instant (`clock_timestamp()`, not the transaction's start, which may have waited
 /// for a day's lock): leased with a lease not expired, or done.
@@ -703,6 +728,17 @@ fn process_runs_ccc_etl(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("ccc-etl"))
         .unwrap_or(false)
+}
+
+/// `len` flags, set at the 1-based ordinals (`WITH ORDINALITY`) a statement returned.
+pub(crate) fn flags_at(len: usize, ordinals: &[i64]) -> Vec<bool> {
+    let mut flags = vec![false; len];
+    for n in ordinals {
+        if let Some(f) = usize::try_from(*n - 1).ok().and_then(|i| flags.get_mut(i)) {
+            *f = true;
+        }
+    }
+    flags
 }
 
 /// The instance ids, media types, starts and ends of windows, as arrays to bind.

@@ -20,6 +20,9 @@
 //!   [`sink::parquet::layout`] (what a root holds where), [`sink::parquet::reconcile`] (the root
 //!   checked against the ledger before a run), [`sink::parquet::migrate`] (a new zone)
 //! - [`ledger`]: which windows are committed, where; resume = plan minus ledger
+//! - [`db`]: PostgreSQL itself: connections (every session bounded), schema, migrations,
+//!   privileges, errors in words; [`coord`]: several workers, one job (leases, the fencing
+//!   token, one QPS budget)
 //! - [`status`], [`verify`], [`metrics`], [`progress`], [`telemetry`], [`output`]: what a run
 //!   tells people
 //! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes
@@ -30,6 +33,7 @@ pub mod commands;
 pub mod config;
 pub mod coord;
 pub mod credentials;
+pub mod db;
 pub mod dedup;
 pub mod error;
 pub mod ledger;

@@ -10,9 +10,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use crate::db::PgStore;
 use crate::record::Table;
 use crate::sink::parquet::{ReadError, Root};
-use crate::sink::postgres::PgStore;
 
 /// Rows and checksum of one partition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

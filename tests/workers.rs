@@ -659,7 +659,7 @@ async fn lease_lookups_read_a_few_lease_rows_per_window_however_many_are_held() 
         ("claim", ccc_etl::coord::CLAIM),
         ("still mine", ccc_etl::coord::STILL_MINE),
         ("mark done", ccc_etl::coord::MARK_DONE),
-        ("held leases", ccc_etl::sink::postgres::HELD_LEASES),
+        ("held leases", ccc_etl::coord::HELD_LEASES),
     ] {
         let ask = if name == "claim" {
             pending

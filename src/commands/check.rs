@@ -91,7 +91,7 @@ async fn check_postgres(config: &Config) -> Result<String, String> {
         return Ok("not configured".into());
     };
     let url = pg.resolve_url().map_err(|e| e.to_string())?;
-    crate::sink::postgres::check_privileges(&url, &pg.schema)
+    crate::db::check_privileges(&url, &pg.schema)
         .await
         .map_err(|e| e.to_string())
 }

@@ -2,11 +2,11 @@
 
 use super::open::{connect_postgres_with, open_ledger};
 use crate::config::Config;
+use crate::db::Access;
 use crate::error::{EXIT_OK, InputError};
 use crate::ledger::SinkId;
 use crate::sink::SinkKind;
 use crate::sink::parquet::{Layout, Root, reconcile};
-use crate::sink::postgres::Access;
 
 /// The configuration `migrate` works with: the file, or, when there is no file at all and
 /// `DATABASE_URL` is set, that database with the default schema (what the README's

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::config::RootUrl;
+use crate::db::{Access, PgError, PgStore, SessionLimits};
 use crate::error::InputError;
 use crate::ledger::{FileLedger, Ledger, SinkId};
 use crate::sink::parquet::{ObjectRoot, OpenError, ParquetSink, Root, check_zone, reconcile};
-use crate::sink::postgres::{Access, PgError, PgLedger, PgStore, PostgresSink, SessionLimits};
+use crate::sink::postgres::{PgLedger, PostgresSink};
 use crate::sink::{Sink, SinkKind};
 
 /// The ledger that goes with the configured sinks: PostgreSQL's when it is configured (it then

@@ -7,13 +7,13 @@ use chrono::NaiveDate;
 use super::job::{HowToRun, execute, finish_run};
 use super::open::{connect_postgres_with, open_sinks, parquet_sink_id};
 use crate::config::Config;
+use crate::db::Access;
 use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
 use crate::ledger::Ledger;
 use crate::pipeline::{BackfillRequest, RangeStart, RunKind, system_now};
 use crate::record::Table;
 use crate::sink::Sink;
 use crate::sink::parquet::{Layout, Root};
-use crate::sink::postgres::Access;
 use crate::verify::Difference;
 
 /// What `verify` found: the partitions that differ and the day files that cannot be read.

@@ -119,7 +119,7 @@ impl RunContext {
                 // window is not recorded, so it is fetched again.
                 let why = format!(
                     "cannot check the window's lease in PostgreSQL: {}",
-                    crate::sink::postgres::explain(&e)
+                    crate::db::explain(&e)
                 );
                 tracing::error!(error = %why, "the windows are not recorded");
                 (Default::default(), Some(why))

@@ -1,9 +1,8 @@
-//! The PostgreSQL sink and ledger.
+//! The PostgreSQL sink and ledger, over the connections of [`crate::db`].
 //!
-//! Every table lives in the configured schema; connections set `search_path` to it, so all SQL
+//! Every table lives in the configured schema (the connections' `search_path`), so all SQL
 //! below is text fixed at compile time (or built once from the compile-time column lists) with
-//! bound values, and the only identifier ever put into SQL from configuration is the validated,
-//! quoted schema name in `CREATE SCHEMA`.
+//! bound values.
 //!
 //! Writing: fetched windows wait in a small group (up to 32 windows or 16,384 rows, or 0.5 s),
 //! and a group commits in one transaction with the ledger rows of its windows: the series locks,
@@ -20,461 +19,18 @@
 //! outside ccc-etl that inserts meanwhile makes the `COPY` fail on the primary key; the group is
 //! then written again the careful way. Several workers can share this ledger.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use chrono_tz::Tz;
-use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Row};
+use sqlx::{Postgres, Row};
 
 use super::pgcopy::BinaryCopy;
 use super::{CommitStats, RunContext, Sink, SinkError, SinkKind, Written};
-use crate::config::SchemaName;
+use crate::db::{ACQUIRE_TIMEOUT, PgStore, explain, is_retryable};
 use crate::ledger::{DayFile, Ledger, LedgerEntry, LedgerError, RunRecord, SinkId, WindowStatus};
 use crate::record::{MediaType, Table, WindowBatch, WindowKey};
-
-/// The embedded migrations (`migrations/`).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// A connection pool bound to one schema, migrated.
-#[derive(Clone)]
-pub struct PgStore {
-    pool: PgPool,
-    schema: SchemaName,
-    describe: String,
-}
-
-impl std::fmt::Debug for PgStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore")
-            .field("at", &self.describe)
-            .field("schema", &self.schema)
-            .finish()
-    }
-}
-
-/// Why PostgreSQL could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum PgError {
-    /// The server is unreachable or refused: exit 1.
-    #[error("{0}")]
-    Server(String),
-    /// The configuration does not fit the database (a bad URL, another zone, not migrated):
-    /// exit 2.
-    #[error("{0}")]
-    Input(String),
-    /// A read-only command found the schema never written (no migration ever ran): it holds
-    /// nothing, which `plan` and `status` read as "nothing committed".
-    #[error("{0}")]
-    NeverWritten(String),
-    /// Another ccc-etl holds the schema's migration lock for longer than the lock wait: exit 5.
-    #[error("{0}")]
-    Busy(String),
-}
-
-impl PgError {
-    /// As an error that keeps its exit code (input: 2, server: 1).
-    pub fn into_anyhow(self) -> anyhow::Error {
-        match self {
-            PgError::Input(m) => crate::error::InputError::new(m).into(),
-            PgError::NeverWritten(m) => crate::error::InputError::new(format!(
-                "{m}: run `ccc-etl migrate` or a backfill first"
-            ))
-            .into(),
-            PgError::Busy(m) => crate::error::Busy(m).into(),
-            server @ PgError::Server(_) => server.into(),
-        }
-    }
-}
-
-/// `postgres://user@host:port/db`, never the password.
-pub fn describe(opts: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        opts.get_username(),
-        opts.get_host(),
-        opts.get_port(),
-        opts.get_database().unwrap_or("")
-    )
-}
-
-/// A database error as an operator needs to read it: a pool that gave no connection in time
-/// says why that happens.
-pub fn explain(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::PoolTimedOut => format!(
-            "no PostgreSQL connection within {} s: the server is down or unreachable, or at \
-             max_connections",
-            ACQUIRE_TIMEOUT.as_secs()
-        ),
-        other => other.to_string(),
-    }
-}
-
-/// Bounds on what a ccc-etl session may hold, set on every connection: a worker that is frozen
-/// or gone costs the others at most a lease plus a heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionLimits {
-    /// `idle_in_transaction_session_timeout`: a transaction idle this long (its process stopped,
-    /// or lost) is ended by the server, and the locks it held are released.
-    pub idle_in_transaction: Duration,
-    /// `lock_timeout`: no statement waits longer than this for a lock (a row, an advisory lock).
-    pub lock_wait: Duration,
-}
-
-impl SessionLimits {
-    /// The limits for a job with these lease timings: idle for a lease, a lock wait of a lease
-    /// plus a heartbeat.
-    pub fn for_leases(lease: Duration, heartbeat: Duration) -> Self {
-        Self {
-            idle_in_transaction: lease,
-            lock_wait: lease + heartbeat,
-        }
-    }
-
-    fn options(&self) -> [(&'static str, String); 3] {
-        [
-            (
-                "idle_in_transaction_session_timeout",
-                self.idle_in_transaction.as_millis().to_string(),
-            ),
-            ("lock_timeout", self.lock_wait.as_millis().to_string()),
-            (
-                "application_name",
-                format!("ccc-etl/{}", std::process::id()),
-            ),
-        ]
-    }
-}
-
-impl Default for SessionLimits {
-    /// The limits for the default lease (60 s) and heartbeat (10 s).
-    fn default() -> Self {
-        Self::for_leases(Duration::from_secs(60), Duration::from_secs(10))
-    }
-}
-
-/// Whether a statement gave up waiting for a lock (`lock_timeout`).
-pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
-}
-
-/// How long a statement waits for a pooled connection.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn is_retryable(e: &sqlx::Error) -> bool {
-    match e {
-        // SQLSTATE class 42 (syntax, undefined object, privileges) and 22 (data) will fail again.
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            !(code.starts_with("42") || code.starts_with("22") || code.starts_with("23"))
-        }
-        _ => true,
-    }
-}
-
-/// What a command may do to the database when it connects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Runs: create the schema, apply migrations, record the zone of a new database.
-    Write,
-    /// `status`, `verify`: change nothing; the schema must be migrated already.
-    ReadOnly,
-    /// `migrate`: as `Write`, and set the views' zone to the configured one.
-    Migrate,
-    /// `migrate` with no configuration file: the migrations only; the recorded zone is kept (a
-    /// new database gets the default one).
-    MigrateKeepZone,
-}
-
-fn unreachable(describe: &str, e: sqlx::Error) -> PgError {
-    if let sqlx::Error::Database(db) = &e
-        && db.code().as_deref() == Some("3D000")
-    {
-        return PgError::Server(format!(
-            "cannot connect to PostgreSQL at {describe}: the database does not exist \
-             (create it: createdb -h HOST -U USER DATABASE, or CREATE DATABASE … in psql)"
-        ));
-    }
-    PgError::Server(format!(
-        "cannot connect to PostgreSQL at {describe}: {e} (is the server running? \
-         on Debian: pg_ctlcluster --skip-systemctl-redirect 15 main start)"
-    ))
-}
-
-/// One connection, within 15 s, or an error naming the server (never the password).
-async fn first_connection(
-    base: &PgConnectOptions,
-    describe: &str,
-) -> Result<sqlx::PgConnection, PgError> {
-    tokio::time::timeout(Duration::from_secs(15), base.connect())
-        .await
-        .map_err(|_| {
-            PgError::Server(format!(
-                "cannot connect to PostgreSQL at {describe}: timed out after 15 s"
-            ))
-        })?
-        .map_err(|e| unreachable(describe, e))
-}
-
-impl PgStore {
-    /// Connects and checks the zone the views were built with. `Write` and `Migrate` create the
-    /// schema if needed and apply the migrations; `ReadOnly` writes nothing. Fails before anything
-    /// else happens if the server is unreachable.
-    pub async fn connect(
-        url: &SecretString,
-        schema: &SchemaName,
-        timezone: Tz,
-        max_connections: u32,
-        access: Access,
-    ) -> Result<Self, PgError> {
-        Self::connect_limited(
-            url,
-            schema,
-            timezone,
-            max_connections,
-            access,
-            SessionLimits::default(),
-        )
-        .await
-    }
-
-    /// [`PgStore::connect`], every session bounded by `limits`.
-    pub async fn connect_limited(
-        url: &SecretString,
-        schema: &SchemaName,
-        timezone: Tz,
-        max_connections: u32,
-        access: Access,
-        limits: SessionLimits,
-    ) -> Result<Self, PgError> {
-        let base = PgConnectOptions::from_str(url.expose_secret())
-            .map_err(|_| PgError::Input("the PostgreSQL URL is not valid (postgres://user[:password]@host[:port]/database)".into()))?
-            .disable_statement_logging()
-            .options(limits.options());
-        let describe = describe(&base);
-        let mut conn = first_connection(&base, &describe).await?;
-        if access != Access::ReadOnly {
-            // Several workers start at once: one creates the schema and migrates, the others
-            // wait for it on this lock (held by this connection until the checks are done), at
-            // most the lock wait: a holder frozen or stuck longer is reported as busy.
-            sqlx::query("SELECT pg_advisory_lock(hashtext($1), 1)")
-                .bind(format!("ccc-etl:migrate:{}", schema.as_str()))
-                .execute(&mut conn)
-                .await
-                .map_err(|e| {
-                    if is_lock_timeout(&e) {
-                        PgError::Busy(format!(
-                            "another ccc-etl has been migrating schema {} at {describe} for more \
-                             than {} s (its migration lock is held): try again when it is done",
-                            schema.as_str(),
-                            limits.lock_wait.as_secs()
-                        ))
-                    } else {
-                        unreachable(&describe, e)
-                    }
-                })?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
-                .execute(&mut conn)
-                .await
-                .map_err(|e| {
-                    PgError::Server(format!(
-                        "cannot create schema {} at {describe}: {e}",
-                        schema.as_str()
-                    ))
-                })?;
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(base.options([("search_path", schema.as_str())]))
-            .await
-            .map_err(|e| unreachable(&describe, e))?;
-        let store = Self {
-            pool,
-            schema: schema.clone(),
-            describe,
-        };
-        if access == Access::ReadOnly {
-            store.check_migrated().await?;
-        } else {
-            MIGRATOR.run(&store.pool).await.map_err(|e| {
-                PgError::Server(format!(
-                    "migrations failed on {} schema {}: {e}",
-                    store.describe,
-                    schema.as_str()
-                ))
-            })?;
-        }
-        store.check_timezone(timezone, access).await?;
-        // Closing the session releases the migration lock.
-        let _ = conn.close().await;
-        Ok(store)
-    }
-
-    /// A read-only command on a schema the migrations have not (all) reached is refused.
-    async fn check_migrated(&self) -> Result<(), PgError> {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
-        let missing = MIGRATOR
-            .iter()
-            .filter(|m| !applied.contains(&m.version))
-            .count();
-        if applied.is_empty() {
-            return Err(PgError::NeverWritten(format!(
-                "nothing was written to schema {} at {} yet",
-                self.schema.as_str(),
-                self.describe
-            )));
-        }
-        if missing > 0 {
-            return Err(PgError::Input(format!(
-                "schema {} at {} lacks {missing} migration(s): run `ccc-etl migrate` (or a backfill) first",
-                self.schema.as_str(),
-                self.describe
-            )));
-        }
-        Ok(())
-    }
-
-    /// The views cut days in the zone the database was first written with; a configuration in
-    /// another zone is refused until `migrate` changes it deliberately.
-    async fn check_timezone(&self, timezone: Tz, access: Access) -> Result<(), PgError> {
-        let err = |e: sqlx::Error| {
-            PgError::Server(format!(
-                "cannot read the time zone on {}: {}",
-                self.describe,
-                explain(&e)
-            ))
-        };
-        if access == Access::Migrate {
-            sqlx::query("INSERT INTO settings (key, value) VALUES ('timezone', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value")
-                .bind(timezone.name())
-                .execute(&self.pool)
-                .await
-                .map_err(err)?;
-            return Ok(());
-        }
-        if matches!(access, Access::Write | Access::MigrateKeepZone) {
-            sqlx::query("INSERT INTO settings (key, value) VALUES ('timezone', $1) ON CONFLICT (key) DO NOTHING")
-                .bind(timezone.name())
-                .execute(&self.pool)
-                .await
-                .map_err(err)?;
-        }
-        if access == Access::MigrateKeepZone {
-            return Ok(());
-        }
-        let recorded: Option<String> =
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'timezone'")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(err)?;
-        match recorded {
-            Some(z) if z != timezone.name() => Err(PgError::Input(format!(
-                "the PostgreSQL schema {} at {} was built with time zone {z} (its views cut days \
-                 there), the configuration says {}: set `timezone = \"{z}\"` back, or run \
-                 `ccc-etl migrate` to change the views (and re-partition the Parquet root) to {}",
-                self.schema.as_str(),
-                self.describe,
-                timezone.name(),
-                timezone.name()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    /// The zone recorded for the views, if any.
-    pub async fn recorded_timezone(&self) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'timezone'")
-            .fetch_optional(&self.pool)
-            .await
-    }
-
-    /// The pool (search_path set to the schema).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Where it is, without the password.
-    pub fn describe(&self) -> &str {
-        &self.describe
-    }
-
-    /// The schema.
-    pub fn schema(&self) -> &SchemaName {
-        &self.schema
-    }
-
-    /// Rows of one series across the three tables.
-    pub async fn row_count(&self, instance: &str, media: MediaType) -> Result<u64, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM inbound_trend WHERE instance_id = $1 AND media_type = $2)
-                  + (SELECT count(*) FROM outbound_trend WHERE instance_id = $1 AND media_type = $2)
-                  + (SELECT count(*) FROM overall_trend WHERE instance_id = $1 AND media_type = $2)",
-        )
-        .bind(instance)
-        .bind(media.as_str())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n as u64)
-    }
-}
-
-/// Whether PostgreSQL at `url` is reachable and lets this user run ccc-etl in `schema`: create it
-/// (or use and create in it, when it exists). Reads only.
-pub async fn check_privileges(url: &SecretString, schema: &SchemaName) -> Result<String, PgError> {
-    let base = PgConnectOptions::from_str(url.expose_secret())
-        .map_err(|_| PgError::Input("the PostgreSQL URL is not valid".into()))?
-        .disable_statement_logging();
-    let describe = describe(&base);
-    let mut conn = first_connection(&base, &describe).await?;
-    let err = |e: sqlx::Error| PgError::Server(format!("{describe}: {e}"));
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(schema.as_str())
-            .fetch_one(&mut conn)
-            .await
-            .map_err(err)?;
-    let allowed: bool = if exists {
-        sqlx::query_scalar(
-            "SELECT has_schema_privilege($1, 'USAGE') AND has_schema_privilege($1, 'CREATE')",
-        )
-        .bind(schema.as_str())
-        .fetch_one(&mut conn)
-        .await
-        .map_err(err)?
-    } else {
-        sqlx::query_scalar("SELECT has_database_privilege(current_database(), 'CREATE')")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(err)?
-    };
-    let _ = conn.close().await;
-    match (allowed, exists) {
-        (true, true) => Ok(format!("{describe}: schema {} is usable", schema.as_str())),
-        (true, false) => Ok(format!(
-            "{describe}: schema {} does not exist yet and may be created",
-            schema.as_str()
-        )),
-        (false, true) => Err(PgError::Server(format!(
-            "{describe}: this user may not use and create tables in schema {} (GRANT USAGE, CREATE ON SCHEMA {} TO …)",
-            schema.as_str(),
-            schema.as_str()
-        ))),
-        (false, false) => Err(PgError::Server(format!(
-            "{describe}: schema {} does not exist and this user may not create it (GRANT CREATE ON DATABASE … TO …)",
-            schema.as_str()
-        ))),
-    }
-}
 
 fn ts(ms: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
@@ -813,13 +369,14 @@ impl PostgresSink {
         run: &RunContext,
         fast_path: bool,
     ) -> Result<Written, sqlx::Error> {
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         lock_series(&mut tx, group).await?;
         let mut written = Written::default();
         let kept: Vec<&Arc<WindowBatch>> = match &run.coordinator {
             None => group.iter().collect(),
             Some(c) => {
-                let held = held_leases(&mut tx, c, group).await?;
+                let keys: Vec<&WindowKey> = group.iter().map(|b| &b.key).collect();
+                let held = c.holds_for_commit(&mut tx, &keys).await?;
                 let (kept, refused): (Vec<_>, Vec<_>) =
                     group.iter().enumerate().partition(|(i, _)| held[*i]);
                 for (_, b) in refused {
@@ -887,47 +444,6 @@ async fn lock_series(
     .map(|_| ())
 }
 
-/// With several workers: the ordinals of the group's windows `($1, $2, $3)` whose lease worker
-/// `$5` still holds with the attempts `$4`, the lease rows locked in key order until the commit.
-/// Public so that tests can check its plan.
-pub const HELD_LEASES: &str = "SELECT w.n FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) \
-         WITH ORDINALITY AS w(i, m, s, a, n) ORDER BY 1, 2, 3 OFFSET 0) w \
-     CROSS JOIN LATERAL (SELECT 1 FROM leases l \
-         WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
-           AND l.worker_id = $5 AND l.attempt = w.a AND l.state = 'leased' FOR UPDATE) x";
-
-/// With several workers: which windows of the group this worker still holds the lease of. The
-/// lease rows stay locked until the commit, so a take-over waits for it, then fetches anew.
-async fn held_leases(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    c: &crate::coord::Coordinator,
-    group: &[Arc<WindowBatch>],
-) -> Result<Vec<bool>, sqlx::Error> {
-    let leases: Vec<Option<(uuid::Uuid, i64, i32)>> =
-        group.iter().map(|b| c.held(&b.key)).collect();
-    let worker = leases.iter().flatten().map(|l| l.0).next();
-    let (ids, media, _, _) = crate::coord::columns(group.iter().map(|b| &b.key));
-    let rows: Vec<i64> = sqlx::query_scalar(HELD_LEASES)
-        .bind(ids)
-        .bind(media)
-        .bind(
-            leases
-                .iter()
-                .map(|l| l.map_or(-1, |l| l.1))
-                .collect::<Vec<i64>>(),
-        )
-        .bind(
-            leases
-                .iter()
-                .map(|l| l.map_or(-1, |l| l.2))
-                .collect::<Vec<i32>>(),
-        )
-        .bind(worker)
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(flags_at(group.len(), &rows))
-}
-
 /// For each window of a group, whether its series already holds a row in its range in any
 /// table.
 async fn stored_ranges(
@@ -942,18 +458,7 @@ async fn stored_ranges(
         .bind(group.iter().map(|b| ts(b.key.end_ms)).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
-    Ok(flags_at(group.len(), &rows))
-}
-
-/// `len` flags, set at the 1-based ordinals (`WITH ORDINALITY`) a statement returned.
-fn flags_at(len: usize, ordinals: &[i64]) -> Vec<bool> {
-    let mut flags = vec![false; len];
-    for n in ordinals {
-        if let Some(f) = usize::try_from(*n - 1).ok().and_then(|i| flags.get_mut(i)) {
-            *f = true;
-        }
-    }
-    flags
+    Ok(crate::coord::flags_at(group.len(), &rows))
 }
 
 /// Writes the rows of `table` of windows whose ranges hold no row yet, with one binary COPY
@@ -1153,7 +658,7 @@ impl Ledger for PgLedger {
         .bind(media.as_str())
         .bind(sink.kind.as_str())
         .bind(&sink.target)
-        .fetch_all(&self.store.pool)
+        .fetch_all(self.store.pool())
         .await
         .map_err(ledger_err)?;
         Ok(rows
@@ -1167,7 +672,7 @@ impl Ledger for PgLedger {
     }
 
     async fn record_many(&self, entries: &[LedgerEntry]) -> Result<(), LedgerError> {
-        upsert_windows(&self.store.pool, entries)
+        upsert_windows(self.store.pool(), entries)
             .await
             .map_err(ledger_err)
     }
@@ -1177,7 +682,7 @@ impl Ledger for PgLedger {
         files: &[DayFile],
         entries: &[LedgerEntry],
     ) -> Result<(), LedgerError> {
-        let mut tx = self.store.pool.begin().await.map_err(ledger_err)?;
+        let mut tx = self.store.pool().begin().await.map_err(ledger_err)?;
         upsert_files(&mut *tx, files).await.map_err(ledger_err)?;
         upsert_windows(&mut *tx, entries)
             .await
@@ -1186,7 +691,7 @@ impl Ledger for PgLedger {
     }
 
     async fn record_files(&self, files: &[DayFile]) -> Result<(), LedgerError> {
-        upsert_files(&self.store.pool, files)
+        upsert_files(self.store.pool(), files)
             .await
             .map_err(ledger_err)
     }
@@ -1196,7 +701,7 @@ impl Ledger for PgLedger {
             "SELECT table_name, day, etag, rows FROM parquet_files WHERE target = $1 ORDER BY table_name, day",
         )
         .bind(target)
-        .fetch_all(&self.store.pool)
+        .fetch_all(self.store.pool())
         .await
         .map_err(ledger_err)?;
         Ok(rows
@@ -1220,7 +725,7 @@ impl Ledger for PgLedger {
         files: &[(Table, NaiveDate)],
         reason: &str,
     ) -> Result<u64, LedgerError> {
-        let mut tx = self.store.pool.begin().await.map_err(ledger_err)?;
+        let mut tx = self.store.pool().begin().await.map_err(ledger_err)?;
         let n = sqlx::query(INVALIDATE_WINDOWS)
             .bind(sink.kind.as_str())
             .bind(&sink.target)
@@ -1255,7 +760,7 @@ impl Ledger for PgLedger {
         )
         .bind(sink.kind.as_str())
         .bind(&sink.target)
-        .execute(&self.store.pool)
+        .execute(self.store.pool())
         .await
         .map(|r| r.rows_affected())
         .map_err(ledger_err)
@@ -1272,7 +777,7 @@ impl Ledger for PgLedger {
         .bind(run.finished_at)
         .bind(&run.status)
         .bind(&run.summary)
-        .execute(&self.store.pool)
+        .execute(self.store.pool())
         .await
         .map(|_| ())
         .map_err(ledger_err)
@@ -1286,7 +791,7 @@ impl Ledger for PgLedger {
             "SELECT max(finished_at) FROM runs WHERE status = 'ok' AND ($1::text IS NULL OR command = $1)",
         )
         .bind(command)
-        .fetch_one(&self.store.pool)
+        .fetch_one(self.store.pool())
         .await
         .map_err(ledger_err)
     }
@@ -1297,7 +802,7 @@ impl Ledger for PgLedger {
             "SELECT summary FROM runs WHERE summary ? 'drift' AND started_at >= \
              (SELECT coalesce(max(installed_on), '-infinity') FROM _sqlx_migrations)",
         )
-        .fetch_all(&self.store.pool)
+        .fetch_all(self.store.pool())
         .await
         .map_err(ledger_err)?;
         let mut drift = crate::record::Drift::default();

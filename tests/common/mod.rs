@@ -141,7 +141,7 @@ impl TestDb {
     }
 
     /// The database with the schema `ccc` migrated, as a run leaves it.
-    pub async fn migrated(&self) -> ccc_etl::sink::postgres::PgStore {
+    pub async fn migrated(&self) -> ccc_etl::db::PgStore {
         let mut cfg = Config::for_emulator("http://127.0.0.1:1", vec![]);
         cfg.postgres = Some(ccc_etl::config::PostgresConfig {
             url: Some(self.url.clone().into()),

@@ -776,7 +776,7 @@ impl DayLock<'_> {
             DayError::Io(format!(
                 "cannot check the leases of day {} in PostgreSQL: {}",
                 self.day,
-                crate::sink::postgres::explain(&e)
+                crate::db::explain(&e)
             ))
         })?;
         let mut kept = Vec::with_capacity(batches.len());
@@ -808,7 +808,7 @@ impl DayLock<'_> {
                         return Err(DayError::Io(format!(
                             "lost the lock of day {} in PostgreSQL (its session ended): {}",
                             self.day,
-                            crate::sink::postgres::explain(&e)
+                            crate::db::explain(&e)
                         )));
                     }
                 }
