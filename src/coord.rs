@@ -346,20 +346,7 @@ impl Coordinator {
         conn: &mut sqlx::PgConnection,
         windows: &[&WindowKey],
     ) -> Result<Vec<bool>, sqlx::Error> {
-        let leases: Vec<(i64, i32)> = windows
-            .iter()
-            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
-            .collect();
-        let (i, m, _, _) = columns(windows.iter().copied());
-        let rows: Vec<i64> = sqlx::query_scalar(HOLDS_NOW)
-            .bind(i)
-            .bind(m)
-            .bind(leases.iter().map(|l| l.0).collect::<Vec<i64>>())
-            .bind(leases.iter().map(|l| l.1).collect::<Vec<i32>>())
-            .bind(self.worker)
-            .fetch_all(conn)
-            .await?;
-        Ok(flags_at(windows.len(), &rows))
+        self.lease_flags(HOLDS_NOW, conn, windows).await
     }
 
     /// Of `windows` (as fetched), those whose lease this worker still holds with the attempt it
@@ -370,20 +357,40 @@ impl Coordinator {
         conn: &mut sqlx::PgConnection,
         windows: &[&WindowKey],
     ) -> Result<Vec<bool>, sqlx::Error> {
-        let leases: Vec<(i64, i32)> = windows
-            .iter()
-            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
-            .collect();
+        self.lease_flags(HELD_LEASES, conn, windows).await
+    }
+
+    /// Runs a lease statement taking `($1, $2, $3)` windows, `$4` attempts and `$5` this worker,
+    /// and returning the ordinals it finds: as flags over `windows`.
+    async fn lease_flags(
+        &self,
+        statement: &'static str,
+        conn: &mut sqlx::PgConnection,
+        windows: &[&WindowKey],
+    ) -> Result<Vec<bool>, sqlx::Error> {
         let (i, m, _, _) = columns(windows.iter().copied());
-        let rows: Vec<i64> = sqlx::query_scalar(HELD_LEASES)
+        let (starts, attempts) = self.leases_of(windows.iter().copied());
+        let rows: Vec<i64> = sqlx::query_scalar(statement)
             .bind(i)
             .bind(m)
-            .bind(leases.iter().map(|l| l.0).collect::<Vec<i64>>())
-            .bind(leases.iter().map(|l| l.1).collect::<Vec<i32>>())
+            .bind(starts)
+            .bind(attempts)
             .bind(self.worker)
             .fetch_all(conn)
             .await?;
         Ok(flags_at(windows.len(), &rows))
+    }
+
+    /// The start of the lease each window is fetched under and the attempt it was claimed with,
+    /// as arrays to bind (attempt -1, which matches no lease row, for a window not held).
+    fn leases_of<'a>(
+        &self,
+        windows: impl IntoIterator<Item = &'a WindowKey>,
+    ) -> (Vec<i64>, Vec<i32>) {
+        windows
+            .into_iter()
+            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
+            .unzip()
     }
 
     /// Of `windows`, those this worker still holds; the others are counted as fenced.
@@ -394,17 +401,12 @@ impl Coordinator {
         if windows.is_empty() {
             return Ok(HashSet::new());
         }
-        let leases: Vec<(i64, i32)> = windows
-            .iter()
-            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
-            .collect();
         let (i, m, _, _) = columns(windows);
-        let s: Vec<i64> = leases.iter().map(|l| l.0).collect();
-        let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
+        let (s, tokens) = self.leases_of(windows);
         let rows = sqlx::query(STILL_MINE)
             .bind(i)
             .bind(m)
-            .bind(s)
+            .bind(&s)
             .bind(tokens)
             .bind(self.worker)
             .fetch_all(&self.pool)
@@ -418,8 +420,8 @@ impl Coordinator {
             .collect();
         let mine: HashSet<WindowKey> = windows
             .iter()
-            .zip(&leases)
-            .filter(|(w, l)| held.contains(&(w.instance_id.clone(), w.media_type, l.0)))
+            .zip(&s)
+            .filter(|(w, start)| held.contains(&(w.instance_id.clone(), w.media_type, **start)))
             .map(|(w, _)| w.clone())
             .collect();
         let refused = windows.len() - mine.len();
@@ -576,25 +578,20 @@ impl Coordinator {
         if done.is_empty() {
             return Ok(());
         }
-        let leases: Vec<(i64, i32)> = done
-            .iter()
-            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
-            .collect();
         let (i, m, _, _) = columns(&done);
-        let s: Vec<i64> = leases.iter().map(|l| l.0).collect();
-        let tokens: Vec<i32> = leases.iter().map(|l| l.1).collect();
+        let (s, tokens) = self.leases_of(&done);
         sqlx::query(MARK_DONE)
             .bind(i)
             .bind(m)
-            .bind(s)
+            .bind(&s)
             .bind(tokens)
             .bind(self.worker)
             .execute(&self.pool)
             .await
             .map_err(db)?;
         let mut t = self.tokens.lock().expect("tokens");
-        for (w, l) in done.iter().zip(&leases) {
-            t.remove(&(w.instance_id.clone(), w.media_type, l.0));
+        for (w, start) in done.iter().zip(&s) {
+            t.remove(&(w.instance_id.clone(), w.media_type, *start));
         }
         Ok(())
     }

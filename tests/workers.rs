@@ -781,6 +781,20 @@ fn run_summary(stdout: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no summary: {stdout}"))
 }
 
+/// Stops (SIGSTOP) worker `pid` once the emulator has answered `n` requests: in the middle of
+/// its job, holding leases.
+async fn stop_after_fetches(emu: &ccc_etl::ccc::emulator::RunningEmulator, pid: u32, n: usize) {
+    let t0 = Instant::now();
+    while emu.stats().await.unwrap().ok_calls().len() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "worker {pid} never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(pid, libc::SIGSTOP);
+}
+
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a child process this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
@@ -867,12 +881,7 @@ async fn a_worker_stopped_past_its_lease_and_resumed_writes_nothing_another_work
     write_config(&cfg_b, &emu_b.endpoint(), &ids, &bucket, 50.0);
     let a = json_worker(&cfg_a, &db.url, from, to);
     let pid = a.id().unwrap();
-    let t0 = Instant::now();
-    while emu_a.stats().await.unwrap().ok_calls().len() < 5 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "A never fetched");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    signal(pid, libc::SIGSTOP);
+    stop_after_fetches(&emu_a, pid, 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let calls_when_stopped = emu_a.stats().await.unwrap().calls.len();
     // Past its lease (4 s) and a heartbeat: worker B takes the job over, against revised data.
@@ -1192,14 +1201,9 @@ async fn a_lone_worker_stopped_past_its_lease_takes_its_windows_back_and_finishe
     write_config(&cfg, &emu.endpoint(), &ids, &bucket, 3.0);
     let a = json_worker(&cfg, &db.url, from, to);
     let pid = a.id().unwrap();
-    let t0 = Instant::now();
-    while emu.stats().await.unwrap().ok_calls().len() < 5 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "it never fetched");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // Stopped past its lease (4 s) with nobody to take its windows over, then resumed: it
     // drops them, hands them back, claims them again and finishes the job itself.
-    signal(pid, libc::SIGSTOP);
+    stop_after_fetches(&emu, pid, 5).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     signal(pid, libc::SIGCONT);
     let out = tokio::time::timeout(Duration::from_secs(120), a.wait_with_output())

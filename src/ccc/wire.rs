@@ -200,6 +200,28 @@ macro_rules! wire_item {
             const KEYS: &'static [&'static str] = &["StatsTime", $($key,)* $($($alias,)?)*];
             const ALIASES: &'static [usize] = &[$(wire_item!(@alias_of $key $(| $alias)?),)*];
 
+            /// What `items` carried beyond, or short of, the known fields (into `drift`), and
+            /// the fields they sent under two names with different values (into `conflicts`).
+            fn drift_of(
+                items: &[Self],
+                drift: &mut Drift,
+                conflicts: &mut std::collections::BTreeMap<String, u64>,
+            ) {
+                section_drift(
+                    drift,
+                    Self::SECTION,
+                    Self::FIELDS,
+                    items.iter().map(|r| (r.present, &r.extra)),
+                );
+                renamed_conflicts(
+                    conflicts,
+                    Self::SECTION,
+                    Self::FIELDS,
+                    Self::former_name,
+                    items.iter().map(|r| r.renamed_conflicts),
+                );
+            }
+
             /// The former name of the `i`-th field, if it had one.
             pub fn former_name(i: usize) -> Option<&'static str> {
                 if Self::ALIASES.get(i) != Some(&1) {
@@ -432,46 +454,10 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
     for (name, items) in &data.unknown {
         *drift.unknown.entry(format!("Data.{name}")).or_default() += items;
     }
-    section_drift(
-        &mut drift,
-        WireInbound::SECTION,
-        WireInbound::FIELDS,
-        data.inbound.iter().map(|r| (r.present, &r.extra)),
-    );
-    section_drift(
-        &mut drift,
-        WireOutbound::SECTION,
-        WireOutbound::FIELDS,
-        data.outbound.iter().map(|r| (r.present, &r.extra)),
-    );
-    section_drift(
-        &mut drift,
-        WireOverall::SECTION,
-        WireOverall::FIELDS,
-        data.overall.iter().map(|r| (r.present, &r.extra)),
-    );
     let mut conflicting_names = std::collections::BTreeMap::new();
-    renamed_conflicts(
-        &mut conflicting_names,
-        WireInbound::SECTION,
-        WireInbound::FIELDS,
-        WireInbound::former_name,
-        data.inbound.iter().map(|r| r.renamed_conflicts),
-    );
-    renamed_conflicts(
-        &mut conflicting_names,
-        WireOutbound::SECTION,
-        WireOutbound::FIELDS,
-        WireOutbound::former_name,
-        data.outbound.iter().map(|r| r.renamed_conflicts),
-    );
-    renamed_conflicts(
-        &mut conflicting_names,
-        WireOverall::SECTION,
-        WireOverall::FIELDS,
-        WireOverall::former_name,
-        data.overall.iter().map(|r| r.renamed_conflicts),
-    );
+    WireInbound::drift_of(&data.inbound, &mut drift, &mut conflicting_names);
+    WireOutbound::drift_of(&data.outbound, &mut drift, &mut conflicting_names);
+    WireOverall::drift_of(&data.overall, &mut drift, &mut conflicting_names);
     let extra = [
         extra_of(data.inbound.iter().map(|r| (r.stats_time, &r.extra))),
         extra_of(data.outbound.iter().map(|r| (r.stats_time, &r.extra))),

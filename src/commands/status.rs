@@ -154,14 +154,12 @@ async fn parquet_view(
     count_rows: bool,
 ) -> anyhow::Result<ParquetView> {
     let id = parquet_sink_id(root, config.pipeline.timezone).await?;
-    let all = root.list_all().await.map_err(anyhow::Error::msg)?;
-    let listing = all.files;
-    let recorded = ledger.day_files(&id.target).await?;
-    let mut found = reconcile::check(root, &listing, &recorded)
+    let seen = reconcile::inspect(root, ledger, &id.target)
         .await
         .map_err(anyhow::Error::msg)?;
+    let mut found = seen.findings;
     let disk = if count_rows {
-        root.count_rows_by_series(&listing).await
+        root.count_rows_by_series(&seen.files).await
     } else {
         RootCount::default()
     };
@@ -188,7 +186,7 @@ async fn parquet_view(
     Ok(ParquetView {
         not_covered: reconcile::ranges(config.pipeline.timezone, &found),
         findings: found.iter().map(|f| f.describe(root)).collect(),
-        extra_files: all.strays.iter().map(|s| s.describe()).collect(),
+        extra_files: seen.strays.iter().map(|s| s.describe()).collect(),
         id,
         rows,
     })

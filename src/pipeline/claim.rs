@@ -36,40 +36,25 @@ impl Backfill {
     ) -> Run {
         let total = windows.len() as u64;
         let concurrency = self.config.source.concurrency.max(1);
-        let batch = concurrency * CLAIM_PER_SLOT;
         let heartbeat = coord.settings().heartbeat;
         let ctx = run.ctx.clone();
-        let (mut queue, mut waiting): (VecDeque<WindowKey>, Vec<WindowKey>) =
-            (windows.into(), Vec::new());
+        let mut to_claim = ToClaim::new(windows, concurrency * CLAIM_PER_SLOT, heartbeat);
         let mut ready: VecDeque<WindowKey> = VecDeque::new();
         let mut in_flight = FuturesUnordered::new();
         // The claim of the next batch runs beside the fetches, so that no slot waits for it.
         let mut claiming: Option<ClaimFuture> = None;
-        let mut last_retry = Instant::now();
         let mut done = 0u64;
         tokio::pin!(stop);
         'run: loop {
             // A window whose lease was lost (taken over, or expired while this worker was
             // stopped) is claimed again with those others hold: taken over, it is done
             // elsewhere; handed back, it is fetched here.
-            for w in run.tally.take_lost() {
-                if !waiting.contains(&w) {
-                    waiting.push(w);
-                }
-            }
+            to_claim.requeue(run.tally.take_lost());
             // Claim ahead: the next batch of the plan, and now and then what others held.
-            let retry_due = !waiting.is_empty() && last_retry.elapsed() >= heartbeat;
             if claiming.is_none()
                 && ready.len() < 2 * concurrency
-                && (!queue.is_empty() || retry_due)
+                && let Some((retry_due, ask)) = to_claim.next()
             {
-                let ask: Vec<WindowKey> = if retry_due {
-                    last_retry = Instant::now();
-                    std::mem::take(&mut waiting)
-                } else {
-                    let n = batch.min(queue.len());
-                    queue.drain(..n).collect()
-                };
                 let c = coord.clone();
                 claiming = Some(Box::pin(async move {
                     let claimed = c.claim(&ask).await;
@@ -82,8 +67,12 @@ impl Backfill {
                 let span = super::window_span(&w);
                 in_flight.push(self.process(w, &ctx).instrument(span));
             }
-            if in_flight.is_empty() && claiming.is_none() && ready.is_empty() && queue.is_empty() {
-                if waiting.is_empty() {
+            if in_flight.is_empty()
+                && claiming.is_none()
+                && ready.is_empty()
+                && to_claim.queue.is_empty()
+            {
+                if to_claim.waiting.is_empty() {
                     // What the sinks hold is written now, while a window whose write is refused
                     // (its lease lost) can still be claimed back.
                     self.write_held(&mut run, false).await;
@@ -124,7 +113,9 @@ impl Backfill {
                         }
                     };
                     ready.extend(std::mem::take(&mut claimed.mine));
-                    done += self.take_claim(&mut run, claimed, retry, &ctx, &mut waiting).await;
+                    done += self
+                        .take_claim(&mut run, claimed, retry, &ctx, &mut to_claim.waiting)
+                        .await;
                 }
                 () = &mut stop => {
                     self.stopped(&mut run, total - done);
@@ -172,5 +163,50 @@ impl Backfill {
             "stopping on a signal: no new window; writing what is held"
         );
         run.tally.interrupt(left);
+    }
+}
+
+/// What is left to claim: the plan's windows not asked for yet, in fetch order, and the windows
+/// others held (or this worker lost), asked for again once a heartbeat has passed.
+struct ToClaim {
+    queue: VecDeque<WindowKey>,
+    waiting: Vec<WindowKey>,
+    last_retry: Instant,
+    batch: usize,
+    heartbeat: std::time::Duration,
+}
+
+impl ToClaim {
+    fn new(windows: Vec<WindowKey>, batch: usize, heartbeat: std::time::Duration) -> Self {
+        Self {
+            queue: windows.into(),
+            waiting: Vec::new(),
+            last_retry: Instant::now(),
+            batch,
+            heartbeat,
+        }
+    }
+
+    /// Windows to ask for again with those others hold (each once).
+    fn requeue(&mut self, windows: Vec<WindowKey>) {
+        for w in windows {
+            if !self.waiting.contains(&w) {
+                self.waiting.push(w);
+            }
+        }
+    }
+
+    /// The next windows to ask for, if any are due, and whether they are a retry: what others
+    /// held once a heartbeat has passed since the last retry, else the plan's next batch.
+    fn next(&mut self) -> Option<(bool, Vec<WindowKey>)> {
+        if !self.waiting.is_empty() && self.last_retry.elapsed() >= self.heartbeat {
+            self.last_retry = Instant::now();
+            return Some((true, std::mem::take(&mut self.waiting)));
+        }
+        if self.queue.is_empty() {
+            return None;
+        }
+        let n = self.batch.min(self.queue.len());
+        Some((false, self.queue.drain(..n).collect()))
     }
 }

@@ -84,6 +84,8 @@ pub async fn check(
 /// them, and the other files in day directories.
 #[derive(Debug, Default)]
 pub struct Inspection {
+    /// The day files listed.
+    pub files: Vec<Listed>,
     /// Day files missing, changed or damaged.
     pub findings: Vec<Finding>,
     /// Files in day directories other than the day's file.
@@ -97,6 +99,7 @@ pub async fn inspect(root: &Root, ledger: &dyn Ledger, target: &str) -> Result<I
     let listing = root.list_all().await?;
     Ok(Inspection {
         findings: check(root, &listing.files, &recorded).await?,
+        files: listing.files,
         strays: listing.strays,
     })
 }
@@ -157,7 +160,9 @@ pub async fn before_run(
     if legacy {
         adopt(root, ledger, sink).await?;
     }
-    let Inspection { findings, strays } = inspect(root, ledger, &sink.target).await?;
+    let Inspection {
+        findings, strays, ..
+    } = inspect(root, ledger, &sink.target).await?;
     for stray in &strays {
         let moved = root.set_aside(stray).await?;
         tracing::warn!(
