@@ -9,7 +9,7 @@
 //! on first use into `target/s3-venv`.
 
 #[allow(dead_code)]
-#[path = "../tests/common/s3.rs"]
+#[path = "../tests/it/common/s3.rs"]
 mod s3;
 
 use std::sync::Arc;

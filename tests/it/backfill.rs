@@ -1,11 +1,10 @@
 //! Backfill end to end against the emulator: every bucket exactly once with the emulator's
 //! values, resume without refetching, failures that do not stop the run, fatal errors that do.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::common::*;
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::config::{Credentials, ParquetConfig, SignatureVersion};
 use ccc_etl::ledger::{FileLedger, MemoryLedger};
@@ -13,7 +12,6 @@ use ccc_etl::record::{MediaType, Table};
 use ccc_etl::sink::memory::MemorySink;
 use ccc_etl::sink::parquet::{ParquetSink, read_file};
 use chrono::Utc;
-use common::*;
 
 #[tokio::test]
 async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emulator_values() {

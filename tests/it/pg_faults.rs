@@ -4,17 +4,16 @@
 //! Each time: a clear message, exit 3 (or 1 when nothing could start), nothing lost or doubled in
 //! either sink, and the next run completes the job to exactly what an undisturbed run writes.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::common::cluster::Cluster;
+use crate::common::sinks::{parquet_contents, pg_contents};
+use crate::common::{DAY, H};
 use ccc_etl::sink::parquet::{Layout, Root};
 use chrono::Utc;
-use common::cluster::Cluster;
-use common::sinks::{parquet_contents, pg_contents};
-use common::{DAY, H};
 
 const INSTANCES: [&str; 3] = ["ccc-a", "ccc-b", "ccc-c"];
 

@@ -8,12 +8,12 @@
 //!
 //! `CCC_ETL_NIGHTS=N` runs another number of nights; `CCC_ETL_NIGHTS_SEED` another seed.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use crate::common::sinks::{parquet_contents, pg_contents};
+use crate::common::*;
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::ccc::emulator::data::DataModel;
 use ccc_etl::commands::{coverage_report, nightly_request, open_sinks};
@@ -22,8 +22,6 @@ use ccc_etl::pipeline::NowFn;
 use ccc_etl::record::MediaType;
 use ccc_etl::sink::parquet::{Layout, Root};
 use chrono::{DateTime, Utc};
-use common::sinks::{parquet_contents, pg_contents};
-use common::*;
 use rand::{Rng, SeedableRng};
 use secrecy::SecretString;
 use sqlx::Row;

@@ -3,13 +3,12 @@
 //! field), counts known fields that disappeared as a data-quality violation, and fails the
 //! windows whose known field changed type, naming the field, without writing them.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::process::Output;
 
+use crate::common::{metric, output_text};
 use ccc_etl::ccc::emulator::{DriftOptions, RunningEmulator};
-use common::{metric, output_text};
 
 async fn backfill(emu: &RunningEmulator, dir: &Path) -> (Output, String) {
     let cfg = dir.join("pipeline.toml");
@@ -452,7 +451,7 @@ async fn the_documented_adoption_fills_a_new_column_from_extra() {
     use ccc_etl::ccc::emulator::drift_value;
     use sqlx::Row;
     // The README's statements, as documented.
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let start = readme
         .find("```postgresql\n")
         .expect("the README shows how to adopt a field")

@@ -1,8 +1,7 @@
 //! Bad configuration and command lines: each gives one clear line on stderr, exit code 2, and
 //! nothing written to either sink (no Parquet root, no PostgreSQL schema).
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 
 use sqlx::Row;

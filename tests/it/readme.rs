@@ -6,17 +6,16 @@
 //! examples need engines this test does not have; their paths and columns are checked by the
 //! Parquet tests.)
 
-mod common;
-
+use crate::common;
 use std::sync::Arc;
 
+use crate::common::*;
 use ccc_etl::cli::Cli;
 use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
 use chrono::Utc;
 use clap::Parser;
-use common::*;
 
-const README: &str = include_str!("../README.md");
+const README: &str = include_str!("../../README.md");
 
 /// The fenced blocks of the README: (language, body).
 fn blocks() -> Vec<(String, String)> {
@@ -130,7 +129,7 @@ async fn the_readme_walk_runs_every_command_it_can_run_here() {
     let cfg = etc.join("pipeline.toml");
     std::fs::write(
         &cfg,
-        include_str!("../pipeline.toml").replace(
+        include_str!("../../pipeline.toml").replace(
             "# endpoint = \"https://ccc.cn-shanghai.aliyuncs.com\"",
             &format!("endpoint = \"{}\"", emu.endpoint()),
         ),
@@ -201,7 +200,7 @@ fn the_documented_configuration_error_is_the_real_one() {
         .find(|(lang, body)| lang == "text" && body.starts_with("error: pipeline.toml:"))
         .expect("the README shows a configuration error");
     let dir = tempfile::tempdir().unwrap();
-    let shipped = include_str!("../pipeline.toml");
+    let shipped = include_str!("../../pipeline.toml");
     assert!(shipped.contains("\nmax_qps = 5.0 "));
     std::fs::write(
         dir.path().join("pipeline.toml"),

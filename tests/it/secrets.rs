@@ -1,8 +1,7 @@
 //! Known secrets never appear in stdout, stderr, logs, metrics files, ledger files or the
 //! database, for a job that succeeds and one that fails.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 
 use ccc_etl::ccc::emulator::KeyPair;

@@ -223,8 +223,10 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
 }
 
 /// A Python with DuckDB, set up under `target/` on first use (from PyPI), so this stays one
-/// `cargo test` on a fresh machine.
+/// `cargo test` on a fresh machine. Tests asking at once wait for the one setting it up.
 pub fn duckdb_python() -> std::path::PathBuf {
+    static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/readme-venv");
     let python = venv.join("bin/python");
     let ready = |p: &std::path::Path| {

@@ -2,18 +2,16 @@
 //! every fault, both signature versions, both number encodings, and requests the official SDKs
 //! sent.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::common::*;
 use ccc_etl::ccc::client::{TrendingRequest, sign_v1_url, sign_v3_request};
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::ccc::error::{ApiError, ErrorClass};
 use ccc_etl::config::{Credentials, SignatureVersion};
 use ccc_etl::record::MediaType;
 use chrono::{DateTime, Utc};
-use common::*;
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -301,7 +299,7 @@ async fn requests_sent_by_the_official_sdks_are_accepted() {
     // "v2") and aliyun-python-sdk-core 2.16 (V1 POST with RegionId and an empty SignatureType),
     // signed with AccessKeyId "emulator-key" and secret "emulator-secret".
     let captured: Vec<serde_json::Value> =
-        serde_json::from_str(include_str!("fixtures/sdk_requests.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/sdk_requests.json")).unwrap();
     let sent_at: DateTime<Utc> = "2026-11-26T22:21:07Z".parse().unwrap();
     let mut opts = ccc_etl::ccc::emulator::EmulatorOptions::new(
         vec!["ccc-test".into()],

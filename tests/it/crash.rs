@@ -11,17 +11,16 @@
 //! `cargo test` runs a short version; the long one (24 kills) is
 //! `CCC_ETL_CRASH_KILLS=24 cargo test --release --test crash`. `CCC_ETL_CRASH_SEED` replays a run.
 
-mod common;
-
-use common::{DAY, H};
+use crate::common;
+use crate::common::{DAY, H};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::sinks::{committed, parquet_contents, pg_contents};
 use ccc_etl::record::Table;
 use ccc_etl::sink::parquet::{Layout, Root, read_file};
 use chrono::Utc;
-use common::sinks::{committed, parquet_contents, pg_contents};
 use rand::{Rng, SeedableRng};
 
 fn env_or(name: &str, default: u64) -> u64 {

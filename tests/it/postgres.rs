@@ -2,11 +2,10 @@
 //! revisions, resume after an interruption, concurrent runs, and a database that is missing at
 //! the start or lost mid-run. Each test uses a fresh database.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
+use crate::common::*;
 use async_trait::async_trait;
 use ccc_etl::ccc::emulator::EmulatorOptions;
 use ccc_etl::config::{Config, ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
@@ -17,7 +16,6 @@ use ccc_etl::record::{WindowBatch, WindowKey};
 use ccc_etl::sink::postgres::{PgLedger, PostgresSink};
 use ccc_etl::sink::{RunContext, Sink, SinkKind, Written};
 use chrono::{DateTime, Utc};
-use common::*;
 use secrecy::SecretString;
 use sqlx::Row;
 

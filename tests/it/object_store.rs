@@ -4,19 +4,18 @@
 //! PostgreSQL day lock (OSS mode); large files go up in parts and leave none behind; errors name
 //! the root and never a secret.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::s3::{self, S3Server};
+use crate::common::{DAY, H};
 use ccc_etl::config::{ObjectUrl, StoreKind};
 use ccc_etl::record::{MediaType, OverallRow, Table, WindowBatch, WindowKey};
 use ccc_etl::sink::parquet::{Layout, ObjectRoot, Root, merge_day_into};
 use chrono::{NaiveDate, Utc};
-use common::s3::{self, S3Server};
-use common::{DAY, H};
 
 /// An in-process view of a bucket on the test server.
 fn object_root(s3: &S3Server, bucket: &str, prefix: &str, conditional: bool) -> ObjectRoot {

@@ -4,16 +4,15 @@
 //! freed, the next run completes the job to exactly what a run on a roomy disk writes. Both with
 //! the ledger in PostgreSQL and with the file ledger (whose own writes hit the full disk too).
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::sinks::parquet_contents;
+use crate::common::{DAY, H};
 use ccc_etl::record::Table;
 use ccc_etl::sink::parquet::{Layout, Root, read_file};
 use chrono::Utc;
-use common::sinks::parquet_contents;
-use common::{DAY, H};
 
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct Tmpfs {

@@ -3,20 +3,18 @@
 //! only a cache of it. Each test drives the binary (or the engine, where the clock must be
 //! fixed) the way an operator would, against the emulator and a real PostgreSQL.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use crate::common::*;
 use ccc_etl::ccc::emulator::RunningEmulator;
 use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
 use ccc_etl::pipeline::{BackfillRequest, NowFn, RangeStart, RunKind};
 use ccc_etl::record::{MediaType, Table};
 use ccc_etl::sink::parquet::{Layout, read_file};
 use chrono::{DateTime, NaiveDate, Utc};
-use common::*;
 use sqlx::Row;
 
 /// One operator's setup: an emulator, a database, a directory for roots and configs.

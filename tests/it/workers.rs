@@ -7,19 +7,18 @@
 //! issue's scale is `CCC_ETL_WORKERS_INSTANCES=200 CCC_ETL_WORKERS_DAYS=180 cargo test --release
 //! --test workers`.
 
-mod common;
-
+use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{DAY, H};
 use ccc_etl::coord::{Coordinator, LeaseSettings};
 use ccc_etl::record::{MediaType, OverallRow, Table, WindowBatch, WindowKey};
 use ccc_etl::sink::parquet::Root;
 use ccc_etl::sink::{RunContext, Sink};
 use chrono::Utc;
-use common::{DAY, H};
 use rand::{Rng, SeedableRng};
 use sqlx::Row;
 

@@ -4,14 +4,13 @@
 //! credentials' lifetime; partly configured providers; instances in two regions; an `oss://`
 //! root written with the chain's credentials and no AccessKey anywhere.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use crate::common::{KEY_ID, SECRET, metric, output_text};
 use ccc_etl::ccc::emulator::{EmulatorOptions, EmulatorStats, RunningEmulator, StsOptions};
-use common::{KEY_ID, SECRET, metric, output_text};
 
 /// A `ccc-etl` process with nothing from the test's environment but what `env` gives: no
 /// AccessKey, a private HOME, no metadata service unless asked.

@@ -1,10 +1,9 @@
 //! Nightly runs, status, verify, metrics and JSON logs, end to end against the emulator.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use crate::common::*;
 use ccc_etl::ccc::emulator::{EmulatorOptions, Faults};
 use ccc_etl::commands::{nightly_request, run_verify, status_report};
 use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
@@ -16,7 +15,6 @@ use ccc_etl::sink::Sink;
 use ccc_etl::sink::memory::MemorySink;
 use ccc_etl::sink::parquet::ParquetSink;
 use chrono::{DateTime, Utc};
-use common::*;
 use secrecy::SecretString;
 
 fn shared_clock(opts: &mut EmulatorOptions, start: i64) -> Arc<AtomicI64> {

@@ -1,9 +1,8 @@
 //! The binary as a user runs it: `plan` for the ranges that matter, and bad input that must give
 //! one clear line and exit code 2.
 
-mod common;
-
-use common::{DAY, H};
+use crate::common;
+use crate::common::{DAY, H};
 
 use std::path::Path;
 use std::process::{Command, Output};

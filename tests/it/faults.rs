@@ -1,9 +1,9 @@
 //! A run against a misbehaving service completes with complete, duplicate-free data.
 
-mod common;
-
+use crate::common;
 use std::sync::Arc;
 
+use crate::common::*;
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::config::SignatureVersion;
 use ccc_etl::ledger::MemoryLedger;
@@ -12,7 +12,6 @@ use ccc_etl::progress::Progress;
 use ccc_etl::record::MediaType;
 use ccc_etl::sink::memory::MemorySink;
 use chrono::Utc;
-use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_5xx_throttling_truncated_bodies_and_timeouts_the_data_is_complete_and_unique() {

@@ -1,0 +1,21 @@
+//! The integration tests, one binary: each module is one area (see the README's "Testing").
+
+mod backfill;
+mod bad_input;
+mod cli;
+mod common;
+mod crash;
+mod credentials;
+mod disk_full;
+mod drift;
+mod emulator;
+mod faults;
+mod nightly;
+mod nights;
+mod object_store;
+mod operator;
+mod pg_faults;
+mod postgres;
+mod readme;
+mod secrets;
+mod workers;
