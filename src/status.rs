@@ -10,11 +10,11 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
+use crate::ledger::SinkKind;
 use crate::ledger::{Ledger, LedgerError, SinkId};
 use crate::plan::DAY_MS;
 use crate::ranges::{intersect, subtract, union};
 use crate::record::MediaType;
-use crate::sink::SinkKind;
 
 /// A half-open range, with readable ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

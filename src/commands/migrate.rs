@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::db::Access;
 use crate::error::{EXIT_OK, InputError};
 use crate::ledger::SinkId;
-use crate::sink::SinkKind;
+use crate::ledger::SinkKind;
 use crate::sink::parquet::{Layout, Root, reconcile};
 
 /// The configuration `migrate` works with: the file, or, when there is no file at all and

@@ -8,9 +8,10 @@ use crate::config::RootUrl;
 use crate::db::{Access, PgError, PgStore, SessionLimits};
 use crate::error::InputError;
 use crate::ledger::{FileLedger, Ledger, SinkId};
+use crate::ledger::{PgLedger, SinkKind};
+use crate::sink::Sink;
 use crate::sink::parquet::{ObjectRoot, OpenError, ParquetSink, Root, check_zone, reconcile};
-use crate::sink::postgres::{PgLedger, PostgresSink};
-use crate::sink::{Sink, SinkKind};
+use crate::sink::postgres::PostgresSink;
 
 /// The ledger that goes with the configured sinks: PostgreSQL's when it is configured (it then
 /// tracks the Parquet commits too), else the file ledger under the Parquet root.

@@ -5,10 +5,10 @@ use super::open::{open_read_only, parquet_sink_id};
 use crate::cli::{OutputFormat, RangeArgs};
 use crate::config::Config;
 use crate::error::EXIT_OK;
+use crate::ledger::SinkKind;
 use crate::ledger::{SinkId, TakenBack};
 use crate::pipeline::NowFn;
 use crate::record::fmt_ms;
-use crate::sink::SinkKind;
 use crate::sink::parquet::{Root, reconcile};
 
 /// `ccc-etl plan`: the requests a `backfill` of the same range would send now (the plan minus

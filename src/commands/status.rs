@@ -5,9 +5,9 @@ use crate::cli::OutputFormat;
 use crate::config::Config;
 use crate::error::{EXIT_CHECK, EXIT_OK};
 use crate::ledger::SinkId;
+use crate::ledger::SinkKind;
 use crate::pipeline::system_now;
 use crate::plan;
-use crate::sink::SinkKind;
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;

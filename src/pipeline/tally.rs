@@ -10,9 +10,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::summary::{FailedWindow, RunSummary};
 use crate::dedup::DedupCounts;
+use crate::ledger::SinkKind;
 use crate::quality::QualityCounts;
 use crate::record::{Table, WindowKey};
-use crate::sink::{CommitStats, SinkKind};
+use crate::sink::CommitStats;
 
 /// What happened to a window (or a sink) during the run.
 #[derive(Debug, Clone)]

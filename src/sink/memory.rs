@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{CommitStats, RunContext, Sink, SinkKind, Written};
+use super::{CommitStats, RunContext, Sink, Written};
+use crate::ledger::SinkKind;
 use crate::record::{
     InboundRow, MediaType, OutboundRow, OverallRow, TrendRow, WindowBatch, WindowKey,
 };

@@ -10,40 +10,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use serde::{Deserialize, Serialize};
-
-use crate::ledger::{Ledger, LedgerEntry, SinkId};
+use crate::ledger::{DurableWindow, Ledger, LedgerEntry, SinkId, SinkKind};
 use crate::record::{WindowBatch, WindowKey};
-
-/// The kinds of sink: the one name of each, for the ledger's `sink` column, `status` and the
-/// metrics. Renaming one would make every commit of that sink look missing, so it exists once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    /// PostgreSQL tables.
-    Postgres,
-    /// Hive-partitioned Parquet files.
-    Parquet,
-    /// Memory (tests).
-    Memory,
-}
-
-impl SinkKind {
-    /// The name in the ledger, the summary and the metrics.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            SinkKind::Postgres => "postgres",
-            SinkKind::Parquet => "parquet",
-            SinkKind::Memory => "memory",
-        }
-    }
-}
-
-impl std::fmt::Display for SinkKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What one sink did with one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -198,38 +166,6 @@ impl RunContext {
             .collect();
         if let Err(e) = self.ledger.record_many(&entries).await {
             tracing::warn!(error = %e, "could not record failed windows in the ledger");
-        }
-    }
-}
-
-/// A window whose rows are durable in a sink, with what its ledger entry records.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DurableWindow {
-    /// The window (as fetched: a window whose start aged out is shorter than planned).
-    pub key: WindowKey,
-    /// Rows across the three tables.
-    pub rows: u64,
-    /// RequestId that delivered them.
-    pub request_id: String,
-    /// Requests the fetch took.
-    pub attempts: u32,
-    /// Where its rows are final (see [`WindowBatch::final_end_ms`]): the ledger's coverage ends
-    /// here.
-    pub final_end_ms: i64,
-}
-
-impl DurableWindow {
-    /// The entry for a batch.
-    pub fn of(batch: &WindowBatch) -> Self {
-        Self {
-            final_end_ms: batch
-                .final_end_ms
-                .unwrap_or(batch.key.end_ms)
-                .min(batch.key.end_ms),
-            key: batch.key.clone(),
-            rows: batch.row_count() as u64,
-            request_id: batch.request_id.clone(),
-            attempts: batch.attempts,
         }
     }
 }

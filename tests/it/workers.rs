@@ -447,7 +447,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
             .collect(),
         extra: Default::default(),
     };
-    let ledger = Arc::new(ccc_etl::sink::postgres::PgLedger::new(store.clone()));
+    let ledger = Arc::new(ccc_etl::ledger::PgLedger::new(store.clone()));
     let zombie = Coordinator::register(pool.clone(), "backfill", settings(60))
         .await
         .unwrap();
@@ -506,7 +506,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
     // The Parquet path is fenced too: a durable window of the zombie is not recorded.
     let recorded = ctx(&zombie)
         .record(
-            &ccc_etl::ledger::SinkId::new(ccc_etl::sink::SinkKind::Parquet, "root"),
+            &ccc_etl::ledger::SinkId::new(ccc_etl::ledger::SinkKind::Parquet, "root"),
             ccc_etl::sink::Written::durable(&batch(1, "zombie"), Default::default()),
         )
         .await;

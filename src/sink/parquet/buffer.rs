@@ -391,7 +391,7 @@ mod tests {
         let mut jobs = jobs.into_iter();
         let first = jobs.next().unwrap();
         let error = SinkError {
-            sink: crate::sink::SinkKind::Parquet,
+            sink: crate::ledger::SinkKind::Parquet,
             message: "disk full".into(),
             retryable: true,
         };

@@ -37,9 +37,10 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
 
-use super::{CommitStats, DurableWindow, RunContext, Sink, SinkError, SinkKind, Written};
+use super::{CommitStats, RunContext, Sink, SinkError, Written};
 use crate::config::{DEFAULT_BUFFER_ROWS, ParquetCompression};
 use crate::ledger::{DayFile, SinkId};
+use crate::ledger::{DurableWindow, SinkKind};
 use crate::record::{Counts, Table, WindowBatch, WindowKey};
 use buffer::{DayBuffer, DayJob, Settled};
 use object::PutOutcome;
@@ -741,7 +742,7 @@ async fn write_day_object(
                 rows,
             })
             .collect();
-        crate::sink::postgres::upsert_files(&mut *tx, &files)
+        crate::ledger::upsert_files(&mut *tx, &files)
             .await
             .map_err(|e| DayError::Io(format!("cannot record the files of day {day}: {e}")))?;
         tx.commit()
