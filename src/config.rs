@@ -1,8 +1,8 @@
 //! `pipeline.toml` plus the environment, turned into a validated [`Config`] before any work.
 //!
 //! Every value that can be wrong is parsed into its type while the TOML is read, so an error
-//! names the file, the line and the key. Credentials come only from the environment
-//! (the official SDK's variable names) and are wrapped so they never print.
+//! names the file, the line and the key. `[source] credentials` only chooses where the key
+//! comes from ([`crate::credentials`] resolves it); secrets are never part of the file.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -15,6 +15,42 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::InputError;
 use crate::record::MediaType;
+
+/// `[source] credentials`: the whole chain, or one provider pinned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Choice {
+    /// The default chain.
+    #[default]
+    Chain,
+    /// `ALIBABA_CLOUD_ACCESS_KEY_ID` and friends only.
+    Env,
+    /// OIDC / RRSA only.
+    Oidc,
+    /// The CLI profile only.
+    CliProfile,
+    /// The credentials file only.
+    CredentialsFile,
+    /// The ECS instance RAM role only.
+    EcsRamRole,
+    /// `ALIBABA_CLOUD_CREDENTIALS_URI` only.
+    CredentialsUri,
+}
+
+impl Choice {
+    /// The name in `pipeline.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Choice::Chain => "chain",
+            Choice::Env => "env",
+            Choice::Oidc => "oidc",
+            Choice::CliProfile => "cli_profile",
+            Choice::CredentialsFile => "credentials_file",
+            Choice::EcsRamRole => "ecs_ram_role",
+            Choice::CredentialsUri => "credentials_uri",
+        }
+    }
+}
 
 /// Environment variable holding the AccessKeyId.
 pub const ENV_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
@@ -59,7 +95,7 @@ pub struct SourceConfig {
     pub endpoints: std::collections::BTreeMap<String, Endpoint>,
     /// Where credentials come from: the default chain, or one provider pinned.
     #[serde(default)]
-    pub credentials: crate::credentials::Choice,
+    pub credentials: Choice,
     /// Request signing scheme.
     #[serde(default)]
     pub signature_version: SignatureVersion,
@@ -1054,57 +1090,6 @@ fn key_at(text: &str, line: usize) -> Option<String> {
     Some(k.trim().to_string())
 }
 
-/// The key pair (and STS token) that signs requests. Never printed.
-#[derive(Clone)]
-pub struct Credentials {
-    /// AccessKeyId: an identifier, not a secret, but kept out of logs anyway.
-    pub access_key_id: String,
-    /// AccessKeySecret.
-    pub access_key_secret: SecretString,
-    /// STS security token, for temporary credentials.
-    pub security_token: Option<SecretString>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("access_key_id", &mask(&self.access_key_id))
-            .field("access_key_secret", &"[redacted]")
-            .field(
-                "security_token",
-                &self.security_token.as_ref().map(|_| "[redacted]"),
-            )
-            .finish()
-    }
-}
-
-/// Shows the first 4 characters of an id and hides the rest.
-pub fn mask(id: &str) -> String {
-    let head: String = id.chars().take(4).collect();
-    format!("{head}****")
-}
-
-impl Credentials {
-    /// A key pair from values (tests, the demo).
-    pub fn new(id: &str, secret: &str, token: Option<&str>) -> Self {
-        Self {
-            access_key_id: id.to_string(),
-            access_key_secret: SecretString::from(secret.to_string()),
-            security_token: token.map(|t| SecretString::from(t.to_string())),
-        }
-    }
-
-    /// The secret, for signing only.
-    pub fn secret(&self) -> &str {
-        self.access_key_secret.expose_secret()
-    }
-
-    /// The STS token, for the request only.
-    pub fn token(&self) -> Option<&str> {
-        self.security_token.as_ref().map(|t| t.expose_secret())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1316,7 +1301,7 @@ mod tests {
             c.source.endpoint_for(&c.source.region).to_string(),
             "https://ccc.cn-shanghai.aliyuncs.com"
         );
-        assert_eq!(c.source.credentials, crate::credentials::Choice::Chain);
+        assert_eq!(c.source.credentials, Choice::Chain);
         assert_eq!(c.source.signature_version, SignatureVersion::V1);
         assert_eq!(c.source.max_qps, 5.0);
         assert_eq!(c.source.concurrency, 4);
@@ -1408,11 +1393,7 @@ mod tests {
     }
 
     #[test]
-    fn credentials_never_show_their_secret_in_debug() {
-        let c = Credentials::new("LTAIexample", "super-secret-value", Some("sts-token-value"));
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("super-secret-value") && !dbg.contains("sts-token-value"));
-        assert!(!dbg.contains("LTAIexample"), "the id is masked too: {dbg}");
+    fn the_database_url_never_shows_in_debug() {
         let pg = PostgresConfig {
             url: Some(SecretString::from("postgres://u:pw@h/db".to_string())),
             schema: default_schema(),

@@ -11,8 +11,9 @@
 //! - [`credentials`]: Alibaba Cloud's default credential chain, resolved once per process and
 //!   renewed before expiry for the API client and an `oss://` root alike
 //! - [`ccc`]: the API: [`ccc::sign`] (V1, V3), [`ccc::wire`] (JSON as sent),
-//!   [`ccc::client`] (rate limit, retries), [`ccc::redact`] (credentials out of server text),
-//!   [`ccc::emulator`] (the local server)
+//!   [`ccc::client`] (rate limit, retries),
+//!   [`ccc::emulator`] (the local server); [`redact`]: the one scrubber of credentials from
+//!   server text
 //! - [`quality`] and [`dedup`]: checks, window ownership and de-duplication of rows (pure);
 //!   [`record`]: typed rows and batches
 //! - [`sink`]: the sinks a window's rows are committed to, behind one trait; each records its own
@@ -45,6 +46,7 @@ pub mod progress;
 pub mod quality;
 pub mod ranges;
 pub mod record;
+pub mod redact;
 pub mod sink;
 pub mod status;
 pub mod telemetry;

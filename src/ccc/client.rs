@@ -16,11 +16,10 @@ use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use super::ratelimit::RateLimiter;
-use super::redact::Redactor;
-use super::sign::{self, V3Canonical};
+use super::sign;
 use super::wire::{Body, parse_body};
-use crate::config::{Credentials, Endpoint, SignatureVersion, SourceConfig};
-use crate::credentials::CredentialSource;
+use crate::config::{Endpoint, SignatureVersion, SourceConfig};
+use crate::credentials::{CredentialSource, Credentials};
 use crate::record::{MediaType, Report};
 
 /// The API action this client calls.
@@ -429,7 +428,7 @@ fn interpret(
     credentials: &Credentials,
 ) -> Result<Report, ApiError> {
     // Only error texts are scrubbed: a successful answer builds no redactor.
-    let scrub = |s: String| Redactor::new(credentials).scrub(&s);
+    let scrub = |s: String| credentials.redactor().scrub(&s);
     match parse_body(bytes) {
         Ok(Body::Ok(report)) if status == 200 => Ok(report),
         Ok(Body::Ok(report)) => Err(ApiError::Service {
@@ -472,47 +471,14 @@ pub fn sign_v1_url(
     nonce: &str,
     timestamp: &str,
 ) -> reqwest::Url {
-    sign_v1_action(
+    sign::v1_url(
         base,
         (ACTION, API_VERSION),
         method,
         params,
-        credentials,
-        nonce,
-        timestamp,
+        credentials.signing_key(),
+        (nonce, timestamp),
     )
-}
-
-/// [`sign_v1_url`] for any `(action, version)` of any RPC product (STS `AssumeRole` too).
-pub fn sign_v1_action(
-    base: &reqwest::Url,
-    (action, version): (&str, &str),
-    method: &str,
-    params: &[(&str, String)],
-    credentials: &Credentials,
-    nonce: &str,
-    timestamp: &str,
-) -> reqwest::Url {
-    let mut all: Vec<(&str, &str)> = vec![
-        ("Action", action),
-        ("Version", version),
-        ("Format", "JSON"),
-        ("AccessKeyId", &credentials.access_key_id),
-        ("SignatureMethod", "HMAC-SHA1"),
-        ("SignatureVersion", "1.0"),
-        ("SignatureNonce", nonce),
-        ("Timestamp", timestamp),
-    ];
-    if let Some(token) = credentials.token() {
-        all.push(("SecurityToken", token));
-    }
-    all.extend(params.iter().map(|(k, v)| (*k, v.as_str())));
-    let to_sign = sign::v1_string_to_sign(method, all.iter().copied());
-    let signature = sign::v1_signature(credentials.secret(), &to_sign);
-    all.push(("Signature", &signature));
-    let mut url = base.clone();
-    url.set_query(Some(&sign::canonical_query(all.iter().copied())));
-    url
 }
 
 /// A V3-signed POST: the URL with the action's parameters in the query, and the headers to send.
@@ -524,34 +490,14 @@ pub fn sign_v3_request(
     nonce: &str,
     timestamp: &str,
 ) -> (reqwest::Url, Vec<(&'static str, String)>) {
-    let payload_hash = sign::sha256_hex(b"");
-    let mut headers: Vec<(&'static str, String)> = vec![
-        ("host", authority.to_string()),
-        ("x-acs-action", ACTION.to_string()),
-        ("x-acs-version", API_VERSION.to_string()),
-        ("x-acs-date", timestamp.to_string()),
-        ("x-acs-signature-nonce", nonce.to_string()),
-        ("x-acs-content-sha256", payload_hash.clone()),
-    ];
-    if let Some(token) = credentials.token() {
-        headers.push(("x-acs-security-token", token.to_string()));
-    }
-    let canonical = V3Canonical {
-        method: "POST",
-        path: "/",
-        query: params.iter().map(|(k, v)| (*k, v.as_str())).collect(),
-        headers: headers.iter().map(|(k, v)| (*k, v.as_str())).collect(),
-        hashed_payload: &payload_hash,
-    };
-    let authorization = canonical.authorization(&credentials.access_key_id, credentials.secret());
-    let mut url = base.clone();
-    url.set_query(Some(&sign::canonical_query(
-        params.iter().map(|(k, v)| (*k, v.as_str())),
-    )));
-    // reqwest sets `host` itself from the URL, to the same value.
-    headers.retain(|(k, _)| *k != "host");
-    headers.push(("authorization", authorization));
-    (url, headers)
+    sign::v3_request(
+        base,
+        authority,
+        (ACTION, API_VERSION),
+        params,
+        credentials.signing_key(),
+        (nonce, timestamp),
+    )
 }
 
 #[cfg(test)]

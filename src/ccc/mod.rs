@@ -4,6 +4,5 @@ pub mod client;
 pub mod emulator;
 pub mod error;
 pub mod ratelimit;
-pub mod redact;
 pub mod sign;
 pub mod wire;

@@ -194,6 +194,95 @@ pub fn signatures_equal(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// The key a request is signed with, as plain values.
+#[derive(Clone, Copy)]
+pub struct SigningKey<'a> {
+    /// AccessKeyId.
+    pub id: &'a str,
+    /// AccessKeySecret.
+    pub secret: &'a str,
+    /// STS security token, for temporary credentials.
+    pub token: Option<&'a str>,
+}
+
+impl std::fmt::Debug for SigningKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").finish_non_exhaustive()
+    }
+}
+
+/// A V1-signed GET of `(action, version)` of any RPC product (CCC, STS `AssumeRole`): the common
+/// parameters plus `params`, signed, as a full URL. `once` is the nonce and the timestamp.
+pub fn v1_url(
+    base: &url::Url,
+    (action, version): (&str, &str),
+    method: &str,
+    params: &[(&str, String)],
+    key: SigningKey<'_>,
+    (nonce, timestamp): (&str, &str),
+) -> url::Url {
+    let mut all: Vec<(&str, &str)> = vec![
+        ("Action", action),
+        ("Version", version),
+        ("Format", "JSON"),
+        ("AccessKeyId", key.id),
+        ("SignatureMethod", "HMAC-SHA1"),
+        ("SignatureVersion", "1.0"),
+        ("SignatureNonce", nonce),
+        ("Timestamp", timestamp),
+    ];
+    if let Some(token) = key.token {
+        all.push(("SecurityToken", token));
+    }
+    all.extend(params.iter().map(|(k, v)| (*k, v.as_str())));
+    let to_sign = v1_string_to_sign(method, all.iter().copied());
+    let signature = v1_signature(key.secret, &to_sign);
+    all.push(("Signature", &signature));
+    let mut url = base.clone();
+    url.set_query(Some(&canonical_query(all.iter().copied())));
+    url
+}
+
+/// A V3-signed POST of `(action, version)` with an empty body: the URL with `params` in the
+/// query, and the headers to send (`host` left to the HTTP client, which sets it to
+/// `authority` from the URL). `once` is the nonce and the timestamp.
+pub fn v3_request(
+    base: &url::Url,
+    authority: &str,
+    (action, version): (&str, &str),
+    params: &[(&str, String)],
+    key: SigningKey<'_>,
+    (nonce, timestamp): (&str, &str),
+) -> (url::Url, Vec<(&'static str, String)>) {
+    let payload_hash = sha256_hex(b"");
+    let mut headers: Vec<(&'static str, String)> = vec![
+        ("host", authority.to_string()),
+        ("x-acs-action", action.to_string()),
+        ("x-acs-version", version.to_string()),
+        ("x-acs-date", timestamp.to_string()),
+        ("x-acs-signature-nonce", nonce.to_string()),
+        ("x-acs-content-sha256", payload_hash.clone()),
+    ];
+    if let Some(token) = key.token {
+        headers.push(("x-acs-security-token", token.to_string()));
+    }
+    let canonical = V3Canonical {
+        method: "POST",
+        path: "/",
+        query: params.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+        headers: headers.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+        hashed_payload: &payload_hash,
+    };
+    let authorization = canonical.authorization(key.id, key.secret);
+    let mut url = base.clone();
+    url.set_query(Some(&canonical_query(
+        params.iter().map(|(k, v)| (*k, v.as_str())),
+    )));
+    headers.retain(|(k, _)| *k != "host");
+    headers.push(("authorization", authorization));
+    (url, headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,8 @@
 use super::shutdown_signal;
 use crate::ccc::emulator::{self, EmulatorOptions, Faults, KeyPair};
 use crate::cli::EmulatorArgs;
-use crate::config::{Credentials, validate_instances};
+use crate::config::validate_instances;
+use crate::credentials::Credentials;
 use crate::error::{EXIT_OK, InputError};
 
 pub(crate) fn emulator_options(
@@ -107,7 +108,7 @@ pub(crate) async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<u8> {
 /// a client configured from the environment signs with).
 fn emulator_key_pair() -> Result<Credentials, InputError> {
     let env = |k: &str| std::env::var(k).ok();
-    let found = crate::credentials::resolve(crate::credentials::Choice::Env, &env)?;
+    let found = crate::credentials::resolve(crate::config::Choice::Env, &env)?;
     match found.into_iter().next().map(|f| f.provider) {
         Some(crate::credentials::Provider::Static(c)) => Ok(c),
         _ => Err(InputError::new(

@@ -19,45 +19,6 @@ use std::path::{Path, PathBuf};
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::{CredentialSource, Provider, fetch::ECS_METADATA};
-use crate::config::{Credentials, Endpoint};
-use crate::error::InputError;
-
-/// `[source] credentials`: the whole chain, or one provider pinned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Choice {
-    /// The default chain.
-    #[default]
-    Chain,
-    /// `ALIBABA_CLOUD_ACCESS_KEY_ID` and friends only.
-    Env,
-    /// OIDC / RRSA only.
-    Oidc,
-    /// The CLI profile only.
-    CliProfile,
-    /// The credentials file only.
-    CredentialsFile,
-    /// The ECS instance RAM role only.
-    EcsRamRole,
-    /// `ALIBABA_CLOUD_CREDENTIALS_URI` only.
-    CredentialsUri,
-}
-
-impl Choice {
-    fn name(self) -> &'static str {
-        match self {
-            Choice::Chain => "chain",
-            Choice::Env => "env",
-            Choice::Oidc => "oidc",
-            Choice::CliProfile => "cli_profile",
-            Choice::CredentialsFile => "credentials_file",
-            Choice::EcsRamRole => "ecs_ram_role",
-            Choice::CredentialsUri => "credentials_uri",
-        }
-    }
-}
-
 /// Overrides the metadata service's base URL (tests; loopback only).
 pub const ENV_METADATA_URL: &str = "CCC_ETL_ECS_METADATA_URL";
 
@@ -69,6 +30,11 @@ fn var(env: Env<'_>, k: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
 }
+
+use super::Credentials;
+use super::{CredentialSource, Provider, fetch::ECS_METADATA};
+use crate::config::{Choice, Endpoint};
+use crate::error::InputError;
 
 fn flag(env: Env<'_>, k: &str) -> bool {
     var(env, k).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")

@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::Lease;
+use super::{Credentials, Lease};
 use crate::ccc::sign;
-use crate::config::Credentials;
+use crate::redact::Redactor;
 
 /// The STS API version.
 pub const STS_VERSION: &str = "2015-04-01";
@@ -139,13 +139,9 @@ fn transport(what: &str, e: reqwest::Error) -> String {
     format!("{what}: {msg}")
 }
 
-/// Removes `secrets` from server text, and keeps it short.
-fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut t: String = text.chars().take(300).collect();
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        t = t.replace(s, "[redacted]");
-    }
-    t
+/// Server text in an error: the `redactor`'s secrets out, and kept short.
+fn scrub(text: &str, redactor: &Redactor) -> String {
+    redactor.scrub(text).chars().take(300).collect()
 }
 
 impl Provider {
@@ -162,43 +158,13 @@ impl Provider {
                     duration_secs,
                     sts,
                 } => {
-                    let token = std::fs::read_to_string(token_file).map_err(|e| {
-                        format!(
-                            "cannot read the OIDC token file {}: {e}",
-                            token_file.display()
-                        )
-                    })?;
-                    let token = token.trim();
-                    if token.is_empty() {
-                        return Err(format!(
-                            "the OIDC token file {} is empty",
-                            token_file.display()
-                        ));
-                    }
-                    let form = [
-                        ("RoleArn", role_arn.as_str()),
-                        ("OIDCProviderArn", provider_arn.as_str()),
-                        ("OIDCToken", token),
-                        ("RoleSessionName", session_name.as_str()),
-                        ("DurationSeconds", &duration_secs.to_string()),
-                    ];
-                    let mut url = sts.clone();
-                    let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-                    url.set_query(Some(&sign::canonical_query([
-                        ("Action", "AssumeRoleWithOIDC"),
-                        ("Format", "JSON"),
-                        ("Version", STS_VERSION),
-                        ("Timestamp", now.as_str()),
-                    ])));
-                    let body = sign::canonical_query(form.iter().map(|(k, v)| (*k, *v)));
-                    let resp = http(Duration::from_secs(10), sts)?
-                        .post(url)
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(body)
-                        .send()
-                        .await
-                        .map_err(|e| transport("STS AssumeRoleWithOIDC", e))?;
-                    sts_answer(resp, "STS AssumeRoleWithOIDC", &[token]).await
+                    let role = AssumedRole {
+                        role_arn,
+                        session_name,
+                        duration_secs: *duration_secs,
+                        sts,
+                    };
+                    oidc(&role, provider_arn, token_file).await
                 }
                 Provider::RamRoleArn {
                     base,
@@ -208,76 +174,134 @@ impl Provider {
                     sts,
                 } => {
                     let base = base.fetch().await?;
-                    let c = &base.credentials;
-                    let nonce = uuid::Uuid::new_v4().simple().to_string();
-                    let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-                    let url = crate::ccc::client::sign_v1_action(
+                    let role = AssumedRole {
+                        role_arn,
+                        session_name,
+                        duration_secs: *duration_secs,
                         sts,
-                        ("AssumeRole", STS_VERSION),
-                        "GET",
-                        &[
-                            ("RoleArn", role_arn.clone()),
-                            ("RoleSessionName", session_name.clone()),
-                            ("DurationSeconds", duration_secs.to_string()),
-                        ],
-                        c,
-                        &nonce,
-                        &now,
-                    );
-                    let resp = http(Duration::from_secs(10), sts)?
-                        .get(url)
-                        .send()
-                        .await
-                        .map_err(|e| transport("STS AssumeRole", e))?;
-                    let mut secrets = vec![c.secret()];
-                    secrets.extend(c.token());
-                    sts_answer(resp, "STS AssumeRole", &secrets).await
+                    };
+                    assume_role(&role, &base.credentials).await
                 }
                 Provider::EcsRamRole {
                     role,
                     imdsv1_disabled,
                     metadata,
                 } => ecs_role(metadata, role.as_deref(), *imdsv1_disabled).await,
-                Provider::Uri(url) => {
-                    let resp = http(Duration::from_secs(5), url)?
-                        .get(url.clone())
-                        .send()
-                        .await
-                        .map_err(|e| transport("the credentials URI", e))?;
-                    let status = resp.status();
-                    let bytes = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| transport("the credentials URI", e))?;
-                    if !status.is_success() {
-                        return Err(format!(
-                            "the credentials URI answered HTTP {}",
-                            status.as_u16()
-                        ));
-                    }
-                    let issued: Issued = serde_json::from_slice(&bytes).map_err(|e| {
-                        format!(
-                            "the credentials URI answered something that is not credentials: {e}"
-                        )
-                    })?;
-                    lease_from(issued, "the credentials URI")
-                }
+                Provider::Uri(url) => from_uri(url).await,
             }
         })
     }
 }
 
+/// The role an STS call assumes, and where STS is.
+struct AssumedRole<'a> {
+    role_arn: &'a str,
+    session_name: &'a str,
+    duration_secs: u64,
+    sts: &'a Url,
+}
+
+/// STS `AssumeRoleWithOIDC` with the token read from `token_file` now (it rotates).
+async fn oidc(
+    role: &AssumedRole<'_>,
+    provider_arn: &str,
+    token_file: &std::path::Path,
+) -> Result<Lease, String> {
+    let token = std::fs::read_to_string(token_file).map_err(|e| {
+        format!(
+            "cannot read the OIDC token file {}: {e}",
+            token_file.display()
+        )
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "the OIDC token file {} is empty",
+            token_file.display()
+        ));
+    }
+    let duration = role.duration_secs.to_string();
+    let form = [
+        ("RoleArn", role.role_arn),
+        ("OIDCProviderArn", provider_arn),
+        ("OIDCToken", token),
+        ("RoleSessionName", role.session_name),
+        ("DurationSeconds", duration.as_str()),
+    ];
+    let mut url = role.sts.clone();
+    let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    url.set_query(Some(&sign::canonical_query([
+        ("Action", "AssumeRoleWithOIDC"),
+        ("Format", "JSON"),
+        ("Version", STS_VERSION),
+        ("Timestamp", now.as_str()),
+    ])));
+    let body = sign::canonical_query(form.iter().map(|(k, v)| (*k, *v)));
+    let what = "STS AssumeRoleWithOIDC";
+    let resp = http(Duration::from_secs(10), role.sts)?
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| transport(what, e))?;
+    sts_answer(resp, what, &Redactor::default().secret(token)).await
+}
+
+/// STS `AssumeRole`, signed (V1) with `base`.
+async fn assume_role(role: &AssumedRole<'_>, base: &Credentials) -> Result<Lease, String> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let url = sign::v1_url(
+        role.sts,
+        ("AssumeRole", STS_VERSION),
+        "GET",
+        &[
+            ("RoleArn", role.role_arn.to_string()),
+            ("RoleSessionName", role.session_name.to_string()),
+            ("DurationSeconds", role.duration_secs.to_string()),
+        ],
+        base.signing_key(),
+        (&nonce, &now),
+    );
+    let what = "STS AssumeRole";
+    let resp = http(Duration::from_secs(10), role.sts)?
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| transport(what, e))?;
+    sts_answer(resp, what, &base.redactor()).await
+}
+
+/// `ALIBABA_CLOUD_CREDENTIALS_URI`: a GET answering with credentials.
+async fn from_uri(url: &Url) -> Result<Lease, String> {
+    let what = "the credentials URI";
+    let resp = http(Duration::from_secs(5), url)?
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| transport(what, e))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| transport(what, e))?;
+    if !status.is_success() {
+        return Err(format!("{what} answered HTTP {}", status.as_u16()));
+    }
+    let issued: Issued = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{what} answered something that is not credentials: {e}"))?;
+    lease_from(issued, what)
+}
+
 async fn sts_answer(
     resp: reqwest::Response,
     what: &str,
-    secrets: &[&str],
+    redactor: &Redactor,
 ) -> Result<Lease, String> {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.map_err(|e| transport(what, e))?;
     let answer: StsAnswer = serde_json::from_slice(&bytes).map_err(|_| {
         format!(
             "{what} answered HTTP {status} with a body that is not JSON: {}",
-            scrub(&String::from_utf8_lossy(&bytes), secrets)
+            scrub(&String::from_utf8_lossy(&bytes), redactor)
         )
     })?;
     match answer.credentials {
@@ -285,7 +309,7 @@ async fn sts_answer(
         _ => Err(format!(
             "{what} refused (HTTP {status}, {}): {}",
             answer.code.as_deref().unwrap_or("no code"),
-            scrub(answer.message.as_deref().unwrap_or(""), secrets)
+            scrub(answer.message.as_deref().unwrap_or(""), redactor)
         )),
     }
 }

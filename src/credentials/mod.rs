@@ -20,10 +20,72 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use crate::config::Credentials;
-use crate::config::mask;
-pub use chain::{Choice, resolve};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::ccc::sign::SigningKey;
+use crate::config::Choice;
+use crate::redact::{Redactor, mask};
+pub use chain::resolve;
 pub use fetch::Provider;
+
+/// The key pair (and STS token) that signs requests. Never printed.
+#[derive(Clone)]
+pub struct Credentials {
+    /// AccessKeyId: an identifier, not a secret, but kept out of logs anyway.
+    pub access_key_id: String,
+    /// AccessKeySecret.
+    pub access_key_secret: SecretString,
+    /// STS security token, for temporary credentials.
+    pub security_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &mask(&self.access_key_id))
+            .field("access_key_secret", &"[redacted]")
+            .field(
+                "security_token",
+                &self.security_token.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// A key pair from values (tests, the demo).
+    pub fn new(id: &str, secret: &str, token: Option<&str>) -> Self {
+        Self {
+            access_key_id: id.to_string(),
+            access_key_secret: SecretString::from(secret.to_string()),
+            security_token: token.map(|t| SecretString::from(t.to_string())),
+        }
+    }
+
+    /// The secret, for signing only.
+    pub fn secret(&self) -> &str {
+        self.access_key_secret.expose_secret()
+    }
+
+    /// The STS token, for the request only.
+    pub fn token(&self) -> Option<&str> {
+        self.security_token.as_ref().map(|t| t.expose_secret())
+    }
+
+    /// The key as plain values, to sign one request.
+    pub fn signing_key(&self) -> SigningKey<'_> {
+        SigningKey {
+            id: &self.access_key_id,
+            secret: self.secret(),
+            token: self.token(),
+        }
+    }
+
+    /// A scrubber of this key from server text.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::for_key(&self.access_key_id, self.secret(), self.token())
+    }
+}
 
 /// Temporary credentials are fetched again this long before they expire (or a quarter of their
 /// lifetime before, when that is shorter).
@@ -261,4 +323,22 @@ fn expiry(at: Option<DateTime<Utc>>) -> String {
         || "never".to_string(),
         |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show_their_secret_in_debug() {
+        let c = Credentials::new("LTAIexample", "super-secret-value", Some("sts-token-value"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("super-secret-value") && !dbg.contains("sts-token-value"));
+        assert!(!dbg.contains("LTAIexample"), "the id is masked too: {dbg}");
+        let key = format!("{:?}", c.signing_key());
+        assert!(
+            !key.contains("super-secret-value") && !key.contains("LTAI"),
+            "{key}"
+        );
+    }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::common::*;
 use ccc_etl::ccc::emulator::Faults;
-use ccc_etl::config::{Credentials, ParquetConfig, SignatureVersion};
+use ccc_etl::config::{ParquetConfig, SignatureVersion};
+use ccc_etl::credentials::Credentials;
 use ccc_etl::ledger::{FileLedger, MemoryLedger};
 use ccc_etl::record::{MediaType, Table};
 use ccc_etl::sink::memory::MemorySink;

@@ -9,7 +9,8 @@ use crate::common::*;
 use ccc_etl::ccc::client::{TrendingRequest, sign_v1_url, sign_v3_request};
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::ccc::error::{ApiError, ErrorClass};
-use ccc_etl::config::{Credentials, SignatureVersion};
+use ccc_etl::config::SignatureVersion;
+use ccc_etl::credentials::Credentials;
 use ccc_etl::record::MediaType;
 use chrono::{DateTime, Utc};
 

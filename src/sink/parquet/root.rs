@@ -23,10 +23,7 @@ pub enum Root {
 
 impl Root {
     /// The root `[parquet]` configures (without any lock or PostgreSQL).
-    pub fn open(
-        pq: &ParquetConfig,
-        credentials: crate::credentials::Choice,
-    ) -> Result<Self, String> {
+    pub fn open(pq: &ParquetConfig, credentials: crate::config::Choice) -> Result<Self, String> {
         Ok(match &pq.root {
             RootUrl::Local(p) => Root::Local(Layout::new(p)),
             RootUrl::Object(url) => Root::Object(Arc::new(ObjectRoot::open(pq, url, credentials)?)),

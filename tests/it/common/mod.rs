@@ -8,7 +8,8 @@ use std::sync::Arc;
 use ccc_etl::ccc::client::CccClient;
 use ccc_etl::ccc::emulator::{self, EmulatorOptions, RunningEmulator};
 use ccc_etl::ccc::ratelimit::AdaptivePacer;
-use ccc_etl::config::{Config, Credentials, SignatureVersion};
+use ccc_etl::config::{Config, SignatureVersion};
+use ccc_etl::credentials::Credentials;
 
 /// An hour and a day, in ms.
 pub const H: i64 = 3_600_000;

@@ -1,16 +1,17 @@
-//! Scrubs credentials out of text the server sends back.
+//! The one scrubber of secrets: every text a server sends back (the CCC API, STS and the
+//! credential services, an object store) passes through [`Redactor::scrub`] before it becomes
+//! an error, so no credential reaches a log, the run summary, the ledger, the database or the
+//! metrics.
 //!
 //! Alibaba Cloud's `SignatureDoesNotMatch` message quotes the server's string-to-sign (V1) or
 //! canonical request (V3), which carries the AccessKeyId, the STS SecurityToken and the
-//! Signature, percent-encoded once or twice. Every message from the server passes through
-//! [`Redactor::scrub`] before it becomes an error, so it never reaches a log, the run summary, the
-//! ledger, the database or the metrics.
+//! Signature, percent-encoded once or twice; an S3 error body quotes the string it signed and the
+//! signature it got. Both are cut out by pattern; the known values (secrets, tokens, key ids)
+//! are removed, or masked for ids, wherever they appear, verbatim or percent-encoded.
 
 use std::sync::LazyLock;
 
 use regex::Regex;
-
-use crate::config::{Credentials, mask};
 
 /// `name` then a separator (`=`, `:`, `%3D`, `%253D`, JSON's `":"`), then the value up to the next
 /// delimiter (`&`, `%26`, `%2526`, whitespace, a quote, `,`, `;`, or a backslash: a message that
@@ -23,38 +24,69 @@ static PARAM: LazyLock<Regex> = LazyLock::new(|| {
     .expect("valid pattern")
 });
 
-/// Removes the credentials of one key pair from server text.
-#[derive(Clone)]
+/// Elements of an S3 error body that quote what was signed, and presigned URLs' parameters.
+static SIGNED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?is)<(StringToSign|StringToSignBytes|CanonicalRequest|CanonicalRequestBytes|SignatureProvided)>.*?</(StringToSign|StringToSignBytes|CanonicalRequest|CanonicalRequestBytes|SignatureProvided)>|(?i)(X-Amz-Security-Token|X-Amz-Signature|X-Amz-Credential|x-oss-security-token|Signature)=[^&\s<]*",
+    )
+    .expect("valid pattern")
+});
+
+/// Shows the first 4 characters of an id and hides the rest.
+pub fn mask(id: &str) -> String {
+    let head: String = id.chars().take(4).collect();
+    format!("{head}****")
+}
+
+/// Removes credentials from server text: the signed material by pattern, and the values it
+/// was given (ids masked, secrets and tokens removed). Values shorter than 4 characters are
+/// ignored (they would remove ordinary text).
+#[derive(Clone, Default)]
 pub struct Redactor {
-    key_id: String,
-    /// The secret and the token, removed wherever they appear verbatim.
-    verbatim: Vec<String>,
+    ids: Vec<String>,
+    secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redactor")
-            .field("key_id", &mask(&self.key_id))
+            .field("ids", &self.ids.iter().map(|i| mask(i)).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
 impl Redactor {
-    /// A redactor for these credentials.
-    pub fn new(credentials: &Credentials) -> Self {
-        let mut verbatim = vec![credentials.secret().to_string()];
-        verbatim.extend(credentials.token().map(str::to_string));
-        verbatim.retain(|s| s.len() >= 4);
-        Self {
-            key_id: credentials.access_key_id.clone(),
-            verbatim,
+    /// A redactor for one key pair (and its STS token).
+    pub fn for_key(id: &str, secret: &str, token: Option<&str>) -> Self {
+        let r = Self::default().id(id).secret(secret);
+        match token {
+            Some(t) => r.secret(t),
+            None => r,
         }
     }
 
+    /// Also masks `id` wherever it appears.
+    pub fn id(mut self, id: &str) -> Self {
+        if id.len() >= 4 {
+            self.ids.push(id.to_string());
+        }
+        self
+    }
+
+    /// Also removes `secret` wherever it appears.
+    pub fn secret(mut self, secret: &str) -> Self {
+        if secret.len() >= 4 {
+            self.secrets.push(secret.to_string());
+        }
+        self
+    }
+
     /// `text` with every credential-bearing parameter's value masked (ids) or removed (tokens,
-    /// signatures, secrets), and the key pair's own values removed wherever they appear.
+    /// signatures, secrets), the signed material of an S3 error removed, and the known values
+    /// removed (or masked, for ids) wherever they appear.
     pub fn scrub(&self, text: &str) -> String {
-        let out = PARAM.replace_all(text, |c: &regex::Captures<'_>| {
+        let out = SIGNED.replace_all(text, "[redacted]");
+        let out = PARAM.replace_all(&out, |c: &regex::Captures<'_>| {
             let name = &c["name"];
             let value = &c["value"];
             let lower = name.to_ascii_lowercase();
@@ -67,17 +99,17 @@ impl Redactor {
             format!("{name}{}{shown}", &c["sep"])
         });
         let mut out = out.into_owned();
-        for s in &self.verbatim {
+        for s in &self.secrets {
             for form in encoded_forms(s) {
                 if out.contains(&form) {
                     out = out.replace(&form, "[redacted]");
                 }
             }
         }
-        if self.key_id.len() >= 4 {
-            for form in encoded_forms(&self.key_id) {
+        for id in &self.ids {
+            for form in encoded_forms(id) {
                 if out.contains(&form) {
-                    out = out.replace(&form, &mask(&self.key_id));
+                    out = out.replace(&form, &mask(id));
                 }
             }
         }
@@ -99,11 +131,11 @@ mod tests {
     use super::*;
 
     fn redactor() -> Redactor {
-        Redactor::new(&Credentials::new(
+        Redactor::for_key(
             "STS.NUexampleKeyId",
             "the-Secret/Value+1",
             Some("CAISexample/Token+Value=="),
-        ))
+        )
     }
 
     #[test]
@@ -164,5 +196,31 @@ mod tests {
             redactor().scrub("no credentials here"),
             "no credentials here"
         );
+    }
+
+    #[test]
+    fn a_store_error_keeps_no_secret_token_or_signed_text() {
+        let s = Redactor::default()
+            .id("AKIAEXAMPLEKEYID")
+            .secret("wJalrXUtnFEMI/secret")
+            .secret("FwoGZXtoken");
+        let body = "Client error with status 403: <Error><Code>SignatureDoesNotMatch</Code>\
+            <AWSAccessKeyId>AKIAEXAMPLEKEYID</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256\n\
+            20261127T000000Z\nabc</StringToSign><SignatureProvided>deadbeef</SignatureProvided>\
+            <CanonicalRequest>PUT\n/b/k\nX-Amz-Security-Token=FwoGZXtoken\n</CanonicalRequest>\
+            </Error> secret wJalrXUtnFEMI/secret url ?X-Amz-Signature=abcd&X-Amz-Credential=AKIA%2F";
+        let out = s.scrub(body);
+        for leak in [
+            "EXAMPLEKEYID",
+            "wJalr",
+            "FwoGZ",
+            "deadbeef",
+            "abcd",
+            "20261127T",
+        ] {
+            assert!(!out.contains(leak), "{leak} in {out}");
+        }
+        assert!(out.contains("AKIA****"), "{out}");
+        assert!(out.contains("SignatureDoesNotMatch"), "{out}");
     }
 }
