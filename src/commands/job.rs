@@ -82,7 +82,7 @@ pub(crate) async fn run_job(
     quiet: bool,
 ) -> anyhow::Result<u8> {
     if let Some(path) = metrics {
-        check_metrics_file(path)?;
+        super::check_metrics_file(path)?;
     }
     // The run's id and span from the start: every line the run logs carries them.
     let run_id = uuid::Uuid::new_v4();
@@ -119,22 +119,6 @@ pub(crate) async fn run_job(
         write_failure_metrics(req.kind.as_str(), path, crate::error::exit_code_for(e), e);
     }
     outcome
-}
-
-/// A metrics file that cannot be written is bad input, found before any request rather than after
-/// the data is committed: its directory must exist and take a new file.
-pub fn check_metrics_file(path: &Path) -> Result<(), InputError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    super::may_create_in(dir).map_err(|e| {
-        InputError::new(format!(
-            "--metrics-file {}: cannot write in {}: {e}",
-            path.display(),
-            dir.display()
-        ))
-    })
 }
 
 /// The metrics of a run that stopped before its summary: its exit code and time, and the last

@@ -136,6 +136,22 @@ pub(crate) fn report(command: &str, summary: &RunSummary) -> u8 {
     summary.exit_code()
 }
 
+/// A metrics file that cannot be written is bad input, found before any request rather than after
+/// the data is committed: its directory must exist and take a new file.
+pub fn check_metrics_file(path: &std::path::Path) -> Result<(), InputError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    may_create_in(dir).map_err(|e| {
+        InputError::new(format!(
+            "--metrics-file {}: cannot write in {}: {e}",
+            path.display(),
+            dir.display()
+        ))
+    })
+}
+
 /// Whether this process may create files in `dir`, asked of the kernel (access(2)), which writes
 /// nothing.
 pub(crate) fn may_create_in(dir: &std::path::Path) -> std::io::Result<()> {

@@ -25,7 +25,7 @@ pub(crate) async fn run_status(
     metrics_file: Option<&std::path::Path>,
 ) -> anyhow::Result<u8> {
     if let Some(path) = metrics_file {
-        super::job::check_metrics_file(path)?;
+        super::check_metrics_file(path)?;
     }
     let days = alert_days.unwrap_or(config.pipeline.aging_alert_days);
     let report = status_report(config, days, system_now()()).await?;
