@@ -22,22 +22,13 @@ use serde::Deserialize;
 /// Overrides the metadata service's base URL (tests; loopback only).
 pub const ENV_METADATA_URL: &str = "CCC_ETL_ECS_METADATA_URL";
 
-/// Reads one variable.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-fn var(env: Env<'_>, k: &str) -> Option<String> {
-    env(k)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
 use super::Credentials;
 use super::{CredentialSource, Provider, fetch::ECS_METADATA};
-use crate::config::{Choice, Endpoint};
+use crate::config::{Choice, Endpoint, EnvLookup, env_var};
 use crate::error::InputError;
 
-fn flag(env: Env<'_>, k: &str) -> bool {
-    var(env, k).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+fn flag(env: EnvLookup<'_>, k: &str) -> bool {
+    env_var(env, k).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 /// What the chain found: a provider, and how to say which.
@@ -58,7 +49,7 @@ fn found(provider: Provider, label: impl Into<String>) -> Option<Found> {
 /// The providers `choice` allows, in order, that the environment and files configure. The ECS
 /// role comes with the URI after it (if set), because only trying the metadata service tells
 /// whether this is an ECS instance.
-pub fn resolve(choice: Choice, env: Env<'_>) -> Result<Vec<Found>, InputError> {
+pub fn resolve(choice: Choice, env: EnvLookup<'_>) -> Result<Vec<Found>, InputError> {
     let wants = |c: Choice| choice == Choice::Chain || choice == c;
     let mut out = Vec::new();
     if wants(Choice::Env)
@@ -87,12 +78,12 @@ pub fn resolve(choice: Choice, env: Env<'_>) -> Result<Vec<Found>, InputError> {
     }
     if wants(Choice::EcsRamRole) && !flag(env, "ALIBABA_CLOUD_ECS_METADATA_DISABLED") {
         out.push(Found {
-            provider: ecs_provider(env, var(env, "ALIBABA_CLOUD_ECS_METADATA"))?,
+            provider: ecs_provider(env, env_var(env, "ALIBABA_CLOUD_ECS_METADATA"))?,
             label: "ECS instance RAM role (metadata service)".into(),
         });
     }
     if wants(Choice::CredentialsUri)
-        && let Some(uri) = var(env, "ALIBABA_CLOUD_CREDENTIALS_URI")
+        && let Some(uri) = env_var(env, "ALIBABA_CLOUD_CREDENTIALS_URI")
     {
         let url = checked_url(&uri, "ALIBABA_CLOUD_CREDENTIALS_URI")?;
         out.push(Found {
@@ -157,15 +148,15 @@ pub async fn start(choice: Choice, candidates: Vec<Found>) -> anyhow::Result<Cre
     unreachable!("the last candidate returns: {skipped:?}")
 }
 
-fn from_env(env: Env<'_>) -> Result<Option<Found>, InputError> {
-    let id = var(env, "ALIBABA_CLOUD_ACCESS_KEY_ID");
-    let secret = var(env, "ALIBABA_CLOUD_ACCESS_KEY_SECRET");
+fn from_env(env: EnvLookup<'_>) -> Result<Option<Found>, InputError> {
+    let id = env_var(env, "ALIBABA_CLOUD_ACCESS_KEY_ID");
+    let secret = env_var(env, "ALIBABA_CLOUD_ACCESS_KEY_SECRET");
     match (id, secret) {
         (Some(id), Some(secret)) => Ok(found(
             Provider::Static(Credentials::new(
                 &id,
                 &secret,
-                var(env, "ALIBABA_CLOUD_SECURITY_TOKEN").as_deref(),
+                env_var(env, "ALIBABA_CLOUD_SECURITY_TOKEN").as_deref(),
             )),
             "environment (ALIBABA_CLOUD_ACCESS_KEY_ID)",
         )),
@@ -183,8 +174,8 @@ fn from_env(env: Env<'_>) -> Result<Option<Found>, InputError> {
 
 /// The STS endpoint: `ALIBABA_CLOUD_STS_ENDPOINT` (a host name or a URL, plain HTTP to loopback
 /// only), else `sts[-vpc].{ALIBABA_CLOUD_STS_REGION}.aliyuncs.com`, else `sts.aliyuncs.com`.
-pub fn sts_endpoint(env: Env<'_>) -> Result<Url, InputError> {
-    if let Some(e) = var(env, "ALIBABA_CLOUD_STS_ENDPOINT") {
+pub fn sts_endpoint(env: EnvLookup<'_>) -> Result<Url, InputError> {
+    if let Some(e) = env_var(env, "ALIBABA_CLOUD_STS_ENDPOINT") {
         let text = if e.contains("://") {
             e
         } else {
@@ -199,7 +190,7 @@ pub fn sts_endpoint(env: Env<'_>) -> Result<Url, InputError> {
     } else {
         "sts"
     };
-    let host = match var(env, "ALIBABA_CLOUD_STS_REGION") {
+    let host = match env_var(env, "ALIBABA_CLOUD_STS_REGION") {
         Some(r) => {
             crate::config::validate_region(&r)
                 .map_err(|m| InputError::new(format!("ALIBABA_CLOUD_STS_REGION: {m}")))?;
@@ -210,23 +201,23 @@ pub fn sts_endpoint(env: Env<'_>) -> Result<Url, InputError> {
     Ok(Url::parse(&format!("https://{host}")).expect("valid STS URL"))
 }
 
-fn session_name(env: Env<'_>, configured: Option<String>) -> String {
+fn session_name(env: EnvLookup<'_>, configured: Option<String>) -> String {
     configured
         .filter(|s| !s.is_empty())
-        .or_else(|| var(env, "ALIBABA_CLOUD_ROLE_SESSION_NAME"))
+        .or_else(|| env_var(env, "ALIBABA_CLOUD_ROLE_SESSION_NAME"))
         .unwrap_or_else(|| format!("ccc-etl-{}", chrono::Utc::now().timestamp()))
 }
 
 /// STS's default and longest usual lifetime.
 const ROLE_DURATION_SECS: u64 = 3600;
 
-fn from_oidc(env: Env<'_>) -> Result<Option<Found>, InputError> {
+fn from_oidc(env: EnvLookup<'_>) -> Result<Option<Found>, InputError> {
     let names = [
         "ALIBABA_CLOUD_ROLE_ARN",
         "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
         "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
     ];
-    let vals: Vec<Option<String>> = names.iter().map(|k| var(env, k)).collect();
+    let vals: Vec<Option<String>> = names.iter().map(|k| env_var(env, k)).collect();
     if vals.iter().all(Option::is_none) {
         return Ok(None);
     }
@@ -260,12 +251,12 @@ fn from_oidc(env: Env<'_>) -> Result<Option<Found>, InputError> {
     ))
 }
 
-fn home(env: Env<'_>) -> Option<PathBuf> {
-    var(env, "HOME").map(PathBuf::from)
+fn home(env: EnvLookup<'_>) -> Option<PathBuf> {
+    env_var(env, "HOME").map(PathBuf::from)
 }
 
-fn ecs_provider(env: Env<'_>, role: Option<String>) -> Result<Provider, InputError> {
-    let metadata = match var(env, ENV_METADATA_URL) {
+fn ecs_provider(env: EnvLookup<'_>, role: Option<String>) -> Result<Provider, InputError> {
+    let metadata = match env_var(env, ENV_METADATA_URL) {
         Some(u) => {
             let e = Endpoint::parse(u.trim_end_matches('/'))
                 .map_err(|m| InputError::new(format!("{ENV_METADATA_URL}: {m}")))?;
@@ -322,7 +313,7 @@ struct CliConfig {
     profiles: Vec<CliProfile>,
 }
 
-fn from_cli_profile(env: Env<'_>) -> Result<Option<Found>, InputError> {
+fn from_cli_profile(env: EnvLookup<'_>) -> Result<Option<Found>, InputError> {
     if flag(env, "ALIBABA_CLOUD_CLI_PROFILE_DISABLED") {
         return Ok(None);
     }
@@ -335,7 +326,7 @@ fn from_cli_profile(env: Env<'_>) -> Result<Option<Found>, InputError> {
     let where_ = path.display().to_string();
     let config: CliConfig = serde_json::from_str(&text)
         .map_err(|e| InputError::new(format!("{where_}: not a CLI configuration: {e}")))?;
-    let name = var(env, "ALIBABA_CLOUD_PROFILE").unwrap_or(config.current.clone());
+    let name = env_var(env, "ALIBABA_CLOUD_PROFILE").unwrap_or(config.current.clone());
     let p = config
         .profiles
         .iter()
@@ -413,8 +404,8 @@ fn read_if_exists(path: &Path) -> Result<Option<String>, InputError> {
     }
 }
 
-fn from_credentials_file(env: Env<'_>) -> Result<Option<Found>, InputError> {
-    let (path, named) = match var(env, "ALIBABA_CLOUD_CREDENTIALS_FILE") {
+fn from_credentials_file(env: EnvLookup<'_>) -> Result<Option<Found>, InputError> {
+    let (path, named) = match env_var(env, "ALIBABA_CLOUD_CREDENTIALS_FILE") {
         Some(p) => (PathBuf::from(p), true),
         None => match home(env) {
             Some(h) => (h.join(".alibabacloud").join("credentials.ini"), false),
@@ -433,7 +424,7 @@ fn from_credentials_file(env: Env<'_>) -> Result<Option<Found>, InputError> {
     };
     let ini = ini::Ini::load_from_str(&text)
         .map_err(|e| InputError::new(format!("{where_}: not an INI file: {e}")))?;
-    let name = var(env, "ALIBABA_CLOUD_PROFILE").unwrap_or_else(|| "default".into());
+    let name = env_var(env, "ALIBABA_CLOUD_PROFILE").unwrap_or_else(|| "default".into());
     let section = ini.section(Some(name.as_str())).ok_or_else(|| {
         InputError::new(format!(
             "{where_}: no section [{name}] (ALIBABA_CLOUD_PROFILE picks it, else [default])"

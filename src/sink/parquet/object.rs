@@ -607,7 +607,7 @@ fn s3_from_env() -> AmazonS3Builder {
 }
 
 fn env(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+    crate::config::env_var(&crate::config::process_env, k)
 }
 
 /// The Alibaba Cloud credential chain as `object_store` asks for credentials: the process's one
