@@ -1,0 +1,460 @@
+//! Writing a day: its rows merged with the file already there (one row per key, newer fetch
+//! wins, rows outside the day or repeated dropped), encoded and replaced, on a local disk or on
+//! object storage under the day's lock and the fence of every window whose rows it holds.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+use parquet::basic::Compression;
+
+use super::file::{
+    OutRow, ReadError, StoredRow, codec, encode_rows, read_file, read_rows, write_rows_atomic,
+};
+use super::object::PutOutcome;
+use super::{Layout, ObjectRoot, layout, object};
+use crate::ledger::DayFile;
+use crate::record::{Counts, Table, WindowBatch, WindowKey};
+use crate::sink::CommitStats;
+
+/// What writing one day did.
+#[derive(Debug, Default)]
+pub struct DayWritten {
+    /// Rows inserted, revised, unchanged.
+    pub stats: CommitStats,
+    /// Per table with a file: its ETag after the write and its rows.
+    pub files: Vec<(Table, String, u64)>,
+    /// Conditional writes that found the file changed by another writer (and were merged and
+    /// written again).
+    pub conflicts: u32,
+    /// Indices of the batches left out because this worker could not prove it holds their
+    /// windows' leases.
+    pub fenced: Vec<usize>,
+
+    /// Rows of the old files dropped as not belonging to the day (another day's, a repeated
+    /// key).
+    pub dropped: u64,
+}
+
+/// Why a window's rows were left out of a day file.
+pub(super) const FENCED: &str = "fenced: this worker no longer holds the window's lease (taken over by another worker, or expired)";
+
+/// Why a day could not be written.
+pub(super) enum DayError {
+    /// The file system failed; a later attempt may succeed.
+    Io(String),
+    /// The existing file cannot be read as this table's file.
+    Damaged { table: Table, error: ReadError },
+}
+
+/// Merges one day's rows of every table into its files; returns what changed.
+pub(super) fn write_day(
+    layout: &Layout,
+    tz: Tz,
+    day: NaiveDate,
+    batches: &[Arc<WindowBatch>],
+    codec: Compression,
+) -> Result<DayWritten, DayError> {
+    let (from, to) = Layout::day_range(tz, day);
+    let mut out = DayWritten::default();
+    for table in Table::ALL {
+        let slices = slices(table, batches, from, to);
+        if slices.is_empty() {
+            continue;
+        }
+        let path = layout.day_file(table, day);
+        let old = if path.exists() {
+            read_file(&path, table).map_err(|error| day_error(table, error))?
+        } else {
+            vec![]
+        };
+        let (merged, s, dropped) = merge_table(table, batches, &slices, &old, (from, to));
+        if s.inserted + s.revised > 0 || dropped > 0 {
+            write_rows_atomic(&path, table, &merged, codec).map_err(DayError::Io)?;
+        }
+        foreign_rows(&path.display().to_string(), dropped);
+        let etag = layout::etag(&path)
+            .map_err(|e| DayError::Io(format!("cannot stat {}: {e}", path.display())))?;
+        out.files.push((table, etag, merged.len() as u64));
+        out.stats += s;
+        out.dropped += dropped;
+    }
+    Ok(out)
+}
+
+/// Says that a day file held rows that did not belong in it, now dropped.
+pub(super) fn foreign_rows(location: &str, dropped: u64) {
+    if dropped > 0 {
+        tracing::warn!(
+            file = %location,
+            rows = dropped,
+            "the day file held rows of another day or repeated keys (copied or edited by hand): \
+             dropped as the day was written again"
+        );
+    }
+}
+
+pub(super) fn day_error(table: Table, error: ReadError) -> DayError {
+    match error {
+        ReadError::Io { .. } => DayError::Io(error.to_string()),
+        ReadError::Damaged { .. } => DayError::Damaged { table, error },
+    }
+}
+
+/// One table's rows of the day `[from, to)`: the incoming rows merged over the old file's, what
+/// changed, and how many of the old file's rows were dropped. A day file is a function of the
+/// day's keys: old rows outside the day, and every repeat of a key after its first row, are
+/// dropped (a file copied from another day, or edited by hand).
+pub(super) fn merge_table<'a>(
+    table: Table,
+    batches: &'a [Arc<WindowBatch>],
+    slices: &'a Slices,
+    old: &'a [StoredRow],
+    (from, to): (i64, i64),
+) -> (Vec<OutRow<'a>>, CommitStats, u64) {
+    let new = incoming_rows(table, batches, slices);
+    let mut old_sorted: Vec<OutRow> = old
+        .iter()
+        .filter(|r| from <= r.stats_time && r.stats_time < to)
+        .map(StoredRow::as_out)
+        .collect();
+    // Stable: of rows with one key, the first in the file stays.
+    old_sorted.sort_by(|a, b| a.key().cmp(&b.key()));
+    old_sorted.dedup_by(|later, first| later.key() == first.key());
+    let dropped = (old.len() - old_sorted.len()) as u64;
+    let mut s = CommitStats::default();
+    let merged = merge_sorted(&old_sorted, &new, &mut s);
+    (merged, s, dropped)
+}
+
+/// One table's day on object storage, merged and encoded: the new file (none if nothing
+/// changed), its rows and what changed.
+pub(super) struct Encoded {
+    pub(super) body: Option<Vec<u8>>,
+    pub(super) rows: u64,
+    pub(super) stats: CommitStats,
+    pub(super) dropped: u64,
+}
+
+pub(super) fn merge_encode(
+    table: Table,
+    batches: &[Arc<WindowBatch>],
+    (from, to): (i64, i64),
+    old: Option<bytes::Bytes>,
+    location: &str,
+    codec: Compression,
+) -> Result<Option<Encoded>, DayError> {
+    let slices = slices(table, batches, from, to);
+    if slices.is_empty() {
+        return Ok(None);
+    }
+    let old = match old {
+        Some(b) => read_rows(b, location, table).map_err(|error| day_error(table, error))?,
+        None => vec![],
+    };
+    let (merged, stats, dropped) = merge_table(table, batches, &slices, &old, (from, to));
+    let body = if stats.inserted + stats.revised > 0 || dropped > 0 {
+        Some(encode_rows(Vec::new(), table, &merged, codec).map_err(DayError::Io)?)
+    } else {
+        None
+    };
+    Ok(Some(Encoded {
+        body,
+        rows: merged.len() as u64,
+        stats,
+        dropped,
+    }))
+}
+
+/// What the sink does for one day of a root on object storage, for tests that race writers:
+/// merges `batches`' rows of `day` into its objects.
+pub async fn merge_day_into(
+    root: &ObjectRoot,
+    root_id: &str,
+    tz: Tz,
+    day: NaiveDate,
+    batches: &[Arc<WindowBatch>],
+) -> Result<DayWritten, String> {
+    write_day_object(
+        root,
+        root_id,
+        tz,
+        day,
+        batches,
+        codec(Default::default()),
+        None,
+    )
+    .await
+    .map_err(|e| match e {
+        DayError::Io(m) => m,
+        DayError::Damaged { error, .. } => error.to_string(),
+    })
+}
+
+/// Merges one day's rows of every table into its objects, under the day's lock in PostgreSQL
+/// and, where the store has them, with conditional writes: a write that finds the object
+/// changed since it was read reads, merges and writes again.
+///
+/// With several workers (`fence`), the lease of every window whose rows would go into a file is
+/// checked under the day's lock, in the transaction that records the files' ETags, before each
+/// write: the rows of a window this worker cannot prove it holds are left out (a worker stopped
+/// past its lease and resumed writes nothing another worker has taken over). While the lock is
+/// held the transaction shows it is alive; a frozen holder's is ended by the server
+/// (`idle_in_transaction_session_timeout`), and its writes stop at the next check.
+pub(super) async fn write_day_object(
+    root: &ObjectRoot,
+    root_id: &str,
+    tz: Tz,
+    day: NaiveDate,
+    batches: &[Arc<WindowBatch>],
+    codec: Compression,
+    fence: Option<&crate::coord::Coordinator>,
+) -> Result<DayWritten, DayError> {
+    let mut lock = DayLock {
+        tx: root.lock_day(root_id, day).await.map_err(DayError::Io)?,
+        day,
+        every: root.keepalive(),
+        fence,
+    };
+    let range = Layout::day_range(tz, day);
+    let mut out = DayWritten::default();
+    let mut kept = lock.fence(batches).await?;
+    for table in Table::ALL {
+        let mut conflicts = 0;
+        while !kept.is_empty() {
+            let old = lock
+                .hold(root.fetch(table, day))
+                .await?
+                .map_err(|error| day_error(table, error))?;
+            let (bytes, read) = match old {
+                Some(f) => (Some(f.bytes), Some(f.version)),
+                None => (None, None),
+            };
+            let (b, location) = (kept.clone(), root.location(table, day));
+            let encoding = tokio::task::spawn_blocking(move || {
+                merge_encode(table, &b, range, bytes, &location, codec)
+            });
+            let encoded = lock
+                .hold(encoding)
+                .await?
+                .unwrap_or_else(|e| Err(DayError::Io(format!("encoder task failed: {e}"))))?;
+            let Some(encoded) = encoded else { break };
+            let etag = match encoded.body {
+                None => read
+                    .as_ref()
+                    .and_then(|v| v.e_tag.clone().or(v.version.clone()))
+                    .map(|e| e.trim_matches('"').to_string())
+                    .unwrap_or_default(),
+                Some(body) => {
+                    let put = root.put_day(table, day, body, read.as_ref());
+                    match lock.hold(put).await?.map_err(DayError::Io)? {
+                        PutOutcome::Written(etag) => etag,
+                        PutOutcome::Conflict if conflicts + 1 < object::CONFLICT_ATTEMPTS => {
+                            conflicts += 1;
+                            out.conflicts += 1;
+                            tracing::info!(table = %table, day = %day, "another writer changed the day file: reading and merging it again");
+                            // The leases again: time has passed, and the lock may be gone.
+                            kept = lock.fence(&kept).await?;
+                            continue;
+                        }
+                        PutOutcome::Conflict => {
+                            return Err(DayError::Io(format!(
+                                "{} kept changing under {conflicts} conditional writes",
+                                root.location(table, day)
+                            )));
+                        }
+                    }
+                }
+            };
+            foreign_rows(&root.location(table, day), encoded.dropped);
+            out.files.push((table, etag, encoded.rows));
+            out.stats += encoded.stats;
+            out.dropped += encoded.dropped;
+            break;
+        }
+    }
+    // Indices into `batches`, as the caller knows them.
+    out.fenced = (0..batches.len())
+        .filter(|i| !kept.iter().any(|k| Arc::ptr_eq(k, &batches[*i])))
+        .collect();
+    if let Some(mut tx) = lock.tx {
+        // Recorded under the day's lock: with several writers, the manifest names the ETag of
+        // the last write, never an earlier writer's recorded late.
+        let files: Vec<DayFile> = std::mem::take(&mut out.files)
+            .into_iter()
+            .map(|(table, etag, rows)| DayFile {
+                target: root_id.to_string(),
+                table,
+                day,
+                etag,
+                rows,
+            })
+            .collect();
+        crate::ledger::upsert_files(&mut *tx, &files)
+            .await
+            .map_err(|e| DayError::Io(format!("cannot record the files of day {day}: {e}")))?;
+        tx.commit()
+            .await
+            .map_err(|e| DayError::Io(format!("cannot release the lock of day {day}: {e}")))?;
+    }
+    Ok(out)
+}
+
+/// A day's lock in PostgreSQL (none without a pool), and the worker whose leases fence the
+/// writes made under it.
+pub(super) struct DayLock<'a> {
+    pub(super) tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    pub(super) day: NaiveDate,
+    /// How often the transaction shows it is alive.
+    pub(super) every: std::time::Duration,
+    pub(super) fence: Option<&'a crate::coord::Coordinator>,
+}
+
+impl DayLock<'_> {
+    /// Of `batches`, those whose windows' leases this worker can prove it holds, checked in the
+    /// lock's transaction; the others are refused (counted, logged).
+    pub(super) async fn fence(
+        &mut self,
+        batches: &[Arc<WindowBatch>],
+    ) -> Result<Vec<Arc<WindowBatch>>, DayError> {
+        let (Some(tx), Some(c)) = (self.tx.as_mut(), self.fence) else {
+            return Ok(batches.to_vec());
+        };
+        let keys: Vec<&WindowKey> = batches.iter().map(|b| &b.key).collect();
+        let held = c.holds_now(tx, &keys).await.map_err(|e| {
+            DayError::Io(format!(
+                "cannot check the leases of day {} in PostgreSQL: {}",
+                self.day,
+                crate::db::explain(&e)
+            ))
+        })?;
+        let mut kept = Vec::with_capacity(batches.len());
+        for (b, h) in batches.iter().zip(held) {
+            if h {
+                kept.push(b.clone());
+            } else {
+                c.refused(&b.key, "parquet");
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Runs `work` while the lock is held, with a trivial statement every `every` so that the
+    /// transaction is not ended as idle. If the session is gone (ended by the server while the
+    /// process was stopped), so is the lock: the work is dropped and the day fails.
+    pub(super) async fn hold<F: std::future::Future>(
+        &mut self,
+        work: F,
+    ) -> Result<F::Output, DayError> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(work.await);
+        };
+        tokio::pin!(work);
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = tick.tick() => {
+                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut **tx).await {
+                        return Err(DayError::Io(format!(
+                            "lost the lock of day {} in PostgreSQL (its session ended): {}",
+                            self.day,
+                            crate::db::explain(&e)
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One table's rows of `[from, to)` in each batch (index, rows), batches without any left out.
+pub(super) type Slices = Vec<(usize, Vec<(i64, Counts)>)>;
+
+pub(super) fn slices(table: Table, batches: &[Arc<WindowBatch>], from: i64, to: i64) -> Slices {
+    batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i, b.rows_between(table, from, to)))
+        .filter(|(_, r)| !r.is_empty())
+        .collect()
+}
+
+/// The rows of `slices`, one per key, sorted; on a repeated key the later batch (fetched later)
+/// wins.
+pub(super) fn incoming_rows<'a>(
+    table: Table,
+    batches: &'a [Arc<WindowBatch>],
+    slices: &'a Slices,
+) -> Vec<OutRow<'a>> {
+    let n = table.count_columns().len();
+    let mut incoming: Vec<(OutRow, usize)> = Vec::new();
+    for (i, rows) in slices {
+        let b = &batches[*i];
+        for (t, c) in rows {
+            incoming.push((
+                OutRow {
+                    instance_id: &b.key.instance_id,
+                    media_type: b.key.media_type.as_str(),
+                    stats_time: *t,
+                    counts: &c[..n],
+                    fetched_at: b.fetched_at.timestamp_millis(),
+                    request_id: &b.request_id,
+                    extra: b.extra(table, *t),
+                },
+                *i,
+            ));
+        }
+    }
+    incoming.sort_by(|a, b| a.0.key().cmp(&b.0.key()).then(a.1.cmp(&b.1)));
+    let mut new: Vec<OutRow> = Vec::with_capacity(incoming.len());
+    for (r, _) in incoming {
+        match new.last_mut() {
+            Some(last) if last.key() == r.key() => *last = r,
+            _ => new.push(r),
+        }
+    }
+    new
+}
+
+/// Merges two key-sorted runs: one row per key, a new row replaces an old one only if its counts
+/// differ (an unchanged row keeps its original fetch time and RequestId).
+pub(super) fn merge_sorted<'a>(
+    old: &[OutRow<'a>],
+    new: &[OutRow<'a>],
+    stats: &mut CommitStats,
+) -> Vec<OutRow<'a>> {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let ord = match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) => o.key().cmp(&n.key()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                out.push(old[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                stats.inserted += 1;
+                out.push(new[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if old[i].counts == new[j].counts && old[i].extra == new[j].extra {
+                    stats.unchanged += 1;
+                    out.push(old[i]);
+                } else {
+                    stats.revised += 1;
+                    out.push(new[j]);
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
