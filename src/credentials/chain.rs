@@ -289,28 +289,164 @@ fn checked_url(text: &str, what: &str) -> Result<Url, InputError> {
     }
 }
 
-/// One profile of `~/.aliyun/config.json`.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct CliProfile {
-    name: String,
-    mode: String,
-    access_key_id: String,
-    access_key_secret: String,
-    sts_token: String,
-    ram_role_arn: String,
-    ram_session_name: String,
-    ram_role_name: String,
-    expired_seconds: u64,
-    oidc_provider_arn: String,
-    oidc_token_file: String,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct CliConfig {
     current: String,
-    profiles: Vec<CliProfile>,
+    /// The profiles, read by key (see [`CLI`]).
+    profiles: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The five kinds of profile both files describe (under their own names), and what each needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    AccessKey,
+    Sts,
+    RamRoleArn,
+    EcsRamRole,
+    Oidc,
+}
+
+/// The values a profile may hold.
+#[derive(Clone, Copy)]
+enum Field {
+    KeyId,
+    Secret,
+    Token,
+    RoleArn,
+    SessionName,
+    RoleName,
+    OidcProvider,
+    OidcTokenFile,
+}
+
+/// One file format: its names for the kinds, in [`Kind`]'s order, and for the fields, in
+/// [`Field`]'s order.
+struct Format {
+    kinds: [(&'static str, Kind); 5],
+    fields: [&'static str; 8],
+}
+
+/// `~/.aliyun/config.json`'s profiles (`mode`).
+const CLI: Format = Format {
+    kinds: [
+        ("AK", Kind::AccessKey),
+        ("StsToken", Kind::Sts),
+        ("RamRoleArn", Kind::RamRoleArn),
+        ("EcsRamRole", Kind::EcsRamRole),
+        ("OIDC", Kind::Oidc),
+    ],
+    fields: [
+        "access_key_id",
+        "access_key_secret",
+        "sts_token",
+        "ram_role_arn",
+        "ram_session_name",
+        "ram_role_name",
+        "oidc_provider_arn",
+        "oidc_token_file",
+    ],
+};
+
+/// The credentials file's sections (`type`).
+const INI: Format = Format {
+    kinds: [
+        ("access_key", Kind::AccessKey),
+        ("sts", Kind::Sts),
+        ("ram_role_arn", Kind::RamRoleArn),
+        ("ecs_ram_role", Kind::EcsRamRole),
+        ("oidc_role_arn", Kind::Oidc),
+    ],
+    fields: [
+        "access_key_id",
+        "access_key_secret",
+        "security_token",
+        "role_arn",
+        "role_session_name",
+        "role_name",
+        "oidc_provider_arn",
+        "oidc_token_file_path",
+    ],
+};
+
+impl Format {
+    fn kind(&self, name: &str) -> Option<Kind> {
+        self.kinds.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+    }
+
+    fn kind_names(&self) -> String {
+        let names: Vec<&str> = self.kinds.iter().map(|(n, _)| *n).collect();
+        format!("{} and {}", names[..4].join(", "), names[4])
+    }
+
+    fn key(&self, f: Field) -> &'static str {
+        self.fields[f as usize]
+    }
+}
+
+/// One profile read from either file: its kind, a lookup of its values by key (trimmed, `None`
+/// when empty), where it is (for messages), and the role lifetime it asks for.
+struct Profile<'a> {
+    format: &'a Format,
+    kind: Kind,
+    get: &'a dyn Fn(&str) -> Option<String>,
+    missing: &'a dyn Fn(&str) -> InputError,
+    duration_secs: u64,
+}
+
+impl Profile<'_> {
+    fn opt(&self, f: Field) -> Option<String> {
+        (self.get)(self.format.key(f))
+    }
+
+    fn need(&self, f: Field) -> Result<String, InputError> {
+        self.opt(f)
+            .ok_or_else(|| (self.missing)(self.format.key(f)))
+    }
+
+    fn key_pair(&self, token: bool) -> Result<Credentials, InputError> {
+        let token = if token {
+            Some(self.need(Field::Token)?)
+        } else {
+            None
+        };
+        Ok(Credentials::new(
+            &self.need(Field::KeyId)?,
+            &self.need(Field::Secret)?,
+            token.as_deref(),
+        ))
+    }
+
+    /// The provider the profile describes, the same for both files.
+    fn provider(&self, env: EnvLookup<'_>) -> Result<Provider, InputError> {
+        Ok(match self.kind {
+            Kind::AccessKey => Provider::Static(self.key_pair(false)?),
+            Kind::Sts => Provider::Static(self.key_pair(true)?),
+            Kind::RamRoleArn => Provider::RamRoleArn {
+                base: Box::new(Provider::Static(self.key_pair(false)?)),
+                role_arn: self.need(Field::RoleArn)?,
+                session_name: session_name(env, self.opt(Field::SessionName)),
+                duration_secs: self.duration_secs,
+                sts: sts_endpoint(env)?,
+            },
+            Kind::EcsRamRole => ecs_provider(env, self.opt(Field::RoleName))?,
+            Kind::Oidc => Provider::Oidc {
+                role_arn: self.need(Field::RoleArn)?,
+                provider_arn: self.need(Field::OidcProvider)?,
+                token_file: PathBuf::from(self.need(Field::OidcTokenFile)?),
+                session_name: session_name(env, self.opt(Field::SessionName)),
+                duration_secs: self.duration_secs,
+                sts: sts_endpoint(env)?,
+            },
+        })
+    }
+}
+
+/// A value as both files hold it: trimmed, and empty means absent.
+fn present(v: Option<&str>) -> Option<String> {
+    v.map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 fn from_cli_profile(env: EnvLookup<'_>) -> Result<Option<Found>, InputError> {
@@ -327,70 +463,38 @@ fn from_cli_profile(env: EnvLookup<'_>) -> Result<Option<Found>, InputError> {
     let config: CliConfig = serde_json::from_str(&text)
         .map_err(|e| InputError::new(format!("{where_}: not a CLI configuration: {e}")))?;
     let name = env_var(env, "ALIBABA_CLOUD_PROFILE").unwrap_or(config.current.clone());
-    let p = config
-        .profiles
-        .iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| {
-            InputError::new(format!(
-                "{where_}: no profile named {name:?} (ALIBABA_CLOUD_PROFILE or \"current\" \
-                 picks it)"
-            ))
-        })?;
-    let label = format!("CLI profile {name:?} ({where_}, mode {})", p.mode);
-    let need = |v: &str, key: &str| -> Result<String, InputError> {
-        if v.is_empty() {
-            Err(InputError::new(format!(
-                "{where_}: profile {name:?} (mode {}) has no {key}",
-                p.mode
-            )))
-        } else {
-            Ok(v.to_string())
-        }
-    };
-    let ak = || -> Result<Credentials, InputError> {
-        Ok(Credentials::new(
-            &need(&p.access_key_id, "access_key_id")?,
-            &need(&p.access_key_secret, "access_key_secret")?,
-            None,
+    let p = config.profiles.iter().find(|p| p.get("name").and_then(|v| v.as_str()) == Some(&name)).ok_or_else(|| {
+        InputError::new(format!(
+            "{where_}: no profile named {name:?} (ALIBABA_CLOUD_PROFILE or \"current\" picks it)"
+        ))
+    })?;
+    let text_of = |k: &str| present(p.get(k).and_then(|v| v.as_str()));
+    let mode = text_of("mode").unwrap_or_default();
+    let kind = CLI.kind(&mode).ok_or_else(|| {
+        InputError::new(format!(
+            "{where_}: profile {name:?} has mode {mode:?}; ccc-etl reads {}",
+            CLI.kind_names()
+        ))
+    })?;
+    let missing = |key: &str| {
+        InputError::new(format!(
+            "{where_}: profile {name:?} (mode {mode}) has no {key}"
         ))
     };
-    let duration = if p.expired_seconds > 0 {
-        p.expired_seconds
-    } else {
-        ROLE_DURATION_SECS
+    let duration_secs = p
+        .get("expired_seconds")
+        .and_then(|v| v.as_u64())
+        .filter(|s| *s > 0)
+        .unwrap_or(ROLE_DURATION_SECS);
+    let profile = Profile {
+        format: &CLI,
+        kind,
+        get: &text_of,
+        missing: &missing,
+        duration_secs,
     };
-    let provider = match p.mode.as_str() {
-        "AK" => Provider::Static(ak()?),
-        "StsToken" => Provider::Static(Credentials::new(
-            &need(&p.access_key_id, "access_key_id")?,
-            &need(&p.access_key_secret, "access_key_secret")?,
-            Some(&need(&p.sts_token, "sts_token")?),
-        )),
-        "RamRoleArn" => Provider::RamRoleArn {
-            base: Box::new(Provider::Static(ak()?)),
-            role_arn: need(&p.ram_role_arn, "ram_role_arn")?,
-            session_name: session_name(env, Some(p.ram_session_name.clone())),
-            duration_secs: duration,
-            sts: sts_endpoint(env)?,
-        },
-        "EcsRamRole" => ecs_provider(env, Some(p.ram_role_name.clone()).filter(|r| !r.is_empty()))?,
-        "OIDC" => Provider::Oidc {
-            role_arn: need(&p.ram_role_arn, "ram_role_arn")?,
-            provider_arn: need(&p.oidc_provider_arn, "oidc_provider_arn")?,
-            token_file: PathBuf::from(need(&p.oidc_token_file, "oidc_token_file")?),
-            session_name: session_name(env, Some(p.ram_session_name.clone())),
-            duration_secs: duration,
-            sts: sts_endpoint(env)?,
-        },
-        other => {
-            return Err(InputError::new(format!(
-                "{where_}: profile {name:?} has mode {other:?}; ccc-etl reads AK, StsToken, \
-                 RamRoleArn, EcsRamRole and OIDC"
-            )));
-        }
-    };
-    Ok(found(provider, label))
+    let label = format!("CLI profile {name:?} ({where_}, mode {mode})");
+    Ok(found(profile.provider(env)?, label))
 }
 
 fn read_if_exists(path: &Path) -> Result<Option<String>, InputError> {
@@ -430,69 +534,25 @@ fn from_credentials_file(env: EnvLookup<'_>) -> Result<Option<Found>, InputError
             "{where_}: no section [{name}] (ALIBABA_CLOUD_PROFILE picks it, else [default])"
         ))
     })?;
-    let kind = section
-        .get("type")
-        .unwrap_or("access_key")
-        .trim()
-        .to_string();
-    let need = |key: &str| -> Result<String, InputError> {
-        section
-            .get(key)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                InputError::new(format!("{where_}: [{name}] (type = {kind}) has no {key}"))
-            })
-    };
-    let opt = |key: &str| {
-        section
-            .get(key)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    let ak = || -> Result<Credentials, InputError> {
-        Ok(Credentials::new(
-            &need("access_key_id")?,
-            &need("access_key_secret")?,
-            None,
+    let text_of = |k: &str| present(section.get(k));
+    let type_ = text_of("type").unwrap_or_else(|| "access_key".into());
+    let kind = INI.kind(&type_).ok_or_else(|| {
+        InputError::new(format!(
+            "{where_}: [{name}] has type = {type_:?}; ccc-etl reads {}",
+            INI.kind_names()
         ))
+    })?;
+    let missing =
+        |key: &str| InputError::new(format!("{where_}: [{name}] (type = {type_}) has no {key}"));
+    let profile = Profile {
+        format: &INI,
+        kind,
+        get: &text_of,
+        missing: &missing,
+        duration_secs: ROLE_DURATION_SECS,
     };
-    let provider = match kind.as_str() {
-        "access_key" => Provider::Static(ak()?),
-        "sts" => Provider::Static(Credentials::new(
-            &need("access_key_id")?,
-            &need("access_key_secret")?,
-            Some(&need("security_token")?),
-        )),
-        "ram_role_arn" => Provider::RamRoleArn {
-            base: Box::new(Provider::Static(ak()?)),
-            role_arn: need("role_arn")?,
-            session_name: session_name(env, opt("role_session_name")),
-            duration_secs: ROLE_DURATION_SECS,
-            sts: sts_endpoint(env)?,
-        },
-        "ecs_ram_role" => ecs_provider(env, opt("role_name"))?,
-        "oidc_role_arn" => Provider::Oidc {
-            role_arn: need("role_arn")?,
-            provider_arn: need("oidc_provider_arn")?,
-            token_file: PathBuf::from(need("oidc_token_file_path")?),
-            session_name: session_name(env, opt("role_session_name")),
-            duration_secs: ROLE_DURATION_SECS,
-            sts: sts_endpoint(env)?,
-        },
-        other => {
-            return Err(InputError::new(format!(
-                "{where_}: [{name}] has type = {other:?}; ccc-etl reads access_key, sts, \
-                 ram_role_arn, ecs_ram_role and oidc_role_arn"
-            )));
-        }
-    };
-    Ok(found(
-        provider,
-        format!("credentials file {where_} [{name}] (type {kind})"),
-    ))
+    let label = format!("credentials file {where_} [{name}] (type {type_})");
+    Ok(found(profile.provider(env)?, label))
 }
 
 #[cfg(test)]
