@@ -236,6 +236,24 @@ impl StatusReport {
         for f in &self.extra_files {
             s.push_str(&format!("{f}\n"));
         }
+        self.render_fields(&mut s);
+        for w in &self.workers {
+            s.push_str(&render_worker(w, &t));
+        }
+        if self.expired_leases > 0 {
+            s.push_str(&format!(
+                "{} expired lease(s): their worker stopped heartbeating; the next worker takes them over\n",
+                self.expired_leases
+            ));
+        }
+        for x in &self.series {
+            s.push_str(&self.render_series(x, &t));
+        }
+        s
+    }
+
+    /// Fields the API started or stopped sending.
+    fn render_fields(&self, s: &mut String) {
         if !self.fields.unknown.is_empty() {
             let named: Vec<String> = self
                 .fields
@@ -255,75 +273,59 @@ impl StatusReport {
                 named.join(", ")
             ));
         }
-        for w in &self.workers {
-            s.push_str(&format!(
-                "worker {} {} on {} pid {}: {}, started {}, last heartbeat {}, {} window(s) in flight, {} done, {} commit(s) fenced\n",
-                &w.worker_id[..8.min(w.worker_id.len())],
-                w.command,
-                w.host,
-                w.pid,
-                match (w.live, w.stopped) {
-                    (true, _) => "live",
-                    (false, true) => "finished",
-                    (false, false) => "GONE (no heartbeat: its leases expire and are taken over)",
-                },
-                t(w.started_at.timestamp_millis()),
-                t(w.heartbeat_at.timestamp_millis()),
-                w.windows_in_flight,
-                w.windows_done,
-                w.fenced
-            ));
-        }
-        if self.expired_leases > 0 {
-            s.push_str(&format!(
-                "{} expired lease(s): their worker stopped heartbeating; the next worker takes them over\n",
-                self.expired_leases
-            ));
-        }
-        for x in &self.series {
-            let rows: Vec<String> = x
-                .rows
-                .iter()
-                .map(|(k, v)| format!("{k} {v} rows"))
-                .collect();
-            s.push_str(&format!(
-                "{}/{}: {}\n",
-                x.instance_id,
-                x.media_type,
-                rows.join(", ")
-            ));
-            for c in &x.covered {
+    }
+
+    /// One series: its rows per table, then what is covered, missing, lost and ageing out.
+    fn render_series(&self, x: &SeriesStatus, t: &dyn Fn(i64) -> String) -> String {
+        let rows: Vec<String> = x
+            .rows
+            .iter()
+            .map(|(k, v)| format!("{k} {v} rows"))
+            .collect();
+        let mut s = format!("{}/{}: {}\n", x.instance_id, x.media_type, rows.join(", "));
+        let mut ranges = |label: &str, list: &[Span]| {
+            for g in list {
                 s.push_str(&format!(
-                    "  covered          {} .. {}\n",
-                    t(c.start_ms),
-                    t(c.end_ms)
-                ));
-            }
-            for g in &x.recoverable_gaps {
-                s.push_str(&format!(
-                    "  gap (fillable)   {} .. {}\n",
+                    "  {label:<16} {} .. {}\n",
                     t(g.start_ms),
                     t(g.end_ms)
                 ));
             }
-            for g in &x.lost_gaps {
-                s.push_str(&format!(
-                    "  gap (LOST)       {} .. {}\n",
-                    t(g.start_ms),
-                    t(g.end_ms)
-                ));
-            }
-            for g in &x.aging_out {
-                s.push_str(&format!(
-                    "  ALERT: {} .. {} is not covered and ages out of the API within {} days: run `ccc-etl nightly` now\n",
-                    t(g.start_ms),
-                    t(g.end_ms),
-                    self.alert_days
-                ));
-            }
+        };
+        ranges("covered", &x.covered);
+        ranges("gap (fillable)", &x.recoverable_gaps);
+        ranges("gap (LOST)", &x.lost_gaps);
+        for g in &x.aging_out {
+            s.push_str(&format!(
+                "  ALERT: {} .. {} is not covered and ages out of the API within {} days: run `ccc-etl nightly` now\n",
+                t(g.start_ms),
+                t(g.end_ms),
+                self.alert_days
+            ));
         }
         s
     }
+}
+
+/// One worker's line.
+fn render_worker(w: &crate::coord::WorkerRow, t: &dyn Fn(i64) -> String) -> String {
+    format!(
+        "worker {} {} on {} pid {}: {}, started {}, last heartbeat {}, {} window(s) in flight, {} done, {} commit(s) fenced\n",
+        &w.worker_id[..8.min(w.worker_id.len())],
+        w.command,
+        w.host,
+        w.pid,
+        match (w.live, w.stopped) {
+            (true, _) => "live",
+            (false, true) => "finished",
+            (false, false) => "GONE (no heartbeat: its leases expire and are taken over)",
+        },
+        t(w.started_at.timestamp_millis()),
+        t(w.heartbeat_at.timestamp_millis()),
+        w.windows_in_flight,
+        w.windows_done,
+        w.fenced
+    )
 }
 
 #[cfg(test)]

@@ -216,10 +216,45 @@ pub(super) async fn write_day_object(
         every: root.keepalive(),
         fence,
     };
-    let range = Layout::day_range(tz, day);
+    let target = DayObject {
+        root,
+        day,
+        range: Layout::day_range(tz, day),
+        codec,
+    };
     let mut out = DayWritten::default();
     let mut kept = lock.fence(batches).await?;
     for table in Table::ALL {
+        target.write(&mut lock, table, &mut kept, &mut out).await?;
+    }
+    // Indices into `batches`, as the caller knows them.
+    out.fenced = (0..batches.len())
+        .filter(|i| !kept.iter().any(|k| Arc::ptr_eq(k, &batches[*i])))
+        .collect();
+    lock.release(root_id, &mut out).await?;
+    Ok(out)
+}
+
+/// One day on object storage, the files of its tables written in turn.
+struct DayObject<'a> {
+    root: &'a ObjectRoot,
+    day: NaiveDate,
+    range: (i64, i64),
+    codec: Compression,
+}
+
+impl DayObject<'_> {
+    /// One table's file: read, merged with the `kept` windows' rows, written if it changed (with
+    /// `If-Match` its version as read); on a conflict, the leases are checked again and the
+    /// file read and merged again.
+    async fn write(
+        &self,
+        lock: &mut DayLock<'_>,
+        table: Table,
+        kept: &mut Vec<Arc<WindowBatch>>,
+        out: &mut DayWritten,
+    ) -> Result<(), DayError> {
+        let (root, day) = (self.root, self.day);
         let mut conflicts = 0;
         while !kept.is_empty() {
             let old = lock
@@ -230,7 +265,12 @@ pub(super) async fn write_day_object(
                 Some(f) => (Some(f.bytes), Some(f.version)),
                 None => (None, None),
             };
-            let (b, location) = (kept.clone(), root.location(table, day));
+            let (b, location, range, codec) = (
+                kept.clone(),
+                root.location(table, day),
+                self.range,
+                self.codec,
+            );
             let encoding = tokio::task::spawn_blocking(move || {
                 merge_encode(table, &b, range, bytes, &location, codec)
             });
@@ -238,7 +278,9 @@ pub(super) async fn write_day_object(
                 .hold(encoding)
                 .await?
                 .unwrap_or_else(|e| Err(DayError::Io(format!("encoder task failed: {e}"))))?;
-            let Some(encoded) = encoded else { break };
+            let Some(encoded) = encoded else {
+                return Ok(());
+            };
             let etag = match encoded.body {
                 None => read
                     .as_ref()
@@ -254,7 +296,7 @@ pub(super) async fn write_day_object(
                             out.conflicts += 1;
                             tracing::info!(table = %table, day = %day, "another writer changed the day file: reading and merging it again");
                             // The leases again: time has passed, and the lock may be gone.
-                            kept = lock.fence(&kept).await?;
+                            *kept = lock.fence(kept).await?;
                             continue;
                         }
                         PutOutcome::Conflict => {
@@ -270,16 +312,30 @@ pub(super) async fn write_day_object(
             out.files.push((table, etag, encoded.rows));
             out.stats += encoded.stats;
             out.dropped += encoded.dropped;
-            break;
+            return Ok(());
         }
+        Ok(())
     }
-    // Indices into `batches`, as the caller knows them.
-    out.fenced = (0..batches.len())
-        .filter(|i| !kept.iter().any(|k| Arc::ptr_eq(k, &batches[*i])))
-        .collect();
-    if let Some(mut tx) = lock.tx {
-        // Recorded under the day's lock: with several writers, the manifest names the ETag of
-        // the last write, never an earlier writer's recorded late.
+}
+
+/// A day's lock in PostgreSQL (none without a pool), and the worker whose leases fence the
+/// writes made under it.
+pub(super) struct DayLock<'a> {
+    pub(super) tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    pub(super) day: NaiveDate,
+    /// How often the transaction shows it is alive.
+    pub(super) every: std::time::Duration,
+    pub(super) fence: Option<&'a crate::coord::Coordinator>,
+}
+
+impl DayLock<'_> {
+    /// Records the day's files in the manifest under the day's lock (with several writers, the
+    /// manifest names the ETag of the last write, never an earlier writer's recorded late), then
+    /// releases it. Without PostgreSQL there is nothing to record.
+    async fn release(self, root_id: &str, out: &mut DayWritten) -> Result<(), DayError> {
+        let (day, Some(mut tx)) = (self.day, self.tx) else {
+            return Ok(());
+        };
         let files: Vec<DayFile> = std::mem::take(&mut out.files)
             .into_iter()
             .map(|(table, etag, rows)| DayFile {
@@ -295,22 +351,9 @@ pub(super) async fn write_day_object(
             .map_err(|e| DayError::Io(format!("cannot record the files of day {day}: {e}")))?;
         tx.commit()
             .await
-            .map_err(|e| DayError::Io(format!("cannot release the lock of day {day}: {e}")))?;
+            .map_err(|e| DayError::Io(format!("cannot release the lock of day {day}: {e}")))
     }
-    Ok(out)
-}
 
-/// A day's lock in PostgreSQL (none without a pool), and the worker whose leases fence the
-/// writes made under it.
-pub(super) struct DayLock<'a> {
-    pub(super) tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
-    pub(super) day: NaiveDate,
-    /// How often the transaction shows it is alive.
-    pub(super) every: std::time::Duration,
-    pub(super) fence: Option<&'a crate::coord::Coordinator>,
-}
-
-impl DayLock<'_> {
     /// Of `batches`, those whose windows' leases this worker can prove it holds, checked in the
     /// lock's transaction; the others are refused (counted, logged).
     pub(super) async fn fence(

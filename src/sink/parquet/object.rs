@@ -113,6 +113,74 @@ pub struct Fetched {
     pub version: UpdateVersion,
 }
 
+/// How to reach one root's store, decided by [`ObjectRoot::open`].
+struct Connect<'a> {
+    pq: &'a ParquetConfig,
+    url: &'a ObjectUrl,
+    endpoint: Option<&'a crate::config::Endpoint>,
+    client: ClientOptions,
+    retry: RetryConfig,
+    conditional: bool,
+}
+
+impl Connect<'_> {
+    /// S3 and compatible stores, configured as the AWS tools read their environment.
+    fn s3(self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let mut b = s3_from_env()
+            .with_bucket_name(&self.url.bucket)
+            .with_client_options(self.client)
+            .with_retry(self.retry)
+            .with_conditional_put(if self.conditional {
+                S3ConditionalPut::ETagMatch
+            } else {
+                S3ConditionalPut::Disabled
+            });
+        if let Some(e) = self.endpoint {
+            b = b.with_endpoint(e.to_string());
+        }
+        if let Some(r) = &self.pq.region {
+            b = b.with_region(r);
+        }
+        b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+    }
+
+    /// OSS through its S3 API: `OSS_ACCESS_KEY_*` when set, else the Alibaba Cloud chain.
+    fn oss(
+        self,
+        credentials: crate::config::Choice,
+    ) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let virtual_hosted = self
+            .pq
+            .endpoint
+            .as_ref()
+            .is_none_or(|e| e.contains("{bucket}"));
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&self.url.bucket)
+            .with_client_options(self.client)
+            .with_retry(self.retry)
+            .with_region(self.pq.region.as_deref().unwrap_or("cn-hangzhou"))
+            .with_virtual_hosted_style_request(virtual_hosted)
+            .with_conditional_put(S3ConditionalPut::Disabled);
+        b = match (env("OSS_ACCESS_KEY_ID"), env("OSS_ACCESS_KEY_SECRET")) {
+            (Some(id), Some(secret)) => {
+                let b = b.with_access_key_id(id).with_secret_access_key(secret);
+                match env("OSS_SESSION_TOKEN") {
+                    Some(t) => b.with_token(t),
+                    None => b,
+                }
+            }
+            _ => b.with_credentials(Arc::new(ChainCredentials {
+                choice: credentials,
+                cached: std::sync::Mutex::new(None),
+            })),
+        };
+        if let Some(e) = self.endpoint {
+            b = b.with_endpoint(e.to_string());
+        }
+        b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+    }
+}
+
 impl ObjectRoot {
     /// The root `url` as `[parquet]` configures it: endpoint, region, credentials from the
     /// environment as the store's own tools read them (see the README), HTTPS except to loopback.
@@ -151,62 +219,27 @@ impl ObjectRoot {
             ..RetryConfig::default()
         };
         let secrets = StoreSecrets::from_env();
-        let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match url.kind {
-            StoreKind::S3 => {
-                let mut b = s3_from_env()
-                    .with_bucket_name(&url.bucket)
-                    .with_client_options(client)
-                    .with_retry(retry)
-                    .with_conditional_put(if conditional {
-                        S3ConditionalPut::ETagMatch
-                    } else {
-                        S3ConditionalPut::Disabled
-                    });
-                if let Some(e) = &endpoint {
-                    b = b.with_endpoint(e.to_string());
-                }
-                if let Some(r) = &pq.region {
-                    b = b.with_region(r);
-                }
-                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
-            StoreKind::Oss => {
-                let virtual_hosted = pq.endpoint.as_ref().is_none_or(|e| e.contains("{bucket}"));
-                let mut b = AmazonS3Builder::new()
-                    .with_bucket_name(&url.bucket)
-                    .with_client_options(client)
-                    .with_retry(retry)
-                    .with_region(pq.region.as_deref().unwrap_or("cn-hangzhou"))
-                    .with_virtual_hosted_style_request(virtual_hosted)
-                    .with_conditional_put(S3ConditionalPut::Disabled);
-                b = match (env("OSS_ACCESS_KEY_ID"), env("OSS_ACCESS_KEY_SECRET")) {
-                    (Some(id), Some(secret)) => {
-                        let b = b.with_access_key_id(id).with_secret_access_key(secret);
-                        match env("OSS_SESSION_TOKEN") {
-                            Some(t) => b.with_token(t),
-                            None => b,
-                        }
-                    }
-                    _ => b.with_credentials(Arc::new(ChainCredentials {
-                        choice: credentials,
-                        cached: std::sync::Mutex::new(None),
-                    })),
-                };
-                if let Some(e) = &endpoint {
-                    b = b.with_endpoint(e.to_string());
-                }
-                b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
+        let how = Connect {
+            pq,
+            url,
+            endpoint: endpoint.as_ref(),
+            client,
+            retry,
+            conditional,
+        };
+        let built = match url.kind {
+            StoreKind::S3 => how.s3(),
+            StoreKind::Oss => how.oss(credentials),
             StoreKind::Gcs => GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(&url.bucket)
-                .with_client_options(client)
-                .with_retry(retry)
+                .with_client_options(how.client)
+                .with_retry(how.retry)
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             StoreKind::Azure => MicrosoftAzureBuilder::from_env()
                 .with_container_name(&url.bucket)
-                .with_client_options(client)
-                .with_retry(retry)
+                .with_client_options(how.client)
+                .with_retry(how.retry)
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
         };
