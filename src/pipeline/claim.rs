@@ -39,63 +39,30 @@ impl Backfill {
         let heartbeat = coord.settings().heartbeat;
         let ctx = run.ctx.clone();
         let mut to_claim = ToClaim::new(windows, concurrency * CLAIM_PER_SLOT, heartbeat);
-        let mut ready: VecDeque<WindowKey> = VecDeque::new();
         let mut in_flight = FuturesUnordered::new();
-        // The claim of the next batch runs beside the fetches, so that no slot waits for it.
-        let mut claiming: Option<ClaimFuture> = None;
-        let mut done = 0u64;
         tokio::pin!(stop);
         'run: loop {
             // A window whose lease was lost (taken over, or expired while this worker was
             // stopped) is claimed again with those others hold: taken over, it is done
             // elsewhere; handed back, it is fetched here.
             to_claim.requeue(run.tally.take_lost());
-            // Claim ahead: the next batch of the plan, and now and then what others held.
-            if claiming.is_none()
-                && ready.len() < 2 * concurrency
-                && let Some((retry_due, ask)) = to_claim.next()
-            {
-                let c = coord.clone();
-                claiming = Some(Box::pin(async move {
-                    let claimed = c.claim(&ask).await;
-                    (retry_due, claimed)
-                }));
-            }
+            to_claim.claim_ahead(&coord, 2 * concurrency);
             while in_flight.len() < concurrency
-                && let Some(w) = ready.pop_front()
+                && let Some(w) = to_claim.ready.pop_front()
             {
                 let span = super::window_span(&w);
                 in_flight.push(self.process(w, &ctx).instrument(span));
             }
-            if in_flight.is_empty()
-                && claiming.is_none()
-                && ready.is_empty()
-                && to_claim.queue.is_empty()
-            {
-                if to_claim.waiting.is_empty() {
-                    // What the sinks hold is written now, while a window whose write is refused
-                    // (its lease lost) can still be claimed back.
-                    self.write_held(&mut run, false).await;
-                    if run.tally.has_lost() {
-                        continue;
-                    }
-                    break;
+            if in_flight.is_empty() && to_claim.is_idle() {
+                let left = total - to_claim.done;
+                if self.idle(&mut run, &to_claim, left, stop.as_mut()).await {
+                    continue;
                 }
-                // Only windows other workers hold are left: what the sinks hold to write
-                // together is written first (another worker may be waiting for it), then wait for
-                // them to finish or expire.
-                self.write_held(&mut run, true).await;
-                tokio::select! {
-                    () = tokio::time::sleep(heartbeat) => continue,
-                    () = &mut stop => {
-                        self.stopped(&mut run, total - done);
-                        break;
-                    }
-                }
+                break;
             }
             tokio::select! {
                 Some(events) = in_flight.next(), if !in_flight.is_empty() => {
-                    done += 1;
+                    to_claim.done += 1;
                     for event in events {
                         if let Some(fatal) = self.apply(&mut run.tally, event) {
                             run.tally.stop(fatal);
@@ -103,27 +70,54 @@ impl Backfill {
                         }
                     }
                 }
-                (retry, claimed) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
-                    claiming = None;
-                    let mut claimed = match claimed {
-                        Ok(c) => c,
+                (retry, claimed) = to_claim.claimed(), if to_claim.claiming.is_some() => {
+                    to_claim.claiming = None;
+                    match claimed {
+                        Ok(mut c) => {
+                            to_claim.ready.extend(std::mem::take(&mut c.mine));
+                            to_claim.done += self
+                                .take_claim(&mut run, c, retry, &ctx, &mut to_claim.waiting)
+                                .await;
+                        }
                         Err(e) => {
                             run.tally.stop(e.to_string());
                             break;
                         }
-                    };
-                    ready.extend(std::mem::take(&mut claimed.mine));
-                    done += self
-                        .take_claim(&mut run, claimed, retry, &ctx, &mut to_claim.waiting)
-                        .await;
+                    }
                 }
                 () = &mut stop => {
-                    self.stopped(&mut run, total - done);
+                    self.stopped(&mut run, total - to_claim.done);
                     break;
                 }
             }
         }
         run
+    }
+
+    /// Nothing in flight, ready or to claim. With no window held elsewhere either, what the
+    /// sinks hold is written now, while a window whose write is refused (its lease lost) can
+    /// still be claimed back; the loop goes on only for such a window. With windows only other
+    /// workers hold left, what the sinks hold is written first (another worker may be waiting
+    /// for it), then a heartbeat passes before they are asked for again (or `stop`).
+    async fn idle(
+        &self,
+        run: &mut Run,
+        to_claim: &ToClaim,
+        left: u64,
+        stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> bool {
+        if to_claim.waiting.is_empty() {
+            self.write_held(run, false).await;
+            return run.tally.has_lost();
+        }
+        self.write_held(run, true).await;
+        tokio::select! {
+            () = tokio::time::sleep(to_claim.heartbeat) => true,
+            () = stop => {
+                self.stopped(run, left);
+                false
+            }
+        }
     }
 
     /// What a claim found besides this worker's windows: the sinks stop waiting for windows
@@ -166,14 +160,19 @@ impl Backfill {
     }
 }
 
-/// What is left to claim: the plan's windows not asked for yet, in fetch order, and the windows
-/// others held (or this worker lost), asked for again once a heartbeat has passed.
+/// The claim state of a run: the plan's windows not asked for yet, in fetch order; the windows
+/// others held (or this worker lost), asked for again once a heartbeat has passed; the claim in
+/// progress; the windows claimed and not fetched yet; how many are done here or elsewhere.
 struct ToClaim {
     queue: VecDeque<WindowKey>,
     waiting: Vec<WindowKey>,
     last_retry: Instant,
     batch: usize,
     heartbeat: std::time::Duration,
+    ready: VecDeque<WindowKey>,
+    /// The claim of the next batch runs beside the fetches, so that no slot waits for it.
+    claiming: Option<ClaimFuture>,
+    done: u64,
 }
 
 impl ToClaim {
@@ -184,7 +183,35 @@ impl ToClaim {
             last_retry: Instant::now(),
             batch,
             heartbeat,
+            ready: VecDeque::new(),
+            claiming: None,
+            done: 0,
         }
+    }
+
+    /// Claims ahead while fewer than `ahead` windows are ready: the next batch of the plan, and
+    /// now and then what others held.
+    fn claim_ahead(&mut self, coord: &Arc<Coordinator>, ahead: usize) {
+        if self.claiming.is_none()
+            && self.ready.len() < ahead
+            && let Some((retry_due, ask)) = self.next()
+        {
+            let c = coord.clone();
+            self.claiming = Some(Box::pin(async move {
+                let claimed = c.claim(&ask).await;
+                (retry_due, claimed)
+            }));
+        }
+    }
+
+    /// The claim in progress (only polled while there is one).
+    async fn claimed(&mut self) -> (bool, anyhow::Result<crate::coord::Claimed>) {
+        self.claiming.as_mut().expect("guarded").await
+    }
+
+    /// Nothing claimed, ready or left in the plan (windows others hold may be waiting).
+    fn is_idle(&self) -> bool {
+        self.claiming.is_none() && self.ready.is_empty() && self.queue.is_empty()
     }
 
     /// Windows to ask for again with those others hold (each once).
