@@ -127,6 +127,43 @@ impl RunSummary {
             self.windows_skipped_committed,
             self.duration_secs
         ));
+        s.push_str(&self.render_workers());
+        for t in Table::ALL {
+            s.push_str(&format!(
+                "  {:<15} {} rows\n",
+                t.name(),
+                self.rows.get(t.name()).copied().unwrap_or(0)
+            ));
+        }
+        for (name, c) in &self.sinks {
+            s.push_str(&format!(
+                "  sink {name}: {} inserted, {} revised, {} unchanged\n",
+                c.inserted, c.revised, c.unchanged
+            ));
+        }
+        s.push_str(&format!(
+            "  requests {}, retries {}, throttled {}\n",
+            self.requests, self.retries, self.throttled
+        ));
+        s.push_str(&self.render_drift());
+        if let Some(provider) = &self.credentials {
+            s.push_str(&format!(
+                "  credentials: {provider}, renewed {} time{}\n",
+                self.credential_refreshes,
+                if self.credential_refreshes == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            ));
+        }
+        s.push_str(&self.render_findings());
+        s
+    }
+
+    /// The lines about other workers of the job: windows they did, rows and windows dropped.
+    fn render_workers(&self) -> String {
+        let mut s = String::new();
         if self.windows_done_elsewhere > 0 {
             s.push_str(&format!(
                 "  {} window(s) done by other workers of the job\n",
@@ -146,23 +183,12 @@ impl RunSummary {
                 self.windows_lease_lost
             ));
         }
-        for t in Table::ALL {
-            s.push_str(&format!(
-                "  {:<15} {} rows\n",
-                t.name(),
-                self.rows.get(t.name()).copied().unwrap_or(0)
-            ));
-        }
-        for (name, c) in &self.sinks {
-            s.push_str(&format!(
-                "  sink {name}: {} inserted, {} revised, {} unchanged\n",
-                c.inserted, c.revised, c.unchanged
-            ));
-        }
-        s.push_str(&format!(
-            "  requests {}, retries {}, throttled {}\n",
-            self.requests, self.retries, self.throttled
-        ));
+        s
+    }
+
+    /// The lines about fields the API started or stopped sending.
+    fn render_drift(&self) -> String {
+        let mut s = String::new();
         if !self.drift.unknown.is_empty() {
             let named: Vec<String> = self
                 .drift
@@ -192,18 +218,6 @@ impl RunSummary {
                 named.join(", ")
             ));
         }
-        if let Some(provider) = &self.credentials {
-            s.push_str(&format!(
-                "  credentials: {provider}, renewed {} time{}\n",
-                self.credential_refreshes,
-                if self.credential_refreshes == 1 {
-                    ""
-                } else {
-                    "s"
-                }
-            ));
-        }
-        s.push_str(&self.render_findings());
         s
     }
 

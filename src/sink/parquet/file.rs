@@ -8,9 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{
+    DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
 use chrono::NaiveDate;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -144,65 +146,58 @@ pub fn read_rows<R: ChunkReader + 'static>(
         .and_then(|b| b.build())
         .map_err(|e| damaged(path, e))?;
     let mut out = Vec::new();
-    let ncounts = table.count_columns().len();
-    let bad = || {
-        damaged(
-            path,
-            format!("it does not have the {} schema", table.name()),
-        )
-    };
     for batch in reader {
         let batch = batch.map_err(|e| damaged(path, e))?;
-        let s = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(bad)
-        };
-        let t = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<TimestampMillisecondArray>()
-                .ok_or_else(bad)
-        };
-        let n = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(bad)
-        };
-        // Files written before the `extra` column existed have one column less.
-        let with_extra = match batch.num_columns() {
-            c if c == 5 + ncounts => false,
-            c if c == 6 + ncounts => true,
-            _ => return Err(bad()),
-        };
-        let (inst, media, st) = (s(0)?, s(1)?, t(2)?);
-        let counts: Vec<&Int64Array> = (0..ncounts).map(|i| n(3 + i)).collect::<Result<_, _>>()?;
-        let (fa, rid) = (t(3 + ncounts)?, s(4 + ncounts)?);
-        let extra = if with_extra {
-            Some(s(5 + ncounts)?)
-        } else {
-            None
-        };
-        for r in 0..batch.num_rows() {
-            out.push(StoredRow {
-                instance_id: inst.value(r).to_string(),
-                media_type: media.value(r).to_string(),
-                stats_time: st.value(r),
-                counts: counts.iter().map(|c| c.value(r)).collect(),
-                fetched_at: fa.value(r),
-                request_id: rid.value(r).to_string(),
-                extra: extra
-                    .filter(|e| !e.is_null(r))
-                    .map(|e| e.value(r).to_string()),
-            });
-        }
+        batch_rows(&batch, table, &mut out).ok_or_else(|| {
+            damaged(
+                path,
+                format!("it does not have the {} schema", table.name()),
+            )
+        })?;
     }
     Ok(out)
+}
+
+/// The rows of one record batch of a `table` file, appended to `out`; `None` when the batch
+/// does not have the table's schema.
+fn batch_rows(batch: &RecordBatch, table: Table, out: &mut Vec<StoredRow>) -> Option<()> {
+    let ncounts = table.count_columns().len();
+    let s = |i: usize| batch.column(i).as_string_opt::<i32>();
+    let t = |i: usize| {
+        batch
+            .column(i)
+            .as_primitive_opt::<TimestampMillisecondType>()
+    };
+    // Files written before the `extra` column existed have one column less.
+    let with_extra = match batch.num_columns() {
+        c if c == 5 + ncounts => false,
+        c if c == 6 + ncounts => true,
+        _ => return None,
+    };
+    let (inst, media, st) = (s(0)?, s(1)?, t(2)?);
+    let counts: Vec<&Int64Array> = (0..ncounts)
+        .map(|i| batch.column(3 + i).as_primitive_opt::<Int64Type>())
+        .collect::<Option<_>>()?;
+    let (fa, rid) = (t(3 + ncounts)?, s(4 + ncounts)?);
+    let extra = if with_extra {
+        Some(s(5 + ncounts)?)
+    } else {
+        None
+    };
+    out.extend((0..batch.num_rows()).map(|r| {
+        StoredRow {
+            instance_id: inst.value(r).to_string(),
+            media_type: media.value(r).to_string(),
+            stats_time: st.value(r),
+            counts: counts.iter().map(|c| c.value(r)).collect(),
+            fetched_at: fa.value(r),
+            request_id: rid.value(r).to_string(),
+            extra: extra
+                .filter(|e| !e.is_null(r))
+                .map(|e| e.value(r).to_string()),
+        }
+    }));
+    Some(())
 }
 
 /// Rows per series in one local file.

@@ -16,6 +16,7 @@ use super::{Layout, ObjectRoot, layout, object};
 use crate::ledger::DayFile;
 use crate::record::{Counts, Table, WindowBatch, WindowKey};
 use crate::sink::CommitStats;
+use object_store::UpdateVersion;
 
 /// What writing one day did.
 #[derive(Debug, Default)]
@@ -244,6 +245,30 @@ struct DayObject<'a> {
 }
 
 impl DayObject<'_> {
+    /// The table's file as merged: unchanged (`body` `None`), the ETag as read; else written
+    /// with `If-Match` the version `read` (or `If-None-Match` when there was none), its new
+    /// ETag. `None`: another writer changed the file since it was read.
+    async fn commit(
+        &self,
+        lock: &mut DayLock<'_>,
+        table: Table,
+        body: Option<Vec<u8>>,
+        read: Option<UpdateVersion>,
+    ) -> Result<Option<String>, DayError> {
+        let Some(body) = body else {
+            return Ok(Some(
+                read.and_then(|v| v.e_tag.or(v.version))
+                    .map(|e| e.trim_matches('"').to_string())
+                    .unwrap_or_default(),
+            ));
+        };
+        let put = self.root.put_day(table, self.day, body, read.as_ref());
+        match lock.hold(put).await?.map_err(DayError::Io)? {
+            PutOutcome::Written(etag) => Ok(Some(etag)),
+            PutOutcome::Conflict => Ok(None),
+        }
+    }
+
     /// One table's file: read, merged with the `kept` windows' rows, written if it changed (with
     /// `If-Match` its version as read); on a conflict, the leases are checked again and the
     /// file read and merged again.
@@ -281,32 +306,19 @@ impl DayObject<'_> {
             let Some(encoded) = encoded else {
                 return Ok(());
             };
-            let etag = match encoded.body {
-                None => read
-                    .as_ref()
-                    .and_then(|v| v.e_tag.clone().or(v.version.clone()))
-                    .map(|e| e.trim_matches('"').to_string())
-                    .unwrap_or_default(),
-                Some(body) => {
-                    let put = root.put_day(table, day, body, read.as_ref());
-                    match lock.hold(put).await?.map_err(DayError::Io)? {
-                        PutOutcome::Written(etag) => etag,
-                        PutOutcome::Conflict if conflicts + 1 < object::CONFLICT_ATTEMPTS => {
-                            conflicts += 1;
-                            out.conflicts += 1;
-                            tracing::info!(table = %table, day = %day, "another writer changed the day file: reading and merging it again");
-                            // The leases again: time has passed, and the lock may be gone.
-                            *kept = lock.fence(kept).await?;
-                            continue;
-                        }
-                        PutOutcome::Conflict => {
-                            return Err(DayError::Io(format!(
-                                "{} kept changing under {conflicts} conditional writes",
-                                root.location(table, day)
-                            )));
-                        }
-                    }
+            let Some(etag) = self.commit(lock, table, encoded.body, read).await? else {
+                if conflicts + 1 >= object::CONFLICT_ATTEMPTS {
+                    return Err(DayError::Io(format!(
+                        "{} kept changing under {conflicts} conditional writes",
+                        root.location(table, day)
+                    )));
                 }
+                conflicts += 1;
+                out.conflicts += 1;
+                tracing::info!(table = %table, day = %day, "another writer changed the day file: reading and merging it again");
+                // The leases again: time has passed, and the lock may be gone.
+                *kept = lock.fence(kept).await?;
+                continue;
             };
             foreign_rows(&root.location(table, day), encoded.dropped);
             out.files.push((table, etag, encoded.rows));

@@ -113,6 +113,19 @@ pub struct Fetched {
     pub version: UpdateVersion,
 }
 
+/// Whether writes to `url` are conditional (`If-Match`/`If-None-Match`): on by default, off
+/// on OSS, which rejects them.
+fn conditional_writes(pq: &ParquetConfig, url: &ObjectUrl) -> Result<bool, String> {
+    match (url.kind, pq.conditional_writes) {
+        (StoreKind::Oss, Some(true)) => Err(format!(
+            "[parquet] conditional_writes = true: {url} is on OSS, which rejects \
+             If-Match/If-None-Match writes (HTTP 501); remove the key"
+        )),
+        (StoreKind::Oss, _) => Ok(false),
+        (_, c) => Ok(c.unwrap_or(true)),
+    }
+}
+
 /// How to reach one root's store, decided by [`ObjectRoot::open`].
 struct Connect<'a> {
     pq: &'a ParquetConfig,
@@ -193,16 +206,7 @@ impl ObjectRoot {
         credentials: crate::config::Choice,
     ) -> Result<Self, String> {
         let endpoint = object_endpoint(pq, url, None)?;
-        let conditional = match (url.kind, pq.conditional_writes) {
-            (StoreKind::Oss, Some(true)) => {
-                return Err(format!(
-                    "[parquet] conditional_writes = true: {url} is on OSS, which rejects \
-                     If-Match/If-None-Match writes (HTTP 501); remove the key"
-                ));
-            }
-            (StoreKind::Oss, _) => false,
-            (_, c) => c.unwrap_or(true),
-        };
+        let conditional = conditional_writes(pq, url)?;
         let allow_http = endpoint
             .as_ref()
             .is_some_and(|e| e.url().scheme() == "http");
