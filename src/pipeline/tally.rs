@@ -177,6 +177,54 @@ impl Tally {
         }
     }
 
+    /// What `sink` did with rows, added up.
+    fn add_stats(&mut self, sink: SinkKind, stats: CommitStats) {
+        *self
+            .summary
+            .sinks
+            .entry(sink.as_str().to_string())
+            .or_default() += stats;
+    }
+
+    /// `sink` made `key`'s rows durable.
+    fn durable(&mut self, sink: SinkKind, key: &WindowKey) {
+        self.windows
+            .entry(key.clone())
+            .or_default()
+            .reported
+            .insert(sink);
+        self.settle(key);
+    }
+
+    /// A sink failed a window: logged and counted once, however many sinks failed it.
+    fn sink_failed(&mut self, f: FailedWindow) {
+        let p = self.windows.entry(f.key.clone()).or_default();
+        if !p.failed {
+            log_failed(&f);
+            p.failed = true;
+            self.summary.windows_failed.push(f);
+        }
+    }
+
+    /// `k` aged out of the horizon before it was sent.
+    fn aged_out(&mut self, k: WindowKey) {
+        tracing::warn!(window = %k, "LOST: the window aged out of the 180-day horizon before it was sent");
+        self.summary.lost.push(k);
+    }
+
+    /// Another worker finished `key`: a window this worker lost and another finished is
+    /// nobody's failure.
+    fn done_elsewhere(&mut self, key: &WindowKey) {
+        self.windows.remove(key);
+        self.summary.windows_done_elsewhere += 1;
+    }
+
+    /// The lease of `key` was lost while it was fetched.
+    fn lease_lost(&mut self, key: WindowKey) {
+        self.summary.windows_lease_lost += 1;
+        self.lose(key);
+    }
+
     /// Applies one event.
     pub fn apply(&mut self, event: Event) -> Step {
         match event {
@@ -189,28 +237,16 @@ impl Tally {
                 drift,
             } => {
                 self.drift(&drift);
-                self.fetched(&key, rows, dedup, lost, quality);
-                Step::WindowDone {
-                    rows: rows.iter().sum(),
-                }
+                self.fetched(&key, rows, dedup, lost, quality)
             }
             Event::Durable { sink, keys } => {
                 for key in keys {
-                    self.windows
-                        .entry(key.clone())
-                        .or_default()
-                        .reported
-                        .insert(sink);
-                    self.settle(&key);
+                    self.durable(sink, &key);
                 }
                 Step::Quiet
             }
             Event::Stats { sink, stats } => {
-                *self
-                    .summary
-                    .sinks
-                    .entry(sink.as_str().to_string())
-                    .or_default() += stats;
+                self.add_stats(sink, stats);
                 Step::Quiet
             }
             Event::FetchFailed(f) => {
@@ -220,17 +256,11 @@ impl Tally {
                 Step::WindowDone { rows: 0 }
             }
             Event::SinkFailed(f) => {
-                let p = self.windows.entry(f.key.clone()).or_default();
-                if !p.failed {
-                    log_failed(&f);
-                    p.failed = true;
-                    self.summary.windows_failed.push(f);
-                }
+                self.sink_failed(f);
                 Step::Quiet
             }
             Event::Lost(k) => {
-                tracing::warn!(window = %k, "LOST: the window aged out of the 180-day horizon before it was sent");
-                self.summary.lost.push(k);
+                self.aged_out(k);
                 Step::WindowDone { rows: 0 }
             }
             Event::UnknownInstance(instance) => {
@@ -239,9 +269,7 @@ impl Tally {
             }
             Event::Fatal(msg) => Step::Stop(msg),
             Event::DoneElsewhere(key) => {
-                // A window this worker lost and another finished is nobody's failure.
-                self.windows.remove(&key);
-                self.summary.windows_done_elsewhere += 1;
+                self.done_elsewhere(&key);
                 Step::WindowDone { rows: 0 }
             }
             Event::ForeignRows(n) => {
@@ -249,8 +277,7 @@ impl Tally {
                 Step::Quiet
             }
             Event::LeaseLost(key) => {
-                self.summary.windows_lease_lost += 1;
-                self.lose(key);
+                self.lease_lost(key);
                 Step::WindowDone { rows: 0 }
             }
             Event::Fenced(key) => {
@@ -301,7 +328,7 @@ impl Tally {
         dedup: DedupCounts,
         lost: Option<WindowKey>,
         quality: QualityCounts,
-    ) {
+    ) -> Step {
         let s = &mut self.summary;
         s.lost.extend(lost);
         s.quality += quality;
@@ -311,6 +338,9 @@ impl Tally {
         s.conflicting_rows += dedup.conflicts;
         self.windows.entry(key.clone()).or_default().rows = Some(rows);
         self.settle(key);
+        Step::WindowDone {
+            rows: rows.iter().sum(),
+        }
     }
 
     /// Counts the window ok if it is fetched and every sink reported it, then forgets it.
