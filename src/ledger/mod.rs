@@ -240,6 +240,20 @@ pub struct RunRecord {
     pub summary: Option<serde_json::Value>,
 }
 
+impl RunRecord {
+    /// A run that has just started.
+    pub fn started(run_id: uuid::Uuid, command: &str, started_at: DateTime<Utc>) -> Self {
+        Self {
+            run_id,
+            command: command.into(),
+            started_at,
+            finished_at: None,
+            status: "running".into(),
+            summary: None,
+        }
+    }
+}
+
 /// Where commits are remembered.
 #[async_trait]
 pub trait Ledger: Send + Sync {

@@ -72,18 +72,10 @@ impl Backfill {
                 }
                 (retry, claimed) = to_claim.claimed(), if to_claim.claiming.is_some() => {
                     to_claim.claiming = None;
-                    match claimed {
-                        Ok(mut c) => {
-                            to_claim.ready.extend(std::mem::take(&mut c.mine));
-                            to_claim.done += self
-                                .take_claim(&mut run, c, retry, &ctx, &mut to_claim.waiting)
-                                .await;
-                        }
-                        Err(e) => {
-                            run.tally.stop(e.to_string());
-                            break;
-                        }
-                    }
+                    let Ok(c) = claimed.map_err(|e| run.tally.stop(e.to_string())) else {
+                        break;
+                    };
+                    self.take_claim(&mut run, c, retry, &ctx, &mut to_claim).await;
                 }
                 () = &mut stop => {
                     self.stopped(&mut run, total - to_claim.done);
@@ -120,17 +112,17 @@ impl Backfill {
         }
     }
 
-    /// What a claim found besides this worker's windows: the sinks stop waiting for windows
-    /// held elsewhere (kept to retry), and windows done elsewhere count as such. Returns how many
-    /// were done elsewhere.
+    /// What a claim found: this worker's windows are ready to fetch; the sinks stop waiting for
+    /// windows held elsewhere (kept to retry), and windows done elsewhere count as such.
     async fn take_claim(
         &self,
         run: &mut Run,
-        claimed: crate::coord::Claimed,
+        mut claimed: crate::coord::Claimed,
         retry: bool,
         ctx: &crate::sink::RunContext,
-        waiting: &mut Vec<WindowKey>,
-    ) -> u64 {
+        to_claim: &mut ToClaim,
+    ) {
+        to_claim.ready.extend(std::mem::take(&mut claimed.mine));
         if !retry {
             // A day whose other windows are here is written without them; if one is taken over
             // later, its rows are merged in then.
@@ -140,15 +132,14 @@ impl Backfill {
                 }
             }
         }
-        waiting.extend(claimed.busy);
-        let done = claimed.done.len() as u64;
+        to_claim.waiting.extend(claimed.busy);
+        to_claim.done += claimed.done.len() as u64;
         for w in claimed.done {
             let events = vec![Event::DoneElsewhere(w.clone())];
             for event in self.skip_all(&w, events, ctx).await {
                 let _ = self.apply(&mut run.tally, event);
             }
         }
-        done
     }
 
     fn stopped(&self, run: &mut Run, left: u64) {

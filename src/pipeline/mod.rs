@@ -140,6 +140,18 @@ struct Run {
     tally: Tally,
 }
 
+/// An explicit range must not be empty.
+fn check_range(req: &BackfillRequest) -> Result<(), InputError> {
+    match req.from {
+        RangeStart::At(from) if from >= req.to_ms => Err(InputError::new(format!(
+            "--from ({}) must be before --to ({})",
+            fmt_ms(from),
+            fmt_ms(req.to_ms)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Backfill {
     /// Wires the parts.
     pub fn new(
@@ -218,16 +230,7 @@ impl Backfill {
         req: &BackfillRequest,
         run_id: uuid::Uuid,
     ) -> anyhow::Result<(Run, Vec<WindowKey>)> {
-        if let RangeStart::At(from) = req.from
-            && from >= req.to_ms
-        {
-            return Err(InputError::new(format!(
-                "--from ({}) must be before --to ({})",
-                fmt_ms(from),
-                fmt_ms(req.to_ms)
-            ))
-            .into());
-        }
+        check_range(req)?;
         let plan = self.plan(req);
         let mut summary = RunSummary {
             run_id: run_id.to_string(),
@@ -251,14 +254,7 @@ impl Backfill {
         summary.windows_planned = windows.len() as u64;
         let started_at = Utc::now();
         self.ledger
-            .record_run(&RunRecord {
-                run_id,
-                command: req.kind.as_str().into(),
-                started_at,
-                finished_at: None,
-                status: "running".into(),
-                summary: None,
-            })
+            .record_run(&RunRecord::started(run_id, req.kind.as_str(), started_at))
             .await?;
         tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
         if let Some(c) = &self.coordinator {

@@ -66,35 +66,46 @@ impl Backfill {
         };
         match result {
             Ok(fetched) => self.deliver(&planned, key, lost, fetched, ctx).await,
-            Err(failed) => {
-                let class = failed.error.class();
-                if class == ErrorClass::RunFatal {
-                    let hint = failed
-                        .error
-                        .hint()
-                        .map(|h| format!(": {h}"))
-                        .unwrap_or_default();
-                    return vec![Event::Fatal(format!("{}{hint}", failed.error))];
-                }
-                let f = FailedWindow {
-                    key: key.clone(),
-                    error: failed.to_string(),
-                    retryable: class == ErrorClass::Retryable,
-                };
-                self.record_fetch_failure(&key, &f.error, failed.attempts, ctx)
-                    .await;
-                let mut events = vec![Event::FetchFailed(f)];
-                if failed.error.is_unknown_instance() && self.mark_unknown(&key.instance_id) {
-                    tracing::error!(
-                        instance = %key.instance_id,
-                        "the service has no CCC instance {}: fix its id in [pipeline] instances, or point [source] endpoint at its region; its other windows are not fetched",
-                        key.instance_id
-                    );
-                    events.push(Event::UnknownInstance(key.instance_id.clone()));
-                }
-                self.skip_all(&planned, events, ctx).await
-            }
+            Err(failed) => self.fetch_failed(&planned, &key, failed, ctx).await,
         }
+    }
+
+    /// The fetch of `key` failed for good: a run-fatal error stops the run; otherwise the
+    /// window failed (and, when the service has no such instance, its other windows are not
+    /// fetched).
+    async fn fetch_failed(
+        &self,
+        planned: &WindowKey,
+        key: &WindowKey,
+        failed: crate::ccc::client::CallFailed,
+        ctx: &RunContext,
+    ) -> Vec<Event> {
+        let class = failed.error.class();
+        if class == ErrorClass::RunFatal {
+            let hint = failed
+                .error
+                .hint()
+                .map(|h| format!(": {h}"))
+                .unwrap_or_default();
+            return vec![Event::Fatal(format!("{}{hint}", failed.error))];
+        }
+        let f = FailedWindow {
+            key: key.clone(),
+            error: failed.to_string(),
+            retryable: class == ErrorClass::Retryable,
+        };
+        self.record_fetch_failure(key, &f.error, failed.attempts, ctx)
+            .await;
+        let mut events = vec![Event::FetchFailed(f)];
+        if failed.error.is_unknown_instance() && self.mark_unknown(&key.instance_id) {
+            tracing::error!(
+                instance = %key.instance_id,
+                "the service has no CCC instance {}: fix its id in [pipeline] instances, or point [source] endpoint at its region; its other windows are not fetched",
+                key.instance_id
+            );
+            events.push(Event::UnknownInstance(key.instance_id.clone()));
+        }
+        self.skip_all(planned, events, ctx).await
     }
 
     /// The worker lost the window's lease: nothing of it is fetched or written here.
