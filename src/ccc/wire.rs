@@ -447,17 +447,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
             ..Report::default()
         }));
     };
-    let mut drift = Drift::default();
-    for name in &env.unknown {
-        *drift.unknown.entry(name.clone()).or_default() += 1;
-    }
-    for (name, items) in &data.unknown {
-        *drift.unknown.entry(format!("Data.{name}")).or_default() += items;
-    }
-    let mut conflicting_names = std::collections::BTreeMap::new();
-    WireInbound::drift_of(&data.inbound, &mut drift, &mut conflicting_names);
-    WireOutbound::drift_of(&data.outbound, &mut drift, &mut conflicting_names);
-    WireOverall::drift_of(&data.overall, &mut drift, &mut conflicting_names);
+    let (drift, conflicting_names) = drift_of(&env.unknown, &data);
     let extra = [
         extra_of(data.inbound.iter().map(|r| (r.stats_time, &r.extra))),
         extra_of(data.outbound.iter().map(|r| (r.stats_time, &r.extra))),
@@ -468,37 +458,63 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
         drift,
         extra,
         conflicting_names,
-        inbound: data
-            .inbound
-            .into_iter()
-            .map(|r| InboundRow {
-                stats_time: r.stats_time,
-                total_calls: r.total_calls,
-                calls_handled: r.calls_handled,
-                calls_queued: r.calls_queued,
-                calls_abandoned_in_ivr: r.calls_abandoned_in_ivr,
-                calls_abandoned_in_queue: r.calls_abandoned_in_queue,
-                calls_abandoned_in_ring: r.calls_abandoned_in_ring,
-            })
-            .collect(),
-        outbound: data
-            .outbound
-            .into_iter()
-            .map(|r| OutboundRow {
-                stats_time: r.stats_time,
-                total_calls: r.total_calls,
-                calls_answered: r.calls_answered,
-            })
-            .collect(),
-        overall: data
-            .overall
-            .into_iter()
-            .map(|r| OverallRow {
-                stats_time: r.stats_time,
-                max_logged_in_agents: r.max_logged_in_agents,
-            })
-            .collect(),
+        inbound: data.inbound.into_iter().map(Into::into).collect(),
+        outbound: data.outbound.into_iter().map(Into::into).collect(),
+        overall: data.overall.into_iter().map(Into::into).collect(),
     }))
+}
+
+/// What a body sent beyond the known fields (top-level members, members of `Data`, items'
+/// fields), and the items' fields named two ways at once.
+fn drift_of(
+    top_level: &[String],
+    data: &WireData,
+) -> (Drift, std::collections::BTreeMap<String, u64>) {
+    let mut drift = Drift::default();
+    for name in top_level {
+        *drift.unknown.entry(name.clone()).or_default() += 1;
+    }
+    for (name, items) in &data.unknown {
+        *drift.unknown.entry(format!("Data.{name}")).or_default() += items;
+    }
+    let mut conflicting_names = std::collections::BTreeMap::new();
+    WireInbound::drift_of(&data.inbound, &mut drift, &mut conflicting_names);
+    WireOutbound::drift_of(&data.outbound, &mut drift, &mut conflicting_names);
+    WireOverall::drift_of(&data.overall, &mut drift, &mut conflicting_names);
+    (drift, conflicting_names)
+}
+
+impl From<WireInbound> for InboundRow {
+    fn from(r: WireInbound) -> Self {
+        InboundRow {
+            stats_time: r.stats_time,
+            total_calls: r.total_calls,
+            calls_handled: r.calls_handled,
+            calls_queued: r.calls_queued,
+            calls_abandoned_in_ivr: r.calls_abandoned_in_ivr,
+            calls_abandoned_in_queue: r.calls_abandoned_in_queue,
+            calls_abandoned_in_ring: r.calls_abandoned_in_ring,
+        }
+    }
+}
+
+impl From<WireOutbound> for OutboundRow {
+    fn from(r: WireOutbound) -> Self {
+        OutboundRow {
+            stats_time: r.stats_time,
+            total_calls: r.total_calls,
+            calls_answered: r.calls_answered,
+        }
+    }
+}
+
+impl From<WireOverall> for OverallRow {
+    fn from(r: WireOverall) -> Self {
+        OverallRow {
+            stats_time: r.stats_time,
+            max_logged_in_agents: r.max_logged_in_agents,
+        }
+    }
 }
 
 /// The unknown fields of an array's items, as compact JSON (keys sorted), by StatsTime.

@@ -30,33 +30,11 @@ pub(crate) async fn run_demo(
     let emu = emulator::spawn(opts)
         .await
         .context("cannot start the in-process emulator")?;
-    let mut config = Config::for_emulator(&emu.endpoint(), instances.clone());
-    config.parquet = Some(crate::config::ParquetConfig::at(root.clone()));
-    // PostgreSQL too when DATABASE_URL is set, in a schema of its own (`ccc_demo`): demo rows
-    // never mix with a warehouse's `ccc`.
     let schema = crate::config::SchemaName::parse(schema)
         .map_err(|e| InputError::new(format!("--schema: {e}")))?;
-    if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty()) {
-        config.postgres = Some(crate::config::PostgresConfig {
-            url: None,
-            schema: schema.clone(),
-        });
-    }
+    let config = demo_config(&emu.endpoint(), root, &schema);
     let now = system_now();
-    let tz = config.pipeline.timezone;
-    let today = Utc::now().with_timezone(&tz).date_naive();
-    let from_day = today
-        .checked_sub_days(chrono::Days::new(days as u64))
-        .unwrap_or(today);
-    let req = BackfillRequest {
-        instances,
-        from: RangeStart::At(plan::local_day_start(tz, from_day)),
-        to_ms: now(),
-        refetch: false,
-        strict_horizon: false,
-        lookback_ms: None,
-        kind: RunKind::Demo,
-    };
+    let (req, from_day) = demo_request(&config, days, now());
     crate::outln!(
         "demo: emulator on {} serving {}; back-filling {} .. now into {}{}",
         emu.endpoint(),
@@ -91,16 +69,63 @@ pub(crate) async fn run_demo(
     .await?;
     let code = report(RunKind::Demo.as_str(), &summary);
     emu.shutdown().await;
+    how_to_query(root, config.postgres.is_some().then_some(&schema))?;
+    Ok(code)
+}
+
+/// The emulator's config with a Parquet root, and PostgreSQL too when `DATABASE_URL` is set, in
+/// a schema of its own (`ccc_demo`): demo rows never mix with a warehouse's `ccc`.
+fn demo_config(
+    endpoint: &str,
+    root: &crate::config::RootUrl,
+    schema: &crate::config::SchemaName,
+) -> Config {
+    let instances = DEMO_INSTANCES.iter().map(|s| s.to_string()).collect();
+    let mut config = Config::for_emulator(endpoint, instances);
+    config.parquet = Some(crate::config::ParquetConfig::at(root.clone()));
+    if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty()) {
+        config.postgres = Some(crate::config::PostgresConfig {
+            url: None,
+            schema: schema.clone(),
+        });
+    }
+    config
+}
+
+/// The last `days` local days up to `now_ms`, and the first of them.
+fn demo_request(config: &Config, days: u32, now_ms: i64) -> (BackfillRequest, chrono::NaiveDate) {
+    let tz = config.pipeline.timezone;
+    let today = Utc::now().with_timezone(&tz).date_naive();
+    let from_day = today
+        .checked_sub_days(chrono::Days::new(days as u64))
+        .unwrap_or(today);
+    let req = BackfillRequest {
+        instances: DEMO_INSTANCES.iter().map(|s| s.to_string()).collect(),
+        from: RangeStart::At(plan::local_day_start(tz, from_day)),
+        to_ms: now_ms,
+        refetch: false,
+        strict_horizon: false,
+        lookback_ms: None,
+        kind: RunKind::Demo,
+    };
+    (req, from_day)
+}
+
+/// How to look at what the demo wrote.
+fn how_to_query(
+    root: &crate::config::RootUrl,
+    schema: Option<&crate::config::SchemaName>,
+) -> anyhow::Result<()> {
     crate::outln!(
         "\nQuery the result with DuckDB, for example:\n  duckdb -c \"SELECT instance_id, dt AS day, sum(total_calls) AS calls, \
          sum(calls_handled) AS handled FROM read_parquet('{root}/inbound_trend/*/*.parquet', hive_partitioning = true) \
          GROUP BY ALL ORDER BY ALL LIMIT 10\""
     )?;
-    if config.postgres.is_some() {
+    if let Some(schema) = schema {
         crate::outln!(
             "and in PostgreSQL:\n  psql \"$DATABASE_URL\" -c \"SELECT * FROM {}.daily_traffic ORDER BY day DESC, instance_id LIMIT 10\"",
             schema.as_str()
         )?;
     }
-    Ok(code)
+    Ok(())
 }

@@ -56,42 +56,46 @@ pub async fn run_plan(
     }
     match format {
         OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&p)?)?,
-        OutputFormat::Table => {
-            crate::outln!(
-                "{:<24} {:<6} {:<21} {:<21} {:>7}",
-                "INSTANCE",
-                "MEDIA",
-                "START (UTC)",
-                "END (UTC)",
-                "HOURS"
-            )?;
-            for w in &p.windows {
-                crate::outln!(
-                    "{:<24} {:<6} {:<21} {:<21} {:>7.1}",
-                    w.instance_id,
-                    w.media_type.as_str(),
-                    fmt_ms(w.start_ms),
-                    fmt_ms(w.end_ms),
-                    (w.end_ms - w.start_ms) as f64 / 3_600_000.0
-                )?;
-            }
-            crate::outln!("{} window(s)", p.windows.len())?;
-            for f in &found {
-                crate::outln!("{f}")?;
-            }
-            for l in &p.lost {
-                crate::outln!(
-                    "LOST (behind the 180-day horizon): {}/{} {} .. {}",
-                    l.instance_id,
-                    l.media_type,
-                    fmt_ms(l.start_ms),
-                    fmt_ms(l.end_ms)
-                )?;
-            }
-            if let Some((a, b)) = p.future_trimmed {
-                crate::outln!("trimmed (in the future): {} .. {}", fmt_ms(a), fmt_ms(b))?;
-            }
-        }
+        OutputFormat::Table => print_table(&p, &found)?,
     }
     Ok(EXIT_OK)
+}
+
+/// The plan as a table, then what the reconcile found, what is lost and what was trimmed.
+fn print_table(p: &crate::plan::Plan, found: &[String]) -> anyhow::Result<()> {
+    crate::outln!(
+        "{:<24} {:<6} {:<21} {:<21} {:>7}",
+        "INSTANCE",
+        "MEDIA",
+        "START (UTC)",
+        "END (UTC)",
+        "HOURS"
+    )?;
+    for w in &p.windows {
+        crate::outln!(
+            "{:<24} {:<6} {:<21} {:<21} {:>7.1}",
+            w.instance_id,
+            w.media_type.as_str(),
+            fmt_ms(w.start_ms),
+            fmt_ms(w.end_ms),
+            (w.end_ms - w.start_ms) as f64 / 3_600_000.0
+        )?;
+    }
+    crate::outln!("{} window(s)", p.windows.len())?;
+    for f in found {
+        crate::outln!("{f}")?;
+    }
+    for l in &p.lost {
+        crate::outln!(
+            "LOST (behind the 180-day horizon): {}/{} {} .. {}",
+            l.instance_id,
+            l.media_type,
+            fmt_ms(l.start_ms),
+            fmt_ms(l.end_ms)
+        )?;
+    }
+    if let Some((a, b)) = p.future_trimmed {
+        crate::outln!("trimmed (in the future): {} .. {}", fmt_ms(a), fmt_ms(b))?;
+    }
+    Ok(())
 }
