@@ -27,10 +27,6 @@ fn base(endpoint: &str, root: &Path, db_url: &str) -> String {
     )
 }
 
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
 #[tokio::test]
 async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
     let db = common::TestDb::create().await;
@@ -39,7 +35,7 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
     let root = dir.path().join("wh");
     let ok = base(&emu.endpoint(), &root, &db.url);
     let with = |from: &str, to: &str| ok.replacen(from, to, 1);
-    let bf = || args(&["backfill", "--from", "2026-11-01", "--to", "2026-11-03"]);
+    let bf = || common::args(&["backfill", "--from", "2026-11-01", "--to", "2026-11-03"]);
     let both = (true, true);
     let cases = vec![
         Case {
@@ -258,28 +254,28 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
         Case {
             name: "from after to",
             config: Some(ok.clone()),
-            args: args(&["backfill", "--from", "2026-11-05", "--to", "2026-11-01"]),
+            args: common::args(&["backfill", "--from", "2026-11-05", "--to", "2026-11-01"]),
             creds: both,
             expect: "is not before --to",
         },
         Case {
             name: "unparseable from",
             config: Some(ok.clone()),
-            args: args(&["backfill", "--from", "last tuesday"]),
+            args: common::args(&["backfill", "--from", "last tuesday"]),
             creds: both,
             expect: "expected a date YYYY-MM-DD",
         },
         Case {
             name: "impossible date",
             config: Some(ok.clone()),
-            args: args(&["backfill", "--from", "2026-02-30"]),
+            args: common::args(&["backfill", "--from", "2026-02-30"]),
             creds: both,
             expect: "not a real calendar date",
         },
         Case {
             name: "epoch out of range",
             config: Some(ok.clone()),
-            args: args(&[
+            args: common::args(&[
                 "backfill",
                 "--from",
                 "2026-11-01",
@@ -292,7 +288,7 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
         Case {
             name: "metrics file in a directory that does not exist",
             config: Some(ok.clone()),
-            args: args(&[
+            args: common::args(&[
                 "backfill",
                 "--from",
                 "2026-11-01",
@@ -342,7 +338,7 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
         Case {
             name: "unknown instance",
             config: Some(ok.clone()),
-            args: args(&["backfill", "--from", "2026-11-01", "--instance", "ccc-zzz"]),
+            args: common::args(&["backfill", "--from", "2026-11-01", "--instance", "ccc-zzz"]),
             creds: both,
             expect: "not a configured instance",
         },
@@ -384,14 +380,14 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
         Case {
             name: "nightly with a typo",
             config: Some(with("timezone", "timezon = 1\ntimezone")),
-            args: args(&["nightly"]),
+            args: common::args(&["nightly"]),
             creds: both,
             expect: "unknown field `timezon`",
         },
         Case {
             name: "emulator fault fractions",
             config: None,
-            args: args(&["emulator", "--fail-503", "1.5"]),
+            args: common::args(&["emulator", "--fail-503", "1.5"]),
             creds: both,
             expect: "--fail-503 must be a fraction",
         },
@@ -417,7 +413,7 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
     let pool = db.pool().await;
     for case in cases {
         let work = tempfile::tempdir().unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+        let mut cmd = crate::common::ccc_etl_cmd();
         cmd.current_dir(work.path())
             .env_remove("DATABASE_URL")
             .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")

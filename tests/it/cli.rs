@@ -2,7 +2,7 @@
 //! one clear line and exit code 2.
 
 use crate::common;
-use crate::common::{DAY, H};
+use crate::common::{ConfigToml, DAY, H};
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+    let mut c = crate::common::ccc_etl_std_cmd();
     c.env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
         .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
         .env_remove("ALIBABA_CLOUD_SECURITY_TOKEN")
@@ -27,10 +27,15 @@ fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
     p
 }
 
+/// Two instances behind an endpoint nothing listens on, a relative root.
+fn base(tz: &str) -> ConfigToml {
+    ConfigToml::new("http://127.0.0.1:9", &["ccc-a", "ccc-b"])
+        .set("pipeline", "timezone", tz)
+        .parquet("wh")
+}
+
 fn base_config(tz: &str) -> String {
-    format!(
-        "[source]\nendpoint = \"http://127.0.0.1:9\"\n[pipeline]\ninstances = [\"ccc-a\", \"ccc-b\"]\ntimezone = \"{tz}\"\n[parquet]\nroot = \"wh\"\n"
-    )
+    base(tz).text()
 }
 
 fn plan_json(tz: &str, from: &str, to: &str) -> Value {
@@ -153,14 +158,35 @@ fn plan_trims_the_future_to_now() {
 
 #[test]
 fn plan_in_a_daylight_saving_zone_cuts_at_local_midnights() {
-    // New York, around the spring-forward of 2026-03-08; pick a year that is within the horizon.
-    let v = plan_json("America/New_York", "2026-10-25", "2026-11-10");
-    let s = spans(&v);
-    if s.is_empty() {
-        return assert!(!v["lost"].as_array().unwrap().is_empty());
-    }
-    // 2026-11-01 is the fall-back day (25 hours); boundaries stay on local midnights.
+    // New York from 2026-10-25 through 2026-11-10, planned as of 2026-12-04 (a fixed clock: the
+    // case stays inside the horizon whenever the test runs). 2026-11-01 is the fall-back day
+    // (25 hours); boundaries stay on local midnights.
     let ny: chrono_tz::Tz = chrono_tz::America::New_York;
+    let midnight = |d: &str| {
+        ccc_etl::plan::local_day_start(
+            ny,
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap(),
+        )
+    };
+    let mut config =
+        ccc_etl::config::Config::for_emulator("http://127.0.0.1:9", vec!["ccc-a".into()]);
+    config.pipeline.timezone = ny;
+    let (from, to) = (midnight("2026-10-25"), midnight("2026-11-11"));
+    let req = common::request(&["ccc-a"], from, to);
+    let now = "2026-12-04T12:00:00Z"
+        .parse::<DateTime<Utc>>()
+        .unwrap()
+        .timestamp_millis();
+    let plan = ccc_etl::pipeline::plan_for(&config, &req, now);
+    assert!(plan.lost.is_empty(), "{:?}", plan.lost);
+    let s: Vec<(i64, i64)> = plan
+        .windows
+        .iter()
+        .map(|w| (w.start_ms, w.end_ms))
+        .collect();
+    assert_eq!(s.first().map(|w| w.0), Some(from));
+    assert_eq!(s.last().map(|w| w.1), Some(to));
+    assert!(s.windows(2).all(|w| w[0].1 == w[1].0), "contiguous: {s:?}");
     for (a, _) in &s[1..] {
         let local = DateTime::<Utc>::from_timestamp_millis(*a)
             .unwrap()
@@ -169,6 +195,8 @@ fn plan_in_a_daylight_saving_zone_cuts_at_local_midnights() {
     }
     assert!(s.iter().all(|(a, b)| b - a <= 7 * DAY));
     assert_eq!(s.len(), 3, "17 local days need 3 windows: {s:?}");
+    // The window holding the fall-back day is an hour longer than its local days.
+    assert!(s.iter().any(|(a, b)| (b - a) % DAY == H), "{s:?}");
 }
 
 fn run_bad(config: Option<&str>, args: &[&str], with_creds: bool) -> Output {
@@ -183,7 +211,7 @@ fn run_bad(config: Option<&str>, args: &[&str], with_creds: bool) -> Output {
         c.env("ALIBABA_CLOUD_ACCESS_KEY_ID", "id")
             .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "very-secret-value");
     }
-    let out = c.args(args).output().unwrap();
+    let out = c.args(common::args(args)).output().unwrap();
     assert!(
         !dir.path().join("wh").exists(),
         "nothing written for {args:?}"
@@ -194,6 +222,7 @@ fn run_bad(config: Option<&str>, args: &[&str], with_creds: bool) -> Output {
 #[test]
 fn bad_input_gives_one_clear_line_and_exit_code_2() {
     let ok = base_config("UTC");
+    let with = |c: ConfigToml| Some(c.text());
     let cases: Vec<(Option<String>, Vec<&str>, bool, &str)> = vec![
         (
             Some("[pipeline\n".into()),
@@ -202,19 +231,19 @@ fn bad_input_gives_one_clear_line_and_exit_code_2() {
             "pipeline.toml:1:",
         ),
         (
-            Some(format!("{ok}colour = 1\n")),
+            with(base("UTC").set("parquet", "colour", 1)),
             vec!["plan", "--from", "2026-11-01"],
             true,
             "unknown field `colour`",
         ),
         (
-            Some(ok.replace("\"UTC\"", "\"Mars/Base\"")),
+            with(base("Mars/Base")),
             vec!["plan", "--from", "2026-11-01"],
             true,
             "unknown time zone",
         ),
         (
-            Some(ok.replace("[source]\n", "[source]\nmax_qps = 0\n")),
+            with(base("UTC").set("source", "max_qps", 0)),
             vec!["plan", "--from", "2026-11-01"],
             true,
             "must be > 0",
@@ -250,13 +279,13 @@ fn bad_input_gives_one_clear_line_and_exit_code_2() {
             "not a configured instance",
         ),
         (
-            Some(ok.replace("[\"ccc-a\", \"ccc-b\"]", "[]")),
+            with(base("UTC").instances(&[])),
             vec!["plan", "--from", "2026-11-01"],
             true,
             "instance list is empty",
         ),
         (
-            Some(ok.replace("http://127.0.0.1:9", "http://ccc.example.com")),
+            with(base("UTC").set("source", "endpoint", "http://ccc.example.com")),
             vec!["plan", "--from", "2026-11-01"],
             true,
             "plain HTTP",
@@ -362,21 +391,17 @@ fn the_emulator_prints_its_address_first_and_serves_until_terminated() {
 async fn an_unreachable_postgres_fails_at_start_before_any_api_request() {
     let emu = common::start(common::options(&["ccc-a"])).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[postgres]\nurl = \"postgres://postgres:pw-secret@127.0.0.1:1/nowhere\"\n",
-            emu.endpoint()
-        ),
-    );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "backfill",
-            "--from",
-            "2026-11-01",
-        ])
+    let cfg = ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set(
+            "postgres",
+            "url",
+            "postgres://postgres:pw-secret@127.0.0.1:1/nowhere",
+        )
+        .write_in(dir.path());
+    let out = crate::common::ccc_etl_cmd()
+        .arg("--config")
+        .arg(&cfg)
+        .args(common::args(&["backfill", "--from", "2026-11-01"]))
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
         .output()
@@ -410,20 +435,17 @@ async fn a_database_that_does_not_exist_is_named_as_such() {
         common::pg_server(),
         std::process::id()
     );
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[postgres]\nurl = \"{url}\"\n",
-            emu.endpoint()
-        ),
-    );
+    let cfg = ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set("postgres", "url", url.as_str())
+        .write_in(dir.path());
     for args in [&["check"][..], &["backfill", "--from", "2026-11-01"]] {
+        let args = common::args(args);
         // `check` asks the API too (its credentials line); a backfill sends nothing.
         let requests = emu.stats().await.unwrap().requests;
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        let out = crate::common::ccc_etl_cmd()
             .arg("--config")
             .arg(&cfg)
-            .args(args)
+            .args(&args)
             .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
             .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
             .output()
@@ -450,7 +472,7 @@ async fn a_database_that_does_not_exist_is_named_as_such() {
 async fn the_demo_writes_to_postgres_too_when_database_url_is_set() {
     let db = common::TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let out = crate::common::ccc_etl_cmd()
         .current_dir(dir.path())
         .args(["-q", "demo", "--days", "2"])
         .env("DATABASE_URL", &db.url)
@@ -494,7 +516,7 @@ async fn the_demo_writes_to_postgres_too_when_database_url_is_set() {
     pool.close().await;
 
     // `migrate` with only DATABASE_URL and no configuration file, as the README shows it.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let out = crate::common::ccc_etl_cmd()
         .current_dir(dir.path())
         .args(["migrate"])
         .env("DATABASE_URL", &db.url)
@@ -518,10 +540,11 @@ fn a_closed_pipe_ends_plan_and_status_quietly() {
         &["plan", "--from", "2026-06-01", "--to", "2026-11-01"][..],
         &["status"],
     ] {
+        let args = common::args(args);
         let mut child = bin()
             .arg("--config")
             .arg(&cfg)
-            .args(args)
+            .args(&args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -540,7 +563,7 @@ fn a_closed_pipe_ends_plan_and_status_quietly() {
 }
 
 async fn run_async(args: &[&str], secret: &str, db_url: &str) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    crate::common::ccc_etl_cmd()
         .args(args)
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", secret)

@@ -57,7 +57,7 @@ fn write_config(path: &Path, endpoint: &str, root: &str, qps: f64) {
 }
 
 fn backfill(config: &Path, db_url: &str, from: i64, to: i64) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+    let mut c = crate::common::ccc_etl_cmd();
     c.args([
         "-q",
         "--config",

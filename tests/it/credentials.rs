@@ -5,6 +5,7 @@
 //! root written with the chain's credentials and no AccessKey anywhere.
 
 use crate::common;
+use crate::common::{ConfigToml, config};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -15,10 +16,10 @@ use ccc_etl::ccc::emulator::{EmulatorOptions, EmulatorStats, RunningEmulator, St
 /// A `ccc-etl` process with nothing from the test's environment but what `env` gives: no
 /// AccessKey, a private HOME, no metadata service unless asked.
 async fn run(config: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+    let mut cmd = crate::common::ccc_etl_cmd();
     cmd.env_clear()
         .args(["--config", config.to_str().unwrap()])
-        .args(args)
+        .args(common::args(args))
         .env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
@@ -35,28 +36,20 @@ struct Setup {
 impl Setup {
     /// An emulator issuing credentials that live `lifetime`, and a config for a local Parquet
     /// root over `instances`.
-    async fn new(instances: &[&str], lifetime: Duration, extra_source: &str) -> Setup {
+    async fn new(instances: &[&str], lifetime: Duration, max_qps: u32) -> Setup {
         let mut opts = common::options(instances);
         opts.sts = StsOptions::new(lifetime);
-        Self::with(opts, instances, extra_source).await
+        Self::with(opts, instances, max_qps).await
     }
 
-    async fn with(opts: EmulatorOptions, instances: &[&str], extra_source: &str) -> Setup {
+    async fn with(opts: EmulatorOptions, instances: &[&str], max_qps: u32) -> Setup {
         let emu = common::start(opts).await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("pipeline.toml");
-        let list: Vec<String> = instances.iter().map(|i| format!("\"{i}\"")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "[source]\nendpoint = \"{}\"\nmax_qps = 50\n{extra_source}\n[pipeline]\n\
-                 instances = [{}]\n[parquet]\nroot = \"{}\"\n",
-                emu.endpoint(),
-                list.join(", "),
-                dir.path().join("wh").display()
-            ),
-        )
-        .unwrap();
+        ConfigToml::new(&emu.endpoint(), instances)
+            .set("source", "max_qps", max_qps)
+            .parquet(dir.path().join("wh").display())
+            .write(&config);
         Setup { dir, emu, config }
     }
 
@@ -147,7 +140,7 @@ fn ok(stats: &EmulatorStats, action: &str) -> u64 {
 
 #[tokio::test]
 async fn an_accesskey_in_the_environment_signs_and_wins_over_oidc() {
-    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), "").await;
+    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), 50).await;
     let token = s.token_file("oidc-token-one");
     let mut env = s.oidc_env(&token);
     env.extend([
@@ -169,19 +162,7 @@ async fn an_accesskey_in_the_environment_signs_and_wins_over_oidc() {
 async fn oidc_credentials_are_renewed_once_for_all_requests_and_the_rotated_token_is_read() {
     // Credentials live 3 s; the run takes several seconds (27 windows at 5 requests per second,
     // 4 in flight), so they are renewed during it.
-    let s = Setup::new(
-        &["ccc-a", "ccc-b", "ccc-c"],
-        Duration::from_secs(3),
-        "max_qps = 5\n",
-    )
-    .await;
-    std::fs::write(
-        &s.config,
-        std::fs::read_to_string(&s.config)
-            .unwrap()
-            .replace("max_qps = 50\n", ""),
-    )
-    .unwrap();
+    let s = Setup::new(&["ccc-a", "ccc-b", "ccc-c"], Duration::from_secs(3), 5).await;
     let token = s.token_file("oidc-token-one");
     let env = s.oidc_env(&token);
     let metrics = s.metrics();
@@ -259,7 +240,7 @@ async fn credentials_the_service_calls_expired_are_renewed_and_the_request_goes_
     let mut opts = common::options(&["ccc-a", "ccc-b"]);
     opts.sts = StsOptions::new(Duration::from_secs(2));
     opts.sts.expiration_skew = Duration::from_secs(60);
-    let s = Setup::with(opts, &["ccc-a", "ccc-b"], "").await;
+    let s = Setup::with(opts, &["ccc-a", "ccc-b"], 50).await;
     std::fs::write(
         &s.config,
         std::fs::read_to_string(&s.config)
@@ -300,7 +281,7 @@ async fn credentials_the_service_calls_expired_are_renewed_and_the_request_goes_
 
 #[tokio::test]
 async fn a_cli_profile_assumes_a_ram_role_with_its_accesskey() {
-    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), "").await;
+    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), 50).await;
     let role = StsOptions::new(Duration::from_secs(1)).role_arn;
     let home = s.home();
     std::fs::create_dir_all(Path::new(&home).join(".aliyun")).unwrap();
@@ -333,7 +314,7 @@ async fn a_cli_profile_assumes_a_ram_role_with_its_accesskey() {
 
 #[tokio::test]
 async fn a_credentials_file_section_is_read_and_a_missing_named_file_is_an_error() {
-    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), "").await;
+    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), 50).await;
     let file = s.dir.path().join("credentials.ini");
     std::fs::write(
         &file,
@@ -365,7 +346,7 @@ async fn a_credentials_file_section_is_read_and_a_missing_named_file_is_an_error
 
 #[tokio::test]
 async fn an_ecs_ram_role_is_discovered_through_the_metadata_service_with_an_imdsv2_token() {
-    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), "").await;
+    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), 50).await;
     let env = vec![
         ("HOME", s.home()),
         ("CCC_ETL_ECS_METADATA_URL", s.emu.endpoint()),
@@ -382,7 +363,7 @@ async fn an_ecs_ram_role_is_discovered_through_the_metadata_service_with_an_imds
 
 #[tokio::test]
 async fn a_credentials_uri_is_used_after_an_unreachable_metadata_service() {
-    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), "").await;
+    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), 50).await;
     // Nothing listens on the metadata URL: this is not an ECS instance, so the chain moves on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_url = format!("http://{}", closed.local_addr().unwrap());
@@ -402,7 +383,7 @@ async fn a_credentials_uri_is_used_after_an_unreachable_metadata_service() {
 
 #[tokio::test]
 async fn partly_configured_providers_are_one_clear_line_and_exit_2() {
-    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), "").await;
+    let s = Setup::new(&["ccc-a"], Duration::from_secs(3600), 50).await;
     let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
         (
             vec![("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/r".into())],
@@ -454,19 +435,22 @@ async fn instances_in_two_regions_go_to_their_own_endpoints_each_within_its_own_
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pipeline.toml");
     let qps = 4.0;
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nregion = \"cn-shanghai\"\nmax_qps = {qps}\n[source.endpoints]\n\
-             \"cn-shanghai\" = \"{}\"\n\"ap-southeast-1\" = \"{}\"\n[pipeline]\n\
-             instances = [\"ccc-sh\", {{ id = \"ccc-sg\", region = \"ap-southeast-1\" }}]\n\
-             [parquet]\nroot = \"{}\"\n",
-            shanghai.endpoint(),
-            singapore.endpoint(),
-            dir.path().join("wh").display()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&shanghai.endpoint(), &[])
+        .unset("source", "endpoint")
+        .set("source", "region", "cn-shanghai")
+        .set("source", "max_qps", qps)
+        .set("source.endpoints", "cn-shanghai", shanghai.endpoint())
+        .set("source.endpoints", "ap-southeast-1", singapore.endpoint())
+        .set(
+            "pipeline",
+            "instances",
+            vec![
+                "ccc-sh".into(),
+                config::instance_in("ccc-sg", "ap-southeast-1"),
+            ],
+        )
+        .parquet(dir.path().join("wh").display())
+        .write(&config);
     let env = vec![
         ("HOME", dir.path().to_str().unwrap().to_string()),
         ("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID.into()),
@@ -515,17 +499,13 @@ async fn an_oss_root_is_written_with_the_chains_credentials_and_no_accesskey_any
     let emu = common::start(opts).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nendpoint = \"{}\"\nmax_qps = 50\n[pipeline]\ninstances = [\"ccc-a\"]\n\
-             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"oss://{bucket}/wh\"\n\
-             region = \"cn-hangzhou\"\nendpoint = \"{}\"\n",
-            emu.endpoint(),
-            s3.endpoint
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set("source", "max_qps", 50)
+        .postgres()
+        .parquet(format!("oss://{bucket}/wh"))
+        .set("parquet", "region", "cn-hangzhou")
+        .set("parquet", "endpoint", s3.endpoint.as_str())
+        .write(&config);
     let token = dir.path().join("token");
     std::fs::write(&token, "oidc-token-one").unwrap();
     let sts = StsOptions::new(Duration::from_secs(1));
@@ -561,7 +541,9 @@ async fn an_oss_root_is_written_with_the_chains_credentials_and_no_accesskey_any
          print('\\n'.join(o['Key'] for o in c.list_objects_v2(Bucket=os.environ['BUCKET'])['Contents']))",
     );
     assert!(
-        listed.contains("wh/inbound_trend/dt=2026-11-20/part-00000.parquet"),
+        listed.contains(&common::shifted(
+            "wh/inbound_trend/dt=2026-11-20/part-00000.parquet"
+        )),
         "{listed}"
     );
     db.drop_db().await;
@@ -570,14 +552,7 @@ async fn an_oss_root_is_written_with_the_chains_credentials_and_no_accesskey_any
 #[tokio::test]
 async fn an_oidc_token_file_that_vanishes_mid_run_stops_the_run_once() {
     // Credentials live 2 s; the run takes longer (27 windows at 3 requests per second).
-    let s = Setup::new(&["ccc-a", "ccc-b", "ccc-c"], Duration::from_secs(2), "").await;
-    std::fs::write(
-        &s.config,
-        std::fs::read_to_string(&s.config)
-            .unwrap()
-            .replace("max_qps = 50\n", "max_qps = 3\n"),
-    )
-    .unwrap();
+    let s = Setup::new(&["ccc-a", "ccc-b", "ccc-c"], Duration::from_secs(2), 3).await;
     let token = s.token_file("oidc-token-one");
     let env = s.oidc_env(&token);
     let metrics = s.metrics();

@@ -137,7 +137,7 @@ impl Run<'_> {
     }
 
     async fn backfill(&self, config: &Path, db_url: Option<&str>) -> Output {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+        let mut c = crate::common::ccc_etl_cmd();
         c.args(["--config", config.to_str().unwrap(), "backfill"])
             .args([
                 "--from",

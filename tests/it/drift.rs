@@ -7,26 +7,28 @@ use crate::common;
 use std::path::Path;
 use std::process::Output;
 
-use crate::common::{metric, output_text};
+use crate::common::{ConfigToml, metric, output_text};
 use ccc_etl::ccc::emulator::{DriftOptions, RunningEmulator};
 
 async fn backfill(emu: &RunningEmulator, dir: &Path) -> (Output, String) {
     let cfg = dir.join("pipeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\nmax_qps = 200\nmax_attempts = 2\nbackoff_base_ms = 5\n\
-             [pipeline]\ninstances = [\"ccc-a\", \"ccc-b\"]\n[parquet]\nroot = \"{}\"\n",
-            emu.endpoint(),
-            dir.join("wh").display()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a", "ccc-b"])
+        .set("source", "max_qps", 200)
+        .set("source", "max_attempts", 2)
+        .set("source", "backoff_base_ms", 5)
+        .parquet(dir.join("wh").display())
+        .write(&cfg);
     let metrics = dir.join("m.prom");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let out = crate::common::ccc_etl_cmd()
         .arg("--config")
         .arg(&cfg)
-        .args(["backfill", "--from", "2026-10-01", "--to", "2026-10-31"])
+        .args(common::args(&[
+            "backfill",
+            "--from",
+            "2026-10-01",
+            "--to",
+            "2026-10-31",
+        ]))
         .arg("--metrics-file")
         .arg(&metrics)
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
@@ -102,7 +104,7 @@ async fn new_fields_and_arrays_are_named_in_the_summary_the_metrics_and_one_warn
         0.0
     );
     // `status` names them, from the runs the ledger recorded.
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let status = crate::common::ccc_etl_cmd()
         .arg("--config")
         .arg(dir.path().join("pipeline.toml"))
         .arg("status")
@@ -133,20 +135,15 @@ async fn status_names_the_new_fields_from_the_runs_in_postgresql() {
     let db = common::TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\nmax_qps = 200\n[pipeline]\ninstances = [\"ccc-a\"]\n\
-             [postgres]\nschema = \"ccc\"\n",
-            emu.endpoint()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set("source", "max_qps", 200)
+        .postgres()
+        .write(&cfg);
     let run = |args: &'static [&'static str]| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        crate::common::ccc_etl_cmd()
             .arg("--config")
             .arg(&cfg)
-            .args(args)
+            .args(common::args(args))
             .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
             .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
             .env("DATABASE_URL", &db.url)
@@ -235,23 +232,19 @@ async fn a_known_field_whose_type_changes_fails_its_windows_naming_it_and_writes
 /// A config over PostgreSQL (`db_url` given to the process) and a local Parquet root.
 fn both_sinks(dir: &Path, endpoint: &str) -> std::path::PathBuf {
     let cfg = dir.join(format!("both-{}.toml", uuid::Uuid::new_v4().simple()));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{endpoint}\"\nmax_qps = 200\n[pipeline]\ninstances = [\"ccc-a\"]\n\
-             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"{}\"\n",
-            dir.join("wh").display()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(endpoint, &["ccc-a"])
+        .set("source", "max_qps", 200)
+        .postgres()
+        .parquet(dir.join("wh").display())
+        .write(&cfg);
     cfg
 }
 
 async fn ccc_etl(cfg: &Path, db_url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    crate::common::ccc_etl_cmd()
         .arg("--config")
         .arg(cfg)
-        .args(args)
+        .args(common::args(args))
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
         .env("DATABASE_URL", db_url)
@@ -377,9 +370,9 @@ async fn files_written_before_the_extra_column_read_together_with_new_ones() {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     // An older day file, as ccc-etl wrote them before the column existed: same columns but
     // `extra`, same rows.
-    let day = dir
-        .path()
-        .join("wh/inbound_trend/dt=2026-10-05/part-00000.parquet");
+    let day = dir.path().join(common::shifted(
+        "wh/inbound_trend/dt=2026-10-05/part-00000.parquet",
+    ));
     let rows = read_file(&day, Table::Inbound).unwrap();
     let old_schema = {
         let s = schema(Table::Inbound);
@@ -402,9 +395,9 @@ async fn files_written_before_the_extra_column_read_together_with_new_ones() {
     let old = full
         .project(&(0..old_schema.fields().len()).collect::<Vec<_>>())
         .unwrap();
-    let old_path = dir
-        .path()
-        .join("wh/inbound_trend/dt=2026-10-05/part-00000.parquet");
+    let old_path = dir.path().join(common::shifted(
+        "wh/inbound_trend/dt=2026-10-05/part-00000.parquet",
+    ));
     {
         let f = std::fs::File::create(&old_path).unwrap();
         let mut w = parquet::arrow::ArrowWriter::try_new(f, old_schema, None).unwrap();
@@ -419,11 +412,11 @@ async fn files_written_before_the_extra_column_read_together_with_new_ones() {
     );
     // DuckDB reads old and new files together (`union_by_name`), as the README's query does.
     let python = common::duckdb_python();
-    let q = format!(
+    let q = common::shifted(&format!(
         "SELECT count(*), count(extra), count(*) FILTER (WHERE dt = '2026-10-05' AND extra IS NULL) \
          FROM read_parquet('{}/wh/inbound_trend/*/*.parquet', hive_partitioning = true, union_by_name = true)",
         dir.path().display()
-    );
+    ));
     let out = std::process::Command::new(python)
         .args([
             "-c",

@@ -134,8 +134,7 @@ async fn an_untrusted_tls_certificate_stops_the_run_at_once_naming_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let out = backfill_binary(
         dir.path(),
-        &format!("endpoint = \"https://localhost:{port}\""),
-        "[\"ccc-a\"]",
+        ConfigToml::new(&format!("https://localhost:{port}"), &["ccc-a"]),
         "2026-11-20",
         "2026-11-21",
     )
@@ -165,22 +164,21 @@ async fn a_network_that_is_down_exits_1_and_a_held_root_exits_5_neither_is_bad_i
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("wh");
     let write = |endpoint: &str| {
-        let cfg = dir.path().join("pipeline.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[source]\nendpoint = \"{endpoint}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[parquet]\nroot = \"{}\"\n",
-                root.display()
-            ),
-        )
-        .unwrap();
-        cfg
+        ConfigToml::new(endpoint, &["ccc-a"])
+            .parquet(root.display())
+            .write_in(dir.path())
     };
     let run = |cfg: std::path::PathBuf| async move {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        crate::common::ccc_etl_cmd()
             .arg("--config")
             .arg(&cfg)
-            .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
+            .args(common::args(&[
+                "backfill",
+                "--from",
+                "2026-11-20",
+                "--to",
+                "2026-11-21",
+            ]))
             .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
             .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
             .env("NO_COLOR", "1")
@@ -216,8 +214,7 @@ async fn an_instance_the_service_does_not_know_is_named_stops_being_fetched_and_
     let dir = tempfile::tempdir().unwrap();
     let out = backfill_binary(
         dir.path(),
-        &format!("endpoint = \"{}\"\nconcurrency = 1", emu.endpoint()),
-        "[\"ccc-a\", \"ccc-typo\"]",
+        ConfigToml::new(&emu.endpoint(), &["ccc-a", "ccc-typo"]).set("source", "concurrency", 1),
         "2026-11-01",
         "2026-11-14",
     )
@@ -244,44 +241,27 @@ async fn an_instance_the_service_does_not_know_is_named_stops_being_fetched_and_
     );
 }
 
-/// Writes a config with `source` and `instances` lines under `dir`, and runs a backfill of
-/// `[from, to]` with the test credentials.
+/// Runs `ccc-etl backfill --from FROM --to TO` with `config` and a Parquet root in `dir`.
 async fn backfill_binary(
     dir: &std::path::Path,
-    source: &str,
-    instances: &str,
+    config: ConfigToml,
     from: &str,
     to: &str,
 ) -> std::process::Output {
-    backfill_binary_with(
-        dir,
-        source,
-        instances,
-        &["backfill", "--from", from, "--to", to],
-    )
-    .await
+    backfill_binary_with(dir, config, &["backfill", "--from", from, "--to", to]).await
 }
 
 /// [`backfill_binary`] with the command line's arguments after `--config FILE`.
 async fn backfill_binary_with(
     dir: &std::path::Path,
-    source: &str,
-    instances: &str,
+    config: ConfigToml,
     args: &[&str],
 ) -> std::process::Output {
-    let cfg = dir.join("pipeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\n{source}\n[pipeline]\ninstances = {instances}\n[parquet]\nroot = \"{}\"\n",
-            dir.join("wh").display()
-        ),
-    )
-    .unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let cfg = config.parquet(dir.join("wh").display()).write_in(dir);
+    crate::common::ccc_etl_cmd()
         .arg("--config")
         .arg(&cfg)
-        .args(args)
+        .args(common::args(args))
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
         .env("NO_COLOR", "1")
@@ -303,20 +283,22 @@ async fn sigterm_stops_taking_windows_writes_what_is_held_and_the_next_run_compl
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("wh");
     let cfg = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\nconcurrency = 1\n[pipeline]\ninstances = [\"ccc-a\"]\ntimezone = \"UTC\"\n[parquet]\nroot = \"{}\"\n",
-            emu.endpoint(),
-            root.display()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set("source", "concurrency", 1)
+        .set("pipeline", "timezone", "UTC")
+        .parquet(root.display())
+        .write(&cfg);
     let backfill = || {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+        let mut c = crate::common::ccc_etl_cmd();
         c.arg("--config")
             .arg(&cfg)
-            .args(["backfill", "--from", "2026-10-01", "--to", "2026-11-19"])
+            .args(common::args(&[
+                "backfill",
+                "--from",
+                "2026-10-01",
+                "--to",
+                "2026-11-19",
+            ]))
             .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
             .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
             .env("NO_COLOR", "1")
@@ -388,8 +370,7 @@ async fn an_unresolvable_host_is_a_clear_error_not_a_retry_loop() {
     let dir = tempfile::tempdir().unwrap();
     let out = backfill_binary(
         dir.path(),
-        "endpoint = \"https://ccc.no-such-host.invalid\"",
-        "[\"ccc-a\"]",
+        ConfigToml::new("https://ccc.no-such-host.invalid", &["ccc-a"]),
         "2026-11-20",
         "2026-11-21",
     )
@@ -423,17 +404,17 @@ async fn connections_reset_cut_stalled_or_never_answered_are_retried_and_nothing
     }
     let proxy = FaultProxy::start(emu.addr, schedule).await;
     let source = |endpoint: &str| {
-        format!(
-            "endpoint = \"{endpoint}\"\nmax_qps = 200\ntimeout_secs = 1\nmax_attempts = 8\n\
-             backoff_base_ms = 10\nbackoff_max_ms = 100"
-        )
+        ConfigToml::new(endpoint, &["ccc-a", "ccc-b", "ccc-c"])
+            .set("source", "max_qps", 200)
+            .set("source", "timeout_secs", 1)
+            .set("source", "max_attempts", 8)
+            .set("source", "backoff_base_ms", 10)
+            .set("source", "backoff_max_ms", 100)
     };
-    let instances = "[\"ccc-a\", \"ccc-b\", \"ccc-c\"]";
     let (direct, faulty) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let out = backfill_binary(
         direct.path(),
-        &source(&emu.endpoint()),
-        instances,
+        source(&emu.endpoint()),
         "2026-09-01",
         "2026-10-31",
     )
@@ -442,8 +423,7 @@ async fn connections_reset_cut_stalled_or_never_answered_are_retried_and_nothing
     let metrics = faulty.path().join("m.prom");
     let out = backfill_binary_with(
         faulty.path(),
-        &source(&proxy.endpoint()),
-        instances,
+        source(&proxy.endpoint()),
         &[
             "backfill",
             "--from",

@@ -326,7 +326,7 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
     )
     .unwrap();
     let metrics = dir.path().join("ccc_etl.prom");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let out = crate::common::ccc_etl_cmd()
         .args([
             "--log-format",
             "json",
@@ -417,7 +417,7 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
         before.replace(&emu.endpoint(), "http://127.0.0.1:9"),
     )
     .unwrap();
-    let down = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let down = crate::common::ccc_etl_cmd()
         .args([
             "--log-format",
             "json",

@@ -59,7 +59,7 @@ fn day_arg(ms: i64) -> String {
 
 /// A `ccc-etl` process against the emulator, with the S3 server's environment.
 fn ccc_etl(s3: &S3Server, config: &Path, db_url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    crate::common::ccc_etl_std_cmd()
         .arg("--config")
         .arg(config)
         .args(args)
@@ -596,7 +596,7 @@ async fn the_demo_and_check_work_against_a_bucket() {
     let db = common::TestDb::create().await;
     let bucket = s3.bucket().await;
     let dir = tempfile::tempdir().unwrap();
-    let demo = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let demo = crate::common::ccc_etl_std_cmd()
         .current_dir(dir.path())
         .args(["-q", "demo", "--days", "2", "--parquet-root"])
         .arg(format!("s3://{bucket}/demo"))
@@ -625,7 +625,7 @@ async fn the_demo_and_check_work_against_a_bucket() {
     pool.close().await;
 
     // Without DATABASE_URL a bucket is refused: its ledger needs PostgreSQL.
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let refused = crate::common::ccc_etl_std_cmd()
         .current_dir(dir.path())
         .args(["-q", "demo", "--days", "2", "--parquet-root"])
         .arg(format!("s3://{bucket}/demo2"))

@@ -58,7 +58,7 @@ impl Site {
     }
 
     async fn run(&self, config: &Path, args: &[&str]) -> Output {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        crate::common::ccc_etl_cmd()
             .arg("--config")
             .arg(config)
             .args(args)

@@ -84,7 +84,7 @@ impl Job {
     }
 
     fn backfill(&self, config: &Path, db_url: &str) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+        let mut c = crate::common::ccc_etl_cmd();
         c.args(["--config", config.to_str().unwrap(), "backfill"])
             .args([
                 "--from",
@@ -290,7 +290,7 @@ async fn a_statement_timeout_behind_a_lock_fails_windows_as_retryable_and_the_ne
     let url = job.cluster.create_db("job").await;
     // The schema exists; the database times statements out at 300 ms, and an operator's
     // transaction holds a table.
-    let migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let migrate = crate::common::ccc_etl_cmd()
         .args([
             "--config",
             job.config("job", 200.0).to_str().unwrap(),

@@ -156,7 +156,7 @@ async fn the_readme_walk_runs_every_command_it_can_run_here() {
             })
             .collect();
         let demo = args.first().is_some_and(|a| a == "demo");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+        let mut cmd = crate::common::ccc_etl_cmd();
         if demo {
             cmd.current_dir(&demo_dir).args(["-q"]);
         } else {
@@ -207,7 +207,7 @@ fn the_documented_configuration_error_is_the_real_one() {
         shipped.replace("\nmax_qps = 5.0 ", "\nmax_qps = 0   "),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let out = crate::common::ccc_etl_std_cmd()
         .current_dir(dir.path())
         .args(["plan", "--from", "2026-11-01"])
         .env("NO_COLOR", "1")
@@ -271,7 +271,7 @@ fn the_documented_duckdb_query_runs_on_what_the_demo_writes() {
         .expect("the README shows a DuckDB query");
     let python = common::duckdb_python();
     let dir = tempfile::tempdir().unwrap();
-    let demo = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let demo = crate::common::ccc_etl_std_cmd()
         .current_dir(dir.path())
         .args(["-q", "demo", "--days", "3"])
         .env_remove("DATABASE_URL")

@@ -78,7 +78,7 @@ async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
         let metrics = metrics.clone();
         let db_url = db_url.clone();
         async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+            crate::common::ccc_etl_cmd()
                 .args([
                     "-vv",
                     "--log-format",
@@ -251,7 +251,7 @@ async fn a_keyless_job_shows_no_oidc_token_and_no_issued_credential_anywhere() {
     let metrics = dir.path().join("m.prom");
     let run = |oidc_token: &'static str| {
         std::fs::write(&token, oidc_token).unwrap();
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+        crate::common::ccc_etl_cmd()
             .env_clear()
             .args(["-vv", "--config", cfg.to_str().unwrap(), "backfill"])
             .args(["--from", "2026-07-01", "--to", "2026-10-31"])

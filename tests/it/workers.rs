@@ -64,7 +64,7 @@ fn worker(
     to: i64,
     flags: &[&str],
 ) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+    let mut c = crate::common::ccc_etl_cmd();
     c.args(flags)
         .arg("--config")
         .arg(config)
@@ -391,7 +391,7 @@ async fn a_killed_workers_windows_are_taken_over_within_the_lease_and_a_heartbea
         .unwrap();
     assert_eq!(held, 0, "no lease left behind by the survivors");
     // `status` shows the dead worker as gone and the two others as stopped.
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let status = crate::common::ccc_etl_std_cmd()
         .arg("--config")
         .arg(&cfg)
         .arg("status")
@@ -801,7 +801,7 @@ fn signal(pid: u32, sig: libc::c_int) {
 
 /// Runs a command of the binary with `config`, as the job's workers do; its exit code and output.
 async fn ccc(config: &Path, db_url: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let out = crate::common::ccc_etl_cmd()
         .arg("--config")
         .arg(config)
         .args(args)

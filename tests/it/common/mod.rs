@@ -97,6 +97,43 @@ pub fn request(instances: &[&str], from: i64, to: i64) -> ccc_etl::pipeline::Bac
     )
 }
 
+/// The day the dated tests describe: their dates are written as of this day, and
+/// [`shifted`] moves them by as many days as have passed since, so a test means today what it
+/// meant then (its ranges stay as far inside the 180-day horizon) however long ago that was.
+pub const WRITTEN_ON: (i32, u32, u32) = (2026, 12, 4);
+
+/// `text` with every `YYYY-MM-DD` in it moved forward by the days since [`WRITTEN_ON`] (UTC).
+pub fn shifted(text: &str) -> String {
+    static DATE: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\b(\d{4})-(\d{2})-(\d{2})\b").unwrap());
+    let (y, m, d) = WRITTEN_ON;
+    let written = chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+    let days = chrono::Utc::now().date_naive() - written;
+    DATE.replace_all(
+        text,
+        |c: &regex::Captures<'_>| match chrono::NaiveDate::parse_from_str(&c[0], "%Y-%m-%d") {
+            Ok(date) => (date + days).format("%Y-%m-%d").to_string(),
+            Err(_) => c[0].to_string(),
+        },
+    )
+    .into_owned()
+}
+
+/// Command-line arguments with their dates [`shifted`].
+pub fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| shifted(s)).collect()
+}
+
+/// The `ccc-etl` binary under test, as a tokio command.
+pub fn ccc_etl_cmd() -> tokio::process::Command {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+}
+
+/// The `ccc-etl` binary under test, as a blocking command.
+pub fn ccc_etl_std_cmd() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+}
+
 /// Sends SIGTERM to a process, as Kubernetes and systemd do to stop one.
 pub fn send_sigterm(pid: u32) {
     std::process::Command::new("kill")
@@ -197,6 +234,8 @@ impl Drop for TestDb {
     }
 }
 pub mod cluster;
+pub mod config;
+pub use config::ConfigToml;
 pub mod proxy;
 pub mod s3;
 pub mod sinks;
