@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::common::*;
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::config::{ParquetConfig, SignatureVersion};
-use ccc_etl::credentials::Credentials;
+
 use ccc_etl::ledger::{FileLedger, MemoryLedger};
 use ccc_etl::record::{MediaType, Table};
 use ccc_etl::sink::memory::MemorySink;
@@ -302,7 +302,6 @@ async fn wrong_credentials_stop_the_run_at_once_with_one_clear_message() {
         summary.requests
     );
     assert!(sink.snapshot().commits.is_empty());
-    let _ = Credentials::new("x", "y", None);
 }
 
 #[tokio::test]

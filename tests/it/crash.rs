@@ -46,14 +46,12 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn write_config(path: &Path, endpoint: &str, root: &str, qps: f64) {
-    std::fs::write(
-        path,
-        format!(
-            "[source]\nendpoint = \"{endpoint}\"\nmax_qps = {qps:.1}\nconcurrency = 4\n\
-             [pipeline]\ninstances = [\"ccc-a\", \"ccc-b\", \"ccc-c\"]\n[postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"{root}\"\n"
-        ),
-    )
-    .unwrap();
+    crate::common::ConfigToml::new(endpoint, &["ccc-a", "ccc-b", "ccc-c"])
+        .set("source", "max_qps", qps)
+        .set("source", "concurrency", 4)
+        .postgres()
+        .parquet(root)
+        .write(path);
 }
 
 fn backfill(config: &Path, db_url: &str, from: i64, to: i64) -> tokio::process::Command {

@@ -5,6 +5,7 @@
 //! the ledger in PostgreSQL and with the file ledger (whose own writes hit the full disk too).
 
 use crate::common;
+use crate::common::ConfigToml;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -117,22 +118,11 @@ struct Run<'a> {
 impl Run<'_> {
     fn config(&self, dir: &Path, root: &Path, postgres: bool) -> PathBuf {
         let path = dir.join(format!("pipeline-{}.toml", uuid::Uuid::new_v4().simple()));
-        std::fs::write(
-            &path,
-            format!(
-                "[source]\nendpoint = \"{}\"\nmax_qps = 200\n[pipeline]\n\
-                 instances = [\"ccc-a\", \"ccc-b\", \"ccc-c\"]\n{}[parquet]\nroot = \"{}\"\n\
-                 buffer_rows = 2000\n",
-                self.endpoint,
-                if postgres {
-                    "[postgres]\nschema = \"ccc\"\n"
-                } else {
-                    ""
-                },
-                root.display()
-            ),
-        )
-        .unwrap();
+        let toml = ConfigToml::new(self.endpoint, &["ccc-a", "ccc-b", "ccc-c"])
+            .set("source", "max_qps", 200)
+            .parquet(root.display())
+            .set("parquet", "buffer_rows", 2000);
+        if postgres { toml.postgres() } else { toml }.write(&path);
         path
     }
 

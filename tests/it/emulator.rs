@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::common::*;
-use ccc_etl::ccc::client::{TrendingRequest, sign_v1_url, sign_v3_request};
+use ccc_etl::ccc::client::{TrendingRequest, sign_v1_url};
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::ccc::error::{ApiError, ErrorClass};
 use ccc_etl::config::SignatureVersion;
@@ -378,7 +378,6 @@ async fn sts_tokens_are_required_when_the_key_is_temporary_and_sent_by_both_vers
             "{version:?}"
         );
     }
-    let _ = sign_v3_request; // both signers are exercised through the client above
 }
 
 fn faulty(faults: Faults) -> ccc_etl::ccc::emulator::EmulatorOptions {

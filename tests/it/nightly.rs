@@ -320,14 +320,12 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
     let emu = start(options(&["ccc-a"])).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &cfg_path,
-        format!("[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[parquet]\nroot = \"{}\"\n", emu.endpoint(), dir.path().join("wh").display()),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .parquet(dir.path().join("wh").display())
+        .write(&cfg_path);
     let metrics = dir.path().join("ccc_etl.prom");
     let out = crate::common::ccc_etl_cmd()
-        .args([
+        .args(crate::common::args(&[
             "--log-format",
             "json",
             "--config",
@@ -337,7 +335,7 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
             "2026-11-20",
             "--to",
             "2026-11-22",
-        ])
+        ]))
         .arg("--metrics-file")
         .arg(&metrics)
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
@@ -418,7 +416,7 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
     )
     .unwrap();
     let down = crate::common::ccc_etl_cmd()
-        .args([
+        .args(crate::common::args(&[
             "--log-format",
             "json",
             "--config",
@@ -426,7 +424,7 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
             "backfill",
             "--from",
             "2026-11-20",
-        ])
+        ]))
         .arg("--metrics-file")
         .arg(&metrics)
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)

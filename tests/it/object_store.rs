@@ -5,6 +5,7 @@
 //! the root and never a secret.
 
 use crate::common;
+use crate::common::ConfigToml;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -62,7 +63,7 @@ fn ccc_etl(s3: &S3Server, config: &Path, db_url: &str, args: &[&str]) -> std::pr
     crate::common::ccc_etl_std_cmd()
         .arg("--config")
         .arg(config)
-        .args(args)
+        .args(common::args(args))
         .envs(s3.env())
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
@@ -108,26 +109,12 @@ async fn a_backfill_into_s3_equals_the_same_backfill_into_a_local_root_file_for_
     let (from, to) = (day_arg(today - 9 * DAY), day_arg(today - DAY));
     let local_root = dir.path().join("local");
     let local_cfg = dir.path().join("local.toml");
-    std::fs::write(
-        &local_cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\", \"ccc-b\"]\n\
-             [parquet]\nroot = \"{}\"\n",
-            emu.endpoint(),
-            local_root.display()
-        ),
-    )
-    .unwrap();
+    let two = ConfigToml::new(&emu.endpoint(), &["ccc-a", "ccc-b"]);
+    two.clone().parquet(local_root.display()).write(&local_cfg);
     let s3_cfg = dir.path().join("s3.toml");
-    std::fs::write(
-        &s3_cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\", \"ccc-b\"]\n\
-             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://{bucket}/warehouse\"\n",
-            emu.endpoint()
-        ),
-    )
-    .unwrap();
+    two.postgres()
+        .parquet(format!("s3://{bucket}/warehouse"))
+        .write(&s3_cfg);
     let backfill = ["backfill", "--from", from.as_str(), "--to", to.as_str()];
     let local = ccc_etl(s3, &local_cfg, &db.url, &backfill);
     assert!(local.status.success(), "{}", text(&local));
@@ -492,23 +479,22 @@ async fn oss_mode_and_multipart_uploads_write_the_same_files_and_leave_no_parts(
     let mut roots = vec![];
     for (name, root, extra) in [
         // OSS's S3 API on the same server, path-style: no conditional writes, the day lock.
-        ("oss", "oss", "region = \"cn-hangzhou\"\n"),
+        ("oss", "oss", ("region", toml::Value::from("cn-hangzhou"))),
         // Every file uploaded in parts.
-        ("multipart", "s3", "multipart_threshold_mib = 0\n"),
+        (
+            "multipart",
+            "s3",
+            ("multipart_threshold_mib", toml::Value::from(0)),
+        ),
     ] {
         let bucket = s3.bucket().await;
         let cfg = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n\
-                 [postgres]\nschema = \"{name}\"\n[parquet]\nroot = \"{root}://{bucket}/warehouse\"\n\
-                 endpoint = \"{}\"\n{extra}",
-                emu.endpoint(),
-                s3.endpoint
-            ),
-        )
-        .unwrap();
+        ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+            .set("postgres", "schema", name)
+            .parquet(format!("{root}://{bucket}/warehouse"))
+            .set("parquet", "endpoint", s3.endpoint.as_str())
+            .set("parquet", extra.0, extra.1)
+            .write(&cfg);
         let out = ccc_etl(s3, &cfg, &db.url, &backfill);
         assert!(out.status.success(), "{name}: {}", text(&out));
         let verify = ccc_etl(s3, &cfg, &db.url, &["verify"]);
@@ -555,15 +541,10 @@ async fn store_errors_name_the_root_and_never_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("p.toml");
     let write = |bucket: &str| {
-        std::fs::write(
-            &cfg,
-            format!(
-                "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n\
-                 [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://{bucket}/wh\"\n",
-                emu.endpoint()
-            ),
-        )
-        .unwrap();
+        ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+            .postgres()
+            .parquet(format!("s3://{bucket}/wh"))
+            .write(&cfg);
     };
     let today = Utc::now().timestamp_millis() / DAY * DAY;
     let (from, to) = (day_arg(today - 2 * DAY), day_arg(today - DAY));
@@ -643,15 +624,10 @@ async fn the_demo_and_check_work_against_a_bucket() {
     // `check` probes the bucket with a write and a delete.
     let emu = common::start(common::options(&["ccc-a"])).await;
     let cfg = dir.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n\
-             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://{bucket}/checked\"\n",
-            emu.endpoint()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .postgres()
+        .parquet(format!("s3://{bucket}/checked"))
+        .write(&cfg);
     let check = ccc_etl(s3, &cfg, &db.url, &["check"]);
     assert!(check.status.success(), "{}", text(&check));
     assert!(
@@ -683,16 +659,12 @@ async fn a_store_that_never_answers_fails_the_run_at_start_within_its_timeout() 
     });
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\n[pipeline]\ninstances = [\"ccc-a\"]\n\
-             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://silent/wh\"\n\
-             endpoint = \"http://{addr}\"\ntimeout_secs = 2\n",
-            emu.endpoint()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .postgres()
+        .parquet("s3://silent/wh")
+        .set("parquet", "endpoint", format!("http://{addr}"))
+        .set("parquet", "timeout_secs", 2)
+        .write(&cfg);
     let started = std::time::Instant::now();
     let out = ccc_etl(
         s3,

@@ -40,20 +40,11 @@ impl Site {
     /// A config file with both sinks (`postgres: false` for Parquet alone).
     fn config(&self, name: &str, root: &str, tz: &str, postgres: bool) -> PathBuf {
         let p = self.dir.path().join(name);
-        let pg = if postgres {
-            "[postgres]\nschema = \"ccc\"\n"
-        } else {
-            ""
-        };
-        std::fs::write(
-            &p,
-            format!(
-                "[source]\nendpoint = \"{}\"\nmax_qps = 500\n[pipeline]\ninstances = [\"ccc-a\"]\ntimezone = \"{tz}\"\n{pg}[parquet]\nroot = \"{}\"\n",
-                self.emu.endpoint(),
-                self.root(root).display()
-            ),
-        )
-        .unwrap();
+        let toml = ConfigToml::new(&self.emu.endpoint(), &["ccc-a"])
+            .set("source", "max_qps", 500)
+            .set("pipeline", "timezone", tz)
+            .parquet(self.root(root).display());
+        if postgres { toml.postgres() } else { toml }.write(&p);
         p
     }
 
@@ -61,7 +52,7 @@ impl Site {
         crate::common::ccc_etl_cmd()
             .arg("--config")
             .arg(config)
-            .args(args)
+            .args(crate::common::args(args))
             .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
             .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
             .env_remove("ALIBABA_CLOUD_SECURITY_TOKEN")
@@ -110,8 +101,9 @@ fn parquet_rows(root: &Path) -> Vec<(Table, String, i64, Vec<i64>)> {
     out
 }
 
+/// A day as the tests write it, [`shifted`] to today's.
 fn day(s: &str) -> NaiveDate {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    NaiveDate::parse_from_str(&shifted(s), "%Y-%m-%d").unwrap()
 }
 
 /// A week of November; `status` then exits 4: the older part of the horizon is not covered and
@@ -133,7 +125,7 @@ async fn a_wiped_root_a_deleted_day_file_and_a_second_root_are_all_refilled() {
     std::fs::remove_file(layout.day_file(Table::Inbound, day("2026-11-03"))).unwrap();
     let status = site.run_ok(&cfg, &["status"], 4).await;
     assert!(
-        status.contains("NOT COVERED") && status.contains("dt=2026-11-03"),
+        status.contains("NOT COVERED") && status.contains(&shifted("dt=2026-11-03")),
         "status tells the day is missing: {status}"
     );
     let out = site.run_ok(&cfg, &WEEK, 0).await;
@@ -208,13 +200,13 @@ async fn a_damaged_day_file_is_a_finding_for_status_and_verify_and_the_next_run_
     let gaps = report["series"][0]["recoverable_gaps"].as_array().unwrap();
     assert!(
         gaps.iter()
-            .any(|g| g["start"] == "2026-11-04T00:00:00+08:00"),
+            .any(|g| g["start"] == shifted("2026-11-04T00:00:00+08:00")),
         "the local day 2026-11-04 is a gap: {status}"
     );
     // verify lists it and exits 4.
     let out = site.run_ok(&cfg, &["verify"], 4).await;
     assert!(
-        out.contains("DAMAGED") && out.contains("dt=2026-11-04"),
+        out.contains("DAMAGED") && out.contains(&shifted("dt=2026-11-04")),
         "{out}"
     );
 
@@ -401,9 +393,9 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
     let rows = site.pg_rows().await;
     // Rows lost from PostgreSQL behind ccc-etl's back: the ledger still says "committed".
     let pool = site.db.pool().await;
-    let deleted = sqlx::query(
+    let deleted = sqlx::query(&shifted(
         "DELETE FROM ccc.outbound_trend WHERE stats_time >= '2026-11-05T00:00:00+08' AND stats_time < '2026-11-05T06:00:00+08'",
-    )
+    ))
     .execute(&pool)
     .await
     .unwrap()
@@ -416,7 +408,10 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
         "a plain re-run trusts the ledger: {out}"
     );
     let out = site.run_ok(&cfg, &["verify"], 4).await;
-    assert!(out.contains("outbound_trend dt=2026-11-05"), "{out}");
+    assert!(
+        out.contains(&shifted("outbound_trend dt=2026-11-05")),
+        "{out}"
+    );
     assert!(
         out.contains("; instances ccc-a"),
         "names the instance: {out}"
@@ -627,7 +622,7 @@ async fn a_day_file_copied_from_another_day_or_holding_a_key_twice_is_rewritten_
     let out = site.run_ok(&cfg, &["verify"], 4).await;
     assert!(
         out.contains("NOT ONE ROW PER KEY OF ITS DAY")
-            && out.contains("dt=2026-11-03")
+            && out.contains(&shifted("dt=2026-11-03"))
             && out.contains("24 row(s) outside the day, 0 key(s) repeated"),
         "{out}"
     );
@@ -686,7 +681,7 @@ async fn a_second_file_in_a_partition_is_a_finding_and_the_next_run_moves_it_asi
     assert!(
         aside[0]
             .to_string_lossy()
-            .contains("inbound_trend/dt=2026-11-05/part-00001.parquet."),
+            .contains(&shifted("inbound_trend/dt=2026-11-05/part-00001.parquet.")),
         "{aside:?}"
     );
     assert_eq!(

@@ -5,6 +5,7 @@
 //! either sink, and the next run completes the job to exactly what an undisturbed run writes.
 
 use crate::common;
+use crate::common::ConfigToml;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -64,18 +65,14 @@ impl Job {
     /// A config over database `db` and Parquet root `name`, at `qps`.
     fn config(&self, name: &str, qps: f64) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[source]\nendpoint = \"{}\"\nmax_qps = {qps:.1}\nconcurrency = 4\n\
-                 backoff_base_ms = 20\nbackoff_max_ms = 200\n[pipeline]\n\
-                 instances = [\"ccc-a\", \"ccc-b\", \"ccc-c\"]\n[postgres]\nschema = \"ccc\"\n\
-                 [parquet]\nroot = \"{}\"\n",
-                self.endpoint,
-                self.root(name).display()
-            ),
-        )
-        .unwrap();
+        ConfigToml::new(&self.endpoint, &["ccc-a", "ccc-b", "ccc-c"])
+            .set("source", "max_qps", qps)
+            .set("source", "concurrency", 4)
+            .set("source", "backoff_base_ms", 20)
+            .set("source", "backoff_max_ms", 200)
+            .postgres()
+            .parquet(self.root(name).display())
+            .write(&path);
         path
     }
 

@@ -209,7 +209,7 @@ fn the_documented_configuration_error_is_the_real_one() {
     .unwrap();
     let out = crate::common::ccc_etl_std_cmd()
         .current_dir(dir.path())
-        .args(["plan", "--from", "2026-11-01"])
+        .args(crate::common::args(&["plan", "--from", "2026-11-01"]))
         .env("NO_COLOR", "1")
         .output()
         .unwrap();

@@ -2,6 +2,7 @@
 //! database, for a job that succeeds and one that fails.
 
 use crate::common;
+use crate::common::ConfigToml;
 use std::path::Path;
 
 use ccc_etl::ccc::emulator::KeyPair;
@@ -64,22 +65,18 @@ async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
         .url
         .replace("postgres@", &format!("postgres:{DB_PASSWORD}@"));
     let cfg = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\nsignature_version = \"v3\"\n[pipeline]\ninstances = [\"ccc-a\"]\n[postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"{}\"\n",
-            emu.endpoint(),
-            root.display()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set("source", "signature_version", "v3")
+        .postgres()
+        .parquet(root.display())
+        .write(&cfg);
     let metrics = dir.path().join("m.prom");
     let run = |secret: &'static str, cfg: std::path::PathBuf| {
         let metrics = metrics.clone();
         let db_url = db_url.clone();
         async move {
             crate::common::ccc_etl_cmd()
-                .args([
+                .args(crate::common::args(&[
                     "-vv",
                     "--log-format",
                     "json",
@@ -90,7 +87,7 @@ async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
                     "2026-11-20",
                     "--to",
                     "2026-11-21",
-                ])
+                ]))
                 .arg("--metrics-file")
                 .arg(&metrics)
                 .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
@@ -237,16 +234,11 @@ async fn a_keyless_job_shows_no_oidc_token_and_no_issued_credential_anywhere() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("wh");
     let cfg = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nendpoint = \"{}\"\nmax_qps = 4\n[pipeline]\ninstances = [\"ccc-a\"]\n\
-             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"{}\"\n",
-            emu.endpoint(),
-            root.display()
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set("source", "max_qps", 4)
+        .postgres()
+        .parquet(root.display())
+        .write(&cfg);
     let token = dir.path().join("token");
     let metrics = dir.path().join("m.prom");
     let run = |oidc_token: &'static str| {
@@ -254,7 +246,12 @@ async fn a_keyless_job_shows_no_oidc_token_and_no_issued_credential_anywhere() {
         crate::common::ccc_etl_cmd()
             .env_clear()
             .args(["-vv", "--config", cfg.to_str().unwrap(), "backfill"])
-            .args(["--from", "2026-07-01", "--to", "2026-10-31"])
+            .args(crate::common::args(&[
+                "--from",
+                "2026-07-01",
+                "--to",
+                "2026-10-31",
+            ]))
             .arg("--metrics-file")
             .arg(&metrics)
             .env("HOME", dir.path())

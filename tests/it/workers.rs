@@ -8,6 +8,8 @@
 //! --test workers`.
 
 use crate::common;
+use crate::common::ConfigToml;
+use crate::common::sinks::pg_contents;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -37,18 +39,17 @@ fn instances() -> Vec<String> {
 
 /// A configuration for one job: PostgreSQL schema `ccc` and a bucket on the S3 test server.
 fn write_config(path: &Path, endpoint: &str, ids: &[String], bucket: &str, qps: f64) {
-    let list: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
-    std::fs::write(
-        path,
-        format!(
-            "[source]\nendpoint = \"{endpoint}\"\nmax_qps = {qps:.1}\nconcurrency = 4\n\
-             backoff_base_ms = 50\nbackoff_max_ms = 1000\n\
-             [pipeline]\ninstances = [{}]\nlease_secs = 4\nheartbeat_secs = 1\n\
-             [postgres]\nschema = \"ccc\"\n[parquet]\nroot = \"s3://{bucket}/warehouse\"\n",
-            list.join(", ")
-        ),
-    )
-    .unwrap();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ConfigToml::new(endpoint, &ids)
+        .set("source", "max_qps", qps)
+        .set("source", "concurrency", 4)
+        .set("source", "backoff_base_ms", 50)
+        .set("source", "backoff_max_ms", 1000)
+        .set("pipeline", "lease_secs", 4)
+        .set("pipeline", "heartbeat_secs", 1)
+        .postgres()
+        .parquet(format!("s3://{bucket}/warehouse"))
+        .write(path);
 }
 
 /// A quiet `backfill` worker of `[from, to)`: stderr piped, stdout dropped.
@@ -86,42 +87,22 @@ fn worker(
     c
 }
 
-/// Every PostgreSQL row without fetch metadata, sorted.
-async fn pg_contents(pool: &sqlx::PgPool) -> Vec<String> {
-    let mut out = vec![];
-    for t in Table::ALL {
-        let sql = format!(
-            "SELECT concat_ws('|', instance_id, media_type, (extract(epoch from stats_time) * 1000)::bigint, {}) FROM ccc.{} ORDER BY 1",
-            t.count_columns().join(", "),
-            t.name()
-        );
-        for row in sqlx::query(&sql).fetch_all(pool).await.unwrap() {
-            out.push(format!("{t}|{}", row.get::<String, _>(0)));
-        }
-    }
-    out
+/// Every Parquet row of the job's bucket without fetch metadata, sorted.
+async fn parquet_contents(bucket: &str) -> Vec<String> {
+    common::sinks::parquet_contents(&job_root(bucket)).await
 }
 
-/// Every Parquet row without fetch metadata, sorted.
-async fn parquet_contents(bucket: &str) -> Vec<String> {
-    let s3 = common::s3::server();
+/// The job's root on the S3 test server.
+fn job_root(bucket: &str) -> Root {
     let url = ccc_etl::config::ObjectUrl {
         kind: ccc_etl::config::StoreKind::S3,
         bucket: bucket.into(),
         prefix: "warehouse".into(),
     };
-    let root = Root::Object(Arc::new(common::s3::object_root(s3, &url)));
-    let mut out = vec![];
-    for f in root.list().await.unwrap() {
-        for r in root.read_rows(f.table, f.day).await.unwrap() {
-            out.push(format!(
-                "{}|{}|{}|{}|{}|{:?}",
-                f.table, f.day, r.instance_id, r.media_type, r.stats_time, r.counts
-            ));
-        }
-    }
-    out.sort();
-    out
+    Root::Object(Arc::new(common::s3::object_root(
+        common::s3::server(),
+        &url,
+    )))
 }
 
 /// The successful fetches per window, from the emulator's log.
@@ -724,13 +705,7 @@ fn lease_scans(node: &serde_json::Value, out: &mut Vec<(String, f64, f64)>) {
 
 /// Every Parquet row in the format of [`pg_contents`], sorted; every key must be there once.
 async fn parquet_as_pg(bucket: &str) -> Vec<String> {
-    let s3 = common::s3::server();
-    let url = ccc_etl::config::ObjectUrl {
-        kind: ccc_etl::config::StoreKind::S3,
-        bucket: bucket.into(),
-        prefix: "warehouse".into(),
-    };
-    let root = Root::Object(Arc::new(common::s3::object_root(s3, &url)));
+    let root = job_root(bucket);
     let mut out = vec![];
     let mut keys = BTreeSet::new();
     for f in root.list().await.unwrap() {
