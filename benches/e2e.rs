@@ -31,7 +31,7 @@ use ccc_etl::ccc::ratelimit::AdaptivePacer;
 use ccc_etl::config::{Config, PostgresConfig, SchemaName};
 use ccc_etl::coord::{Coordinator, LeaseSettings};
 use ccc_etl::credentials::Credentials;
-use ccc_etl::pipeline::{Backfill, BackfillRequest, RangeStart, RunKind, thousands};
+use ccc_etl::pipeline::{BackfillRequest, Engine, RangeStart, RunKind, thousands};
 use ccc_etl::progress::Progress;
 use ccc_etl::sink::Sink;
 use chrono::Utc;
@@ -152,7 +152,7 @@ async fn drop_database(name: &str) {
 enum Phase {
     /// `ccc-etl backfill` as a user runs it: a process, start-up and exit included.
     Process,
-    /// The engine in this process (`Backfill::run`), sinks already open.
+    /// The engine in this process (`Engine::run`), sinks already open.
     Engine,
     /// The reference: the same rows loaded with one text `COPY` per table.
     Copy,
@@ -215,7 +215,7 @@ impl InProcess {
     /// An engine over `cfg` whose clock stands at `now_ms`, its sinks open; with `claim`, it
     /// registers as a worker in PostgreSQL and claims its windows there, as the binary does
     /// (pacer shared with the coordinator, a first heartbeat, the heartbeat running).
-    async fn start(cfg: &Config, now_ms: i64, claim: bool) -> (Backfill, Worker) {
+    async fn start(cfg: &Config, now_ms: i64, claim: bool) -> (Engine, Worker) {
         let (sinks, ledger): (Vec<Arc<dyn Sink>>, _) =
             ccc_etl::commands::open_sinks(cfg).await.unwrap();
         let pacer = Arc::new(AdaptivePacer::new(cfg.source.max_qps));
@@ -225,7 +225,7 @@ impl InProcess {
             pacer.clone(),
         )
         .unwrap();
-        let engine = Backfill::new(
+        let engine = Engine::new(
             cfg.clone(),
             Arc::new(client),
             sinks,

@@ -22,7 +22,7 @@ use ccc_etl::config::{Config, ObjectUrl, PostgresConfig, SchemaName, StoreKind};
 use ccc_etl::credentials::Credentials;
 use ccc_etl::ledger::Ledger;
 use ccc_etl::ledger::PgLedger;
-use ccc_etl::pipeline::{Backfill, BackfillRequest, RangeStart, RunKind};
+use ccc_etl::pipeline::{BackfillRequest, Engine, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::sink::Sink;
 use ccc_etl::sink::parquet::{ObjectRoot, ParquetSink};
@@ -104,7 +104,7 @@ async fn one_run(target: Target, endpoint: &str, ids: &[String], days: i64) -> (
     )
     .unwrap();
     let now = Utc::now().timestamp_millis();
-    let engine = Backfill::new(
+    let engine = Engine::new(
         cfg.clone(),
         Arc::new(client),
         vec![sink],

@@ -71,13 +71,30 @@ pub struct LeaseSettings {
     pub heartbeat: Duration,
 }
 
+/// A window this worker holds: where it ends, and the attempt it was claimed with (its fencing
+/// token).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    end_ms: i64,
+    attempt: i32,
+}
+
+/// The lease a window is fetched under: the start it was claimed with (a window whose start aged
+/// out is sent shorter) and the attempt.
+#[derive(Debug, Clone, Copy)]
+struct LeaseRef {
+    start_ms: i64,
+    attempt: i32,
+}
+
 /// One worker of a job.
 pub struct Coordinator {
     pool: PgPool,
     worker: uuid::Uuid,
     settings: LeaseSettings,
-    /// The attempt each window held was claimed with, and its end.
-    tokens: Mutex<HashMap<Key, (i64, i32)>>,
+    /// The windows held, by lease key (their start): their end and the attempt they were
+    /// claimed with.
+    tokens: Mutex<HashMap<Key, Held>>,
     /// Windows done here, marked done in `leases` by the next heartbeat.
     done_queue: Mutex<Vec<WindowKey>>,
     fenced: AtomicU64,
@@ -245,7 +262,13 @@ impl Coordinator {
                         refusals.remove(&(k.clone(), sink));
                     }
                     drop(refusals);
-                    tokens.insert(k, (w.end_ms, a));
+                    tokens.insert(
+                        k,
+                        Held {
+                            end_ms: w.end_ms,
+                            attempt: a,
+                        },
+                    );
                     out.mine.push((*w).clone());
                 }
                 (None, Some("done")) => out.done.push((*w).clone()),
@@ -257,19 +280,28 @@ impl Coordinator {
         Ok(out)
     }
 
-    /// The start of the lease `w` is fetched under, and its attempt.
-    fn lease_of(&self, w: &WindowKey) -> Option<(i64, i32)> {
+    /// The lease `w` is fetched under.
+    fn lease_of(&self, w: &WindowKey) -> Option<LeaseRef> {
         let tokens = self.tokens.lock().expect("tokens");
-        if let Some((_, a)) = tokens.get(&key(w)) {
-            return Some((w.start_ms, *a));
+        if let Some(h) = tokens.get(&key(w)) {
+            return Some(LeaseRef {
+                start_ms: w.start_ms,
+                attempt: h.attempt,
+            });
         }
         // A window whose start aged out is sent shorter: it is still the claimed one.
         tokens
             .iter()
-            .find(|((i, m, s), (e, _))| {
-                *i == w.instance_id && *m == w.media_type && *s <= w.start_ms && w.start_ms < *e
+            .find(|((i, m, s), h)| {
+                *i == w.instance_id
+                    && *m == w.media_type
+                    && *s <= w.start_ms
+                    && w.start_ms < h.end_ms
             })
-            .map(|((_, _, s), (_, a))| (*s, *a))
+            .map(|((_, _, s), h)| LeaseRef {
+                start_ms: *s,
+                attempt: h.attempt,
+            })
     }
 
     /// A commit of `w` to `sink` was refused: counted, and logged with the refused window's own
@@ -389,7 +421,13 @@ impl Coordinator {
     ) -> (Vec<i64>, Vec<i32>) {
         windows
             .into_iter()
-            .map(|w| self.lease_of(w).unwrap_or((w.start_ms, -1)))
+            .map(|w| {
+                let l = self.lease_of(w).unwrap_or(LeaseRef {
+                    start_ms: w.start_ms,
+                    attempt: -1,
+                });
+                (l.start_ms, l.attempt)
+            })
             .unzip()
     }
 
@@ -494,7 +532,7 @@ impl Coordinator {
             .lock()
             .expect("tokens")
             .iter()
-            .map(|(k, (_, a))| (k.clone(), *a))
+            .map(|(k, h)| (k.clone(), h.attempt))
             .collect();
         if since > self.settings.lease {
             self.lose(

@@ -30,6 +30,33 @@ fn family(out: &mut String, name: &str, help: &str, samples: &[(Vec<(&str, Strin
     }
 }
 
+/// What each sink did with the rows it was handed: inserted, revised, or left unchanged.
+fn sink_rows(out: &mut String, command: &str, s: &RunSummary) {
+    let mut samples = vec![];
+    for (sink, stats) in &s.sinks {
+        for (outcome, n) in [
+            ("inserted", stats.inserted),
+            ("revised", stats.revised),
+            ("unchanged", stats.unchanged),
+        ] {
+            samples.push((
+                vec![
+                    ("command", command.to_string()),
+                    ("sink", sink.clone()),
+                    ("outcome", outcome.to_string()),
+                ],
+                n as f64,
+            ));
+        }
+    }
+    family(
+        out,
+        "ccc_etl_sink_rows",
+        "Rows each sink inserted, revised or left unchanged in the last run.",
+        &samples,
+    );
+}
+
 /// With several workers: which worker ran, and what the job's other workers meant for it.
 fn worker_families(out: &mut String, command: &str, s: &RunSummary) {
     let Some(worker) = &s.worker else { return };
@@ -88,21 +115,24 @@ pub fn render(
             (vec![c(), ("status", "lost".into())], s.lost.len() as f64),
         ],
     );
-    let mut rows = vec![];
-    for sink in s.sinks.keys() {
-        for t in Table::ALL {
-            rows.push((
-                vec![c(), ("sink", sink.clone()), ("table", t.name().to_string())],
+    // Counted once a window is committed to every sink: one figure per table, whatever the
+    // sinks (what each sink inserted, revised or left is `ccc_etl_sink_rows`).
+    let rows: Vec<_> = Table::ALL
+        .iter()
+        .map(|t| {
+            (
+                vec![c(), ("table", t.name().to_string())],
                 s.rows.get(t.name()).copied().unwrap_or(0) as f64,
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     family(
         &mut out,
         "ccc_etl_rows",
-        "Rows committed by the last run, by sink and table.",
+        "Rows of the windows the last run committed to every sink, by table.",
         &rows,
     );
+    sink_rows(&mut out, command, s);
     worker_families(&mut out, command, s);
     let codes: Vec<_> = s
         .responses_by_code
@@ -312,7 +342,14 @@ mod tests {
             ..Default::default()
         };
         s.responses_by_code.insert("Throttling.User".into(), 4);
-        s.sinks.insert("postgres".into(), Default::default());
+        s.sinks.insert(
+            "postgres".into(),
+            crate::sink::CommitStats {
+                inserted: 70,
+                revised: 2,
+                unchanged: 0,
+            },
+        );
         s.rows.insert("inbound_trend".into(), 72);
         let t = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
         let text = render("night\"ly", &s, 0, t, Some(t));
@@ -320,9 +357,13 @@ mod tests {
             text.contains("ccc_etl_windows{command=\"night\\\"ly\",status=\"ok\"} 3\n"),
             "{text}"
         );
+        assert!(
+            text.contains("ccc_etl_rows{command=\"night\\\"ly\",table=\"inbound_trend\"} 72\n")
+        );
         assert!(text.contains(
-            "ccc_etl_rows{command=\"night\\\"ly\",sink=\"postgres\",table=\"inbound_trend\"} 72\n"
+            "ccc_etl_sink_rows{command=\"night\\\"ly\",sink=\"postgres\",outcome=\"revised\"} 2\n"
         ));
+        assert!(!text.contains("ccc_etl_rows{command=\"night\\\"ly\",sink="));
         assert!(
             text.contains("ccc_etl_requests{command=\"night\\\"ly\",code=\"Throttling.User\"} 4\n")
         );

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::coord::{Coordinator, LeaseSettings};
 use crate::error::{EXIT_OK, InputError};
 use crate::ledger::Ledger;
-use crate::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind, RunSummary};
+use crate::pipeline::{BackfillRequest, Engine, NowFn, RangeStart, RunKind, RunSummary};
 use crate::plan::{self, Bound};
 use crate::progress::Progress;
 use crate::record::fmt_ms;
@@ -242,7 +242,7 @@ pub async fn execute(
         workers,
     } = how;
     let (client, pacers) = build_client(config, credentials)?;
-    let mut engine = Backfill::new(
+    let mut engine = Engine::new(
         config.clone(),
         Arc::new(client),
         sinks,

@@ -12,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
 use super::tally::Event;
-use super::{Backfill, Run};
+use super::{Engine, Run};
 use crate::coord::Coordinator;
 use crate::record::WindowKey;
 
@@ -24,7 +24,7 @@ type ClaimFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = (bool, anyhow::Result<crate::coord::Claimed>)> + Send>,
 >;
 
-impl Backfill {
+impl Engine {
     /// Fetches the windows this worker claims, until every window of the plan is done here or
     /// elsewhere, a run-fatal error, or `stop`.
     pub(super) async fn fetch_claimed(
@@ -54,8 +54,7 @@ impl Backfill {
                 in_flight.push(self.process(w, &ctx).instrument(span));
             }
             if in_flight.is_empty() && to_claim.is_idle() {
-                let left = total - to_claim.done;
-                if self.idle(&mut run, &to_claim, left, stop.as_mut()).await {
+                if self.idle(&mut run, &to_claim, total, stop.as_mut()).await {
                     continue;
                 }
                 break;
@@ -78,7 +77,7 @@ impl Backfill {
                     self.take_claim(&mut run, c, retry, &ctx, &mut to_claim).await;
                 }
                 () = &mut stop => {
-                    self.stopped(&mut run, total - to_claim.done);
+                    self.stopped(&mut run, to_claim.left(total));
                     break;
                 }
             }
@@ -95,7 +94,7 @@ impl Backfill {
         &self,
         run: &mut Run,
         to_claim: &ToClaim,
-        left: u64,
+        total: u64,
         stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> bool {
         if to_claim.waiting.is_empty() {
@@ -106,7 +105,7 @@ impl Backfill {
         tokio::select! {
             () = tokio::time::sleep(to_claim.heartbeat) => true,
             () = stop => {
-                self.stopped(run, left);
+                self.stopped(run, to_claim.left(total));
                 false
             }
         }
@@ -198,6 +197,12 @@ impl ToClaim {
     /// The claim in progress (only polled while there is one).
     async fn claimed(&mut self) -> (bool, anyhow::Result<crate::coord::Claimed>) {
         self.claiming.as_mut().expect("guarded").await
+    }
+
+    /// Windows of the plan's `total` not done yet (a window lost and claimed back counts
+    /// each time it is done, so this saturates).
+    fn left(&self, total: u64) -> u64 {
+        total.saturating_sub(self.done)
     }
 
     /// Nothing claimed, ready or left in the plan (windows others hold may be waiting).

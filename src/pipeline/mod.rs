@@ -1,6 +1,6 @@
 //! A run: the only place that wires plan, client, de-duplication, sinks and ledger together.
 //!
-//! [`Backfill::run`] reads as its steps: `prepare` (plan, subtract what the ledger says every
+//! [`Engine::run`] reads as its steps: `prepare` (plan, subtract what the ledger says every
 //! sink has, announce the windows to the sinks), `fetch_all` (windows oldest first across
 //! instances, up to `concurrency` at a time; the client's semaphore and rate limiter bound the
 //! HTTP side), `flush` (the sinks write what they hold, also after a run-fatal error, so every
@@ -115,8 +115,9 @@ impl BackfillRequest {
     }
 }
 
-/// The engine for runs.
-pub struct Backfill {
+/// The engine of every run that fetches: `backfill`, `nightly`, `demo` and `verify --repair`
+/// (the request's [`RunKind`] says which).
+pub struct Engine {
     config: Config,
     client: Arc<CccClient>,
     sinks: Vec<Arc<dyn Sink>>,
@@ -152,7 +153,7 @@ fn check_range(req: &BackfillRequest) -> Result<(), InputError> {
     }
 }
 
-impl Backfill {
+impl Engine {
     /// Wires the parts.
     pub fn new(
         config: Config,
@@ -199,7 +200,7 @@ impl Backfill {
         self.run_until(req, std::future::pending()).await
     }
 
-    /// Runs like [`Backfill::run`], but when `stop` completes (SIGTERM, Ctrl-C) takes no new
+    /// Runs like [`Engine::run`], but when `stop` completes (SIGTERM, Ctrl-C) takes no new
     /// window, drops the requests in flight (their windows are not committed and are fetched
     /// again by the next run), writes what the sinks hold, and returns the summary.
     pub async fn run_until(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::Backfill;
+use super::Engine;
 use super::summary::FailedWindow;
 use super::tally::Event;
 use crate::ccc::client::{Fetched, TrendingRequest};
@@ -18,7 +18,7 @@ use crate::quality;
 use crate::record::{Table, WindowKey};
 use crate::sink::{CommitStats, RunContext, Sink, Written};
 
-impl Backfill {
+impl Engine {
     /// Fetches one planned window and hands its rows to the sinks.
     pub(super) async fn process(&self, planned: WindowKey, ctx: &RunContext) -> Vec<Event> {
         if self

@@ -78,7 +78,7 @@ impl RunContext {
 
     /// Windows whose lease was taken over by another worker are not recorded: they move to
     /// `failed`, and the newer worker's commit stands.
-    async fn fence(&self, c: &crate::coord::Coordinator, w: &mut Written) {
+    async fn fence(&self, c: &crate::coord::Coordinator, sink: SinkKind, w: &mut Written) {
         let keys: Vec<WindowKey> = w.durable.iter().map(|d| d.key.clone()).collect();
         let (mine, unchecked) = match c.still_mine(&keys).await {
             Ok(m) => (m, None),
@@ -101,7 +101,7 @@ impl RunContext {
                 Some(why) => w.failed.push((
                     d.key,
                     SinkError {
-                        sink: SinkKind::Parquet,
+                        sink,
                         message: why.clone(),
                         retryable: true,
                     },
@@ -133,7 +133,7 @@ impl RunContext {
             return w;
         }
         if let Some(c) = &self.coordinator {
-            self.fence(c, &mut w).await;
+            self.fence(c, sink.kind, &mut w).await;
         }
         let entries: Vec<LedgerEntry> = w
             .durable

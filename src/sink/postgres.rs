@@ -472,9 +472,7 @@ impl Sink for PostgresSink {
         SinkKind::Postgres
     }
 
-    /// The window joins the pending group; when the group is full (or its first window has
-    /// waited long enough) the group is written, in this call. The commit records are written
-    /// in the rows' transaction; only failures are recorded through the run's ledger.
+    /// Sizes the groups for the run's series (see [`group_windows`]).
     fn expect(&self, windows: &[WindowKey]) {
         let series: std::collections::HashSet<(&str, MediaType)> = windows
             .iter()
@@ -486,6 +484,9 @@ impl Sink for PostgresSink {
         );
     }
 
+    /// The window joins the pending group; when the group is full (or its first window has
+    /// waited long enough) the group is written, in this call. The commit records are written
+    /// in the rows' transaction; only failures are recorded through the run's ledger.
     async fn write(&self, _planned: &WindowKey, b: Arc<WindowBatch>, run: &RunContext) -> Written {
         let windows = self
             .group_windows

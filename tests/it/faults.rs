@@ -7,7 +7,7 @@ use crate::common::*;
 use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::config::SignatureVersion;
 use ccc_etl::ledger::MemoryLedger;
-use ccc_etl::pipeline::{Backfill, BackfillRequest, RangeStart, RunKind};
+use ccc_etl::pipeline::{BackfillRequest, Engine, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::MediaType;
 use ccc_etl::sink::memory::MemorySink;
@@ -40,7 +40,7 @@ async fn with_5xx_throttling_truncated_bodies_and_timeouts_the_data_is_complete_
     let sink = Arc::new(MemorySink::default());
     let to = Utc::now().timestamp_millis() / H * H - 3 * H;
     let from = to - 150 * DAY;
-    let engine = Backfill::new(
+    let engine = Engine::new(
         cfg.clone(),
         Arc::new(client(&cfg, SECRET)),
         vec![sink.clone()],

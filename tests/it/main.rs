@@ -3,6 +3,7 @@
 mod backfill;
 mod bad_input;
 mod cli;
+mod codebase;
 mod common;
 mod crash;
 mod credentials;

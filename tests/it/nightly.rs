@@ -8,7 +8,7 @@ use ccc_etl::ccc::emulator::{EmulatorOptions, Faults};
 use ccc_etl::commands::{nightly_request, run_verify, status_report};
 use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
 use ccc_etl::ledger::{FileLedger, Ledger, MemoryLedger};
-use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn, RangeStart, RunKind};
+use ccc_etl::pipeline::{BackfillRequest, Engine, NowFn, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::MediaType;
 use ccc_etl::sink::Sink;
@@ -236,7 +236,7 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
     let now = Utc::now().timestamp_millis() / H * H - 8 * H;
     {
         let (sinks, ledger) = ccc_etl::commands::open_sinks(&cfg).await.unwrap();
-        let e = Backfill::new(
+        let e = Engine::new(
             cfg.clone(),
             Arc::new(client(&cfg, SECRET)),
             sinks,
@@ -348,7 +348,7 @@ async fn backfill_writes_a_metrics_file_and_json_logs_with_run_and_window_fields
     let text = std::fs::read_to_string(&metrics).unwrap();
     for needle in [
         "ccc_etl_windows{command=\"backfill\",status=\"ok\"} 1\n",
-        "ccc_etl_rows{command=\"backfill\",sink=\"parquet\",table=\"inbound_trend\"} 72\n",
+        "ccc_etl_rows{command=\"backfill\",table=\"inbound_trend\"} 72\n",
         "ccc_etl_requests{command=\"backfill\",code=\"OK\"} 1\n",
         "ccc_etl_retries{command=\"backfill\"} 0\n",
         "ccc_etl_last_success_timestamp_seconds{command=\"backfill\"}",

@@ -11,7 +11,7 @@ use ccc_etl::ccc::emulator::EmulatorOptions;
 use ccc_etl::config::{Config, ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
 use ccc_etl::db::PgStore;
 use ccc_etl::ledger::{PgLedger, SinkKind};
-use ccc_etl::pipeline::{Backfill, BackfillRequest, NowFn};
+use ccc_etl::pipeline::{BackfillRequest, Engine, NowFn};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::{WindowBatch, WindowKey};
 use ccc_etl::sink::postgres::PostgresSink;
@@ -521,7 +521,7 @@ async fn with_postgres_configured_the_ledger_tracks_parquet_commits_too() {
         vec![SinkKind::Postgres, SinkKind::Parquet]
     );
     let t0 = Utc::now().timestamp_millis() / H * H - 4 * H;
-    let e = Backfill::new(
+    let e = Engine::new(
         cfg.clone(),
         Arc::new(client(&cfg, SECRET)),
         sinks,

@@ -60,8 +60,8 @@ pub fn engine(
     sinks: Vec<Arc<dyn ccc_etl::sink::Sink>>,
     ledger: Arc<dyn ccc_etl::ledger::Ledger>,
     now: ccc_etl::pipeline::NowFn,
-) -> ccc_etl::pipeline::Backfill {
-    ccc_etl::pipeline::Backfill::new(
+) -> ccc_etl::pipeline::Engine {
+    ccc_etl::pipeline::Engine::new(
         cfg.clone(),
         Arc::new(client(cfg, SECRET)),
         sinks,
@@ -77,8 +77,8 @@ pub fn engine_with_secret(
     secret: &str,
     sinks: Vec<Arc<dyn ccc_etl::sink::Sink>>,
     ledger: Arc<dyn ccc_etl::ledger::Ledger>,
-) -> ccc_etl::pipeline::Backfill {
-    ccc_etl::pipeline::Backfill::new(
+) -> ccc_etl::pipeline::Engine {
+    ccc_etl::pipeline::Engine::new(
         cfg.clone(),
         Arc::new(client(cfg, secret)),
         sinks,

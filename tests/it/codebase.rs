@@ -1,0 +1,441 @@
+//! The shape of the code, checked like its behaviour: no import cycle between the files of
+//! `src/` (the emulator aside), no function past its length limit, and the layout in
+//! `docs/layout.md` and the map in `lib.rs` true to the tree.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use regex::Regex;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Longest function, in lines, in `src/pipeline/` and `src/sink/`, and anywhere else.
+const MAX_LINES_CORE: usize = 60;
+const MAX_LINES: usize = 80;
+/// Functions allowed past the limit: one metric after another reads best as one list.
+const LONG_ALLOWED: &[(&str, &str)] = &[("metrics", "render")];
+
+/// One source file: its module path (`ccc::sign`; `lib.rs` is ``), its path under the root, and
+/// its text without its unit tests and comment lines.
+struct Source {
+    module: String,
+    path: String,
+    code: String,
+}
+
+fn sources() -> Vec<Source> {
+    let mut out = vec![];
+    let mut dirs = vec![Path::new(ROOT).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path
+                .strip_prefix(ROOT)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let mut parts: Vec<String> = path
+                .strip_prefix(Path::new(ROOT).join("src"))
+                .unwrap()
+                .with_extension("")
+                .iter()
+                .map(|p| p.to_string_lossy().to_string())
+                .collect();
+            if rel == "src/main.rs" {
+                continue; // the binary: it uses the library by its name, not `crate::`
+            }
+            if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+                parts.pop();
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = match text.find("#[cfg(test)]\nmod tests") {
+                Some(i) => &text[..i],
+                None => &text[..],
+            };
+            let code: Vec<&str> = code
+                .lines()
+                .map(|l| {
+                    if l.trim_start().starts_with("//") {
+                        ""
+                    } else {
+                        l
+                    }
+                })
+                .collect();
+            out.push(Source {
+                module: parts.join("::"),
+                path: rel,
+                code: code.join("\n"),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.module.cmp(&b.module));
+    out
+}
+
+/// The leaves of every `use` declaration: (re-exported, path).
+fn uses(code: &str) -> Vec<(bool, String)> {
+    static USE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r"(?m)^\s*(pub(?:\([^)]*\))?\s+)?use\s+([^;]*);").unwrap()
+    });
+    let mut out = vec![];
+    for c in USE.captures_iter(code) {
+        let public = c.get(1).is_some_and(|p| p.as_str().trim() == "pub");
+        let tree: String = c[2].split_whitespace().collect::<Vec<_>>().join(" ");
+        let tree = tree
+            .replace(" ::", "::")
+            .replace(":: ", "::")
+            .replace("{ ", "{")
+            .replace(" }", "}")
+            .replace(" ,", ",")
+            .replace(", ", ",");
+        let mut leaves = vec![];
+        expand("", &tree, &mut leaves);
+        out.extend(leaves.into_iter().map(|l| (public, l)));
+    }
+    out
+}
+
+fn expand(prefix: &str, tree: &str, out: &mut Vec<String>) {
+    if let Some(inner) = tree.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+        let (mut depth, mut start) = (0, 0);
+        for (i, ch) in inner.char_indices() {
+            match ch {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    expand(prefix, &inner[start..i], out);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        expand(prefix, &inner[start..], out);
+    } else if let Some(i) = tree.find("::{") {
+        expand(&format!("{prefix}{}::", &tree[..i]), &tree[i + 2..], out);
+    } else if !tree.is_empty() {
+        let leaf = tree.split(" as ").next().unwrap();
+        out.push(format!("{prefix}{leaf}"));
+    }
+}
+
+/// A path as written in module `module`, from the crate root (`None`: another crate's).
+fn absolute(module: &str, path: &str, modules: &BTreeSet<String>) -> Option<Vec<String>> {
+    let segs: Vec<String> = path
+        .split("::")
+        .filter(|s| !s.is_empty() && *s != "*")
+        .map(str::to_string)
+        .collect();
+    let mut base: Vec<String> = if module.is_empty() {
+        vec![]
+    } else {
+        module.split("::").map(str::to_string).collect()
+    };
+    match segs.first().map(String::as_str) {
+        Some("crate") => Some(segs[1..].to_vec()),
+        Some("self") => Some([base, segs[1..].to_vec()].concat()),
+        Some("super") => {
+            let ups = segs.iter().take_while(|s| *s == "super").count();
+            base.truncate(base.len().saturating_sub(ups));
+            Some([base, segs[ups..].to_vec()].concat())
+        }
+        Some(first) => {
+            let child = [base.clone(), vec![first.to_string()]].concat().join("::");
+            modules.contains(&child).then(|| [base, segs].concat())
+        }
+        None => None,
+    }
+}
+
+/// The file a path lands in: the longest module prefix, following a `pub use` of the next name.
+fn resolve(
+    segs: &[String],
+    modules: &BTreeSet<String>,
+    reexports: &BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    depth: usize,
+) -> Option<String> {
+    for k in (0..=segs.len()).rev() {
+        let m = segs[..k].join("::");
+        if !modules.contains(&m) {
+            continue;
+        }
+        if let Some(target) = segs
+            .get(k)
+            .and_then(|name| reexports.get(&m).and_then(|r| r.get(name)))
+            && depth < 8
+            && target[..] != segs[..=k]
+        {
+            return resolve(target, modules, reexports, depth + 1);
+        }
+        return Some(m);
+    }
+    None
+}
+
+/// Module -> the modules of `src/` it uses (a parent using its own children is not counted: it
+/// declares them).
+fn graph(sources: &[Source]) -> BTreeMap<String, BTreeSet<String>> {
+    let modules: BTreeSet<String> = sources.iter().map(|s| s.module.clone()).collect();
+    let mut reexports: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for s in sources {
+        for (public, path) in uses(&s.code) {
+            if let Some(abs) = absolute(&s.module, &path, &modules).filter(|_| public)
+                && let Some(name) = abs.last()
+            {
+                reexports
+                    .entry(s.module.clone())
+                    .or_default()
+                    .insert(name.clone(), abs.clone());
+            }
+        }
+    }
+    let inline = Regex::new(r"\b(?:crate|super)::[A-Za-z_][\w:]*").unwrap();
+    let mut edges = BTreeMap::new();
+    for s in sources {
+        let mut paths: Vec<String> = uses(&s.code).into_iter().map(|(_, p)| p).collect();
+        paths.extend(inline.find_iter(&s.code).map(|m| m.as_str().to_string()));
+        let targets: BTreeSet<String> = paths
+            .iter()
+            .filter_map(|p| absolute(&s.module, p.trim_end_matches(':'), &modules))
+            .filter_map(|segs| resolve(&segs, &modules, &reexports, 0))
+            .filter(|t| {
+                *t != s.module
+                    && !(s.module.is_empty() || t.starts_with(&format!("{}::", s.module)))
+            })
+            .collect();
+        edges.insert(s.module.clone(), targets);
+    }
+    edges
+}
+
+fn is_emulator(module: &str) -> bool {
+    module.split("::").any(|p| p == "emulator")
+}
+
+/// An import cycle, as the modules along it, if there is one.
+fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        m: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(m.to_string(), 1);
+        stack.push(m.to_string());
+        for next in edges.get(m).into_iter().flatten() {
+            if is_emulator(next) {
+                continue;
+            }
+            match state.get(next.as_str()) {
+                Some(1) => {
+                    let at = stack.iter().position(|s| s == next).unwrap();
+                    let mut cycle = stack[at..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(c) = visit(next, edges, state, stack) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        stack.pop();
+        state.insert(m.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for m in edges.keys().filter(|m| !is_emulator(m)) {
+        if !state.contains_key(m.as_str())
+            && let Some(c) = visit(m, edges, &mut state, &mut vec![])
+        {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn no_file_of_src_imports_a_file_that_imports_it_back() {
+    let sources = sources();
+    let edges = graph(&sources);
+    // The check sees the edges it must: a sample of known imports.
+    for (from, to) in [
+        ("ccc::client", "ccc::sign"),
+        ("credentials::fetch", "ccc::sign"),
+        ("sink::postgres", "ledger"),
+        ("commands::status", "commands::open"),
+        ("sink::parquet::merge", "sink::parquet::file"),
+    ] {
+        assert!(
+            edges[from].contains(to),
+            "{from} -> {to} not seen: {:?}",
+            edges[from]
+        );
+    }
+    assert_eq!(find_cycle(&edges), None, "an import cycle");
+}
+
+#[test]
+fn the_cycle_check_finds_a_cycle_and_follows_re_exports() {
+    let source = |module: &str, code: &str| Source {
+        module: module.into(),
+        path: String::new(),
+        code: code.into(),
+    };
+    let sources = [
+        source("", "pub mod a;\npub mod b;\npub mod c;"),
+        source("a", "pub use crate::c::Thing;\nmod inner;"),
+        source("a::inner", "use super::super::b::{self, Other as O};"),
+        source("b", "fn f() { crate::a::Thing::new(); }"),
+        source("c", "pub struct Thing;\nuse crate::b;"),
+    ];
+    let edges = graph(&sources);
+    assert!(edges["a::inner"].contains("b"));
+    assert!(
+        edges["b"].contains("c"),
+        "through a's re-export: {:?}",
+        edges["b"]
+    );
+    let cycle = find_cycle(&edges).expect("b -> c -> b");
+    assert!(
+        cycle.contains(&"b".to_string()) && cycle.contains(&"c".to_string()),
+        "{cycle:?}"
+    );
+}
+
+/// Every function of `code` with its first line and its length in lines (declarations without
+/// a body are not functions here).
+fn functions(code: &str) -> Vec<(String, usize, usize)> {
+    let start =
+        Regex::new(r"^(\s*)(?:pub(?:\([^)]*\))? )?(?:const )?(?:async )?(?:unsafe )?fn (\w+)")
+            .unwrap();
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = vec![];
+    for (i, line) in lines.iter().enumerate() {
+        let Some(c) = start.captures(line) else {
+            continue;
+        };
+        let (indent, name) = (&c[1], &c[2]);
+        let close = format!("{indent}}}");
+        let mut body = false;
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            if !body {
+                if l.contains('{') {
+                    body = true;
+                } else if l.trim_end().ends_with(';') {
+                    break;
+                }
+            }
+            if body && (l.trim_end() == close || (j == i && l.trim_end().ends_with('}'))) {
+                out.push((name.to_string(), i + 1, j - i + 1));
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_is_longer_than_its_limit() {
+    let mut long = vec![];
+    for s in sources().iter().filter(|s| !is_emulator(&s.module)) {
+        let limit = if s.path.starts_with("src/pipeline/") || s.path.starts_with("src/sink/") {
+            MAX_LINES_CORE
+        } else {
+            MAX_LINES
+        };
+        for (name, line, len) in functions(&s.code) {
+            let allowed = LONG_ALLOWED.contains(&(s.module.as_str(), name.as_str()));
+            if len > limit && !allowed {
+                long.push(format!(
+                    "{}:{line} {name}: {len} lines (limit {limit})",
+                    s.path
+                ));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions past their limit:\n{}",
+        long.join("\n")
+    );
+    // The measure itself: a function of 3 lines, one of 1, a declaration that is none.
+    let sample = "fn a() {\n    x();\n}\nfn b() {}\ntrait T {\n    fn c(&self);\n}\n";
+    assert_eq!(
+        functions(sample),
+        vec![("a".to_string(), 1, 3), ("b".to_string(), 4, 1)]
+    );
+}
+
+/// The files a document names, under `dir` (paths in backquotes).
+fn named_files(doc: &str, dir: &str) -> BTreeSet<String> {
+    let re = Regex::new(&format!(r"`({}/[\w/.-]+\.rs)`", regex::escape(dir))).unwrap();
+    re.captures_iter(doc).map(|c| c[1].to_string()).collect()
+}
+
+fn files_under(dir: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut dirs = vec![Path::new(ROOT).join(dir)];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.insert(
+                    path.strip_prefix(ROOT)
+                        .unwrap()
+                        .to_string_lossy()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_layout_document_names_every_source_and_test_file_and_no_other() {
+    let doc = std::fs::read_to_string(Path::new(ROOT).join("docs/layout.md")).unwrap();
+    for dir in ["src", "tests/it", "benches"] {
+        let named = named_files(&doc, dir);
+        let on_disk = files_under(dir);
+        let missing: Vec<_> = on_disk.difference(&named).collect();
+        let stale: Vec<_> = named.difference(&on_disk).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "docs/layout.md and {dir}/ differ: not described {missing:?}, gone {stale:?}"
+        );
+    }
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    assert!(
+        readme.contains("docs/layout.md"),
+        "the README links the layout"
+    );
+}
+
+#[test]
+fn the_library_map_names_every_top_level_module() {
+    let lib = std::fs::read_to_string(Path::new(ROOT).join("src/lib.rs")).unwrap();
+    let map: String = lib
+        .lines()
+        .filter(|l| l.starts_with("//!"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let declared = Regex::new(r"(?m)^pub mod (\w+);").unwrap();
+    let missing: Vec<String> = declared
+        .captures_iter(&lib)
+        .map(|c| c[1].to_string())
+        .filter(|m| !map.contains(&format!("[`{m}`]")) && !map.contains(&format!("[`{m}::")))
+        .collect();
+    assert!(missing.is_empty(), "lib.rs's map leaves out {missing:?}");
+}
