@@ -30,6 +30,29 @@ fn family(out: &mut String, name: &str, help: &str, samples: &[(Vec<(&str, Strin
     }
 }
 
+/// Rows committed, by table. Counted once a window is committed to every sink: one figure per
+/// table, whatever the sinks (what each sink inserted, revised or left is `ccc_etl_sink_rows`).
+fn rows(out: &mut String, command: &str, s: &RunSummary) {
+    let rows: Vec<_> = Table::ALL
+        .iter()
+        .map(|t| {
+            (
+                vec![
+                    ("command", command.to_string()),
+                    ("table", t.name().to_string()),
+                ],
+                s.rows.get(t.name()).copied().unwrap_or(0) as f64,
+            )
+        })
+        .collect();
+    family(
+        out,
+        "ccc_etl_rows",
+        "Rows of the windows the last run committed to every sink, by table.",
+        &rows,
+    );
+}
+
 /// What each sink did with the rows it was handed: inserted, revised, or left unchanged.
 fn sink_rows(out: &mut String, command: &str, s: &RunSummary) {
     let mut samples = vec![];
@@ -115,23 +138,7 @@ pub fn render(
             (vec![c(), ("status", "lost".into())], s.lost.len() as f64),
         ],
     );
-    // Counted once a window is committed to every sink: one figure per table, whatever the
-    // sinks (what each sink inserted, revised or left is `ccc_etl_sink_rows`).
-    let rows: Vec<_> = Table::ALL
-        .iter()
-        .map(|t| {
-            (
-                vec![c(), ("table", t.name().to_string())],
-                s.rows.get(t.name()).copied().unwrap_or(0) as f64,
-            )
-        })
-        .collect();
-    family(
-        &mut out,
-        "ccc_etl_rows",
-        "Rows of the windows the last run committed to every sink, by table.",
-        &rows,
-    );
+    rows(&mut out, command, s);
     sink_rows(&mut out, command, s);
     worker_families(&mut out, command, s);
     let codes: Vec<_> = s
