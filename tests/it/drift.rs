@@ -443,11 +443,11 @@ async fn files_written_before_the_extra_column_read_together_with_new_ones() {
 async fn the_documented_adoption_fills_a_new_column_from_extra() {
     use ccc_etl::ccc::emulator::drift_value;
     use sqlx::Row;
-    // The README's statements, as documented.
-    let readme = include_str!("../../README.md");
+    // The statements of docs/operating.md, as documented.
+    let readme = include_str!("../../docs/operating.md");
     let start = readme
         .find("```postgresql\n")
-        .expect("the README shows how to adopt a field")
+        .expect("docs/operating.md shows how to adopt a field")
         + "```postgresql\n".len();
     let sql = &readme[start..start + readme[start..].find("```").unwrap()];
     let mut opts = common::options(&["ccc-a"]);

@@ -15,13 +15,38 @@ use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersio
 use chrono::Utc;
 use clap::Parser;
 
-const README: &str = include_str!("../../README.md");
+/// The README, then the pages of `docs/` in the order a new user reads them: the walk below runs
+/// their commands in this order.
+const DOCS: [(&str, &str); 13] = [
+    ("README.md", include_str!("../../README.md")),
+    (
+        "docs/configuration.md",
+        include_str!("../../docs/configuration.md"),
+    ),
+    ("docs/running.md", include_str!("../../docs/running.md")),
+    ("docs/nightly.md", include_str!("../../docs/nightly.md")),
+    ("docs/operating.md", include_str!("../../docs/operating.md")),
+    ("docs/postgres.md", include_str!("../../docs/postgres.md")),
+    ("docs/parquet.md", include_str!("../../docs/parquet.md")),
+    (
+        "docs/object-storage.md",
+        include_str!("../../docs/object-storage.md"),
+    ),
+    ("docs/workers.md", include_str!("../../docs/workers.md")),
+    ("docs/emulator.md", include_str!("../../docs/emulator.md")),
+    ("docs/testing.md", include_str!("../../docs/testing.md")),
+    (
+        "docs/performance.md",
+        include_str!("../../docs/performance.md"),
+    ),
+    ("docs/layout.md", include_str!("../../docs/layout.md")),
+];
 
-/// The fenced blocks of the README: (language, body).
+/// The fenced blocks of the README and the docs, in [`DOCS`] order: (language, body).
 fn blocks() -> Vec<(String, String)> {
     let mut out = vec![];
     let mut current: Option<(String, String)> = None;
-    for line in README.lines() {
+    for line in DOCS.iter().flat_map(|(_, text)| text.lines()) {
         match (&mut current, line.strip_prefix("```")) {
             (None, Some(lang)) => current = Some((lang.trim().to_string(), String::new())),
             (Some(_), Some(_)) => out.push(current.take().expect("open block")),
@@ -93,6 +118,40 @@ fn documented_invocations() -> Vec<(String, Vec<String>)> {
         }
     }
     out
+}
+
+#[test]
+fn every_page_of_docs_is_walked_and_every_relative_link_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let walked: Vec<&str> = DOCS.iter().map(|(p, _)| *p).collect();
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let name = format!("docs/{}", entry.unwrap().file_name().to_string_lossy());
+        // benchmarks.md is generated from bench/benchmarks.md.in and holds no commands to run.
+        if name.ends_with(".md") && name != "docs/benchmarks.md" {
+            assert!(
+                walked.contains(&name.as_str()),
+                "{name} is not walked by the README test"
+            );
+        }
+    }
+    let link = regex::Regex::new(r"\]\(([^)#:]+)(#[^)]*)?\)").unwrap();
+    for (page, text) in DOCS {
+        let dir = root.join(page).parent().unwrap().to_path_buf();
+        for c in link.captures_iter(text) {
+            let target = dir.join(&c[1]);
+            assert!(
+                target.exists(),
+                "{page}: the link to {} leads nowhere",
+                &c[1]
+            );
+        }
+    }
+    let readme = DOCS[0].1;
+    assert!(
+        readme.lines().count() <= 300,
+        "the README stays short: {} lines",
+        readme.lines().count()
+    );
 }
 
 #[test]
