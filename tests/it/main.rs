@@ -7,6 +7,7 @@ mod codebase;
 mod common;
 mod crash;
 mod credentials;
+mod deploy;
 mod disk_full;
 mod drift;
 mod emulator;

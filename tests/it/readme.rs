@@ -63,12 +63,17 @@ fn blocks() -> Vec<(String, String)> {
 /// The arguments of a documented `ccc-etl` line: optional parts (`[...]`) and trailing
 /// redirections and comments dropped, the date example filled in.
 fn invocation(line: &str) -> Option<Vec<String>> {
-    let at = line.find("ccc-etl ")?;
-    let before = &line[..at];
-    // `cargo run --release -- demo`, a path to the binary, or the bare name.
-    if !(before.is_empty() || before.ends_with('/') || before.ends_with(' ')) {
-        return None;
-    }
+    // The binary by its path (a cron line also names the user `ccc-etl`), else the bare name.
+    let starts: Vec<usize> = line.match_indices("ccc-etl ").map(|(i, _)| i).collect();
+    let at = starts
+        .iter()
+        .find(|i| line[..**i].ends_with('/'))
+        .or_else(|| {
+            starts
+                .iter()
+                .find(|i| line[..**i].is_empty() || line[..**i].ends_with(' '))
+        })
+        .copied()?;
     let mut rest = line[at + "ccc-etl ".len()..].to_string();
     for cut in [" >>", " #", " |"] {
         if let Some(i) = rest.find(cut) {

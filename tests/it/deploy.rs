@@ -1,0 +1,320 @@
+//! The deployment files in `deploy/`, used as the docs say: `setup.sh` run as root (into a
+//! temporary prefix) creates the user, the directories, the log and metrics paths and installs
+//! the binary; the installed cron line then runs the nightly job as that unprivileged user; the
+//! installed systemd units pass `systemd-analyze verify`; the Kubernetes manifest passes the
+//! Kubernetes schema (`kubernetes-validate`, from PyPI, set up under `target/` on first use), and
+//! the configuration in its ConfigMap is one ccc-etl accepts.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(ROOT).join("deploy").join(file)
+}
+
+/// A Python with `kubernetes-validate` (and PyYAML), set up under `target/` on first use.
+fn validator_python() -> PathBuf {
+    static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = Path::new(ROOT).join("target/deploy-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import kubernetes_validate, yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ready(&python) {
+        for (what, cmd) in [
+            (
+                "python3 -m venv",
+                Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .output(),
+            ),
+            (
+                "pip install kubernetes-validate",
+                Command::new(&python)
+                    .args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
+                    .output(),
+            ),
+        ] {
+            let out = cmd.unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                out.status.success(),
+                "{what} failed (the Kubernetes manifest is checked with kubernetes-validate from \
+                 PyPI; it needs python3 with venv): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    python
+}
+
+fn validate(python: &Path, manifest: &Path) -> std::process::Output {
+    Command::new(python)
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.30.0"])
+        .arg(manifest)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_kubernetes_cronjob_passes_the_schema_and_its_configuration_loads() {
+    let python = validator_python();
+    let manifest = deploy("k8s/cronjob.yaml");
+    let out = validate(&python, &manifest);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    // The check can fail: a misspelled key is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        text.replace("concurrencyPolicy: Forbid", "concurencyPolicy: Forbid"),
+    )
+    .unwrap();
+    assert!(!validate(&python, &broken).status.success());
+
+    // What the issue asks of it: one CronJob, its own time zone, never two runs at once, RRSA
+    // credentials through its service account, the configuration from a ConfigMap.
+    let facts = Command::new(&python)
+        .args([
+            "-c",
+            "import sys, yaml, json\n\
+             docs = {d['kind']: d for d in yaml.safe_load_all(open(sys.argv[1]))}\n\
+             job = docs['CronJob']['spec']\n\
+             pod = job['jobTemplate']['spec']['template']['spec']\n\
+             print(json.dumps({'tz': job['timeZone'], 'policy': job['concurrencyPolicy'],\n\
+               'sa': pod['serviceAccountName'], 'sa_kind': docs['ServiceAccount']['metadata']['name'],\n\
+               'config': docs['ConfigMap']['data']['pipeline.toml']}))",
+        ])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(facts.status.success(), "{}", common::output_text(&facts));
+    let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap();
+    assert_eq!(facts["tz"], "Asia/Shanghai");
+    assert_eq!(facts["policy"], "Forbid");
+    assert_eq!(facts["sa"], facts["sa_kind"]);
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, facts["config"].as_str().unwrap()).unwrap();
+    let loaded =
+        ccc_etl::config::Config::load(&config).expect("the ConfigMap's configuration loads");
+    let root = loaded.parquet.expect("a Parquet root").root.to_string();
+    assert!(
+        root.starts_with("oss://"),
+        "the root is on object storage: {root}"
+    );
+    assert!(
+        loaded.postgres.is_some(),
+        "an object-storage root needs PostgreSQL"
+    );
+}
+
+/// The cron file's job line: (user, command).
+fn cron_job(cron_file: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(cron_file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("30 2 "))
+        .expect("a job line at 02:30");
+    let fields: Vec<&str> = line.splitn(7, char::is_whitespace).collect();
+    let rest = line[fields[..5].iter().map(|f| f.len() + 1).sum::<usize>()..].trim_start();
+    let (user, command) = rest.split_once(char::is_whitespace).unwrap();
+    (user.to_string(), command.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_installs_the_job_and_its_cron_line_runs_it_as_the_unprivileged_user() {
+    assert!(
+        nix_is_root(),
+        "setup.sh creates a user and root-owned files: this test needs root (CI runs as root; \
+         run `sudo -E cargo test --test it deploy::`)"
+    );
+    let emu = common::start(common::options(&["ccc-deploy"])).await;
+    let db = common::TestDb::create().await;
+    let prefix = tempfile::tempdir().unwrap();
+    // The job's user must reach its files under the prefix, as it reaches / in production.
+    std::fs::set_permissions(prefix.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let setup = || {
+        Command::new("sh")
+            .arg(deploy("setup.sh"))
+            .args(["--binary", env!("CARGO_BIN_EXE_ccc-etl"), "--prefix"])
+            .arg(prefix.path())
+            .output()
+            .unwrap()
+    };
+    let out = setup();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let p = |rel: &str| prefix.path().join(rel);
+    let config = p("etc/ccc-etl/pipeline.toml");
+    let env_file = p("etc/ccc-etl/env");
+    let uid = |path: &Path| std::fs::metadata(path).unwrap().uid();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().mode() & 0o777;
+    let user_uid: u32 = String::from_utf8(
+        Command::new("id")
+            .args(["-u", "ccc-etl"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .expect("setup.sh created the user ccc-etl");
+    assert_ne!(user_uid, 0);
+    assert_eq!(mode(&env_file), 0o600, "the secrets file");
+    assert_eq!(uid(&env_file), user_uid);
+    assert_eq!(uid(&p("var/log/ccc-etl/ccc-etl.log")), user_uid);
+    assert_eq!(uid(&p("var/lib/node_exporter/textfile")), user_uid);
+    let root_line = format!("root = \"{}\"", p("var/lib/ccc-etl/warehouse").display());
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains(&root_line),
+        "an absolute root"
+    );
+
+    // The operator's part: the instances, the endpoint, the secrets.
+    let shipped = std::fs::read_to_string(&config).unwrap();
+    let edited = shipped
+        .replace("instances = [\"ccc-test\"]", "instances = [\"ccc-deploy\"]")
+        .replace(
+            "# endpoint = \"https://ccc.cn-shanghai.aliyuncs.com\"",
+            &format!("endpoint = \"{}\"", emu.endpoint()),
+        );
+    assert_ne!(edited, shipped);
+    std::fs::write(&config, edited).unwrap();
+    std::fs::write(
+        &env_file,
+        format!(
+            "ALIBABA_CLOUD_ACCESS_KEY_ID={}\nALIBABA_CLOUD_ACCESS_KEY_SECRET={}\nDATABASE_URL={}\n",
+            common::KEY_ID,
+            common::SECRET,
+            db.url
+        ),
+    )
+    .unwrap();
+    // Run again: what the operator edited stays.
+    let again = setup();
+    assert!(again.status.success(), "{}", common::output_text(&again));
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("ccc-deploy")
+    );
+    assert!(
+        std::fs::read_to_string(&env_file)
+            .unwrap()
+            .contains(common::KEY_ID)
+    );
+
+    // The systemd units as installed.
+    let units = [
+        p("etc/systemd/system/ccc-etl-nightly.service"),
+        p("etc/systemd/system/ccc-etl-nightly.timer"),
+    ];
+    match Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            common::output_text(&out)
+        ),
+        Err(e) => eprintln!("NOT CHECKED: systemd-analyze is not installed here ({e})"),
+    }
+
+    // The cron line, as cron runs it: the user it names, /bin/sh, a short environment.
+    let (user, command) = cron_job(&p("etc/cron.d/ccc-etl"));
+    assert_eq!(user, "ccc-etl");
+    let run = tokio::process::Command::new("runuser")
+        .args(["-u", &user, "--", "/bin/sh", "-c", &command])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", p("var/lib/ccc-etl"))
+        .current_dir("/")
+        .output()
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(p("var/log/ccc-etl/ccc-etl.log")).unwrap();
+    assert!(
+        run.status.success(),
+        "{}\nlog:\n{log}",
+        common::output_text(&run)
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"message\":\"run started\"")),
+        "JSON log lines in the log file: {log}"
+    );
+    let metrics = p("var/lib/node_exporter/textfile/ccc_etl_nightly.prom");
+    assert!(
+        std::fs::read_to_string(&metrics)
+            .unwrap()
+            .contains("ccc_etl_last_run_exit_code"),
+        "the metrics file"
+    );
+    assert_eq!(uid(&metrics), user_uid);
+    let day_files = common::sinks::parquet_contents(&ccc_etl::sink::parquet::Root::Local(
+        ccc_etl::sink::parquet::Layout::new(&p("var/lib/ccc-etl/warehouse")),
+    ))
+    .await;
+    assert!(
+        !day_files.is_empty(),
+        "the nightly run wrote the Parquet root"
+    );
+    for f in ccc_etl::sink::parquet::Layout::new(&p("var/lib/ccc-etl/warehouse"))
+        .list()
+        .unwrap()
+    {
+        assert_eq!(uid(Path::new(&f.location)), user_uid, "{}", f.location);
+    }
+    db.drop_db().await;
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+#[test]
+fn the_docs_show_the_deployment_files_as_they_are() {
+    let docs = std::fs::read_to_string(Path::new(ROOT).join("docs/nightly.md")).unwrap();
+    let cron = std::fs::read_to_string(deploy("cron/ccc-etl")).unwrap();
+    let job = cron.lines().find(|l| l.starts_with("30 2 ")).unwrap();
+    assert!(
+        docs.contains(job),
+        "docs/nightly.md shows the cron line of deploy/cron/ccc-etl"
+    );
+    let service = std::fs::read_to_string(deploy("systemd/ccc-etl-nightly.service")).unwrap();
+    let exec = service
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .unwrap();
+    assert!(
+        docs.contains(exec),
+        "docs/nightly.md shows the unit's ExecStart"
+    );
+    for file in [
+        "deploy/setup.sh",
+        "deploy/cron/ccc-etl",
+        "deploy/systemd/ccc-etl-nightly.service",
+        "deploy/systemd/ccc-etl-nightly.timer",
+        "deploy/env.example",
+        "deploy/k8s/cronjob.yaml",
+    ] {
+        assert!(docs.contains(file), "docs/nightly.md names {file}");
+    }
+}
