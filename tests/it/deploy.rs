@@ -265,18 +265,11 @@ async fn setup_installs_the_job_and_its_cron_line_runs_it_as_the_unprivileged_us
         "the metrics file"
     );
     assert_eq!(uid(&metrics), user_uid);
-    let day_files = common::sinks::parquet_contents(&ccc_etl::sink::parquet::Root::Local(
-        ccc_etl::sink::parquet::Layout::new(&p("var/lib/ccc-etl/warehouse")),
-    ))
-    .await;
-    assert!(
-        !day_files.is_empty(),
-        "the nightly run wrote the Parquet root"
-    );
-    for f in ccc_etl::sink::parquet::Layout::new(&p("var/lib/ccc-etl/warehouse"))
-        .list()
-        .unwrap()
-    {
+    let layout = ccc_etl::sink::parquet::Layout::new(p("var/lib/ccc-etl/warehouse"));
+    let rows =
+        common::sinks::parquet_contents(&ccc_etl::sink::parquet::Root::Local(layout.clone())).await;
+    assert!(!rows.is_empty(), "the nightly run wrote the Parquet root");
+    for f in layout.list().unwrap() {
         assert_eq!(uid(Path::new(&f.location)), user_uid, "{}", f.location);
     }
     db.drop_db().await;
