@@ -117,7 +117,7 @@ fn how_to_query(
     schema: Option<&crate::config::SchemaName>,
 ) -> anyhow::Result<()> {
     crate::outln!(
-        "\nQuery the result with DuckDB, for example:\n  duckdb -c \"SELECT instance_id, dt AS day, sum(total_calls) AS calls, \
+        "\nQuery the result with DuckDB (the `duckdb` CLI from duckdb.org; from Python, `pip install duckdb` and `duckdb.sql(...)` take the same query), for example:\n  duckdb -c \"SELECT instance_id, dt AS day, sum(total_calls) AS calls, \
          sum(calls_handled) AS handled FROM read_parquet('{root}/inbound_trend/*/*.parquet', hive_partitioning = true) \
          GROUP BY ALL ORDER BY ALL LIMIT 10\""
     )?;

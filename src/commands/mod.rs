@@ -137,19 +137,28 @@ pub(crate) fn report(command: &str, summary: &RunSummary) -> u8 {
 }
 
 /// A metrics file that cannot be written is bad input, found before any request rather than after
-/// the data is committed: its directory must exist and take a new file.
+/// the data is committed: its directory must be a directory that takes a new file, and the file
+/// itself not a directory.
 pub fn check_metrics_file(path: &std::path::Path) -> Result<(), InputError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    may_create_in(dir).map_err(|e| {
-        InputError::new(format!(
-            "--metrics-file {}: cannot write in {}: {e}",
-            path.display(),
-            dir.display()
-        ))
-    })
+    let fail = |why: String| InputError::new(format!("--metrics-file {}: {why}", path.display()));
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err(fail(format!(
+                "cannot write in {}: it is not a directory",
+                dir.display()
+            )));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(fail(format!("cannot write in {}: {e}", dir.display()))),
+    }
+    if path.is_dir() {
+        return Err(fail("it is a directory; name a file in it".into()));
+    }
+    may_create_in(dir).map_err(|e| fail(format!("cannot write in {}: {e}", dir.display())))
 }
 
 /// Whether this process may create files in `dir`, asked of the kernel (access(2)), which writes

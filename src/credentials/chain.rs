@@ -104,7 +104,7 @@ fn nothing_found(choice: Choice) -> String {
              ALIBABA_CLOUD_ACCESS_KEY_SECRET, or configure RRSA (ALIBABA_CLOUD_ROLE_ARN, \
              ALIBABA_CLOUD_OIDC_PROVIDER_ARN, ALIBABA_CLOUD_OIDC_TOKEN_FILE), a CLI profile \
              (~/.aliyun/config.json), a credentials file (~/.alibabacloud/credentials.ini), an \
-             ECS RAM role or ALIBABA_CLOUD_CREDENTIALS_URI (see the README's Credentials section)"
+             ECS RAM role or ALIBABA_CLOUD_CREDENTIALS_URI (see docs/configuration.md, Credentials)"
         }
         Choice::Env => {
             "ALIBABA_CLOUD_ACCESS_KEY_ID is not set: export the AccessKeyId and \

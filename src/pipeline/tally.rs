@@ -298,7 +298,7 @@ impl Tally {
                 tracing::warn!(
                     field = %name,
                     "new field from the API: {name} is not a field ccc-etl knows; rows keep it in \
-                     their `extra` column (see the README's Schema drift section to adopt it)"
+                     their `extra` column (see docs/operating.md, Schema drift, to adopt it)"
                 );
             } else {
                 tracing::warn!(

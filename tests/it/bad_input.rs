@@ -286,6 +286,28 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             expect: "out of range",
         },
         Case {
+            name: "metrics file under a regular file",
+            config: Some(ok.clone()),
+            args: common::args(&[
+                "backfill",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-03",
+                "--metrics-file",
+                "/etc/passwd/ccc_etl.prom",
+            ]),
+            creds: both,
+            expect: "--metrics-file /etc/passwd/ccc_etl.prom: cannot write in /etc/passwd: it is not a directory",
+        },
+        Case {
+            name: "metrics file that is a directory",
+            config: Some(ok.clone()),
+            args: common::args(&["nightly", "--metrics-file", "/tmp"]),
+            creds: both,
+            expect: "--metrics-file /tmp: it is a directory",
+        },
+        Case {
             name: "metrics file in a directory that does not exist",
             config: Some(ok.clone()),
             args: common::args(&[

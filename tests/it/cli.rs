@@ -574,6 +574,59 @@ async fn run_async(args: &[&str], secret: &str, db_url: &str) -> Output {
         .unwrap()
 }
 
+#[test]
+fn init_says_what_the_configuration_needs_next_and_writes_clean_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |name: &str, args: &[&str]| {
+        let out = bin()
+            .current_dir(dir.path())
+            .args(["--config", name, "init"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            std::fs::read_to_string(dir.path().join(name)).unwrap(),
+        )
+    };
+    // The emulator's configuration: both instances it serves, its keys, and no DATABASE_URL yet.
+    let (said, text) = init("emulator.toml", &["--emulator"]);
+    assert!(
+        text.contains("instances = [\"ccc-test\", \"ccc-b\"]"),
+        "{text}"
+    );
+    for needed in [
+        "export DATABASE_URL=postgres://",
+        "delete the [postgres] section",
+        "ALIBABA_CLOUD_ACCESS_KEY_ID=demo ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo-secret ccc-etl emulator --listen 127.0.0.1:8080 --instances ccc-test,ccc-b",
+        "export ALIBABA_CLOUD_ACCESS_KEY_ID=demo",
+        "ccc-etl --config emulator.toml check",
+    ] {
+        assert!(said.contains(needed), "{needed:?} in {said}");
+    }
+    // The endpoint line is whole: one comment, and the template's continuation line gone.
+    let endpoint: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("127.0.0.1:8080"))
+        .collect();
+    assert_eq!(endpoint.len(), 1, "{text}");
+    assert!(endpoint[0].starts_with("endpoint = \"http://127.0.0.1:8080\"  # "));
+    assert_eq!(endpoint[0].matches('#').count(), 1, "{}", endpoint[0]);
+    assert!(
+        !text.contains("#                          # plain HTTP only"),
+        "{text}"
+    );
+    // A real instance: credentials to export, instances as given.
+    let (said, text) = init("real.toml", &["--instances", "ccc-prod-1,ccc-prod-2"]);
+    assert!(text.contains("instances = [\"ccc-prod-1\", \"ccc-prod-2\"]"));
+    assert!(
+        said.contains("credentials: export ALIBABA_CLOUD_ACCESS_KEY_ID"),
+        "{said}"
+    );
+    assert!(!said.contains("emulator"), "{said}");
+}
+
 #[tokio::test]
 async fn init_writes_a_configuration_and_check_verifies_it_without_writing_anything() {
     let emu = common::start(common::options(&["ccc-a"])).await;
