@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::config::SchemaName;
-use crate::record::MediaType;
+use crate::record::{MediaType, Table};
 
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -396,18 +396,26 @@ impl PgStore {
         &self.schema
     }
 
-    /// Rows of one series across the three tables.
-    pub async fn row_count(&self, instance: &str, media: MediaType) -> Result<u64, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM inbound_trend WHERE instance_id = $1 AND media_type = $2)
-                  + (SELECT count(*) FROM outbound_trend WHERE instance_id = $1 AND media_type = $2)
-                  + (SELECT count(*) FROM overall_trend WHERE instance_id = $1 AND media_type = $2)",
+    /// Rows of one series in each of the three tables.
+    pub async fn row_counts(
+        &self,
+        instance: &str,
+        media: MediaType,
+    ) -> Result<[(Table, u64); 3], sqlx::Error> {
+        let (inbound, outbound, overall): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM inbound_trend WHERE instance_id = $1 AND media_type = $2),
+                    (SELECT count(*) FROM outbound_trend WHERE instance_id = $1 AND media_type = $2),
+                    (SELECT count(*) FROM overall_trend WHERE instance_id = $1 AND media_type = $2)",
         )
         .bind(instance)
         .bind(media.as_str())
         .fetch_one(&self.pool)
         .await?;
-        Ok(n as u64)
+        Ok([
+            (Table::Inbound, inbound as u64),
+            (Table::Outbound, outbound as u64),
+            (Table::Overall, overall as u64),
+        ])
     }
 }
 

@@ -14,7 +14,7 @@ use crate::ledger::SinkKind;
 use crate::ledger::{Ledger, LedgerError, SinkId};
 use crate::plan::DAY_MS;
 use crate::ranges::{intersect, subtract, union};
-use crate::record::MediaType;
+use crate::record::{MediaType, Table};
 
 /// A half-open range, with readable ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,6 +75,8 @@ pub struct SeriesStatus {
     pub aging_out: Vec<Span>,
     /// Rows per sink.
     pub rows: BTreeMap<String, u64>,
+    /// Rows per sink and table.
+    pub rows_by_table: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// The whole report.
@@ -146,6 +148,28 @@ pub fn classify(
     (covered, recoverable, lost, aging)
 }
 
+/// A series' rows, per sink and table.
+fn rows_of(
+    rows: &BTreeMap<(String, MediaType, SinkKind, Table), u64>,
+    instance: &str,
+    media: MediaType,
+    sinks: &[SinkId],
+) -> BTreeMap<String, BTreeMap<String, u64>> {
+    sinks
+        .iter()
+        .map(|s| {
+            let tables = Table::ALL
+                .iter()
+                .map(|t| {
+                    let key = (instance.to_string(), media, s.kind, *t);
+                    (t.name().to_string(), rows.get(&key).copied().unwrap_or(0))
+                })
+                .collect();
+            (s.kind.as_str().to_string(), tables)
+        })
+        .collect()
+}
+
 /// Builds the report from the ledger; `not_covered` removes what a sink was found not to hold
 /// (days whose Parquet files are missing or damaged) from what its ledger says; `rows` gives each
 /// sink's row count for a series.
@@ -155,7 +179,7 @@ pub async fn build(
     series: &[(String, MediaType)],
     sinks: &[SinkId],
     not_covered: &BTreeMap<SinkId, Vec<(i64, i64)>>,
-    rows: BTreeMap<(String, MediaType, SinkKind), u64>,
+    rows: BTreeMap<(String, MediaType, SinkKind, Table), u64>,
     now_ms: i64,
     horizon_ms: i64,
     alert_days: u32,
@@ -186,18 +210,15 @@ pub async fn build(
             recoverable_gaps: recoverable.into_iter().map(|r| Span::new(r, tz)).collect(),
             lost_gaps: lost.into_iter().map(|r| Span::new(r, tz)).collect(),
             aging_out: aging.into_iter().map(|r| Span::new(r, tz)).collect(),
-            rows: sinks
-                .iter()
-                .map(|s| {
-                    (
-                        s.kind.as_str().to_string(),
-                        rows.get(&(instance.clone(), *media, s.kind))
-                            .copied()
-                            .unwrap_or(0),
-                    )
-                })
-                .collect(),
+            rows_by_table: rows_of(&rows, instance, *media, sinks),
+            rows: BTreeMap::new(),
         });
+        let last = out.last_mut().expect("just pushed");
+        last.rows = last
+            .rows_by_table
+            .iter()
+            .map(|(sink, tables)| (sink.clone(), tables.values().sum()))
+            .collect();
     }
     let alert = out.iter().any(|s| !s.aging_out.is_empty());
     Ok(StatusReport {
@@ -278,9 +299,12 @@ impl StatusReport {
     /// One series: its rows per table, then what is covered, missing, lost and ageing out.
     fn render_series(&self, x: &SeriesStatus, t: &dyn Fn(i64) -> String) -> String {
         let rows: Vec<String> = x
-            .rows
+            .rows_by_table
             .iter()
-            .map(|(k, v)| format!("{k} {v} rows"))
+            .map(|(sink, tables)| {
+                let each: Vec<String> = tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+                format!("{sink} {} rows ({})", x.rows[sink], each.join(", "))
+            })
             .collect();
         let mut s = format!("{}/{}: {}\n", x.instance_id, x.media_type, rows.join(", "));
         let mut ranges = |label: &str, list: &[Span]| {

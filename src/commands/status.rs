@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 
 use crate::ledger::Ledger;
-use crate::record::MediaType;
+use crate::record::{MediaType, Table};
 use crate::sink::parquet::{Root, RootCount, reconcile};
 
 /// `ccc-etl status`: the report as a table or JSON, the headroom metrics if asked; exit 4 on the
@@ -63,7 +63,7 @@ pub async fn coverage_report(
 }
 
 type Series = Vec<(String, MediaType)>;
-type Rows = BTreeMap<(String, MediaType, SinkKind), u64>;
+type Rows = BTreeMap<(String, MediaType, SinkKind, Table), u64>;
 
 async fn report(
     config: &Config,
@@ -88,11 +88,13 @@ async fn report(
     if config.postgres.is_some() {
         sinks.push(SinkId::new(SinkKind::Postgres, ""));
         for (i, m) in &series {
-            let n = match (&store, count_rows) {
-                (Some(store), true) => store.row_count(i, *m).await?,
-                _ => 0,
+            let counts = match (&store, count_rows) {
+                (Some(store), true) => store.row_counts(i, *m).await?,
+                _ => Table::ALL.map(|t| (t, 0)),
             };
-            rows.insert((i.clone(), *m, SinkKind::Postgres), n);
+            for (t, n) in counts {
+                rows.insert((i.clone(), *m, SinkKind::Postgres, t), n);
+            }
         }
     }
     let (mut findings, mut extra_files) = (Vec::new(), Vec::new());
@@ -174,13 +176,14 @@ async fn parquet_view(
     }
     let rows = series
         .iter()
-        .map(|(i, m)| {
+        .flat_map(|(i, m)| Table::ALL.map(|t| (i, m, t)))
+        .map(|(i, m, t)| {
             let n = disk
-                .rows
-                .get(&(i.clone(), m.to_string()))
+                .by_table
+                .get(&(i.clone(), m.to_string(), t))
                 .copied()
                 .unwrap_or(0);
-            ((i.clone(), *m, SinkKind::Parquet), n)
+            ((i.clone(), *m, SinkKind::Parquet, t), n)
         })
         .collect();
     Ok(ParquetView {

@@ -166,14 +166,24 @@ async fn a_backfill_into_s3_equals_the_same_backfill_into_a_local_root_file_for_
     // Exit 4: the rest of the 180 days is not back-filled, and status says so.
     assert_eq!(status.status.code(), Some(4), "{}", text(&status));
     for instance in ["ccc-a", "ccc-b"] {
-        let n = expected
-            .values()
-            .flatten()
-            .filter(|r| r.starts_with(&format!("{instance}|")))
-            .count();
+        let of = |table: Option<Table>| {
+            expected
+                .iter()
+                .filter(|((t, _), _)| table.is_none_or(|x| x == *t))
+                .flat_map(|(_, rows)| rows)
+                .filter(|r| r.starts_with(&format!("{instance}|")))
+                .count()
+        };
+        let each: Vec<String> = Table::ALL
+            .iter()
+            .map(|t| format!("{} {}", t.name(), of(Some(*t))))
+            .collect();
+        let sink = |name: &str| format!("{name} {} rows ({})", of(None), each.join(", "));
         assert!(
             String::from_utf8_lossy(&status.stdout).contains(&format!(
-                "{instance}/Audio: parquet {n} rows, postgres {n} rows"
+                "{instance}/Audio: {}, {}",
+                sink("parquet"),
+                sink("postgres")
             )),
             "{}",
             text(&status)

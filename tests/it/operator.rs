@@ -128,6 +128,15 @@ async fn a_wiped_root_a_deleted_day_file_and_a_second_root_are_all_refilled() {
         status.contains("NOT COVERED") && status.contains(&shifted("dt=2026-11-03")),
         "status tells the day is missing: {status}"
     );
+    // Rows per sink and table, as they are: a day of inbound rows gone from Parquet only.
+    assert!(
+        status.contains(
+            "ccc-a/Audio: parquet 480 rows (inbound_trend 144, outbound_trend 168, \
+             overall_trend 168), postgres 504 rows (inbound_trend 168, outbound_trend 168, \
+             overall_trend 168)"
+        ),
+        "{status}"
+    );
     let out = site.run_ok(&cfg, &WEEK, 0).await;
     assert!(!out.contains(" 0 window(s) ok"), "{out}");
     assert_eq!(parquet_rows(&site.root("wh")), full);

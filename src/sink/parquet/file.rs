@@ -268,6 +268,8 @@ pub(super) fn count_reader<R: ChunkReader + 'static>(
 pub struct RootCount {
     /// Rows per `(instance_id, media_type)`.
     pub rows: HashMap<(String, String), u64>,
+    /// Rows per `(instance_id, media_type, table)`.
+    pub by_table: HashMap<(String, String, Table), u64>,
     /// Files that could not be read, with their table and day.
     pub unreadable: Vec<(Table, NaiveDate, ReadError)>,
 }

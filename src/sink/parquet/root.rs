@@ -166,6 +166,9 @@ impl Root {
             match counted {
                 Ok(rows) => {
                     for (k, n) in rows {
+                        *out.by_table
+                            .entry((k.0.clone(), k.1.clone(), f.table))
+                            .or_default() += n;
                         *out.rows.entry(k).or_default() += n;
                     }
                 }
