@@ -307,6 +307,7 @@ fn the_docs_show_the_deployment_files_as_they_are() {
         "deploy/systemd/ccc-etl-nightly.timer",
         "deploy/env.example",
         "deploy/k8s/cronjob.yaml",
+        "deploy/Dockerfile",
     ] {
         assert!(docs.contains(file), "docs/nightly.md names {file}");
     }
