@@ -198,7 +198,9 @@ impl Coordinator {
     }
 
     /// Queues the plan's windows (a window already queued stays as it is; one done before
-    /// `planned_at` is queued again: a later night's plan).
+    /// `planned_at` is queued again: a later night's plan). Two statements, neither waiting for a
+    /// lease row another worker holds locked (its commit in progress, or a frozen process's):
+    /// the insert does nothing on a conflict, and the update only touches rows that are `done`.
     pub async fn enqueue(
         &self,
         windows: &[WindowKey],
@@ -209,10 +211,22 @@ impl Coordinator {
             sqlx::query(
                 "INSERT INTO leases (instance_id, media_type, start_ms, end_ms, state, planned_at) \
                  SELECT i, m, s, e, 'pending', $5 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS w(i, m, s, e) \
-                 ON CONFLICT (instance_id, media_type, start_ms) DO UPDATE \
-                 SET state = 'pending', end_ms = EXCLUDED.end_ms, worker_id = NULL, lease_until = NULL, \
-                     planned_at = EXCLUDED.planned_at, done_at = NULL \
-                 WHERE leases.state = 'done' AND leases.done_at < EXCLUDED.planned_at",
+                 ON CONFLICT (instance_id, media_type, start_ms) DO NOTHING",
+            )
+            .bind(&i)
+            .bind(&m)
+            .bind(&s)
+            .bind(&e)
+            .bind(planned_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+            sqlx::query(
+                "UPDATE leases l SET state = 'pending', end_ms = w.e, worker_id = NULL, lease_until = NULL, \
+                     planned_at = $5, done_at = NULL \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS w(i, m, s, e) \
+                 WHERE (l.instance_id, l.media_type, l.start_ms) = (w.i, w.m, w.s) \
+                   AND l.state = 'done' AND l.done_at < $5",
             )
             .bind(i)
             .bind(m)
@@ -504,6 +518,7 @@ impl Coordinator {
     pub async fn beat(&self) -> anyhow::Result<()> {
         self.extend().await?;
         self.flush_done().await?;
+        self.end_frozen_copies().await;
         let live: i64 = sqlx::query_scalar(
             "WITH me AS (UPDATE workers SET heartbeat_at = now(), windows_in_flight = $2, \
              windows_done = $3, fenced = $4 WHERE worker_id = $1) \
@@ -520,6 +535,29 @@ impl Coordinator {
         .map_err(db)?;
         self.live_workers.store(live.max(1), Ordering::Relaxed);
         self.share_rate().await
+    }
+
+    /// Ends the `COPY` of a worker frozen in its middle. Such a session is not idle in its
+    /// transaction (the server waits for the rows), so no timeout ends it, and it keeps the lease
+    /// rows of its windows locked: no other worker could take them over. A `COPY` of a group takes
+    /// well under a second; one that has run for a lease is a stopped process's, and its session
+    /// is terminated (its transaction rolls back; the process, if it resumes, finds its leases
+    /// gone). Best effort: a database role that may not signal the others' sessions logs it.
+    async fn end_frozen_copies(&self) {
+        let ended = sqlx::query_scalar::<_, i64>(END_FROZEN_COPIES)
+            .bind(self.settings.lease.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await;
+        match ended {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                sessions = n,
+                "ended the COPY of a worker stopped in its middle for longer than a lease"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %crate::db::explain(&e), "cannot end a frozen worker's COPY")
+            }
+        }
     }
 
     /// Extends the leases still held. A lease another worker took over is lost; so is every
@@ -718,6 +756,13 @@ pub const HOLDS_NOW: &str = "SELECT w.n FROM unnest($1::text[], $2::text[], $3::
            AND l.worker_id = $5 AND l.attempt = w.a \
            AND ((l.state = 'leased' AND l.lease_until > clock_timestamp()) OR l.state = 'done') \
          OFFSET 0) x";
+
+/// Terminates the ccc-etl sessions of this database in the middle of a `COPY` for longer than `$1`
+/// seconds; returns how many.
+const END_FROZEN_COPIES: &str = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+       AND application_name LIKE 'ccc-etl/%' AND state = 'active' AND query LIKE 'COPY %' \
+       AND query_start < now() - make_interval(secs => $1)";
 
 /// Hands back every lease a worker holds.
 const HAND_BACK: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \

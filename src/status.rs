@@ -319,9 +319,17 @@ impl StatusReport {
         ranges("covered", &x.covered);
         ranges("gap (fillable)", &x.recoverable_gaps);
         ranges("gap (LOST)", &x.lost_gaps);
+        let first_covered = x.covered.first().map(|c| c.start_ms);
         for g in &x.aging_out {
+            // Older than anything fetched: what a first backfill of a shorter range leaves.
+            let why = if first_covered.is_some_and(|c| g.end_ms <= c) {
+                " (never fetched: it is older than everything fetched so far, as after a first \
+                 backfill of a shorter range)"
+            } else {
+                ""
+            };
             s.push_str(&format!(
-                "  ALERT: {} .. {} is not covered and ages out of the API within {} days: run `ccc-etl nightly` now\n",
+                "  ALERT: {} .. {} is not covered and ages out of the API within {} days{why}: run `ccc-etl nightly` now\n",
                 t(g.start_ms),
                 t(g.end_ms),
                 self.alert_days

@@ -277,20 +277,7 @@ impl PostgresSink {
         let mut tx = self.store.pool().begin().await?;
         lock_series(&mut tx, group).await?;
         let mut written = Written::default();
-        let kept: Vec<&Arc<WindowBatch>> = match &run.coordinator {
-            None => group.iter().collect(),
-            Some(c) => {
-                let keys: Vec<&WindowKey> = group.iter().map(|b| &b.key).collect();
-                let held = c.holds_for_commit(&mut tx, &keys).await?;
-                let (kept, refused): (Vec<_>, Vec<_>) =
-                    group.iter().enumerate().partition(|(i, _)| held[*i]);
-                for (_, b) in refused {
-                    c.refused(&b.key, "postgres");
-                    written.fenced.push(b.key.clone());
-                }
-                kept.into_iter().map(|(_, b)| b).collect()
-            }
-        };
+        let kept = fence(&mut tx, group, run, &mut written).await?;
         if kept.is_empty() {
             return Ok(written);
         }
@@ -327,6 +314,28 @@ impl PostgresSink {
             .extend(kept.iter().map(|b| DurableWindow::of(b)));
         Ok(written)
     }
+}
+
+/// The windows of `group` this worker may still commit, their lease rows locked until the
+/// transaction ends (every window without several workers); the refused ones go to
+/// `written.fenced`.
+async fn fence<'a>(
+    tx: &mut sqlx::PgConnection,
+    group: &'a [Arc<WindowBatch>],
+    run: &RunContext,
+    written: &mut Written,
+) -> Result<Vec<&'a Arc<WindowBatch>>, sqlx::Error> {
+    let Some(c) = &run.coordinator else {
+        return Ok(group.iter().collect());
+    };
+    let keys: Vec<&WindowKey> = group.iter().map(|b| &b.key).collect();
+    let held = c.holds_for_commit(tx, &keys).await?;
+    let (kept, refused): (Vec<_>, Vec<_>) = group.iter().enumerate().partition(|(i, _)| held[*i]);
+    for (_, b) in refused {
+        c.refused(&b.key, "postgres");
+        written.fenced.push(b.key.clone());
+    }
+    Ok(kept.into_iter().map(|(_, b)| b).collect())
 }
 
 /// Takes the series locks of a group, in the order of their lock keys: two groups sharing

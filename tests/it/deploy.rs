@@ -308,6 +308,7 @@ fn the_docs_show_the_deployment_files_as_they_are() {
         "deploy/env.example",
         "deploy/k8s/cronjob.yaml",
         "deploy/Dockerfile",
+        "deploy/build-image.sh",
     ] {
         assert!(docs.contains(file), "docs/nightly.md names {file}");
     }

@@ -201,7 +201,11 @@ async fn status_raises_the_aging_out_alert_for_an_uncovered_old_range_until_nigh
         "one row per hour and table: {:?}",
         s.rows
     );
-    assert!(report.render().contains("ALERT"));
+    let text = report.render();
+    assert!(
+        text.contains("ALERT") && text.contains("(never fetched: it is older than everything"),
+        "the first run's alert explains itself: {text}"
+    );
     assert!(report.last_success.is_some());
 
     let (sinks, ledger) = open();

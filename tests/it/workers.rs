@@ -940,9 +940,31 @@ async fn holds_day_lock(pool: &sqlx::PgPool, pid: u32) -> bool {
     n > 0
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease() {
-    let ids: Vec<String> = (0..3).map(|i| format!("ccc-f{i}")).collect();
+/// Whether the worker's session is in the middle of a `COPY` (its rows streaming in).
+async fn in_copy(pool: &sqlx::PgPool, pid: u32) -> bool {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = $1 AND state = 'active' AND query LIKE 'COPY%'",
+    )
+    .bind(format!("ccc-etl/{pid}"))
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| panic!("worker {pid}: {e}"));
+    n > 0
+}
+
+type Probe = for<'a> fn(&'a sqlx::PgPool, u32) -> futures::future::BoxFuture<'a, bool>;
+
+/// A slow worker A (3 requests a second) frozen (SIGSTOP) at an instant `caught` holds, then
+/// worker B at full speed on the same job: B finishes (whatever A held is given up within a
+/// lease), A resumed ends, and the sinks agree. A run that ends before A is caught is done again
+/// on a fresh database.
+async fn frozen_worker_delays_the_others_by_at_most_a_lease(
+    prefix: &str,
+    what: &str,
+    caught: Probe,
+) {
+    let ids: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let mut opts = common::options(&refs);
     opts.revise_ms = 0;
@@ -951,13 +973,11 @@ async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease
     let from = to - 60 * DAY;
     let work = tempfile::tempdir().unwrap();
     let cfg = work.path().join("p.toml");
-    // Worker A (3 requests a second, a long run) is frozen (SIGSTOP) at an instant it holds a
-    // day's lock; a run that ends before it is caught is done again on a fresh database.
     let t0 = Instant::now();
     let (a, pid, db, bucket, pool) = loop {
         assert!(
             t0.elapsed() < Duration::from_secs(180),
-            "never caught a worker holding a day's lock"
+            "never caught a worker {what}"
         );
         let db = common::TestDb::create().await;
         let bucket = common::s3::server().bucket().await;
@@ -965,10 +985,10 @@ async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease
         let pool = db.pool().await;
         let mut a = backfill(&cfg, &db.url, from, to).spawn().unwrap();
         let pid = a.id().unwrap();
-        let caught = loop {
-            if holds_day_lock(&pool, pid).await {
+        let frozen = loop {
+            if caught(&pool, pid).await {
                 signal(pid, libc::SIGSTOP);
-                if holds_day_lock(&pool, pid).await {
+                if caught(&pool, pid).await {
                     break true;
                 }
                 signal(pid, libc::SIGCONT);
@@ -978,16 +998,13 @@ async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
-        if caught {
+        if frozen {
             break (a, pid, db, bucket, pool);
         }
         pool.close().await;
         db.drop_db().await;
     };
-    // Worker B, at full speed, on the same job.
     write_config(&cfg, &emu.endpoint(), &ids, &bucket, 50.0);
-    // Worker B does the job: the frozen holder's transaction is ended after a lease (4 s), its
-    // leases lapse as long after, and B finishes.
     let started = Instant::now();
     let (code, text) = tokio::time::timeout(
         Duration::from_secs(60),
@@ -998,8 +1015,8 @@ async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease
     assert_eq!(code, Some(0), "{text}");
     let waited = started.elapsed();
     assert!(
-        !holds_day_lock(&pool, pid).await,
-        "the frozen worker's lock is gone"
+        !caught(&pool, pid).await,
+        "the frozen worker no longer holds it ({what})"
     );
     signal(pid, libc::SIGCONT);
     tokio::time::timeout(Duration::from_secs(60), a.wait_with_output())
@@ -1010,6 +1027,29 @@ async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease
     sinks_agree(&cfg, &db, &bucket, from, to).await;
     eprintln!("the second worker finished in {waited:?}");
     db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_holding_a_day_lock_delays_the_others_by_at_most_a_lease() {
+    // Its transaction, idle, is ended by the server after a lease; its leases lapse as long after.
+    frozen_worker_delays_the_others_by_at_most_a_lease(
+        "ccc-f",
+        "holding a day's lock",
+        |p, pid| Box::pin(holds_day_lock(p, pid)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_in_the_middle_of_a_copy_delays_the_others_by_at_most_a_lease() {
+    // Its transaction is not idle (the server waits for the COPY's rows) and holds the lease rows
+    // of its windows: the statement is cancelled a lease after it began.
+    frozen_worker_delays_the_others_by_at_most_a_lease(
+        "ccc-c",
+        "in the middle of a COPY",
+        |p, pid| Box::pin(in_copy(p, pid)),
+    )
+    .await;
 }
 
 /// Every PostgreSQL row against the emulator's final (fully revised) values; how many rows.
