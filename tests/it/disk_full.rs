@@ -31,7 +31,7 @@ impl Tmpfs {
         assert!(
             out.status.success(),
             "cannot mount a tmpfs at {} ({}): the disk-full tests mount one and need root \
-             (CI runs as root; run `sudo -E cargo test --test disk_full`)",
+             (CI runs as root; run `sudo -E cargo test --test it disk_full::`)",
             dir.path().display(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
