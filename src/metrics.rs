@@ -111,6 +111,34 @@ fn worker_families(out: &mut String, command: &str, s: &RunSummary) {
     );
 }
 
+/// Schema drift the last run saw: fields the API sent that ccc-etl does not know, and known fields
+/// it left out.
+fn drift(out: &mut String, command: &str, s: &RunSummary) {
+    let c = || ("command", command.to_string());
+    let labels = |name: &str| {
+        let (section, field) = name.split_once('.').unwrap_or(("response", name));
+        vec![c(), ("section", section.into()), ("field", field.into())]
+    };
+    let unknown: Vec<_> = (s.drift.unknown.iter())
+        .map(|(name, n)| (labels(name), *n as f64))
+        .collect();
+    family(
+        out,
+        "ccc_etl_unknown_fields",
+        "Fields the API sent in the last run that ccc-etl does not know, by rows (items) carrying them.",
+        &unknown,
+    );
+    let missing: Vec<_> = (s.drift.missing.iter())
+        .map(|name| (labels(name), 1.0))
+        .collect();
+    family(
+        out,
+        "ccc_etl_missing_fields",
+        "Known fields absent from every item of an array in the last run (1 per field).",
+        &missing,
+    );
+}
+
 /// Renders the metrics of one run of `command`.
 pub fn render(
     command: &str,
@@ -164,24 +192,7 @@ pub fn render(
         "Throttling answers in the last run.",
         &[(vec![c()], s.throttled as f64)],
     );
-    let unknown: Vec<_> = s
-        .drift
-        .unknown
-        .iter()
-        .map(|(name, n)| {
-            let (section, field) = match name.split_once('.') {
-                Some((sec, f)) => (sec.to_string(), f.to_string()),
-                None => ("response".to_string(), name.clone()),
-            };
-            (vec![c(), ("section", section), ("field", field)], *n as f64)
-        })
-        .collect();
-    family(
-        &mut out,
-        "ccc_etl_unknown_fields",
-        "Fields the API sent in the last run that ccc-etl does not know, by rows (items) carrying them.",
-        &unknown,
-    );
+    drift(&mut out, command, s);
     family(
         &mut out,
         "ccc_etl_credential_refreshes",
@@ -275,7 +286,7 @@ pub fn render_headroom(command: &str, report: &crate::status::StatusReport) -> S
             (
                 vec![
                     ("command", command.to_string()),
-                    ("instance", s.instance_id.clone()),
+                    ("instance_id", s.instance_id.clone()),
                     ("media_type", s.media_type.to_string()),
                 ],
                 ((oldest - report.horizon_ms).max(0) / 1000) as f64,

@@ -549,7 +549,7 @@ async fn status_and_nightly_export_the_horizon_headroom_and_the_alert() {
         "{text}"
     );
     assert!(
-        text.contains("ccc_etl_horizon_headroom_seconds{command=\"status\",instance=\"ccc-a\",media_type=\"Audio\"} 0\n"),
+        text.contains("ccc_etl_horizon_headroom_seconds{command=\"status\",instance_id=\"ccc-a\",media_type=\"Audio\"} 0\n"),
         "the oldest uncovered bucket is at the horizon: {text}"
     );
     let nightly_prom = site.dir.path().join("nightly.prom");
@@ -570,7 +570,7 @@ async fn status_and_nightly_export_the_horizon_headroom_and_the_alert() {
     );
     let headroom: f64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("ccc_etl_horizon_headroom_seconds{command=\"nightly\",instance=\"ccc-a\",media_type=\"Audio\"} "))
+        .find_map(|l| l.strip_prefix("ccc_etl_horizon_headroom_seconds{command=\"nightly\",instance_id=\"ccc-a\",media_type=\"Audio\"} "))
         .unwrap()
         .parse()
         .unwrap();
