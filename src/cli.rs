@@ -139,6 +139,19 @@ pub enum Command {
         after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/ccc ccc-etl migrate"
     )]
     Migrate,
+    /// Print the statements that register the Parquet root's tables in a query engine.
+    #[command(
+        after_help = "Example:\n  ccc-etl ddl --engine duckdb > tables.sql\n  ccc-etl ddl --engine athena --schema contact_center"
+    )]
+    Ddl {
+        /// The engine: duckdb, spark, trino, starrocks, athena or maxcompute.
+        #[arg(long, value_enum)]
+        engine: crate::ddl::Engine,
+        /// The schema (database) for the tables; for Trino `catalog.schema`. Default: `ccc`
+        /// (Trino `hive.ccc`; DuckDB's current schema, MaxCompute's current project).
+        #[arg(long, value_name = "NAME")]
+        schema: Option<String>,
+    },
     /// Write a commented pipeline.toml to start from (never overwrites one).
     #[command(
         after_help = "Example:\n  ccc-etl init --instances ccc-prod-1,ccc-prod-2\n  ccc-etl init --emulator"

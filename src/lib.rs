@@ -26,6 +26,7 @@
 //!   token, one QPS budget)
 //! - [`status`], [`verify`], [`metrics`], [`progress`], [`telemetry`], [`output`]: what a run
 //!   tells people
+//! - [`ddl`]: the statements that register a Parquet root in query engines (pure)
 //! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes
 
 pub mod ccc;
@@ -35,6 +36,7 @@ pub mod config;
 pub mod coord;
 pub mod credentials;
 pub mod db;
+pub mod ddl;
 pub mod dedup;
 pub mod error;
 pub mod ledger;

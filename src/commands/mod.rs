@@ -2,6 +2,7 @@
 //! subcommand; `open` decides what a command works on, `job` runs backfills and nightly runs.
 
 mod check;
+mod ddl;
 mod demo;
 mod emulator;
 mod init;
@@ -103,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = Config::load(&cli.config)?;
             check::run_check(&config).await
         }
+        Command::Ddl { engine, schema } => ddl::run_ddl(&cli.config, *engine, schema.as_deref()),
         Command::Migrate => {
             let (config, access) = migrate::migrate_config(&cli.config)?;
             run_migrate(&config, access).await

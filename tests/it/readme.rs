@@ -17,7 +17,7 @@ use clap::Parser;
 
 /// The README, then the pages of `docs/` in the order a new user reads them: the walk below runs
 /// their commands in this order.
-const DOCS: [(&str, &str); 13] = [
+const DOCS: [(&str, &str); 15] = [
     ("README.md", include_str!("../../README.md")),
     (
         "docs/configuration.md",
@@ -26,8 +26,13 @@ const DOCS: [(&str, &str); 13] = [
     ("docs/running.md", include_str!("../../docs/running.md")),
     ("docs/nightly.md", include_str!("../../docs/nightly.md")),
     ("docs/operating.md", include_str!("../../docs/operating.md")),
+    (
+        "docs/monitoring.md",
+        include_str!("../../docs/monitoring.md"),
+    ),
     ("docs/postgres.md", include_str!("../../docs/postgres.md")),
     ("docs/parquet.md", include_str!("../../docs/parquet.md")),
+    ("docs/querying.md", include_str!("../../docs/querying.md")),
     (
         "docs/object-storage.md",
         include_str!("../../docs/object-storage.md"),
@@ -75,7 +80,7 @@ fn invocation(line: &str) -> Option<Vec<String>> {
         })
         .copied()?;
     let mut rest = line[at + "ccc-etl ".len()..].to_string();
-    for cut in [" >>", " #", " |"] {
+    for cut in [" >", " #", " |"] {
         if let Some(i) = rest.find(cut) {
             rest.truncate(i);
         }

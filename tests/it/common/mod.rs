@@ -263,15 +263,29 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
 }
 
 /// A Python with DuckDB, set up under `target/` on first use (from PyPI), so this stays one
-/// `cargo test` on a fresh machine. Tests asking at once wait for the one setting it up.
+/// `cargo test` on a fresh machine.
 pub fn duckdb_python() -> std::path::PathBuf {
+    venv_python(
+        "readme-venv",
+        "import duckdb",
+        &["duckdb"],
+        "DuckDB runs the documented queries",
+    )
+}
+
+/// The Python of a virtual environment under `target/{dir}` in which `probe` runs, made on
+/// first use with `pip install {install}` (from PyPI), so tests that need a Python tool stay one
+/// `cargo test` on a fresh machine. Tests asking at once wait for the one setting it up.
+pub fn venv_python(dir: &str, probe: &str, install: &[&str], why: &str) -> std::path::PathBuf {
     static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/readme-venv");
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(dir);
     let python = venv.join("bin/python");
     let ready = |p: &std::path::Path| {
         std::process::Command::new(p)
-            .args(["-c", "import duckdb"])
+            .args(["-c", probe])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -282,8 +296,7 @@ pub fn duckdb_python() -> std::path::PathBuf {
         let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
         assert!(
             out.status.success(),
-            "{what} failed (this test runs the README's DuckDB example and needs python3 with \
-             venv, and PyPI): {}",
+            "{what} failed ({why}; it needs python3 with venv, and PyPI): {}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
@@ -294,8 +307,10 @@ pub fn duckdb_python() -> std::path::PathBuf {
         "python3 -m venv",
     );
     run(
-        std::process::Command::new(&python).args(["-m", "pip", "install", "--quiet", "duckdb"]),
-        "pip install duckdb",
+        std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(install),
+        &format!("pip install {}", install.join(" ")),
     );
     python
 }
