@@ -1,0 +1,1 @@
+{{ kpi_mart("cast(local_time as date)", 'day') }}

@@ -1,0 +1,1 @@
+{{ kpi_mart("date_trunc('hour', local_time)", 'local_hour') }}

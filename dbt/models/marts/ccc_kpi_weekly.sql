@@ -1,0 +1,1 @@
+{{ kpi_mart("cast(date_trunc('week', local_time) as date)", 'week_start') }}
