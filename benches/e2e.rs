@@ -11,8 +11,9 @@
 //! - `collation` (only when named): the COPY reference into the key columns as migrated against
 //!   the same columns in the "C" collation.
 //! - `rate`: the client's rate adaptation against a 20 QPS limit.
+//! - `report`: `ccc-etl report` of a backfilled job against `ccc-etl status` on it.
 //!
-//! `cargo bench --bench e2e [-- e2e|coordination|rate]` (or `bench/run.sh`). Sizes:
+//! `cargo bench --bench e2e [-- e2e|coordination|rate|report]` (or `bench/run.sh`). Sizes:
 //! CCC_ETL_BENCH_SCALES (instances per scale, `40,200`), CCC_ETL_BENCH_DAYS (180),
 //! CCC_ETL_BENCH_ROUNDS (3), CCC_ETL_BENCH_SINKS (`both,postgres,parquet`),
 //! CCC_ETL_BENCH_INSTANCES (200, coordination), CCC_ETL_BENCH_RATE_SECS (40);
@@ -767,6 +768,72 @@ async fn rate_adaptation(secs: u64) {
     );
 }
 
+/// `report`: `ccc-etl report` on a backfilled job (PostgreSQL and Parquet), timed as a process
+/// against `ccc-etl status --format json` on the same database and root, the command operators
+/// already run (it lists the root and reads the ledger; the report adds the KPIs, the runs and
+/// the page). Each phase after a `CHECKPOINT`, their order alternating round by round.
+async fn report_page(instances: usize, days: i64, rounds: usize, dir: &std::path::Path) {
+    let scale = Scale::new(instances, days, dir).await;
+    let (url, db) = fresh_database().await;
+    scale.migrate(&url);
+    scale.process("both", &url);
+    // The configuration of that run (its root); `Scale::config` would hand out a new root.
+    let cfg = scale.work.join("both.toml");
+    let page = scale.work.join("report.html");
+    let timed = |args: &[&str]| {
+        let t0 = Instant::now();
+        let out = Command::new(binary())
+            .arg("-q")
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(0 | 4)),
+            "ccc-etl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t0.elapsed().as_secs_f64()
+    };
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (mut report_s, mut status_s) = (vec![], vec![]);
+    for round in 0..rounds {
+        for first in [round % 2 == 0, round % 2 == 1] {
+            sqlx::query("CHECKPOINT").execute(&mut conn).await.unwrap();
+            if first {
+                report_s.push(timed(&[
+                    "report",
+                    "--output",
+                    page.to_str().unwrap(),
+                    "--days",
+                    "200",
+                ]));
+            } else {
+                status_s.push(timed(&["status", "--format", "json"]));
+            }
+        }
+    }
+    drop(conn);
+    let ratios: Vec<f64> = report_s.iter().zip(&status_s).map(|(r, s)| r / s).collect();
+    let kib = std::fs::metadata(&page)
+        .map(|m| m.len() / 1024)
+        .unwrap_or(0);
+    let row = format!(
+        "| {instances} x {days} | {} | {} | {} | {kib} KiB |\n",
+        fmt_mmm(&report_s, 2),
+        fmt_mmm(&status_s, 2),
+        fmt_mmm(&ratios, 2)
+    );
+    println!("report (s, min / median / max over {rounds} rounds): report | status | ratio | page");
+    print!("{row}");
+    report(&row);
+    drop_database(&db).await;
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument selects one part.
     let filter = std::env::args()
@@ -804,6 +871,12 @@ fn main() {
             let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
             coordination_overhead(instances, days, env_or("CCC_ETL_BENCH_ROUNDS", 3) as usize)
                 .await;
+        }
+        if filter.is_empty() || "report".contains(&filter) {
+            let instances = env_or("CCC_ETL_BENCH_INSTANCES", 200) as usize;
+            let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
+            let rounds = env_or("CCC_ETL_BENCH_ROUNDS", 3) as usize;
+            report_page(instances, days, rounds, dir.path()).await;
         }
         if filter.is_empty() || "rate".contains(&filter) {
             rate_adaptation(env_or("CCC_ETL_BENCH_RATE_SECS", 40)).await;

@@ -139,6 +139,17 @@ pub enum Command {
         after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/ccc ccc-etl migrate"
     )]
     Migrate,
+    /// Write one self-contained HTML report: coverage, daily KPIs, hour-of-week traffic, runs,
+    /// findings.
+    #[command(after_help = "Example:\n  ccc-etl report --output /var/www/ccc-etl/report.html")]
+    Report {
+        /// Where to write the page.
+        #[arg(long, value_name = "PATH", default_value = "ccc-etl-report.html")]
+        output: std::path::PathBuf,
+        /// Local days shown, ending today (the API keeps 180).
+        #[arg(long, value_name = "DAYS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=3660))]
+        days: u32,
+    },
     /// Print the statements that register the Parquet root's tables in a query engine.
     #[command(
         after_help = "Example:\n  ccc-etl ddl --engine duckdb > tables.sql\n  ccc-etl ddl --engine athena --schema contact_center"

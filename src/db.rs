@@ -10,6 +10,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use chrono_tz::Tz;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -417,6 +418,50 @@ impl PgStore {
             (Table::Overall, overall as u64),
         ])
     }
+
+    /// Totals over every series per local day since `from`, from the `daily_traffic` view:
+    /// (day, inbound, handled, queued, abandoned in IVR, queue, ring, outbound, answered, the
+    /// sum of each series' peak logged-in agents).
+    pub async fn daily_totals(&self, from: NaiveDate) -> Result<Vec<DailyTotalsRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT day, sum(inbound_calls)::bigint, sum(calls_handled)::bigint, \
+                    sum(calls_queued)::bigint, sum(abandoned_in_ivr)::bigint, \
+                    sum(abandoned_in_queue)::bigint, sum(abandoned_in_ring)::bigint, \
+                    sum(outbound_calls)::bigint, sum(outbound_answered)::bigint, \
+                    coalesce(sum(max_logged_in_agents), 0)::bigint \
+             FROM daily_traffic WHERE day >= $1 GROUP BY day ORDER BY day",
+        )
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Inbound calls since `from_ms` by ISO day of week (1-7) and hour, local to the views'
+    /// zone.
+    pub async fn inbound_by_hour_of_week(
+        &self,
+        from_ms: i64,
+    ) -> Result<Vec<(i32, i32, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT extract(isodow FROM t)::int, extract(hour FROM t)::int, sum(n)::bigint \
+             FROM (SELECT stats_time AT TIME ZONE report_timezone() AS t, total_calls AS n \
+                   FROM inbound_trend WHERE stats_time >= to_timestamp($1 / 1000.0)) x \
+             GROUP BY 1, 2",
+        )
+        .bind(from_ms)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Windows a worker holds a live lease on: (instance, media type, start ms, end ms).
+    pub async fn leased_windows(&self) -> Result<Vec<(String, String, i64, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT instance_id, media_type, start_ms, end_ms FROM leases \
+             WHERE state = 'leased' AND lease_until > now()",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
 }
 
 /// Whether PostgreSQL at `url` is reachable and lets this user run ccc-etl in `schema`: create it
@@ -466,3 +511,6 @@ pub async fn check_privileges(url: &SecretString, schema: &SchemaName) -> Result
         ))),
     }
 }
+
+/// A row of [`PgStore::daily_totals`].
+pub type DailyTotalsRow = (NaiveDate, i64, i64, i64, i64, i64, i64, i64, i64, i64);

@@ -26,7 +26,8 @@
 //!   token, one QPS budget)
 //! - [`status`], [`verify`], [`metrics`], [`progress`], [`telemetry`], [`output`]: what a run
 //!   tells people
-//! - [`ddl`]: the statements that register a Parquet root in query engines (pure)
+//! - [`ddl`]: the statements that register a Parquet root in query engines (pure); [`report`]:
+//!   the HTML report (pure: charts and page)
 //! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes
 
 pub mod ccc;
@@ -49,6 +50,7 @@ pub mod quality;
 pub mod ranges;
 pub mod record;
 pub mod redact;
+pub mod report;
 pub mod sink;
 pub mod status;
 pub mod telemetry;

@@ -48,7 +48,8 @@ fn local_short(ms: i64, tz: Tz) -> String {
 }
 
 impl Span {
-    fn new((s, e): (i64, i64), tz: Tz) -> Self {
+    /// A range as a span in `tz`.
+    pub fn new((s, e): (i64, i64), tz: Tz) -> Self {
         Self {
             start_ms: s,
             end_ms: e,

@@ -10,6 +10,7 @@ mod job;
 mod migrate;
 mod open;
 mod plan;
+mod report;
 mod status;
 mod verify;
 
@@ -81,21 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify {
             repair,
             metrics_file,
-        } => {
-            let config = Config::load(&cli.config)?;
-            let (code, found) = verify::verify(&config, &cli.config).await?;
-            if *repair && code != EXIT_OK {
-                return run_repair(
-                    &config,
-                    &cli.config,
-                    found,
-                    metrics_file.as_deref(),
-                    cli.quiet,
-                )
-                .await;
-            }
-            Ok(code)
-        }
+        } => verify_then_repair(&cli, *repair, metrics_file.as_deref()).await,
         Command::Init {
             instances,
             emulator,
@@ -104,12 +91,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = Config::load(&cli.config)?;
             check::run_check(&config).await
         }
+        Command::Report { output, days } => report::run_report(&cli.config, output, *days).await,
         Command::Ddl { engine, schema } => ddl::run_ddl(&cli.config, *engine, schema.as_deref()),
         Command::Migrate => {
             let (config, access) = migrate::migrate_config(&cli.config)?;
             run_migrate(&config, access).await
         }
     }
+}
+
+/// `verify`, and with `--repair` the run that fetches again what differs.
+async fn verify_then_repair(
+    cli: &Cli,
+    repair: bool,
+    metrics_file: Option<&std::path::Path>,
+) -> anyhow::Result<u8> {
+    let config = Config::load(&cli.config)?;
+    let (code, found) = verify::verify(&config, &cli.config).await?;
+    if repair && code != EXIT_OK {
+        return run_repair(&config, &cli.config, found, metrics_file, cli.quiet).await;
+    }
+    Ok(code)
 }
 
 /// Prints the summary to stdout (one JSON line in JSON mode, with `run_id` and `command` at the

@@ -300,6 +300,10 @@ impl Ledger for FileLedger {
     async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError> {
         self.index.fields_seen().await
     }
+
+    async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        Ok(self.index.latest_runs(limit))
+    }
 }
 
 #[cfg(test)]

@@ -93,10 +93,19 @@ pub struct MemoryLedger {
     entries: Mutex<Vec<LedgerEntry>>,
     successes: Mutex<HashMap<String, DateTime<Utc>>>,
     drift: Mutex<crate::record::Drift>,
+    /// Every run as last recorded, in the order they started.
+    runs: Mutex<Vec<RunRecord>>,
 }
 
 impl MemoryLedger {
     pub(super) fn note_run(&self, run: &RunRecord) {
+        {
+            let mut runs = self.runs.lock().expect("ledger lock");
+            match runs.iter_mut().find(|r| r.run_id == run.run_id) {
+                Some(r) => *r = run.clone(),
+                None => runs.push(run.clone()),
+            }
+        }
         if let Some(d) = drift_of(run.summary.as_ref()) {
             self.drift.lock().expect("ledger lock").merge(&d);
         }
@@ -105,6 +114,13 @@ impl MemoryLedger {
             let e = m.entry(run.command.clone()).or_insert(done);
             *e = (*e).max(done);
         }
+    }
+
+    pub(super) fn latest_runs(&self, limit: usize) -> Vec<RunRecord> {
+        let mut runs = self.runs.lock().expect("ledger lock").clone();
+        runs.sort_by_key(|r| std::cmp::Reverse(r.started_at));
+        runs.truncate(limit);
+        runs
     }
 
     pub(super) fn latest_success(&self, command: Option<&str>) -> Option<DateTime<Utc>> {
@@ -185,5 +201,9 @@ impl Ledger for MemoryLedger {
 
     async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError> {
         Ok(self.drift.lock().expect("ledger lock").clone())
+    }
+
+    async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        Ok(self.latest_runs(limit))
     }
 }

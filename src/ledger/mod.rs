@@ -311,6 +311,8 @@ pub trait Ledger: Send + Sync {
     /// The schema drift the recorded runs met (since the schema last changed, where the ledger
     /// knows when that was): unknown fields with the rows that carried them, missing fields.
     async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError>;
+    /// The `limit` latest runs, newest first, each as last recorded.
+    async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError>;
 }
 
 /// The drift a recorded run's summary names.

@@ -281,6 +281,28 @@ impl Ledger for PgLedger {
         .map_err(ledger_err)
     }
 
+    async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT run_id, command, started_at, finished_at, status, summary FROM runs \
+             ORDER BY started_at DESC LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(ledger_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RunRecord {
+                run_id: r.0,
+                command: r.1,
+                started_at: r.2,
+                finished_at: r.3,
+                status: r.4,
+                summary: r.5,
+            })
+            .collect())
+    }
+
     /// The drift of the runs since the last migration was applied (the schema last changed).
     async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError> {
         let summaries: Vec<serde_json::Value> = sqlx::query_scalar(
@@ -299,3 +321,13 @@ impl Ledger for PgLedger {
         Ok(drift)
     }
 }
+
+/// A row of `runs`.
+type RunRow = (
+    uuid::Uuid,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    String,
+    Option<serde_json::Value>,
+);

@@ -22,5 +22,6 @@ mod operator;
 mod pg_faults;
 mod postgres;
 mod readme;
+mod report;
 mod secrets;
 mod workers;

@@ -1,0 +1,197 @@
+//! `ccc-etl report`: gathers what the page shows (the status report, the latest runs, the KPIs
+//! from PostgreSQL or else the Parquet root, the windows workers hold) and writes the page.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use chrono::{Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use super::open::open_read_only;
+use super::status::coverage_report;
+use crate::config::Config;
+use crate::db::PgStore;
+use crate::error::EXIT_OK;
+use crate::pipeline::system_now;
+use crate::record::{MediaType, Table};
+use crate::report::{DayTotals, ReportInput, coverage::Held, day_states, page};
+use crate::sink::parquet::Root;
+
+/// How many runs the page lists.
+const RUNS_SHOWN: usize = 20;
+
+/// Writes the report of the last `days` local days to `output`.
+pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    super::check_metrics_file(output)?;
+    let started = Instant::now();
+    let tz = config.pipeline.timezone;
+    let now_ms = system_now()();
+    let local_day = |ms: i64| {
+        Utc.timestamp_millis_opt(ms)
+            .unwrap()
+            .with_timezone(&tz)
+            .date_naive()
+    };
+    let today = local_day(now_ms);
+    let first = today - Duration::days(i64::from(days) - 1);
+    let shown: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= today).collect();
+    let status = coverage_report(&config, config.pipeline.aging_alert_days, now_ms).await?;
+    let (store, ledger) = open_read_only(&config).await?;
+    let held = match &store {
+        Some(s) => held_windows(s).await?,
+        None => vec![],
+    };
+    let (daily, hour_of_week, kpi_source) = match &store {
+        Some(s) => kpis_from_postgres(s, first, tz).await?,
+        None => kpis_from_parquet(&config, &shown, tz).await?,
+    };
+    let mut findings = status.findings.clone();
+    findings.extend(status.extra_files.iter().cloned());
+    let input = ReportInput {
+        generated: Utc::now()
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string(),
+        timezone: tz.name().to_string(),
+        horizon_day: local_day(status.horizon_ms),
+        coverage: day_states(&status, &shown, tz, &held),
+        days: shown,
+        daily,
+        hour_of_week,
+        kpi_source,
+        runs: ledger.recent_runs(RUNS_SHOWN).await?,
+        findings,
+        drift: status.fields.clone(),
+        alert: status.alert.then_some(status.alert_days),
+    };
+    let html = page::render(&input, tz);
+    crate::metrics::write_atomic(output, &html)
+        .with_context(|| format!("cannot write the report {}", output.display()))?;
+    crate::outln!(
+        "wrote {} ({} KiB, {} series x {} days) in {:.1} s",
+        output.display(),
+        html.len() / 1024,
+        input.coverage.len(),
+        input.days.len(),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(EXIT_OK)
+}
+
+async fn held_windows(store: &PgStore) -> anyhow::Result<Vec<Held>> {
+    Ok(store
+        .leased_windows()
+        .await?
+        .into_iter()
+        .filter_map(|(i, m, a, b)| Some((i, m.parse::<MediaType>().ok()?, a, b)))
+        .collect())
+}
+
+type Kpis = (BTreeMap<NaiveDate, DayTotals>, [[i64; 24]; 7], String);
+
+async fn kpis_from_postgres(store: &PgStore, first: NaiveDate, tz: Tz) -> anyhow::Result<Kpis> {
+    let daily = store
+        .daily_totals(first)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let t = DayTotals {
+                inbound: r.1,
+                handled: r.2,
+                queued: r.3,
+                abandoned_ivr: r.4,
+                abandoned_queue: r.5,
+                abandoned_ring: r.6,
+                outbound: r.7,
+                answered: r.8,
+                peak_agents: r.9,
+            };
+            (r.0, t)
+        })
+        .collect();
+    let mut grid = [[0i64; 24]; 7];
+    let from_ms = crate::plan::local_day_start(tz, first);
+    for (dow, hour, n) in store.inbound_by_hour_of_week(from_ms).await? {
+        let cell = usize::try_from(dow - 1)
+            .ok()
+            .zip(usize::try_from(hour).ok())
+            .and_then(|(d, h)| grid.get_mut(d)?.get_mut(h));
+        if let Some(cell) = cell {
+            *cell += n;
+        }
+    }
+    let source = format!(
+        "PostgreSQL (schema {}, view daily_traffic)",
+        store.schema().as_str()
+    );
+    Ok((daily, grid, source))
+}
+
+/// The same figures from the root's day files, for a configuration without PostgreSQL.
+async fn kpis_from_parquet(config: &Config, days: &[NaiveDate], tz: Tz) -> anyhow::Result<Kpis> {
+    let Some(pq) = &config.parquet else {
+        return Ok((BTreeMap::new(), [[0; 24]; 7], "no sink".into()));
+    };
+    let root = Root::open(pq, config.source.credentials).map_err(crate::error::InputError::new)?;
+    let mut daily = BTreeMap::new();
+    let mut grid = [[0i64; 24]; 7];
+    for day in days {
+        let mut t = DayTotals::default();
+        let mut peaks: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for table in Table::ALL {
+            let rows = root
+                .read_rows(table, *day)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for r in rows {
+                add_row(&mut t, &mut peaks, &mut grid, table, &r, tz);
+            }
+        }
+        t.peak_agents = peaks.values().sum();
+        if t != DayTotals::default() {
+            daily.insert(*day, t);
+        }
+    }
+    Ok((daily, grid, format!("the Parquet root {}", root.display())))
+}
+
+fn add_row(
+    t: &mut DayTotals,
+    peaks: &mut BTreeMap<(String, String), i64>,
+    grid: &mut [[i64; 24]; 7],
+    table: Table,
+    r: &crate::sink::parquet::StoredRow,
+    tz: Tz,
+) {
+    let c = &r.counts;
+    match table {
+        Table::Inbound => {
+            t.inbound += c[0];
+            t.handled += c[1];
+            t.queued += c[2];
+            t.abandoned_ivr += c[3];
+            t.abandoned_queue += c[4];
+            t.abandoned_ring += c[5];
+            let local = Utc
+                .timestamp_millis_opt(r.stats_time)
+                .unwrap()
+                .with_timezone(&tz);
+            use chrono::{Datelike, Timelike};
+            let d = local.weekday().num_days_from_monday() as usize;
+            grid[d][local.hour() as usize] += c[0];
+        }
+        Table::Outbound => {
+            t.outbound += c[0];
+            t.answered += c[1];
+        }
+        Table::Overall => {
+            let peak = peaks
+                .entry((r.instance_id.clone(), r.media_type.clone()))
+                .or_default();
+            *peak = (*peak).max(c[0]);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The report's charts as SVG text, drawn with plotters' SVG backend (no font files: text is
+//! SVG `<text>`, laid out by the browser). Each chart scales to its container (`viewBox`).
+
+use chrono::NaiveDate;
+use plotters::coord::ranged1d::SegmentValue;
+use plotters::prelude::*;
+
+use super::coverage::{DayState, SeriesDays};
+
+/// The colour of a coverage state.
+pub fn state_colour(s: DayState) -> RGBColor {
+    match s {
+        DayState::Outside => RGBColor(236, 239, 241),
+        DayState::Covered => RGBColor(46, 125, 50),
+        DayState::Missing => RGBColor(249, 168, 37),
+        DayState::Lost => RGBColor(198, 40, 40),
+        DayState::InProgress => RGBColor(21, 101, 192),
+    }
+}
+
+/// The CSS hex of a colour, for the legend.
+pub fn hex(c: RGBColor) -> String {
+    format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)
+}
+
+const FONT: (&str, u32) = ("sans-serif", 13);
+
+fn err(e: impl std::fmt::Display) -> String {
+    format!("drawing a chart failed: {e}")
+}
+
+/// plotters writes fixed `width`/`height`; a `viewBox` lets the page scale the chart.
+fn scalable(svg: String, (w, h): (u32, u32)) -> String {
+    svg.replacen(
+        &format!("<svg width=\"{w}\" height=\"{h}\""),
+        &format!("<svg viewBox=\"0 0 {w} {h}\" preserveAspectRatio=\"xMinYMin meet\""),
+        1,
+    )
+}
+
+fn day_label(days: &[NaiveDate], i: i32) -> String {
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| days.get(i))
+        .map(|d| d.format("%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+/// Instances x days, one cell per day coloured by its state (runs of one state drawn as one
+/// rectangle), and the horizon's edge as a vertical line.
+pub fn coverage_heatmap(
+    rows: &[SeriesDays],
+    days: &[NaiveDate],
+    horizon: NaiveDate,
+) -> Result<String, String> {
+    let (n, m) = (days.len() as i32, rows.len().max(1) as i32);
+    let cell = (640 / m).clamp(4, 18) as u32;
+    let size = (1000, 60 + cell * m as u32);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(150)
+            .build_cartesian_2d(0..n, (0..m - 1).into_segmented())
+            .map_err(err)?;
+        let label = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(i) => rows
+                .get((m - 1 - i) as usize)
+                .map(|r| r.label.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(10)
+            .x_label_formatter(&|i| day_label(days, *i))
+            .y_labels(rows.len().min(40))
+            .y_label_formatter(&label)
+            .label_style(FONT)
+            .draw()
+            .map_err(err)?;
+        let mut cells = vec![];
+        for (r, row) in rows.iter().enumerate() {
+            let y = m - 1 - r as i32;
+            let mut start = 0;
+            for i in 1..=row.states.len() {
+                if i == row.states.len() || row.states[i] != row.states[start] {
+                    let c = state_colour(row.states[start]).filled();
+                    let (a, b) = (SegmentValue::Exact(y), SegmentValue::Exact(y + 1));
+                    cells.push(Rectangle::new([(start as i32, a), (i as i32, b)], c));
+                    start = i;
+                }
+            }
+        }
+        chart.draw_series(cells).map_err(err)?;
+        if let Some(x) = days.iter().position(|d| *d == horizon) {
+            let edge = vec![
+                (x as i32, SegmentValue::Exact(0)),
+                (x as i32, SegmentValue::Exact(m)),
+            ];
+            chart
+                .draw_series([PathElement::new(edge, BLACK.stroke_width(3))])
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(scalable(svg, size))
+}
+
+/// One line of a line chart: its name, colour and a value per day (`None`: no data).
+pub struct Line<'a> {
+    /// Legend text.
+    pub name: &'a str,
+    /// Colour.
+    pub colour: RGBColor,
+    /// One per day.
+    pub values: Vec<Option<f64>>,
+}
+
+/// Days on x, `lines` on y (from 0 to their maximum, or to 1 for rates), with a legend; a
+/// missing value breaks its line.
+pub fn line_chart(days: &[NaiveDate], lines: &[Line<'_>], rate: bool) -> Result<String, String> {
+    let size = (1000, 320);
+    let n = days.len().max(2) as i32;
+    let top = lines
+        .iter()
+        .flat_map(|l| l.values.iter().flatten())
+        .fold(0f64, |a, b| a.max(*b));
+    let y_max = if rate { 1.0 } else { (top * 1.1).max(1.0) };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .x_label_area_size(28)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0..n - 1, 0f64..y_max)
+            .map_err(err)?;
+        let y_fmt = |v: &f64| {
+            if rate {
+                format!("{:.0}%", v * 100.0)
+            } else {
+                format!("{v:.0}")
+            }
+        };
+        chart
+            .configure_mesh()
+            .x_labels(10)
+            .x_label_formatter(&|i| day_label(days, *i))
+            .y_label_formatter(&y_fmt)
+            .label_style(FONT)
+            .light_line_style(RGBColor(240, 240, 240))
+            .draw()
+            .map_err(err)?;
+        for line in lines {
+            let colour = line.colour;
+            for (k, segment) in segments(&line.values).into_iter().enumerate() {
+                let drawn = chart
+                    .draw_series(LineSeries::new(segment, colour.stroke_width(2)))
+                    .map_err(err)?;
+                // One legend entry per line, however many segments it has.
+                if k == 0 {
+                    drawn.label(line.name).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3))
+                    });
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .label_font(FONT)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(scalable(svg, size))
+}
+
+/// Runs of present values as point lists.
+fn segments(values: &[Option<f64>]) -> Vec<Vec<(i32, f64)>> {
+    let mut out: Vec<Vec<(i32, f64)>> = vec![];
+    let mut current = vec![];
+    for (i, v) in values.iter().enumerate() {
+        match v {
+            Some(v) => current.push((i as i32, *v)),
+            None if !current.is_empty() => out.push(std::mem::take(&mut current)),
+            None => {}
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Inbound calls by ISO weekday (rows, Monday on top) and local hour (columns), darker for more.
+pub fn hour_of_week(grid: &[[i64; 24]; 7]) -> Result<String, String> {
+    let size = (1000, 300);
+    let max = grid.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(50)
+            .build_cartesian_2d((0..23).into_segmented(), (0..6).into_segmented())
+            .map_err(err)?;
+        let weekday = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(i) => chrono::Weekday::try_from((6 - *i) as u8)
+                .map(|d| format!("{d}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let hour = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(h) => format!("{h:02}"),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(24)
+            .y_labels(7)
+            .x_label_formatter(&hour)
+            .y_label_formatter(&weekday)
+            .label_style(FONT)
+            .draw()
+            .map_err(err)?;
+        let cells = grid.iter().enumerate().flat_map(|(d, hours)| {
+            hours.iter().enumerate().map(move |(h, n)| {
+                let t = *n as f64 / max;
+                let shade = RGBColor(
+                    (247.0 - t * 239.0) as u8,
+                    (251.0 - t * 203.0) as u8,
+                    (255.0 - t * 148.0) as u8,
+                );
+                let y = 6 - d as i32;
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(h as i32), SegmentValue::Exact(y)),
+                        (
+                            SegmentValue::Exact(h as i32 + 1),
+                            SegmentValue::Exact(y + 1),
+                        ),
+                    ],
+                    shade.filled(),
+                )
+            })
+        });
+        chart.draw_series(cells).map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(scalable(svg, size))
+}

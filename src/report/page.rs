@@ -1,0 +1,270 @@
+//! The report as one HTML page: inline CSS and SVG, no script, nothing fetched at view time.
+
+use chrono_tz::Tz;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::charts::{self, Line};
+use super::coverage::DayState;
+use super::{DayTotals, ReportInput};
+use crate::ledger::RunRecord;
+
+const CSS: &str = "
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:12px;color:#212121}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}
+.meta{color:#616161;font-size:.9em}.alert{background:#ffebee;border-left:4px solid #c62828;padding:8px 12px;margin:10px 0}
+.cards{display:flex;flex-wrap:wrap;gap:10px}.card{flex:1 1 150px;border:1px solid #e0e0e0;border-radius:6px;padding:8px 12px}
+.card b{display:block;font-size:1.4em}.card span{color:#616161;font-size:.85em}
+figure{margin:0;overflow-x:auto}figure svg{width:100%;min-width:640px;height:auto;display:block}
+.legend span{display:inline-block;margin-right:14px;font-size:.9em}.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.9em;width:100%}
+th,td{padding:4px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}th:first-child,td:first-child{text-align:left}
+.ok{color:#2e7d32}.partial{color:#ef6c00}.failed{color:#c62828}.running{color:#1565c0}
+";
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.1}%", v * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn figure(id: &str, svg: Result<String, String>) -> Markup {
+    html! {
+        figure id=(id) {
+            @match svg {
+                Ok(svg) => (PreEscaped(svg)),
+                Err(e) => p { (e) },
+            }
+        }
+    }
+}
+
+/// The whole page.
+pub fn render(input: &ReportInput, tz: Tz) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "ccc-etl report" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                h1 { "Contact center traffic and data coverage" }
+                p.meta {
+                    "Generated " (input.generated) " · days and hours in " (input.timezone)
+                    " · figures from " (input.kpi_source)
+                }
+                @if let Some(days) = input.alert {
+                    p.alert id="aging-alert" {
+                        "Aging-out alert: time not yet fetched leaves the API's 180-day horizon within "
+                        (days) " days. Run the nightly job (or a backfill) before then."
+                    }
+                }
+                (summary(input))
+                (coverage(input))
+                (daily_charts(input))
+                h2 { "Inbound calls by hour of the week" }
+                (figure("chart-hour-of-week", charts::hour_of_week(&input.hour_of_week)))
+                (runs(&input.runs, tz))
+                (findings(input))
+                (daily_table(input))
+            }
+        }
+    }
+    .into_string()
+}
+
+fn totals(input: &ReportInput) -> DayTotals {
+    let mut t = DayTotals::default();
+    for d in input.daily.values() {
+        t.add(d);
+    }
+    t.peak_agents = input
+        .daily
+        .values()
+        .map(|d| d.peak_agents)
+        .max()
+        .unwrap_or(0);
+    t
+}
+
+fn summary(input: &ReportInput) -> Markup {
+    let t = totals(input);
+    let cards = [
+        ("inbound", t.inbound.to_string(), "inbound calls"),
+        ("answer-rate", pct(t.answer_rate()), "answered (inbound)"),
+        (
+            "abandon-rate",
+            pct(t.abandon_rate()),
+            "abandoned (IVR, queue, ring)",
+        ),
+        ("outbound", t.outbound.to_string(), "outbound calls"),
+        ("connect-rate", pct(t.connect_rate()), "outbound connected"),
+        (
+            "peak-agents",
+            t.peak_agents.to_string(),
+            "peak logged-in agents (a day)",
+        ),
+    ];
+    html! {
+        h2 { "The period: " (input.days.first().map(|d| d.to_string()).unwrap_or_default())
+             " to " (input.days.last().map(|d| d.to_string()).unwrap_or_default()) }
+        div.cards id="summary" {
+            @for (id, value, what) in cards {
+                div.card data-figure=(id) { b { (value) } span { (what) } }
+            }
+        }
+    }
+}
+
+fn coverage(input: &ReportInput) -> Markup {
+    let states = [
+        DayState::Covered,
+        DayState::Missing,
+        DayState::Lost,
+        DayState::InProgress,
+        DayState::Outside,
+    ];
+    let count = |s: DayState| {
+        input
+            .coverage
+            .iter()
+            .flat_map(|r| &r.states)
+            .filter(|x| **x == s)
+            .count()
+    };
+    html! {
+        h2 { "Coverage: instance x day" }
+        p.legend id="coverage-legend" {
+            @for s in states {
+                span data-state=(s.label()) data-days=(count(s)) {
+                    i style={ "background:" (charts::hex(charts::state_colour(s))) } {}
+                    (s.label()) " (" (count(s)) ")"
+                }
+            }
+            span { i style="background:#000;width:3px" {} "the horizon's edge (" (input.horizon_day) ")" }
+        }
+        (figure("chart-coverage", charts::coverage_heatmap(&input.coverage, &input.days, input.horizon_day)))
+    }
+}
+
+fn daily_charts(input: &ReportInput) -> Markup {
+    let per_day = |f: &dyn Fn(&DayTotals) -> Option<f64>| -> Vec<Option<f64>> {
+        input
+            .days
+            .iter()
+            .map(|d| input.daily.get(d).and_then(f))
+            .collect()
+    };
+    let calls = [
+        Line {
+            name: "inbound",
+            colour: plotters::style::RGBColor(21, 101, 192),
+            values: per_day(&|d| Some(d.inbound as f64)),
+        },
+        Line {
+            name: "handled",
+            colour: plotters::style::RGBColor(46, 125, 50),
+            values: per_day(&|d| Some(d.handled as f64)),
+        },
+        Line {
+            name: "outbound",
+            colour: plotters::style::RGBColor(142, 36, 170),
+            values: per_day(&|d| Some(d.outbound as f64)),
+        },
+    ];
+    let rates = [
+        Line {
+            name: "answer rate",
+            colour: plotters::style::RGBColor(46, 125, 50),
+            values: per_day(&DayTotals::answer_rate),
+        },
+        Line {
+            name: "abandon rate",
+            colour: plotters::style::RGBColor(198, 40, 40),
+            values: per_day(&DayTotals::abandon_rate),
+        },
+        Line {
+            name: "outbound connect rate",
+            colour: plotters::style::RGBColor(142, 36, 170),
+            values: per_day(&DayTotals::connect_rate),
+        },
+    ];
+    let agents = [Line {
+        name: "peak logged-in agents",
+        colour: plotters::style::RGBColor(0, 131, 143),
+        values: per_day(&|d| Some(d.peak_agents as f64)),
+    }];
+    html! {
+        h2 { "Calls per day" }
+        (figure("chart-calls", charts::line_chart(&input.days, &calls, false)))
+        h2 { "Rates per day" }
+        (figure("chart-rates", charts::line_chart(&input.days, &rates, true)))
+        h2 { "Peak logged-in agents per day" }
+        (figure("chart-agents", charts::line_chart(&input.days, &agents, false)))
+    }
+}
+
+fn runs(runs: &[RunRecord], tz: Tz) -> Markup {
+    let num = |r: &RunRecord, k: &str| r.summary.as_ref().and_then(|s| s.get(k)).cloned();
+    html! {
+        h2 { "Last runs" }
+        div.scroll {
+            table id="runs" {
+                tr { th { "started" } th { "command" } th { "status" } th { "windows ok" } th { "failed" } th { "rows" } th { "duration" } }
+                @for r in runs {
+                    @let ok = num(r, "windows_ok").and_then(|v| v.as_u64());
+                    @let failed = num(r, "windows_failed").and_then(|v| v.as_array().map(Vec::len));
+                    @let rows = num(r, "rows").and_then(|v| v.as_object().map(|m| m.values().filter_map(|n| n.as_u64()).sum::<u64>()));
+                    @let secs = num(r, "duration_secs").and_then(|v| v.as_f64()).or_else(|| r.finished_at.map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0));
+                    tr {
+                        td { (r.started_at.with_timezone(&tz).format("%Y-%m-%d %H:%M")) }
+                        td { (r.command) }
+                        td class=(r.status) { (r.status) }
+                        td { (ok.map(|v| v.to_string()).unwrap_or_default()) }
+                        td { (failed.map(|v| v.to_string()).unwrap_or_default()) }
+                        td { (rows.map(|v| v.to_string()).unwrap_or_default()) }
+                        td { (secs.map(|s| format!("{s:.1} s")).unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn findings(input: &ReportInput) -> Markup {
+    let drift = &input.drift;
+    html! {
+        h2 { "Findings and schema drift" }
+        @if input.findings.is_empty() && drift.unknown.is_empty() && drift.missing.is_empty() {
+            p id="findings" { "Nothing found: every day file the ledger names is there and reads, and the API's answers have the shape ccc-etl knows." }
+        } @else {
+            ul id="findings" {
+                @for f in &input.findings { li { (f) } }
+                @for (name, n) in &drift.unknown { li { "New field from the API: " code { (name) } " (" (n) " rows or items)" } }
+                @for name in &drift.missing { li { "Field the API stopped sending: " code { (name) } } }
+            }
+        }
+    }
+}
+
+fn daily_table(input: &ReportInput) -> Markup {
+    html! {
+        h2 { "Daily figures" }
+        details {
+            summary { "Every day's totals (" (input.daily.len()) " days)" }
+            div.scroll {
+                table id="daily" {
+                    tr { th { "day" } th { "inbound" } th { "handled" } th { "queued" } th { "abandoned IVR" } th { "queue" } th { "ring" } th { "outbound" } th { "answered" } th { "peak agents" } }
+                    @for (day, d) in input.daily.iter().rev() {
+                        tr data-day=(day) {
+                            td { (day) } td { (d.inbound) } td { (d.handled) } td { (d.queued) }
+                            td { (d.abandoned_ivr) } td { (d.abandoned_queue) } td { (d.abandoned_ring) }
+                            td { (d.outbound) } td { (d.answered) } td { (d.peak_agents) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! `ccc-etl report`: after a real backfill into PostgreSQL and Parquet, the page is one file that
+//! fetches nothing, holds every chart, and shows the figures the database holds (and, from a
+//! configuration without PostgreSQL, the same figures read from the Parquet root); headless
+//! Chromium renders it at desktop and phone widths without a console message, and its
+//! screenshots are kept under `target/report-screenshots/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{self, ConfigToml, TestDb, output_text};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CHARTS: [&str; 5] = [
+    "chart-coverage",
+    "chart-calls",
+    "chart-rates",
+    "chart-agents",
+    "chart-hour-of-week",
+];
+
+async fn ccc_etl(cfg: &Path, db: &TestDb, args: &[&str]) -> std::process::Output {
+    common::ccc_etl_cmd()
+        .arg("--config")
+        .arg(cfg)
+        .args(common::args(args))
+        .env("DATABASE_URL", &db.url)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap()
+}
+
+/// The daily figures table of a page: day -> the row's numbers.
+fn daily_rows(html: &str) -> BTreeMap<String, Vec<i64>> {
+    html.split("<tr data-day=\"")
+        .skip(1)
+        .map(|chunk| {
+            let (day, rest) = chunk.split_once('"').unwrap();
+            let row = &rest[..rest.find("</tr>").unwrap()];
+            let cells: Vec<i64> = row
+                .split("<td>")
+                .skip(2)
+                .map(|c| c[..c.find("</td>").unwrap()].parse().unwrap())
+                .collect();
+            (day.to_string(), cells)
+        })
+        .collect()
+}
+
+/// The value of a summary card.
+fn card(html: &str, id: &str) -> String {
+    let at = html.find(&format!("data-figure=\"{id}\"")).unwrap();
+    let rest = &html[at..];
+    let b = rest.find("<b>").unwrap() + 3;
+    rest[b..b + rest[b..].find("</b>").unwrap()].to_string()
+}
+
+fn chromium() -> Command {
+    let found = Command::new("chromium").arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "chromium is not installed: the report test renders the page in it (Debian: `sudo \
+         apt-get install --no-install-recommends chromium`)"
+    );
+    let mut c = Command::new("chromium");
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]);
+    c
+}
+
+/// Renders the page at `width` px: a screenshot under `target/report-screenshots/`, and the
+/// DOM as the browser built it. Asserts the browser logged no console message and no failed
+/// request.
+fn render(page: &Path, width: u32, name: &str) -> (PathBuf, String) {
+    let dir = Path::new(ROOT).join("target/report-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join(format!("{name}.png"));
+    let _ = std::fs::remove_file(&png);
+    let url = format!("file://{}", page.display());
+    let shot = chromium()
+        .arg(format!("--window-size={width},3200"))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&shot.stderr).to_string();
+    assert!(shot.status.success(), "{log}");
+    for bad in [":CONSOLE", "net::ERR_", "Uncaught"] {
+        assert!(!log.contains(bad), "the browser logged {bad}: {log}");
+    }
+    let dom = chromium()
+        .arg(format!("--window-size={width},3200"))
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(dom.status.success(), "{}", output_text(&dom));
+    (png, String::from_utf8(dom.stdout).unwrap())
+}
+
+#[tokio::test]
+async fn the_report_is_one_file_with_every_chart_and_the_databases_figures() {
+    let emu = common::start(common::options(&["ccc-a", "ccc-b"])).await;
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("wh");
+    let both = dir.path().join("both.toml");
+    let cfg = ConfigToml::new(&emu.endpoint(), &["ccc-a", "ccc-b"]).set("source", "max_qps", 200);
+    cfg.clone().postgres().parquet(root.display()).write(&both);
+    let out = ccc_etl(
+        &both,
+        &db,
+        &["backfill", "--from", "2026-11-01", "--to", "2026-12-03"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+
+    let page = dir.path().join("report.html");
+    let out = ccc_etl(
+        &both,
+        &db,
+        &["report", "--output", page.to_str().unwrap(), "--days", "60"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("2 series x 60 days"),
+        "{}",
+        output_text(&out)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+
+    // Self-contained: nothing to fetch, no script.
+    for needle in ["<script", "<link", " src=", "@import", "url("] {
+        assert!(!html.contains(needle), "the page holds {needle}");
+    }
+    let external = html
+        .match_indices("http")
+        .filter(|(i, _)| !html[*i..].starts_with("http://www.w3.org/"))
+        .count();
+    assert_eq!(external, 0, "the page names an address");
+    for id in CHARTS {
+        let at = html
+            .find(&format!("<figure id=\"{id}\""))
+            .unwrap_or_else(|| panic!("{id}"));
+        assert!(
+            html[at..].starts_with(&format!("<figure id=\"{id}\"><svg")),
+            "{id} is an SVG"
+        );
+    }
+
+    // The figures are the database's: every day of daily_traffic, summed over the series.
+    let pool = db.pool().await;
+    let rows: Vec<ccc_etl::db::DailyTotalsRow> = sqlx::query_as(
+        "SELECT day, sum(inbound_calls)::bigint, sum(calls_handled)::bigint, \
+             sum(calls_queued)::bigint, sum(abandoned_in_ivr)::bigint, \
+             sum(abandoned_in_queue)::bigint, sum(abandoned_in_ring)::bigint, \
+             sum(outbound_calls)::bigint, sum(outbound_answered)::bigint, \
+             sum(max_logged_in_agents)::bigint FROM ccc.daily_traffic GROUP BY day",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expected: BTreeMap<String, Vec<i64>> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.0.to_string(),
+                vec![r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9],
+            )
+        })
+        .collect();
+    assert!(expected.len() >= 33, "{}", expected.len());
+    let shown = daily_rows(&html);
+    assert_eq!(shown, expected);
+    let inbound: i64 = expected.values().map(|v| v[0]).sum();
+    assert_eq!(card(&html, "inbound"), inbound.to_string());
+    let handled: i64 = expected.values().map(|v| v[1]).sum();
+    let rate = format!("{:.1}%", handled as f64 / inbound as f64 * 100.0);
+    assert_eq!(card(&html, "answer-rate"), rate);
+    // Coverage: the 33 days fetched are covered for both series; the rest of the 60 days is
+    // inside the horizon and missing.
+    assert!(
+        html.contains("data-state=\"covered\" data-days=\"66\""),
+        "covered days"
+    );
+    assert!(
+        html.contains("data-state=\"missing\" data-days=\"54\""),
+        "missing days"
+    );
+    assert!(
+        html.contains("<td class=\"ok\">ok</td>"),
+        "the backfill run is listed"
+    );
+
+    // The same figures from the Parquet root, for a configuration without PostgreSQL.
+    let only = dir.path().join("parquet.toml");
+    cfg.parquet(root.display()).write(&only);
+    let page2 = dir.path().join("report2.html");
+    let out = common::ccc_etl_cmd()
+        .arg("--config")
+        .arg(&only)
+        .args([
+            "report",
+            "--output",
+            page2.to_str().unwrap(),
+            "--days",
+            "60",
+        ])
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let html2 = std::fs::read_to_string(&page2).unwrap();
+    assert_eq!(daily_rows(&html2), expected, "the Parquet root's figures");
+    assert!(html2.contains("figures from the Parquet root"));
+
+    // Rendered by a browser at desktop and phone widths.
+    for (width, name) in [(1280, "desktop"), (390, "phone")] {
+        let (png, dom) = render(&page, width, name);
+        assert!(
+            std::fs::metadata(&png).unwrap().len() > 20_000,
+            "{name} screenshot"
+        );
+        for id in CHARTS {
+            assert!(dom.contains(&format!("id=\"{id}\"")), "{name}: {id}");
+        }
+        assert!(
+            dom.contains(&format!("<b>{inbound}</b>")),
+            "{name}: the figures"
+        );
+    }
+    pool.close().await;
+    db.drop_db().await;
+}
