@@ -54,6 +54,10 @@ echo "== rate adaptation against a 20 QPS limit"
 cargo bench --quiet --bench e2e -- rate | tee "$out/rate.log"
 grep '^rate limit' "$out/rate.log" > "$out/rate.txt"
 
+echo "== the HTML report of a 200 x 180 job against status on it"
+CCC_ETL_BENCH_REPORT="$out/report.md" CCC_ETL_BENCH_INSTANCES=200 CCC_ETL_BENCH_DAYS=180 \
+  CCC_ETL_BENCH_ROUNDS=3 cargo bench --quiet --bench e2e -- report | tee "$out/report.log"
+
 echo "== Parquet on object storage: S3 (moto on loopback) against a local root"
 CCC_ETL_BENCH_INSTANCES=200 cargo bench --quiet --bench object_store | tee "$out/object_store.log"
 grep '^object_store' "$out/object_store.log" > "$out/object_store.txt"

@@ -419,36 +419,62 @@ impl PgStore {
         ])
     }
 
-    /// Totals over every series per local day since `from`, from the `daily_traffic` view:
-    /// (day, inbound, handled, queued, abandoned in IVR, queue, ring, outbound, answered, the
-    /// sum of each series' peak logged-in agents).
-    pub async fn daily_totals(&self, from: NaiveDate) -> Result<Vec<DailyTotalsRow>, sqlx::Error> {
+    /// Inbound figures since `from_ms` per local day and hour in `tz`, summed over every series:
+    /// (day, ISO day of week 1-7, hour, inbound, handled, queued, abandoned in IVR, queue, ring).
+    /// One scan of the table (what `daily_traffic` adds up, without its joins).
+    pub async fn inbound_by_local_hour(
+        &self,
+        from_ms: i64,
+        tz: Tz,
+    ) -> Result<Vec<InboundHourRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT day, sum(inbound_calls)::bigint, sum(calls_handled)::bigint, \
-                    sum(calls_queued)::bigint, sum(abandoned_in_ivr)::bigint, \
-                    sum(abandoned_in_queue)::bigint, sum(abandoned_in_ring)::bigint, \
-                    sum(outbound_calls)::bigint, sum(outbound_answered)::bigint, \
-                    coalesce(sum(max_logged_in_agents), 0)::bigint \
-             FROM daily_traffic WHERE day >= $1 GROUP BY day ORDER BY day",
+            "SELECT t::date, extract(isodow FROM t)::int, extract(hour FROM t)::int, \
+                    sum(total_calls)::bigint, sum(calls_handled)::bigint, sum(calls_queued)::bigint, \
+                    sum(calls_abandoned_in_ivr)::bigint, sum(calls_abandoned_in_queue)::bigint, \
+                    sum(calls_abandoned_in_ring)::bigint \
+             FROM (SELECT stats_time AT TIME ZONE $2 AS t, * FROM inbound_trend \
+                   WHERE stats_time >= to_timestamp($1 / 1000.0)) x \
+             GROUP BY 1, 2, 3",
         )
-        .bind(from)
+        .bind(from_ms)
+        .bind(tz.name())
         .fetch_all(&self.pool)
         .await
     }
 
-    /// Inbound calls since `from_ms` by ISO day of week (1-7) and hour, local to the views'
-    /// zone.
-    pub async fn inbound_by_hour_of_week(
+    /// Outbound calls and answers since `from_ms` per local day in `tz`, over every series.
+    pub async fn outbound_by_local_day(
         &self,
         from_ms: i64,
-    ) -> Result<Vec<(i32, i32, i64)>, sqlx::Error> {
+        tz: Tz,
+    ) -> Result<Vec<(NaiveDate, i64, i64)>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT extract(isodow FROM t)::int, extract(hour FROM t)::int, sum(n)::bigint \
-             FROM (SELECT stats_time AT TIME ZONE report_timezone() AS t, total_calls AS n \
-                   FROM inbound_trend WHERE stats_time >= to_timestamp($1 / 1000.0)) x \
-             GROUP BY 1, 2",
+            "SELECT (stats_time AT TIME ZONE $2)::date, sum(total_calls)::bigint, \
+                    sum(calls_answered)::bigint \
+             FROM outbound_trend WHERE stats_time >= to_timestamp($1 / 1000.0) GROUP BY 1",
         )
         .bind(from_ms)
+        .bind(tz.name())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Per local day in `tz` since `from_ms`: the sum over series of each series' peak
+    /// logged-in agents that day.
+    pub async fn peak_agents_by_local_day(
+        &self,
+        from_ms: i64,
+        tz: Tz,
+    ) -> Result<Vec<(NaiveDate, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT day, sum(peak)::bigint FROM ( \
+                 SELECT (stats_time AT TIME ZONE $2)::date AS day, max(max_logged_in_agents) AS peak \
+                 FROM overall_trend WHERE stats_time >= to_timestamp($1 / 1000.0) \
+                 GROUP BY instance_id, media_type, 1) x \
+             GROUP BY day",
+        )
+        .bind(from_ms)
+        .bind(tz.name())
         .fetch_all(&self.pool)
         .await
     }
@@ -512,5 +538,5 @@ pub async fn check_privileges(url: &SecretString, schema: &SchemaName) -> Result
     }
 }
 
-/// A row of [`PgStore::daily_totals`].
-pub type DailyTotalsRow = (NaiveDate, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+/// A row of [`PgStore::inbound_by_local_hour`].
+pub type InboundHourRow = (NaiveDate, i32, i32, i64, i64, i64, i64, i64, i64);

@@ -93,40 +93,37 @@ async fn held_windows(store: &PgStore) -> anyhow::Result<Vec<Held>> {
 type Kpis = (BTreeMap<NaiveDate, DayTotals>, [[i64; 24]; 7], String);
 
 async fn kpis_from_postgres(store: &PgStore, first: NaiveDate, tz: Tz) -> anyhow::Result<Kpis> {
-    let daily = store
-        .daily_totals(first)
-        .await?
-        .into_iter()
-        .map(|r| {
-            let t = DayTotals {
-                inbound: r.1,
-                handled: r.2,
-                queued: r.3,
-                abandoned_ivr: r.4,
-                abandoned_queue: r.5,
-                abandoned_ring: r.6,
-                outbound: r.7,
-                answered: r.8,
-                peak_agents: r.9,
-            };
-            (r.0, t)
-        })
-        .collect();
-    let mut grid = [[0i64; 24]; 7];
     let from_ms = crate::plan::local_day_start(tz, first);
-    for (dow, hour, n) in store.inbound_by_hour_of_week(from_ms).await? {
-        let cell = usize::try_from(dow - 1)
+    let mut daily: BTreeMap<NaiveDate, DayTotals> = BTreeMap::new();
+    let mut grid = [[0i64; 24]; 7];
+    for r in store.inbound_by_local_hour(from_ms, tz).await? {
+        let t = daily.entry(r.0).or_default();
+        t.add(&DayTotals {
+            inbound: r.3,
+            handled: r.4,
+            queued: r.5,
+            abandoned_ivr: r.6,
+            abandoned_queue: r.7,
+            abandoned_ring: r.8,
+            ..DayTotals::default()
+        });
+        let cell = usize::try_from(r.1 - 1)
             .ok()
-            .zip(usize::try_from(hour).ok())
+            .zip(usize::try_from(r.2).ok())
             .and_then(|(d, h)| grid.get_mut(d)?.get_mut(h));
         if let Some(cell) = cell {
-            *cell += n;
+            *cell += r.3;
         }
     }
-    let source = format!(
-        "PostgreSQL (schema {}, view daily_traffic)",
-        store.schema().as_str()
-    );
+    for (day, outbound, answered) in store.outbound_by_local_day(from_ms, tz).await? {
+        let t = daily.entry(day).or_default();
+        t.outbound += outbound;
+        t.answered += answered;
+    }
+    for (day, peak) in store.peak_agents_by_local_day(from_ms, tz).await? {
+        daily.entry(day).or_default().peak_agents += peak;
+    }
+    let source = format!("PostgreSQL (schema {})", store.schema().as_str());
     Ok((daily, grid, source))
 }
 

@@ -11,6 +11,20 @@ use std::process::Command;
 use crate::common::{self, ConfigToml, TestDb, output_text};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A day of `daily_traffic` summed over the series.
+type DailyRow = (
+    chrono::NaiveDate,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
 const CHARTS: [&str; 5] = [
     "chart-coverage",
     "chart-calls",
@@ -161,7 +175,7 @@ async fn the_report_is_one_file_with_every_chart_and_the_databases_figures() {
 
     // The figures are the database's: every day of daily_traffic, summed over the series.
     let pool = db.pool().await;
-    let rows: Vec<ccc_etl::db::DailyTotalsRow> = sqlx::query_as(
+    let rows: Vec<DailyRow> = sqlx::query_as(
         "SELECT day, sum(inbound_calls)::bigint, sum(calls_handled)::bigint, \
              sum(calls_queued)::bigint, sum(abandoned_in_ivr)::bigint, \
              sum(abandoned_in_queue)::bigint, sum(abandoned_in_ring)::bigint, \
