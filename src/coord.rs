@@ -240,6 +240,37 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Deletes at most `limit` leases whose window ends before `horizon_ms` and that nobody holds
+    /// (done, pending, or a lease that expired): the API no longer serves that time, so no plan
+    /// queues those windows again. And as many rows of workers that stopped before it. Bounded
+    /// work per run keeps both tables at about a horizon's worth of windows. Returns the leases
+    /// deleted.
+    pub async fn prune(&self, horizon_ms: i64, limit: i64) -> anyhow::Result<u64> {
+        let leases = sqlx::query(
+            "DELETE FROM leases WHERE ctid = ANY (ARRAY( \
+                 SELECT ctid FROM leases \
+                 WHERE end_ms <= $1 AND (state <> 'leased' OR lease_until < now()) \
+                 LIMIT $2))",
+        )
+        .bind(horizon_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM workers WHERE worker_id = ANY (ARRAY( \
+                 SELECT worker_id FROM workers \
+                 WHERE stopped_at < to_timestamp($1 / 1000.0) LIMIT $2))",
+        )
+        .bind(horizon_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(leases)
+    }
+
     /// Claims what it can of `windows`: pending ones and ones whose lease expired.
     pub async fn claim(&self, windows: &[WindowKey]) -> anyhow::Result<Claimed> {
         if windows.is_empty() {

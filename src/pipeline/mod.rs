@@ -36,6 +36,9 @@ use crate::progress::Progress;
 use crate::record::{MediaType, WindowKey, fmt_ms};
 use crate::sink::{RunContext, Sink};
 
+/// Leases behind the horizon one run deletes at most (what is left: the next runs).
+const PRUNE_PER_RUN: i64 = 10_000;
+
 /// The clock, in epoch ms; tests pass a fixed one.
 pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -260,6 +263,12 @@ impl Engine {
         tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
         if let Some(c) = &self.coordinator {
             c.enqueue(&windows, planned_at).await?;
+            // Maintenance: a failure is logged, and the run goes on.
+            match c.prune(plan.horizon_ms, PRUNE_PER_RUN).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(leases = n, "leases behind the horizon deleted"),
+                Err(e) => tracing::warn!("could not delete leases behind the horizon: {e:#}"),
+            }
         }
         self.progress.start(windows.len() as u64);
         for sink in &self.sinks {

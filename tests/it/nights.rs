@@ -18,6 +18,7 @@ use ccc_etl::ccc::emulator::Faults;
 use ccc_etl::ccc::emulator::data::DataModel;
 use ccc_etl::commands::{coverage_report, nightly_request, open_sinks};
 use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
+use ccc_etl::coord::{Coordinator, LeaseSettings};
 use ccc_etl::pipeline::NowFn;
 use ccc_etl::record::MediaType;
 use ccc_etl::sink::parquet::{Layout, Root};
@@ -27,6 +28,24 @@ use secrecy::SecretString;
 use sqlx::Row;
 
 const REVISE_MS: i64 = 6 * H;
+
+const LEASES: LeaseSettings = LeaseSettings {
+    lease: std::time::Duration::from_secs(60),
+    heartbeat: std::time::Duration::from_secs(20),
+};
+
+/// A pool whose sessions work in the schema `ccc`, as a worker's do.
+async fn schema_pool(url: &str) -> sqlx::PgPool {
+    use std::str::FromStr;
+    let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+        .unwrap()
+        .options([("search_path", "ccc")]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(opts)
+        .await
+        .unwrap()
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -86,6 +105,7 @@ async fn four_hundred_nights_with_faults_and_outages_keep_every_bucket_once_and_
     let mut last_run: Option<i64> = None;
     let mut covered: Vec<(i64, i64)> = vec![];
     let (mut alerts, mut runs, mut failed_nights) = (0, 0, 0);
+    let (mut planned_windows, mut cfg_margin_ms) = (0, 0);
     for (night, &outage) in off.iter().enumerate() {
         let now_ms = first + night as i64 * DAY + rng.random_range(0..H);
         clock.store(now_ms, Ordering::SeqCst);
@@ -118,10 +138,18 @@ async fn four_hundred_nights_with_faults_and_outages_keep_every_bucket_once_and_
         cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
         if !outage {
             let (sinks, ledger) = open_sinks(&cfg).await.unwrap();
+            // As a worker of a job in PostgreSQL: its windows are leases, and each run deletes
+            // the leases behind the horizon.
+            let worker = Coordinator::register(schema_pool(&db.url).await, "nightly", LEASES)
+                .await
+                .unwrap();
             let summary = engine(&cfg, sinks, ledger, now.clone())
+                .with_coordinator(worker.clone())
                 .run(&nightly_request(&cfg, vec!["ccc-a".into()], now_ms))
                 .await
                 .unwrap();
+            worker.stop().await.unwrap();
+            planned_windows += summary.windows_planned;
             let code = summary.exit_code();
             assert!(
                 code == 0 || code == 3,
@@ -131,7 +159,8 @@ async fn four_hundred_nights_with_faults_and_outages_keep_every_bucket_once_and_
             if code == 3 {
                 failed_nights += 1;
             }
-            let from = ccc_etl::plan::horizon_ms(now_ms, cfg.pipeline.horizon_margin_ms());
+            cfg_margin_ms = cfg.pipeline.horizon_margin_ms();
+            let from = ccc_etl::plan::horizon_ms(now_ms, cfg_margin_ms);
             covered.push((from.max(last_run.unwrap_or(from)), now_ms));
             last_run = Some(now_ms);
             runs += 1;
@@ -220,6 +249,29 @@ async fn four_hundred_nights_with_faults_and_outages_keep_every_bucket_once_and_
     .map(|r| (r.get::<i64, _>("t"), r.get::<i64, _>("total_calls")))
     .collect();
     let horizon = ccc_etl::plan::horizon_ms(final_now, 0);
+
+    // The leases table holds about a horizon's worth of windows, not every night's: nothing
+    // that ends behind the last run's horizon is left.
+    let (leases, oldest_end): (i64, Option<i64>) =
+        sqlx::query_as("SELECT count(*), min(end_ms) FROM ccc.leases")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let last_horizon = ccc_etl::plan::horizon_ms(last_run.unwrap(), cfg_margin_ms);
+    assert!(
+        oldest_end.is_some_and(|e| e > last_horizon),
+        "a lease behind the horizon is left: {oldest_end:?} <= {last_horizon}"
+    );
+    // Early nights queued windows that are now behind the horizon: they were deleted.
+    assert!(
+        covered.first().is_some_and(|(_, end)| *end < last_horizon),
+        "a run happened more than a horizon before the last one"
+    );
+    let bound = 2 * (180 + 7);
+    assert!(
+        leases <= bound,
+        "{leases} leases after {nights} nights ({planned_windows} windows planned; bound {bound})"
+    );
     let mut checked = 0;
     for (from, to) in &covered {
         let mut t = (from + H - 1) / H * H;
