@@ -177,8 +177,14 @@ pub enum Command {
     },
     /// Check, without writing, that the credentials work (one API call), PostgreSQL is reachable
     /// with the privileges needed, and the Parquet root is writable.
-    #[command(after_help = "Example:\n  ccc-etl --config /etc/ccc-etl/pipeline.toml check")]
-    Check,
+    #[command(
+        after_help = "Example:\n  ccc-etl --config /etc/ccc-etl/pipeline.toml check\n  ccc-etl check --send-test-alert"
+    )]
+    Check {
+        /// Also send a test message to every `[alerts]` target.
+        #[arg(long)]
+        send_test_alert: bool,
+    },
     /// Run the built-in CCC emulator (credentials from ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET).
     #[command(
         after_help = "Example:\n  ALIBABA_CLOUD_ACCESS_KEY_ID=demo ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo-secret \\\n    ccc-etl emulator --listen 127.0.0.1:8080 --instances ccc-test,ccc-b"

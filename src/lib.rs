@@ -27,9 +27,10 @@
 //! - [`status`], [`verify`], [`metrics`], [`progress`], [`telemetry`], [`output`]: what a run
 //!   tells people
 //! - [`ddl`]: the statements that register a Parquet root in query engines (pure); [`report`]:
-//!   the HTML report (pure: charts and page)
+//!   the HTML report (pure: charts and page); [`alerts`]: chat webhooks
 //! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes
 
+pub mod alerts;
 pub mod ccc;
 pub mod cli;
 pub mod commands;

@@ -8,26 +8,29 @@ use crate::error::{EXIT_FATAL, EXIT_OK};
 
 /// One check's outcome.
 struct Outcome {
-    what: &'static str,
+    what: String,
     result: Result<String, String>,
 }
 
 /// `ccc-etl check`.
-pub(crate) async fn run_check(config: &Config) -> anyhow::Result<u8> {
-    let outcomes = vec![
+pub(crate) async fn run_check(config: &Config, send_test_alert: bool) -> anyhow::Result<u8> {
+    let mut outcomes = vec![
         Outcome {
-            what: "credentials",
+            what: "credentials".into(),
             result: check_api(config).await,
         },
         Outcome {
-            what: "postgres",
+            what: "postgres".into(),
             result: check_postgres(config).await,
         },
         Outcome {
-            what: "parquet",
+            what: "parquet".into(),
             result: check_parquet(config).await,
         },
     ];
+    if send_test_alert {
+        outcomes.extend(test_alerts(config).await);
+    }
     let mut failed = false;
     for o in outcomes {
         match o.result {
@@ -39,6 +42,30 @@ pub(crate) async fn run_check(config: &Config) -> anyhow::Result<u8> {
         }
     }
     Ok(if failed { EXIT_FATAL } else { EXIT_OK })
+}
+
+/// A test message to every `[alerts]` target (none configured is a failure: it was asked for).
+async fn test_alerts(config: &Config) -> Vec<Outcome> {
+    if config.alerts.targets.is_empty() {
+        return vec![Outcome {
+            what: "alerts".into(),
+            result: Err("no [[alerts.targets]] in the configuration".into()),
+        }];
+    }
+    let alert = crate::alerts::Alert {
+        event: crate::config::AlertEvent::Test,
+        title: "ccc-etl: a test message".into(),
+        text: "Sent by `ccc-etl check --send-test-alert`: alerts reach this chat.".into(),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    crate::alerts::send(&config.alerts, &[alert], &crate::config::process_env, now)
+        .await
+        .into_iter()
+        .map(|(target, _, result)| Outcome {
+            what: format!("alert {target}"),
+            result: result.map(|()| "test message sent".into()),
+        })
+        .collect()
 }
 
 /// Credentials from the chain, then one request for each region's first instance's last hour.

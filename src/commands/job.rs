@@ -9,11 +9,11 @@ use chrono::Utc;
 use tracing::Instrument as _;
 
 use super::open::open_sinks_and_store;
-use super::{report, resolve_instances};
+use super::{notify, report, resolve_instances};
 use crate::ccc::client::CccClient;
 use crate::ccc::ratelimit::AdaptivePacer;
 use crate::cli::RangeArgs;
-use crate::config::Config;
+use crate::config::{AlertEvent, Config};
 use crate::coord::{Coordinator, LeaseSettings};
 use crate::error::{EXIT_OK, InputError};
 use crate::ledger::Ledger;
@@ -22,6 +22,7 @@ use crate::plan::{self, Bound};
 use crate::progress::Progress;
 use crate::record::fmt_ms;
 use crate::sink::Sink;
+use crate::status::StatusReport;
 use std::time::Duration;
 
 /// The request a nightly run makes at `now_ms`: from just inside the horizon to now, every gap,
@@ -88,10 +89,12 @@ pub(crate) async fn run_job(
     let run_id = uuid::Uuid::new_v4();
     crate::output::set_run(&run_id.to_string(), req.kind.as_str());
     let span = tracing::info_span!("run", run_id = %run_id, command = req.kind.as_str());
+    let mut alerts = vec![];
     let outcome = async {
         let credentials = crate::credentials::process_source(config.source.credentials).await?;
         preflight_regions(config).await?;
         let (sinks, ledger, store) = open_sinks_and_store(config).await?;
+        let seen_before = ledger.fields_seen().await.unwrap_or_default();
         credentials.log_start();
         let summary = execute(
             config,
@@ -108,16 +111,26 @@ pub(crate) async fn run_job(
         )
         .await?;
         let code = finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await?;
-        if let (RunKind::Nightly, Some(path)) = (req.kind, metrics) {
-            append_headroom(config, path).await;
-        }
+        let status = match req.kind {
+            RunKind::Nightly => after_nightly(config, metrics).await,
+            _ => None,
+        };
+        let command = req.kind.as_str();
+        alerts = notify::for_run(command, code, &summary, status.as_ref(), &seen_before);
         Ok(code)
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
-    if let (Err(e), Some(path)) = (&outcome, metrics) {
-        write_failure_metrics(req.kind.as_str(), path, crate::error::exit_code_for(e), e);
+    if let Err(e) = &outcome {
+        let code = crate::error::exit_code_for(e);
+        if let Some(path) = metrics {
+            write_failure_metrics(req.kind.as_str(), path, code, e);
+        }
+        alerts = notify::for_failure(req.kind.as_str(), code, e);
     }
+    crate::alerts::notify(&config.alerts, &alerts)
+        .instrument(span)
+        .await;
     outcome
 }
 
@@ -137,18 +150,29 @@ pub(crate) fn write_failure_metrics(command: &str, path: &Path, code: u8, error:
 }
 
 /// After a nightly run: what ages out when, in the same metrics file, so one alerting rule on
-/// `ccc_etl_horizon_headroom_seconds` needs no second job (best effort: the run is done).
-async fn append_headroom(config: &Config, path: &Path) {
+/// `ccc_etl_horizon_headroom_seconds` needs no second job, and for the aging alert of `[alerts]`
+/// (best effort: the run is done).
+async fn after_nightly(config: &Config, metrics: Option<&Path>) -> Option<StatusReport> {
+    let wants_aging = (config.alerts.targets.iter()).any(|t| t.events.contains(&AlertEvent::Aging));
+    if metrics.is_none() && !wants_aging {
+        return None;
+    }
     let now = crate::pipeline::system_now()();
     match super::status::coverage_report(config, config.pipeline.aging_alert_days, now).await {
         Ok(report) => {
-            let mut text = std::fs::read_to_string(path).unwrap_or_default();
-            text.push_str(&crate::metrics::render_headroom("nightly", &report));
-            if let Err(e) = crate::metrics::write_atomic(path, &text) {
-                tracing::error!(error = %e, path = %path.display(), "cannot write the metrics file");
+            if let Some(path) = metrics {
+                let mut text = std::fs::read_to_string(path).unwrap_or_default();
+                text.push_str(&crate::metrics::render_headroom("nightly", &report));
+                if let Err(e) = crate::metrics::write_atomic(path, &text) {
+                    tracing::error!(error = %e, path = %path.display(), "cannot write the metrics file");
+                }
             }
+            Some(report)
         }
-        Err(e) => tracing::warn!(error = %e, "cannot compute the horizon headroom"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot compute the horizon headroom");
+            None
+        }
     }
 }
 

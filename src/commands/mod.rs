@@ -8,6 +8,7 @@ mod emulator;
 mod init;
 mod job;
 mod migrate;
+mod notify;
 mod open;
 mod plan;
 mod report;
@@ -87,9 +88,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             instances,
             emulator,
         } => init::run_init(&cli.config, instances, *emulator),
-        Command::Check => {
+        Command::Check { send_test_alert } => {
             let config = Config::load(&cli.config)?;
-            check::run_check(&config).await
+            check::run_check(&config, *send_test_alert).await
         }
         Command::Report { output, days } => report::run_report(&cli.config, output, *days).await,
         Command::Ddl { engine, schema } => ddl::run_ddl(&cli.config, *engine, schema.as_deref()),

@@ -4,6 +4,7 @@
 //! names the file, the line and the key. `[source] credentials` only chooses where the key
 //! comes from ([`crate::credentials`] resolves it); secrets are never part of the file.
 
+mod alerts;
 mod parquet;
 mod pipeline;
 mod postgres;
@@ -13,6 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
+pub use alerts::*;
 pub use parquet::*;
 pub use pipeline::*;
 pub use postgres::*;
@@ -61,6 +63,9 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     /// The Parquet sink; present means on.
     pub parquet: Option<ParquetConfig>,
+    /// Chat webhooks told about failures, aging data, fenced commits and new drift.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 pub(super) fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -221,6 +226,7 @@ impl Config {
                 schema: default_schema(),
             }),
             parquet: None,
+            alerts: AlertsConfig::default(),
         }
     }
 
@@ -248,6 +254,7 @@ impl Config {
             },
             postgres: None,
             parquet: None,
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -281,7 +288,11 @@ mod tests {
             (StoreKind::S3, "bucket".into(), "warehouse/ccc".into())
         );
         assert_eq!(url("oss://b"), (StoreKind::Oss, "b".into(), String::new()));
-        assert_eq!(url("gs://b/p").0, StoreKind::Gcs);
+        let gcs = parse_parquet_root("gs://b/p").unwrap_err();
+        assert!(
+            gcs.contains("not supported") && gcs.contains("storage.googleapis.com"),
+            "{gcs}"
+        );
         assert_eq!(url("az://c/p").0, StoreKind::Azure);
         assert_eq!(
             parse_parquet_root("s3://b/p").unwrap().to_string(),
