@@ -16,7 +16,7 @@ use super::{
 #[serde(deny_unknown_fields)]
 pub struct ParquetConfig {
     /// Where the tables live: a path, a `file://` URL, or an object-storage URL (`s3://`,
-    /// `oss://`, `gs://`, `az://` followed by the bucket and an optional prefix).
+    /// `oss://`, `az://` followed by the bucket and an optional prefix).
     #[serde(default = "default_root", deserialize_with = "parquet_root")]
     pub root: RootUrl,
     /// Rows held in memory while days wait for their last window; above it the oldest days are
@@ -32,7 +32,7 @@ pub struct ParquetConfig {
     #[serde(default)]
     pub region: Option<String>,
     /// Whether to replace day files with conditional writes (`If-Match` on the ETag read).
-    /// Defaults to on for S3, GCS and Azure; OSS does not support them.
+    /// Defaults to on for S3 and Azure; OSS does not support them.
     #[serde(default)]
     pub conditional_writes: Option<bool>,
     /// Day files larger than this many MiB are uploaded in parts (multipart upload) instead
@@ -141,8 +141,6 @@ pub enum StoreKind {
     S3,
     /// Alibaba Cloud OSS, through its S3-compatible API.
     Oss,
-    /// Google Cloud Storage.
-    Gcs,
     /// Azure Blob Storage.
     Azure,
 }
@@ -153,7 +151,6 @@ impl StoreKind {
         match self {
             StoreKind::S3 => "s3",
             StoreKind::Oss => "oss",
-            StoreKind::Gcs => "gs",
             StoreKind::Azure => "az",
         }
     }
@@ -180,6 +177,19 @@ impl fmt::Display for ObjectUrl {
     }
 }
 
+/// Why a `gs://` root is refused: ccc-etl claims only the stores its tests write to, and the one
+/// GCS emulator from a package registry (PyPI's gcp-storage-emulator) answers object writes and
+/// reads without the `ETag` header that every day-file write and conditional replace needs.
+fn gcs_refused(s: &str) -> String {
+    format!(
+        "root {s:?}: Google Cloud Storage roots (gs://) are not supported, since they cannot be \
+         tested here (no GCS emulator from a package registry sends the ETag object writes \
+         need); GCS also serves the S3 API: root = \"s3://BUCKET/PREFIX\", endpoint = \
+         \"https://storage.googleapis.com\", conditional_writes = false, and an HMAC key in \
+         AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+    )
+}
+
 /// A Parquet root from a path, a `file://` URL or an object-storage URL. An unknown scheme is
 /// refused: a root written as `hdfs://...` must never land in a local directory called `hdfs:`.
 pub fn parse_parquet_root(s: &str) -> Result<RootUrl, String> {
@@ -202,12 +212,12 @@ pub fn parse_parquet_root(s: &str) -> Result<RootUrl, String> {
         }
         "s3" | "s3a" => StoreKind::S3,
         "oss" => StoreKind::Oss,
-        "gs" => StoreKind::Gcs,
+        "gs" => return Err(gcs_refused(s)),
         "az" | "azure" | "abfs" => StoreKind::Azure,
         other => {
             return Err(format!(
                 "root {s:?}: unknown scheme {other}://; use a local path, file:///path, \
-                 s3://bucket/prefix, oss://bucket/prefix, gs://bucket/prefix or \
+                 s3://bucket/prefix, oss://bucket/prefix or \
                  az://container/prefix"
             ));
         }

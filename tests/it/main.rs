@@ -1,5 +1,6 @@
 //! The integration tests, one binary: each module is one area (see the README's "Testing").
 
+mod alerts;
 mod backfill;
 mod bad_input;
 mod cli;

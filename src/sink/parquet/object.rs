@@ -1,4 +1,4 @@
-//! A Parquet root on object storage (S3 and S3-compatible stores, Alibaba Cloud OSS, GCS, Azure)
+//! A Parquet root on object storage (S3 and S3-compatible stores, Alibaba Cloud OSS, Azure)
 //! through the `object_store` crate.
 //!
 //! The layout is the local one: `{root}/{table}/dt=YYYY-MM-DD/part-00000.parquet` and
@@ -10,7 +10,7 @@
 //!   and written. An object-storage root always has PostgreSQL (its ledger lives there), so this
 //!   guard is always on; it is the only one on OSS, which rejects conditional writes, and for
 //!   files above the multipart threshold, which cannot be written conditionally;
-//! - where the store supports it (S3, GCS, Azure), the PUT is conditional: `If-Match` on the ETag
+//! - where the store supports it (S3, Azure), the PUT is conditional: `If-Match` on the ETag
 //!   that was read (`If-None-Match: *` for a new file). On a precondition failure the day is read
 //!   again, merged again and written again.
 //!
@@ -26,7 +26,6 @@ use chrono::{NaiveDate, Utc};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path as ObjPath;
 use object_store::{
     ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
@@ -234,12 +233,6 @@ impl ObjectRoot {
         let built = match url.kind {
             StoreKind::S3 => how.s3(),
             StoreKind::Oss => how.oss(credentials),
-            StoreKind::Gcs => GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(&url.bucket)
-                .with_client_options(how.client)
-                .with_retry(how.retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             StoreKind::Azure => MicrosoftAzureBuilder::from_env()
                 .with_container_name(&url.bucket)
                 .with_client_options(how.client)

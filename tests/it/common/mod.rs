@@ -233,6 +233,7 @@ impl Drop for TestDb {
         .join();
     }
 }
+pub mod azure;
 pub mod cluster;
 pub mod config;
 pub use config::ConfigToml;
