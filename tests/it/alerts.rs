@@ -185,6 +185,26 @@ async fn nightly(cfg: &std::path::Path, webhook: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// `ccc-etl check --send-test-alert` with the webhook and signing secret given.
+async fn send_test_alert(
+    cfg: &std::path::Path,
+    webhook: &str,
+    secret: &str,
+) -> std::process::Output {
+    common::ccc_etl_cmd()
+        .arg("--config")
+        .arg(cfg)
+        .args(["check", "--send-test-alert"])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
+        .env("CCC_ETL_TEST_WEBHOOK", webhook)
+        .env("CCC_ETL_TEST_WEBHOOK_SECRET", secret)
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap()
+}
+
 /// A first nightly run where one instance fails every request (exit 3, its whole horizon
 /// uncovered: the aging alert) and the API sends a new field: three messages, each signed and
 /// checked, one per event. A second run meets the same field again: no drift message.
@@ -259,7 +279,7 @@ async fn generic_messages_carry_an_hmac_of_the_body_one_per_event() {
 async fn a_receiver_that_fails_refuses_or_is_down_never_changes_the_exit_code() {
     let emu = common::start(common::options(&["ccc-a", "ccc-b"])).await;
     let (rx, origin) = receiver().await;
-    // Two 500s, then accepted: retried with backoff.
+    // The generic receiver answers its next two requests with HTTP 500 (used below).
     rx.fail_first.lock().unwrap().insert("generic".into(), 2);
     let dir = tempfile::tempdir().unwrap();
     // A successful first nightly run over an empty root: the aging alert only.
@@ -272,24 +292,12 @@ async fn a_receiver_that_fails_refuses_or_is_down_never_changes_the_exit_code() 
         "nothing ages out after a full nightly: {got:#?}"
     );
 
-    // A wrong signing secret: DingTalk answers 200 with an error code; a warning, exit 0.
+    // A wrong signing secret: DingTalk answers 200 with an error code, and
+    // `check --send-test-alert` fails naming the target and the code.
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &emu.endpoint(), "dingtalk");
-    let out = common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["check", "--send-test-alert"])
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env(
-            "CCC_ETL_TEST_WEBHOOK",
-            format!("{origin}/dingtalk?access_token={TOKEN}"),
-        )
-        .env("CCC_ETL_TEST_WEBHOOK_SECRET", "not-the-secret")
-        .env_remove("DATABASE_URL")
-        .output()
-        .await
-        .unwrap();
+    let webhook = format!("{origin}/dingtalk?access_token={TOKEN}");
+    let out = send_test_alert(&cfg, &webhook, "not-the-secret").await;
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
@@ -300,21 +308,7 @@ async fn a_receiver_that_fails_refuses_or_is_down_never_changes_the_exit_code() 
     assert!(!text.contains(TOKEN), "{text}");
 
     // The right secret: the test message arrives, signed; exit 0.
-    let out = common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["check", "--send-test-alert"])
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env(
-            "CCC_ETL_TEST_WEBHOOK",
-            format!("{origin}/dingtalk?access_token={TOKEN}"),
-        )
-        .env("CCC_ETL_TEST_WEBHOOK_SECRET", SECRET)
-        .env_remove("DATABASE_URL")
-        .output()
-        .await
-        .unwrap();
+    let out = send_test_alert(&cfg, &webhook, SECRET).await;
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let got = rx.got.lock().unwrap().clone();
     assert!(

@@ -350,12 +350,18 @@ async fn race(roots: Vec<ObjectRoot>) -> u32 {
     conflicts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conditional_writes_keep_every_racing_writers_rows() {
-    let s3 = s3::server();
-    let bucket = s3.bucket().await;
-    let a = object_root(s3, &bucket, "wh", true);
-    let b = object_root(s3, &bucket, "wh", true);
+/// Conditional writes on a store: a stale replace and a second create are refused, and eight
+/// writers racing on one day, with no lock, keep every writer's rows. `client(bucket)` is a new
+/// client of a bucket (another process, as it were); `buckets` two empty ones.
+async fn conditional_writes_keep_every_writers_rows(
+    client: impl Fn(&str) -> ObjectRoot,
+    buckets: [String; 2],
+) {
+    let of = |bucket: &str| {
+        let root = Root::Object(Arc::new(client(bucket)));
+        async move { instances_of(root).await }
+    };
+    let (a, b) = (client(&buckets[0]), client(&buckets[0]));
     // Deterministic: A reads, B writes, A's write (If-Match on what it read) is refused.
     merge_day_into(&a, "r", chrono_tz::UTC, date(DAY0), &[batch("first", 1)])
         .await
@@ -377,7 +383,7 @@ async fn conditional_writes_keep_every_racing_writers_rows() {
         matches!(stale, ccc_etl::sink::parquet::object::PutOutcome::Conflict),
         "{stale:?}"
     );
-    assert_eq!(instances_in(&a).await, ["first", "second"]);
+    assert_eq!(of(&buckets[0]).await, ["first", "second"]);
     // A new file is written with If-None-Match: a second creator is refused too.
     let created = a
         .put_day(Table::Inbound, date(DAY0), b"x".to_vec(), None)
@@ -397,17 +403,20 @@ async fn conditional_writes_keep_every_racing_writers_rows() {
     ));
 
     // Eight writers at once, no lock: conditional writes alone keep every writer's rows.
-    let bucket = s3.bucket().await;
-    let roots = (0..8)
-        .map(|_| object_root(s3, &bucket, "wh", true))
-        .collect();
-    let conflicts = race(roots).await;
+    let conflicts = race((0..8).map(|_| client(&buckets[1])).collect()).await;
     let want: Vec<String> = (0..8).map(|i| format!("w{i:02}")).collect();
     assert_eq!(
-        instances_in(&object_root(s3, &bucket, "wh", true)).await,
+        of(&buckets[1]).await,
         want,
         "no writer's rows lost ({conflicts} conflicts merged again)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conditional_writes_keep_every_racing_writers_rows() {
+    let s3 = s3::server();
+    let buckets = [s3.bucket().await, s3.bucket().await];
+    conditional_writes_keep_every_writers_rows(|b| object_root(s3, b, "wh", true), buckets).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -805,58 +814,6 @@ async fn a_backfill_into_azure_equals_a_local_one_and_a_deleted_blob_is_fetched_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conditional_writes_keep_every_racing_writers_rows_on_azure() {
     let az = azure::server();
-    let container = az.container();
-    let a = azure_root(az, &container, "wh");
-    let b = azure_root(az, &container, "wh");
-    // A reads, B writes, A's write (If-Match on what it read) is refused.
-    merge_day_into(&a, "r", chrono_tz::UTC, date(DAY0), &[batch("first", 1)])
-        .await
-        .unwrap();
-    let read = a.fetch(Table::Overall, date(DAY0)).await.unwrap().unwrap();
-    merge_day_into(&b, "r", chrono_tz::UTC, date(DAY0), &[batch("second", 2)])
-        .await
-        .unwrap();
-    let stale = a
-        .put_day(
-            Table::Overall,
-            date(DAY0),
-            read.bytes.to_vec(),
-            Some(&read.version),
-        )
-        .await
-        .unwrap();
-    assert!(
-        matches!(stale, ccc_etl::sink::parquet::object::PutOutcome::Conflict),
-        "{stale:?}"
-    );
-    let both = instances_of(Root::Object(Arc::new(azure_root(az, &container, "wh")))).await;
-    assert_eq!(both, ["first", "second"]);
-    // A second creator of a new blob is refused (If-None-Match: *).
-    let created = a
-        .put_day(Table::Inbound, date(DAY0), b"x".to_vec(), None)
-        .await
-        .unwrap();
-    assert!(matches!(
-        created,
-        ccc_etl::sink::parquet::object::PutOutcome::Written(_)
-    ));
-    let again = b
-        .put_day(Table::Inbound, date(DAY0), b"y".to_vec(), None)
-        .await
-        .unwrap();
-    assert!(matches!(
-        again,
-        ccc_etl::sink::parquet::object::PutOutcome::Conflict
-    ));
-
-    // Eight writers at once, no lock: conditional writes alone keep every writer's rows.
-    let container = az.container();
-    let roots = (0..8).map(|_| azure_root(az, &container, "wh")).collect();
-    let conflicts = race(roots).await;
-    let want: Vec<String> = (0..8).map(|i| format!("w{i:02}")).collect();
-    assert_eq!(
-        instances_of(Root::Object(Arc::new(azure_root(az, &container, "wh")))).await,
-        want,
-        "no writer's rows lost ({conflicts} conflicts merged again)"
-    );
+    let containers = [az.container(), az.container()];
+    conditional_writes_keep_every_writers_rows(|c| azure_root(az, c, "wh"), containers).await;
 }
