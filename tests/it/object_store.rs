@@ -62,11 +62,21 @@ fn day_arg(ms: i64) -> String {
 
 /// A `ccc-etl` process against the emulator, with the S3 server's environment.
 fn ccc_etl(s3: &S3Server, config: &Path, db_url: &str, args: &[&str]) -> std::process::Output {
+    ccc_etl_with(s3.env(), config, db_url, args)
+}
+
+/// A `ccc-etl` process against the emulator, with a store's environment.
+fn ccc_etl_with(
+    store_env: Vec<(&'static str, String)>,
+    config: &Path,
+    db_url: &str,
+    args: &[&str],
+) -> std::process::Output {
     crate::common::ccc_etl_std_cmd()
         .arg("--config")
         .arg(config)
         .args(common::args(args))
-        .envs(s3.env())
+        .envs(store_env)
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
         .env("DATABASE_URL", db_url)
@@ -732,26 +742,6 @@ fn azure_root(az: &azure::Azurite, container: &str, prefix: &str) -> ObjectRoot 
     ObjectRoot::with_store(az.store(container), url, true)
 }
 
-/// A `ccc-etl` process against the emulator and Azurite.
-fn ccc_etl_azure(
-    az: &azure::Azurite,
-    config: &Path,
-    db_url: &str,
-    args: &[&str],
-) -> std::process::Output {
-    crate::common::ccc_etl_std_cmd()
-        .arg("--config")
-        .arg(config)
-        .args(common::args(args))
-        .envs(az.env())
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env("DATABASE_URL", db_url)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_into_azure_equals_a_local_one_and_a_deleted_blob_is_fetched_again() {
     let az = azure::server();
@@ -771,9 +761,9 @@ async fn a_backfill_into_azure_equals_a_local_one_and_a_deleted_blob_is_fetched_
         .parquet(format!("az://{container}/warehouse"))
         .write(&az_cfg);
     let backfill = ["backfill", "--from", from.as_str(), "--to", to.as_str()];
-    let local = ccc_etl_azure(az, &local_cfg, &db.url, &backfill);
+    let local = ccc_etl_with(az.env(), &local_cfg, &db.url, &backfill);
     assert!(local.status.success(), "{}", text(&local));
-    let remote = ccc_etl_azure(az, &az_cfg, &db.url, &backfill);
+    let remote = ccc_etl_with(az.env(), &az_cfg, &db.url, &backfill);
     assert!(remote.status.success(), "{}", text(&remote));
 
     let local_root = Root::Local(Layout::new(dir.path().join("local")));
@@ -785,7 +775,7 @@ async fn a_backfill_into_azure_equals_a_local_one_and_a_deleted_blob_is_fetched_
         expected,
         "file for file, the same rows"
     );
-    let verify = ccc_etl_azure(az, &az_cfg, &db.url, &["verify"]);
+    let verify = ccc_etl_with(az.env(), &az_cfg, &db.url, &["verify"]);
     assert!(verify.status.success(), "{}", text(&verify));
 
     // A blob deleted from the container is noticed and fetched again.
@@ -797,7 +787,7 @@ async fn a_backfill_into_azure_equals_a_local_one_and_a_deleted_blob_is_fetched_
     object_store::ObjectStoreExt::delete(&*az.store(&container), &o.day_key(table, day))
         .await
         .unwrap();
-    let repaired = ccc_etl_azure(az, &az_cfg, &db.url, &backfill);
+    let repaired = ccc_etl_with(az.env(), &az_cfg, &db.url, &backfill);
     assert!(repaired.status.success(), "{}", text(&repaired));
     assert!(
         emu.stats().await.unwrap().calls.len() > calls,
