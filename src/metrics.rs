@@ -139,6 +139,79 @@ fn drift(out: &mut String, command: &str, s: &RunSummary) {
     );
 }
 
+/// What the API answered: answers by code, retries, throttling.
+fn requests(out: &mut String, command: &str, s: &RunSummary) {
+    let c = || ("command", command.to_string());
+    let codes: Vec<_> = s
+        .responses_by_code
+        .iter()
+        .map(|(code, n)| (vec![c(), ("code", code.clone())], *n as f64))
+        .collect();
+    family(
+        out,
+        "ccc_etl_requests",
+        "API answers of the last run, by code.",
+        &codes,
+    );
+    family(
+        out,
+        "ccc_etl_retries",
+        "Retries in the last run.",
+        &[(vec![c()], s.retries as f64)],
+    );
+    family(
+        out,
+        "ccc_etl_throttled",
+        "Throttling answers in the last run.",
+        &[(vec![c()], s.throttled as f64)],
+    );
+}
+
+/// How the run ended: its duration, exit code, end, the last success, and peak memory.
+fn run_end(
+    out: &mut String,
+    command: &str,
+    duration_secs: f64,
+    exit_code: u8,
+    (finished, last_success): (DateTime<Utc>, Option<DateTime<Utc>>),
+) {
+    let c = || ("command", command.to_string());
+    family(
+        out,
+        "ccc_etl_run_duration_seconds",
+        "Duration of the last run.",
+        &[(vec![c()], duration_secs)],
+    );
+    family(
+        out,
+        "ccc_etl_last_run_exit_code",
+        "Exit code of the last run.",
+        &[(vec![c()], exit_code as f64)],
+    );
+    family(
+        out,
+        "ccc_etl_last_run_timestamp_seconds",
+        "When the last run finished.",
+        &[(vec![c()], finished.timestamp() as f64)],
+    );
+    if let Some(t) = last_success {
+        family(
+            out,
+            "ccc_etl_last_success_timestamp_seconds",
+            "When a run last committed every window.",
+            &[(vec![c()], t.timestamp() as f64)],
+        );
+    }
+    if let Some(peak) = peak_rss_bytes() {
+        family(
+            out,
+            "ccc_etl_peak_rss_bytes",
+            "Peak resident memory of the process until the run ended (its memory limit's floor).",
+            &[(vec![c()], peak)],
+        );
+    }
+}
+
 /// Renders the metrics of one run of `command`.
 pub fn render(
     command: &str,
@@ -169,29 +242,7 @@ pub fn render(
     rows(&mut out, command, s);
     sink_rows(&mut out, command, s);
     worker_families(&mut out, command, s);
-    let codes: Vec<_> = s
-        .responses_by_code
-        .iter()
-        .map(|(code, n)| (vec![c(), ("code", code.clone())], *n as f64))
-        .collect();
-    family(
-        &mut out,
-        "ccc_etl_requests",
-        "API answers of the last run, by code.",
-        &codes,
-    );
-    family(
-        &mut out,
-        "ccc_etl_retries",
-        "Retries in the last run.",
-        &[(vec![c()], s.retries as f64)],
-    );
-    family(
-        &mut out,
-        "ccc_etl_throttled",
-        "Throttling answers in the last run.",
-        &[(vec![c()], s.throttled as f64)],
-    );
+    requests(&mut out, command, s);
     drift(&mut out, command, s);
     family(
         &mut out,
@@ -217,40 +268,13 @@ pub fn render(
         "Data-quality violations in the last run, by kind.",
         &quality,
     );
-    family(
+    run_end(
         &mut out,
-        "ccc_etl_run_duration_seconds",
-        "Duration of the last run.",
-        &[(vec![c()], s.duration_secs)],
+        command,
+        s.duration_secs,
+        exit_code,
+        (finished, last_success),
     );
-    family(
-        &mut out,
-        "ccc_etl_last_run_exit_code",
-        "Exit code of the last run.",
-        &[(vec![c()], exit_code as f64)],
-    );
-    family(
-        &mut out,
-        "ccc_etl_last_run_timestamp_seconds",
-        "When the last run finished.",
-        &[(vec![c()], finished.timestamp() as f64)],
-    );
-    if let Some(t) = last_success {
-        family(
-            &mut out,
-            "ccc_etl_last_success_timestamp_seconds",
-            "When a run last committed every window.",
-            &[(vec![c()], t.timestamp() as f64)],
-        );
-    }
-    if let Some(peak) = peak_rss_bytes() {
-        family(
-            &mut out,
-            "ccc_etl_peak_rss_bytes",
-            "Peak resident memory of the process until the run ended (its memory limit's floor).",
-            &[(vec![c()], peak)],
-        );
-    }
     out
 }
 

@@ -10,7 +10,7 @@ use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use super::open::open_read_only;
-use super::status::coverage_report;
+use super::status::coverage_report_on;
 use crate::config::Config;
 use crate::db::PgStore;
 use crate::error::EXIT_OK;
@@ -38,8 +38,10 @@ pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow:
     let today = local_day(now_ms);
     let first = today - Duration::days(i64::from(days) - 1);
     let shown: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= today).collect();
-    let status = coverage_report(&config, config.pipeline.aging_alert_days, now_ms).await?;
     let (store, ledger) = open_read_only(&config).await?;
+    let alert_days = config.pipeline.aging_alert_days;
+    let status =
+        coverage_report_on(&config, store.as_ref(), ledger.as_ref(), alert_days, now_ms).await?;
     let held = match &store {
         Some(s) => held_windows(s).await?,
         None => vec![],
@@ -55,7 +57,7 @@ pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow:
             .with_timezone(&tz)
             .format("%Y-%m-%d %H:%M %Z")
             .to_string(),
-        timezone: tz.name().to_string(),
+        tz,
         horizon_day: local_day(status.horizon_ms),
         coverage: day_states(&status, &shown, tz, &held),
         days: shown,
@@ -67,7 +69,7 @@ pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow:
         drift: status.fields.clone(),
         alert: status.alert.then_some(status.alert_days),
     };
-    let html = page::render(&input, tz);
+    let html = page::render(&input);
     crate::metrics::write_atomic(output, &html)
         .with_context(|| format!("cannot write the report {}", output.display()))?;
     crate::outln!(

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 
+use crate::db::PgStore;
 use crate::ledger::Ledger;
 use crate::record::{MediaType, Table};
 use crate::sink::parquet::{Root, RootCount, reconcile};
@@ -71,6 +72,35 @@ async fn report(
     now_ms: i64,
     count_rows: bool,
 ) -> anyhow::Result<crate::status::StatusReport> {
+    let (store, ledger) = open_read_only(config).await?;
+    report_on(
+        config,
+        store.as_ref(),
+        ledger.as_ref(),
+        (alert_days, now_ms),
+        count_rows,
+    )
+    .await
+}
+
+/// [`coverage_report`] on a store and ledger the caller has open already.
+pub(crate) async fn coverage_report_on(
+    config: &Config,
+    store: Option<&PgStore>,
+    ledger: &dyn Ledger,
+    alert_days: u32,
+    now_ms: i64,
+) -> anyhow::Result<crate::status::StatusReport> {
+    report_on(config, store, ledger, (alert_days, now_ms), false).await
+}
+
+async fn report_on(
+    config: &Config,
+    store: Option<&PgStore>,
+    ledger: &dyn Ledger,
+    (alert_days, now_ms): (u32, i64),
+    count_rows: bool,
+) -> anyhow::Result<crate::status::StatusReport> {
     let series: Series = config
         .pipeline
         .instances
@@ -84,11 +114,10 @@ async fn report(
         })
         .collect();
     let (mut sinks, mut rows, mut not_covered) = (Vec::new(), Rows::new(), BTreeMap::new());
-    let (store, ledger) = open_read_only(config).await?;
     if config.postgres.is_some() {
         sinks.push(SinkId::new(SinkKind::Postgres, ""));
         for (i, m) in &series {
-            let counts = match (&store, count_rows) {
+            let counts = match (store, count_rows) {
                 (Some(store), true) => store.row_counts(i, *m).await?,
                 _ => Table::ALL.map(|t| (t, 0)),
             };
@@ -101,7 +130,7 @@ async fn report(
     if let Some(pq) = &config.parquet {
         let root =
             Root::open(pq, config.source.credentials).map_err(crate::error::InputError::new)?;
-        let parquet = parquet_view(config, &root, ledger.as_ref(), &series, count_rows).await?;
+        let parquet = parquet_view(config, &root, ledger, &series, count_rows).await?;
         rows.extend(parquet.rows);
         not_covered.insert(parquet.id.clone(), parquet.not_covered);
         findings = parquet.findings;
@@ -110,7 +139,7 @@ async fn report(
     }
     let margin = config.pipeline.horizon_margin_ms();
     let mut report = crate::status::build(
-        ledger.as_ref(),
+        ledger,
         &series,
         &sinks,
         &not_covered,
@@ -123,7 +152,7 @@ async fn report(
     .await?;
     report.findings = findings;
     report.extra_files = extra_files;
-    if let Some(store) = &store {
+    if let Some(store) = store {
         let (workers, expired) = crate::coord::workers(
             store.pool(),
             std::time::Duration::from_secs(config.pipeline.lease_secs),

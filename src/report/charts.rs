@@ -38,6 +38,23 @@ fn scalable(svg: String, (w, h): (u32, u32)) -> String {
     )
 }
 
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// A chart of `size` px drawn by `draw` on a white area, as scalable SVG text.
+fn svg_chart(
+    size: (u32, u32),
+    draw: impl FnOnce(&Area<'_>) -> Result<(), String>,
+) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        draw(&root)?;
+        root.present().map_err(err)?;
+    }
+    Ok(scalable(svg, size))
+}
+
 fn day_label(days: &[NaiveDate], i: i32) -> String {
     usize::try_from(i)
         .ok()
@@ -56,11 +73,8 @@ pub fn coverage_heatmap(
     let (n, m) = (days.len() as i32, rows.len().max(1) as i32);
     let cell = (640 / m).clamp(4, 18) as u32;
     let size = (1000, 60 + cell * m as u32);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
+    svg_chart(size, |root| {
+        let mut chart = ChartBuilder::on(root)
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(150)
@@ -106,9 +120,8 @@ pub fn coverage_heatmap(
                 .draw_series([PathElement::new(edge, BLACK.stroke_width(3))])
                 .map_err(err)?;
         }
-        root.present().map_err(err)?;
-    }
-    Ok(scalable(svg, size))
+        Ok(())
+    })
 }
 
 /// One line of a line chart: its name, colour and a value per day (`None`: no data).
@@ -131,11 +144,8 @@ pub fn line_chart(days: &[NaiveDate], lines: &[Line<'_>], rate: bool) -> Result<
         .flat_map(|l| l.values.iter().flatten())
         .fold(0f64, |a, b| a.max(*b));
     let y_max = if rate { 1.0 } else { (top * 1.1).max(1.0) };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
+    svg_chart(size, |root| {
+        let mut chart = ChartBuilder::on(root)
             .margin(10)
             .x_label_area_size(28)
             .y_label_area_size(60)
@@ -179,9 +189,8 @@ pub fn line_chart(days: &[NaiveDate], lines: &[Line<'_>], rate: bool) -> Result<
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(err)?;
-        root.present().map_err(err)?;
-    }
-    Ok(scalable(svg, size))
+        Ok(())
+    })
 }
 
 /// Runs of present values as point lists.
@@ -205,11 +214,8 @@ fn segments(values: &[Option<f64>]) -> Vec<Vec<(i32, f64)>> {
 pub fn hour_of_week(grid: &[[i64; 24]; 7]) -> Result<String, String> {
     let size = (1000, 300);
     let max = grid.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
+    svg_chart(size, |root| {
+        let mut chart = ChartBuilder::on(root)
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(50)
@@ -257,7 +263,6 @@ pub fn hour_of_week(grid: &[[i64; 24]; 7]) -> Result<String, String> {
             })
         });
         chart.draw_series(cells).map_err(err)?;
-        root.present().map_err(err)?;
-    }
-    Ok(scalable(svg, size))
+        Ok(())
+    })
 }

@@ -81,7 +81,7 @@ pub struct ReportInput {
     /// When it was made, local, for the heading.
     pub generated: String,
     /// The report zone (the configuration's `timezone`).
-    pub timezone: String,
+    pub tz: chrono_tz::Tz,
     /// The local days shown, oldest first.
     pub days: Vec<NaiveDate>,
     /// The oldest local day the API still serves (its 180-day horizon).

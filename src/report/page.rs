@@ -38,7 +38,7 @@ fn figure(id: &str, svg: Result<String, String>) -> Markup {
 }
 
 /// The whole page.
-pub fn render(input: &ReportInput, tz: Tz) -> String {
+pub fn render(input: &ReportInput) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -51,7 +51,7 @@ pub fn render(input: &ReportInput, tz: Tz) -> String {
             body {
                 h1 { "Contact center traffic and data coverage" }
                 p.meta {
-                    "Generated " (input.generated) " · days and hours in " (input.timezone)
+                    "Generated " (input.generated) " · days and hours in " (input.tz.name())
                     " · figures from " (input.kpi_source)
                 }
                 @if let Some(days) = input.alert {
@@ -65,7 +65,7 @@ pub fn render(input: &ReportInput, tz: Tz) -> String {
                 (daily_charts(input))
                 h2 { "Inbound calls by hour of the week" }
                 (figure("chart-hour-of-week", charts::hour_of_week(&input.hour_of_week)))
-                (runs(&input.runs, tz))
+                (runs(&input.runs, input.tz))
                 (findings(input))
                 (daily_table(input))
             }

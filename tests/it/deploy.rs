@@ -19,42 +19,12 @@ fn deploy(file: &str) -> PathBuf {
 
 /// A Python with `kubernetes-validate` (and PyYAML), set up under `target/` on first use.
 fn validator_python() -> PathBuf {
-    static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = Path::new(ROOT).join("target/deploy-venv");
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import kubernetes_validate, yaml"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !ready(&python) {
-        for (what, cmd) in [
-            (
-                "python3 -m venv",
-                Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(&venv)
-                    .output(),
-            ),
-            (
-                "pip install kubernetes-validate",
-                Command::new(&python)
-                    .args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
-                    .output(),
-            ),
-        ] {
-            let out = cmd.unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(
-                out.status.success(),
-                "{what} failed (the Kubernetes manifest is checked with kubernetes-validate from \
-                 PyPI; it needs python3 with venv): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-    python
+    common::venv_python(
+        "deploy-venv",
+        "import kubernetes_validate, yaml",
+        &["kubernetes-validate"],
+        "the Kubernetes manifest is checked with kubernetes-validate",
+    )
 }
 
 fn validate(python: &Path, manifest: &Path) -> std::process::Output {
