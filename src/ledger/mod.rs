@@ -13,7 +13,7 @@ mod postgres;
 pub use file::{FILE_LEDGER_DIR, FileLedger};
 pub use memory::MemoryLedger;
 pub use postgres::PgLedger;
-pub(crate) use postgres::{upsert_files, upsert_windows};
+pub(crate) use postgres::{listed_tables, upsert_files, upsert_windows};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};

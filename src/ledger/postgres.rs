@@ -59,6 +59,21 @@ pub(crate) async fn upsert_files<'e, E: sqlx::Executor<'e, Database = Postgres>>
         .map(|_| ())
 }
 
+/// The tables whose file of `day` the manifest (`parquet_files`) lists for the root `target`.
+pub(crate) async fn listed_tables<'e, E: sqlx::Executor<'e, Database = Postgres>>(
+    exec: E,
+    target: &str,
+    day: NaiveDate,
+) -> Result<Vec<Table>, sqlx::Error> {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT table_name FROM parquet_files WHERE target = $1 AND day = $2")
+            .bind(target)
+            .bind(day)
+            .fetch_all(exec)
+            .await?;
+    Ok(names.iter().filter_map(|n| Table::from_name(n)).collect())
+}
+
 fn status_str(s: WindowStatus) -> &'static str {
     match s {
         WindowStatus::Committed => "committed",

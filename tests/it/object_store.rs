@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::azure;
+use crate::common::latency::{LatencyProxy, Request};
 use crate::common::s3::{self, S3Server};
 use crate::common::{DAY, H};
 use ccc_etl::config::{ObjectUrl, StoreKind};
@@ -280,6 +281,117 @@ async fn a_backfill_into_s3_equals_the_same_backfill_into_a_local_root_file_for_
     db.drop_db().await;
 }
 
+/// The day files `requests` asked for with `method` (path-style `/{bucket}/{key}`), sorted.
+fn day_paths(requests: &[Request], method: &str) -> Vec<String> {
+    let mut v: Vec<String> = requests
+        .iter()
+        .filter(|r| r.method == method && r.path.ends_with("/part-00000.parquet"))
+        .map(|r| r.path.replace("%3D", "="))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_day_is_created_unread_and_a_file_the_manifest_does_not_list_is_merged() {
+    let s3 = s3::server();
+    let bucket = s3.bucket().await;
+    let upstream = s3.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy = LatencyProxy::start(upstream, Duration::from_millis(2)).await;
+    let mut opts = common::options(&["ccc-a"]);
+    opts.revise_ms = 0;
+    let emu = common::start(opts).await;
+    let db = common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let (from, to) = (day_arg(today - 6 * DAY), day_arg(today - DAY));
+    let cfg = dir.path().join("s3.toml");
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .postgres()
+        .parquet(format!("s3://{bucket}/warehouse"))
+        .write(&cfg);
+    let env: Vec<_> = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| match k {
+            "AWS_ENDPOINT_URL" => (k, proxy.endpoint()),
+            _ => (k, v),
+        })
+        .collect();
+
+    // A day file nobody recorded (written by hand, or by a run whose ledger is gone): another
+    // instance's overall rows of the second day, in the configured zone (UTC+8).
+    let root = object_root(s3, &bucket, "warehouse", true);
+    let hand_day = date((today - 5 * DAY) / DAY);
+    let start = (today - 5 * DAY) - 8 * H;
+    merge_day_into(
+        &root,
+        "hand",
+        chrono_tz::Asia::Shanghai,
+        hand_day,
+        &[batch_from("by-hand", 7, start)],
+    )
+    .await
+    .unwrap();
+    let hand_key = format!("/{bucket}/{}", root.day_key(Table::Overall, hand_day));
+
+    let backfill = ["backfill", "--from", from.as_str(), "--to", to.as_str()];
+    let run = ccc_etl_with(env.clone(), &cfg, &db.url, &backfill);
+    assert!(run.status.success(), "{}", text(&run));
+    let root = Root::Object(Arc::new(root));
+    let mut files: Vec<String> = root
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.location.trim_start_matches("s3:/").to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3 * 6, "{files:?}");
+    // Only the unrecorded file was read, after its create failed; every other file was
+    // created without a read.
+    let seen = proxy.requests();
+    assert_eq!(day_paths(&seen, "GET"), vec![hand_key.clone()]);
+    let mut puts = day_paths(&seen, "PUT");
+    assert_eq!(puts.len(), files.len() + 1, "{puts:?}");
+    puts.dedup();
+    assert_eq!(
+        puts, files,
+        "each file created once (the unrecorded one tried twice)"
+    );
+    // The run's one window completes its six days at once: they were written together (the
+    // default `concurrency`, 4, days in flight, each with its three tables), so the client
+    // opened a connection per request in flight.
+    assert!(
+        proxy.connections() >= 6,
+        "{} connections",
+        proxy.connections()
+    );
+    let hand_rows = root.read_rows(Table::Overall, hand_day).await.unwrap();
+    let mut instances: Vec<&str> = hand_rows.iter().map(|r| r.instance_id.as_str()).collect();
+    instances.dedup();
+    assert_eq!(
+        instances,
+        ["by-hand", "ccc-a"],
+        "the file's rows kept, the run's added"
+    );
+
+    // Once recorded, a file is read before it is merged: a refetch reads each file once and
+    // writes none (nothing changed).
+    let before = proxy.requests().len();
+    let again = ccc_etl_with(
+        env,
+        &cfg,
+        &db.url,
+        &[&backfill[..], &["--refetch"]].concat(),
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    let after = proxy.requests().split_off(before);
+    assert_eq!(day_paths(&after, "GET"), files);
+    assert_eq!(day_paths(&after, "PUT"), Vec::<String>::new());
+    db.drop_db().await;
+}
+
 const DAY0: i64 = 20_400; // 2025-11-08, days since the epoch
 
 fn date(day: i64) -> NaiveDate {
@@ -288,11 +400,16 @@ fn date(day: i64) -> NaiveDate {
 
 /// One instance's day of hourly overall rows.
 fn batch(instance: &str, n: i64) -> Arc<WindowBatch> {
+    batch_from(instance, n, DAY0 * DAY)
+}
+
+/// One instance's 24 hours of overall rows from `start_ms`.
+fn batch_from(instance: &str, n: i64, start_ms: i64) -> Arc<WindowBatch> {
     let key = WindowKey {
         instance_id: instance.into(),
         media_type: MediaType::Audio,
-        start_ms: DAY0 * DAY,
-        end_ms: (DAY0 + 1) * DAY,
+        start_ms,
+        end_ms: start_ms + DAY,
     };
     Arc::new(WindowBatch {
         final_end_ms: None,
@@ -303,7 +420,7 @@ fn batch(instance: &str, n: i64) -> Arc<WindowBatch> {
         outbound: vec![],
         overall: (0..24)
             .map(|h| OverallRow {
-                stats_time: DAY0 * DAY + h * H,
+                stats_time: start_ms + h * H,
                 max_logged_in_agents: n,
             })
             .collect(),

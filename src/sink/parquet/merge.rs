@@ -16,7 +16,6 @@ use super::{Layout, ObjectRoot, layout, object};
 use crate::ledger::DayFile;
 use crate::record::{Counts, Table, WindowBatch, WindowKey};
 use crate::sink::CommitStats;
-use object_store::UpdateVersion;
 
 /// What writing one day did.
 #[derive(Debug, Default)]
@@ -194,7 +193,13 @@ pub async fn merge_day_into(
 
 /// Merges one day's rows of every table into its objects, under the day's lock in PostgreSQL
 /// and, where the store has them, with conditional writes: a write that finds the object
-/// changed since it was read reads, merges and writes again.
+/// changed since it was read reads, merges and writes again. The day's tables are read, merged
+/// and written at once.
+///
+/// A file the manifest does not list (a new day) is not read first: it is created with
+/// `If-None-Match: *`, and if it exists after all (written by hand, or the manifest lost) the
+/// create fails and the file is read and merged like one changed by another writer. Without
+/// conditional writes (OSS) every file is read first.
 ///
 /// With several workers (`fence`), the lease of every window whose rows would go into a file is
 /// checked under the day's lock, in the transaction that records the files' ETags, before each
@@ -217,6 +222,7 @@ pub(super) async fn write_day_object(
         every: root.keepalive(),
         fence,
     };
+    let listed = lock.listed(root_id).await?;
     let target = DayObject {
         root,
         day,
@@ -225,9 +231,18 @@ pub(super) async fn write_day_object(
     };
     let mut out = DayWritten::default();
     let mut kept = lock.fence(batches).await?;
-    for table in Table::ALL {
-        target.write(&mut lock, table, &mut kept, &mut out).await?;
-    }
+    let pending = Table::ALL
+        .iter()
+        .map(|&t| {
+            (
+                t,
+                !root.conditional() || listed.as_ref().is_none_or(|l| l.contains(&t)),
+            )
+        })
+        .collect();
+    target
+        .write_tables(&mut lock, pending, &mut kept, &mut out)
+        .await?;
     // Indices into `batches`, as the caller knows them.
     out.fenced = (0..batches.len())
         .filter(|i| !kept.iter().any(|k| Arc::ptr_eq(k, &batches[*i])))
@@ -236,7 +251,7 @@ pub(super) async fn write_day_object(
     Ok(out)
 }
 
-/// One day on object storage, the files of its tables written in turn.
+/// One day on object storage, the files of its tables written at once.
 struct DayObject<'a> {
     root: &'a ObjectRoot,
     day: NaiveDate,
@@ -244,89 +259,120 @@ struct DayObject<'a> {
     codec: Compression,
 }
 
-impl DayObject<'_> {
-    /// The table's file as merged: unchanged (`body` `None`), the ETag as read; else written
-    /// with `If-Match` the version `read` (or `If-None-Match` when there was none), its new
-    /// ETag. `None`: another writer changed the file since it was read.
-    async fn commit(
-        &self,
-        lock: &mut DayLock<'_>,
-        table: Table,
-        body: Option<Vec<u8>>,
-        read: Option<UpdateVersion>,
-    ) -> Result<Option<String>, DayError> {
-        let Some(body) = body else {
-            return Ok(Some(
-                read.and_then(|v| v.e_tag.or(v.version))
-                    .map(|e| e.trim_matches('"').to_string())
-                    .unwrap_or_default(),
-            ));
-        };
-        let put = self.root.put_day(table, self.day, body, read.as_ref());
-        match lock.hold(put).await?.map_err(DayError::Io)? {
-            PutOutcome::Written(etag) => Ok(Some(etag)),
-            PutOutcome::Conflict => Ok(None),
-        }
-    }
+/// What one attempt at a table's file did.
+enum Attempt {
+    /// The day has no rows of the table.
+    Nothing,
+    /// The file as merged (written, or unchanged) and its ETag.
+    Done(String, Encoded),
+    /// Another writer changed the file since it was read.
+    Conflict,
+    /// The file must be read first: it exists though the manifest does not list it, or it is
+    /// too large to be created conditionally.
+    Read,
+}
 
-    /// One table's file: read, merged with the `kept` windows' rows, written if it changed (with
-    /// `If-Match` its version as read); on a conflict, the leases are checked again and the
-    /// file read and merged again.
-    async fn write(
+impl DayObject<'_> {
+    /// Writes the `pending` tables (each with whether its file is read first), at once, with the
+    /// `kept` windows' rows; the tables whose file another writer changed meanwhile are read
+    /// and merged again, after the leases are checked again.
+    async fn write_tables(
         &self,
         lock: &mut DayLock<'_>,
-        table: Table,
+        mut pending: Vec<(Table, bool)>,
         kept: &mut Vec<Arc<WindowBatch>>,
         out: &mut DayWritten,
     ) -> Result<(), DayError> {
-        let (root, day) = (self.root, self.day);
-        let mut conflicts = 0;
-        while !kept.is_empty() {
-            let old = lock
-                .hold(root.fetch(table, day))
-                .await?
-                .map_err(|error| day_error(table, error))?;
-            let (bytes, read) = match old {
-                Some(f) => (Some(f.bytes), Some(f.version)),
-                None => (None, None),
-            };
-            let (b, location, range, codec) = (
-                kept.clone(),
-                root.location(table, day),
-                self.range,
-                self.codec,
-            );
-            let encoding = tokio::task::spawn_blocking(move || {
-                merge_encode(table, &b, range, bytes, &location, codec)
-            });
-            let encoded = lock
-                .hold(encoding)
-                .await?
-                .unwrap_or_else(|e| Err(DayError::Io(format!("encoder task failed: {e}"))))?;
-            let Some(encoded) = encoded else {
-                return Ok(());
-            };
-            let Some(etag) = self.commit(lock, table, encoded.body, read).await? else {
-                if conflicts + 1 >= object::CONFLICT_ATTEMPTS {
+        let mut rounds = 0;
+        while !pending.is_empty() && !kept.is_empty() {
+            let before = out.conflicts;
+            let batches: &[Arc<WindowBatch>] = kept;
+            let attempts = pending
+                .iter()
+                .map(|&(t, read)| self.attempt(t, batches, read));
+            let results = lock.hold(futures::future::join_all(attempts)).await?;
+            let mut again = Vec::new();
+            for ((table, _), result) in pending.into_iter().zip(results) {
+                match result? {
+                    Attempt::Nothing => {}
+                    Attempt::Done(etag, encoded) => {
+                        foreign_rows(&self.root.location(table, self.day), encoded.dropped);
+                        out.files.push((table, etag, encoded.rows));
+                        out.stats += encoded.stats;
+                        out.dropped += encoded.dropped;
+                    }
+                    Attempt::Read => again.push((table, true)),
+                    Attempt::Conflict => {
+                        out.conflicts += 1;
+                        tracing::info!(table = %table, day = %self.day, "another writer changed the day file: reading and merging it again");
+                        again.push((table, true));
+                    }
+                }
+            }
+            if out.conflicts > before {
+                rounds += 1;
+                if rounds >= object::CONFLICT_ATTEMPTS {
                     return Err(DayError::Io(format!(
-                        "{} kept changing under {conflicts} conditional writes",
-                        root.location(table, day)
+                        "the files of day {} kept changing under {rounds} rounds of conditional writes",
+                        self.day
                     )));
                 }
-                conflicts += 1;
-                out.conflicts += 1;
-                tracing::info!(table = %table, day = %day, "another writer changed the day file: reading and merging it again");
                 // The leases again: time has passed, and the lock may be gone.
                 *kept = lock.fence(kept).await?;
-                continue;
-            };
-            foreign_rows(&root.location(table, day), encoded.dropped);
-            out.files.push((table, etag, encoded.rows));
-            out.stats += encoded.stats;
-            out.dropped += encoded.dropped;
-            return Ok(());
+            }
+            pending = again;
         }
         Ok(())
+    }
+
+    /// One table's file: read (if `read`), merged with `batches`' rows, written if it changed
+    /// (with `If-Match` its version as read, `If-None-Match: *` if there was none).
+    async fn attempt(
+        &self,
+        table: Table,
+        batches: &[Arc<WindowBatch>],
+        read: bool,
+    ) -> Result<Attempt, DayError> {
+        let (root, day) = (self.root, self.day);
+        let old = match read {
+            true => root
+                .fetch(table, day)
+                .await
+                .map_err(|error| day_error(table, error))?,
+            false => None,
+        };
+        let (bytes, version) = old.map(|f| (f.bytes, f.version)).unzip();
+        let (b, location, range, codec) = (
+            batches.to_vec(),
+            root.location(table, day),
+            self.range,
+            self.codec,
+        );
+        let encoded = tokio::task::spawn_blocking(move || {
+            merge_encode(table, &b, range, bytes, &location, codec)
+        })
+        .await
+        .unwrap_or_else(|e| Err(DayError::Io(format!("encoder task failed: {e}"))))?;
+        let Some(mut encoded) = encoded else {
+            return Ok(Attempt::Nothing);
+        };
+        let Some(body) = encoded.body.take() else {
+            let etag = version.and_then(|v| v.e_tag.or(v.version));
+            let etag = etag.map(|e| e.trim_matches('"').to_string());
+            return Ok(Attempt::Done(etag.unwrap_or_default(), encoded));
+        };
+        if !read && !root.creates(body.len()) {
+            return Ok(Attempt::Read);
+        }
+        match root.put_day(table, day, body, version.as_ref()).await {
+            Ok(PutOutcome::Written(etag)) => Ok(Attempt::Done(etag, encoded)),
+            Ok(PutOutcome::Conflict) if read => Ok(Attempt::Conflict),
+            Ok(PutOutcome::Conflict) => {
+                tracing::debug!(table = %table, day = %day, "the day file exists though the manifest does not list it: reading and merging it");
+                Ok(Attempt::Read)
+            }
+            Err(e) => Err(DayError::Io(e)),
+        }
     }
 }
 
@@ -364,6 +410,24 @@ impl DayLock<'_> {
         tx.commit()
             .await
             .map_err(|e| DayError::Io(format!("cannot release the lock of day {day}: {e}")))
+    }
+
+    /// The tables whose file of the day the manifest lists, read under the lock (`None`
+    /// without PostgreSQL: nothing is known).
+    async fn listed(&mut self, root_id: &str) -> Result<Option<Vec<Table>>, DayError> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(None);
+        };
+        crate::ledger::listed_tables(&mut **tx, root_id, self.day)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                DayError::Io(format!(
+                    "cannot read the manifest of day {} in PostgreSQL: {}",
+                    self.day,
+                    crate::db::explain(&e)
+                ))
+            })
     }
 
     /// Of `batches`, those whose windows' leases this worker can prove it holds, checked in the

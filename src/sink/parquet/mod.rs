@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use chrono_tz::Tz;
+use futures::StreamExt;
 use parquet::basic::Compression;
 
 use super::{RunContext, Sink, SinkError, Written};
@@ -87,8 +88,16 @@ pub struct ParquetSink {
     /// One writer per day at a time (a day written early may be written again while the first
     /// write is still running); entries are removed once released.
     day_locks: Mutex<HashMap<NaiveDate, Arc<tokio::sync::Mutex<()>>>>,
+    /// Places for days being written at once (each holds a PostgreSQL session on object
+    /// storage).
+    in_flight: Arc<tokio::sync::Semaphore>,
     _root_lock: RootLock,
 }
+
+/// Days one sink writes at once on object storage, where their round trips overlap; at most the
+/// PostgreSQL pool less two (`concurrency`, as `ccc-etl` opens it), since each day in flight
+/// holds a session for its lock.
+pub const DAYS_IN_FLIGHT: usize = 8;
 
 /// What keeps other runs off a root while a sink writes it.
 enum RootLock {
@@ -196,13 +205,18 @@ impl ParquetSink {
         };
         tx.commit().await.map_err(|e| err(e.to_string(), false))?;
         let root = root.with_day_locks(pool.clone());
-        Ok(Self::with_root(
+        let mut sink = Self::with_root(
             Root::Object(Arc::new(root)),
             meta.id,
             false,
             timezone,
             RootLock::Shared,
-        ))
+        );
+        // Each day in flight holds a session: two are left for the ledger and the leases.
+        let sessions = pool.options().get_max_connections() as usize;
+        let places = sessions.saturating_sub(2).clamp(1, DAYS_IN_FLIGHT);
+        sink.in_flight = Arc::new(tokio::sync::Semaphore::new(places));
+        Ok(sink)
     }
 
     fn with_root(root: Root, id: String, legacy: bool, timezone: Tz, lock: RootLock) -> Self {
@@ -214,6 +228,7 @@ impl ParquetSink {
             buffer: Mutex::new(DayBuffer::new(timezone, DEFAULT_BUFFER_ROWS)),
             compression: codec(ParquetCompression::default()),
             day_locks: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(DAYS_IN_FLIGHT)),
             _root_lock: lock,
         }
     }
@@ -274,23 +289,29 @@ impl ParquetSink {
         }
     }
 
-    /// Writes the days, then settles their windows: durable once their last day is written.
-    /// Windows whose lease this worker cannot prove it holds (several workers) are refused and
-    /// fail here, their rows left out of the file.
+    /// Writes the days (on object storage up to [`DAYS_IN_FLIGHT`] at once; on a local disk
+    /// one after the other, the encoding and fsync of other windows' days already overlapping
+    /// the fetches), then settles their windows: durable once their last day is written. Windows whose lease this worker cannot prove it holds
+    /// (several workers) are refused and fail here, their rows left out of the file.
     async fn write_days(&self, jobs: Vec<DayJob>, run: &RunContext) -> Written {
+        let writes = jobs.into_iter().map(|job| async move {
+            let result = self.write_one_day(job.day, job.batches, run).await;
+            (job.day, job.ids, result)
+        });
+        let at_once = match self.root {
+            Root::Local(_) => 1,
+            Root::Object(_) => DAYS_IN_FLIGHT,
+        };
+        let mut done = futures::stream::iter(writes).buffer_unordered(at_once);
         let mut out = Written::default();
-        for job in jobs {
-            let (error, fenced) = self
-                .write_one_day(job.day, job.batches, &mut out, run)
-                .await;
-            let (mut ids, mut refused) = (Vec::new(), Vec::new());
-            for (i, id) in job.ids.into_iter().enumerate() {
-                if fenced.contains(&i) {
-                    refused.push(id);
-                } else {
-                    ids.push(id);
-                }
-            }
+        while let Some((day, ids, result)) = done.next().await {
+            let (error, fenced) = self.written(day, result, &mut out).await;
+            let (refused, ids): (Vec<_>, Vec<_>) = ids
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| fenced.contains(i));
+            let ids = ids.into_iter().map(|(_, id)| id).collect();
+            let refused: Vec<u64> = refused.into_iter().map(|(_, id)| id).collect();
             let mut buffer = self.buffer.lock().expect("buffer lock");
             let mut settled = buffer.day_done(ids, error);
             if !refused.is_empty() {
@@ -302,26 +323,26 @@ impl ParquetSink {
         out
     }
 
-    /// Writes one day under its lock; records its files (or the damage found) in `out`. Returns
-    /// the error, and the indices of the batches refused by the lease check.
+    /// Writes one day under its lock, once one of the sink's [`DAYS_IN_FLIGHT`] places is free.
     async fn write_one_day(
         &self,
         day: NaiveDate,
         batches: Vec<Arc<WindowBatch>>,
-        out: &mut Written,
         run: &RunContext,
-    ) -> (Option<SinkError>, Vec<usize>) {
+    ) -> Result<DayWritten, DayError> {
         let lock = self.day_lock(day);
-        // The guard moves into the writing task: if this future is dropped (a run stopped by a
-        // fatal error), the lock is still held until the file is written.
+        // The guards move into the writing task: if this future is dropped (a run stopped by a
+        // fatal error), the lock is still held until the file is written. The day's lock is
+        // taken first: a place is held only by a write that can go ahead.
         let guard = lock.clone().lock_owned().await;
+        let place = self.in_flight.clone().acquire_owned().await;
         let (tz, codec) = (self.timezone, self.compression);
         let result = match &self.root {
             Root::Local(layout) => {
                 let layout = layout.clone();
                 tokio::task::spawn_blocking(move || {
                     let r = write_day(&layout, tz, day, &batches, codec);
-                    drop(guard);
+                    drop((guard, place));
                     r
                 })
                 .await
@@ -332,7 +353,7 @@ impl ParquetSink {
                 tokio::spawn(async move {
                     let r =
                         write_day_object(&o, &id, tz, day, &batches, codec, fence.as_deref()).await;
-                    drop(guard);
+                    drop((guard, place));
                     r
                 })
                 .await
@@ -340,6 +361,17 @@ impl ParquetSink {
             }
         };
         self.release(day, lock);
+        result
+    }
+
+    /// Records what writing a day did in `out`: its files, or the damage found. Returns the
+    /// error, and the indices of the batches refused by the lease check.
+    async fn written(
+        &self,
+        day: NaiveDate,
+        result: Result<DayWritten, DayError>,
+        out: &mut Written,
+    ) -> (Option<SinkError>, Vec<usize>) {
         match result {
             Ok(w) => {
                 out.stats += w.stats;

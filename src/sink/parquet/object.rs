@@ -442,6 +442,12 @@ impl ObjectRoot {
         Ok(Some(Fetched { bytes, version }))
     }
 
+    /// Whether a new file of `len` bytes is created with `If-None-Match: *` (fails if the
+    /// file exists): with conditional writes, below the multipart threshold.
+    pub fn creates(&self, len: usize) -> bool {
+        self.conditional && len <= self.multipart_threshold
+    }
+
     /// Writes a day file: one conditional PUT where the store supports it and the file is
     /// below the multipart threshold, else one unconditional PUT or a multipart upload (under
     /// the day's lock). `read` is what the merge read (`None`: there was no file).

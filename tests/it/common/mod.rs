@@ -237,6 +237,7 @@ pub mod azure;
 pub mod cluster;
 pub mod config;
 pub use config::ConfigToml;
+pub mod latency;
 pub mod proxy;
 pub mod s3;
 pub mod sinks;

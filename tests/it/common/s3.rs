@@ -168,11 +168,21 @@ impl S3Server {
         bucket: &str,
         conditional: bool,
     ) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        self.store_via(&self.endpoint, bucket, conditional)
+    }
+
+    /// [`S3Server::store`] through `endpoint` (a proxy in front of the server).
+    pub fn store_via(
+        &self,
+        endpoint: &str,
+        bucket: &str,
+        conditional: bool,
+    ) -> std::sync::Arc<dyn object_store::ObjectStore> {
         use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
         std::sync::Arc::new(
             AmazonS3Builder::new()
                 .with_bucket_name(bucket)
-                .with_endpoint(&self.endpoint)
+                .with_endpoint(endpoint)
                 .with_allow_http(true)
                 .with_region("us-east-1")
                 .with_access_key_id(ACCESS_KEY_ID)
