@@ -20,6 +20,8 @@
 //! CCC_ETL_BENCH_REPORT: a file the e2e table rows are appended to. PostgreSQL from
 //! CCC_ETL_TEST_PG (the COPY reference needs it whatever the sinks).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -39,15 +41,10 @@ use chrono::Utc;
 use secrecy::SecretString;
 use sqlx::Connection;
 
+use common::{env_or, mmm, report};
+
 const KEY: &str = "bench-key";
 const SECRET: &str = "bench-secret";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// (utime + stime) seconds and peak RSS in MiB of this process, from /proc.
 fn cpu_and_peak_rss() -> (f64, f64) {
@@ -177,13 +174,6 @@ struct Sample {
     cpu: f64,
     /// Peak RSS in MiB (the child's; not measured in-process).
     rss: f64,
-}
-
-/// min / median / max.
-fn mmm(v: &[f64]) -> (f64, f64, f64) {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
 fn fmt_mmm(v: &[f64], digits: usize) -> String {
@@ -566,20 +556,6 @@ async fn fair_e2e(
         table.push_str(&row);
     }
     report(&table);
-}
-
-/// Appends table rows to the file CCC_ETL_BENCH_REPORT names (`bench/run.sh` builds
-/// `docs/benchmarks.md` from them).
-fn report(rows: &str) {
-    if let Ok(path) = std::env::var("CCC_ETL_BENCH_REPORT") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(rows.as_bytes()).unwrap();
-    }
 }
 
 /// One backfill of the given size into a fresh database (PostgreSQL sink only, local Parquet
