@@ -61,6 +61,7 @@ pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow:
         horizon_day: local_day(status.horizon_ms),
         coverage: day_states(&status, &shown, tz, &held),
         days: shown,
+        today,
         daily,
         hour_of_week,
         kpi_source,

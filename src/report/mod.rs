@@ -84,6 +84,9 @@ pub struct ReportInput {
     pub tz: chrono_tz::Tz,
     /// The local days shown, oldest first.
     pub days: Vec<NaiveDate>,
+    /// The local day in progress (today): its figures so far are in the table, and left out of
+    /// the line charts, where they would read as a drop.
+    pub today: NaiveDate,
     /// The oldest local day the API still serves (its 180-day horizon).
     pub horizon_day: NaiveDate,
     /// Coverage per instance and media type, one state per day of `days`.

@@ -148,14 +148,18 @@ fn coverage(input: &ReportInput) -> Markup {
     }
 }
 
+/// One figure per day shown, for a line chart: none for a day without rows, nor for the day in
+/// progress.
+fn chart_values(input: &ReportInput, f: &dyn Fn(&DayTotals) -> Option<f64>) -> Vec<Option<f64>> {
+    input
+        .days
+        .iter()
+        .map(|d| input.daily.get(d).filter(|_| *d < input.today).and_then(f))
+        .collect()
+}
+
 fn daily_charts(input: &ReportInput) -> Markup {
-    let per_day = |f: &dyn Fn(&DayTotals) -> Option<f64>| -> Vec<Option<f64>> {
-        input
-            .days
-            .iter()
-            .map(|d| input.daily.get(d).and_then(f))
-            .collect()
-    };
+    let per_day = |f: &dyn Fn(&DayTotals) -> Option<f64>| chart_values(input, f);
     let calls = [
         Line {
             name: "inbound",
@@ -197,6 +201,10 @@ fn daily_charts(input: &ReportInput) -> Markup {
     }];
     html! {
         h2 { "Calls per day" }
+        p.meta id="today-note" {
+            "Today (" (input.today) ") is still in progress: its figures so far are in the table "
+            "at the end, not in the charts."
+        }
         (figure("chart-calls", charts::line_chart(&input.days, &calls, false)))
         h2 { "Rates per day" }
         (figure("chart-rates", charts::line_chart(&input.days, &rates, true)))
@@ -266,5 +274,46 @@ fn daily_table(input: &ReportInput) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    #[test]
+    fn the_day_in_progress_and_days_without_rows_are_left_out_of_the_charts() {
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+        let totals = |inbound: i64| DayTotals {
+            inbound,
+            ..DayTotals::default()
+        };
+        let input = ReportInput {
+            generated: String::new(),
+            tz: chrono_tz::UTC,
+            days: (1..=4).map(day).collect(),
+            today: day(4),
+            horizon_day: day(1),
+            coverage: vec![],
+            daily: [
+                (day(1), totals(10)),
+                (day(3), totals(30)),
+                (day(4), totals(2)),
+            ]
+            .into(),
+            hour_of_week: [[0; 24]; 7],
+            kpi_source: String::new(),
+            runs: vec![],
+            findings: vec![],
+            drift: Default::default(),
+            alert: None,
+        };
+        let inbound = chart_values(&input, &|d| Some(d.inbound as f64));
+        assert_eq!(inbound, [Some(10.0), None, Some(30.0), None]);
+        let page = render(&input);
+        assert!(page.contains("Today (2026-12-04) is still in progress"));
+        // The table still has today's figures so far.
+        assert!(page.contains("data-day=\"2026-12-04\""), "{page}");
     }
 }
