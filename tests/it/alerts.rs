@@ -169,17 +169,10 @@ fn config(dir: &std::path::Path, endpoint: &str, format: &str) -> std::path::Pat
 }
 
 async fn nightly(cfg: &std::path::Path, webhook: &str) -> std::process::Output {
-    common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(cfg)
+    common::ccc_etl_at(cfg, None)
         .arg("nightly")
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
         .env("CCC_ETL_TEST_WEBHOOK", webhook)
         .env("CCC_ETL_TEST_WEBHOOK_SECRET", SECRET)
-        .env("NO_COLOR", "1")
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
         .output()
         .await
         .unwrap()
@@ -191,15 +184,10 @@ async fn send_test_alert(
     webhook: &str,
     secret: &str,
 ) -> std::process::Output {
-    common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(cfg)
+    common::ccc_etl_at(cfg, None)
         .args(["check", "--send-test-alert"])
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
         .env("CCC_ETL_TEST_WEBHOOK", webhook)
         .env("CCC_ETL_TEST_WEBHOOK_SECRET", secret)
-        .env_remove("DATABASE_URL")
         .output()
         .await
         .unwrap()

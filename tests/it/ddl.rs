@@ -26,15 +26,8 @@ fn spark_python() -> PathBuf {
 }
 
 async fn ccc_etl(cfg: &Path, args: &[&str]) -> std::process::Output {
-    common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(cfg)
+    common::ccc_etl_at(cfg, None)
         .args(common::args(args))
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env("NO_COLOR", "1")
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
         .output()
         .await
         .unwrap()

@@ -241,15 +241,8 @@ fn both_sinks(dir: &Path, endpoint: &str) -> std::path::PathBuf {
 }
 
 async fn ccc_etl(cfg: &Path, db_url: &str, args: &[&str]) -> Output {
-    crate::common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(cfg)
+    common::ccc_etl_at(cfg, Some(db_url))
         .args(common::args(args))
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env("DATABASE_URL", db_url)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
         .output()
         .await
         .unwrap()

@@ -258,13 +258,8 @@ async fn backfill_binary_with(
     args: &[&str],
 ) -> std::process::Output {
     let cfg = config.parquet(dir.join("wh").display()).write_in(dir);
-    crate::common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(&cfg)
+    crate::common::ccc_etl_at(&cfg, None)
         .args(common::args(args))
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
-        .env("NO_COLOR", "1")
         .output()
         .await
         .unwrap()

@@ -115,17 +115,11 @@ fn assert_firing(prom: &str, expected: &[&str]) {
 /// the metrics file it wrote.
 async fn run(cfg: &Path, secret: &str, args: &[&str]) -> (std::process::Output, String) {
     let metrics = cfg.with_file_name(format!("{}.prom", args[0]));
-    let out = common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(cfg)
+    let out = common::ccc_etl_at(cfg, None)
         .args(common::args(args))
         .arg("--metrics-file")
         .arg(&metrics)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", secret)
-        .env("NO_COLOR", "1")
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
         .output()
         .await
         .unwrap();

@@ -73,15 +73,9 @@ fn ccc_etl_with(
     db_url: &str,
     args: &[&str],
 ) -> std::process::Output {
-    crate::common::ccc_etl_std_cmd()
-        .arg("--config")
-        .arg(config)
+    common::ccc_etl_std_at(config, Some(db_url))
         .args(common::args(args))
         .envs(store_env)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env("DATABASE_URL", db_url)
-        .env_remove("RUST_LOG")
         .output()
         .unwrap()
 }

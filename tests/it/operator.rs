@@ -49,16 +49,9 @@ impl Site {
     }
 
     async fn run(&self, config: &Path, args: &[&str]) -> Output {
-        crate::common::ccc_etl_cmd()
-            .arg("--config")
-            .arg(config)
+        crate::common::ccc_etl_at(config, Some(&self.db.url))
             .args(crate::common::args(args))
-            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
-            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
             .env_remove("ALIBABA_CLOUD_SECURITY_TOKEN")
-            .env("DATABASE_URL", &self.db.url)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
             .output()
             .await
             .unwrap()

@@ -34,15 +34,8 @@ const CHARTS: [&str; 5] = [
 ];
 
 async fn ccc_etl(cfg: &Path, db: &TestDb, args: &[&str]) -> std::process::Output {
-    common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(cfg)
+    common::ccc_etl_at(cfg, Some(&db.url))
         .args(common::args(args))
-        .env("DATABASE_URL", &db.url)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
         .output()
         .await
         .unwrap()

@@ -776,15 +776,9 @@ fn signal(pid: u32, sig: libc::c_int) {
 
 /// Runs a command of the binary with `config`, as the job's workers do; its exit code and output.
 async fn ccc(config: &Path, db_url: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = crate::common::ccc_etl_cmd()
-        .arg("--config")
-        .arg(config)
+    let out = crate::common::ccc_etl_at(config, Some(db_url))
         .args(args)
         .envs(common::s3::server().env())
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", common::SECRET)
-        .env("DATABASE_URL", db_url)
-        .env_remove("RUST_LOG")
         .output()
         .await
         .unwrap();

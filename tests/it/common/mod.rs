@@ -134,6 +134,29 @@ pub fn ccc_etl_std_cmd() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
 }
 
+/// `ccc-etl --config CFG` as most tests run it, blocking: the emulator's AccessKey,
+/// `DATABASE_URL` set (or removed, so the configuration decides), no colour, no `RUST_LOG` from
+/// the test's environment. Add the command's arguments with [`args`].
+pub fn ccc_etl_std_at(cfg: &std::path::Path, database_url: Option<&str>) -> std::process::Command {
+    let mut c = ccc_etl_std_cmd();
+    c.arg("--config")
+        .arg(cfg)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG");
+    match database_url {
+        Some(url) => c.env("DATABASE_URL", url),
+        None => c.env_remove("DATABASE_URL"),
+    };
+    c
+}
+
+/// [`ccc_etl_std_at`] as a tokio command.
+pub fn ccc_etl_at(cfg: &std::path::Path, database_url: Option<&str>) -> tokio::process::Command {
+    ccc_etl_std_at(cfg, database_url).into()
+}
+
 /// Sends SIGTERM to a process, as Kubernetes and systemd do to stop one.
 pub fn send_sigterm(pid: u32) {
     std::process::Command::new("kill")
