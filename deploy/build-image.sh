@@ -11,7 +11,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 tag=${1:-localhost/ccc-etl:latest}
-base=localhost/ccc-etl-base:bookworm
+base=localhost/ccc-etl-base:bookworm-minbase
 if [ ! -x target/release/ccc-etl ]; then
   echo "build-image.sh: no target/release/ccc-etl: cargo build --release --locked" >&2
   exit 1
@@ -20,6 +20,9 @@ if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
   echo "== a Debian base with debootstrap ($base)"
   rootfs=$(mktemp -d)
   debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+  # The packages debootstrap downloaded (about 110 MB) and its package lists are not needed.
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
+    "$rootfs"/var/lib/apt/lists/*
   ctr=$(buildah from scratch)
   buildah copy --quiet "$ctr" "$rootfs" / >/dev/null
   buildah commit --quiet "$ctr" "$base" >/dev/null
