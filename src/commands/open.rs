@@ -52,6 +52,14 @@ pub async fn connect_postgres(config: &Config) -> anyhow::Result<Option<PgStore>
     connect_postgres_with(config, Access::Write).await
 }
 
+/// The PostgreSQL pool of a run of `concurrency`: a session per window in flight (its commit),
+/// one per day being written to an object-storage root (its lock, see
+/// [`DAYS_IN_FLIGHT`](crate::sink::parquet::DAYS_IN_FLIGHT)), and two for the ledger and the
+/// leases. Sessions are opened as they are needed.
+pub fn pool_size(concurrency: usize) -> u32 {
+    (2 * concurrency + 2) as u32
+}
+
 /// Connects to PostgreSQL as `[postgres]` says, with what the command may change.
 pub async fn connect_postgres_with(
     config: &Config,
@@ -65,7 +73,7 @@ pub async fn connect_postgres_with(
         &url,
         &pg.schema,
         config.pipeline.timezone,
-        config.source.concurrency as u32 + 2,
+        pool_size(config.source.concurrency),
         access,
         session_limits(config),
     )

@@ -268,7 +268,7 @@ async fn a_database_at_max_connections_is_a_clear_error_before_any_request() {
         !job.root("job").join("inbound_trend").exists(),
         "nothing written"
     );
-    // Fewer free connections than the run's pool (concurrency + 2): a statement that needs one
+    // Fewer free connections than the run needs: a statement that needs one
     // more waits 10 s, then the run stops saying why; nothing half-written stays.
     held.truncate(3);
     let crowded = job

@@ -1146,17 +1146,23 @@ async fn chaos_workers_killed_terminated_and_stopped_past_their_lease_leave_both
     let lease = Duration::from_secs(4 + 1 + 1);
     tokio::time::sleep(lease.saturating_sub(stopped_at.elapsed())).await;
     signal(stopped_pid, libc::SIGCONT);
-    for (i, w) in workers.into_iter().enumerate() {
-        let out = tokio::time::timeout(Duration::from_secs(180), w.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("seed {seed}: worker {i} never ended"))
-            .unwrap();
+    for (i, mut w) in workers.into_iter().enumerate() {
+        // stderr read aside, so a worker that does not end is shown with what it said.
+        let mut pipe = w.stderr.take().unwrap();
+        let said = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut text).await;
+            text
+        });
+        let status = tokio::time::timeout(Duration::from_secs(180), w.wait()).await;
+        let Ok(status) = status else {
+            let _ = w.kill().await;
+            let text = said.await.unwrap();
+            panic!("seed {seed}: worker {i} never ended; it said:\n{text}");
+        };
+        let text = said.await.unwrap();
         if i != killed && i != terminated && i != stopped {
-            assert!(
-                out.status.success(),
-                "seed {seed}: worker {i}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(status.unwrap().success(), "seed {seed}: worker {i}: {text}");
         }
     }
     ticker.await.unwrap();

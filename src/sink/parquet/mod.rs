@@ -94,9 +94,9 @@ pub struct ParquetSink {
     _root_lock: RootLock,
 }
 
-/// Days one sink writes at once on object storage, where their round trips overlap; at most the
-/// PostgreSQL pool less two (`concurrency`, as `ccc-etl` opens it), since each day in flight
-/// holds a session for its lock.
+/// Days one sink writes at once on object storage, where their round trips overlap; at most
+/// `concurrency` (half the PostgreSQL pool less two, as `ccc-etl` opens it), since each day in
+/// flight holds a session for its lock beside the windows' own.
 pub const DAYS_IN_FLIGHT: usize = 8;
 
 /// What keeps other runs off a root while a sink writes it.
@@ -212,9 +212,10 @@ impl ParquetSink {
             timezone,
             RootLock::Shared,
         );
-        // Each day in flight holds a session: two are left for the ledger and the leases.
+        // Each day in flight holds a session; as many are left for the windows' commits, and
+        // two for the ledger and the leases (`commands::pool_size`).
         let sessions = pool.options().get_max_connections() as usize;
-        let places = sessions.saturating_sub(2).clamp(1, DAYS_IN_FLIGHT);
+        let places = (sessions.saturating_sub(2) / 2).clamp(1, DAYS_IN_FLIGHT);
         sink.in_flight = Arc::new(tokio::sync::Semaphore::new(places));
         Ok(sink)
     }
