@@ -254,6 +254,30 @@ fn verify_v1(
     })
 }
 
+/// The request's headers `parsed` names as signed, in its order; refused if an `x-acs-*`
+/// header or `host` is left unsigned, as the gateway requires.
+fn signed_headers<'r>(
+    req: &'r IncomingRequest<'_>,
+    parsed: &V3Authorization,
+) -> Result<Vec<(&'r str, &'r str)>, Rejection> {
+    for (k, _) in req.headers {
+        if (k.starts_with("x-acs-") || k == "host") && !parsed.signed_headers.contains(k) {
+            return Err(Rejection::new(
+                400,
+                "IncompleteSignature",
+                format!("Header {k} must be signed."),
+            ));
+        }
+    }
+    let mut headers = Vec::new();
+    for name in &parsed.signed_headers {
+        for (k, v) in req.headers.iter().filter(|(k, _)| k == name) {
+            headers.push((k.as_str(), v.as_str()));
+        }
+    }
+    Ok(headers)
+}
+
 fn verify_v3(
     req: &IncomingRequest<'_>,
     auth: &str,
@@ -287,22 +311,7 @@ fn verify_v3(
             "x-acs-content-sha256 does not match the SHA-256 of the body.",
         ));
     }
-    // Every x-acs-* header and host must be signed, as the gateway requires.
-    for (k, _) in req.headers {
-        if (k.starts_with("x-acs-") || k == "host") && !parsed.signed_headers.contains(k) {
-            return Err(Rejection::new(
-                400,
-                "IncompleteSignature",
-                format!("Header {k} must be signed."),
-            ));
-        }
-    }
-    let mut headers = Vec::new();
-    for name in &parsed.signed_headers {
-        for (k, v) in req.headers.iter().filter(|(k, _)| k == name) {
-            headers.push((k.as_str(), v.as_str()));
-        }
-    }
+    let headers = signed_headers(req, &parsed)?;
     let canonical = V3Canonical {
         method: req.method,
         path: "/",

@@ -357,8 +357,7 @@ impl DayObject<'_> {
             return Ok(Attempt::Nothing);
         };
         let Some(body) = encoded.body.take() else {
-            let etag = version.and_then(|v| v.e_tag.or(v.version));
-            let etag = etag.map(|e| e.trim_matches('"').to_string());
+            let etag = version.map(|v| object::etag_text(v.e_tag.as_deref(), v.version));
             return Ok(Attempt::Done(etag.unwrap_or_default(), encoded));
         };
         if !read && !root.creates(body.len()) {

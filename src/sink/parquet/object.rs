@@ -618,7 +618,8 @@ fn etag_of(e_tag: Option<&str>, meta: &object_store::ObjectMeta) -> String {
     }
 }
 
-fn etag_text(e_tag: Option<&str>, version: Option<String>) -> String {
+/// An ETag as the ledger records it: without quotes, else the version.
+pub(super) fn etag_text(e_tag: Option<&str>, version: Option<String>) -> String {
     match (e_tag, version) {
         (Some(e), _) => e.trim_matches('"').to_string(),
         (None, Some(v)) => v,
