@@ -105,14 +105,15 @@ pub const WRITTEN_ON: (i32, u32, u32) = (2026, 12, 4);
 /// `text` with every `YYYY-MM-DD` in it moved forward by the days since [`WRITTEN_ON`] (UTC).
 pub fn shifted(text: &str) -> String {
     static DATE: std::sync::LazyLock<regex::Regex> =
-        std::sync::LazyLock::new(|| regex::Regex::new(r"\b(\d{4})-(\d{2})-(\d{2})\b").unwrap());
+        // A date alone, or the date of a timestamp (`2026-11-04T00:00:00+08:00`).
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\b(\d{4}-\d{2}-\d{2})(T|\b)").unwrap());
     let (y, m, d) = WRITTEN_ON;
     let written = chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
     let days = chrono::Utc::now().date_naive() - written;
     DATE.replace_all(
         text,
-        |c: &regex::Captures<'_>| match chrono::NaiveDate::parse_from_str(&c[0], "%Y-%m-%d") {
-            Ok(date) => (date + days).format("%Y-%m-%d").to_string(),
+        |c: &regex::Captures<'_>| match chrono::NaiveDate::parse_from_str(&c[1], "%Y-%m-%d") {
+            Ok(date) => format!("{}{}", (date + days).format("%Y-%m-%d"), &c[2]),
             Err(_) => c[0].to_string(),
         },
     )
