@@ -236,6 +236,7 @@ pub async fn send(
 
 /// [`send`], logging each outcome: a message sent at info, one that could not be at warning.
 pub async fn notify(cfg: &AlertsConfig, alerts: &[Alert]) {
+    // Signing time: the wall clock the receiver checks, not the pipeline's.
     let now = chrono::Utc::now().timestamp_millis();
     for (target, event, result) in send(cfg, alerts, &crate::config::process_env, now).await {
         match result {

@@ -197,8 +197,17 @@ impl Coordinator {
         self.fenced.load(Ordering::Relaxed)
     }
 
+    /// The coordinator's clock, PostgreSQL's: the one `planned_at` and `done_at` are compared on
+    /// (the pipeline's clock, which `CCC_ETL_NOW` may pin, is for data time).
+    pub async fn db_now(&self) -> anyhow::Result<DateTime<Utc>> {
+        sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+
     /// Queues the plan's windows (a window already queued stays as it is; one done before
-    /// `planned_at` is queued again: a later night's plan). Two statements, neither waiting for a
+    /// `planned_at`, on [`Coordinator::db_now`], is queued again: a later night's plan). Two statements, neither waiting for a
     /// lease row another worker holds locked (its commit in progress, or a frozen process's):
     /// the insert does nothing on a conflict, and the update only touches rows that are `done`.
     pub async fn enqueue(

@@ -28,11 +28,13 @@
 //!   tells people
 //! - [`ddl`]: the statements that register a Parquet root in query engines (pure); [`report`]:
 //!   the HTML report (pure: charts and page); [`alerts`]: chat webhooks
-//! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes
+//! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes;
+//!   [`clock`]: the one clock for data time: planning, the horizon, status (`CCC_ETL_NOW` pins it)
 
 pub mod alerts;
 pub mod ccc;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod coord;

@@ -13,6 +13,17 @@ fn main() -> ExitCode {
     let log_format = cli.log_format;
     ccc_etl::telemetry::init(log_format, cli.verbose, cli.quiet);
     ccc_etl::output::set_json_lines(log_format == ccc_etl::cli::LogFormat::Json);
+    match ccc_etl::clock::pinned_by_env() {
+        Ok(Some(at)) => {
+            ccc_etl::clock::pin(at);
+            tracing::debug!(now = %at, "the clock is pinned by {}", ccc_etl::clock::ENV);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            ccc_etl::telemetry::print_error(log_format, &e.to_string(), 2);
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

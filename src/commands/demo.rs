@@ -1,7 +1,6 @@
 //! `ccc-etl demo`: a backfill from an in-process emulator, no credentials needed.
 
 use anyhow::Context as _;
-use chrono::Utc;
 
 use super::job::{HowToRun, execute};
 use super::open::open_sinks;
@@ -95,7 +94,7 @@ fn demo_config(
 /// The last `days` local days up to `now_ms`, and the first of them.
 fn demo_request(config: &Config, days: u32, now_ms: i64) -> (BackfillRequest, chrono::NaiveDate) {
     let tz = config.pipeline.timezone;
-    let today = Utc::now().with_timezone(&tz).date_naive();
+    let today = crate::clock::now().with_timezone(&tz).date_naive();
     let from_day = today
         .checked_sub_days(chrono::Days::new(days as u64))
         .unwrap_or(today);

@@ -53,7 +53,7 @@ pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow:
     let mut findings = status.findings.clone();
     findings.extend(status.extra_files.iter().cloned());
     let input = ReportInput {
-        generated: Utc::now()
+        generated: crate::clock::now()
             .with_timezone(&tz)
             .format("%Y-%m-%d %H:%M %Z")
             .to_string(),

@@ -44,7 +44,7 @@ pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// The system clock.
 pub fn system_now() -> NowFn {
-    Arc::new(|| Utc::now().timestamp_millis())
+    Arc::new(crate::clock::now_ms)
 }
 
 /// What kind of run this is: recorded with it, and the `command` label of its metrics.
@@ -228,6 +228,14 @@ impl Engine {
         .await
     }
 
+    /// The coordinator's clock, when there is one (see `Coordinator::db_now`).
+    async fn coordinator_now(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
+        match &self.coordinator {
+            Some(c) => Ok(Some(c.db_now().await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Plans, subtracts what is committed, records the run's start and announces the windows.
     async fn prepare(
         &self,
@@ -243,8 +251,8 @@ impl Engine {
         report_lost(&plan, req.strict_horizon, &mut summary)?;
         let ids = window::sink_ids(&self.sinks);
         // Before the ledger is read: a window another worker finishes after this instant is
-        // queued again by nobody (see `Coordinator::enqueue`).
-        let planned_at = Utc::now();
+        // queued again by nobody (see `Coordinator::enqueue`), on the coordinator's clock.
+        let planned_at = self.coordinator_now().await?;
         let (windows, skipped) = pending_windows(
             &self.config,
             self.ledger.as_ref(),
@@ -261,7 +269,7 @@ impl Engine {
             .record_run(&RunRecord::started(run_id, req.kind.as_str(), started_at))
             .await?;
         tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
-        if let Some(c) = &self.coordinator {
+        if let (Some(c), Some(planned_at)) = (&self.coordinator, planned_at) {
             c.enqueue(&windows, planned_at).await?;
             // Maintenance: a failure is logged, and the run goes on.
             match c.prune(plan.horizon_ms, PRUNE_PER_RUN).await {

@@ -142,8 +142,13 @@ impl Tally {
         self.summary.interrupted = Some(windows_left);
     }
 
-    /// A run-fatal error stopped the run.
+    /// A run-fatal error stopped the run: logged once at ERROR, as the summary says it. The
+    /// first one counts (the windows still in flight may fail the same way).
     pub fn stop(&mut self, fatal: String) {
+        if self.summary.fatal.is_some() {
+            return;
+        }
+        tracing::error!("the run stops: {fatal}");
         self.summary.fatal = Some(fatal);
     }
 

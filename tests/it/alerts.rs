@@ -57,7 +57,7 @@ fn check(
     body: &[u8],
 ) -> (bool, String) {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = common::wall_clock().timestamp_millis();
     match vendor {
         "dingtalk" => {
             let ts = q.get("timestamp").cloned().unwrap_or_default();

@@ -12,7 +12,6 @@ use ccc_etl::ledger::{FileLedger, MemoryLedger};
 use ccc_etl::record::{MediaType, Table};
 use ccc_etl::sink::memory::MemorySink;
 use ccc_etl::sink::parquet::{ParquetSink, read_file};
-use chrono::Utc;
 
 #[tokio::test]
 async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emulator_values() {
@@ -26,7 +25,7 @@ async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emul
     let emu = start(opts).await;
     let cfg = config(&emu, &instances, SignatureVersion::V1);
     // An unaligned start: the emulator floors it, and the pipeline must not take that bucket.
-    let to = Utc::now().timestamp_millis() / H * H - 2 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 2 * H;
     let from = to - 30 * DAY + 25 * 60_000;
     let sink = Arc::new(MemorySink::default());
     let ledger = Arc::new(MemoryLedger::default());
@@ -106,7 +105,7 @@ async fn a_rerun_fetches_nothing_already_committed_and_refetch_changes_no_row_co
     let mut cfg = config(&emu, &["ccc-a", "ccc-b"], SignatureVersion::V3);
     let dir = tempfile::tempdir().unwrap();
     cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
-    let to = Utc::now().timestamp_millis() / H * H - 8 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 8 * H;
     let from = to - 10 * DAY;
     let run = |refetch: bool| {
         let cfg = cfg.clone();
@@ -248,7 +247,7 @@ async fn a_failing_instance_does_not_stop_the_others_and_the_run_exits_3() {
     cfg.source.max_attempts = 2;
     let sink = Arc::new(MemorySink::default());
     let ledger = Arc::new(MemoryLedger::default());
-    let to = Utc::now().timestamp_millis() / H * H - 8 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 8 * H;
     let summary = engine_with_secret(&cfg, SECRET, vec![sink.clone()], ledger.clone())
         .run(&request(&["ccc-a", "ccc-bad"], to - 9 * DAY, to))
         .await
@@ -279,7 +278,7 @@ async fn wrong_credentials_stop_the_run_at_once_with_one_clear_message() {
     let mut cfg = config(&emu, &instances, SignatureVersion::V1);
     cfg.source.concurrency = 2;
     let sink = Arc::new(MemorySink::default());
-    let to = Utc::now().timestamp_millis() / H * H;
+    let to = crate::common::now().timestamp_millis() / H * H;
     let summary = engine_with_secret(
         &cfg,
         "not-the-secret",
@@ -308,7 +307,7 @@ async fn wrong_credentials_stop_the_run_at_once_with_one_clear_message() {
 async fn a_range_behind_the_horizon_is_clamped_and_reported_or_refused_when_strict() {
     let emu = start(options(&["ccc-a"])).await;
     let cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
-    let now = Utc::now().timestamp_millis();
+    let now = crate::common::now().timestamp_millis();
     let sink = Arc::new(MemorySink::default());
     let e = engine_with_secret(
         &cfg,

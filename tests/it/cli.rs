@@ -80,7 +80,7 @@ fn spans(v: &Value) -> Vec<(i64, i64)> {
 }
 
 fn now() -> i64 {
-    Utc::now().timestamp_millis()
+    crate::common::now().timestamp_millis()
 }
 
 #[test]

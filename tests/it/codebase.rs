@@ -439,3 +439,54 @@ fn the_library_map_names_every_top_level_module() {
         .collect();
     assert!(missing.is_empty(), "lib.rs's map leaves out {missing:?}");
 }
+
+/// Every file under `tests/it/`, with its path under the root.
+fn test_files() -> Vec<(String, String)> {
+    let mut out = vec![];
+    let mut dirs = vec![Path::new(ROOT).join("tests/it")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path
+                    .strip_prefix(ROOT)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The suite means the same on every day and at every hour: no test reads the system's date,
+/// and every `ccc-etl` it runs starts through the harness, which pins the process's clock to the
+/// tests' (`common::TEST_NOW`, passed as `CCC_ETL_NOW`). Dates written in a test are written as
+/// of that instant; nothing rewrites them.
+#[test]
+fn the_tests_read_the_date_only_from_the_harness_clock() {
+    let clock = Regex::new(r"\b(Utc|Local)::now\(|SystemTime::now\(|\bshifted\(").unwrap();
+    let binary = Regex::new(r"CARGO_BIN_EXE_").unwrap();
+    let mut offenders = vec![];
+    for (path, text) in test_files() {
+        if path == "tests/it/common/mod.rs" || path == "tests/it/codebase.rs" {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            // deploy.rs hands the binary to `setup.sh`, whose job reads CCC_ETL_NOW from the
+            // env file the test writes.
+            let installs = path == "tests/it/deploy.rs" && line.contains("\"--binary\"");
+            if clock.is_match(line) || (binary.is_match(line) && !installs) {
+                offenders.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "read the tests' clock (common::now) and start ccc-etl through common::ccc_etl_*: {offenders:#?}"
+    );
+}

@@ -20,7 +20,6 @@ use std::time::Duration;
 use crate::common::sinks::{committed, parquet_contents, pg_contents};
 use ccc_etl::record::Table;
 use ccc_etl::sink::parquet::{Layout, Root, read_file};
-use chrono::Utc;
 use rand::{Rng, SeedableRng};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -112,7 +111,7 @@ async fn crash_harness(target: Target, kills_wanted: usize) {
     let mut opts = common::options(&["ccc-a", "ccc-b", "ccc-c"]);
     opts.revise_ms = 0;
     let emu = common::start(opts).await;
-    let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let days = if kills_wanted > 8 { 170 } else { 100 };
     let from = to - days * DAY;
     let windows = (3 * ((days + 6) / 7)) as f64;

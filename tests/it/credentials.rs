@@ -541,9 +541,7 @@ async fn an_oss_root_is_written_with_the_chains_credentials_and_no_accesskey_any
          print('\\n'.join(o['Key'] for o in c.list_objects_v2(Bucket=os.environ['BUCKET'])['Contents']))",
     );
     assert!(
-        listed.contains(&common::shifted(
-            "wh/inbound_trend/dt=2026-11-20/part-00000.parquet"
-        )),
+        listed.contains("wh/inbound_trend/dt=2026-11-20/part-00000.parquet"),
         "{listed}"
     );
     db.drop_db().await;

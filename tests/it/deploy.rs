@@ -165,10 +165,14 @@ async fn setup_installs_the_job_and_its_cron_line_runs_it_as_the_unprivileged_us
     std::fs::write(
         &env_file,
         format!(
-            "ALIBABA_CLOUD_ACCESS_KEY_ID={}\nALIBABA_CLOUD_ACCESS_KEY_SECRET={}\nDATABASE_URL={}\n",
+            "ALIBABA_CLOUD_ACCESS_KEY_ID={}\nALIBABA_CLOUD_ACCESS_KEY_SECRET={}\nDATABASE_URL={}\n\
+             {}={}\n",
             common::KEY_ID,
             common::SECRET,
-            db.url
+            db.url,
+            // The job on the tests' clock, as the emulator is.
+            ccc_etl::clock::ENV,
+            common::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ),
     )
     .unwrap();

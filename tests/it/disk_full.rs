@@ -13,7 +13,6 @@ use crate::common::sinks::parquet_contents;
 use crate::common::{DAY, H};
 use ccc_etl::record::Table;
 use ccc_etl::sink::parquet::{Layout, Root, read_file};
-use chrono::Utc;
 
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct Tmpfs {
@@ -151,7 +150,7 @@ async fn disk_fills_mid_run(postgres: bool) {
     let mut opts = common::options(&["ccc-a", "ccc-b", "ccc-c"]);
     opts.revise_ms = 0;
     let emu = common::start(opts).await;
-    let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let run = Run {
         endpoint: &emu.endpoint(),
         from: to - 90 * DAY,

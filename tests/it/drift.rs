@@ -363,9 +363,9 @@ async fn files_written_before_the_extra_column_read_together_with_new_ones() {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     // An older day file, as ccc-etl wrote them before the column existed: same columns but
     // `extra`, same rows.
-    let day = dir.path().join(common::shifted(
-        "wh/inbound_trend/dt=2026-10-05/part-00000.parquet",
-    ));
+    let day = dir
+        .path()
+        .join("wh/inbound_trend/dt=2026-10-05/part-00000.parquet");
     let rows = read_file(&day, Table::Inbound).unwrap();
     let old_schema = {
         let s = schema(Table::Inbound);
@@ -388,9 +388,9 @@ async fn files_written_before_the_extra_column_read_together_with_new_ones() {
     let old = full
         .project(&(0..old_schema.fields().len()).collect::<Vec<_>>())
         .unwrap();
-    let old_path = dir.path().join(common::shifted(
-        "wh/inbound_trend/dt=2026-10-05/part-00000.parquet",
-    ));
+    let old_path = dir
+        .path()
+        .join("wh/inbound_trend/dt=2026-10-05/part-00000.parquet");
     {
         let f = std::fs::File::create(&old_path).unwrap();
         let mut w = parquet::arrow::ArrowWriter::try_new(f, old_schema, None).unwrap();
@@ -405,11 +405,11 @@ async fn files_written_before_the_extra_column_read_together_with_new_ones() {
     );
     // DuckDB reads old and new files together (`union_by_name`), as the README's query does.
     let python = common::duckdb_python();
-    let q = common::shifted(&format!(
+    let q = format!(
         "SELECT count(*), count(extra), count(*) FILTER (WHERE dt = '2026-10-05' AND extra IS NULL) \
          FROM read_parquet('{}/wh/inbound_trend/*/*.parquet', hive_partitioning = true, union_by_name = true)",
         dir.path().display()
-    ));
+    );
     let out = std::process::Command::new(python)
         .args([
             "-c",

@@ -14,8 +14,9 @@ use ccc_etl::credentials::Credentials;
 use ccc_etl::record::MediaType;
 use chrono::{DateTime, Utc};
 
+/// Report time: the tests' clock (signatures are checked against the system clock).
 fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+    crate::common::now_ms()
 }
 
 fn req(instance: &str, start: i64, end: i64) -> TrendingRequest {
@@ -132,7 +133,7 @@ async fn a_wrong_secret_an_unknown_key_and_clock_skew_are_fatal_for_the_run() {
     );
 
     // A client 20 minutes fast: sign by hand with a skewed timestamp.
-    let skewed = (Utc::now() + chrono::Duration::minutes(20))
+    let skewed = (crate::common::wall_clock() + chrono::Duration::minutes(20))
         .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
     let url = sign_v1_url(
@@ -152,7 +153,9 @@ async fn a_wrong_secret_an_unknown_key_and_clock_skew_are_fatal_for_the_run() {
 #[tokio::test]
 async fn a_reused_nonce_is_refused_and_the_client_always_sends_a_fresh_one() {
     let emu = start(options(&["ccc-a"])).await;
-    let ts = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let ts = crate::common::wall_clock()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let url = sign_v1_url(
         &reqwest::Url::parse(&emu.endpoint()).unwrap(),
         "GET",
@@ -223,7 +226,9 @@ async fn raw_v1(
     form: bool,
 ) -> (u16, serde_json::Value) {
     let mut all: Vec<(&str, String)> = params.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    let ts = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let ts = crate::common::wall_clock()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let nonce = uuid::Uuid::new_v4().to_string();
     all.extend([
         ("Format", "JSON".to_string()),

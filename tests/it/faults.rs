@@ -11,7 +11,6 @@ use ccc_etl::pipeline::{BackfillRequest, Engine, RangeStart, RunKind};
 use ccc_etl::progress::Progress;
 use ccc_etl::record::MediaType;
 use ccc_etl::sink::memory::MemorySink;
-use chrono::Utc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_5xx_throttling_truncated_bodies_and_timeouts_the_data_is_complete_and_unique() {
@@ -38,14 +37,14 @@ async fn with_5xx_throttling_truncated_bodies_and_timeouts_the_data_is_complete_
     cfg.source.max_attempts = 12;
     cfg.source.concurrency = 4;
     let sink = Arc::new(MemorySink::default());
-    let to = Utc::now().timestamp_millis() / H * H - 3 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 3 * H;
     let from = to - 150 * DAY;
     let engine = Engine::new(
         cfg.clone(),
         Arc::new(client(&cfg, SECRET)),
         vec![sink.clone()],
         Arc::new(MemoryLedger::default()),
-        Arc::new(|| Utc::now().timestamp_millis()),
+        crate::common::now_fn(),
         Progress::hidden(),
     );
     let req = BackfillRequest {

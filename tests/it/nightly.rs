@@ -34,7 +34,7 @@ fn now_of(t: &Arc<AtomicI64>) -> NowFn {
 async fn after_a_backfill_nightly_fetches_only_the_lookback_and_new_windows_and_counts_revisions() {
     let instances = ["ccc-a", "ccc-b"];
     let mut opts = options(&instances);
-    let t0 = Utc::now().timestamp_millis();
+    let t0 = crate::common::now().timestamp_millis();
     let clock = shared_clock(&mut opts, t0);
     let model = opts.data_model();
     let emu = start(opts).await;
@@ -101,7 +101,7 @@ async fn after_a_backfill_nightly_fetches_only_the_lookback_and_new_windows_and_
 #[tokio::test]
 async fn a_gap_left_by_an_injected_failure_is_filled_by_the_next_nightly() {
     let instances = ["ccc-a", "ccc-b"];
-    let t0 = Utc::now().timestamp_millis();
+    let t0 = crate::common::now().timestamp_millis();
     let mut failing = options(&instances);
     failing.faults = Faults {
         failing_instances: vec!["ccc-b".into()],
@@ -159,7 +159,7 @@ async fn status_raises_the_aging_out_alert_for_an_uncovered_old_range_until_nigh
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&emu, &["ccc-a"], SignatureVersion::V1);
     cfg.parquet = Some(ParquetConfig::at(dir.path().to_path_buf()));
-    let now = Utc::now().timestamp_millis();
+    let now = crate::common::now().timestamp_millis();
     let fixed: NowFn = Arc::new(move || now);
     let open = || -> (Vec<Arc<dyn Sink>>, Arc<dyn Ledger>) {
         (
@@ -237,7 +237,7 @@ async fn verify_catches_a_row_deleted_from_one_sink() {
         url: Some(SecretString::from(db.url.clone())),
         schema: SchemaName::parse("ccc").unwrap(),
     });
-    let now = Utc::now().timestamp_millis() / H * H - 8 * H;
+    let now = crate::common::now().timestamp_millis() / H * H - 8 * H;
     {
         let (sinks, ledger) = ccc_etl::commands::open_sinks(&cfg).await.unwrap();
         let e = Engine::new(

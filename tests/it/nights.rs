@@ -92,7 +92,8 @@ async fn four_hundred_nights_with_faults_and_outages_keep_every_bucket_once_and_
     let alert_days = 7u32;
 
     // Night 0 is `nights` days ago at 02:10 UTC; each night starts within an hour of that.
-    let first = (Utc::now().timestamp_millis() / DAY - nights as i64) * DAY + 2 * H + 10 * 60_000;
+    let first =
+        (crate::common::now().timestamp_millis() / DAY - nights as i64) * DAY + 2 * H + 10 * 60_000;
     let clock = Arc::new(AtomicI64::new(first));
     let now: NowFn = {
         let c = clock.clone();

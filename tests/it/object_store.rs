@@ -19,7 +19,7 @@ use crate::common::{DAY, H};
 use ccc_etl::config::{ObjectUrl, StoreKind};
 use ccc_etl::record::{MediaType, OverallRow, Table, WindowBatch, WindowKey};
 use ccc_etl::sink::parquet::{Layout, ObjectRoot, Root, merge_day_into};
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 
 /// An in-process view of a bucket on the test server.
 fn object_root(s3: &S3Server, bucket: &str, prefix: &str, conditional: bool) -> ObjectRoot {
@@ -112,7 +112,7 @@ async fn a_backfill_into_s3_equals_the_same_backfill_into_a_local_root_file_for_
     let emu = common::start(common::options(&["ccc-a", "ccc-b"])).await;
     let db = common::TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let today = crate::common::now().timestamp_millis() / DAY * DAY;
     // Ending two days back: the last hours are past the emulator's 6-hour revision at any time
     // of day, so a second run has nothing to fetch again.
     let (from, to) = (day_arg(today - 10 * DAY), day_arg(today - 2 * DAY));
@@ -230,7 +230,11 @@ async fn a_backfill_into_s3_equals_the_same_backfill_into_a_local_root_file_for_
         .unwrap();
     let repaired = ccc_etl(s3, &s3_cfg, &db.url, &backfill);
     assert!(repaired.status.success(), "{}", text(&repaired));
-    assert!(emu.stats().await.unwrap().calls.len() > calls);
+    assert!(
+        emu.stats().await.unwrap().calls.len() > calls,
+        "the deleted day is fetched again: {}",
+        text(&repaired)
+    );
     assert_eq!(
         contents(&s3_root).await,
         expected,
@@ -299,7 +303,7 @@ async fn a_new_day_is_created_unread_and_a_file_the_manifest_does_not_list_is_me
     let emu = common::start(opts).await;
     let db = common::TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let today = crate::common::now().timestamp_millis() / DAY * DAY;
     let (from, to) = (day_arg(today - 6 * DAY), day_arg(today - DAY));
     let cfg = dir.path().join("s3.toml");
     ConfigToml::new(&emu.endpoint(), &["ccc-a"])
@@ -383,7 +387,7 @@ async fn a_new_day_is_created_unread_and_a_file_the_manifest_does_not_list_is_me
     );
     assert!(again.status.success(), "{}", text(&again));
     let after = proxy.requests().split_off(before);
-    assert_eq!(day_paths(&after, "GET"), files);
+    assert_eq!(day_paths(&after, "GET"), files, "{}", text(&again));
     assert_eq!(day_paths(&after, "PUT"), Vec::<String>::new());
     db.drop_db().await;
 }
@@ -410,7 +414,7 @@ fn batch_from(instance: &str, n: i64, start_ms: i64) -> Arc<WindowBatch> {
     Arc::new(WindowBatch {
         final_end_ms: None,
         request_id: format!("r-{instance}"),
-        fetched_at: Utc::now(),
+        fetched_at: crate::common::now(),
         attempts: 1,
         inbound: vec![],
         outbound: vec![],
@@ -621,7 +625,7 @@ async fn oss_mode_and_multipart_uploads_write_the_same_files_and_leave_no_parts(
     let emu = common::start(common::options(&["ccc-a"])).await;
     let db = common::TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let today = crate::common::now().timestamp_millis() / DAY * DAY;
     let (from, to) = (day_arg(today - 5 * DAY), day_arg(today - DAY));
     let backfill = ["backfill", "--from", from.as_str(), "--to", to.as_str()];
     let mut roots = vec![];
@@ -694,7 +698,7 @@ async fn store_errors_name_the_root_and_never_a_secret() {
             .parquet(format!("s3://{bucket}/wh"))
             .write(&cfg);
     };
-    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let today = crate::common::now().timestamp_millis() / DAY * DAY;
     let (from, to) = (day_arg(today - 2 * DAY), day_arg(today - DAY));
     let backfill = ["backfill", "--from", from.as_str(), "--to", to.as_str()];
     write("no-such-bucket");
@@ -862,7 +866,7 @@ async fn a_backfill_into_azure_equals_a_local_one_and_a_deleted_blob_is_fetched_
     let emu = common::start(common::options(&["ccc-a", "ccc-b"])).await;
     let db = common::TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let today = Utc::now().timestamp_millis() / DAY * DAY;
+    let today = crate::common::now().timestamp_millis() / DAY * DAY;
     let (from, to) = (day_arg(today - 9 * DAY), day_arg(today - DAY));
     let local_cfg = dir.path().join("local.toml");
     let two = ConfigToml::new(&emu.endpoint(), &["ccc-a", "ccc-b"]);

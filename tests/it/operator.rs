@@ -94,9 +94,9 @@ fn parquet_rows(root: &Path) -> Vec<(Table, String, i64, Vec<i64>)> {
     out
 }
 
-/// A day as the tests write it, [`shifted`] to today's.
+/// A day as the tests write it.
 fn day(s: &str) -> NaiveDate {
-    NaiveDate::parse_from_str(&shifted(s), "%Y-%m-%d").unwrap()
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
 }
 
 /// A week of November; `status` then exits 4: the older part of the horizon is not covered and
@@ -118,7 +118,7 @@ async fn a_wiped_root_a_deleted_day_file_and_a_second_root_are_all_refilled() {
     std::fs::remove_file(layout.day_file(Table::Inbound, day("2026-11-03"))).unwrap();
     let status = site.run_ok(&cfg, &["status"], 4).await;
     assert!(
-        status.contains("NOT COVERED") && status.contains(&shifted("dt=2026-11-03")),
+        status.contains("NOT COVERED") && status.contains("dt=2026-11-03"),
         "status tells the day is missing: {status}"
     );
     // Rows per sink and table, as they are: a day of inbound rows gone from Parquet only.
@@ -202,13 +202,13 @@ async fn a_damaged_day_file_is_a_finding_for_status_and_verify_and_the_next_run_
     let gaps = report["series"][0]["recoverable_gaps"].as_array().unwrap();
     assert!(
         gaps.iter()
-            .any(|g| g["start"] == shifted("2026-11-04T00:00:00+08:00")),
+            .any(|g| g["start"] == "2026-11-04T00:00:00+08:00".to_string()),
         "the local day 2026-11-04 is a gap: {status}"
     );
     // verify lists it and exits 4.
     let out = site.run_ok(&cfg, &["verify"], 4).await;
     assert!(
-        out.contains("DAMAGED") && out.contains(&shifted("dt=2026-11-04")),
+        out.contains("DAMAGED") && out.contains("dt=2026-11-04"),
         "{out}"
     );
 
@@ -316,7 +316,7 @@ async fn a_re_run_completes_the_bucket_that_was_in_progress_when_the_last_run_en
     let mut opts = options(&["ccc-a"]);
     // Closed buckets are final at once; the bucket in progress is served partly filled.
     opts.revise_ms = 1;
-    let t1 = (Utc::now().timestamp_millis() - 2 * DAY) / H * H + 30 * 60_000 + 5_000;
+    let t1 = (crate::common::now().timestamp_millis() - 2 * DAY) / H * H + 30 * 60_000 + 5_000;
     let clock = Arc::new(AtomicI64::new(t1));
     let c = clock.clone();
     opts.clock =
@@ -395,9 +395,9 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
     let rows = site.pg_rows().await;
     // Rows lost from PostgreSQL behind ccc-etl's back: the ledger still says "committed".
     let pool = site.db.pool().await;
-    let deleted = sqlx::query(&shifted(
+    let deleted = sqlx::query(
         "DELETE FROM ccc.outbound_trend WHERE stats_time >= '2026-11-05T00:00:00+08' AND stats_time < '2026-11-05T06:00:00+08'",
-    ))
+    )
     .execute(&pool)
     .await
     .unwrap()
@@ -410,10 +410,7 @@ async fn verify_repair_fetches_again_the_days_where_the_sinks_differ() {
         "a plain re-run trusts the ledger: {out}"
     );
     let out = site.run_ok(&cfg, &["verify"], 4).await;
-    assert!(
-        out.contains(&shifted("outbound_trend dt=2026-11-05")),
-        "{out}"
-    );
+    assert!(out.contains("outbound_trend dt=2026-11-05"), "{out}");
     assert!(
         out.contains("; instances ccc-a"),
         "names the instance: {out}"
@@ -624,7 +621,7 @@ async fn a_day_file_copied_from_another_day_or_holding_a_key_twice_is_rewritten_
     let out = site.run_ok(&cfg, &["verify"], 4).await;
     assert!(
         out.contains("NOT ONE ROW PER KEY OF ITS DAY")
-            && out.contains(&shifted("dt=2026-11-03"))
+            && out.contains("dt=2026-11-03")
             && out.contains("24 row(s) outside the day, 0 key(s) repeated"),
         "{out}"
     );
@@ -683,7 +680,7 @@ async fn a_second_file_in_a_partition_is_a_finding_and_the_next_run_moves_it_asi
     assert!(
         aside[0]
             .to_string_lossy()
-            .contains(&shifted("inbound_trend/dt=2026-11-05/part-00001.parquet.")),
+            .contains("inbound_trend/dt=2026-11-05/part-00001.parquet."),
         "{aside:?}"
     );
     assert_eq!(

@@ -14,7 +14,6 @@ use crate::common::cluster::Cluster;
 use crate::common::sinks::{parquet_contents, pg_contents};
 use crate::common::{DAY, H};
 use ccc_etl::sink::parquet::{Layout, Root};
-use chrono::Utc;
 
 const INSTANCES: [&str; 3] = ["ccc-a", "ccc-b", "ccc-c"];
 
@@ -51,7 +50,7 @@ impl Job {
         opts.faults.slow = 1.0;
         opts.faults.slow_ms = 50;
         let emu = common::start(opts).await;
-        let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+        let to = crate::common::now().timestamp_millis() / H * H - 4 * H;
         Job {
             endpoint: emu.endpoint(),
             cluster,

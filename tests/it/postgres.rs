@@ -127,7 +127,7 @@ async fn migrations_from_empty_create_the_tables_views_and_ledger_and_can_run_ag
 #[tokio::test]
 async fn rewrites_are_idempotent_revisions_are_counted_and_unchanged_rows_are_not_rewritten() {
     let db = TestDb::create().await;
-    let t0 = Utc::now().timestamp_millis() / H * H;
+    let t0 = crate::common::now().timestamp_millis() / H * H;
     let emu_now = Arc::new(AtomicI64::new(t0));
     let mut opts: EmulatorOptions = options(&["ccc-a"]);
     let clock = emu_now.clone();
@@ -243,7 +243,7 @@ async fn resume_after_an_interrupted_run_equals_an_uninterrupted_run() {
     opts.revise_ms = 0;
     let emu = start(opts).await;
     let base = config(&emu, &instances, SignatureVersion::V1);
-    let t0 = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let t0 = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let (from, to) = (t0 - 40 * DAY, t0);
 
     let reference = TestDb::create().await;
@@ -336,7 +336,7 @@ async fn two_runs_at_once_on_the_same_instances_neither_corrupt_nor_double() {
     let emu = start(options(&instances)).await;
     let cfg = pg_config(&config(&emu, &instances, SignatureVersion::V1), &db, "ccc");
     let s = store(&cfg).await;
-    let t0 = Utc::now().timestamp_millis() / H * H - 8 * H;
+    let t0 = crate::common::now().timestamp_millis() / H * H - 8 * H;
     let make = || {
         engine(
             &cfg,
@@ -425,7 +425,7 @@ async fn postgres_lost_mid_run_fails_windows_as_retryable_and_a_rerun_completes_
     opts.revise_ms = 0;
     let emu = start(opts).await;
     let base = config(&emu, &instances, SignatureVersion::V1);
-    let t0 = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let t0 = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let req = request(&instances, t0 - 30 * DAY, t0);
 
     let reference = TestDb::create().await;
@@ -520,7 +520,7 @@ async fn with_postgres_configured_the_ledger_tracks_parquet_commits_too() {
         sinks.iter().map(|s| s.kind()).collect::<Vec<_>>(),
         vec![SinkKind::Postgres, SinkKind::Parquet]
     );
-    let t0 = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let t0 = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let e = Engine::new(
         cfg.clone(),
         Arc::new(client(&cfg, SECRET)),
@@ -608,7 +608,7 @@ async fn a_plain_insert_racing_an_outside_writer_falls_back_to_the_upsert() {
             end_ms: 2 * H,
         },
         request_id: "ours".into(),
-        fetched_at: Utc::now(),
+        fetched_at: crate::common::now(),
         attempts: 1,
         inbound: vec![],
         outbound: vec![],

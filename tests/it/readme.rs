@@ -12,7 +12,6 @@ use std::sync::Arc;
 use crate::common::*;
 use ccc_etl::cli::Cli;
 use ccc_etl::config::{ParquetConfig, PostgresConfig, SchemaName, SignatureVersion};
-use chrono::Utc;
 use clap::Parser;
 
 /// The README, then the pages of `docs/` in the order a new user reads them: the walk below runs
@@ -204,7 +203,7 @@ async fn the_readme_walk_runs_every_command_it_can_run_here() {
         ),
     )
     .unwrap();
-    let month_ago = (Utc::now() - chrono::Duration::days(30))
+    let month_ago = (crate::common::now() - chrono::Duration::days(30))
         .with_timezone(&chrono_tz::Asia::Shanghai)
         .format("%Y-%m-%d")
         .to_string();
@@ -297,7 +296,7 @@ async fn every_documented_postgres_query_runs_on_a_backfilled_database() {
         url: Some(secrecy::SecretString::from(db.url.clone())),
         schema: SchemaName::parse("ccc").unwrap(),
     });
-    let now = Utc::now().timestamp_millis();
+    let now = crate::common::now().timestamp_millis();
     let (sinks, ledger) = ccc_etl::commands::open_sinks(&cfg).await.unwrap();
     let summary = engine(&cfg, sinks, ledger, Arc::new(move || now))
         .run(&request(&["ccc-a"], now - 10 * DAY, now))

@@ -137,7 +137,7 @@ async fn job() -> Job {
     opts.revise_ms = 0;
     opts.faults.qps_limit = Some(20.0);
     let emu = common::start(opts).await;
-    let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let from = to - days * DAY;
     let work = tempfile::tempdir().unwrap();
     let db = common::TestDb::create().await;
@@ -185,7 +185,7 @@ async fn three_workers_share_one_job_within_one_qps_budget_and_write_it_exactly_
     let work = tempfile::tempdir().unwrap();
     let cfg = work.path().join("p.toml");
     write_config(&cfg, &job.emu.endpoint(), &job.ids, &bucket, 20.0);
-    let started = Utc::now().timestamp_millis();
+    let started = crate::common::now().timestamp_millis();
     let children: Vec<_> = (0..3)
         .map(|_| backfill(&cfg, &db.url, job.from, job.to).spawn().unwrap())
         .collect();
@@ -310,7 +310,7 @@ async fn a_killed_workers_windows_are_taken_over_within_the_lease_and_a_heartbea
     tokio::time::sleep(Duration::from_millis(rng.random_range(300..3_000))).await;
     victim.kill().await.unwrap();
     let killed = Instant::now();
-    let killed_at = Utc::now().timestamp_millis();
+    let killed_at = crate::common::now().timestamp_millis();
     // Its leases lapse within the lease (4 s) plus a heartbeat (1 s): then they can be taken over.
     loop {
         let live: i64 = sqlx::query_scalar(
@@ -416,7 +416,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
         final_end_ms: None,
         key: w.clone(),
         request_id: rid.into(),
-        fetched_at: Utc::now(),
+        fetched_at: crate::common::now(),
         attempts: 1,
         inbound: vec![],
         outbound: vec![],
@@ -436,7 +436,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
         .await
         .unwrap();
     zombie
-        .enqueue(std::slice::from_ref(&w), Utc::now())
+        .enqueue(std::slice::from_ref(&w), zombie.db_now().await.unwrap())
         .await
         .unwrap();
     assert_eq!(
@@ -569,7 +569,10 @@ async fn eight_workers_claiming_at_once_never_share_a_window() {
                 .unwrap(),
         );
     }
-    workers[0].enqueue(&all, Utc::now()).await.unwrap();
+    workers[0]
+        .enqueue(&all, workers[0].db_now().await.unwrap())
+        .await
+        .unwrap();
     let t0 = Instant::now();
     let mut tasks = vec![];
     for (n, c) in workers.into_iter().enumerate() {
@@ -623,7 +626,7 @@ async fn lease_lookups_read_a_few_lease_rows_per_window_however_many_are_held() 
     let c = Coordinator::register(pool.clone(), "backfill", settings(60))
         .await
         .unwrap();
-    c.enqueue(&all, Utc::now()).await.unwrap();
+    c.enqueue(&all, c.db_now().await.unwrap()).await.unwrap();
     // All leased to this worker but 50, which the claim below asks for.
     let (pending, held) = (&all[2000..2050], [&all[..2000], &all[2050..]].concat());
     for chunk in held.chunks(500) {
@@ -838,7 +841,7 @@ async fn a_worker_stopped_past_its_lease_and_resumed_writes_nothing_another_work
     revised.revise_ms = 0;
     revised.seed = 7;
     let emu_b = common::start(revised).await;
-    let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let from = to - 60 * DAY;
     let db = common::TestDb::create().await;
     let bucket = common::s3::server().bucket().await;
@@ -963,7 +966,7 @@ async fn frozen_worker_delays_the_others_by_at_most_a_lease(
     let mut opts = common::options(&refs);
     opts.revise_ms = 0;
     let emu = common::start(opts).await;
-    let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let from = to - 60 * DAY;
     let work = tempfile::tempdir().unwrap();
     let cfg = work.path().join("p.toml");
@@ -1092,7 +1095,7 @@ async fn chaos_workers_killed_terminated_and_stopped_past_their_lease_leave_both
     // Every bucket of the range is still being revised, so a window fetched again a moment later
     // holds other values (a stale write would show).
     opts.revise_ms = 40 * DAY;
-    let t0 = Utc::now().timestamp_millis() / H * H;
+    let t0 = crate::common::now().timestamp_millis() / H * H;
     let clock = Arc::new(std::sync::atomic::AtomicI64::new(t0));
     let c = clock.clone();
     opts.clock = Arc::new(move || {
@@ -1206,7 +1209,7 @@ async fn a_lone_worker_stopped_past_its_lease_takes_its_windows_back_and_finishe
     let mut opts = common::options(&refs);
     opts.revise_ms = 0;
     let emu = common::start(opts).await;
-    let to = Utc::now().timestamp_millis() / H * H - 4 * H;
+    let to = crate::common::now().timestamp_millis() / H * H - 4 * H;
     let from = to - 60 * DAY;
     let db = common::TestDb::create().await;
     let bucket = common::s3::server().bucket().await;

@@ -9,7 +9,6 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use rand::Rng;
 use serde_json::json;
 
@@ -83,7 +82,7 @@ fn receive(method: Method, query: Option<String>, headers: HeaderMap, body: Byte
             .collect(),
         body,
         request_id: uuid::Uuid::new_v4().to_string().to_uppercase(),
-        received_ms: Utc::now().timestamp_millis(),
+        received_ms: crate::clock::now_ms(),
     }
 }
 

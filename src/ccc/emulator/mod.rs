@@ -218,7 +218,7 @@ impl EmulatorOptions {
             faults: Faults::default(),
             sts: StsOptions::new(std::time::Duration::from_secs(3600)),
             drift: DriftOptions::default(),
-            clock: Arc::new(Utc::now),
+            clock: Arc::new(crate::clock::now),
             auth_clock: Arc::new(Utc::now),
         }
     }
@@ -247,7 +247,7 @@ pub struct ServedCall {
     pub end_ms: i64,
     /// The code answered.
     pub code: String,
-    /// When the request arrived, epoch ms (system clock, for spacing checks).
+    /// When the request arrived, epoch ms (the pipeline's clock, as the tests read it).
     pub received_ms: i64,
 }
 

@@ -18,7 +18,9 @@ pub const DAY: i64 = 24 * H;
 pub const KEY_ID: &str = "test-key";
 pub const SECRET: &str = "test-secret-do-not-print";
 
+/// An emulator's options on the tests' clock.
 pub fn options(instances: &[&str]) -> EmulatorOptions {
+    clock_offset_ms();
     EmulatorOptions::new(
         instances.iter().map(|s| s.to_string()).collect(),
         KEY_ID,
@@ -27,6 +29,7 @@ pub fn options(instances: &[&str]) -> EmulatorOptions {
 }
 
 pub async fn start(opts: EmulatorOptions) -> RunningEmulator {
+    clock_offset_ms();
     emulator::spawn(opts)
         .await
         .expect("emulator starts on 127.0.0.1:0")
@@ -71,7 +74,7 @@ pub fn engine(
     )
 }
 
-/// An engine whose client signs with `secret`, on the system clock.
+/// An engine whose client signs with `secret`, on the tests' clock.
 pub fn engine_with_secret(
     cfg: &Config,
     secret: &str,
@@ -83,7 +86,7 @@ pub fn engine_with_secret(
         Arc::new(client(cfg, secret)),
         sinks,
         ledger,
-        ccc_etl::pipeline::system_now(),
+        now_fn(),
         ccc_etl::progress::Progress::hidden(),
     )
 }
@@ -97,42 +100,65 @@ pub fn request(instances: &[&str], from: i64, to: i64) -> ccc_etl::pipeline::Bac
     )
 }
 
-/// The day the dated tests describe: their dates are written as of this day, and
-/// [`shifted`] moves them by as many days as have passed since, so a test means today what it
-/// meant then (its ranges stay as far inside the 180-day horizon) however long ago that was.
-pub const WRITTEN_ON: (i32, u32, u32) = (2026, 12, 4);
+/// The instant the tests' clock starts at. Every date a test writes is written as of it, and
+/// the tests' clock, the library's in this process ([`ccc_etl::clock`]), each in-process
+/// emulator and every `ccc-etl` the tests run ([`ccc_etl_std_cmd`] passes `CCC_ETL_NOW`) start
+/// there and run on together, so a test means the same on any day and at any hour of it. 04:00
+/// UTC is noon in Shanghai: no run of the suite crosses a midnight in either zone.
+pub const TEST_NOW: &str = "2026-12-04T04:00:00Z";
 
-/// `text` with every `YYYY-MM-DD` in it moved forward by the days since [`WRITTEN_ON`] (UTC).
-pub fn shifted(text: &str) -> String {
-    static DATE: std::sync::LazyLock<regex::Regex> =
-        // A date alone, or the date of a timestamp (`2026-11-04T00:00:00+08:00`).
-        std::sync::LazyLock::new(|| regex::Regex::new(r"\b(\d{4}-\d{2}-\d{2})(T|\b)").unwrap());
-    let (y, m, d) = WRITTEN_ON;
-    let written = chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
-    let days = chrono::Utc::now().date_naive() - written;
-    DATE.replace_all(
-        text,
-        |c: &regex::Captures<'_>| match chrono::NaiveDate::parse_from_str(&c[1], "%Y-%m-%d") {
-            Ok(date) => format!("{}{}", (date + days).format("%Y-%m-%d"), &c[2]),
-            Err(_) => c[0].to_string(),
-        },
-    )
-    .into_owned()
+/// The tests' clock, ms ahead of the system's (negative: behind); pins the library's clock in
+/// this process to the same on first use.
+fn clock_offset_ms() -> i64 {
+    static OFFSET: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+        let start: chrono::DateTime<chrono::Utc> = TEST_NOW.parse().expect("TEST_NOW parses");
+        let offset = (start - chrono::Utc::now()).num_milliseconds();
+        ccc_etl::clock::pin_offset_ms(offset);
+        offset
+    });
+    *OFFSET
 }
 
-/// Command-line arguments with their dates [`shifted`].
+/// Now, on the tests' clock (never the system's: see [`TEST_NOW`]).
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::milliseconds(clock_offset_ms())
+}
+
+/// The system clock, for what a server checks against the wall time (a signature's timestamp,
+/// as the emulator's 15-minute skew check reads it). Nothing that plans or dates data reads it.
+pub fn wall_clock() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+/// [`now`] in epoch ms.
+pub fn now_ms() -> i64 {
+    now().timestamp_millis()
+}
+
+/// [`now`] as a clock for an engine.
+pub fn now_fn() -> ccc_etl::pipeline::NowFn {
+    std::sync::Arc::new(now_ms)
+}
+
+/// Command-line arguments as owned strings.
 pub fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| shifted(s)).collect()
+    a.iter().map(|s| s.to_string()).collect()
 }
 
 /// The `ccc-etl` binary under test, as a tokio command.
 pub fn ccc_etl_cmd() -> tokio::process::Command {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    ccc_etl_std_cmd().into()
 }
 
 /// The `ccc-etl` binary under test, as a blocking command.
+/// It starts on the tests' clock ([`TEST_NOW`]).
 pub fn ccc_etl_std_cmd() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"))
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
+    c.env(
+        ccc_etl::clock::ENV,
+        now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    c
 }
 
 /// `ccc-etl --config CFG` as most tests run it, blocking: the emulator's AccessKey,
