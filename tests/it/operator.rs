@@ -202,7 +202,7 @@ async fn a_damaged_day_file_is_a_finding_for_status_and_verify_and_the_next_run_
     let gaps = report["series"][0]["recoverable_gaps"].as_array().unwrap();
     assert!(
         gaps.iter()
-            .any(|g| g["start"] == "2026-11-04T00:00:00+08:00".to_string()),
+            .any(|g| g["start"] == "2026-11-04T00:00:00+08:00"),
         "the local day 2026-11-04 is a gap: {status}"
     );
     // verify lists it and exits 4.
