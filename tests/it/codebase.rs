@@ -466,7 +466,8 @@ fn test_files() -> Vec<(String, String)> {
 /// The suite means the same on every day and at every hour: no test reads the system's date,
 /// and every `ccc-etl` it runs starts through the harness, which pins the process's clock to the
 /// tests' (`common::TEST_NOW`, passed as `CCC_ETL_NOW`). Dates written in a test are written as
-/// of that instant; nothing rewrites them.
+/// of that instant; nothing rewrites them. A test that clears a child's environment gives it
+/// the clock back (`common::clock_env`).
 #[test]
 fn the_tests_read_the_date_only_from_the_harness_clock() {
     let clock = Regex::new(r"\b(Utc|Local)::now\(|SystemTime::now\(|\bshifted\(").unwrap();
@@ -480,7 +481,8 @@ fn the_tests_read_the_date_only_from_the_harness_clock() {
             // deploy.rs hands the binary to `setup.sh`, whose job reads CCC_ETL_NOW from the
             // env file the test writes.
             let installs = path == "tests/it/deploy.rs" && line.contains("\"--binary\"");
-            if clock.is_match(line) || (binary.is_match(line) && !installs) {
+            let clears = line.contains(".env_clear()") && !text.contains("clock_env()");
+            if clock.is_match(line) || (binary.is_match(line) && !installs) || clears {
                 offenders.push(format!("{path}:{}: {}", n + 1, line.trim()));
             }
         }

@@ -18,6 +18,7 @@ use ccc_etl::ccc::emulator::{EmulatorOptions, EmulatorStats, RunningEmulator, St
 async fn run(config: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = crate::common::ccc_etl_cmd();
     cmd.env_clear()
+        .envs(common::clock_env())
         .args(["--config", config.to_str().unwrap()])
         .args(common::args(args))
         .env("NO_COLOR", "1");

@@ -214,6 +214,7 @@ async fn setup_installs_the_job_and_its_cron_line_runs_it_as_the_unprivileged_us
     let run = tokio::process::Command::new("runuser")
         .args(["-u", &user, "--", "/bin/sh", "-c", &command])
         .env_clear()
+        .envs(common::clock_env())
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", p("var/lib/ccc-etl"))
         .current_dir("/")

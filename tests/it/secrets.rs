@@ -245,6 +245,7 @@ async fn a_keyless_job_shows_no_oidc_token_and_no_issued_credential_anywhere() {
         std::fs::write(&token, oidc_token).unwrap();
         crate::common::ccc_etl_cmd()
             .env_clear()
+            .envs(crate::common::clock_env())
             .args(["-vv", "--config", cfg.to_str().unwrap(), "backfill"])
             .args(crate::common::args(&[
                 "--from",

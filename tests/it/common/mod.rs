@@ -130,6 +130,18 @@ pub fn wall_clock() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
 
+/// What a child keeps when a test clears its environment: the tests' clock (`CCC_ETL_NOW`),
+/// and the machine's clock as `faketime` moves it for the whole suite (CI's check that the
+/// suite passes on later days).
+pub fn clock_env() -> Vec<(String, String)> {
+    let mut env = vec![(
+        ccc_etl::clock::ENV.to_string(),
+        now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )];
+    env.extend(std::env::vars().filter(|(k, _)| k == "LD_PRELOAD" || k.starts_with("FAKETIME")));
+    env
+}
+
 /// [`now`] in epoch ms.
 pub fn now_ms() -> i64 {
     now().timestamp_millis()
