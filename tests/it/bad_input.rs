@@ -503,3 +503,19 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
     pool.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_clock_pin_that_is_not_an_instant_exits_2_naming_it() {
+    let out = crate::common::ccc_etl_cmd()
+        .env(ccc_etl::clock::ENV, "2026-12-04")
+        .args(["plan", "--from", "2026-11-01"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CCC_ETL_NOW=\"2026-12-04\" is not an RFC 3339 instant"),
+        "{stderr}"
+    );
+}
