@@ -86,6 +86,18 @@ pub fn describe(opts: &PgConnectOptions) -> String {
 
 /// A database error as an operator needs to read it: a pool that gave no connection in time
 /// says why that happens.
+/// SQLSTATE of a relation that does not exist.
+const UNDEFINED_TABLE: &str = "42P01";
+/// SQLSTATE of a missing privilege.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// The SQLSTATE of a server's error.
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+}
+
 pub fn explain(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::PoolTimedOut => format!(
@@ -300,32 +312,82 @@ impl PgStore {
         Ok(store)
     }
 
-    /// A read-only command on a schema the migrations have not (all) reached is refused.
+    /// A read-only command on a schema the migrations have not (all) reached is refused. A
+    /// schema that does not exist, or has no migration table, was never written: it holds
+    /// nothing. A schema or table this role may not read is an error that says so (exit 1),
+    /// never "nothing written".
     async fn check_migrated(&self) -> Result<(), PgError> {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
+        let schema = self.schema.as_str();
+        let usage: Option<bool> = sqlx::query_scalar(
+            "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHERE nspname = $1",
+        )
+        .bind(schema)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.read_error("the schema list", &e))?;
+        match usage {
+            None => return Err(self.never_written()),
+            Some(false) => {
+                return Err(PgError::Server(format!(
+                    "permission denied: this role lacks USAGE on schema {schema} at {}, so it \
+                     cannot read what ccc-etl wrote there: GRANT USAGE ON SCHEMA {schema} TO \
+                     the role, and SELECT ON ALL TABLES IN SCHEMA {schema}",
+                    self.describe
+                )));
+            }
+            Some(true) => {}
+        }
+        let applied: Vec<i64> = match sqlx::query_scalar(&format!(
+            "SELECT version FROM {}._sqlx_migrations WHERE success",
+            self.schema.quoted()
+        ))
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(v) => v,
+            Err(e) if sqlstate(&e).as_deref() == Some(UNDEFINED_TABLE) => vec![],
+            Err(e) => return Err(self.read_error("_sqlx_migrations", &e)),
+        };
+        if applied.is_empty() {
+            return Err(self.never_written());
+        }
         let missing = MIGRATOR
             .iter()
             .filter(|m| !applied.contains(&m.version))
             .count();
-        if applied.is_empty() {
-            return Err(PgError::NeverWritten(format!(
-                "nothing was written to schema {} at {} yet",
-                self.schema.as_str(),
-                self.describe
-            )));
-        }
         if missing > 0 {
             return Err(PgError::Input(format!(
-                "schema {} at {} lacks {missing} migration(s): run `ccc-etl migrate` (or a backfill) first",
-                self.schema.as_str(),
+                "schema {schema} at {} lacks {missing} migration(s): run `ccc-etl migrate` (or a backfill) first",
                 self.describe
             )));
         }
         Ok(())
+    }
+
+    fn never_written(&self) -> PgError {
+        PgError::NeverWritten(format!(
+            "nothing was written to schema {} at {} yet",
+            self.schema.as_str(),
+            self.describe
+        ))
+    }
+
+    /// A read that failed, in words: a missing privilege named with the grant that gives it.
+    fn read_error(&self, what: &str, e: &sqlx::Error) -> PgError {
+        let schema = self.schema.as_str();
+        if sqlstate(e).as_deref() == Some(INSUFFICIENT_PRIVILEGE) {
+            return PgError::Server(format!(
+                "permission denied: this role cannot read {what} in schema {schema} at {} ({}): \
+                 GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO the role",
+                self.describe,
+                explain(e)
+            ));
+        }
+        PgError::Server(format!(
+            "cannot read {what} in schema {schema} at {}: {}",
+            self.describe,
+            explain(e)
+        ))
     }
 
     /// The views cut days in the zone the database was first written with; a configuration in

@@ -683,3 +683,89 @@ async fn a_plain_insert_racing_an_outside_writer_falls_back_to_the_upsert() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// A role that may not read the schema is told so by every read-only command (exit 1, naming the
+/// privilege), never "nothing was written": with no privilege at all, and with USAGE alone.
+#[tokio::test]
+async fn a_role_that_cannot_read_the_schema_is_told_so_never_that_there_is_no_data() {
+    let emu = crate::common::start(crate::common::options(&["ccc-a"])).await;
+    let db = crate::common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    crate::common::ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .postgres()
+        .parquet(dir.path().join("wh").display())
+        .write(&cfg);
+    let owner = crate::common::ccc_etl_at(&cfg, Some(&db.url))
+        .args(["backfill", "--from", "2026-11-01", "--to", "2026-11-02"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        owner.status.code(),
+        Some(0),
+        "{}",
+        crate::common::output_text(&owner)
+    );
+    let pool = db.pool().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (none, usage) = (format!("ccc_none_{suffix}"), format!("ccc_usage_{suffix}"));
+    for role in [&none, &usage] {
+        sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(&format!("GRANT USAGE ON SCHEMA ccc TO {usage}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let server = crate::common::pg_server();
+    let host = server.split('@').nth(1).unwrap();
+    for (role, privilege) in [
+        (&none, "lacks USAGE on schema ccc"),
+        (&usage, "GRANT SELECT"),
+    ] {
+        let url = format!("postgres://{role}@{host}/{}", db.name);
+        let report = dir.path().join("report.html");
+        for args in [
+            vec!["status"],
+            vec!["verify"],
+            vec!["plan", "--from", "2026-11-01", "--to", "2026-11-02"],
+            vec!["report", "--output", report.to_str().unwrap()],
+        ] {
+            let out = crate::common::ccc_etl_at(&cfg, Some(&url))
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            let text = crate::common::output_text(&out);
+            assert_eq!(out.status.code(), Some(1), "{role} {args:?}: {text}");
+            assert!(
+                text.contains("permission denied") && text.contains(privilege),
+                "{role} {args:?} names the privilege: {text}"
+            );
+            assert!(
+                !text.contains("nothing was written") && !text.contains("never"),
+                "{role} {args:?}: {text}"
+            );
+        }
+    }
+    for role in [&none, &usage] {
+        sqlx::query(&format!("DROP OWNED BY {role}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    db.drop_db().await;
+    let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    for role in [&none, &usage] {
+        sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+}
