@@ -295,8 +295,29 @@ impl Coordinator {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
+        let (mut out, missing) = self.sort_claim(windows, rows);
+        if !missing.is_empty() {
+            tracing::warn!(
+                windows = missing.len(),
+                "windows of this job were missing from the lease queue (ccc.leases rows deleted?): \
+                 queued again"
+            );
+            self.requeue(&missing).await?;
+            out.busy.extend(missing);
+        }
+        Ok(out)
+    }
+
+    /// What the claim's rows say of each window asked for, and the windows the queue does not
+    /// hold; the windows claimed get their fencing tokens.
+    fn sort_claim(
+        &self,
+        windows: &[WindowKey],
+        rows: Vec<sqlx::postgres::PgRow>,
+    ) -> (Claimed, Vec<WindowKey>) {
         let by_key: HashMap<Key, &WindowKey> = windows.iter().map(|w| (key(w), w)).collect();
         let mut out = Claimed::default();
+        let mut missing = vec![];
         let mut tokens = self.tokens.lock().expect("tokens");
         for r in rows {
             let media: String = r.get(1);
@@ -326,12 +347,32 @@ impl Coordinator {
                     out.mine.push((*w).clone());
                 }
                 (None, Some("done")) => out.done.push((*w).clone()),
-                // A window missing from the queue (enqueued by nobody) is this worker's to do.
-                (None, None) => out.busy.push((*w).clone()),
+                // Missing from the queue (its row deleted by hand): queued again below, and
+                // claimed with the windows others hold, a heartbeat later.
+                (None, None) => missing.push((*w).clone()),
                 (None, _) => out.busy.push((*w).clone()),
             }
         }
-        Ok(out)
+        (out, missing)
+    }
+
+    /// Queues windows the queue no longer holds, pending, as a plan queues them: a window in a
+    /// job's request is never left to nobody.
+    async fn requeue(&self, windows: &[WindowKey]) -> anyhow::Result<()> {
+        let (i, m, s, e) = columns(windows);
+        sqlx::query(
+            "INSERT INTO leases (instance_id, media_type, start_ms, end_ms, state, planned_at) \
+             SELECT i, m, s, e, 'pending', now() FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS w(i, m, s, e) \
+             ON CONFLICT (instance_id, media_type, start_ms) DO NOTHING",
+        )
+        .bind(i)
+        .bind(m)
+        .bind(s)
+        .bind(e)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
     }
 
     /// The lease `w` is fetched under.

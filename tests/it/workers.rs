@@ -1244,3 +1244,78 @@ async fn a_lone_worker_stopped_past_its_lease_takes_its_windows_back_and_finishe
     pool.close().await;
     db.drop_db().await;
 }
+
+/// Rows of the lease queue deleted by hand in the middle of a two-worker job, in each state
+/// (pending, leased, done): the worker that finds a window of its request missing from the queue
+/// queues it again, so the job completes within a lease, a heartbeat and 30 s of the deletion,
+/// and both sinks hold every hour once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_rows_deleted_mid_job_in_any_state_never_stall_the_workers() {
+    let ids: Vec<String> = (0..4).map(|i| format!("ccc-{i:03}")).collect();
+    let days = 150;
+    let mut opts = common::options(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+    opts.revise_ms = 0;
+    let emu = common::start(opts).await;
+    let to = crate::common::now_ms() / DAY * DAY - 2 * DAY;
+    let from = to - days * DAY;
+    for state in ["pending", "leased", "done"] {
+        let work = tempfile::tempdir().unwrap();
+        let db = common::TestDb::create().await;
+        let bucket = common::s3::server().bucket().await;
+        let cfg = work.path().join("job.toml");
+        write_config(&cfg, &emu.endpoint(), &ids, &bucket, 20.0);
+        let calls = emu.stats().await.unwrap().ok_calls().len();
+        let workers: Vec<_> = (0..2)
+            .map(|_| backfill(&cfg, &db.url, from, to).spawn().unwrap())
+            .collect();
+        // Mid-job: a few windows fetched, and rows in that state to delete.
+        let pool = db.pool().await;
+        let t0 = Instant::now();
+        loop {
+            let fetched = emu.stats().await.unwrap().ok_calls().len() - calls;
+            let in_state: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM ccc.leases WHERE state = $1")
+                    .bind(state)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0);
+            if fetched >= 8 && in_state > 0 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{state}: never seen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deleted = sqlx::query("DELETE FROM ccc.leases WHERE state = $1")
+            .bind(state)
+            .execute(&pool)
+            .await
+            .unwrap()
+            .rows_affected();
+        let at = Instant::now();
+        assert!(deleted > 0, "{state}: the deletion found rows");
+        for w in workers {
+            let out = tokio::time::timeout(Duration::from_secs(4 + 1 + 30), w.wait_with_output())
+                .await
+                .unwrap_or_else(|_| panic!("{state}: a worker still runs 35 s after the deletion"))
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{state}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(at.elapsed() <= Duration::from_secs(35), "{state}");
+        let rows = pg_contents(&pool).await;
+        pool.close().await;
+        assert_eq!(
+            rows.len() as i64,
+            ids.len() as i64 * 3 * days * 24,
+            "{state}: every hour of every instance once in each table"
+        );
+        sinks_agree(&cfg, &db, &bucket, from, to).await;
+        db.drop_db().await;
+    }
+}
