@@ -492,3 +492,57 @@ fn the_tests_read_the_date_only_from_the_harness_clock() {
         "read the tests' clock (common::now) and start ccc-etl through common::ccc_etl_*: {offenders:#?}"
     );
 }
+
+/// Every text file under `dir` (recursively) with one of `exts`.
+fn texts_under(dir: &str, exts: &[&str]) -> Vec<(String, String)> {
+    let mut out = vec![];
+    let mut dirs = vec![Path::new(ROOT).join(dir)];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|e| exts.iter().any(|x| e == *x))
+            {
+                let rel = path
+                    .strip_prefix(ROOT)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// A key the docs or an alert tell the operator to change exists in that section of the
+/// configuration (following `Lower [source] requests_per_second` made the next run exit 2).
+#[test]
+fn every_configuration_key_the_docs_and_alerts_name_exists() {
+    let named = Regex::new(r"`\[(source|pipeline|postgres|parquet|alerts)\] ([a-z_]+)").unwrap();
+    let mut texts = texts_under("docs", &["md"]);
+    texts.extend(texts_under("deploy", &["yml", "yaml", "md", "sh", "toml"]));
+    texts.push((
+        "README.md".into(),
+        std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap(),
+    ));
+    let mut checked = 0;
+    let mut unknown = vec![];
+    for (path, text) in &texts {
+        for c in named.captures_iter(text) {
+            let (section, key) = (&c[1], &c[2]);
+            let source =
+                std::fs::read_to_string(Path::new(ROOT).join(format!("src/config/{section}.rs")))
+                    .unwrap();
+            checked += 1;
+            if !source.contains(&format!("pub {key}:")) {
+                unknown.push(format!("{path}: [{section}] {key}"));
+            }
+        }
+    }
+    assert!(checked >= 5, "the docs name {checked} keys");
+    assert!(unknown.is_empty(), "keys that do not exist: {unknown:?}");
+}
