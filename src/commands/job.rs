@@ -20,7 +20,6 @@ use crate::ledger::Ledger;
 use crate::pipeline::{BackfillRequest, Engine, NowFn, RangeStart, RunKind, RunSummary};
 use crate::plan::{self, Bound};
 use crate::progress::Progress;
-use crate::record::fmt_ms;
 use crate::sink::Sink;
 use crate::status::StatusReport;
 use std::time::Duration;
@@ -39,6 +38,40 @@ pub fn nightly_request(config: &Config, instances: Vec<String>, now_ms: i64) -> 
     }
 }
 
+/// `--from` must come before `--to` (or now): said with the dates as the user typed them, and
+/// "in the future" when that is what is wrong.
+fn check_order(
+    range: &RangeArgs,
+    from_ms: i64,
+    to_ms: i64,
+    now_ms: i64,
+    tz: chrono_tz::Tz,
+) -> Result<(), InputError> {
+    if from_ms < to_ms {
+        return Ok(());
+    }
+    let local = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_else(|| ms.to_string())
+    };
+    if from_ms >= now_ms {
+        return Err(InputError::new(format!(
+            "--from {} is in the future (it is {} in {tz} now): there is nothing to fetch yet",
+            range.from,
+            local(now_ms)
+        )));
+    }
+    Err(InputError::new(match &range.to {
+        Some(to) => format!("--from {} is not before --to {to}", range.from),
+        None => format!(
+            "--from {} is not before --to (now, {} in {tz})",
+            range.from,
+            local(to_ms)
+        ),
+    }))
+}
+
 /// Validates a range and instances into a request.
 pub fn backfill_request(
     config: &Config,
@@ -53,13 +86,7 @@ pub fn backfill_request(
         Some(t) => plan::parse_time_arg(t, tz, Bound::To)?,
         None => now(),
     };
-    if from_ms >= to_ms {
-        return Err(InputError::new(format!(
-            "--from {} is not before --to {}",
-            fmt_ms(from_ms),
-            fmt_ms(to_ms)
-        )));
-    }
+    check_order(range, from_ms, to_ms, now(), tz)?;
     Ok(BackfillRequest {
         instances: resolve_instances(config, &range.instances)?,
         from: RangeStart::At(from_ms),

@@ -259,6 +259,13 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             expect: "is not before --to",
         },
         Case {
+            name: "from in the future",
+            config: Some(ok.clone()),
+            args: common::args(&["backfill", "--from", "2027-01-01"]),
+            creds: both,
+            expect: "--from 2027-01-01 is in the future (it is 2026-12-04",
+        },
+        Case {
             name: "unparseable from",
             config: Some(ok.clone()),
             args: common::args(&["backfill", "--from", "last tuesday"]),
