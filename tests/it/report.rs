@@ -251,3 +251,69 @@ async fn the_report_is_one_file_with_every_chart_and_the_databases_figures() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// From the Parquet root alone: a zero-byte day file is left out and listed as damaged (as
+/// `status` lists it), the page still made; counts that add up past 64 bits fail the report
+/// naming the day, never a wrapped negative figure.
+#[tokio::test]
+async fn the_report_lists_a_damaged_day_file_and_refuses_counts_that_overflow() {
+    use ccc_etl::config::ParquetCompression;
+    use ccc_etl::record::Table;
+    use ccc_etl::sink::parquet::{Layout, read_file, write_file_atomic};
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    let wh = dir.path().join("wh");
+    common::ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .parquet(wh.display())
+        .write(&cfg);
+    let run = |args: Vec<String>| common::ccc_etl_at(&cfg, None).args(args).output();
+    let out = run(common::args(&[
+        "backfill",
+        "--from",
+        "2026-11-20",
+        "--to",
+        "2026-11-23",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let layout = Layout::new(&wh);
+    let day = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    // A zero-byte file (a copy cut short, a full disk).
+    std::fs::write(layout.day_file(Table::Outbound, day("2026-11-21")), b"").unwrap();
+    let page = dir.path().join("report.html");
+    let report = || {
+        run(common::args(&[
+            "report",
+            "--days",
+            "30",
+            "--output",
+            page.to_str().unwrap(),
+        ]))
+    };
+    let out = report().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("outbound_trend/dt=2026-11-21/part-00000.parquet is damaged"),
+        "the damaged file is listed: {}",
+        html.split("findings")
+            .nth(1)
+            .unwrap_or(&html[..html.len().min(3000)])
+    );
+    // Three rows whose inbound calls add up past i64::MAX.
+    let file = layout.day_file(Table::Inbound, day("2026-11-22"));
+    let mut rows = read_file(&file, Table::Inbound).unwrap();
+    for r in rows.iter_mut().take(3) {
+        r.counts[0] = i64::MAX;
+    }
+    write_file_atomic(&file, Table::Inbound, &rows, ParquetCompression::Snappy).unwrap();
+    let out = report().await.unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("inbound_trend 2026-11-22") && text.contains("past what a 64-bit integer"),
+        "{text}"
+    );
+}
