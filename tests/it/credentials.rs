@@ -589,6 +589,13 @@ async fn an_oidc_token_file_that_vanishes_mid_run_stops_the_run_once() {
         .filter(|l| l.contains("oidc-token") && (l.contains("ERROR") || l.contains("error")))
         .collect();
     assert!(!said.is_empty(), "the missing token file is named: {t}");
+    // The stop itself, once at ERROR, naming what the summary names.
+    let stops: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("the run stops"))
+        .collect();
+    assert_eq!(stops.len(), 1, "{t}");
+    assert!(stops[0].contains("oidc-token"), "{t}");
     // The expiry is logged as a timestamp, not as Rust's debug text.
     let expires = regex::Regex::new(r"expires=20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ").unwrap();
     assert!(expires.is_match(&t) && !t.contains("expires=Some("), "{t}");
