@@ -207,8 +207,8 @@ impl Coordinator {
     }
 
     /// Queues the plan's windows (a window already queued stays as it is; one done before
-    /// `planned_at`, on [`Coordinator::db_now`], is queued again: a later night's plan). Two statements, neither waiting for a
-    /// lease row another worker holds locked (its commit in progress, or a frozen process's):
+    /// `planned_at`, on [`Coordinator::db_now`], is queued again: a later night's plan). Two
+    /// statements, neither waiting for a lease row another worker holds locked (its commit in progress, or a frozen process's):
     /// the insert does nothing on a conflict, and the update only touches rows that are `done`.
     pub async fn enqueue(
         &self,
@@ -216,20 +216,8 @@ impl Coordinator {
         planned_at: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         for chunk in windows.chunks(10_000) {
+            self.insert_pending(chunk, planned_at).await?;
             let (i, m, s, e) = columns(chunk);
-            sqlx::query(
-                "INSERT INTO leases (instance_id, media_type, start_ms, end_ms, state, planned_at) \
-                 SELECT i, m, s, e, 'pending', $5 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS w(i, m, s, e) \
-                 ON CONFLICT (instance_id, media_type, start_ms) DO NOTHING",
-            )
-            .bind(&i)
-            .bind(&m)
-            .bind(&s)
-            .bind(&e)
-            .bind(planned_at)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
             sqlx::query(
                 "UPDATE leases l SET state = 'pending', end_ms = w.e, worker_id = NULL, lease_until = NULL, \
                      planned_at = $5, done_at = NULL \
@@ -359,16 +347,28 @@ impl Coordinator {
     /// Queues windows the queue no longer holds, pending, as a plan queues them: a window in a
     /// job's request is never left to nobody.
     async fn requeue(&self, windows: &[WindowKey]) -> anyhow::Result<()> {
+        let planned_at = self.db_now().await?;
+        self.insert_pending(windows, planned_at).await
+    }
+
+    /// Inserts windows as pending, planned at `planned_at`; a window already queued stays as
+    /// it is (the insert waits for no lease row).
+    async fn insert_pending(
+        &self,
+        windows: &[WindowKey],
+        planned_at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let (i, m, s, e) = columns(windows);
         sqlx::query(
             "INSERT INTO leases (instance_id, media_type, start_ms, end_ms, state, planned_at) \
-             SELECT i, m, s, e, 'pending', now() FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS w(i, m, s, e) \
+             SELECT i, m, s, e, 'pending', $5 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS w(i, m, s, e) \
              ON CONFLICT (instance_id, media_type, start_ms) DO NOTHING",
         )
         .bind(i)
         .bind(m)
         .bind(s)
         .bind(e)
+        .bind(planned_at)
         .execute(&self.pool)
         .await
         .map_err(db)?;

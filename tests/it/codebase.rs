@@ -383,24 +383,10 @@ fn named_files(doc: &str, dir: &str) -> BTreeSet<String> {
 }
 
 fn files_under(dir: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut dirs = vec![Path::new(ROOT).join(dir)];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.insert(
-                    path.strip_prefix(ROOT)
-                        .unwrap()
-                        .to_string_lossy()
-                        .to_string(),
-                );
-            }
-        }
-    }
-    out
+    texts_under(dir, &["rs"])
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
 }
 
 #[test]
@@ -442,25 +428,9 @@ fn the_library_map_names_every_top_level_module() {
 
 /// Every file under `tests/it/`, with its path under the root.
 fn test_files() -> Vec<(String, String)> {
-    let mut out = vec![];
-    let mut dirs = vec![Path::new(ROOT).join("tests/it")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let rel = path
-                    .strip_prefix(ROOT)
-                    .unwrap()
-                    .to_string_lossy()
-                    .to_string();
-                out.push((rel, std::fs::read_to_string(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+    let mut files = texts_under("tests/it", &["rs"]);
+    files.sort();
+    files
 }
 
 /// The suite means the same on every day and at every hour: no test reads the system's date,
