@@ -81,7 +81,10 @@ fn demo_config(
 ) -> Config {
     let instances = DEMO_INSTANCES.iter().map(|s| s.to_string()).collect();
     let mut config = Config::for_emulator(endpoint, instances);
-    config.parquet = Some(crate::config::ParquetConfig::at(root.clone()));
+    config.parquet = Some(crate::config::ParquetConfig {
+        owner: crate::sink::parquet::RootOwner::Demo,
+        ..crate::config::ParquetConfig::at(root.clone())
+    });
     if std::env::var(crate::config::ENV_DATABASE_URL).is_ok_and(|v| !v.trim().is_empty()) {
         config.postgres = Some(crate::config::PostgresConfig {
             url: None,

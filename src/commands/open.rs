@@ -158,7 +158,7 @@ pub(crate) async fn open_sinks_and_store(config: &Config) -> anyhow::Result<Open
     let mut parquet = match &config.parquet {
         Some(pq) => match &pq.root {
             RootUrl::Local(root) => Some(
-                ParquetSink::new(root, config.pipeline.timezone)
+                ParquetSink::open_local(root, config.pipeline.timezone, pq.owner)
                     .map_err(opened)?
                     .with_buffer_rows(pq.buffer_rows)
                     .with_compression(pq.compression),
@@ -173,7 +173,7 @@ pub(crate) async fn open_sinks_and_store(config: &Config) -> anyhow::Result<Open
     {
         let root = ObjectRoot::open(pq, url, config.source.credentials).map_err(InputError::new)?;
         parquet = Some(
-            ParquetSink::open_object(root, config.pipeline.timezone, store.pool())
+            ParquetSink::open_object(root, config.pipeline.timezone, store.pool(), pq.owner)
                 .await
                 .map_err(opened)?
                 .with_buffer_rows(pq.buffer_rows)

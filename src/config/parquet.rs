@@ -11,6 +11,19 @@ use super::{
     Endpoint, EnvLookup, default_timeout, env_var, positive_u64, positive_usize, process_env,
 };
 
+/// Who writes a root: a pipeline's runs, or `ccc-etl demo`, whose sample data must never mix
+/// with a pipeline's. Recorded in the root's `_ccc_etl/root.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootOwner {
+    /// `backfill`, `nightly` and `verify --repair` of a configuration (roots written before
+    /// the field existed too).
+    #[default]
+    Pipeline,
+    /// `ccc-etl demo`.
+    Demo,
+}
+
 /// `[parquet]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +59,10 @@ pub struct ParquetConfig {
     /// connections and never answers fails the run at start within about this long).
     #[serde(default = "default_timeout", deserialize_with = "positive_u64")]
     pub timeout_secs: u64,
+    /// Who writes the root: a configuration's runs, or `ccc-etl demo` (never read from the
+    /// file).
+    #[serde(skip)]
+    pub owner: RootOwner,
 }
 
 /// The compression codec of the day files written. Files already written keep theirs until
@@ -69,6 +86,7 @@ impl ParquetConfig {
     /// Parquet under `root`, with the defaults.
     pub fn at(root: impl Into<RootUrl>) -> Self {
         Self {
+            owner: Default::default(),
             root: root.into(),
             buffer_rows: default_buffer_rows(),
             endpoint: None,

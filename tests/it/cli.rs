@@ -695,3 +695,112 @@ async fn init_writes_a_configuration_and_check_verifies_it_without_writing_anyth
     assert!(!stdout.contains("not-the-secret"));
     db.drop_db().await;
 }
+
+/// The README's order in one directory: `demo`, then a real configuration on the same
+/// `./warehouse`. The real run refuses the demo's root (exit 2, saying what to do) and writes
+/// nothing into it; the demo refuses a pipeline's root the same way; a demo's own root takes
+/// the demo again.
+#[tokio::test]
+async fn the_demo_and_a_real_pipeline_never_write_into_each_others_root() {
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = || {
+        common::ccc_etl_cmd()
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .args(["-q", "demo", "--days", "2"])
+            .output()
+    };
+    let out = demo().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let listing = |root: &Path| {
+        let mut files: Vec<String> = walkdir(root);
+        files.sort();
+        files
+    };
+    let wh = dir.path().join("warehouse");
+    let before = listing(&wh);
+    let cfg = dir.path().join("pipeline.toml");
+    common::ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .parquet("warehouse")
+        .write(&cfg);
+    let real = common::ccc_etl_at(&cfg, None)
+        .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
+        .output()
+        .await
+        .unwrap();
+    let text = common::output_text(&real);
+    assert_eq!(real.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("holds the sample data `ccc-etl demo` wrote")
+            && text.contains("point `[parquet] root` at another directory"),
+        "{text}"
+    );
+    assert_eq!(listing(&wh), before, "nothing written into the demo's root");
+    // The demo again on its own root: fine.
+    let again = demo().await.unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&again)
+    );
+
+    // A pipeline's root: the demo refuses it.
+    let real_root = dir.path().join("real");
+    common::ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .parquet(real_root.display())
+        .write(&cfg);
+    let real = common::ccc_etl_at(&cfg, None)
+        .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        real.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&real)
+    );
+    let before = listing(&real_root);
+    let out = common::ccc_etl_cmd()
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .args(["-q", "demo", "--days", "2", "--parquet-root"])
+        .arg(&real_root)
+        .output()
+        .await
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("holds a pipeline's data: `ccc-etl demo` never writes into it"),
+        "{text}"
+    );
+    assert_eq!(
+        listing(&real_root),
+        before,
+        "nothing written into the real root"
+    );
+}
+
+/// Every file under `root`, relative, with its size.
+fn walkdir(root: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let len = std::fs::metadata(&path).unwrap().len();
+                out.push(format!(
+                    "{} {len}",
+                    path.strip_prefix(root).unwrap().display()
+                ));
+            }
+        }
+    }
+    out
+}

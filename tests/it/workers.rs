@@ -507,6 +507,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
             common::s3::object_root(common::s3::server(), &url),
             chrono_tz::UTC,
             &pool,
+            ccc_etl::sink::parquet::RootOwner::Pipeline,
         )
         .await
         .unwrap()

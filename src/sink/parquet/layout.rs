@@ -25,6 +25,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::RootOwner;
 use crate::ledger::FILE_LEDGER_DIR;
 use crate::record::Table;
 
@@ -43,15 +44,19 @@ pub struct RootMeta {
     pub timezone: String,
     /// When the root was first written.
     pub created_at: DateTime<Utc>,
+    /// Who writes it.
+    #[serde(default)]
+    pub owner: RootOwner,
 }
 
 impl RootMeta {
-    /// A new root's description: a fresh id, days cut in `timezone`.
-    pub fn new(timezone: Tz) -> Self {
+    /// A new root's description: a fresh id, days cut in `timezone`, written by `owner`.
+    pub fn new(timezone: Tz, owner: RootOwner) -> Self {
         Self {
             id: uuid::Uuid::new_v4().to_string(),
             timezone: timezone.name().to_string(),
             created_at: Utc::now(),
+            owner,
         }
     }
 }
@@ -418,6 +423,7 @@ mod tests {
             id: "abc".into(),
             timezone: "Asia/Shanghai".into(),
             created_at: Utc::now(),
+            owner: RootOwner::Demo,
         };
         l.write_meta(&meta).unwrap();
         assert_eq!(l.read_meta().unwrap(), Some(meta));

@@ -51,7 +51,7 @@ pub use file::{
     ReadError, RootCount, SeriesRows, StoredRow, read_file, read_rows, schema, write_file_atomic,
 };
 pub(crate) use file::{count_bytes, count_file};
-pub use layout::{DATA_FILE, Layout, Listing, LockError, RootMeta, Stray, is_temp_name};
+pub use layout::{DATA_FILE, Layout, Listing, LockError, RootMeta, RootOwner, Stray, is_temp_name};
 use merge::{DayError, FENCED, write_day, write_day_object};
 pub use merge::{DayWritten, merge_day_into};
 pub use object::{ObjectRoot, Probe};
@@ -122,6 +122,12 @@ impl ParquetSink {
     /// were cut in another zone is refused (its `dt=` partitions would not match: see
     /// `ccc-etl migrate`).
     pub fn new(root: &Path, timezone: Tz) -> Result<Self, OpenError> {
+        Self::open_local(root, timezone, RootOwner::Pipeline)
+    }
+
+    /// [`ParquetSink::new`] for `owner`: a root another owner wrote is refused (the demo's
+    /// sample data never mixes with a pipeline's).
+    pub fn open_local(root: &Path, timezone: Tz, owner: RootOwner) -> Result<Self, OpenError> {
         std::fs::create_dir_all(root).map_err(|e| {
             err(
                 format!("cannot create the Parquet root {}: {e}", root.display()),
@@ -143,13 +149,19 @@ impl ParquetSink {
             LockError::Held(m) => OpenError::Busy(m),
             LockError::Io(m) => OpenError::Refused(err(m, false)),
         })?;
+        let shown = root.display().to_string();
         let meta = match layout.read_meta().map_err(|e| err(e, false))? {
             Some(meta) => {
-                check_zone(&root.display().to_string(), &meta, timezone)?;
+                check_owner(&shown, meta.owner, owner)?;
+                check_zone(&shown, &meta, timezone)?;
                 meta
             }
             None => {
-                let meta = RootMeta::new(timezone);
+                if legacy {
+                    // Written before roots described themselves: a pipeline's.
+                    check_owner(&shown, RootOwner::Pipeline, owner)?;
+                }
+                let meta = RootMeta::new(timezone, owner);
                 layout.write_meta(&meta).map_err(|e| err(e, false))?;
                 meta
             }
@@ -178,6 +190,7 @@ impl ParquetSink {
         root: ObjectRoot,
         timezone: Tz,
         pool: &sqlx::PgPool,
+        owner: RootOwner,
     ) -> Result<Self, OpenError> {
         let url = root.url().clone();
         root.probe().await.map_err(|p| match p.unreachable {
@@ -194,11 +207,12 @@ impl ParquetSink {
             .map_err(|e| err(format!("cannot lock {url} in PostgreSQL: {e}"), false))?;
         let meta = match root.read_meta().await.map_err(|e| err(e, false))? {
             Some(meta) => {
+                check_owner(&url.to_string(), meta.owner, owner)?;
                 check_zone(&url.to_string(), &meta, timezone)?;
                 meta
             }
             None => {
-                let meta = RootMeta::new(timezone);
+                let meta = RootMeta::new(timezone, owner);
                 root.write_meta(&meta).await.map_err(|e| err(e, false))?;
                 meta
             }
@@ -423,6 +437,23 @@ impl ParquetSink {
         });
         err(message, true)
     }
+}
+
+/// Refuses a root another owner writes: a pipeline's run never writes into the demo's sample
+/// data, and `demo` never into a pipeline's root.
+pub fn check_owner(root: &str, found: RootOwner, owner: RootOwner) -> Result<(), SinkError> {
+    let message = match (found, owner) {
+        (a, b) if a == b => return Ok(()),
+        (RootOwner::Demo, _) => format!(
+            "the Parquet root {root} holds the sample data `ccc-etl demo` wrote, not this \
+             pipeline's: point `[parquet] root` at another directory, or delete {root} and run again"
+        ),
+        (RootOwner::Pipeline, _) => format!(
+            "the Parquet root {root} holds a pipeline's data: `ccc-etl demo` never writes into \
+             it; give the demo a directory of its own with --parquet-root DIR"
+        ),
+    };
+    Err(err(message, false))
 }
 
 /// Refuses a root whose days were cut in another zone than `timezone`.
