@@ -128,7 +128,7 @@ async fn one_run(
             let root = ObjectRoot::with_store(objects, url, true);
             bucket_used = Some(bucket);
             Arc::new(
-                ParquetSink::open_object(root, tz, store.pool())
+                ParquetSink::open_object(root, tz, store.pool(), Default::default())
                     .await
                     .unwrap(),
             )
