@@ -761,3 +761,79 @@ async fn concurrent_migrates_to_a_new_zone_leave_one_doing_it_and_the_others_bus
     site.run_ok(&utc, &["verify"], 0).await;
     site.db.drop_db().await;
 }
+
+/// A day file rewritten by another tool with a null `instance_id` in one row and a null
+/// `media_type` in another (its schema nullable): never rows keyed `''`. `status` and `verify`
+/// name the file as damaged, the next run sets it aside and fetches its day again, and both sinks
+/// then hold every key once.
+#[tokio::test]
+async fn null_keys_in_a_day_file_are_a_finding_and_the_next_run_sets_the_file_aside() {
+    use arrow::array::{Array, ArrayRef, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let full = parquet_rows(&site.root("wh"));
+    let layout = Layout::new(site.root("wh"));
+    let file = layout.day_file(Table::Inbound, day("2026-11-04"));
+    let batch = {
+        let f = std::fs::File::open(&file).unwrap();
+        let mut r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        r.next().unwrap().unwrap()
+    };
+    let nulled = |col: usize, row: usize| -> ArrayRef {
+        let s = batch
+            .column(col)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        Arc::new(StringArray::from_iter(
+            (0..s.len()).map(|i| (i != row).then(|| s.value(i).to_string())),
+        ))
+    };
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns[0] = nulled(0, 1);
+    columns[1] = nulled(1, 2);
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let edited = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns).unwrap();
+    {
+        let f = std::fs::File::create(&file).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap();
+        w.write(&edited).unwrap();
+        w.close().unwrap();
+    }
+
+    for command in [&["status"][..], &["verify"][..]] {
+        let out = site.run(&cfg, command).await;
+        let text = crate::common::output_text(&out);
+        assert_ne!(out.status.code(), Some(0), "{command:?}: {text}");
+        assert!(
+            text.contains("inbound_trend/dt=2026-11-04")
+                && text.contains("1 row(s) have no instance_id (null)"),
+            "{command:?} names the file and the null key: {text}"
+        );
+    }
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let aside = site.root("wh").join("_ccc_etl/damaged");
+    assert!(
+        std::fs::read_dir(&aside).unwrap().count() >= 1,
+        "the edited file is kept aside"
+    );
+    assert_eq!(
+        parquet_rows(&site.root("wh")),
+        full,
+        "every key once, none ''"
+    );
+    let out = site.run_ok(&cfg, &["verify"], 0).await;
+    assert!(out.contains("agree"), "{out}");
+    site.db.drop_db().await;
+}

@@ -148,19 +148,60 @@ pub fn read_rows<R: ChunkReader + 'static>(
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| damaged(path, e))?;
-        batch_rows(&batch, table, &mut out).ok_or_else(|| {
-            damaged(
-                path,
-                format!("it does not have the {} schema", table.name()),
-            )
-        })?;
+        batch_rows(&batch, table, &mut out).map_err(|e| damaged(path, e))?;
     }
     Ok(out)
 }
 
-/// The rows of one record batch of a `table` file, appended to `out`; `None` when the batch
-/// does not have the table's schema.
-fn batch_rows(batch: &RecordBatch, table: Table, out: &mut Vec<StoredRow>) -> Option<()> {
+/// A value every row must have: a null key or count is no row of this pipeline (a file edited
+/// by hand, or by another tool), never read as `''` or 0.
+fn no_nulls(name: &str, column: &dyn Array) -> Result<(), String> {
+    match column.null_count() {
+        0 => Ok(()),
+        n => Err(format!("{n} row(s) have no {name} (null)")),
+    }
+}
+
+/// The rows of one record batch of a `table` file, appended to `out`; what is wrong when the
+/// batch does not have the table's schema, or a row lacks a key or a count.
+fn batch_rows(batch: &RecordBatch, table: Table, out: &mut Vec<StoredRow>) -> Result<(), String> {
+    let schema = || format!("it does not have the {} schema", table.name());
+    let (inst, media, st, counts, fa, rid, extra) =
+        batch_columns(batch, table).ok_or_else(schema)?;
+    no_nulls("instance_id", inst)?;
+    no_nulls("media_type", media)?;
+    no_nulls("stats_time", st)?;
+    for (name, c) in table.count_columns().iter().zip(&counts) {
+        no_nulls(name, *c)?;
+    }
+    out.extend((0..batch.num_rows()).map(|r| {
+        StoredRow {
+            instance_id: inst.value(r).to_string(),
+            media_type: media.value(r).to_string(),
+            stats_time: st.value(r),
+            counts: counts.iter().map(|c| c.value(r)).collect(),
+            fetched_at: fa.value(r),
+            request_id: rid.value(r).to_string(),
+            extra: extra
+                .filter(|e| !e.is_null(r))
+                .map(|e| e.value(r).to_string()),
+        }
+    }));
+    Ok(())
+}
+
+/// The columns of a batch of a `table` file, typed; `None` when it does not have the schema.
+type Columns<'a> = (
+    &'a StringArray,
+    &'a StringArray,
+    &'a TimestampMillisecondArray,
+    Vec<&'a Int64Array>,
+    &'a TimestampMillisecondArray,
+    &'a StringArray,
+    Option<&'a StringArray>,
+);
+
+fn batch_columns(batch: &RecordBatch, table: Table) -> Option<Columns<'_>> {
     let ncounts = table.count_columns().len();
     let s = |i: usize| batch.column(i).as_string_opt::<i32>();
     let t = |i: usize| {
@@ -184,20 +225,7 @@ fn batch_rows(batch: &RecordBatch, table: Table, out: &mut Vec<StoredRow>) -> Op
     } else {
         None
     };
-    out.extend((0..batch.num_rows()).map(|r| {
-        StoredRow {
-            instance_id: inst.value(r).to_string(),
-            media_type: media.value(r).to_string(),
-            stats_time: st.value(r),
-            counts: counts.iter().map(|c| c.value(r)).collect(),
-            fetched_at: fa.value(r),
-            request_id: rid.value(r).to_string(),
-            extra: extra
-                .filter(|e| !e.is_null(r))
-                .map(|e| e.value(r).to_string()),
-        }
-    }));
-    Some(())
+    Some((inst, media, st, counts, fa, rid, extra))
 }
 
 /// Rows per series in one local file.
@@ -217,7 +245,8 @@ pub(crate) fn count_bytes(
 /// Rows per `(instance_id, media_type)`.
 pub type SeriesRows = HashMap<(String, String), u64>;
 
-/// Rows per `(instance_id, media_type)` in one file, reading only those two columns.
+/// Rows per `(instance_id, media_type)` in one file, reading only the key columns (a row
+/// without a key makes the file damaged, as reading it does).
 pub(super) fn count_reader<R: ChunkReader + 'static>(
     reader: R,
     path: &str,
@@ -232,7 +261,7 @@ pub(super) fn count_reader<R: ChunkReader + 'static>(
             format!("it does not have the {} schema", table.name()),
         ));
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1]);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2]);
     let reader = builder
         .with_projection(mask)
         .build()
@@ -248,6 +277,10 @@ pub(super) fn count_reader<R: ChunkReader + 'static>(
                 .ok_or_else(|| damaged(path, format!("it does not have the {table} schema")))
         };
         let (inst, media) = (col(0)?, col(1)?);
+        no_nulls("instance_id", inst)
+            .and_then(|()| no_nulls("media_type", media))
+            .and_then(|()| no_nulls("stats_time", batch.column(2)))
+            .map_err(|e| damaged(path, e))?;
         for r in 0..batch.num_rows() {
             let (i, m) = (inst.value(r), media.value(r));
             match local.get_mut(&(i.to_string(), m.to_string())) {
