@@ -14,11 +14,8 @@ struct Outcome {
 
 /// `ccc-etl check`.
 pub(crate) async fn run_check(config: &Config, send_test_alert: bool) -> anyhow::Result<u8> {
-    let mut outcomes = vec![
-        Outcome {
-            what: "credentials".into(),
-            result: check_api(config).await,
-        },
+    let mut outcomes = check_api(config).await;
+    outcomes.extend([
         Outcome {
             what: "postgres".into(),
             result: check_postgres(config).await,
@@ -27,7 +24,7 @@ pub(crate) async fn run_check(config: &Config, send_test_alert: bool) -> anyhow:
             what: "parquet".into(),
             result: check_parquet(config).await,
         },
-    ];
+    ]);
     if send_test_alert {
         outcomes.extend(test_alerts(config).await);
     }
@@ -68,49 +65,69 @@ async fn test_alerts(config: &Config) -> Vec<Outcome> {
         .collect()
 }
 
-/// Credentials from the chain, then one request for each region's first instance's last hour.
-async fn check_api(config: &Config) -> Result<String, String> {
-    let credentials = crate::credentials::process_source(config.source.credentials)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    super::job::preflight_regions(config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (client, _) =
-        super::job::build_client(config, credentials.clone()).map_err(|e| e.to_string())?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut answered = Vec::new();
-    for (region, endpoint) in config.regions() {
-        let Some(instance) = config
-            .pipeline
-            .instances
-            .iter()
-            .find(|i| config.region_of(i.id()) == region)
-        else {
-            continue;
-        };
+/// Credentials from the chain, then one request for every configured instance's last hour:
+/// a line for the credentials, and one per instance (an id the service does not know is that
+/// instance's failure, with the hint `backfill` gives, not the credentials').
+async fn check_api(config: &Config) -> Vec<Outcome> {
+    let failed = |detail: String| {
+        vec![Outcome {
+            what: "credentials".into(),
+            result: Err(detail),
+        }]
+    };
+    let credentials = match crate::credentials::process_source(config.source.credentials).await {
+        Ok(c) => c,
+        Err(e) => return failed(format!("{e:#}")),
+    };
+    if let Err(e) = super::job::preflight_regions(config).await {
+        return failed(e.to_string());
+    }
+    let client = match super::job::build_client(config, credentials.clone()) {
+        Ok((client, _)) => client,
+        Err(e) => return failed(e.to_string()),
+    };
+    let now = crate::clock::now_ms();
+    let mut instances = vec![];
+    for instance in &config.pipeline.instances {
         let req = TrendingRequest {
             instance_id: instance.id().to_string(),
             media_type: config.pipeline.media_types[0],
             start_ms: now - 3_600_000,
             end_ms: now,
         };
-        if let Err(failed) = client.get_trending_report(&req).await {
-            let hint = failed
-                .error
-                .hint()
-                .map(|h| format!(": {h}"))
-                .unwrap_or_default();
-            return Err(format!("{}{hint}", failed.error));
-        }
-        answered.push(format!("{} at {endpoint}", instance.id()));
+        let result = match client.get_trending_report(&req).await {
+            Ok(_) => Ok(format!(
+                "{} answered at {}",
+                instance.id(),
+                config.source.endpoint_for(config.region_of(instance.id()))
+            )),
+            Err(f) if f.error.is_unknown_instance() => Err(format!(
+                "{}: the service has no CCC instance {}: fix its id in [pipeline] instances, or \
+                 point [source] endpoint at its region",
+                instance.id(),
+                instance.id()
+            )),
+            // Signing, the key, the endpoint: the same for every instance.
+            Err(f) => {
+                let hint = f.error.hint().map(|h| format!(": {h}")).unwrap_or_default();
+                return failed(format!("{}{hint}", f.error));
+            }
+        };
+        instances.push(Outcome {
+            what: "instance".into(),
+            result,
+        });
     }
-    Ok(format!(
-        "GetInstanceTrendingReport for {} answered (credentials: {}, AccessKeyId {})",
-        answered.join(", "),
-        credentials.label(),
-        credentials.masked_key_id()
-    ))
+    let mut out = vec![Outcome {
+        what: "credentials".into(),
+        result: Ok(format!(
+            "{}, AccessKeyId {}",
+            credentials.label(),
+            credentials.masked_key_id()
+        )),
+    }];
+    out.extend(instances);
+    out
 }
 
 async fn check_postgres(config: &Config) -> Result<String, String> {

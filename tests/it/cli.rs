@@ -804,3 +804,31 @@ fn walkdir(root: &Path) -> Vec<String> {
     }
     out
 }
+
+/// `check` asks for every configured instance: a misspelled second id fails its own line with
+/// the hint `backfill` gives, and the credentials stay ok.
+#[tokio::test]
+async fn check_tries_every_instance_and_names_an_unknown_one() {
+    let emu = common::start(common::options(&["ccc-test"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    common::ConfigToml::new(&emu.endpoint(), &["ccc-test", "ccc-tset"])
+        .parquet(dir.path().join("wh").display())
+        .write(&cfg);
+    let out = common::ccc_etl_at(&cfg, None)
+        .arg("check")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
+    assert!(stdout.contains("ok    credentials"), "{stdout}");
+    assert!(
+        stdout.contains("ok    instance     ccc-test answered at"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  instance     ccc-tset: the service has no CCC instance ccc-tset: fix its id in [pipeline] instances"),
+        "{stdout}"
+    );
+}
