@@ -42,7 +42,9 @@ impl PostgresConfig {
                 Ok(v) if !v.trim().is_empty() => (SecretString::from(v), ENV_DATABASE_URL),
                 _ => {
                     return Err(InputError::new(format!(
-                        "[postgres] is configured but has no url and {ENV_DATABASE_URL} is not set"
+                        "[postgres] is configured but has no url and {ENV_DATABASE_URL} is not set: \
+                         export {ENV_DATABASE_URL}=postgres://user@host:5432/database, or delete \
+                         [postgres] from the configuration to write Parquet alone"
                     )));
                 }
             },

@@ -259,6 +259,13 @@ async fn every_bad_input_gives_one_clear_line_exit_2_and_writes_nothing() {
             expect: "is not before --to",
         },
         Case {
+            name: "postgres without a url",
+            config: Some(with(&format!("url = \"{}\"\n", db.url), "")),
+            args: bf(),
+            creds: both,
+            expect: "has no url and DATABASE_URL is not set: export DATABASE_URL=postgres://user@host:5432/database, or delete [postgres]",
+        },
+        Case {
             name: "from in the future",
             config: Some(ok.clone()),
             args: common::args(&["backfill", "--from", "2027-01-01"]),
