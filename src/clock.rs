@@ -87,11 +87,6 @@ pub fn pin_offset_ms(offset_ms: i64) -> bool {
     CLOCK.pin_offset_ms(offset_ms)
 }
 
-/// Whether the process's clock is pinned.
-pub fn is_pinned() -> bool {
-    CLOCK.is_pinned()
-}
-
 /// Now, on the process's clock.
 pub fn now() -> DateTime<Utc> {
     CLOCK.now()

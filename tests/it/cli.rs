@@ -721,14 +721,15 @@ async fn the_demo_and_a_real_pipeline_never_write_into_each_others_root() {
     let wh = dir.path().join("warehouse");
     let before = listing(&wh);
     let cfg = dir.path().join("pipeline.toml");
+    let backfill = || {
+        common::ccc_etl_at(&cfg, None)
+            .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
+            .output()
+    };
     common::ConfigToml::new(&emu.endpoint(), &["ccc-a"])
         .parquet("warehouse")
         .write(&cfg);
-    let real = common::ccc_etl_at(&cfg, None)
-        .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
-        .output()
-        .await
-        .unwrap();
+    let real = backfill().await.unwrap();
     let text = common::output_text(&real);
     assert_eq!(real.status.code(), Some(2), "{text}");
     assert!(
@@ -751,11 +752,7 @@ async fn the_demo_and_a_real_pipeline_never_write_into_each_others_root() {
     common::ConfigToml::new(&emu.endpoint(), &["ccc-a"])
         .parquet(real_root.display())
         .write(&cfg);
-    let real = common::ccc_etl_at(&cfg, None)
-        .args(["backfill", "--from", "2026-11-20", "--to", "2026-11-21"])
-        .output()
-        .await
-        .unwrap();
+    let real = backfill().await.unwrap();
     assert_eq!(
         real.status.code(),
         Some(0),

@@ -166,10 +166,7 @@ pub fn ccc_etl_cmd() -> tokio::process::Command {
 /// It starts on the tests' clock ([`TEST_NOW`]).
 pub fn ccc_etl_std_cmd() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ccc-etl"));
-    c.env(
-        ccc_etl::clock::ENV,
-        now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    );
+    c.envs(clock_env());
     c
 }
 
