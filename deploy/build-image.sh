@@ -44,5 +44,5 @@ trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
 buildah run --isolation chroot --user "$user" --workingdir /tmp "$ctr" -- \
   /usr/local/bin/ccc-etl -q demo --days 2
 buildah run --isolation chroot --user "$user" "$ctr" -- \
-  sh -c 'test -d /tmp/warehouse/inbound_trend && test "$(id -u)" = 65532'
+  sh -c 'test -d /tmp/ccc-etl-demo/inbound_trend && test "$(id -u)" = 65532'
 echo "the image runs ccc-etl as a non-root user"

@@ -198,7 +198,7 @@ pub enum Command {
         days: u32,
         /// Parquet root: a local directory (or file:// URL), or an object-storage URL such as
         /// s3://bucket/prefix (which needs DATABASE_URL: its ledger lives in PostgreSQL).
-        #[arg(long, default_value = "warehouse", value_name = "DIR|URL", value_parser = crate::config::parse_parquet_root)]
+        #[arg(long, default_value = "ccc-etl-demo", value_name = "DIR|URL", value_parser = crate::config::parse_parquet_root)]
         parquet_root: crate::config::RootUrl,
         /// PostgreSQL schema for the demo's rows (with DATABASE_URL): kept apart from the
         /// production schema `ccc`.

@@ -602,6 +602,7 @@ impl Coordinator {
         self.end_frozen_copies().await;
         let live: i64 = sqlx::query_scalar(
             "WITH me AS (UPDATE workers SET heartbeat_at = now(), windows_in_flight = $2, \
+             progress_at = CASE WHEN windows_done <> $3 THEN now() ELSE progress_at END, \
              windows_done = $3, fenced = $4 WHERE worker_id = $1) \
              SELECT count(*) FROM workers WHERE stopped_at IS NULL \
              AND heartbeat_at > now() - make_interval(secs => $5)",
@@ -951,6 +952,9 @@ pub struct WorkerRow {
     pub live: bool,
     /// Whether it ended its run (else, if not live, it died).
     pub stopped: bool,
+    /// Whether it has had nothing in flight and finished no window for longer than a lease:
+    /// live and idle is stalled.
+    pub idle: bool,
 }
 
 /// Workers seen in the last day (live first: a heartbeat within `lease`), and how many leases
@@ -959,7 +963,8 @@ pub async fn workers(pool: &PgPool, lease: Duration) -> Result<(Vec<WorkerRow>, 
     let rows = sqlx::query(
         "SELECT worker_id::text, host, pid, command, started_at, heartbeat_at, windows_in_flight, \
          windows_done, fenced, (stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)) AS live, \
-         stopped_at IS NOT NULL AS stopped \
+         stopped_at IS NOT NULL AS stopped, \
+         (windows_in_flight = 0 AND progress_at < now() - make_interval(secs => $1)) AS idle \
          FROM workers WHERE heartbeat_at > now() - interval '1 day' \
          ORDER BY live DESC, started_at DESC LIMIT 50",
     )
@@ -985,6 +990,7 @@ pub async fn workers(pool: &PgPool, lease: Duration) -> Result<(Vec<WorkerRow>, 
                 fenced: r.get(8),
                 live: r.get(9),
                 stopped: r.get(10),
+                idle: r.get(11),
             })
             .collect(),
         expired,

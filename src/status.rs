@@ -349,6 +349,11 @@ fn render_worker(w: &crate::coord::WorkerRow, t: &dyn Fn(i64) -> String) -> Stri
         w.host,
         w.pid,
         match (w.live, w.stopped) {
+            (true, _) if w.idle => {
+                "STALLED (live, but nothing in flight and no window finished for longer than a \
+                 lease: it waits on windows nobody holds; stop it, and the next run queues them \
+                 again)"
+            }
             (true, _) => "live",
             (false, true) => "finished",
             (false, false) => "GONE (no heartbeat: its leases expire and are taken over)",

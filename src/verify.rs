@@ -80,28 +80,9 @@ pub async fn parquet_digests(root: &Root, tz: Tz) -> Result<ParquetScan, String>
         match root.read_rows(f.table, f.day).await {
             Ok(rows) => {
                 let dt = f.day.format("%Y-%m-%d").to_string();
-                let (from, to) = crate::sink::parquet::Layout::day_range(tz, f.day);
-                let outside = rows
-                    .iter()
-                    .filter(|r| r.stats_time < from || r.stats_time >= to)
-                    .count();
-                let mut keys: Vec<(&str, &str, i64)> = rows
-                    .iter()
-                    .map(|r| (r.instance_id.as_str(), r.media_type.as_str(), r.stats_time))
-                    .collect();
-                keys.sort_unstable();
-                let total = keys.len();
-                keys.dedup();
-                let repeated = total - keys.len();
-                if outside + repeated > 0 {
-                    out.malformed.push((
-                        f.table,
-                        f.day,
-                        format!(
-                            "{}: {outside} row(s) outside the day, {repeated} key(s) repeated",
-                            f.location
-                        ),
-                    ));
+                if let Some(why) = crate::sink::parquet::not_its_keys(&rows, tz, f.day) {
+                    out.malformed
+                        .push((f.table, f.day, format!("{}: {why}", f.location)));
                 }
                 for r in rows {
                     add(

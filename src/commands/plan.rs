@@ -36,9 +36,10 @@ pub async fn run_plan(
             let id = parquet_sink_id(&root, config.pipeline.timezone).await?;
             // What the run's reconcile will find first, read-only: the windows of days whose
             // files are missing, changed or damaged are fetched again.
-            let seen = reconcile::inspect(&root, ledger.as_ref(), &id.target)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let seen =
+                reconcile::inspect(&root, config.pipeline.timezone, ledger.as_ref(), &id.target)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
             let ranges = reconcile::ranges(config.pipeline.timezone, &seen.findings);
             found.extend(
                 seen.findings

@@ -185,7 +185,7 @@ async fn parquet_view(
     count_rows: bool,
 ) -> anyhow::Result<ParquetView> {
     let id = parquet_sink_id(root, config.pipeline.timezone).await?;
-    let seen = reconcile::inspect(root, ledger, &id.target)
+    let seen = reconcile::inspect(root, config.pipeline.timezone, ledger, &id.target)
         .await
         .map_err(anyhow::Error::msg)?;
     let mut found = seen.findings;

@@ -96,8 +96,13 @@ pub(crate) async fn verify(config: &Config, config_path: &Path) -> anyhow::Resul
     for s in &scan.strays {
         crate::outln!("verify: {}", s.describe())?;
     }
+    let (differences, history) = split_history(
+        crate::verify::compare(&pg, &scan.digests),
+        &config.pipeline.instance_ids(),
+    );
+    print_history(&history)?;
     let found = Findings {
-        differences: crate::verify::compare(&pg, &scan.digests),
+        differences,
         unreadable: scan.unreadable.iter().map(|(t, d, _)| (*t, *d)).collect(),
         malformed: scan.malformed.iter().map(|(t, d, _)| (*t, *d)).collect(),
         strays: scan.strays.len(),
@@ -112,6 +117,56 @@ pub(crate) async fn verify(config: &Config, config_path: &Path) -> anyhow::Resul
         config_path.display()
     )?;
     Ok((EXIT_CHECK, found))
+}
+
+/// Splits the differences into those of configured instances, which `--repair` fetches again,
+/// and those of instances the configuration no longer lists: their rows are history, kept as
+/// they are and never fetched, so they are named but not counted.
+fn split_history(
+    diffs: Vec<Difference>,
+    configured: &[String],
+) -> (Vec<Difference>, Vec<Difference>) {
+    let mut current = vec![];
+    let mut history = vec![];
+    for d in diffs {
+        let (ours, old): (Vec<String>, Vec<String>) = d
+            .instances
+            .iter()
+            .cloned()
+            .partition(|i| configured.contains(i));
+        if !old.is_empty() {
+            history.push(Difference {
+                instances: old,
+                ..d.clone()
+            });
+        }
+        if !ours.is_empty() {
+            current.push(Difference {
+                instances: ours,
+                ..d
+            });
+        }
+    }
+    (current, history)
+}
+
+fn print_history(history: &[Difference]) -> std::io::Result<()> {
+    let mut instances: Vec<&str> = history
+        .iter()
+        .flat_map(|d| d.instances.iter().map(String::as_str))
+        .collect();
+    instances.sort_unstable();
+    instances.dedup();
+    if !instances.is_empty() {
+        crate::outln!(
+            "verify: HISTORY {} partition(s) differ only in rows of instances the configuration \
+             no longer lists ({}): kept as they are, not counted, and not fetched by --repair \
+             (list the instance again in [pipeline] instances to repair it)",
+            history.len(),
+            instances.join(", ")
+        )?;
+    }
+    Ok(())
 }
 
 fn print_differences(diffs: &[Difference], partitions: usize) -> std::io::Result<()> {
@@ -156,17 +211,26 @@ pub(crate) async fn run_repair(
         &found.unreadable,
     )
     .await?;
-    let days = found.days();
-    let ranges = crate::ranges::union(
+    let now = system_now();
+    let (days, beyond) = fetchable(config, found.days(), now());
+    for (table, day) in &beyond {
+        crate::outln!(
+            "repair: {table} dt={day} lies outside what the API can serve (older than its 180-day \
+             horizon, or in the future): kept as it is, not fetched"
+        )?;
+    }
+    let day_ranges = crate::ranges::union(
         days.iter()
             .map(|(_, d)| Layout::day_range(config.pipeline.timezone, *d))
             .collect(),
     );
-    take_back(&sinks, ledger.as_ref(), &ranges, &days).await?;
-    let now = system_now();
+    // Whole windows are taken back: the span fetched again is theirs, so no gap is left.
+    let taken = take_back(&sinks, ledger.as_ref(), &day_ranges, &days).await?;
+    let ranges = crate::ranges::union(day_ranges.into_iter().chain(taken).collect());
     let mut code = EXIT_OK;
     if let (Some(first), Some(last)) = (ranges.first(), ranges.last()) {
-        // Only the span of the days taken back: what is committed inside it is not fetched again.
+        // Only the span of the windows taken back: what is committed inside it is not fetched
+        // again.
         let req = BackfillRequest {
             instances: config.pipeline.instance_ids(),
             from: RangeStart::At(first.0),
@@ -224,15 +288,30 @@ async fn set_aside(root: &Root, unreadable: &[(Table, NaiveDate)]) -> anyhow::Re
     Ok(())
 }
 
-/// Takes back every sink's commits of the days, so the run fetches them again.
+/// Days of tables.
+type Days = Vec<(Table, NaiveDate)>;
+
+/// Splits the days into those the API can still serve (inside the horizon, not in the future)
+/// and those it cannot.
+fn fetchable(config: &Config, days: Days, now_ms: i64) -> (Days, Days) {
+    let horizon = crate::plan::horizon_ms(now_ms, config.pipeline.horizon_margin_ms());
+    days.into_iter().partition(|(_, d)| {
+        let (start, end) = Layout::day_range(config.pipeline.timezone, *d);
+        start < now_ms && horizon < end
+    })
+}
+
+/// Takes back every sink's commits of the days, so the run fetches them again. Returns the
+/// windows taken back.
 async fn take_back(
     sinks: &[std::sync::Arc<dyn Sink>],
     ledger: &dyn Ledger,
     ranges: &[(i64, i64)],
     days: &[(Table, NaiveDate)],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut all = vec![];
     for sink in sinks {
-        let n = ledger
+        let taken = ledger
             .invalidate(
                 &sink.id(),
                 ranges,
@@ -242,9 +321,10 @@ async fn take_back(
             .await?;
         tracing::info!(
             sink = %sink.kind(),
-            windows = n,
+            windows = taken.len(),
             "repair: commits taken back"
         );
+        all.extend(taken);
     }
-    Ok(())
+    Ok(all)
 }

@@ -179,7 +179,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, InputError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             InputError::new(format!(
-                "cannot read config file {}: {e} (pass --config FILE, or copy pipeline.toml)",
+                "cannot read config file {}: {e} (pass --config FILE, or write one with `ccc-etl init`)",
                 path.display()
             ))
         })?;

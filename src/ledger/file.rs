@@ -246,7 +246,7 @@ impl Ledger for FileLedger {
         ranges: &[(i64, i64)],
         files: &[(Table, NaiveDate)],
         reason: &str,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<Vec<(i64, i64)>, LedgerError> {
         let mut lines = vec![];
         for s in [sink.clone(), Self::legacy(sink)] {
             lines.push(WindowLine::Invalidated(Invalidation {
@@ -276,7 +276,11 @@ impl Ledger for FileLedger {
         for l in &forgotten {
             index.apply_file(&l.file, l.forgotten);
         }
-        Ok(index.invalidate(sink, ranges) + index.invalidate(&Self::legacy(sink), ranges))
+        let mut taken = index.invalidate(sink, ranges);
+        taken.extend(index.invalidate(&Self::legacy(sink), ranges));
+        taken.sort_unstable();
+        taken.dedup();
+        Ok(taken)
     }
 
     async fn adopt_legacy(&self, _sink: &SinkId) -> Result<u64, LedgerError> {

@@ -33,17 +33,24 @@ impl Index {
     }
 
     /// Removes the windows of `sink` overlapping `ranges`; returns how many.
-    pub(super) fn invalidate(&mut self, sink: &SinkId, ranges: &[(i64, i64)]) -> u64 {
-        let mut n = 0;
+    /// Takes back `sink`'s windows overlapping `ranges`; returns their spans.
+    pub(super) fn invalidate(&mut self, sink: &SinkId, ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
+        let mut taken = vec![];
         for ((_, _, s), windows) in self.committed.iter_mut() {
             if s != sink {
                 continue;
             }
-            let before = windows.len();
-            windows.retain(|(a, b)| !ranges.iter().any(|(x, y)| a < y && x < b));
-            n += (before - windows.len()) as u64;
+            windows.retain(|&(a, b)| {
+                let overlaps = ranges.iter().any(|&(x, y)| a < y && x < b);
+                if overlaps {
+                    taken.push((a, b));
+                }
+                !overlaps
+            });
         }
-        n
+        taken.sort_unstable();
+        taken.dedup();
+        taken
     }
 
     pub(super) fn apply_file(&mut self, file: &DayFile, forgotten: bool) {
@@ -177,7 +184,7 @@ impl Ledger for MemoryLedger {
         ranges: &[(i64, i64)],
         files: &[(Table, NaiveDate)],
         _reason: &str,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<Vec<(i64, i64)>, LedgerError> {
         let mut index = self.index.lock().expect("ledger lock");
         for (table, day) in files {
             index.files.remove(&(sink.target.clone(), *table, *day));

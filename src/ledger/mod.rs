@@ -290,14 +290,15 @@ pub trait Ledger: Send + Sync {
     async fn day_files(&self, target: &str) -> Result<Vec<DayFile>, LedgerError>;
     /// Takes back the commits of `sink` overlapping any of `ranges` (every series), because what
     /// the sink holds there is gone or damaged, and forgets the named day files. Those windows
-    /// are fetched again by the next run. Returns how many windows were taken back.
+    /// are fetched again by the next run. Returns the windows taken back, as `[start, end)`
+    /// spans, each once: what the caller must fetch again to leave no gap.
     async fn invalidate(
         &self,
         sink: &SinkId,
         ranges: &[(i64, i64)],
         files: &[(Table, NaiveDate)],
         reason: &str,
-    ) -> Result<u64, LedgerError>;
+    ) -> Result<Vec<(i64, i64)>, LedgerError>;
     /// Hands the commits recorded by older versions without a destination to `sink` (a root
     /// written before roots had ids). Returns how many.
     async fn adopt_legacy(&self, sink: &SinkId) -> Result<u64, LedgerError>;

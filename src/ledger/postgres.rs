@@ -38,6 +38,7 @@ UPDATE windows AS w SET status = 'failed', last_error = $5, updated_at = now()
 FROM UNNEST($3::bigint[], $4::bigint[]) AS r(start_ms, end_ms)
 WHERE w.sink = $1 AND w.target = $2 AND w.status = 'committed'
   AND w.start_ms < r.end_ms AND r.start_ms < w.end_ms
+RETURNING w.start_ms, w.end_ms
 "#;
 
 /// Records day files in the manifest (`parquet_files`).
@@ -224,18 +225,19 @@ impl Ledger for PgLedger {
         ranges: &[(i64, i64)],
         files: &[(Table, NaiveDate)],
         reason: &str,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<Vec<(i64, i64)>, LedgerError> {
         let mut tx = self.store.pool().begin().await.map_err(ledger_err)?;
-        let n = sqlx::query(INVALIDATE_WINDOWS)
+        let mut taken: Vec<(i64, i64)> = sqlx::query_as(INVALIDATE_WINDOWS)
             .bind(sink.kind.as_str())
             .bind(&sink.target)
             .bind(ranges.iter().map(|r| r.0).collect::<Vec<i64>>())
             .bind(ranges.iter().map(|r| r.1).collect::<Vec<i64>>())
             .bind(reason)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(ledger_err)?
-            .rows_affected();
+            .map_err(ledger_err)?;
+        taken.sort_unstable();
+        taken.dedup();
         sqlx::query(
             "DELETE FROM parquet_files f USING UNNEST($2::text[], $3::date[]) AS d(table_name, day)
              WHERE f.target = $1 AND f.table_name = d.table_name AND f.day = d.day",
@@ -247,7 +249,7 @@ impl Ledger for PgLedger {
         .await
         .map_err(ledger_err)?;
         tx.commit().await.map_err(ledger_err)?;
-        Ok(n)
+        Ok(taken)
     }
 
     async fn adopt_legacy(&self, sink: &SinkId) -> Result<u64, LedgerError> {

@@ -51,6 +51,10 @@ pub struct RunSummary {
     /// Commits refused because the window's lease had been taken over by another worker.
     #[serde(default)]
     pub fenced_commits: u64,
+    /// Writes that landed after this worker had lost the window's lease (not recorded): the run
+    /// is not ok.
+    #[serde(default)]
+    pub late_writes: u64,
     /// Rows committed, per table.
     pub rows: BTreeMap<String, u64>,
     /// Per sink: inserted, revised, unchanged.
@@ -104,7 +108,10 @@ impl RunSummary {
     pub fn status(&self) -> RunStatus {
         if self.fatal.is_some() || !self.unknown_instances.is_empty() {
             RunStatus::Failed
-        } else if !self.windows_failed.is_empty() || self.interrupted.is_some() {
+        } else if !self.windows_failed.is_empty()
+            || self.interrupted.is_some()
+            || self.late_writes > 0
+        {
             RunStatus::Partial
         } else {
             RunStatus::Ok
@@ -181,6 +188,13 @@ impl RunSummary {
             s.push_str(&format!(
                 "  {} window(s) dropped: this worker lost their leases (taken over, or expired)\n",
                 self.windows_lease_lost
+            ));
+        }
+        if self.late_writes > 0 {
+            s.push_str(&format!(
+                "  {} write(s) landed after this worker lost the window's lease (it was stopped \
+                 or cut off): not recorded; the next run checks them\n",
+                self.late_writes
             ));
         }
         s

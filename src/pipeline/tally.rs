@@ -67,6 +67,14 @@ pub enum Event {
     /// A sink refused the window's write: this worker no longer holds its lease. Like
     /// `LeaseLost`, after the fetch.
     Fenced(WindowKey),
+    /// A sink's write landed after this worker had lost the window's lease: not recorded, and
+    /// the run does not end ok (the store may hold rows older than the new holder's).
+    Late {
+        /// The sink written.
+        sink: SinkKind,
+        /// The window.
+        key: WindowKey,
+    },
 }
 
 /// What applying an event means for the caller (progress, stopping).
@@ -289,6 +297,19 @@ impl Tally {
                 self.lose(key);
                 Step::Quiet
             }
+            Event::Late { sink, key } => {
+                tracing::error!(
+                    sink = %sink,
+                    window = %key,
+                    "written after this worker lost the window's lease (it was stopped or cut off \
+                     from PostgreSQL for longer than a lease): not recorded; the run does not end \
+                     ok, and the next run checks the root and fetches the day again if its file \
+                     changed"
+                );
+                self.summary.late_writes += 1;
+                self.lose(key);
+                Step::Quiet
+            }
         }
     }
 
@@ -505,6 +526,30 @@ mod tests {
         assert_eq!(
             (s.windows_failed.len(), s.lost.len(), s.windows_ok),
             (1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_write_that_landed_after_the_lease_was_lost_is_not_ok_and_the_run_is_not_either() {
+        let k = key(0);
+        let mut t = tally();
+        t.apply(fetched(&k));
+        t.apply(durable(SinkKind::Postgres, &k));
+        assert_eq!(
+            t.apply(Event::Late {
+                sink: SinkKind::Parquet,
+                key: k.clone()
+            }),
+            Step::Quiet
+        );
+        assert_eq!(t.take_lost(), vec![k], "claimed back, or done elsewhere");
+        let s = t.into_summary();
+        assert_eq!((s.windows_ok, s.late_writes), (0, 1));
+        assert_eq!(s.status(), super::super::summary::RunStatus::Partial);
+        assert!(
+            s.render().contains("1 write(s) landed after"),
+            "{}",
+            s.render()
         );
     }
 }

@@ -255,6 +255,12 @@ pub(super) fn report(sink: &dyn Sink, written: Written) -> Vec<Event> {
         });
     }
     events.extend(written.fenced.into_iter().map(Event::Fenced));
+    events.extend(
+        written
+            .late
+            .into_iter()
+            .map(|key| Event::Late { sink: kind, key }),
+    );
     for (key, e) in written.failed {
         events.push(Event::SinkFailed(FailedWindow {
             key,

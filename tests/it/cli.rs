@@ -351,12 +351,14 @@ fn the_demo_backfills_into_parquet_with_no_credentials_and_no_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("0 failed"), "{stdout}");
+    assert!(stdout.contains(
+        "read_parquet('ccc-etl-demo/inbound_trend/*/*.parquet', hive_partitioning = true)"
+    ));
     assert!(
-        stdout.contains(
-            "read_parquet('warehouse/inbound_trend/*/*.parquet', hive_partitioning = true)"
-        )
+        !dir.path().join("warehouse").exists(),
+        "the demo keeps off init's default root"
     );
-    let parts = std::fs::read_dir(dir.path().join("warehouse/inbound_trend"))
+    let parts = std::fs::read_dir(dir.path().join("ccc-etl-demo/inbound_trend"))
         .unwrap()
         .count();
     assert!(parts >= 3, "one partition per day at least: {parts}");
@@ -696,8 +698,8 @@ async fn init_writes_a_configuration_and_check_verifies_it_without_writing_anyth
     db.drop_db().await;
 }
 
-/// The README's order in one directory: `demo`, then a real configuration on the same
-/// `./warehouse`. The real run refuses the demo's root (exit 2, saying what to do) and writes
+/// The README's order in one directory: `demo`, then a real configuration pointed at the demo's
+/// `./ccc-etl-demo`. The real run refuses the demo's root (exit 2, saying what to do) and writes
 /// nothing into it; the demo refuses a pipeline's root the same way; a demo's own root takes
 /// the demo again.
 #[tokio::test]
@@ -718,7 +720,7 @@ async fn the_demo_and_a_real_pipeline_never_write_into_each_others_root() {
         files.sort();
         files
     };
-    let wh = dir.path().join("warehouse");
+    let wh = dir.path().join("ccc-etl-demo");
     let before = listing(&wh);
     let cfg = dir.path().join("pipeline.toml");
     let backfill = || {
@@ -727,7 +729,7 @@ async fn the_demo_and_a_real_pipeline_never_write_into_each_others_root() {
             .output()
     };
     common::ConfigToml::new(&emu.endpoint(), &["ccc-a"])
-        .parquet("warehouse")
+        .parquet("ccc-etl-demo")
         .write(&cfg);
     let real = backfill().await.unwrap();
     let text = common::output_text(&real);

@@ -622,11 +622,11 @@ async fn a_day_file_copied_from_another_day_or_holding_a_key_twice_is_rewritten_
     assert!(
         out.contains("NOT ONE ROW PER KEY OF ITS DAY")
             && out.contains("dt=2026-11-03")
-            && out.contains("24 row(s) outside the day, 0 key(s) repeated"),
+            && out.contains("24 row(s) outside the day 2026-11-03, 0 key(s) repeated"),
         "{out}"
     );
     assert!(
-        out.contains("0 row(s) outside the day, 1 key(s) repeated"),
+        out.contains("0 row(s) outside the day 2026-11-04, 1 key(s) repeated"),
         "{out}"
     );
 
@@ -835,5 +835,230 @@ async fn null_keys_in_a_day_file_are_a_finding_and_the_next_run_sets_the_file_as
     );
     let out = site.run_ok(&cfg, &["verify"], 0).await;
     assert!(out.contains("agree"), "{out}");
+    site.db.drop_db().await;
+}
+
+/// `verify --repair` takes back whole windows: it fetches each of them again, not only the days
+/// that differed, so it leaves no gap where it took a commit back (a re-run has nothing to do).
+#[tokio::test]
+async fn verify_repair_fetches_every_window_it_takes_back_and_leaves_no_gap() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    let range = ["backfill", "--from", "2026-11-16", "--to", "2026-11-28"];
+    site.run_ok(&cfg, &range, 0).await;
+    let windows = sent_since(&site, 0).await;
+    let rows = site.pg_rows().await;
+    // One row deleted and one changed in PostgreSQL, in two windows, away from their edges.
+    let pool = site.db.pool().await;
+    for sql in [
+        "DELETE FROM ccc.inbound_trend WHERE stats_time = '2026-11-24T10:00:00+08'",
+        "UPDATE ccc.overall_trend SET max_logged_in_agents = max_logged_in_agents + 1 \
+         WHERE stats_time = '2026-11-20T09:00:00+08'",
+    ] {
+        let n = sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .unwrap()
+            .rows_affected();
+        assert!(n >= 1, "{sql}");
+    }
+    pool.close().await;
+    let out = site.run_ok(&cfg, &["verify"], 4).await;
+    assert!(
+        out.contains("inbound_trend dt=2026-11-24") && out.contains("overall_trend dt=2026-11-20"),
+        "{out}"
+    );
+
+    let before = site.emu.stats().await.unwrap().ok_calls().len();
+    let out = site.run_ok(&cfg, &["verify", "--repair"], 0).await;
+    let refetched = sent_since(&site, before).await;
+    assert!(
+        out.contains(&format!(
+            "repair: {} window(s) to fetch again",
+            refetched.len()
+        )),
+        "{out}"
+    );
+    // Every window that held a differing day is fetched whole, edges and all.
+    let span = |w: &[(i64, i64)]| (w.iter().map(|x| x.0).min(), w.iter().map(|x| x.1).max());
+    assert_eq!(span(&refetched), span(&windows), "{out}");
+    assert_eq!(site.pg_rows().await, rows);
+    site.run_ok(&cfg, &["verify"], 0).await;
+    // Nothing was left behind: the same backfill again sends nothing.
+    let before = site.emu.stats().await.unwrap().ok_calls().len();
+    let out = site.run_ok(&cfg, &range, 0).await;
+    assert!(out.contains("0 window(s) ok"), "{out}");
+    assert_eq!(sent_since(&site, before).await, vec![]);
+    site.db.drop_db().await;
+}
+
+/// A day's file copied where no day of this pipeline is (`dt=1970-01-01`, `dt=9999-12-31`) or
+/// into a folder that is not a day's (`dt=garbage`): `status`, `plan` and `verify` name each,
+/// `status` does not count their rows, and the next run (here `verify --repair`, then a backfill)
+/// moves them to `_ccc_etl/set-aside/` without fetching anything outside the configured range.
+#[tokio::test]
+async fn stray_partitions_are_findings_and_are_set_aside_without_fetching_outside_the_range() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let full = parquet_rows(&site.root("wh"));
+    let layout = Layout::new(site.root("wh"));
+    let source = layout.day_file(Table::Outbound, day("2026-11-02"));
+    let strays = ["dt=1970-01-01", "dt=9999-12-31", "dt=garbage"];
+    let copy_strays = || {
+        for dir in strays {
+            let to = site.root("wh").join("outbound_trend").join(dir);
+            std::fs::create_dir_all(&to).unwrap();
+            std::fs::copy(&source, to.join("part-00000.parquet")).unwrap();
+        }
+    };
+    copy_strays();
+
+    let status = site.run_ok(&cfg, &["status", "--format", "json"], 4).await;
+    let report: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let said = format!("{}{}", report["findings"], report["extra_files"]);
+    for dir in strays {
+        assert!(said.contains(dir), "{dir}: {said}");
+    }
+    for s in report["series"].as_array().unwrap() {
+        assert_eq!(
+            s["rows"]["parquet"], s["rows"]["postgres"],
+            "the strays' rows are not counted: {s}"
+        );
+    }
+    let plan = site
+        .run_ok(
+            &cfg,
+            &["plan", "--from", "2026-11-01", "--to", "2026-11-07"],
+            0,
+        )
+        .await;
+    for dir in strays {
+        assert!(plan.contains(dir), "{dir}: {plan}");
+    }
+    let out = site.run_ok(&cfg, &["verify"], 4).await;
+    for dir in strays {
+        assert!(out.contains(dir), "{dir}: {out}");
+    }
+
+    let before = site.emu.stats().await.unwrap().ok_calls().len();
+    let out = site.run_ok(&cfg, &["verify", "--repair"], 0).await;
+    assert_eq!(sent_since(&site, before).await, vec![], "{out}");
+    let aside = walk(&layout.state_dir().join("set-aside"));
+    assert_eq!(aside.len(), 3, "{aside:?}");
+    for dir in strays {
+        assert!(
+            aside.iter().any(|p| p
+                .to_string_lossy()
+                .contains(&format!("outbound_trend/{dir}/"))),
+            "{dir}: {aside:?}"
+        );
+        assert!(!site.root("wh").join("outbound_trend").join(dir).exists());
+    }
+    assert_eq!(parquet_rows(&site.root("wh")), full);
+    site.run_ok(&cfg, &["verify"], 0).await;
+
+    // Copied again: a plain backfill sets them aside too.
+    copy_strays();
+    site.run_ok(&cfg, &WEEK, 0).await;
+    assert_eq!(walk(&layout.state_dir().join("set-aside")).len(), 6);
+    assert_eq!(parquet_rows(&site.root("wh")), full);
+    site.run_ok(&cfg, &["verify"], 0).await;
+    site.db.drop_db().await;
+}
+
+/// Rows of an instance the configuration no longer lists are history: both sinks keep them,
+/// `verify` names them, and a difference in them is neither a failure nor something
+/// `--repair` tries to fetch.
+#[tokio::test]
+async fn rows_of_an_instance_no_longer_configured_are_kept_as_history() {
+    let emu = start(options(&["ccc-a", "ccc-b"])).await;
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    let root = dir.path().join("wh");
+    let write = |ids: &[&str]| {
+        ConfigToml::new(&emu.endpoint(), ids)
+            .set("source", "max_qps", 500)
+            .parquet(root.display())
+            .postgres()
+            .write(&cfg)
+    };
+    let run = |args: &'static [&'static str], code: i32| {
+        let cfg = cfg.clone();
+        let url = db.url.clone();
+        async move {
+            let out = ccc_etl_at(&cfg, Some(&url))
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            let text = output_text(&out);
+            assert_eq!(out.status.code(), Some(code), "{args:?}: {text}");
+            text
+        }
+    };
+    write(&["ccc-a", "ccc-b"]);
+    run(&WEEK, 0).await;
+    let pool = db.pool().await;
+    let n = sqlx::query("DELETE FROM ccc.inbound_trend WHERE instance_id = 'ccc-b' AND stats_time >= '2026-11-05T00:00:00+08' AND stats_time < '2026-11-05T03:00:00+08'")
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert!(n > 0);
+    pool.close().await;
+
+    write(&["ccc-a"]);
+    let out = run(&["verify"], 0).await;
+    assert!(
+        out.contains("HISTORY 1 partition(s)") && out.contains("(ccc-b)"),
+        "{out}"
+    );
+    let before = emu.stats().await.unwrap().ok_calls().len();
+    let out = run(&["verify", "--repair"], 0).await;
+    assert!(out.contains("HISTORY"), "{out}");
+    assert_eq!(emu.stats().await.unwrap().ok_calls().len(), before, "{out}");
+    assert!(
+        parquet_rows(&root).iter().any(|r| r.1 == "ccc-b"),
+        "the history stays in the root"
+    );
+    db.drop_db().await;
+}
+
+/// A worker that heartbeats with nothing in flight and has finished no window for longer than
+/// a lease waits on nothing: `status` shows it as stalled, not as live.
+#[tokio::test]
+async fn status_shows_a_worker_that_finished_nothing_for_a_lease_as_stalled() {
+    let site = Site::new().await;
+    let cfg = site.config("pipeline.toml", "wh", "Asia/Shanghai", true);
+    site.run_ok(&cfg, &WEEK, 0).await;
+    let pool = site.db.pool().await;
+    // Two live workers of one job: one finishing windows, one that stopped doing so an hour ago.
+    for (id, progress) in [
+        ("00000000-0000-0000-0000-00000000000a", "now()"),
+        (
+            "00000000-0000-0000-0000-00000000000b",
+            "now() - interval '1 hour'",
+        ),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO ccc.workers (worker_id, host, pid, command, started_at, heartbeat_at, \
+             windows_in_flight, windows_done, progress_at) \
+             VALUES ('{id}', 'h', 1, 'backfill', now() - interval '2 hours', now(), 0, 5, {progress})"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let text = site.run_ok(&cfg, &["status"], 4).await;
+    let stalled: Vec<&str> = text.lines().filter(|l| l.contains("STALLED")).collect();
+    assert_eq!(stalled.len(), 1, "{text}");
+    assert!(
+        stalled[0].contains("pid 1") && stalled[0].contains("5 done"),
+        "{text}"
+    );
+    assert_eq!(text.matches(": live,").count(), 1, "{text}");
     site.db.drop_db().await;
 }

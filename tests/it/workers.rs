@@ -484,15 +484,18 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
         rows.iter().all(|r| *r == (2, "newer".to_string())),
         "the newer worker's data"
     );
-    // The Parquet path is fenced too: a durable window of the zombie is not recorded.
+    // The Parquet path is fenced too: a durable window of the zombie is not recorded, and is
+    // reported as written late (its rows landed after the lease was lost: the run is not ok).
     let recorded = ctx(&zombie)
         .record(
             &ccc_etl::ledger::SinkId::new(ccc_etl::ledger::SinkKind::Parquet, "root"),
             ccc_etl::sink::Written::durable(&batch(1, "zombie"), Default::default()),
         )
         .await;
-    assert!(recorded.durable.is_empty() && recorded.failed.is_empty());
-    assert_eq!(recorded.fenced, vec![w.clone()], "fenced, not failed");
+    assert!(
+        recorded.durable.is_empty() && recorded.failed.is_empty() && recorded.fenced.is_empty()
+    );
+    assert_eq!(recorded.late, vec![w.clone()], "written late, not failed");
     assert_eq!(zombie.fenced(), 2);
 
     // A Parquet day write on object storage checks the leases under the day's lock, before the

@@ -5,12 +5,13 @@
 //! {root}/_ccc_etl/root.json                         the root's id and the zone its days are cut in
 //! {root}/_ccc_etl/lock                              held by the run writing here
 //! {root}/_ccc_etl/damaged/...                       unreadable day files, moved aside, never deleted
-//! {root}/_ccc_etl/set-aside/...                     other files found in a day's directory
+//! {root}/_ccc_etl/set-aside/...                     files that are not this pipeline's rows
 //! ```
 //!
 //! A day's directory holds its one file: any other file there (a copy such as
-//! `part-00001.parquet`, another tool's output) is a [`Stray`], which every engine would read as
-//! part of the table. `status` and `verify` list them; the next run moves them aside.
+//! `part-00001.parquet`, another tool's output), and any file in a table's folder that is not a
+//! day's (`dt=garbage/`), is a [`Stray`], which every engine would read as part of the table.
+//! `status` and `verify` list them; the next run moves them aside.
 //!
 //! The id in `root.json` is what the ledger records commits against: a wiped or replaced root has
 //! none (or another), so its windows are fetched again. A listing ([`Layout::list`]) is one
@@ -74,15 +75,55 @@ pub struct Listed {
     pub etag: String,
 }
 
-/// A file in a day's directory other than the day's file (a copy, another tool's output):
-/// engines read it as part of the table, so the day would count twice.
+/// A folder in a table's folder: a local day's (`dt=YYYY-MM-DD`), or anything else found there.
+/// The one place a partition's name is written and read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Partition {
+    /// `dt=YYYY-MM-DD`.
+    Day(NaiveDate),
+    /// A folder whose name is not a day's (`dt=garbage`, `backup`).
+    Other(String),
+}
+
+impl Partition {
+    /// The folder name of a day.
+    pub fn day_dir(day: NaiveDate) -> String {
+        format!("dt={}", day.format("%Y-%m-%d"))
+    }
+
+    /// What a folder name is.
+    pub fn parse(name: &str) -> Self {
+        name.strip_prefix("dt=")
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .filter(|d| Self::day_dir(*d) == name)
+            .map_or_else(|| Self::Other(name.to_string()), Self::Day)
+    }
+
+    /// The folder name.
+    pub fn dir(&self) -> String {
+        match self {
+            Self::Day(d) => Self::day_dir(*d),
+            Self::Other(name) => name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.dir())
+    }
+}
+
+/// A file in a table's folder that is not a day's file: a second file in a day's folder (a
+/// copy, another tool's output), a file in a folder that is not a day's, or a day file whose
+/// rows are not its day's keys. Engines read it as part of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stray {
     /// Table.
     pub table: Table,
-    /// Local day.
-    pub day: NaiveDate,
-    /// The file's name in the day's directory.
+    /// The folder it is in.
+    pub partition: Partition,
+    /// The file's name in that folder.
     pub name: String,
     /// Where it is: a path, or `scheme://bucket/key`.
     pub location: String,
@@ -91,10 +132,29 @@ pub struct Stray {
 impl Stray {
     /// One line for an operator.
     pub fn describe(&self) -> String {
+        let what = match &self.partition {
+            Partition::Day(_) if self.name == DATA_FILE => {
+                "a day file whose rows are not its day's keys"
+            }
+            Partition::Day(_) => "a second file in a day's folder",
+            Partition::Other(_) => "a folder that is not a day's (dt=YYYY-MM-DD)",
+        };
         format!(
-            "EXTRA FILE {}: a second file in {} dt={} (engines read it too, counting the day \
-             twice); the next run moves it to _ccc_etl/{SET_ASIDE_DIR}/",
-            self.location, self.table, self.day
+            "EXTRA FILE {}: {what}, in {} {} (engines read it too); the next run moves it to \
+             _ccc_etl/{SET_ASIDE_DIR}/",
+            self.location, self.table, self.partition
+        )
+    }
+
+    /// Where it goes when set aside, relative to the root: `_ccc_etl/set-aside/{table}/{folder}/
+    /// {name}.{time}`.
+    pub(crate) fn aside_rel(&self) -> String {
+        format!(
+            "{FILE_LEDGER_DIR}/{SET_ASIDE_DIR}/{}/{}/{}.{}",
+            self.table.name(),
+            self.partition,
+            self.name,
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
         )
     }
 }
@@ -151,7 +211,7 @@ impl Layout {
     pub fn day_file(&self, table: Table, day: NaiveDate) -> PathBuf {
         self.root
             .join(table.name())
-            .join(format!("dt={}", day.format("%Y-%m-%d")))
+            .join(Partition::day_dir(day))
             .join(DATA_FILE)
     }
 
@@ -215,12 +275,7 @@ impl Layout {
                 Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
             };
             for entry in days.flatten() {
-                let name = entry.file_name();
-                let Some(day) = name
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("dt="))
-                    .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                else {
+                let Some(partition) = entry.file_name().to_str().map(Partition::parse) else {
                     continue;
                 };
                 let files = match std::fs::read_dir(entry.path()) {
@@ -237,15 +292,18 @@ impl Layout {
                     if is_temp_name(&file) || !f.file_type().is_ok_and(|t| t.is_file()) {
                         continue;
                     }
-                    if file != DATA_FILE {
-                        out.strays.push(Stray {
-                            table,
-                            day,
-                            name: file,
-                            location: path.display().to_string(),
-                        });
-                        continue;
-                    }
+                    let day = match &partition {
+                        Partition::Day(day) if file == DATA_FILE => *day,
+                        _ => {
+                            out.strays.push(Stray {
+                                table,
+                                partition: partition.clone(),
+                                name: file,
+                                location: path.display().to_string(),
+                            });
+                            continue;
+                        }
+                    };
                     match etag(&path) {
                         Ok(etag) => out.files.push(Listed {
                             table,
@@ -260,30 +318,27 @@ impl Layout {
             }
         }
         out.files.sort_by_key(|a| (a.table, a.day));
-        out.strays
-            .sort_by(|a, b| (a.table, a.day, &a.name).cmp(&(b.table, b.day, &b.name)));
+        out.strays.sort_by(|a, b| {
+            (a.table, &a.partition, &a.name).cmp(&(b.table, &b.partition, &b.name))
+        });
         Ok(out)
     }
 
-    /// Moves a stray file to `_ccc_etl/set-aside/{table}/dt=…/{name}.{time}`, where engines do
-    /// not read it (never deleted). Returns the new path.
+    /// Moves a stray file to `_ccc_etl/set-aside/{table}/{folder}/{name}.{time}`, where engines
+    /// do not read it (never deleted); its folder goes once empty. Returns the new path.
     pub fn set_aside(&self, stray: &Stray) -> Result<PathBuf, String> {
-        let dir = self
-            .state_dir()
-            .join(SET_ASIDE_DIR)
-            .join(stray.table.name())
-            .join(format!("dt={}", stray.day.format("%Y-%m-%d")));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let to = dir.join(format!(
-            "{}.{}",
-            stray.name,
-            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-        ));
+        let to = self.root.join(stray.aside_rel());
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
         std::fs::rename(&stray.location, &to)
             .map_err(|e| format!("cannot move {} to {}: {e}", stray.location, to.display()))?;
         if let Some(parent) = Path::new(&stray.location).parent() {
-            let _ = File::open(parent).and_then(|d| d.sync_all());
+            // Only an empty folder is removed; anything else in it stays.
+            if std::fs::remove_dir(parent).is_err() {
+                let _ = File::open(parent).and_then(|d| d.sync_all());
+            }
         }
         Ok(to)
     }
@@ -348,7 +403,7 @@ impl Layout {
             .state_dir()
             .join(DAMAGED_DIR)
             .join(table.name())
-            .join(format!("dt={}", day.format("%Y-%m-%d")));
+            .join(Partition::day_dir(day));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let to = dir.join(format!(
@@ -427,5 +482,26 @@ mod tests {
         };
         l.write_meta(&meta).unwrap();
         assert_eq!(l.read_meta().unwrap(), Some(meta));
+    }
+
+    #[test]
+    fn a_partition_is_a_day_only_under_the_name_it_is_written_with() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 3).unwrap();
+        assert_eq!(Partition::parse("dt=2026-11-03"), Partition::Day(day));
+        assert_eq!(Partition::Day(day).dir(), "dt=2026-11-03");
+        for other in [
+            "dt=garbage",
+            "dt=2026-11-3",
+            "dt=2026-02-30",
+            "2026-11-03",
+            "dt=",
+        ] {
+            assert_eq!(
+                Partition::parse(other),
+                Partition::Other(other.into()),
+                "{other}"
+            );
+            assert_eq!(Partition::parse(other).dir(), other);
+        }
     }
 }

@@ -51,10 +51,13 @@ pub use file::{
     ReadError, RootCount, SeriesRows, StoredRow, read_file, read_rows, schema, write_file_atomic,
 };
 pub(crate) use file::{count_bytes, count_file};
-pub use layout::{DATA_FILE, Layout, Listing, LockError, RootMeta, RootOwner, Stray, is_temp_name};
+pub use layout::{
+    DATA_FILE, Layout, Listing, LockError, Partition, RootMeta, RootOwner, Stray, is_temp_name,
+};
 use merge::{DayError, FENCED, write_day, write_day_object};
 pub use merge::{DayWritten, merge_day_into};
 pub use object::{ObjectRoot, Probe};
+pub use reconcile::not_its_keys;
 pub use root::Root;
 
 /// Why a Parquet root cannot be opened for writing.

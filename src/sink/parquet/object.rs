@@ -35,8 +35,8 @@ use regex::Regex;
 use sqlx::PgPool;
 
 use super::ReadError;
-use super::layout::{DAMAGED_DIR, SET_ASIDE_DIR};
-use super::layout::{DATA_FILE, Listed, Listing, RootMeta, Stray};
+use super::layout::DAMAGED_DIR;
+use super::layout::{DATA_FILE, Listed, Listing, Partition, RootMeta, Stray};
 use crate::config::{ObjectUrl, ParquetConfig, StoreKind, object_endpoint};
 use crate::ledger::FILE_LEDGER_DIR;
 use crate::record::Table;
@@ -293,7 +293,7 @@ impl ObjectRoot {
     }
 
     fn rel_day(table: Table, day: NaiveDate) -> String {
-        format!("{}/dt={}/{DATA_FILE}", table.name(), day.format("%Y-%m-%d"))
+        format!("{}/{}/{DATA_FILE}", table.name(), Partition::day_dir(day))
     }
 
     fn meta_key(&self) -> ObjPath {
@@ -369,18 +369,21 @@ impl ObjectRoot {
                 .await
                 .map_err(|e| self.fail(&format!("cannot list {}", self.at(&prefix)), e))?
             {
-                let Some((day, name)) = day_of(&prefix, &meta.location) else {
+                let Some((partition, name)) = partition_of(&prefix, &meta.location) else {
                     continue;
                 };
-                if name != DATA_FILE {
-                    out.strays.push(Stray {
-                        table,
-                        day,
-                        name,
-                        location: self.at(&meta.location),
-                    });
-                    continue;
-                }
+                let day = match partition {
+                    Partition::Day(day) if name == DATA_FILE => day,
+                    partition => {
+                        out.strays.push(Stray {
+                            table,
+                            partition,
+                            name,
+                            location: self.at(&meta.location),
+                        });
+                        continue;
+                    }
+                };
                 out.files.push(Listed {
                     table,
                     day,
@@ -390,27 +393,22 @@ impl ObjectRoot {
             }
         }
         out.files.sort_by_key(|a| (a.table, a.day));
-        out.strays
-            .sort_by(|a, b| (a.table, a.day, &a.name).cmp(&(b.table, b.day, &b.name)));
+        out.strays.sort_by(|a, b| {
+            (a.table, &a.partition, &a.name).cmp(&(b.table, &b.partition, &b.name))
+        });
         Ok(out)
     }
 
-    /// Moves a stray object to `_ccc_etl/set-aside/{table}/dt=…/{name}.{time}` (a copy, then a
-    /// delete of one object). Returns where it went.
+    /// Moves a stray object to `_ccc_etl/set-aside/{table}/{folder}/{name}.{time}` (a copy, then
+    /// a delete of one object). Returns where it went.
     pub async fn set_aside(&self, stray: &Stray) -> Result<String, String> {
         let from = self.key(&format!(
-            "{}/dt={}/{}",
+            "{}/{}/{}",
             stray.table.name(),
-            stray.day.format("%Y-%m-%d"),
+            stray.partition,
             stray.name
         ));
-        let to = self.key(&format!(
-            "{FILE_LEDGER_DIR}/{SET_ASIDE_DIR}/{}/dt={}/{}.{}",
-            stray.table.name(),
-            stray.day.format("%Y-%m-%d"),
-            stray.name,
-            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-        ));
+        let to = self.key(&stray.aside_rel());
         self.store
             .copy(&from, &to)
             .await
@@ -590,17 +588,16 @@ impl ObjectRoot {
     }
 }
 
-/// The day and name of an object directly in a day's folder, `{prefix}/dt=YYYY-MM-DD/{name}`;
-/// nested folders are not looked into.
-fn day_of(prefix: &ObjPath, location: &ObjPath) -> Option<(NaiveDate, String)> {
+/// The folder and name of an object directly in a folder of a table's,
+/// `{prefix}/{folder}/{name}`; nested folders are not looked into.
+fn partition_of(prefix: &ObjPath, location: &ObjPath) -> Option<(Partition, String)> {
     let mut parts = location.prefix_match(prefix)?;
     let dir = parts.next()?;
     let file = parts.next()?;
     if parts.next().is_some() {
         return None;
     }
-    let day = NaiveDate::parse_from_str(dir.as_ref().strip_prefix("dt=")?, "%Y-%m-%d").ok()?;
-    Some((day, file.as_ref().to_string()))
+    Some((Partition::parse(dir.as_ref()), file.as_ref().to_string()))
 }
 
 /// An ETag as the ledger records it: without quotes; a store without ETags gives its version,
@@ -768,18 +765,22 @@ mod tests {
     #[test]
     fn objects_directly_in_a_day_folder_are_listed_with_their_names() {
         let prefix = ObjPath::from("wh/inbound_trend");
-        let day = |s: &str| day_of(&prefix, &ObjPath::from(s));
-        let nov3 = NaiveDate::from_ymd_opt(2026, 11, 3).unwrap();
+        let day = |s: &str| partition_of(&prefix, &ObjPath::from(s));
+        let nov3 = Partition::Day(NaiveDate::from_ymd_opt(2026, 11, 3).unwrap());
         assert_eq!(
             day("wh/inbound_trend/dt=2026-11-03/part-00000.parquet"),
-            Some((nov3, DATA_FILE.to_string()))
+            Some((nov3.clone(), DATA_FILE.to_string()))
         );
         // A second file in the day's folder is listed, to be reported and set aside.
         assert_eq!(
             day("wh/inbound_trend/dt=2026-11-03/part-00001.parquet"),
             Some((nov3, "part-00001.parquet".to_string()))
         );
-        assert_eq!(day("wh/inbound_trend/dt=nope/part-00000.parquet"), None);
+        // So is a file in a folder that is not a day's.
+        assert_eq!(
+            day("wh/inbound_trend/dt=nope/part-00000.parquet"),
+            Some((Partition::Other("dt=nope".into()), DATA_FILE.to_string()))
+        );
         assert_eq!(
             day("wh/inbound_trend/x/dt=2026-11-03/part-00000.parquet"),
             None

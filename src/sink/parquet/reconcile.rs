@@ -10,7 +10,7 @@
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Tz;
 
-use super::layout::{Listed, Stray};
+use super::layout::{Listed, Partition, Stray};
 use super::{Layout, ReadError, Root};
 use crate::ledger::{DayFile, Ledger, LedgerError, SinkId};
 use crate::record::Table;
@@ -24,6 +24,9 @@ pub enum Problem {
     Changed,
     /// It is there with another ETag and cannot be read.
     Damaged(String),
+    /// The ledger never recorded it, and its rows are not its day's keys (a file copied into
+    /// another day's folder, or edited): set aside, never merged.
+    NotItsKeys(String),
 }
 
 /// A day file that is not as the ledger recorded it.
@@ -45,14 +48,50 @@ impl Finding {
             Problem::Missing => format!("{path} is missing (deleted, or the root was wiped)"),
             Problem::Changed => format!("{path} was changed outside ccc-etl"),
             Problem::Damaged(why) => why.clone(),
+            Problem::NotItsKeys(why) => format!(
+                "{path} was not written by ccc-etl and holds {why}: the next run moves it to \
+                 _ccc_etl/{}/",
+                super::layout::SET_ASIDE_DIR
+            ),
+        }
+    }
+
+    /// The file as a stray, to be set aside.
+    fn as_stray(&self, root: &Root) -> Stray {
+        Stray {
+            table: self.table,
+            partition: Partition::Day(self.day),
+            name: super::DATA_FILE.to_string(),
+            location: root.location(self.table, self.day),
         }
     }
 }
 
+/// What is wrong with a day file's rows, if anything: rows outside the day (in `tz`), keys more
+/// than once.
+pub fn not_its_keys(rows: &[super::StoredRow], tz: Tz, day: NaiveDate) -> Option<String> {
+    let (from, to) = Layout::day_range(tz, day);
+    let outside = rows
+        .iter()
+        .filter(|r| r.stats_time < from || r.stats_time >= to)
+        .count();
+    let mut keys: Vec<(&str, &str, i64)> = rows
+        .iter()
+        .map(|r| (r.instance_id.as_str(), r.media_type.as_str(), r.stats_time))
+        .collect();
+    keys.sort_unstable();
+    let total = keys.len();
+    keys.dedup();
+    let repeated = total - keys.len();
+    (outside + repeated > 0)
+        .then(|| format!("{outside} row(s) outside the day {day}, {repeated} key(s) repeated"))
+}
+
 /// Compares the recorded files with a listing of the root ([`Root::list`]). Reads only files
-/// whose ETag changed.
+/// whose ETag changed, and files the ledger never recorded (whose rows must be their day's keys).
 pub async fn check(
     root: &Root,
+    tz: Tz,
     listing: &[Listed],
     recorded: &[DayFile],
 ) -> Result<Vec<Finding>, String> {
@@ -60,7 +99,7 @@ pub async fn check(
         .iter()
         .map(|l| ((l.table, l.day), l.etag.as_str()))
         .collect();
-    let mut out = Vec::new();
+    let mut out = unrecorded(root, tz, listing, recorded).await?;
     for f in recorded {
         let problem = match listed.get(&(f.table, f.day)) {
             None => Problem::Missing,
@@ -80,11 +119,44 @@ pub async fn check(
     Ok(out)
 }
 
+/// The day files the ledger never recorded that are damaged or whose rows are not their day's
+/// keys. In a root this pipeline writes, that is a file copied or written by hand (or a file of a
+/// day whose record was lost, which reads fine).
+async fn unrecorded(
+    root: &Root,
+    tz: Tz,
+    listing: &[Listed],
+    recorded: &[DayFile],
+) -> Result<Vec<Finding>, String> {
+    let known: std::collections::HashSet<(Table, NaiveDate)> =
+        recorded.iter().map(|f| (f.table, f.day)).collect();
+    let mut out = Vec::new();
+    for l in listing
+        .iter()
+        .filter(|l| !known.contains(&(l.table, l.day)))
+    {
+        let problem = match root.read_rows(l.table, l.day).await {
+            Ok(rows) => match not_its_keys(&rows, tz, l.day) {
+                Some(why) => Problem::NotItsKeys(why),
+                None => continue,
+            },
+            Err(e @ ReadError::Damaged { .. }) => Problem::Damaged(e.to_string()),
+            Err(e @ ReadError::Io { .. }) => return Err(e.to_string()),
+        };
+        out.push(Finding {
+            table: l.table,
+            day: l.day,
+            problem,
+        });
+    }
+    Ok(out)
+}
+
 /// What a look at a root found, read-only: the day files that are not as the ledger recorded
 /// them, and the other files in day directories.
 #[derive(Debug, Default)]
 pub struct Inspection {
-    /// The day files listed.
+    /// The day files listed (those whose rows are not their day's keys aside).
     pub files: Vec<Listed>,
     /// Day files missing, changed or damaged.
     pub findings: Vec<Finding>,
@@ -94,11 +166,22 @@ pub struct Inspection {
 
 /// Lists the root once and compares it with the ledger's manifest for `target`, changing
 /// nothing: what the next run's [`before_run`] will act on (`plan` and `status` show it).
-pub async fn inspect(root: &Root, ledger: &dyn Ledger, target: &str) -> Result<Inspection, String> {
+pub async fn inspect(
+    root: &Root,
+    tz: Tz,
+    ledger: &dyn Ledger,
+    target: &str,
+) -> Result<Inspection, String> {
     let recorded = ledger.day_files(target).await.map_err(|e| e.to_string())?;
-    let listing = root.list_all().await?;
+    let mut listing = root.list_all().await?;
+    let findings = check(root, tz, &listing.files, &recorded).await?;
+    listing.files.retain(|l| {
+        !findings.iter().any(|f| {
+            (f.table, f.day) == (l.table, l.day) && matches!(f.problem, Problem::NotItsKeys(_))
+        })
+    });
     Ok(Inspection {
-        findings: check(root, &listing.files, &recorded).await?,
+        findings,
         files: listing.files,
         strays: listing.strays,
     })
@@ -128,11 +211,15 @@ pub async fn repair(
     }
     for f in findings {
         let mut line = f.describe(root);
-        if matches!(f.problem, Problem::Damaged(_)) {
-            match root.quarantine(f.table, f.day).await {
-                Ok(to) => line.push_str(&format!("; moved to {to}")),
-                Err(e) => line.push_str(&format!("; {e}")),
-            }
+        let moved = match f.problem {
+            Problem::Damaged(_) => Some(root.quarantine(f.table, f.day).await),
+            Problem::NotItsKeys(_) => Some(root.set_aside(&f.as_stray(root)).await),
+            Problem::Missing | Problem::Changed => None,
+        };
+        match moved {
+            Some(Ok(to)) => line.push_str(&format!("; moved to {to}")),
+            Some(Err(e)) => line.push_str(&format!("; {e}")),
+            None => {}
         }
         tracing::warn!(table = %f.table, day = %f.day, "{line}: the day is fetched again");
     }
@@ -145,6 +232,7 @@ pub async fn repair(
             "the Parquet day file was missing, changed or damaged",
         )
         .await
+        .map(|taken| taken.len() as u64)
 }
 
 /// Before a run: gives an older root's commits to it, then checks the root against the ledger and
@@ -162,15 +250,14 @@ pub async fn before_run(
     }
     let Inspection {
         findings, strays, ..
-    } = inspect(root, ledger, &sink.target).await?;
+    } = inspect(root, tz, ledger, &sink.target).await?;
     for stray in &strays {
         let moved = root.set_aside(stray).await?;
         tracing::warn!(
             table = %stray.table,
-            day = %stray.day,
-            "a second file in a day's directory ({}), which engines would read as part of the \
-             table: moved to {moved}",
-            stray.location
+            partition = %stray.partition,
+            "{}: moved to {moved}",
+            stray.describe()
         );
     }
     let taken = repair(root, tz, ledger, sink, &findings)
