@@ -139,6 +139,15 @@ pub enum Command {
         after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/ccc ccc-etl migrate"
     )]
     Migrate,
+    /// Make the configured Parquet root this configuration's ledger's: for the same pipeline
+    /// after its ledger was rebuilt or replaced (a new database, a wiped schema). Its rows stay;
+    /// the next run fetches what the new ledger does not know.
+    #[command(
+        name = "adopt-root",
+        after_help = "Example:
+  ccc-etl --config /etc/ccc-etl/pipeline.toml adopt-root"
+    )]
+    AdoptRoot,
     /// Write one self-contained HTML report: coverage, daily KPIs, hour-of-week traffic, runs,
     /// findings.
     #[command(after_help = "Example:\n  ccc-etl report --output /var/www/ccc-etl/report.html")]

@@ -43,6 +43,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
 use crate::ccc::ratelimit::AdaptivePacer;
+use crate::ledger::SinkKind;
 use crate::record::{MediaType, WindowKey};
 
 type Key = (String, MediaType, i64);
@@ -113,7 +114,7 @@ pub struct Coordinator {
     /// Bumped whenever `lost` grows, to wake the fetches waiting on it.
     lost_signal: tokio::sync::watch::Sender<u64>,
     /// Windows whose commit a sink refused, counted once each.
-    refusals: Mutex<HashSet<(Key, &'static str)>>,
+    refusals: Mutex<HashSet<(Key, SinkKind)>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -321,7 +322,7 @@ impl Coordinator {
                     // Claimed (back): a new attempt, whose refusals would be new ones.
                     self.lost.lock().expect("lost").remove(&k);
                     let mut refusals = self.refusals.lock().expect("refusals");
-                    for sink in ["postgres", "parquet"] {
+                    for sink in SinkKind::ALL {
                         refusals.remove(&(k.clone(), sink));
                     }
                     drop(refusals);
@@ -401,7 +402,7 @@ impl Coordinator {
 
     /// A commit of `w` to `sink` was refused: counted, and logged with the refused window's own
     /// fields (not those of the window whose write found it).
-    pub fn refused(&self, w: &WindowKey, sink: &'static str) {
+    pub fn refused(&self, w: &WindowKey, sink: SinkKind) {
         // Once per window and sink: a window whose rows span two days is refused by each.
         if !self
             .refusals
@@ -419,7 +420,7 @@ impl Coordinator {
             media_type = %w.media_type,
             window_start = %crate::record::fmt_ms(w.start_ms),
             window_end = %crate::record::fmt_ms(w.end_ms),
-            sink,
+            sink = %sink,
             "commit refused: this worker no longer holds the window's lease (taken over by \
              another worker, or expired)"
         );

@@ -1,6 +1,7 @@
 //! What each subcommand does: validated arguments in, a run and its exit code out. One file per
 //! subcommand; `open` decides what a command works on, `job` runs backfills and nightly runs.
 
+mod adopt;
 mod check;
 mod ddl;
 mod demo;
@@ -94,6 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Report { output, days } => report::run_report(&cli.config, output, *days).await,
         Command::Ddl { engine, schema } => ddl::run_ddl(&cli.config, *engine, schema.as_deref()),
+        Command::AdoptRoot => adopt::run_adopt(&Config::load(&cli.config)?).await,
         Command::Migrate => {
             let (config, access) = migrate::migrate_config(&cli.config)?;
             run_migrate(&config, access).await

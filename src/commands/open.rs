@@ -186,6 +186,7 @@ pub(crate) async fn open_sinks_and_store(config: &Config) -> anyhow::Result<Open
     let ledger = open_ledger(config, store.as_ref(), false)?;
     if let Some(p) = parquet {
         tracing::info!(root = %p.root().display(), "Parquet root");
+        claim_root(p.root(), ledger.as_ref()).await?;
         reconcile::before_run(
             p.root(),
             config.pipeline.timezone,
@@ -213,4 +214,30 @@ pub(crate) async fn parquet_sink_id(root: &Root, tz: chrono_tz::Tz) -> anyhow::R
         None => format!("absent:{}", root.display()),
     };
     Ok(SinkId::new(SinkKind::Parquet, target))
+}
+
+/// Checks that the root is `ledger`'s, as its `root.json` records; a root no ledger has
+/// claimed yet (new, or written before roots recorded their ledger) becomes `ledger`'s. A root
+/// another ledger writes is refused (exit 2), saying how to adopt it on purpose.
+pub(crate) async fn claim_root(root: &Root, ledger: &dyn Ledger) -> anyhow::Result<()> {
+    let ours = ledger.identity().await?;
+    let Some(mut meta) = root.read_meta().await.map_err(InputError::new)? else {
+        return Ok(());
+    };
+    match &meta.ledger {
+        Some(theirs) if *theirs == ours => Ok(()),
+        Some(theirs) => Err(InputError::new(format!(
+            "the Parquet root {} is written by another pipeline: its _ccc_etl/root.json names \
+             the ledger {theirs}, this configuration's is {ours}. Point `[parquet] root` at a \
+             root of its own; or, if this is the same pipeline with a rebuilt or replaced ledger, \
+             take the root over with `ccc-etl adopt-root` and this configuration",
+            root.display()
+        ))
+        .into()),
+        None => {
+            meta.ledger = Some(ours);
+            root.write_meta(&meta).await.map_err(anyhow::Error::msg)?;
+            Ok(())
+        }
+    }
 }

@@ -133,6 +133,9 @@ fn nothing_found(choice: Choice) -> String {
 /// service moves on to the next provider.
 pub async fn start(choice: Choice, candidates: Vec<Found>) -> anyhow::Result<CredentialSource> {
     let mut skipped = Vec::new();
+    if candidates.is_empty() {
+        return Err(InputError::new(nothing_found(choice)).into());
+    }
     let last = candidates.len() - 1;
     for (i, f) in candidates.into_iter().enumerate() {
         let is_ecs = matches!(f.provider, Provider::EcsRamRole { .. });

@@ -308,6 +308,10 @@ impl Ledger for FileLedger {
     async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         Ok(self.index.latest_runs(limit))
     }
+
+    async fn identity(&self) -> Result<String, LedgerError> {
+        Ok("file".into())
+    }
 }
 
 #[cfg(test)]

@@ -213,4 +213,8 @@ impl Ledger for MemoryLedger {
     async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         Ok(self.latest_runs(limit))
     }
+
+    async fn identity(&self) -> Result<String, LedgerError> {
+        Ok("memory".into())
+    }
 }

@@ -35,6 +35,9 @@ pub enum SinkKind {
 }
 
 impl SinkKind {
+    /// Every kind.
+    pub const ALL: [SinkKind; 3] = [SinkKind::Postgres, SinkKind::Parquet, SinkKind::Memory];
+
     /// The name in the ledger, the summary and the metrics.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -314,6 +317,9 @@ pub trait Ledger: Send + Sync {
     async fn fields_seen(&self) -> Result<crate::record::Drift, LedgerError>;
     /// The `limit` latest runs, newest first, each as last recorded.
     async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError>;
+    /// Which ledger this is, as a Parquet root records its owner's: `postgresql:{id}` (an id
+    /// made with the schema, kept by a dump and restore), or `file` (the ledger in the root).
+    async fn identity(&self) -> Result<String, LedgerError>;
 }
 
 /// The drift a recorded run's summary names.

@@ -298,6 +298,14 @@ impl Ledger for PgLedger {
         .map_err(ledger_err)
     }
 
+    async fn identity(&self) -> Result<String, LedgerError> {
+        let id: String = sqlx::query_scalar("SELECT id::text FROM ledger_identity")
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(ledger_err)?;
+        Ok(format!("postgresql:{id}"))
+    }
+
     async fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, LedgerError> {
         let rows: Vec<RunRow> = sqlx::query_as(
             "SELECT run_id, command, started_at, finished_at, status, summary FROM runs \

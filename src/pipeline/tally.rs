@@ -183,6 +183,28 @@ impl Tally {
     }
 
     /// The worker lost `key`'s lease (again, perhaps: each claim is an attempt of its own).
+    /// A window whose fetch failed for good.
+    fn fetch_failed(&mut self, f: FailedWindow) -> Step {
+        log_failed(&f);
+        self.windows.entry(f.key.clone()).or_default().failed = true;
+        self.summary.windows_failed.push(f);
+        Step::WindowDone { rows: 0 }
+    }
+
+    /// `sink`'s write of `key` landed after the lease was lost: the window is lost, and the run
+    /// is not ok.
+    fn late(&mut self, sink: SinkKind, key: WindowKey) {
+        tracing::error!(
+            sink = %sink,
+            window = %key,
+            "written after this worker lost the window's lease (it was stopped or cut off from \
+             PostgreSQL for longer than a lease): not recorded; the run does not end ok, and the \
+             next run checks the root and fetches the day again if its file changed"
+        );
+        self.summary.late_writes += 1;
+        self.lose(key);
+    }
+
     fn lose(&mut self, key: WindowKey) {
         self.windows.entry(key.clone()).or_default().lost = true;
         if !self.newly_lost.contains(&key) {
@@ -253,21 +275,14 @@ impl Tally {
                 self.fetched(&key, rows, dedup, lost, quality)
             }
             Event::Durable { sink, keys } => {
-                for key in keys {
-                    self.durable(sink, &key);
-                }
+                keys.iter().for_each(|key| self.durable(sink, key));
                 Step::Quiet
             }
             Event::Stats { sink, stats } => {
                 self.add_stats(sink, stats);
                 Step::Quiet
             }
-            Event::FetchFailed(f) => {
-                log_failed(&f);
-                self.windows.entry(f.key.clone()).or_default().failed = true;
-                self.summary.windows_failed.push(f);
-                Step::WindowDone { rows: 0 }
-            }
+            Event::FetchFailed(f) => self.fetch_failed(f),
             Event::SinkFailed(f) => {
                 self.sink_failed(f);
                 Step::Quiet
@@ -298,16 +313,7 @@ impl Tally {
                 Step::Quiet
             }
             Event::Late { sink, key } => {
-                tracing::error!(
-                    sink = %sink,
-                    window = %key,
-                    "written after this worker lost the window's lease (it was stopped or cut off \
-                     from PostgreSQL for longer than a lease): not recorded; the run does not end \
-                     ok, and the next run checks the root and fetches the day again if its file \
-                     changed"
-                );
-                self.summary.late_writes += 1;
-                self.lose(key);
+                self.late(sink, key);
                 Step::Quiet
             }
         }

@@ -34,8 +34,10 @@ use crate::ledger::{DurableWindow, SinkKind, upsert_windows};
 use crate::ledger::{LedgerEntry, SinkId};
 use crate::record::{MediaType, Table, WindowBatch, WindowKey};
 
-fn ts(ms: i64) -> DateTime<Utc> {
-    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
+fn ts(ms: i64) -> Result<DateTime<Utc>, sqlx::Error> {
+    DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(|| {
+        sqlx::Error::Encode(format!("{ms} ms is outside the range of a timestamp").into())
+    })
 }
 
 /// The two ways a window's rows of one table are written, built once from the compile-time
@@ -332,7 +334,7 @@ async fn fence<'a>(
     let held = c.holds_for_commit(tx, &keys).await?;
     let (kept, refused): (Vec<_>, Vec<_>) = group.iter().enumerate().partition(|(i, _)| held[*i]);
     for (_, b) in refused {
-        c.refused(&b.key, "postgres");
+        c.refused(&b.key, SinkKind::Postgres);
         written.fenced.push(b.key.clone());
     }
     Ok(kept.into_iter().map(|(_, b)| b).collect())
@@ -368,8 +370,18 @@ async fn stored_ranges(
     let rows: Vec<i64> = sqlx::query_scalar(STORED_RANGES)
         .bind(ids)
         .bind(media)
-        .bind(group.iter().map(|b| ts(b.key.start_ms)).collect::<Vec<_>>())
-        .bind(group.iter().map(|b| ts(b.key.end_ms)).collect::<Vec<_>>())
+        .bind(
+            group
+                .iter()
+                .map(|b| ts(b.key.start_ms))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+        .bind(
+            group
+                .iter()
+                .map(|b| ts(b.key.end_ms))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
         .fetch_all(&mut **tx)
         .await?;
     Ok(crate::coord::flags_at(group.len(), &rows))
@@ -444,7 +456,7 @@ async fn upsert_rows(
     let mut q = sqlx::query(statement)
         .bind(&b.key.instance_id)
         .bind(b.key.media_type.as_str())
-        .bind(times.into_iter().map(ts).collect::<Vec<_>>());
+        .bind(times.into_iter().map(ts).collect::<Result<Vec<_>, _>>()?);
     for c in counts {
         q = q.bind(c);
     }

@@ -783,6 +783,63 @@ async fn the_demo_and_a_real_pipeline_never_write_into_each_others_root() {
     );
 }
 
+/// A root records the ledger that writes it: a configuration whose ledger is another (a second
+/// database) is refused and writes nothing; `adopt-root` takes the root over on purpose, and the
+/// next run fills what the new ledger does not know. The first ledger is then the other one.
+#[tokio::test]
+async fn a_root_written_by_another_ledger_is_refused_until_adopted() {
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let (first, second) = (
+        common::TestDb::create().await,
+        common::TestDb::create().await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pipeline.toml");
+    let wh = dir.path().join("wh");
+    common::ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set("source", "max_qps", 500)
+        .parquet(wh.display())
+        .postgres()
+        .write(&cfg);
+    let run = |db: &common::TestDb, args: &[&str], code: i32| {
+        let cmd = common::ccc_etl_at(&cfg, Some(&db.url))
+            .args(common::args(args))
+            .output();
+        async move {
+            let out = cmd.await.unwrap();
+            let text = common::output_text(&out);
+            assert_eq!(out.status.code(), Some(code), "{text}");
+            text
+        }
+    };
+    let backfill = ["backfill", "--from", "2026-11-20", "--to", "2026-11-22"];
+    run(&first, &backfill, 0).await;
+    let meta = std::fs::read_to_string(wh.join("_ccc_etl/root.json")).unwrap();
+    assert!(meta.contains("\"ledger\": \"postgresql:"), "{meta}");
+    let before = walkdir(&wh);
+
+    let text = run(&second, &backfill, 2).await;
+    assert!(
+        text.contains("is written by another pipeline") && text.contains("ccc-etl adopt-root"),
+        "{text}"
+    );
+    assert_eq!(walkdir(&wh), before, "nothing written");
+
+    let text = run(&second, &["adopt-root"], 0).await;
+    assert!(
+        text.contains("is now written by the ledger postgresql:"),
+        "{text}"
+    );
+    let text = run(&second, &["adopt-root"], 0).await;
+    assert!(text.contains("is already this ledger's"), "{text}");
+    run(&second, &backfill, 0).await;
+    run(&second, &["verify"], 0).await;
+    let text = run(&first, &backfill, 2).await;
+    assert!(text.contains("is written by another pipeline"), "{text}");
+    first.drop_db().await;
+    second.drop_db().await;
+}
+
 /// Every file under `root`, relative, with its size.
 fn walkdir(root: &Path) -> Vec<String> {
     let mut out = vec![];

@@ -89,6 +89,7 @@ async fn migrations_from_empty_create_the_tables_views_and_ledger_and_can_run_ag
             "hourly_traffic",
             "inbound_trend",
             "leases",
+            "ledger_identity",
             "outbound_trend",
             "overall_trend",
             "parquet_files",

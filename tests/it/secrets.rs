@@ -163,13 +163,18 @@ async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
     }
     assert_clean("metrics file", &std::fs::read_to_string(&metrics).unwrap());
 
-    // A failing job without PostgreSQL leaves its story in the file ledger: check that too.
+    // A failing job without PostgreSQL leaves its story in the file ledger: check that too (on
+    // a root of its own: the first root is the PostgreSQL ledger's).
     let cfg2 = dir.path().join("parquet-only.toml");
     std::fs::write(
         &cfg2,
         std::fs::read_to_string(&cfg)
             .unwrap()
-            .replace("[postgres]\nschema = \"ccc\"\n", ""),
+            .replace("[postgres]\nschema = \"ccc\"\n", "")
+            .replace(
+                &root.display().to_string(),
+                &dir.path().join("wh2").display().to_string(),
+            ),
     )
     .unwrap();
     let failed2 = run(WRONG, cfg2.clone()).await;
@@ -183,6 +188,7 @@ async fn secrets_appear_nowhere_for_a_succeeding_and_a_failing_job() {
     );
     let mut files = String::new();
     everything_under(&root, &mut files);
+    everything_under(&dir.path().join("wh2"), &mut files);
     assert!(files.contains("ccc-a"), "the files were read");
     assert_clean("Parquet and ledger files", &files);
 
@@ -293,6 +299,7 @@ async fn a_keyless_job_shows_no_oidc_token_and_no_issued_credential_anywhere() {
     assert_no_sts_secret("metrics file", &std::fs::read_to_string(&metrics).unwrap());
     let mut files = String::new();
     everything_under(&root, &mut files);
+    everything_under(&dir.path().join("wh2"), &mut files);
     assert!(files.contains("ccc-a"), "the files were read");
     assert_no_sts_secret("Parquet files", &files);
     let pool = db.pool().await;

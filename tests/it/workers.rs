@@ -1015,6 +1015,15 @@ async fn frozen_worker_delays_the_others_by_at_most_a_lease(
     .expect("the other worker is not stalled by the frozen one");
     assert_eq!(code, Some(0), "{text}");
     let waited = started.elapsed();
+    // What A held is given up within a lease (its leases lapse, and the server ends its session
+    // a lease after it went idle or its statement began); B's own work at 50 requests a second
+    // takes a few seconds on this machine. Two leases, a heartbeat and 20 s for a loaded machine
+    // bound it, well inside the 60 s a stalled B would reach.
+    let bound = Duration::from_secs(2 * 4 + 1 + 20);
+    assert!(
+        waited <= bound,
+        "the other worker took {waited:?} ({what}), more than {bound:?}"
+    );
     assert!(
         !caught(&pool, pid).await,
         "the frozen worker no longer holds it ({what})"

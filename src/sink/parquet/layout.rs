@@ -48,6 +48,10 @@ pub struct RootMeta {
     /// Who writes it.
     #[serde(default)]
     pub owner: RootOwner,
+    /// The ledger that records its commits ([`Ledger::identity`](crate::ledger::Ledger::identity)):
+    /// set by the first run, changed only by `ccc-etl adopt-root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<String>,
 }
 
 impl RootMeta {
@@ -58,6 +62,7 @@ impl RootMeta {
             timezone: timezone.name().to_string(),
             created_at: Utc::now(),
             owner,
+            ledger: None,
         }
     }
 }
@@ -479,6 +484,7 @@ mod tests {
             timezone: "Asia/Shanghai".into(),
             created_at: Utc::now(),
             owner: RootOwner::Demo,
+            ledger: Some("postgresql:abc".into()),
         };
         l.write_meta(&meta).unwrap();
         assert_eq!(l.read_meta().unwrap(), Some(meta));

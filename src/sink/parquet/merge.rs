@@ -451,7 +451,7 @@ impl DayLock<'_> {
             if h {
                 kept.push(b.clone());
             } else {
-                c.refused(&b.key, "parquet");
+                c.refused(&b.key, crate::ledger::SinkKind::Parquet);
             }
         }
         Ok(kept)

@@ -191,6 +191,7 @@ mod tests {
                 timezone: "UTC".into(),
                 created_at: Utc::now(),
                 owner: Default::default(),
+                ledger: None,
             })
             .unwrap();
         // 2026-11-02 in UTC: 00:00 .. 23:00. In Shanghai (+8) hours 16..23 are on 11-03.

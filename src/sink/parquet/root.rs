@@ -62,6 +62,14 @@ impl Root {
         }
     }
 
+    /// Writes the root's `root.json` (atomically).
+    pub async fn write_meta(&self, meta: &RootMeta) -> Result<(), String> {
+        match self {
+            Root::Local(l) => l.write_meta(meta),
+            Root::Object(o) => o.write_meta(meta).await,
+        }
+    }
+
     /// Whether an older version wrote here before roots had ids (local roots only: object
     /// storage came later).
     pub fn has_state_without_meta(&self) -> bool {
