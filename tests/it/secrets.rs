@@ -299,7 +299,6 @@ async fn a_keyless_job_shows_no_oidc_token_and_no_issued_credential_anywhere() {
     assert_no_sts_secret("metrics file", &std::fs::read_to_string(&metrics).unwrap());
     let mut files = String::new();
     everything_under(&root, &mut files);
-    everything_under(&dir.path().join("wh2"), &mut files);
     assert!(files.contains("ccc-a"), "the files were read");
     assert_no_sts_secret("Parquet files", &files);
     let pool = db.pool().await;
