@@ -459,6 +459,17 @@ impl PgStore {
         &self.schema
     }
 
+    /// The instances whose windows the ledger records as committed to PostgreSQL (one scan of
+    /// the ledger, not of the trend tables).
+    pub async fn ledger_instances(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT instance_id FROM windows \
+             WHERE sink = 'postgres' AND status = 'committed' ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Rows of one series in each of the three tables.
     pub async fn row_counts(
         &self,

@@ -104,6 +104,10 @@ pub struct StatusReport {
     /// part of the table (a day counted twice); the next run moves them aside.
     #[serde(default)]
     pub extra_files: Vec<String>,
+    /// Instances the sinks hold rows of that the configuration no longer lists: history, kept
+    /// as it is (PostgreSQL's from the ledger, Parquet's from the files).
+    #[serde(default)]
+    pub history: Vec<String>,
     /// Workers seen in the last day, live ones first (PostgreSQL only).
     pub workers: Vec<crate::coord::WorkerRow>,
     /// Leases whose worker stopped heartbeating and that no worker has taken over yet.
@@ -235,6 +239,7 @@ pub async fn build(
         alert,
         findings: vec![],
         extra_files: vec![],
+        history: vec![],
         workers: vec![],
         expired_leases: 0,
         fields: ledger.fields_seen().await?,
@@ -257,6 +262,13 @@ impl StatusReport {
         }
         for f in &self.extra_files {
             s.push_str(&format!("{f}\n"));
+        }
+        if !self.history.is_empty() {
+            s.push_str(&format!(
+                "history: rows of instances the configuration no longer lists, kept as they are: \
+                 {}\n",
+                self.history.join(", ")
+            ));
         }
         self.render_fields(&mut s);
         for w in &self.workers {

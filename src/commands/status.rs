@@ -127,6 +127,10 @@ async fn report_on(
         }
     }
     let (mut findings, mut extra_files) = (Vec::new(), Vec::new());
+    let mut held: Vec<String> = match (store, count_rows) {
+        (Some(store), true) => store.ledger_instances().await?,
+        _ => vec![],
+    };
     if let Some(pq) = &config.parquet {
         let root =
             Root::open(pq, config.source.credentials).map_err(crate::error::InputError::new)?;
@@ -135,6 +139,7 @@ async fn report_on(
         not_covered.insert(parquet.id.clone(), parquet.not_covered);
         findings = parquet.findings;
         extra_files = parquet.extra_files;
+        held.extend(parquet.instances);
         sinks.push(parquet.id);
     }
     let margin = config.pipeline.horizon_margin_ms();
@@ -152,6 +157,11 @@ async fn report_on(
     .await?;
     report.findings = findings;
     report.extra_files = extra_files;
+    let configured = config.pipeline.instance_ids();
+    held.retain(|i| !configured.contains(i));
+    held.sort();
+    held.dedup();
+    report.history = held;
     if let Some(store) = store {
         let (workers, expired) = crate::coord::workers(
             store.pool(),
@@ -168,6 +178,8 @@ async fn report_on(
 struct ParquetView {
     id: SinkId,
     rows: Rows,
+    /// Instances with rows in the files (when counted).
+    instances: Vec<String>,
     /// Days whose files are missing, changed or damaged.
     not_covered: Vec<(i64, i64)>,
     findings: Vec<String>,
@@ -219,6 +231,7 @@ async fn parquet_view(
         not_covered: reconcile::ranges(config.pipeline.timezone, &found),
         findings: found.iter().map(|f| f.describe(root)).collect(),
         extra_files: seen.strays.iter().map(|s| s.describe()).collect(),
+        instances: disk.by_table.keys().map(|k| k.0.clone()).collect(),
         id,
         rows,
     })

@@ -135,6 +135,7 @@ mod tests {
             alert: false,
             findings: vec![],
             extra_files: vec![],
+            history: vec![],
             workers: vec![],
             expired_leases: 0,
             fields: Default::default(),

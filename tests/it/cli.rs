@@ -362,6 +362,17 @@ fn the_demo_backfills_into_parquet_with_no_credentials_and_no_config() {
         .unwrap()
         .count();
     assert!(parts >= 3, "one partition per day at least: {parts}");
+    // What the demo suggests next, `status` and `report`, without a configuration: how to make
+    // one.
+    for cmd in ["status", "report"] {
+        let out = bin().current_dir(dir.path()).arg(cmd).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {text}");
+        assert!(
+            text.contains("pipeline.toml") && text.contains("write one with `ccc-etl init`"),
+            "{cmd}: {text}"
+        );
+    }
 }
 
 #[test]

@@ -1010,6 +1010,16 @@ async fn rows_of_an_instance_no_longer_configured_are_kept_as_history() {
     pool.close().await;
 
     write(&["ccc-a"]);
+    let status = run(&["status", "--format", "json"], 4).await;
+    let report: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(report["history"], serde_json::json!(["ccc-b"]), "{status}");
+    let text = run(&["status"], 4).await;
+    assert!(
+        text.contains(
+            "history: rows of instances the configuration no longer lists, kept as they are: ccc-b"
+        ),
+        "{text}"
+    );
     let out = run(&["verify"], 0).await;
     assert!(
         out.contains("HISTORY 1 partition(s)") && out.contains("(ccc-b)"),
