@@ -964,6 +964,31 @@ async fn stray_partitions_are_findings_and_are_set_aside_without_fetching_outsid
     assert_eq!(walk(&layout.state_dir().join("set-aside")).len(), 6);
     assert_eq!(parquet_rows(&site.root("wh")), full);
     site.run_ok(&cfg, &["verify"], 0).await;
+    // An engine reading the table sees each key once, as many as PostgreSQL holds.
+    let q = format!(
+        "SELECT count(*), count(DISTINCT (instance_id, media_type, stats_time)) FROM read_parquet(\
+         '{}/outbound_trend/*/*.parquet', hive_partitioning = true, union_by_name = true)",
+        site.root("wh").display()
+    );
+    let out = std::process::Command::new(duckdb_python())
+        .args([
+            "-c",
+            "import duckdb, sys; print(*duckdb.sql(sys.argv[1]).fetchall()[0])",
+        ])
+        .arg(&q)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let pool = site.db.pool().await;
+    let pg: i64 = sqlx::query_scalar("SELECT count(*) FROM ccc.outbound_trend")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{pg} {pg}")
+    );
     site.db.drop_db().await;
 }
 
