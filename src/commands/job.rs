@@ -137,7 +137,7 @@ pub(crate) async fn run_job(
             },
         )
         .await?;
-        let code = finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await?;
+        let code = finish_run(req.kind, &summary, ledger.as_ref(), metrics).await?;
         let status = match req.kind {
             RunKind::Nightly => after_nightly(config, metrics).await,
             _ => None,
@@ -205,18 +205,19 @@ async fn after_nightly(config: &Config, metrics: Option<&Path>) -> Option<Status
 
 /// Prints the summary, writes the metrics file if asked, returns the exit code.
 pub(crate) async fn finish_run(
-    command: &str,
+    kind: RunKind,
     summary: &RunSummary,
     ledger: &dyn Ledger,
     metrics: Option<&Path>,
 ) -> anyhow::Result<u8> {
+    let command = kind.as_str();
     let code = report(command, summary);
     if let Some(path) = metrics {
         let now = Utc::now();
         let last = if code == EXIT_OK {
             Some(now)
         } else {
-            ledger.last_success(Some(command)).await.ok().flatten()
+            ledger.last_success(Some(kind)).await.ok().flatten()
         };
         let text = crate::metrics::render(command, summary, code, now, last);
         crate::metrics::write_atomic(path, &text)

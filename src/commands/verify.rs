@@ -260,7 +260,7 @@ pub(crate) async fn run_repair(
         };
         credentials.log_start();
         let summary = execute(config, credentials, sinks, ledger.clone(), &req, how).await?;
-        code = finish_run(req.kind.as_str(), &summary, ledger.as_ref(), metrics).await?;
+        code = finish_run(req.kind, &summary, ledger.as_ref(), metrics).await?;
     } else {
         drop(sinks);
     }

@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::memory::MemoryLedger;
-use super::{DayFile, Ledger, LedgerEntry, LedgerError, RunRecord, SinkId, SinkKind};
+use super::{DayFile, Ledger, LedgerEntry, LedgerError, RunKind, RunRecord, SinkId, SinkKind};
 use crate::record::{MediaType, Table};
 
 /// A line of the file ledger's `windows.jsonl`.
@@ -296,7 +296,7 @@ impl Ledger for FileLedger {
 
     async fn last_success(
         &self,
-        command: Option<&str>,
+        command: Option<RunKind>,
     ) -> Result<Option<DateTime<Utc>>, LedgerError> {
         Ok(self.index.latest_success(command))
     }

@@ -6,7 +6,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{DayFile, Ledger, LedgerEntry, LedgerError, RunRecord, SinkId, WindowStatus, drift_of};
+use super::{
+    DayFile, Ledger, LedgerEntry, LedgerError, RunKind, RunRecord, RunState, RunStatus, SinkId,
+    WindowStatus, drift_of,
+};
 use crate::record::{MediaType, Table};
 
 #[derive(Debug, Default)]
@@ -98,7 +101,7 @@ impl Index {
 pub struct MemoryLedger {
     pub(super) index: Mutex<Index>,
     entries: Mutex<Vec<LedgerEntry>>,
-    successes: Mutex<HashMap<String, DateTime<Utc>>>,
+    successes: Mutex<HashMap<RunKind, DateTime<Utc>>>,
     drift: Mutex<crate::record::Drift>,
     /// Every run as last recorded, in the order they started.
     runs: Mutex<Vec<RunRecord>>,
@@ -116,9 +119,9 @@ impl MemoryLedger {
         if let Some(d) = drift_of(run.summary.as_ref()) {
             self.drift.lock().expect("ledger lock").merge(&d);
         }
-        if let (Some(done), "ok") = (run.finished_at, run.status.as_str()) {
+        if let (Some(done), RunState::Ended(RunStatus::Ok)) = (run.finished_at, run.status) {
             let mut m = self.successes.lock().expect("ledger lock");
-            let e = m.entry(run.command.clone()).or_insert(done);
+            let e = m.entry(run.command).or_insert(done);
             *e = (*e).max(done);
         }
     }
@@ -130,10 +133,10 @@ impl MemoryLedger {
         runs
     }
 
-    pub(super) fn latest_success(&self, command: Option<&str>) -> Option<DateTime<Utc>> {
+    pub(super) fn latest_success(&self, command: Option<RunKind>) -> Option<DateTime<Utc>> {
         let m = self.successes.lock().expect("ledger lock");
         match command {
-            Some(c) => m.get(c).copied(),
+            Some(c) => m.get(&c).copied(),
             None => m.values().max().copied(),
         }
     }
@@ -201,7 +204,7 @@ impl Ledger for MemoryLedger {
 
     async fn last_success(
         &self,
-        command: Option<&str>,
+        command: Option<RunKind>,
     ) -> Result<Option<DateTime<Utc>>, LedgerError> {
         Ok(self.latest_success(command))
     }

@@ -226,32 +226,157 @@ impl LedgerEntry {
     }
 }
 
+/// What kind of run this is: recorded with it, and the `command` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// `ccc-etl backfill`.
+    Backfill,
+    /// `ccc-etl nightly`.
+    Nightly,
+    /// `ccc-etl demo`.
+    Demo,
+    /// `ccc-etl verify --repair`.
+    Repair,
+}
+
+impl RunKind {
+    /// Every kind.
+    pub const ALL: [RunKind; 4] = [
+        RunKind::Backfill,
+        RunKind::Nightly,
+        RunKind::Demo,
+        RunKind::Repair,
+    ];
+
+    /// The name in the `runs` table and the metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Backfill => "backfill",
+            RunKind::Nightly => "nightly",
+            RunKind::Demo => "demo",
+            RunKind::Repair => "repair",
+        }
+    }
+}
+
+impl std::str::FromStr for RunKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a kind of run"))
+    }
+}
+
+/// How a run ended, as the `runs` table records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every planned window committed to every sink.
+    Ok,
+    /// Some windows failed; the next run retries them.
+    Partial,
+    /// A run-fatal error stopped the run.
+    Failed,
+}
+
+impl RunStatus {
+    /// The `runs.status` value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    /// The exit code (the one mapping from a run's outcome to a code).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunStatus::Ok => crate::error::EXIT_OK,
+            RunStatus::Partial => crate::error::EXIT_PARTIAL,
+            RunStatus::Failed => crate::error::EXIT_FATAL,
+        }
+    }
+}
+
+/// A recorded run: running, or ended with a status. Stored as its text (`running`, `ok`,
+/// `partial`, `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
+pub enum RunState {
+    /// Started, not ended (or ended without a record: killed).
+    Running,
+    /// Ended.
+    Ended(RunStatus),
+}
+
+impl RunState {
+    /// The `runs.status` value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Ended(s) => s.as_str(),
+        }
+    }
+}
+
+impl From<RunState> for &'static str {
+    fn from(s: RunState) -> Self {
+        s.as_str()
+    }
+}
+
+impl TryFrom<String> for RunState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            RunState::Running,
+            RunState::Ended(RunStatus::Ok),
+            RunState::Ended(RunStatus::Partial),
+            RunState::Ended(RunStatus::Failed),
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| format!("{s:?} is not a state of a run"))
+    }
+}
+
 /// A run's bookkeeping record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Id.
     pub run_id: uuid::Uuid,
-    /// `backfill`, `nightly`, `demo`.
-    pub command: String,
+    /// What kind of run.
+    pub command: RunKind,
     /// Start.
     pub started_at: DateTime<Utc>,
     /// End, once finished.
     pub finished_at: Option<DateTime<Utc>>,
-    /// `running`, `ok`, `partial`, `failed`.
-    pub status: String,
+    /// Running, or how it ended.
+    pub status: RunState,
     /// The summary, as JSON.
     pub summary: Option<serde_json::Value>,
 }
 
 impl RunRecord {
     /// A run that has just started.
-    pub fn started(run_id: uuid::Uuid, command: &str, started_at: DateTime<Utc>) -> Self {
+    pub fn started(run_id: uuid::Uuid, command: RunKind, started_at: DateTime<Utc>) -> Self {
         Self {
             run_id,
-            command: command.into(),
+            command,
             started_at,
             finished_at: None,
-            status: "running".into(),
+            status: RunState::Running,
             summary: None,
         }
     }
@@ -310,7 +435,7 @@ pub trait Ledger: Send + Sync {
     /// When a run of `command` (any command if `None`) last finished with every window committed.
     async fn last_success(
         &self,
-        command: Option<&str>,
+        command: Option<RunKind>,
     ) -> Result<Option<DateTime<Utc>>, LedgerError>;
     /// The schema drift the recorded runs met (since the schema last changed, where the ledger
     /// knows when that was): unknown fields with the rows that carried them, missing fields.
@@ -437,5 +562,26 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(m, vec![(10, 30)]);
+    }
+
+    #[test]
+    fn a_run_record_keeps_the_text_older_records_have_and_refuses_unknown_values() {
+        let mut run = RunRecord::started(uuid::Uuid::nil(), RunKind::Repair, Utc::now());
+        let text = serde_json::to_string(&run).unwrap();
+        assert!(
+            text.contains(r#""command":"repair""#) && text.contains(r#""status":"running""#),
+            "{text}"
+        );
+        run.status = RunState::Ended(RunStatus::Partial);
+        let back: RunRecord = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+        assert_eq!(
+            (back.command, back.status),
+            (RunKind::Repair, RunState::Ended(RunStatus::Partial))
+        );
+        for kind in RunKind::ALL {
+            assert_eq!(kind.as_str().parse::<RunKind>(), Ok(kind));
+        }
+        assert!("ok".parse::<RunState>().is_ok() && "done".parse::<RunState>().is_err());
+        assert!(serde_json::from_str::<RunRecord>(&text.replace("repair", "nope")).is_err());
     }
 }

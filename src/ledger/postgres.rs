@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Postgres, Row};
 
-use super::{DayFile, Ledger, LedgerEntry, LedgerError, RunRecord, SinkId, WindowStatus};
+use super::{
+    DayFile, Ledger, LedgerEntry, LedgerError, RunKind, RunRecord, RunStatus, SinkId, WindowStatus,
+};
 use crate::db::{PgStore, explain, is_retryable};
 use crate::record::{MediaType, Table, WindowKey};
 
@@ -274,10 +276,10 @@ impl Ledger for PgLedger {
              ON CONFLICT (run_id) DO UPDATE SET finished_at = EXCLUDED.finished_at, status = EXCLUDED.status, summary = EXCLUDED.summary",
         )
         .bind(run.run_id)
-        .bind(&run.command)
+        .bind(run.command.as_str())
         .bind(run.started_at)
         .bind(run.finished_at)
-        .bind(&run.status)
+        .bind(run.status.as_str())
         .bind(&run.summary)
         .execute(self.store.pool())
         .await
@@ -287,12 +289,13 @@ impl Ledger for PgLedger {
 
     async fn last_success(
         &self,
-        command: Option<&str>,
+        command: Option<RunKind>,
     ) -> Result<Option<DateTime<Utc>>, LedgerError> {
         sqlx::query_scalar(
-            "SELECT max(finished_at) FROM runs WHERE status = 'ok' AND ($1::text IS NULL OR command = $1)",
+            "SELECT max(finished_at) FROM runs WHERE status = $2 AND ($1::text IS NULL OR command = $1)",
         )
-        .bind(command)
+        .bind(command.map(RunKind::as_str))
+        .bind(RunStatus::Ok.as_str())
         .fetch_one(self.store.pool())
         .await
         .map_err(ledger_err)
@@ -315,17 +318,7 @@ impl Ledger for PgLedger {
         .fetch_all(self.store.pool())
         .await
         .map_err(ledger_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| RunRecord {
-                run_id: r.0,
-                command: r.1,
-                started_at: r.2,
-                finished_at: r.3,
-                status: r.4,
-                summary: r.5,
-            })
-            .collect())
+        rows.into_iter().map(RunRow::record).collect()
     }
 
     /// The drift of the runs since the last migration was applied (the schema last changed).
@@ -347,12 +340,31 @@ impl Ledger for PgLedger {
     }
 }
 
-/// A row of `runs`.
-type RunRow = (
-    uuid::Uuid,
-    String,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    String,
-    Option<serde_json::Value>,
-);
+/// A row of `runs`, read by column name.
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    run_id: uuid::Uuid,
+    command: String,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    status: String,
+    summary: Option<serde_json::Value>,
+}
+
+impl RunRow {
+    /// The record, or an error naming a value this version does not know.
+    fn record(self) -> Result<RunRecord, LedgerError> {
+        let bad = |message: String| LedgerError {
+            message: format!("runs row {}: {message}", self.run_id),
+            retryable: false,
+        };
+        Ok(RunRecord {
+            run_id: self.run_id,
+            command: self.command.parse().map_err(bad)?,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            status: self.status.parse().map_err(bad)?,
+            summary: self.summary,
+        })
+    }
+}

@@ -20,17 +20,17 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde::Serialize;
 use tracing::Instrument;
 
-pub use summary::{FailedWindow, RunStatus, RunSummary, thousands};
+pub use crate::ledger::{RunKind, RunStatus};
+pub use summary::{FailedWindow, RunSummary, thousands};
 pub use tally::{Event, Step, Tally};
 
 use crate::ccc::client::CccClient;
 use crate::config::Config;
 use crate::coord::Coordinator;
 use crate::error::InputError;
-use crate::ledger::{self, Ledger, RunRecord, SinkId};
+use crate::ledger::{self, Ledger, RunRecord, RunState, SinkId};
 use crate::plan::{self, PlanRequest};
 use crate::progress::Progress;
 use crate::record::{MediaType, WindowKey, fmt_ms};
@@ -45,32 +45,6 @@ pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
 /// The system clock.
 pub fn system_now() -> NowFn {
     Arc::new(crate::clock::now_ms)
-}
-
-/// What kind of run this is: recorded with it, and the `command` label of its metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunKind {
-    /// `ccc-etl backfill`.
-    Backfill,
-    /// `ccc-etl nightly`.
-    Nightly,
-    /// `ccc-etl demo`.
-    Demo,
-    /// `ccc-etl verify --repair`.
-    Repair,
-}
-
-impl RunKind {
-    /// The name in the `runs` table and the metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunKind::Backfill => "backfill",
-            RunKind::Nightly => "nightly",
-            RunKind::Demo => "demo",
-            RunKind::Repair => "repair",
-        }
-    }
 }
 
 /// Where a requested range starts.
@@ -266,7 +240,7 @@ impl Engine {
         summary.windows_planned = windows.len() as u64;
         let started_at = Utc::now();
         self.ledger
-            .record_run(&RunRecord::started(run_id, req.kind.as_str(), started_at))
+            .record_run(&RunRecord::started(run_id, req.kind, started_at))
             .await?;
         tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
         if let (Some(c), Some(planned_at)) = (&self.coordinator, planned_at) {
@@ -380,10 +354,10 @@ impl Engine {
         summary.revisions = summary.sinks.values().map(|c| c.revised).max().unwrap_or(0);
         let record = RunRecord {
             run_id: run.id,
-            command: run.kind.as_str().into(),
+            command: run.kind,
             started_at: run.started_at,
             finished_at: Some(Utc::now()),
-            status: summary.status().as_str().into(),
+            status: RunState::Ended(summary.status()),
             summary: serde_json::to_value(&summary).ok(),
         };
         if let Err(e) = self.ledger.record_run(&record).await {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::ledger::RunStatus;
 use crate::quality::QualityCounts;
 use crate::record::{Table, WindowKey, fmt_ms};
 use crate::sink::CommitStats;
@@ -295,38 +296,6 @@ impl RunSummary {
             s.push_str(&format!("  STOPPED: {f}\n"));
         }
         s
-    }
-}
-
-/// How a run ended, as the `runs` table records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    /// Every planned window committed to every sink.
-    Ok,
-    /// Some windows failed; the next run retries them.
-    Partial,
-    /// A run-fatal error stopped the run.
-    Failed,
-}
-
-impl RunStatus {
-    /// The `runs.status` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Ok => "ok",
-            RunStatus::Partial => "partial",
-            RunStatus::Failed => "failed",
-        }
-    }
-
-    /// The exit code (the one mapping from a run's outcome to a code).
-    pub fn exit_code(self) -> u8 {
-        match self {
-            RunStatus::Ok => crate::error::EXIT_OK,
-            RunStatus::Partial => crate::error::EXIT_PARTIAL,
-            RunStatus::Failed => crate::error::EXIT_FATAL,
-        }
     }
 }
 

@@ -509,10 +509,7 @@ mod tests {
         t.apply(durable(SinkKind::Parquet, &k));
         assert_eq!(t.summary().windows_ok, 0);
         assert_eq!(t.summary().windows_failed.len(), 1);
-        assert_eq!(
-            t.summary().status(),
-            super::super::summary::RunStatus::Partial
-        );
+        assert_eq!(t.summary().status(), crate::ledger::RunStatus::Partial);
     }
 
     #[test]
@@ -551,7 +548,7 @@ mod tests {
         assert_eq!(t.take_lost(), vec![k], "claimed back, or done elsewhere");
         let s = t.into_summary();
         assert_eq!((s.windows_ok, s.late_writes), (0, 1));
-        assert_eq!(s.status(), super::super::summary::RunStatus::Partial);
+        assert_eq!(s.status(), crate::ledger::RunStatus::Partial);
         assert!(
             s.render().contains("1 write(s) landed after"),
             "{}",

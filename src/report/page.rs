@@ -227,8 +227,8 @@ fn runs(runs: &[RunRecord], tz: Tz) -> Markup {
                     @let secs = num(r, "duration_secs").and_then(|v| v.as_f64()).or_else(|| r.finished_at.map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0));
                     tr {
                         td { (r.started_at.with_timezone(&tz).format("%Y-%m-%d %H:%M")) }
-                        td { (r.command) }
-                        td class=(r.status) { (r.status) }
+                        td { (r.command.as_str()) }
+                        td class=(r.status.as_str()) { (r.status.as_str()) }
                         td { (ok.map(|v| v.to_string()).unwrap_or_default()) }
                         td { (failed.map(|v| v.to_string()).unwrap_or_default()) }
                         td { (rows.map(|v| v.to_string()).unwrap_or_default()) }

@@ -28,13 +28,26 @@ pub struct DayJob {
     pub batches: Vec<Arc<WindowBatch>>,
 }
 
-/// A window whose days are all written, or one of them failed.
+/// How the write of a day ended for the windows it held.
+#[derive(Debug, Clone)]
+pub enum DayOutcome {
+    /// Written.
+    Written,
+    /// Not written: the sink failed.
+    Failed(SinkError),
+    /// Not written for this window: this worker no longer holds its lease.
+    Fenced,
+}
+
+/// A window whose days are all written, or one of them was not.
 #[derive(Debug)]
 pub enum Settled {
     /// Every day of the window is written.
     Durable(Arc<WindowBatch>),
     /// A day failed: the window is not durable here.
     Failed(WindowKey, SinkError),
+    /// A day refused the window: its lease is another worker's now (or expired).
+    Fenced(WindowKey),
 }
 
 /// A window whose rows are held.
@@ -44,7 +57,8 @@ struct Held {
     /// Days of the window not written yet.
     days_left: usize,
     /// The first error writing one of its days.
-    failed: Option<SinkError>,
+    /// The first day that was not written for it, and why.
+    failed: Option<DayOutcome>,
 }
 
 /// What waits in memory.
@@ -158,24 +172,25 @@ impl DayBuffer {
         self.take_days(all)
     }
 
-    /// A day handed out as `ids` was written (`error` is `None`) or failed. Returns the windows
-    /// that are now settled.
-    pub fn day_done(&mut self, ids: Vec<u64>, error: Option<SinkError>) -> Vec<Settled> {
+    /// A day handed out as `ids` was written, failed, or refused them. Returns the windows that
+    /// are now settled.
+    pub fn day_done(&mut self, ids: Vec<u64>, outcome: DayOutcome) -> Vec<Settled> {
         let mut out = vec![];
         for id in ids {
             let Some(h) = self.held.get_mut(&id) else {
                 continue;
             };
             h.days_left -= 1;
-            if h.failed.is_none() {
-                h.failed = error.clone();
+            if h.failed.is_none() && !matches!(outcome, DayOutcome::Written) {
+                h.failed = Some(outcome.clone());
             }
             if h.days_left == 0 {
                 let h = self.held.remove(&id).expect("held window");
                 self.held_rows -= h.batch.row_count();
                 out.push(match h.failed {
-                    None => Settled::Durable(h.batch),
-                    Some(e) => Settled::Failed(h.batch.key.clone(), e),
+                    None | Some(DayOutcome::Written) => Settled::Durable(h.batch),
+                    Some(DayOutcome::Failed(e)) => Settled::Failed(h.batch.key.clone(), e),
+                    Some(DayOutcome::Fenced) => Settled::Fenced(h.batch.key.clone()),
                 });
             }
         }
@@ -300,12 +315,13 @@ mod tests {
         let mut peak = 0;
         let mut settle = |b: &mut DayBuffer, jobs: Vec<DayJob>| {
             for job in jobs {
-                for s in b.day_done(job.ids, None) {
+                for s in b.day_done(job.ids, DayOutcome::Written) {
                     match s {
                         Settled::Durable(batch) => {
                             *durable.entry(batch.key.clone()).or_default() += 1
                         }
                         Settled::Failed(k, e) => panic!("{k} failed: {e}"),
+                        Settled::Fenced(k) => panic!("{k} fenced"),
                     }
                 }
             }
@@ -396,15 +412,15 @@ mod tests {
             retryable: true,
         };
         assert!(
-            b.day_done(first.ids, Some(error)).is_empty(),
+            b.day_done(first.ids, DayOutcome::Failed(error)).is_empty(),
             "a has a day left"
         );
-        let settled = b.day_done(jobs.next().unwrap().ids, None);
+        let settled = b.day_done(jobs.next().unwrap().ids, DayOutcome::Written);
         assert!(
             matches!(&settled[..], [Settled::Failed(k, e)] if *k == a && e.message == "disk full")
         );
         let (jobs, _) = b.arrive(&c, batch(&c));
-        let settled = b.day_done(jobs.into_iter().next().unwrap().ids, None);
+        let settled = b.day_done(jobs.into_iter().next().unwrap().ids, DayOutcome::Written);
         assert!(matches!(&settled[..], [Settled::Durable(x)] if x.key == c));
     }
 }

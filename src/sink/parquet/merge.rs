@@ -36,9 +36,6 @@ pub struct DayWritten {
     pub dropped: u64,
 }
 
-/// Why a window's rows were left out of a day file.
-pub(super) const FENCED: &str = "fenced: this worker no longer holds the window's lease (taken over by another worker, or expired)";
-
 /// Why a day could not be written.
 pub(super) enum DayError {
     /// The file system failed; a later attempt may succeed.

@@ -35,7 +35,7 @@ use crate::config::{DEFAULT_BUFFER_ROWS, ParquetCompression};
 use crate::ledger::{DayFile, SinkId};
 use crate::ledger::{DurableWindow, SinkKind};
 use crate::record::{Table, WindowBatch, WindowKey};
-use buffer::{DayBuffer, DayJob, Settled};
+use buffer::{DayBuffer, DayJob, DayOutcome, Settled};
 
 pub mod buffer;
 mod file;
@@ -54,7 +54,7 @@ pub(crate) use file::{count_bytes, count_file};
 pub use layout::{
     DATA_FILE, Layout, Listing, LockError, Partition, RootMeta, RootOwner, Stray, is_temp_name,
 };
-use merge::{DayError, FENCED, write_day, write_day_object};
+use merge::{DayError, write_day, write_day_object};
 pub use merge::{DayWritten, merge_day_into};
 pub use object::{ObjectRoot, Probe};
 pub use reconcile::not_its_keys;
@@ -331,9 +331,10 @@ impl ParquetSink {
             let ids = ids.into_iter().map(|(_, id)| id).collect();
             let refused: Vec<u64> = refused.into_iter().map(|(_, id)| id).collect();
             let mut buffer = self.buffer.lock().expect("buffer lock");
-            let mut settled = buffer.day_done(ids, error);
+            let mut settled =
+                buffer.day_done(ids, error.map_or(DayOutcome::Written, DayOutcome::Failed));
             if !refused.is_empty() {
-                settled.extend(buffer.day_done(refused, Some(err(FENCED.into(), false))));
+                settled.extend(buffer.day_done(refused, DayOutcome::Fenced));
             }
             drop(buffer);
             absorb(&mut out, settled);
@@ -485,7 +486,7 @@ fn absorb(out: &mut Written, settled: Vec<Settled>) {
     for s in settled {
         match s {
             Settled::Durable(batch) => out.durable.push(DurableWindow::of(&batch)),
-            Settled::Failed(key, e) if e.message == FENCED => out.fenced.push(key),
+            Settled::Fenced(key) => out.fenced.push(key),
             Settled::Failed(key, e) => out.failed.push((key, e)),
         }
     }
