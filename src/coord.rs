@@ -317,7 +317,7 @@ impl Coordinator {
             let Some(w) = by_key.get(&k) else { continue };
             let attempt: Option<i32> = r.get(3);
             let state: Option<String> = r.get(4);
-            match (attempt, state.as_deref()) {
+            match (attempt, state.as_deref().and_then(LeaseState::from_sql)) {
                 (Some(a), _) => {
                     // Claimed (back): a new attempt, whose refusals would be new ones.
                     self.lost.lock().expect("lost").remove(&k);
@@ -335,10 +335,10 @@ impl Coordinator {
                     );
                     out.mine.push((*w).clone());
                 }
-                (None, Some("done")) => out.done.push((*w).clone()),
+                (None, Some(LeaseState::Done)) => out.done.push((*w).clone()),
                 // Missing from the queue (its row deleted by hand): queued again below, and
                 // claimed with the windows others hold, a heartbeat later.
-                (None, None) => missing.push((*w).clone()),
+                (None, None) if state.is_none() => missing.push((*w).clone()),
                 (None, _) => out.busy.push((*w).clone()),
             }
         }
@@ -926,6 +926,48 @@ pub fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// A window's state in the `leases` queue: the one mapping to the text the table stores (its
+/// `CHECK` constraint lists the same three). The statements of this module are the only ones that
+/// name a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Queued, nobody holds it.
+    Pending,
+    /// A worker holds it until `lease_until`.
+    Leased,
+    /// Committed to every sink.
+    Done,
+}
+
+impl LeaseState {
+    /// Every state.
+    pub const ALL: [LeaseState; 3] = [LeaseState::Pending, LeaseState::Leased, LeaseState::Done];
+
+    /// The text in `leases.state`.
+    pub const fn as_sql(self) -> &'static str {
+        match self {
+            LeaseState::Pending => "pending",
+            LeaseState::Leased => "leased",
+            LeaseState::Done => "done",
+        }
+    }
+
+    /// The state a `leases.state` text names.
+    pub fn from_sql(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_sql() == s)
+    }
+}
+
+/// Windows a worker holds a live lease on: (instance, media type, start ms, end ms).
+pub async fn leased_windows(pool: &PgPool) -> Result<Vec<(String, String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT instance_id, media_type, start_ms, end_ms FROM leases \
+         WHERE state = 'leased' AND lease_until > now()",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// A live or recently seen worker, for `status`.

@@ -551,16 +551,6 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
     }
-
-    /// Windows a worker holds a live lease on: (instance, media type, start ms, end ms).
-    pub async fn leased_windows(&self) -> Result<Vec<(String, String, i64, i64)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT instance_id, media_type, start_ms, end_ms FROM leases \
-             WHERE state = 'leased' AND lease_until > now()",
-        )
-        .fetch_all(&self.pool)
-        .await
-    }
 }
 
 /// Whether PostgreSQL at `url` is reachable and lets this user run ccc-etl in `schema`: create it

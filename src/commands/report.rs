@@ -85,8 +85,7 @@ pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow:
 }
 
 async fn held_windows(store: &PgStore) -> anyhow::Result<Vec<Held>> {
-    Ok(store
-        .leased_windows()
+    Ok(crate::coord::leased_windows(store.pool())
         .await?
         .into_iter()
         .filter_map(|(i, m, a, b)| Some((i, m.parse::<MediaType>().ok()?, a, b)))

@@ -426,6 +426,38 @@ fn the_library_map_names_every_top_level_module() {
     assert!(missing.is_empty(), "lib.rs's map leaves out {missing:?}");
 }
 
+/// A lease's state is named in SQL only by the coordinator's statements, and each name is one
+/// of `LeaseState`'s: the state machine lives in one place.
+#[test]
+fn lease_states_are_named_only_by_the_coordinator() {
+    let literal = Regex::new(r"state\s*(?:=|<>|IN\s*\()\s*'(\w+)'|SET state = '(\w+)'").unwrap();
+    let mut outside = vec![];
+    let mut named = BTreeSet::new();
+    for (path, text) in texts_under("src", &["rs"]) {
+        for c in literal.captures_iter(&text) {
+            if path == "src/coord.rs" {
+                named.insert(c.get(1).or(c.get(2)).unwrap().as_str().to_string());
+            } else {
+                outside.push(format!("{path}: {}", &c[0]));
+            }
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "lease states named outside src/coord.rs: {outside:?}"
+    );
+    // `pg_stat_activity.state = 'active'` is PostgreSQL's, not a lease's.
+    named.remove("active");
+    let known: BTreeSet<String> = ccc_etl::coord::LeaseState::ALL
+        .iter()
+        .map(|s| s.as_sql().to_string())
+        .collect();
+    assert!(
+        named.len() >= 3 && named.is_subset(&known),
+        "{named:?} vs {known:?}"
+    );
+}
+
 /// Every file under `tests/it/`, with its path under the root.
 fn test_files() -> Vec<(String, String)> {
     let mut files = texts_under("tests/it", &["rs"]);
