@@ -261,13 +261,19 @@ pub(super) fn report(sink: &dyn Sink, written: Written) -> Vec<Event> {
             .into_iter()
             .map(|key| Event::Late { sink: kind, key }),
     );
+    let mut fatal = None;
     for (key, e) in written.failed {
+        if e.fatal && fatal.is_none() {
+            fatal = Some(e.to_string());
+        }
         events.push(Event::SinkFailed(FailedWindow {
             key,
             error: e.to_string(),
             retryable: e.retryable,
         }));
     }
+    // A sink no write of this run can succeed in stops the run, once.
+    events.extend(fatal.map(Event::Fatal));
     events
 }
 

@@ -42,6 +42,9 @@ pub struct SinkError {
     pub message: String,
     /// Whether a later attempt may succeed (a lost connection, a full disk being cleaned).
     pub retryable: bool,
+    /// Whether no further write can succeed in this run (the store refuses this configuration:
+    /// permissions, a missing bucket): the run stops.
+    pub fatal: bool,
 }
 
 /// The run a sink writes for: its id, and the ledger in which each sink records what it made
@@ -105,6 +108,7 @@ impl RunContext {
                         sink,
                         message: why.clone(),
                         retryable: true,
+                        fatal: false,
                     },
                 )),
                 None => w.late.push(d.key),
@@ -146,6 +150,7 @@ impl RunContext {
                 sink: sink.kind,
                 message: e.to_string(),
                 retryable: e.retryable,
+                fatal: false,
             };
             let lost = std::mem::take(&mut w.durable);
             w.failed

@@ -202,6 +202,7 @@ impl PostgresSink {
                 sink: SinkKind::Postgres,
                 message: "fenced: this worker no longer holds the window's lease".into(),
                 retryable: false,
+                fatal: false,
             });
         }
         match w.failed.pop() {
@@ -483,6 +484,7 @@ fn sink_err(e: sqlx::Error) -> SinkError {
     SinkError {
         sink: SinkKind::Postgres,
         retryable: is_retryable(&e),
+        fatal: false,
         message: explain(&e),
     }
 }

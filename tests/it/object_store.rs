@@ -928,3 +928,55 @@ async fn conditional_writes_keep_every_racing_writers_rows_on_azure() {
     let containers = [az.container(), az.container()];
     conditional_writes_keep_every_writers_rows(|c| azure_root(az, c, "wh"), containers).await;
 }
+
+/// The store refusing this configuration in the middle of a run (every request answered 403, as
+/// when the bucket policy is revoked): the run stops at once with one line saying why, exit 1;
+/// it does not go on failing window after window, and it retries nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_mid_run_stops_the_run_with_one_fatal_line() {
+    let private = s3::private_server();
+    let s3 = &private.0;
+    let bucket = s3.bucket().await;
+    let emu = common::start(common::options(&["ccc-a"])).await;
+    let db = common::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s3.toml");
+    ConfigToml::new(&emu.endpoint(), &["ccc-a"])
+        .set("source", "max_qps", 500)
+        .postgres()
+        .parquet(format!("s3://{bucket}/wh"))
+        .write(&cfg);
+    // The start (the probe, root.json, the listings) and a few day files pass; then 403s.
+    s3.refuse_after(16).await;
+    let today = crate::common::now().timestamp_millis() / DAY * DAY;
+    let (from, to) = (day_arg(today - 60 * DAY), day_arg(today - DAY));
+    let run = ccc_etl(
+        s3,
+        &cfg,
+        &db.url,
+        &["backfill", "--from", from.as_str(), "--to", to.as_str()],
+    );
+    let said = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{said}");
+    let stops: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("the run stops"))
+        .collect();
+    assert_eq!(stops.len(), 1, "{said}");
+    assert!(
+        stops[0].contains("the store refuses this configuration") && stops[0].contains("403"),
+        "{said}"
+    );
+    assert!(!said.contains("retrying"), "nothing retried: {said}");
+    let pool = db.pool().await;
+    let committed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ccc.windows WHERE sink = 'parquet' AND status = 'committed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let windows = 60 / 7 + 1;
+    assert!(committed < windows, "stopped before the end: {committed}");
+    pool.close().await;
+    db.drop_db().await;
+}

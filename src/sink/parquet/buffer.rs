@@ -410,6 +410,7 @@ mod tests {
             sink: crate::ledger::SinkKind::Parquet,
             message: "disk full".into(),
             retryable: true,
+            fatal: false,
         };
         assert!(
             b.day_done(first.ids, DayOutcome::Failed(error)).is_empty(),

@@ -104,6 +104,9 @@ pub enum ReadError {
         location: String,
         /// The cause.
         detail: String,
+        /// Whether the store refuses this configuration (permissions, a missing bucket): no
+        /// later attempt in this run can succeed.
+        refused: bool,
     },
     /// The file is not a readable Parquet file of this table: a corrupt footer, a torn page,
     /// another schema.
@@ -127,6 +130,7 @@ pub(super) fn open_local(path: &Path) -> Result<File, ReadError> {
     File::open(path).map_err(|e| ReadError::Io {
         location: path.display().to_string(),
         detail: e.to_string(),
+        refused: e.kind() == std::io::ErrorKind::PermissionDenied,
     })
 }
 

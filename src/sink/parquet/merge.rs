@@ -42,6 +42,18 @@ pub(super) enum DayError {
     Io(String),
     /// The existing file cannot be read as this table's file.
     Damaged { table: Table, error: ReadError },
+    /// The store refuses this configuration (permissions, a missing bucket): the run stops.
+    Refused(String),
+}
+
+impl From<object::StoreError> for DayError {
+    fn from(e: object::StoreError) -> Self {
+        if e.refused {
+            DayError::Refused(e.message)
+        } else {
+            DayError::Io(e.message)
+        }
+    }
 }
 
 /// Merges one day's rows of every table into its files; returns what changed.
@@ -93,6 +105,7 @@ pub(super) fn foreign_rows(location: &str, dropped: u64) {
 
 pub(super) fn day_error(table: Table, error: ReadError) -> DayError {
     match error {
+        ReadError::Io { refused: true, .. } => DayError::Refused(error.to_string()),
         ReadError::Io { .. } => DayError::Io(error.to_string()),
         ReadError::Damaged { .. } => DayError::Damaged { table, error },
     }
@@ -183,7 +196,7 @@ pub async fn merge_day_into(
     )
     .await
     .map_err(|e| match e {
-        DayError::Io(m) => m,
+        DayError::Io(m) | DayError::Refused(m) => m,
         DayError::Damaged { error, .. } => error.to_string(),
     })
 }
@@ -367,7 +380,7 @@ impl DayObject<'_> {
                 tracing::debug!(table = %table, day = %day, "the day file exists though the manifest does not list it: reading and merging it");
                 Ok(Attempt::Read)
             }
-            Err(e) => Err(DayError::Io(e)),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -116,6 +116,7 @@ fn err(message: String, retryable: bool) -> SinkError {
         sink: SinkKind::Parquet,
         message,
         retryable,
+        fatal: false,
     }
 }
 
@@ -408,6 +409,18 @@ impl ParquetSink {
             Err(DayError::Io(m)) => {
                 tracing::error!(day = %day, error = %m, "cannot write a Parquet day");
                 (Some(err(m, true)), vec![])
+            }
+            Err(DayError::Refused(m)) => {
+                let e = SinkError {
+                    fatal: true,
+                    ..err(
+                        format!(
+                            "{m} (the store refuses this configuration: check the credentials' permissions and the bucket)"
+                        ),
+                        false,
+                    )
+                };
+                (Some(e), vec![])
             }
             Err(DayError::Damaged { table, error }) => {
                 (Some(self.set_aside(table, day, error, out).await), vec![])

@@ -319,6 +319,14 @@ impl ObjectRoot {
         format!("{what}: {}", one_line(&self.secrets.scrub(&e.to_string())))
     }
 
+    /// [`ObjectRoot::fail`], keeping whether the store refuses this configuration.
+    fn refusal(&self, what: &str, e: object_store::Error) -> StoreError {
+        StoreError {
+            refused: refuses(&e),
+            message: self.fail(what, e),
+        }
+    }
+
     /// The root's `root.json`, if it has one.
     pub async fn read_meta(&self) -> Result<Option<RootMeta>, String> {
         let key = self.meta_key();
@@ -425,6 +433,7 @@ impl ObjectRoot {
         let key = self.day_key(table, day);
         let io = |e: object_store::Error| ReadError::Io {
             location: self.at(&key),
+            refused: refuses(&e),
             detail: self.secrets.scrub(&e.to_string()),
         };
         let got = match self.store.get(&key).await {
@@ -455,7 +464,7 @@ impl ObjectRoot {
         day: NaiveDate,
         body: Vec<u8>,
         read: Option<&UpdateVersion>,
-    ) -> Result<PutOutcome, String> {
+    ) -> Result<PutOutcome, StoreError> {
         let key = self.day_key(table, day);
         if body.len() > self.multipart_threshold {
             return self
@@ -479,28 +488,28 @@ impl ObjectRoot {
             ))),
             Err(object_store::Error::Precondition { .. })
             | Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::Conflict),
-            Err(e) => Err(self.fail(&format!("cannot write {}", self.at(&key)), e)),
+            Err(e) => Err(self.refusal(&format!("cannot write {}", self.at(&key)), e)),
         }
     }
 
-    async fn put_multipart(&self, key: &ObjPath, body: Vec<u8>) -> Result<String, String> {
+    async fn put_multipart(&self, key: &ObjPath, body: Vec<u8>) -> Result<String, StoreError> {
         let what = || format!("cannot upload {} in parts", self.at(key));
         let upload = self
             .store
             .put_multipart(key)
             .await
-            .map_err(|e| self.fail(&what(), e))?;
+            .map_err(|e| self.refusal(&what(), e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         for chunk in body.chunks(PART_SIZE) {
             if let Err(e) = w.wait_for_capacity(2).await {
                 let _ = w.abort().await;
-                return Err(self.fail(&what(), e));
+                return Err(self.refusal(&what(), e));
             }
             w.write(chunk);
         }
         drop(body);
         // `finish` aborts the upload itself when completing it fails.
-        let r = w.finish().await.map_err(|e| self.fail(&what(), e))?;
+        let r = w.finish().await.map_err(|e| self.refusal(&what(), e))?;
         Ok(etag_text(r.e_tag.as_deref(), r.version))
     }
 
@@ -586,6 +595,35 @@ impl ObjectRoot {
             .map_err(cannot)?;
         Ok(Some(tx))
     }
+}
+
+/// A store's error, with whether it refuses this configuration for good.
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    /// What failed, scrubbed of secrets, on one line.
+    pub message: String,
+    /// The store refuses this configuration (permissions, credentials, a missing bucket): no
+    /// later attempt in this run can succeed. Else (throttling, 5xx, a timeout, a reset) a later
+    /// one may.
+    pub refused: bool,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether an error says the store refuses this configuration, from its kind: permission denied
+/// (403), not authenticated (401), or a missing bucket (404 where a write or a read of a known key
+/// went; a missing day file is not an error).
+fn refuses(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::NotFound { .. }
+    )
 }
 
 /// The folder and name of an object directly in a folder of a table's,

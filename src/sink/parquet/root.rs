@@ -197,6 +197,7 @@ impl Root {
 
 fn task_failed(e: tokio::task::JoinError) -> ReadError {
     ReadError::Io {
+        refused: false,
         location: String::new(),
         detail: format!("reader task failed: {e}"),
     }

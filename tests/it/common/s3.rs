@@ -89,7 +89,41 @@ main()
 /// The test binary's server, started on first use.
 pub fn server() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
+    SERVER.get_or_init(start_moto)
+}
+
+/// A server of the calling test's own (its settings, such as when authentication starts, are
+/// the server's, not a bucket's); it stops when dropped.
+pub fn private_server() -> PrivateS3Server {
+    PrivateS3Server(start_moto())
+}
+
+/// A server that stops when dropped.
+pub struct PrivateS3Server(pub S3Server);
+
+impl Drop for PrivateS3Server {
+    fn drop(&mut self) {
+        let _ = self.0._process.kill();
+        let _ = self.0._process.wait();
+    }
+}
+
+impl S3Server {
+    /// From the `n`th request on, the server checks every request's credentials against its
+    /// (empty) IAM: each is refused with 403, as a bucket policy revoked mid-run would be.
+    pub async fn refuse_after(&self, n: usize) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/moto-api/reset-auth", self.endpoint))
+            .body(n.to_string())
+            .send()
+            .await
+            .expect("moto reset-auth");
+        assert!(r.status().is_success(), "moto reset-auth: {}", r.status());
+    }
+}
+
+fn start_moto() -> S3Server {
+    {
         let python = python();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -115,7 +149,7 @@ pub fn server() -> &'static S3Server {
             endpoint,
             _process: process,
         }
-    })
+    }
 }
 
 impl S3Server {
