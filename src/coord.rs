@@ -970,8 +970,8 @@ pub async fn leased_windows(pool: &PgPool) -> Result<Vec<(String, String, i64, i
     .await
 }
 
-/// A live or recently seen worker, for `status`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A live or recently seen worker, for `status` (read by column name).
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct WorkerRow {
     /// Id.
     pub worker_id: String,
@@ -1003,8 +1003,8 @@ pub struct WorkerRow {
 /// Workers seen in the last day (live first: a heartbeat within `lease`), and how many leases
 /// have expired without being taken over.
 pub async fn workers(pool: &PgPool, lease: Duration) -> Result<(Vec<WorkerRow>, i64), sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT worker_id::text, host, pid, command, started_at, heartbeat_at, windows_in_flight, \
+    let rows: Vec<WorkerRow> = sqlx::query_as(
+        "SELECT worker_id::text AS worker_id, host, pid, command, started_at, heartbeat_at, windows_in_flight, \
          windows_done, fenced, (stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)) AS live, \
          stopped_at IS NOT NULL AS stopped, \
          (windows_in_flight = 0 AND progress_at < now() - make_interval(secs => $1)) AS idle \
@@ -1019,23 +1019,5 @@ pub async fn workers(pool: &PgPool, lease: Duration) -> Result<(Vec<WorkerRow>, 
     )
     .fetch_one(pool)
     .await?;
-    Ok((
-        rows.iter()
-            .map(|r| WorkerRow {
-                worker_id: r.get(0),
-                host: r.get(1),
-                pid: r.get(2),
-                command: r.get(3),
-                started_at: r.get(4),
-                heartbeat_at: r.get(5),
-                windows_in_flight: r.get(6),
-                windows_done: r.get(7),
-                fenced: r.get(8),
-                live: r.get(9),
-                stopped: r.get(10),
-                idle: r.get(11),
-            })
-            .collect(),
-        expired,
-    ))
+    Ok((rows, expired))
 }

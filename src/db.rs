@@ -501,10 +501,12 @@ impl PgStore {
         tz: Tz,
     ) -> Result<Vec<InboundHourRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT t::date, extract(isodow FROM t)::int, extract(hour FROM t)::int, \
-                    sum(total_calls)::bigint, sum(calls_handled)::bigint, sum(calls_queued)::bigint, \
-                    sum(calls_abandoned_in_ivr)::bigint, sum(calls_abandoned_in_queue)::bigint, \
-                    sum(calls_abandoned_in_ring)::bigint \
+            "SELECT t::date AS day, extract(isodow FROM t)::int AS isodow, \
+                    extract(hour FROM t)::int AS hour, sum(total_calls)::bigint AS inbound, \
+                    sum(calls_handled)::bigint AS handled, sum(calls_queued)::bigint AS queued, \
+                    sum(calls_abandoned_in_ivr)::bigint AS abandoned_ivr, \
+                    sum(calls_abandoned_in_queue)::bigint AS abandoned_queue, \
+                    sum(calls_abandoned_in_ring)::bigint AS abandoned_ring \
              FROM (SELECT stats_time AT TIME ZONE $2 AS t, * FROM inbound_trend \
                    WHERE stats_time >= to_timestamp($1 / 1000.0)) x \
              GROUP BY 1, 2, 3",
@@ -601,5 +603,26 @@ pub async fn check_privileges(url: &SecretString, schema: &SchemaName) -> Result
     }
 }
 
-/// A row of [`PgStore::inbound_by_local_hour`].
-pub type InboundHourRow = (NaiveDate, i32, i32, i64, i64, i64, i64, i64, i64);
+/// A row of [`PgStore::inbound_by_local_hour`]: one local hour of one day, summed over every
+/// series (read by column name).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InboundHourRow {
+    /// The local day.
+    pub day: NaiveDate,
+    /// ISO day of the week, 1 (Monday) to 7.
+    pub isodow: i32,
+    /// The local hour, 0 to 23.
+    pub hour: i32,
+    /// `total_calls`.
+    pub inbound: i64,
+    /// `calls_handled`.
+    pub handled: i64,
+    /// `calls_queued`.
+    pub queued: i64,
+    /// `calls_abandoned_in_ivr`.
+    pub abandoned_ivr: i64,
+    /// `calls_abandoned_in_queue`.
+    pub abandoned_queue: i64,
+    /// `calls_abandoned_in_ring`.
+    pub abandoned_ring: i64,
+}

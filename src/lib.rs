@@ -29,9 +29,11 @@
 //! - [`ddl`]: the statements that register a Parquet root in query engines (pure); [`report`]:
 //!   the HTML report (pure: charts and page); [`alerts`]: chat webhooks
 //! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes;
-//!   [`clock`]: the one clock for data time: planning, the horizon, status (`CCC_ETL_NOW` pins it)
+//!   [`clock`]: the one clock for data time: planning, the horizon, status (`CCC_ETL_NOW` pins it);
+//!   [`atomic`]: the one way a file is replaced
 
 pub mod alerts;
+pub mod atomic;
 pub mod ccc;
 pub mod cli;
 pub mod clock;

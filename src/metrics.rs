@@ -347,28 +347,10 @@ pub fn last_success_in(text: &str, command: &str) -> Option<DateTime<Utc>> {
         .and_then(|secs| DateTime::from_timestamp(secs as i64, 0))
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same directory, fsync, rename.
+/// Writes `text` to `path` atomically ([`crate::atomic::write_atomic`]).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("metrics.prom");
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::atomic::write_atomic(path, |mut f| f.write_all(text.as_bytes()).map(|_| f))
 }
 
 #[cfg(test)]

@@ -99,22 +99,22 @@ async fn kpis_from_postgres(store: &PgStore, first: NaiveDate, tz: Tz) -> anyhow
     let mut daily: BTreeMap<NaiveDate, DayTotals> = BTreeMap::new();
     let mut grid = [[0i64; 24]; 7];
     for r in store.inbound_by_local_hour(from_ms, tz).await? {
-        let t = daily.entry(r.0).or_default();
+        let t = daily.entry(r.day).or_default();
         t.add(&DayTotals {
-            inbound: r.3,
-            handled: r.4,
-            queued: r.5,
-            abandoned_ivr: r.6,
-            abandoned_queue: r.7,
-            abandoned_ring: r.8,
+            inbound: r.inbound,
+            handled: r.handled,
+            queued: r.queued,
+            abandoned_ivr: r.abandoned_ivr,
+            abandoned_queue: r.abandoned_queue,
+            abandoned_ring: r.abandoned_ring,
             ..DayTotals::default()
         });
-        let cell = usize::try_from(r.1 - 1)
+        let cell = usize::try_from(r.isodow - 1)
             .ok()
-            .zip(usize::try_from(r.2).ok())
+            .zip(usize::try_from(r.hour).ok())
             .and_then(|(d, h)| grid.get_mut(d)?.get_mut(h));
         if let Some(cell) = cell {
-            *cell += r.3;
+            *cell += r.inbound;
         }
     }
     for (day, outbound, answered) in store.outbound_by_local_day(from_ms, tz).await? {

@@ -332,23 +332,10 @@ pub(super) fn write_rows_atomic(
         .parent()
         .ok_or_else(|| format!("{} has no directory", path.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("part");
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let f = File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let f = encode_rows(f, table, rows, codec)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        f.sync_all()
-            .map_err(|e| format!("cannot fsync {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("cannot fsync {}: {e}", dir.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let result = crate::atomic::write_atomic(path, |f| {
+        encode_rows(f, table, rows, codec).map_err(std::io::Error::other)
+    })
+    .map_err(|e| format!("cannot write {}: {e}", path.display()));
     result.map_err(|e| {
         if e.contains("os error 28") {
             format!("{e} (the disk is full: free space, then run again)")

@@ -242,20 +242,11 @@ impl Layout {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let text = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
-        let tmp = dir.join(format!(
-            ".{META_FILE}.{}.tmp",
-            uuid::Uuid::new_v4().simple()
-        ));
         let path = self.meta_path();
-        let result = std::fs::write(&tmp, &text)
-            .and_then(|_| File::open(&tmp)?.sync_all())
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .and_then(|_| File::open(&dir)?.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        crate::atomic::write_atomic(&path, |mut f| {
+            std::io::Write::write_all(&mut f, &text).map(|_| f)
+        })
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
     /// Whether an older ccc-etl wrote here before roots had ids (its `_ccc_etl/` exists).
