@@ -149,21 +149,28 @@ fn target_url(t: &AlertTarget, env: EnvLookup<'_>) -> Result<Url, String> {
     }
 }
 
-/// Sends one prepared request with retries; the error says what the last attempt met.
+/// Sends one prepared request, retried as the API client retries (the same policy: capped,
+/// fully jittered exponential backoff) when a later attempt may succeed: not after an answer of
+/// 4xx other than 408 and 429 (a wrong URL, token or signature stays wrong). The error says what
+/// the last attempt met.
 async fn deliver(
     http: &reqwest::Client,
     cfg: &AlertsConfig,
     format: AlertFormat,
     p: &Prepared,
 ) -> Result<(), String> {
+    let policy = crate::ccc::client::RetryPolicy {
+        max_attempts: cfg.max_attempts,
+        base: Duration::from_millis(cfg.backoff_base_ms),
+        cap: Duration::from_secs(30),
+    };
     let mut last = String::new();
-    for attempt in 0..cfg.max_attempts {
+    let mut attempts = 0;
+    for attempt in 0..policy.max_attempts {
         if attempt > 0 {
-            let ms = cfg
-                .backoff_base_ms
-                .saturating_mul(1 << (attempt - 1).min(16));
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            tokio::time::sleep(policy.delay(attempt, &mut rand::rng())).await;
         }
+        attempts += 1;
         let mut req = http
             .post(p.url.clone())
             .header("content-type", "application/json")
@@ -179,12 +186,27 @@ async fn deliver(
                     Err(e) => last = e,
                 }
             }
-            Ok(resp) => last = format!("HTTP {}", resp.status()),
+            Ok(resp) => {
+                let status = resp.status();
+                last = format!("HTTP {status}");
+                if final_answer(status) {
+                    break;
+                }
+            }
             // The URL carries the token: the error is shown without it.
             Err(e) => last = e.without_url().to_string(),
         }
     }
-    Err(format!("after {} attempt(s): {last}", cfg.max_attempts))
+    Err(format!("after {attempts} attempt(s): {last}"))
+}
+
+/// Whether an answer's status says no later attempt can succeed: a 4xx other than 408 (request
+/// timeout) and 429 (too many requests).
+fn final_answer(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode;
+    status.is_client_error()
+        && status != StatusCode::REQUEST_TIMEOUT
+        && status != StatusCode::TOO_MANY_REQUESTS
 }
 
 /// Sends each alert to each target that wants its event; returns, per target and alert, what

@@ -338,6 +338,20 @@ async fn a_receiver_that_fails_refuses_or_is_down_never_changes_the_exit_code() 
         0,
         "the two 500s were retried"
     );
+
+    // A receiver that refuses the signature with 401: asked once, not retried (a 4xx stays
+    // one), and the failure says what it answered.
+    let generic = config(dir.path(), &emu.endpoint(), "generic");
+    let before = rx.got.lock().unwrap().len();
+    let out = send_test_alert(&generic, &format!("{origin}/generic"), "not-the-secret").await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("after 1 attempt(s): HTTP 401"), "{text}");
+    assert_eq!(
+        rx.got.lock().unwrap().len() - before,
+        1,
+        "one request: {text}"
+    );
 }
 
 #[tokio::test]
