@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::ccc::ratelimit::AdaptivePacer;
 use crate::ledger::SinkKind;
@@ -115,6 +115,8 @@ pub struct Coordinator {
     lost_signal: tokio::sync::watch::Sender<u64>,
     /// Windows whose commit a sink refused, counted once each.
     refusals: Mutex<HashSet<(Key, SinkKind)>>,
+    /// The worker's own session, open while it lives (see [`rescue_dead_workers`]).
+    _presence: tokio::sync::Mutex<PgConnection>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -141,16 +143,25 @@ impl Coordinator {
     ) -> anyhow::Result<Arc<Self>> {
         let worker = uuid::Uuid::new_v4();
         let host = hostname();
-        sqlx::query("INSERT INTO workers (worker_id, host, pid, command) VALUES ($1, $2, $3, $4)")
-            .bind(worker)
-            .bind(&host)
-            .bind(std::process::id() as i32)
-            .bind(command)
-            .execute(&pool)
+        // A session of the worker's own for as long as it lives: what `pg_stat_activity` shows
+        // of it however idle its pool is.
+        let presence = PgConnection::connect_with(&pool.connect_options())
             .await
             .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO workers (worker_id, host, pid, command, session_tag) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(worker)
+        .bind(&host)
+        .bind(std::process::id() as i32)
+        .bind(command)
+        .bind(crate::db::session_tag())
+        .execute(&pool)
+        .await
+        .map_err(db)?;
         tracing::info!(worker = %worker, host = %host, "worker registered");
-        rescue_dead_neighbours(&pool, &host).await?;
+        rescue_dead_workers(&pool).await?;
         let c = Arc::new(Self {
             pool,
             worker,
@@ -167,6 +178,7 @@ impl Coordinator {
             lost: Mutex::new(HashSet::new()),
             lost_signal: tokio::sync::watch::Sender::new(0),
             refusals: Mutex::new(HashSet::new()),
+            _presence: tokio::sync::Mutex::new(presence),
         });
         Ok(c)
     }
@@ -840,12 +852,16 @@ pub const HOLDS_NOW: &str = "SELECT w.n FROM unnest($1::text[], $2::text[], $3::
            AND ((l.state = 'leased' AND l.lease_until > clock_timestamp()) OR l.state = 'done') \
          OFFSET 0) x";
 
-/// Terminates the ccc-etl sessions of this database in the middle of a `COPY` for longer than `$1`
-/// seconds; returns how many.
+/// Terminates the sessions of this database in the middle of a `COPY` for longer than `$1`
+/// seconds that belong to workers that have not heartbeaten for as long (frozen, or cut off):
+/// another job's `COPY`, or a slow one of a live worker, is left alone. Returns how many.
 const END_FROZEN_COPIES: &str = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
      WHERE datname = current_database() AND pid <> pg_backend_pid() \
-       AND application_name LIKE 'ccc-etl/%' AND state = 'active' AND query LIKE 'COPY %' \
-       AND query_start < now() - make_interval(secs => $1)";
+       AND state = 'active' AND query LIKE 'COPY %' \
+       AND query_start < now() - make_interval(secs => $1) \
+       AND application_name IN (SELECT session_tag FROM workers WHERE session_tag IS NOT NULL \
+           GROUP BY session_tag \
+           HAVING bool_and(stopped_at IS NOT NULL OR heartbeat_at < now() - make_interval(secs => $1)))";
 
 /// Hands back every lease a worker holds.
 const HAND_BACK: &str = "WITH mine AS (SELECT instance_id, media_type, start_ms FROM leases \
@@ -859,20 +875,20 @@ const HAND_BACK_EXPIRED: &str = "WITH mine AS (SELECT instance_id, media_type, s
      UPDATE leases l SET state = 'pending', worker_id = NULL, lease_until = NULL FROM mine \
      WHERE (l.instance_id, l.media_type, l.start_ms) = (mine.instance_id, mine.media_type, mine.start_ms)";
 
-/// A worker on this host whose process is gone (killed, crashed) holds its leases until they
-/// expire; a new worker on the same host need not wait: it hands them back at once. (On another
-/// host, a process cannot be checked: its leases expire.)
-async fn rescue_dead_neighbours(pool: &PgPool, host: &str) -> anyhow::Result<()> {
-    let rows: Vec<(uuid::Uuid, i32)> =
-        sqlx::query_as("SELECT worker_id, pid FROM workers WHERE host = $1 AND stopped_at IS NULL")
-            .bind(host)
-            .fetch_all(pool)
-            .await
-            .map_err(db)?;
-    for (worker, pid) in rows {
-        if process_runs_ccc_etl(pid) {
-            continue;
-        }
+/// A worker whose process is gone (killed, crashed, its host lost) holds its leases until they
+/// expire; a new worker need not wait: PostgreSQL shows no session of it (`pg_stat_activity`,
+/// by its `session_tag`), so its leases are handed back at once. A stopped (frozen) process keeps
+/// its sessions: its leases expire as usual. Workers of older versions (no tag) are left to expire.
+async fn rescue_dead_workers(pool: &PgPool) -> anyhow::Result<()> {
+    let dead: Vec<(uuid::Uuid, String, i32)> = sqlx::query_as(
+        "SELECT worker_id, host, pid FROM workers w \
+         WHERE stopped_at IS NULL AND session_tag IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = w.session_tag)",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    for (worker, host, pid) in dead {
         let n = sqlx::query(HAND_BACK)
             .bind(worker)
             .execute(pool)
@@ -880,17 +896,10 @@ async fn rescue_dead_neighbours(pool: &PgPool, host: &str) -> anyhow::Result<()>
             .map_err(db)?
             .rows_affected();
         if n > 0 {
-            tracing::warn!(worker = %worker, pid, windows = n, "a worker on this host died holding windows: handed back");
+            tracing::warn!(worker = %worker, host = %host, pid, windows = n, "a worker died holding windows (PostgreSQL shows no session of it): handed back");
         }
     }
     Ok(())
-}
-
-/// Whether process `pid` on this machine is a ccc-etl.
-fn process_runs_ccc_etl(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("ccc-etl"))
-        .unwrap_or(false)
 }
 
 /// `len` flags, set at the 1-based ordinals (`WITH ORDINALITY`) a statement returned.

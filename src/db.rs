@@ -137,12 +137,20 @@ impl SessionLimits {
                 self.idle_in_transaction.as_millis().to_string(),
             ),
             ("lock_timeout", self.lock_wait.as_millis().to_string()),
-            (
-                "application_name",
-                format!("ccc-etl/{}", std::process::id()),
-            ),
+            ("application_name", session_tag().to_string()),
         ]
     }
+}
+
+/// The `application_name` of every session of this process: `ccc-etl/{pid}-{random}`, unique
+/// on any host. `workers.session_tag` records it, so PostgreSQL itself says which workers are
+/// alive (`pg_stat_activity`) and whose sessions a take-over ends.
+pub fn session_tag() -> &'static str {
+    static TAG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        format!("ccc-etl/{}-{}", std::process::id(), &random[..12])
+    });
+    &TAG
 }
 
 impl Default for SessionLimits {

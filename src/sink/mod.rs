@@ -79,9 +79,10 @@ impl RunContext {
         }
     }
 
-    /// Windows whose lease this worker lost before their write was recorded are not recorded:
-    /// they move to `late` (their rows landed, after the lease was lost), and the newer worker's
-    /// commit stands; a lease that cannot be read moves them to `failed`.
+    /// Windows whose lease was taken over by another worker are not recorded: they move to
+    /// `fenced`, and the newer worker's commit stands (their rows were written while the lease
+    /// was this worker's: a write after it is `late`, which the sink finds); a lease that cannot
+    /// be read moves them to `failed`.
     async fn fence(&self, c: &crate::coord::Coordinator, sink: SinkKind, w: &mut Written) {
         let keys: Vec<WindowKey> = w.durable.iter().map(|d| d.key.clone()).collect();
         let (mine, unchecked) = match c.still_mine(&keys).await {
@@ -111,7 +112,7 @@ impl RunContext {
                         fatal: false,
                     },
                 )),
-                None => w.late.push(d.key),
+                None => w.fenced.push(d.key),
             }
         }
     }
@@ -195,10 +196,10 @@ pub struct Written {
     /// Windows whose write was refused because this worker no longer holds their lease: not
     /// failed here, but another worker's (or this one's again, once it claims them back).
     pub fenced: Vec<WindowKey>,
-    /// Windows whose rows landed after this worker had lost their lease (it was stopped, or cut
-    /// off from PostgreSQL, past the lease): not recorded. Where the store could not refuse the
-    /// write, a file may now hold rows older than the new holder's; the next run's check of the
-    /// root finds such a file and fetches its day again.
+    /// Windows whose rows landed after this worker had lost the day's lock (it was stopped, or
+    /// cut off from PostgreSQL, while writing): not recorded. Where the store could not refuse
+    /// the write, a file may now hold rows older than another worker's; the next run's check of
+    /// the root finds such a file and fetches its day again.
     pub late: Vec<WindowKey>,
 }
 

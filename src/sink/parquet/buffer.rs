@@ -37,6 +37,8 @@ pub enum DayOutcome {
     Failed(SinkError),
     /// Not written for this window: this worker no longer holds its lease.
     Fenced,
+    /// Written, but after the day's lock was lost: not to be recorded.
+    Late,
 }
 
 /// A window whose days are all written, or one of them was not.
@@ -48,6 +50,8 @@ pub enum Settled {
     Failed(WindowKey, SinkError),
     /// A day refused the window: its lease is another worker's now (or expired).
     Fenced(WindowKey),
+    /// A day's write of the window landed after the day's lock was lost.
+    Late(WindowKey),
 }
 
 /// A window whose rows are held.
@@ -191,6 +195,7 @@ impl DayBuffer {
                     None | Some(DayOutcome::Written) => Settled::Durable(h.batch),
                     Some(DayOutcome::Failed(e)) => Settled::Failed(h.batch.key.clone(), e),
                     Some(DayOutcome::Fenced) => Settled::Fenced(h.batch.key.clone()),
+                    Some(DayOutcome::Late) => Settled::Late(h.batch.key.clone()),
                 });
             }
         }
@@ -321,7 +326,7 @@ mod tests {
                             *durable.entry(batch.key.clone()).or_default() += 1
                         }
                         Settled::Failed(k, e) => panic!("{k} failed: {e}"),
-                        Settled::Fenced(k) => panic!("{k} fenced"),
+                        Settled::Fenced(k) | Settled::Late(k) => panic!("{k} not written"),
                     }
                 }
             }

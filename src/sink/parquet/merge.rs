@@ -30,6 +30,9 @@ pub struct DayWritten {
     /// Indices of the batches left out because this worker could not prove it holds their
     /// windows' leases.
     pub fenced: Vec<usize>,
+    /// The day's lock was found lost once the writes had landed (the process was stopped or cut
+    /// off from PostgreSQL while writing): another worker may have written the day since.
+    pub late: bool,
 
     /// Rows of the old files dropped as not belonging to the day (another day's, a repeated
     /// key).
@@ -300,7 +303,8 @@ impl DayObject<'_> {
             let attempts = pending
                 .iter()
                 .map(|&(t, read)| self.attempt(t, batches, read));
-            let results = lock.hold(futures::future::join_all(attempts)).await?;
+            let (results, held) = lock.hold(futures::future::join_all(attempts)).await?;
+            out.late |= !held;
             let mut again = Vec::new();
             for ((table, _), result) in pending.into_iter().zip(results) {
                 match result? {
@@ -469,20 +473,25 @@ impl DayLock<'_> {
 
     /// Runs `work` while the lock is held, with a trivial statement every `every` so that the
     /// transaction is not ended as idle. If the session is gone (ended by the server while the
-    /// process was stopped), so is the lock: the work is dropped and the day fails.
+    /// process was stopped), so is the lock: the work is dropped and the day fails. Returns the
+    /// work's output and whether the lock was still held once it was done (a process stopped in
+    /// the middle of its writes finds, when it resumes, writes landed after the lock was lost).
     pub(super) async fn hold<F: std::future::Future>(
         &mut self,
         work: F,
-    ) -> Result<F::Output, DayError> {
+    ) -> Result<(F::Output, bool), DayError> {
         let Some(tx) = self.tx.as_mut() else {
-            return Ok(work.await);
+            return Ok((work.await, true));
         };
         tokio::pin!(work);
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + self.every, self.every);
         loop {
             tokio::select! {
-                out = &mut work => return Ok(out),
+                out = &mut work => {
+                    let held = sqlx::query("SELECT 1").execute(&mut **tx).await.is_ok();
+                    return Ok((out, held));
+                }
                 _ = tick.tick() => {
                     if let Err(e) = sqlx::query("SELECT 1").execute(&mut **tx).await {
                         return Err(DayError::Io(format!(

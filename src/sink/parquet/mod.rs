@@ -324,7 +324,7 @@ impl ParquetSink {
         let mut done = futures::stream::iter(writes).buffer_unordered(at_once);
         let mut out = Written::default();
         while let Some((day, ids, result)) = done.next().await {
-            let (error, fenced) = self.written(day, result, &mut out).await;
+            let (outcome, fenced) = self.written(day, result, &mut out).await;
             let (refused, ids): (Vec<_>, Vec<_>) = ids
                 .into_iter()
                 .enumerate()
@@ -332,8 +332,7 @@ impl ParquetSink {
             let ids = ids.into_iter().map(|(_, id)| id).collect();
             let refused: Vec<u64> = refused.into_iter().map(|(_, id)| id).collect();
             let mut buffer = self.buffer.lock().expect("buffer lock");
-            let mut settled =
-                buffer.day_done(ids, error.map_or(DayOutcome::Written, DayOutcome::Failed));
+            let mut settled = buffer.day_done(ids, outcome);
             if !refused.is_empty() {
                 settled.extend(buffer.day_done(refused, DayOutcome::Fenced));
             }
@@ -384,15 +383,25 @@ impl ParquetSink {
         result
     }
 
-    /// Records what writing a day did in `out`: its files, or the damage found. Returns the
-    /// error, and the indices of the batches refused by the lease check.
+    /// Records what writing a day did in `out`: its files, or the damage found. Returns how the
+    /// day ended for its windows, and the indices of the batches refused by the lease check.
     async fn written(
         &self,
         day: NaiveDate,
         result: Result<DayWritten, DayError>,
         out: &mut Written,
-    ) -> (Option<SinkError>, Vec<usize>) {
-        match result {
+    ) -> (DayOutcome, Vec<usize>) {
+        let (error, fenced) = match result {
+            Ok(w) if w.late => {
+                // Not recorded: the manifest keeps what the ledger knew, so the next run sees
+                // the file changed and fetches the day again.
+                tracing::error!(
+                    day = %day,
+                    "the day's files were written after its lock was lost (the process was \
+                     stopped or cut off from PostgreSQL): not recorded"
+                );
+                return (DayOutcome::Late, w.fenced);
+            }
             Ok(w) => {
                 out.stats += w.stats;
                 out.foreign_rows += w.dropped;
@@ -425,7 +434,11 @@ impl ParquetSink {
             Err(DayError::Damaged { table, error }) => {
                 (Some(self.set_aside(table, day, error, out).await), vec![])
             }
-        }
+        };
+        (
+            error.map_or(DayOutcome::Written, DayOutcome::Failed),
+            fenced,
+        )
     }
 
     /// Moves a damaged day file aside and reports the day, whose windows must all be fetched
@@ -500,6 +513,7 @@ fn absorb(out: &mut Written, settled: Vec<Settled>) {
         match s {
             Settled::Durable(batch) => out.durable.push(DurableWindow::of(&batch)),
             Settled::Fenced(key) => out.fenced.push(key),
+            Settled::Late(key) => out.late.push(key),
             Settled::Failed(key, e) => out.failed.push((key, e)),
         }
     }
