@@ -751,7 +751,8 @@ async fn the_demo_and_a_real_pipeline_never_write_into_each_others_root() {
         "{text}"
     );
     assert_eq!(listing(&wh), before, "nothing written into the demo's root");
-    // The demo again on its own root: fine.
+    // The demo again on its own root: fine, with PostgreSQL too (another ledger: the demo's
+    // sample data belongs to no pipeline's ledger).
     let again = demo().await.unwrap();
     assert_eq!(
         again.status.code(),
@@ -759,6 +760,21 @@ async fn the_demo_and_a_real_pipeline_never_write_into_each_others_root() {
         "{}",
         common::output_text(&again)
     );
+    let db = common::TestDb::create().await;
+    let with_pg = common::ccc_etl_cmd()
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .args(["-q", "demo", "--days", "2"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        with_pg.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&with_pg)
+    );
+    db.drop_db().await;
 
     // A pipeline's root: the demo refuses it.
     let real_root = dir.path().join("real");
