@@ -450,14 +450,14 @@ fn interpret(
         Err(malformed) if status >= 400 => Err(ApiError::Service {
             http_status: status,
             code: format!("HTTP{status}"),
-            message: scrub(malformed.0),
+            message: scrub(malformed.detail),
             request_id: header_request_id,
         }),
         Err(malformed) => Err(ApiError::Malformed {
             http_status: status,
-            detail: scrub(malformed.0),
+            detail: scrub(malformed.detail),
             request_id: header_request_id,
-            permanent: malformed.1,
+            permanent: malformed.permanent,
         }),
     }
 }

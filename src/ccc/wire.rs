@@ -412,8 +412,13 @@ pub enum Body {
 /// well-formed JSON of another shape (a field whose type changed) is permanent; a body cut short
 /// or not JSON at all (a proxy's page, a reset connection) may be right the next time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct MalformedBody(pub String, pub bool);
+#[error("{detail}")]
+pub struct MalformedBody {
+    /// What is wrong, with the body's length.
+    pub detail: String,
+    /// Whether the same answer would fail the same way (not worth a retry).
+    pub permanent: bool,
+}
 
 /// Parses a response body. Never panics, whatever the bytes.
 pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
@@ -429,7 +434,10 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
             "body is not the expected JSON"
         };
         let permanent = !truncated && e.classify() == serde_json::error::Category::Data;
-        MalformedBody(format!("{kind}: {e} ({} bytes)", bytes.len()), permanent)
+        MalformedBody {
+            detail: format!("{kind}: {e} ({} bytes)", bytes.len()),
+            permanent,
+        }
     })?;
     let code = env.code.clone().unwrap_or_default();
     if !code.is_empty() && code != "OK" {
@@ -441,10 +449,10 @@ pub fn parse_body(bytes: &[u8]) -> Result<Body, MalformedBody> {
     }
     let Some(data) = env.data else {
         if code.is_empty() {
-            return Err(MalformedBody(
-                "response has neither Code nor Data".to_string(),
-                true,
-            ));
+            return Err(MalformedBody {
+                detail: "response has neither Code nor Data".to_string(),
+                permanent: true,
+            });
         }
         // `Code: OK` with no `Data` at all: an empty report.
         return Ok(Body::Ok(Report {
@@ -715,7 +723,7 @@ mod tests {
             br#"{"Code":"OK","Data":{"Outbound":[{"StatsTime":1,"TotalCalls":{"n":1},"CallsAnswered":1}]}}"#,
         )
         .unwrap_err();
-        assert!(e.0.contains("Data.Outbound.TotalCalls"), "{e}");
+        assert!(e.detail.contains("Data.Outbound.TotalCalls"), "{e}");
     }
 
     #[test]
@@ -735,13 +743,13 @@ mod tests {
     #[test]
     fn truncated_and_non_json_bodies_are_malformed() {
         let e = parse_body(br#"{"RequestId":"r6","Code":"OK","Data":{"Inb"#).unwrap_err();
-        assert!(e.0.starts_with("truncated JSON body"), "{e}");
+        assert!(e.detail.starts_with("truncated JSON body"), "{e}");
         let e = parse_body(b"<html>502 Bad Gateway</html>").unwrap_err();
-        assert!(e.0.starts_with("body is not the expected JSON"), "{e}");
+        assert!(e.detail.starts_with("body is not the expected JSON"), "{e}");
         let e = parse_body(br#"{"Data":{"Inbound":[{"StatsTime":"soon"}]}}"#).unwrap_err();
-        assert!(e.0.contains("expected an integer"), "{e}");
+        assert!(e.detail.contains("expected an integer"), "{e}");
         let e = parse_body(br#"{"Code":"OK","Data":{"Inbound":[{"TotalCalls":1}]}}"#).unwrap_err();
-        assert!(e.0.contains("StatsTime"), "{e}");
+        assert!(e.detail.contains("StatsTime"), "{e}");
     }
 
     #[test]
@@ -802,7 +810,7 @@ mod tests {
                 if cut < body.len() {
                     // Cut anywhere, a body is retried (it is not the API's answer).
                     let e = r.unwrap_err();
-                    prop_assert!(!e.1 && e.0.starts_with("truncated JSON body"), "{}", e);
+                    prop_assert!(!e.permanent && e.detail.starts_with("truncated JSON body"), "{}", e);
                 } else {
                     prop_assert!(r.is_ok());
                 }
