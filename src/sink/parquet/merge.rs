@@ -234,6 +234,7 @@ pub(super) async fn write_day_object(
         day,
         every: root.keepalive(),
         fence,
+        spoke: tokio::time::Instant::now(),
     };
     let listed = lock.listed(root_id).await?;
     let target = DayObject {
@@ -397,6 +398,9 @@ pub(super) struct DayLock<'a> {
     /// How often the transaction shows it is alive.
     pub(super) every: std::time::Duration,
     pub(super) fence: Option<&'a crate::coord::Coordinator>,
+    /// When the transaction last ran a statement: a session that spoke less than `every` ago
+    /// cannot have been ended as idle (the server waits a lease, at least twice as long).
+    pub(super) spoke: tokio::time::Instant,
 }
 
 impl DayLock<'_> {
@@ -431,16 +435,15 @@ impl DayLock<'_> {
         let Some(tx) = self.tx.as_mut() else {
             return Ok(None);
         };
-        crate::ledger::listed_tables(&mut **tx, root_id, self.day)
-            .await
-            .map(Some)
-            .map_err(|e| {
-                DayError::Io(format!(
-                    "cannot read the manifest of day {} in PostgreSQL: {}",
-                    self.day,
-                    crate::db::explain(&e)
-                ))
-            })
+        let listed = crate::ledger::listed_tables(&mut **tx, root_id, self.day).await;
+        self.spoke = tokio::time::Instant::now();
+        listed.map(Some).map_err(|e| {
+            DayError::Io(format!(
+                "cannot read the manifest of day {} in PostgreSQL: {}",
+                self.day,
+                crate::db::explain(&e)
+            ))
+        })
     }
 
     /// Of `batches`, those whose windows' leases this worker can prove it holds, checked in the
@@ -453,7 +456,9 @@ impl DayLock<'_> {
             return Ok(batches.to_vec());
         };
         let keys: Vec<&WindowKey> = batches.iter().map(|b| &b.key).collect();
-        let held = c.holds_now(tx, &keys).await.map_err(|e| {
+        let held = c.holds_now(tx, &keys).await;
+        self.spoke = tokio::time::Instant::now();
+        let held = held.map_err(|e| {
             DayError::Io(format!(
                 "cannot check the leases of day {} in PostgreSQL: {}",
                 self.day,
@@ -489,7 +494,10 @@ impl DayLock<'_> {
         loop {
             tokio::select! {
                 out = &mut work => {
-                    let held = sqlx::query("SELECT 1").execute(&mut **tx).await.is_ok();
+                    // Only a process stopped (or starved) past a keepalive can have lost the
+                    // lock meanwhile: only then is the session asked, not after every day.
+                    let held = self.spoke.elapsed() < self.every
+                        || sqlx::query("SELECT 1").execute(&mut **tx).await.is_ok();
                     return Ok((out, held));
                 }
                 _ = tick.tick() => {
@@ -500,6 +508,7 @@ impl DayLock<'_> {
                             crate::db::explain(&e)
                         )));
                     }
+                    self.spoke = tokio::time::Instant::now();
                 }
             }
         }

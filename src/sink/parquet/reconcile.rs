@@ -104,11 +104,12 @@ pub async fn check(
         let problem = match listed.get(&(f.table, f.day)) {
             None => Problem::Missing,
             Some(etag) if *etag == f.etag => continue,
-            Some(_) => match root.read_rows(f.table, f.day).await {
-                Ok(_) => Problem::Changed,
-                Err(e @ ReadError::Damaged { .. }) => Problem::Damaged(e.to_string()),
-                Err(e @ ReadError::Io { .. }) => return Err(e.to_string()),
-            },
+            Some(_) => {
+                match read_problem(root, f.table, f.day, |_| Some(Problem::Changed)).await? {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
         };
         out.push(Finding {
             table: f.table,
@@ -135,13 +136,10 @@ async fn unrecorded(
         .iter()
         .filter(|l| !known.contains(&(l.table, l.day)))
     {
-        let problem = match root.read_rows(l.table, l.day).await {
-            Ok(rows) => match not_its_keys(&rows, tz, l.day) {
-                Some(why) => Problem::NotItsKeys(why),
-                None => continue,
-            },
-            Err(e @ ReadError::Damaged { .. }) => Problem::Damaged(e.to_string()),
-            Err(e @ ReadError::Io { .. }) => return Err(e.to_string()),
+        let judge =
+            |rows: Vec<super::StoredRow>| not_its_keys(&rows, tz, l.day).map(Problem::NotItsKeys);
+        let Some(problem) = read_problem(root, l.table, l.day, judge).await? else {
+            continue;
         };
         out.push(Finding {
             table: l.table,
@@ -150,6 +148,21 @@ async fn unrecorded(
         });
     }
     Ok(out)
+}
+
+/// Reads a day file and asks `judge` what is wrong with its rows (`None`: nothing); a file that
+/// cannot be read as this table's is damaged, and a read that fails is an error.
+async fn read_problem(
+    root: &Root,
+    table: Table,
+    day: NaiveDate,
+    judge: impl FnOnce(Vec<super::StoredRow>) -> Option<Problem>,
+) -> Result<Option<Problem>, String> {
+    match root.read_rows(table, day).await {
+        Ok(rows) => Ok(judge(rows)),
+        Err(e @ ReadError::Damaged { .. }) => Ok(Some(Problem::Damaged(e.to_string()))),
+        Err(e @ ReadError::Io { .. }) => Err(e.to_string()),
+    }
 }
 
 /// What a look at a root found, read-only: the day files that are not as the ledger recorded
