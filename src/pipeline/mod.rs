@@ -210,6 +210,27 @@ impl Engine {
         }
     }
 
+    /// With several workers, queues the plan's windows as leases, and deletes leases behind the
+    /// horizon.
+    async fn queue(
+        &self,
+        windows: &[WindowKey],
+        horizon_ms: i64,
+        planned_at: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<()> {
+        let (Some(c), Some(planned_at)) = (&self.coordinator, planned_at) else {
+            return Ok(());
+        };
+        c.enqueue(windows, planned_at).await?;
+        // Maintenance: a failure is logged, and the run goes on.
+        match c.prune(horizon_ms, PRUNE_PER_RUN).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(leases = n, "leases behind the horizon deleted"),
+            Err(e) => tracing::warn!("could not delete leases behind the horizon: {e:#}"),
+        }
+        Ok(())
+    }
+
     /// Plans, subtracts what is committed, records the run's start and announces the windows.
     async fn prepare(
         &self,
@@ -243,15 +264,7 @@ impl Engine {
             .record_run(&RunRecord::started(run_id, req.kind, started_at))
             .await?;
         tracing::info!(run_id = %run_id, windows = windows.len(), skipped = summary.windows_skipped_committed, "run started");
-        if let (Some(c), Some(planned_at)) = (&self.coordinator, planned_at) {
-            c.enqueue(&windows, planned_at).await?;
-            // Maintenance: a failure is logged, and the run goes on.
-            match c.prune(plan.horizon_ms, PRUNE_PER_RUN).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(leases = n, "leases behind the horizon deleted"),
-                Err(e) => tracing::warn!("could not delete leases behind the horizon: {e:#}"),
-            }
-        }
+        self.queue(&windows, plan.horizon_ms, planned_at).await?;
         self.progress.start(windows.len() as u64);
         for sink in &self.sinks {
             sink.expect(&windows);
@@ -263,7 +276,10 @@ impl Engine {
             ctx: RunContext {
                 run_id,
                 ledger: self.ledger.clone(),
-                coordinator: self.coordinator.clone(),
+                fence: self
+                    .coordinator
+                    .clone()
+                    .map(|c| c as Arc<dyn crate::coord::Fence>),
             },
             tally: Tally::new(self.sinks.iter().map(|s| s.kind()), summary),
         };

@@ -58,7 +58,7 @@ pub struct RunContext {
     pub ledger: Arc<dyn Ledger>,
     /// The worker's leases, when several workers share the job: a commit counts only while the
     /// window's lease is still this worker's.
-    pub coordinator: Option<Arc<crate::coord::Coordinator>>,
+    pub fence: Option<Arc<dyn crate::coord::Fence>>,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -75,7 +75,7 @@ impl RunContext {
         Self {
             run_id,
             ledger,
-            coordinator: None,
+            fence: None,
         }
     }
 
@@ -83,7 +83,7 @@ impl RunContext {
     /// `fenced`, and the newer worker's commit stands (their rows were written while the lease
     /// was this worker's: a write after it is `late`, which the sink finds); a lease that cannot
     /// be read moves them to `failed`.
-    async fn fence(&self, c: &crate::coord::Coordinator, sink: SinkKind, w: &mut Written) {
+    async fn keep_held(&self, c: &dyn crate::coord::Fence, sink: SinkKind, w: &mut Written) {
         let keys: Vec<WindowKey> = w.durable.iter().map(|d| d.key.clone()).collect();
         let (mine, unchecked) = match c.still_mine(&keys).await {
             Ok(m) => (m, None),
@@ -138,8 +138,8 @@ impl RunContext {
             self.record_failed(sink, &w.failed).await;
             return w;
         }
-        if let Some(c) = &self.coordinator {
-            self.fence(c, sink.kind, &mut w).await;
+        if let Some(c) = &self.fence {
+            self.keep_held(c.as_ref(), sink.kind, &mut w).await;
         }
         let entries: Vec<LedgerEntry> = w
             .durable

@@ -328,7 +328,7 @@ async fn fence<'a>(
     run: &RunContext,
     written: &mut Written,
 ) -> Result<Vec<&'a Arc<WindowBatch>>, sqlx::Error> {
-    let Some(c) = &run.coordinator else {
+    let Some(c) = &run.fence else {
         return Ok(group.iter().collect());
     };
     let keys: Vec<&WindowKey> = group.iter().map(|b| &b.key).collect();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{DAY, H};
-use ccc_etl::coord::{Coordinator, LeaseSettings};
+use ccc_etl::coord::{Coordinator, Fence, LeaseSettings};
 use ccc_etl::record::{MediaType, OverallRow, Table, WindowBatch, WindowKey};
 use ccc_etl::sink::parquet::Root;
 use ccc_etl::sink::{RunContext, Sink};
@@ -464,7 +464,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
     let ctx = |c: &Arc<Coordinator>| RunContext {
         run_id: uuid::Uuid::new_v4(),
         ledger: ledger.clone(),
-        coordinator: Some(c.clone()),
+        fence: Some(c.clone()),
     };
     sink.commit(&batch(2, "newer"), &ctx(&newer)).await.unwrap();
     let refused = sink

@@ -227,7 +227,7 @@ pub(super) async fn write_day_object(
     day: NaiveDate,
     batches: &[Arc<WindowBatch>],
     codec: Compression,
-    fence: Option<&crate::coord::Coordinator>,
+    fence: Option<&dyn crate::coord::Fence>,
 ) -> Result<DayWritten, DayError> {
     let mut lock = DayLock {
         tx: root.lock_day(root_id, day).await.map_err(DayError::Io)?,
@@ -397,7 +397,7 @@ pub(super) struct DayLock<'a> {
     pub(super) day: NaiveDate,
     /// How often the transaction shows it is alive.
     pub(super) every: std::time::Duration,
-    pub(super) fence: Option<&'a crate::coord::Coordinator>,
+    pub(super) fence: Option<&'a dyn crate::coord::Fence>,
     /// When the transaction last ran a statement: a session that spoke less than `every` ago
     /// cannot have been ended as idle (the server waits a lease, at least twice as long).
     pub(super) spoke: tokio::time::Instant,

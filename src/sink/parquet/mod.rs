@@ -368,7 +368,7 @@ impl ParquetSink {
                 .unwrap_or_else(|e| Err(DayError::Io(format!("writer task failed: {e}"))))
             }
             Root::Object(o) => {
-                let (o, id, fence) = (o.clone(), self.id.clone(), run.coordinator.clone());
+                let (o, id, fence) = (o.clone(), self.id.clone(), run.fence.clone());
                 tokio::spawn(async move {
                     let r =
                         write_day_object(&o, &id, tz, day, &batches, codec, fence.as_deref()).await;
