@@ -11,7 +11,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::Instrument;
 
-use super::tally::Event;
+use super::tally::{Event, Fatal};
 use super::{Engine, Run};
 use crate::coord::Coordinator;
 use crate::record::WindowKey;
@@ -71,7 +71,7 @@ impl Engine {
                 }
                 (retry, claimed) = to_claim.claimed(), if to_claim.claiming.is_some() => {
                     to_claim.claiming = None;
-                    let Ok(c) = claimed.map_err(|e| run.tally.stop(e.to_string())) else {
+                    let Ok(c) = claimed.map_err(|e| run.tally.stop(Fatal::Coordination(format!("{e:#}")))) else {
                         break;
                     };
                     self.take_claim(&mut run, c, retry, &ctx, &mut to_claim).await;

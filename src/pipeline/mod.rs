@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 pub use crate::ledger::{RunKind, RunStatus};
 pub use summary::{FailedWindow, RunSummary, thousands};
-pub use tally::{Event, Step, Tally};
+pub use tally::{Event, Fatal, Step, Tally};
 
 use crate::ccc::client::CccClient;
 use crate::config::Config;
@@ -383,7 +383,7 @@ impl Engine {
     }
 
     /// Applies an event to the tally and the progress display; returns a run-fatal error.
-    fn apply(&self, tally: &mut Tally, event: Event) -> Option<String> {
+    fn apply(&self, tally: &mut Tally, event: Event) -> Option<Fatal> {
         let event = match (event, &self.coordinator) {
             // A sink failed a window whose lease this worker lost meanwhile (its transaction
             // ended while the process was stopped): not this worker's failure; it claims the

@@ -55,8 +55,8 @@ pub enum Event {
     Lost(WindowKey),
     /// The service says this instance does not exist.
     UnknownInstance(String),
-    /// Every further request would fail: stop the run.
-    Fatal(String),
+    /// Every further request or write would fail: stop the run.
+    Fatal(Fatal),
     /// Another worker of the job did this window.
     DoneElsewhere(WindowKey),
     /// Rows dropped from day files they did not belong in (another day's, a repeated key).
@@ -77,6 +77,21 @@ pub enum Event {
     },
 }
 
+/// Why a run stops before its end: no further request, or no further write, can succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    /// The API refuses this configuration (credentials, permissions, a disabled service), with
+    /// what to do about it when known.
+    #[error("{err}{hint}", err = .0, hint = .0.hint().map(|h| format!(": {h}")).unwrap_or_default())]
+    Api(crate::ccc::error::ApiError),
+    /// A sink's store refuses every write (permissions, a missing bucket).
+    #[error(transparent)]
+    Sink(crate::sink::SinkError),
+    /// The job's coordination in PostgreSQL failed: no window can be claimed.
+    #[error("{0}")]
+    Coordination(String),
+}
+
 /// What applying an event means for the caller (progress, stopping).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -88,7 +103,7 @@ pub enum Step {
         rows: u64,
     },
     /// The run must stop.
-    Stop(String),
+    Stop(Fatal),
 }
 
 /// One window between fetch and its last sink's report.
@@ -152,12 +167,12 @@ impl Tally {
 
     /// A run-fatal error stopped the run: logged once at ERROR, as the summary says it. The
     /// first one counts (the windows still in flight may fail the same way).
-    pub fn stop(&mut self, fatal: String) {
+    pub fn stop(&mut self, fatal: Fatal) {
         if self.summary.fatal.is_some() {
             return;
         }
         tracing::error!("the run stops: {fatal}");
-        self.summary.fatal = Some(fatal);
+        self.summary.fatal = Some(fatal.to_string());
     }
 
     /// The summary, once the run is over: a window whose lease was lost, and that was neither
@@ -295,7 +310,7 @@ impl Tally {
                 self.summary.unknown_instances.insert(instance);
                 Step::Quiet
             }
-            Event::Fatal(msg) => Step::Stop(msg),
+            Event::Fatal(fatal) => Step::Stop(fatal),
             Event::DoneElsewhere(key) => {
                 self.done_elsewhere(&key);
                 Step::WindowDone { rows: 0 }
@@ -413,6 +428,7 @@ fn log_failed(f: &FailedWindow) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ccc::error::ApiError;
     use crate::record::MediaType;
 
     fn key(start: i64) -> WindowKey {
@@ -522,14 +538,25 @@ mod tests {
         assert_eq!(t.apply(Event::Lost(key(10))), Step::WindowDone { rows: 0 });
         assert_eq!(t.apply(fetched(&key(20))), Step::WindowDone { rows: 6 });
         assert_eq!(
-            t.apply(Event::Fatal("clock".into())),
-            Step::Stop("clock".into())
+            t.apply(Event::Fatal(Fatal::Api(ApiError::Credentials(
+                "no key".into()
+            )))),
+            Step::Stop(Fatal::Api(ApiError::Credentials("no key".into())))
         );
+        t.stop(Fatal::Sink(crate::sink::SinkError {
+            sink: SinkKind::Parquet,
+            message: "access denied".into(),
+            retryable: false,
+            fatal: true,
+        }));
+        t.stop(Fatal::Api(ApiError::Credentials("later".into())));
         let s = t.into_summary();
         assert_eq!(
             (s.windows_failed.len(), s.lost.len(), s.windows_ok),
             (1, 1, 0)
         );
+        // The first reason is the run's.
+        assert_eq!(s.fatal.as_deref(), Some("parquet sink: access denied"));
     }
 
     #[test]

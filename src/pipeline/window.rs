@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use super::Engine;
 use super::summary::FailedWindow;
-use super::tally::Event;
+use super::tally::{Event, Fatal};
 use crate::ccc::client::{Fetched, TrendingRequest};
 use crate::ccc::error::ErrorClass;
 use crate::dedup::normalize;
@@ -82,12 +82,7 @@ impl Engine {
     ) -> Vec<Event> {
         let class = failed.error.class();
         if class == ErrorClass::RunFatal {
-            let hint = failed
-                .error
-                .hint()
-                .map(|h| format!(": {h}"))
-                .unwrap_or_default();
-            return vec![Event::Fatal(format!("{}{hint}", failed.error))];
+            return vec![Event::Fatal(Fatal::Api(failed.error))];
         }
         let f = FailedWindow {
             key: key.clone(),
@@ -264,7 +259,7 @@ pub(super) fn report(sink: &dyn Sink, written: Written) -> Vec<Event> {
     let mut fatal = None;
     for (key, e) in written.failed {
         if e.fatal && fatal.is_none() {
-            fatal = Some(e.to_string());
+            fatal = Some(Fatal::Sink(e.clone()));
         }
         events.push(Event::SinkFailed(FailedWindow {
             key,

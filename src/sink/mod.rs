@@ -33,7 +33,7 @@ impl std::ops::AddAssign for CommitStats {
 }
 
 /// A sink failure.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{sink} sink: {message}")]
 pub struct SinkError {
     /// Which sink.
