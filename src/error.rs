@@ -16,8 +16,8 @@ pub struct InputError(pub String);
 
 impl InputError {
     /// An input error with this message.
-    pub fn new(msg: impl Into<String>) -> Self {
-        Self(msg.into())
+    pub fn new(msg: impl std::fmt::Display) -> Self {
+        Self(msg.to_string())
     }
 }
 

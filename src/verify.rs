@@ -74,7 +74,7 @@ pub struct ParquetScan {
 /// checked to hold only rows of its day (in `tz`), each key once.
 pub async fn parquet_digests(root: &Root, tz: Tz) -> Result<ParquetScan, String> {
     let mut out = ParquetScan::default();
-    let listing = root.list_all().await?;
+    let listing = root.list_all().await.map_err(|e| e.to_string())?;
     out.strays = listing.strays;
     for f in listing.files {
         match root.read_rows(f.table, f.day).await {

@@ -148,8 +148,9 @@ async fn check_parquet(config: &Config) -> Result<String, String> {
     let root = match &pq.root {
         crate::config::RootUrl::Local(root) => root,
         crate::config::RootUrl::Object(url) => {
-            let root = crate::sink::parquet::ObjectRoot::open(pq, url, config.source.credentials)?;
-            root.probe_write().await?;
+            let root = crate::sink::parquet::ObjectRoot::open(pq, url, config.source.credentials)
+                .map_err(|e| e.to_string())?;
+            root.probe().await.map_err(|e| e.to_string())?;
             return Ok(format!("{url} is writable"));
         }
     };

@@ -30,10 +30,10 @@
 //! list once for each of them, or the whole table for every claim, a cost that grew with the
 //! square of the run.
 //!
-//! The jobs live in files of their own: [`lease`] (the queue and its statements), [`fence`]
-//! (what the sinks see: [`Fence`]), [`rate`] (one QPS budget: each worker's pacers capped at
+//! The jobs live in files of their own: `lease` (the queue and its statements), `fence`
+//! (what the sinks see: [`Fence`]), `rate` (one QPS budget: each worker's pacers capped at
 //! `max_qps / live workers`, a throttling answer seen by one worker slowing every other one
-//! down), and [`registry`] (the `workers` table, liveness by PostgreSQL sessions).
+//! down), and `registry` (the `workers` table, liveness by PostgreSQL sessions).
 
 mod fence;
 mod lease;
@@ -115,7 +115,7 @@ pub struct Coordinator {
     lost_signal: tokio::sync::watch::Sender<u64>,
     /// Windows whose commit a sink refused, counted once each.
     refusals: Mutex<HashSet<(Key, SinkKind)>>,
-    /// The worker's own session, open while it lives (see [`registry::rescue_dead_workers`]).
+    /// The worker's own session, open while it lives (see `registry::rescue_dead_workers`).
     _presence: tokio::sync::Mutex<PgConnection>,
 }
 

@@ -260,13 +260,27 @@ impl RunKind {
     }
 }
 
+/// A text read back that names no value of a type (a `runs` row written by hand, or by a newer
+/// version).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a {what}")]
+pub struct UnknownName {
+    /// What the text should name.
+    pub what: &'static str,
+    /// The text.
+    pub value: String,
+}
+
 impl std::str::FromStr for RunKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not a kind of run"))
+            .ok_or_else(|| UnknownName {
+                what: "kind of run",
+                value: s.to_string(),
+            })
     }
 }
 
@@ -330,15 +344,15 @@ impl From<RunState> for &'static str {
 }
 
 impl TryFrom<String> for RunState {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = UnknownName;
+    fn try_from(s: String) -> Result<Self, UnknownName> {
         s.parse()
     }
 }
 
 impl std::str::FromStr for RunState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         [
             RunState::Running,
             RunState::Ended(RunStatus::Ok),
@@ -347,7 +361,10 @@ impl std::str::FromStr for RunState {
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
-        .ok_or_else(|| format!("{s:?} is not a state of a run"))
+        .ok_or_else(|| UnknownName {
+            what: "state of a run",
+            value: s.to_string(),
+        })
     }
 }
 

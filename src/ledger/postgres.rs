@@ -354,7 +354,7 @@ struct RunRow {
 impl RunRow {
     /// The record, or an error naming a value this version does not know.
     fn record(self) -> Result<RunRecord, LedgerError> {
-        let bad = |message: String| LedgerError {
+        let bad = |message: crate::ledger::UnknownName| LedgerError {
             message: format!("runs row {}: {message}", self.run_id),
             retryable: false,
         };

@@ -495,7 +495,7 @@ impl Sink for PostgresSink {
         SinkKind::Postgres
     }
 
-    /// Sizes the groups for the run's series (see [`group_windows`]).
+    /// Sizes the groups for the run's series (see `group_windows`).
     fn expect(&self, windows: &[WindowKey]) {
         let series: std::collections::HashSet<(&str, MediaType)> = windows
             .iter()

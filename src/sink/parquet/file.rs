@@ -17,9 +17,11 @@ use chrono::NaiveDate;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
 
+use super::error::RootError;
 use crate::config::ParquetCompression;
 use crate::record::Table;
 
@@ -317,7 +319,7 @@ pub fn write_file_atomic(
     table: Table,
     rows: &[StoredRow],
     compression: ParquetCompression,
-) -> Result<(), String> {
+) -> Result<(), RootError> {
     let rows: Vec<OutRow> = rows.iter().map(StoredRow::as_out).collect();
     write_rows_atomic(path, table, &rows, codec(compression))
 }
@@ -327,21 +329,21 @@ pub(super) fn write_rows_atomic(
     table: Table,
     rows: &[OutRow],
     codec: Compression,
-) -> Result<(), String> {
+) -> Result<(), RootError> {
     let dir = path
         .parent()
-        .ok_or_else(|| format!("{} has no directory", path.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let result = crate::atomic::write_atomic(path, |f| {
+        .ok_or_else(|| RootError::invalid(format!("{} has no directory", path.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), &e))?;
+    crate::atomic::write_atomic(path, |f| {
         encode_rows(f, table, rows, codec).map_err(std::io::Error::other)
     })
-    .map_err(|e| format!("cannot write {}: {e}", path.display()));
-    result.map_err(|e| {
-        if e.contains("os error 28") {
-            format!("{e} (the disk is full: free space, then run again)")
-        } else {
-            e
-        }
+    .map_err(|e| {
+        let full = match e.kind() {
+            std::io::ErrorKind::StorageFull => " (the disk is full: free space, then run again)",
+            _ => "",
+        };
+        RootError::io(format!("cannot write {}{full}", path.display()), &e)
     })
 }
 
@@ -361,11 +363,10 @@ pub(super) fn encode_rows<W: std::io::Write + Send>(
     table: Table,
     rows: &[OutRow],
     codec: Compression,
-) -> Result<W, String> {
+) -> Result<W, ParquetError> {
     let props = WriterProperties::builder().set_compression(codec).build();
     let schema = schema(table);
-    let mut w =
-        ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
+    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props))?;
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.instance_id),
@@ -393,7 +394,7 @@ pub(super) fn encode_rows<W: std::io::Write + Send>(
     cols.push(Arc::new(StringArray::from_iter(
         rows.iter().map(|r| r.extra),
     )));
-    let batch = RecordBatch::try_new(schema, cols).map_err(|e| e.to_string())?;
-    w.write(&batch).map_err(|e| e.to_string())?;
-    w.into_inner().map_err(|e| e.to_string())
+    let batch = RecordBatch::try_new(schema, cols)?;
+    w.write(&batch)?;
+    w.into_inner()
 }

@@ -26,6 +26,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use super::error::RootError;
 pub use crate::config::RootOwner;
 use crate::ledger::FILE_LEDGER_DIR;
 use crate::record::Table;
@@ -225,28 +226,31 @@ impl Layout {
     }
 
     /// The root's `root.json`, if it has one.
-    pub fn read_meta(&self) -> Result<Option<RootMeta>, String> {
+    pub fn read_meta(&self) -> Result<Option<RootMeta>, RootError> {
         let path = self.meta_path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("{} is not a ccc-etl root description: {e}", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                RootError::invalid(format!(
+                    "{} is not a ccc-etl root description: {e}",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(RootError::io(format!("cannot read {}", path.display()), &e)),
         }
     }
 
     /// Writes `root.json` atomically (temporary file, fsync, rename, fsync the directory).
-    pub fn write_meta(&self, meta: &RootMeta) -> Result<(), String> {
+    pub fn write_meta(&self, meta: &RootMeta) -> Result<(), RootError> {
         let dir = self.state_dir();
         std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let text = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+            .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), &e))?;
+        let text = serde_json::to_vec_pretty(meta).expect("a root description encodes");
         let path = self.meta_path();
         crate::atomic::write_atomic(&path, |mut f| {
             std::io::Write::write_all(&mut f, &text).map(|_| f)
         })
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|e| RootError::io(format!("cannot write {}", path.display()), &e))
     }
 
     /// Whether an older ccc-etl wrote here before roots had ids (its `_ccc_etl/` exists).
@@ -255,62 +259,26 @@ impl Layout {
     }
 
     /// Every day file, one directory listing per table; temporary files are not listed.
-    pub fn list(&self) -> Result<Vec<Listed>, String> {
+    pub fn list(&self) -> Result<Vec<Listed>, RootError> {
         self.list_all().map(|l| l.files)
     }
 
     /// Every day file, and every other file in a day's directory (temporary files of ours
     /// aside): a listing per table and per day.
-    pub fn list_all(&self) -> Result<Listing, String> {
+    pub fn list_all(&self) -> Result<Listing, RootError> {
         let mut out = Listing::default();
         for table in Table::ALL {
             let dir = self.root.join(table.name());
             let days = match std::fs::read_dir(&dir) {
                 Ok(d) => d,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+                Err(e) => return Err(RootError::io(format!("cannot list {}", dir.display()), &e)),
             };
             for entry in days.flatten() {
                 let Some(partition) = entry.file_name().to_str().map(Partition::parse) else {
                     continue;
                 };
-                let files = match std::fs::read_dir(entry.path()) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(format!("cannot list {}: {e}", entry.path().display())),
-                };
-                for f in files.flatten() {
-                    let path = f.path();
-                    let Some(file) = f.file_name().to_str().map(str::to_string) else {
-                        continue;
-                    };
-                    if is_temp_name(&file) || !f.file_type().is_ok_and(|t| t.is_file()) {
-                        continue;
-                    }
-                    let day = match &partition {
-                        Partition::Day(day) if file == DATA_FILE => *day,
-                        _ => {
-                            out.strays.push(Stray {
-                                table,
-                                partition: partition.clone(),
-                                name: file,
-                                location: path.display().to_string(),
-                            });
-                            continue;
-                        }
-                    };
-                    match etag(&path) {
-                        Ok(etag) => out.files.push(Listed {
-                            table,
-                            day,
-                            location: path.display().to_string(),
-                            etag,
-                        }),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
-                    }
-                }
+                list_partition(table, partition, &entry.path(), &mut out)?;
             }
         }
         out.files.sort_by_key(|a| (a.table, a.day));
@@ -322,14 +290,18 @@ impl Layout {
 
     /// Moves a stray file to `_ccc_etl/set-aside/{table}/{folder}/{name}.{time}`, where engines
     /// do not read it (never deleted); its folder goes once empty. Returns the new path.
-    pub fn set_aside(&self, stray: &Stray) -> Result<PathBuf, String> {
+    pub fn set_aside(&self, stray: &Stray) -> Result<PathBuf, RootError> {
         let to = self.root.join(stray.aside_rel());
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), &e))?;
         }
-        std::fs::rename(&stray.location, &to)
-            .map_err(|e| format!("cannot move {} to {}: {e}", stray.location, to.display()))?;
+        std::fs::rename(&stray.location, &to).map_err(|e| {
+            RootError::io(
+                format!("cannot move {} to {}", stray.location, to.display()),
+                &e,
+            )
+        })?;
         if let Some(parent) = Path::new(&stray.location).parent() {
             // Only an empty folder is removed; anything else in it stays.
             if std::fs::remove_dir(parent).is_err() {
@@ -393,7 +365,7 @@ impl Layout {
 
     /// Moves a damaged day file to `_ccc_etl/damaged/{table}/dt=…/part-00000.parquet.{time}`,
     /// where engines do not read it and an operator can still look at it. Returns the new path.
-    pub fn quarantine(&self, table: Table, day: NaiveDate) -> Result<PathBuf, String> {
+    pub fn quarantine(&self, table: Table, day: NaiveDate) -> Result<PathBuf, RootError> {
         let from = self.day_file(table, day);
         let dir = self
             .state_dir()
@@ -401,16 +373,19 @@ impl Layout {
             .join(table.name())
             .join(Partition::day_dir(day));
         std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), &e))?;
         let to = dir.join(format!(
             "{DATA_FILE}.{}",
             Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
         ));
         std::fs::rename(&from, &to).map_err(|e| {
-            format!(
-                "cannot move the damaged file {} to {}: {e}",
-                from.display(),
-                to.display()
+            RootError::io(
+                format!(
+                    "cannot move the damaged file {} to {}",
+                    from.display(),
+                    to.display()
+                ),
+                &e,
             )
         })?;
         if let Some(parent) = from.parent() {
@@ -426,6 +401,58 @@ impl Layout {
             crate::plan::local_day_start(tz, day.succ_opt().unwrap_or(day)),
         )
     }
+}
+
+/// The files of one table's folder `dir` (named `partition`): its day file, and any other file
+/// as a stray (temporary files of ours aside).
+fn list_partition(
+    table: Table,
+    partition: Partition,
+    dir: &Path,
+    out: &mut Listing,
+) -> Result<(), RootError> {
+    let files = match std::fs::read_dir(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(RootError::io(format!("cannot list {}", dir.display()), &e));
+        }
+    };
+    for f in files.flatten() {
+        let path = f.path();
+        let Some(file) = f.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if is_temp_name(&file) || !f.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let day = match &partition {
+            Partition::Day(day) if file == DATA_FILE => *day,
+            _ => {
+                out.strays.push(Stray {
+                    table,
+                    partition: partition.clone(),
+                    name: file,
+                    location: path.display().to_string(),
+                });
+                continue;
+            }
+        };
+        match etag(&path) {
+            Ok(etag) => out.files.push(Listed {
+                table,
+                day,
+                location: path.display().to_string(),
+                etag,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(RootError::io(format!("cannot stat {}", path.display()), &e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why the root's lock could not be taken.

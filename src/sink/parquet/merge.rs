@@ -49,9 +49,9 @@ pub(super) enum DayError {
     Refused(String),
 }
 
-impl From<object::StoreError> for DayError {
-    fn from(e: object::StoreError) -> Self {
-        if e.refused {
+impl From<super::RootError> for DayError {
+    fn from(e: super::RootError) -> Self {
+        if e.refuses() {
             DayError::Refused(e.message)
         } else {
             DayError::Io(e.message)
@@ -82,7 +82,7 @@ pub(super) fn write_day(
         };
         let (merged, s, dropped) = merge_table(table, batches, &slices, &old, (from, to));
         if s.inserted + s.revised > 0 || dropped > 0 {
-            write_rows_atomic(&path, table, &merged, codec).map_err(DayError::Io)?;
+            write_rows_atomic(&path, table, &merged, codec)?;
         }
         foreign_rows(&path.display().to_string(), dropped);
         let etag = layout::etag(&path)
@@ -167,7 +167,10 @@ pub(super) fn merge_encode(
     };
     let (merged, stats, dropped) = merge_table(table, batches, &slices, &old, (from, to));
     let body = if stats.inserted + stats.revised > 0 || dropped > 0 {
-        Some(encode_rows(Vec::new(), table, &merged, codec).map_err(DayError::Io)?)
+        Some(
+            encode_rows(Vec::new(), table, &merged, codec)
+                .map_err(|e| DayError::Io(e.to_string()))?,
+        )
     } else {
         None
     };

@@ -13,6 +13,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use super::error::RootError;
 use super::{Layout, StoredRow, read_file, write_file_atomic};
 use crate::config::ParquetCompression;
 use crate::record::Table;
@@ -38,8 +39,8 @@ pub struct Repartitioned {
     pub files_after: usize,
 }
 
-fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> String {
-    format!("cannot {what} {}: {e}", path.display())
+fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> RootError {
+    RootError::io(format!("cannot {what} {}", path.display()), &e)
 }
 
 /// Moves every row of the root to its local day in `to`. Does nothing when the root already cuts
@@ -48,7 +49,7 @@ pub fn repartition(
     layout: &Layout,
     to: Tz,
     compression: ParquetCompression,
-) -> Result<Repartitioned, String> {
+) -> Result<Repartitioned, RootError> {
     let state = layout.state_dir();
     let marker = state.join(MARKER);
     let Some(mut meta) = layout.read_meta()? else {
@@ -63,7 +64,7 @@ pub fn repartition(
             from: meta.timezone.clone(),
             to: to.name().into(),
         })
-        .map_err(|e| e.to_string())?;
+        .expect("a marker encodes");
         std::fs::write(&marker, text).map_err(|e| io("write", &marker, e))?;
         swap(layout)?;
         meta.timezone = to.name().to_string();
@@ -74,14 +75,14 @@ pub fn repartition(
     // An interrupted migration: finish it.
     let m: Marker =
         serde_json::from_slice(&std::fs::read(&marker).map_err(|e| io("read", &marker, e))?)
-            .map_err(|e| format!("{} is damaged: {e}", marker.display()))?;
+            .map_err(|e| RootError::invalid(format!("{} is damaged: {e}", marker.display())))?;
     if m.to != to.name() {
-        return Err(format!(
+        return Err(RootError::invalid(format!(
             "an interrupted migration of {} to time zone {} must finish first: run `ccc-etl migrate` with timezone = \"{}\"",
             layout.root().display(),
             m.to,
             m.to
-        ));
+        )));
     }
     swap(layout)?;
     meta.timezone = to.name().to_string();
@@ -95,7 +96,7 @@ fn stage(
     layout: &Layout,
     to: Tz,
     compression: ParquetCompression,
-) -> Result<Repartitioned, String> {
+) -> Result<Repartitioned, RootError> {
     let staging = Layout::new(layout.state_dir().join(STAGING));
     if staging.root().exists() {
         std::fs::remove_dir_all(staging.root()).map_err(|e| io("remove", staging.root(), e))?;
@@ -107,12 +108,18 @@ fn stage(
         let mut by_day: BTreeMap<NaiveDate, Vec<StoredRow>> = BTreeMap::new();
         for f in listed.iter().filter(|f| f.table == table) {
             for r in read_file(&layout.day_file(table, f.day), table).map_err(|e| {
-                format!(
+                RootError::invalid(format!(
                     "{e}: run `ccc-etl nightly` (which sets damaged files aside) before migrating"
-                )
+                ))
             })? {
                 let day = DateTime::<Utc>::from_timestamp_millis(r.stats_time)
-                    .unwrap_or_default()
+                    .ok_or_else(|| {
+                        RootError::invalid(format!(
+                            "{}: stats_time {} is out of range",
+                            layout.day_file(table, f.day).display(),
+                            r.stats_time
+                        ))
+                    })?
                     .with_timezone(&to)
                     .date_naive();
                 by_day.entry(day).or_default().push(r);
@@ -135,7 +142,7 @@ fn stage(
 }
 
 /// Puts each staged table directory in place of the old one (idempotent).
-fn swap(layout: &Layout) -> Result<(), String> {
+fn swap(layout: &Layout) -> Result<(), RootError> {
     let state = layout.state_dir();
     let old = state.join(OLD);
     std::fs::create_dir_all(&old).map_err(|e| io("create", &old, e))?;
@@ -156,7 +163,7 @@ fn swap(layout: &Layout) -> Result<(), String> {
     sync_dir(layout.root())
 }
 
-fn cleanup(layout: &Layout) -> Result<(), String> {
+fn cleanup(layout: &Layout) -> Result<(), RootError> {
     let state = layout.state_dir();
     for dir in [state.join(OLD), state.join(STAGING)] {
         if dir.exists() {
@@ -170,7 +177,7 @@ fn cleanup(layout: &Layout) -> Result<(), String> {
     Ok(())
 }
 
-fn sync_dir(dir: &std::path::Path) -> Result<(), String> {
+fn sync_dir(dir: &std::path::Path) -> Result<(), RootError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("fsync", dir, e))

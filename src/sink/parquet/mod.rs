@@ -38,6 +38,7 @@ use crate::record::{Table, WindowBatch, WindowKey};
 use buffer::{DayBuffer, DayJob, DayOutcome, Settled};
 
 pub mod buffer;
+pub mod error;
 mod file;
 pub mod layout;
 mod merge;
@@ -46,6 +47,7 @@ pub mod object;
 pub mod reconcile;
 pub mod root;
 
+pub use error::{Failure, RootError};
 use file::codec;
 pub use file::{
     ReadError, RootCount, SeriesRows, StoredRow, read_file, read_rows, schema, write_file_atomic,
@@ -56,7 +58,7 @@ pub use layout::{
 };
 use merge::{DayError, write_day, write_day_object};
 pub use merge::{DayWritten, merge_day_into};
-pub use object::{ObjectRoot, Probe};
+pub use object::ObjectRoot;
 pub use reconcile::not_its_keys;
 pub use root::Root;
 
@@ -120,6 +122,17 @@ fn err(message: String, retryable: bool) -> SinkError {
     }
 }
 
+/// A root's error as the sink's: retried when a later attempt may pass, stopping the run when the
+/// store refuses this configuration.
+fn root_err(e: RootError) -> SinkError {
+    SinkError {
+        sink: SinkKind::Parquet,
+        retryable: e.is_retryable(),
+        fatal: e.refuses(),
+        message: e.message,
+    }
+}
+
 impl ParquetSink {
     /// A sink writing under the local directory `root`, partitioning days in `timezone`. Checks
     /// the root is writable, takes its lock, and gives a new root its identity; a root whose days
@@ -154,7 +167,7 @@ impl ParquetSink {
             LockError::Io(m) => OpenError::Refused(err(m, false)),
         })?;
         let shown = root.display().to_string();
-        let meta = match layout.read_meta().map_err(|e| err(e, false))? {
+        let meta = match layout.read_meta().map_err(root_err)? {
             Some(meta) => {
                 check_owner(&shown, meta.owner, owner)?;
                 check_zone(&shown, &meta, timezone)?;
@@ -166,7 +179,7 @@ impl ParquetSink {
                     check_owner(&shown, RootOwner::Pipeline, owner)?;
                 }
                 let meta = RootMeta::new(timezone, owner);
-                layout.write_meta(&meta).map_err(|e| err(e, false))?;
+                layout.write_meta(&meta).map_err(root_err)?;
                 meta
             }
         };
@@ -197,9 +210,9 @@ impl ParquetSink {
         owner: RootOwner,
     ) -> Result<Self, OpenError> {
         let url = root.url().clone();
-        root.probe().await.map_err(|p| match p.unreachable {
-            true => OpenError::Unreachable(p.message),
-            false => OpenError::Refused(err(p.message, false)),
+        root.probe().await.map_err(|e| match e.kind {
+            Failure::Refused => OpenError::Refused(err(e.message, false)),
+            _ => OpenError::Unreachable(e.message),
         })?;
         // Workers starting together on a new root must agree on its id: one creates it, under
         // a lock in PostgreSQL, and the others read it.
@@ -209,7 +222,7 @@ impl ParquetSink {
             .execute(&mut *tx)
             .await
             .map_err(|e| err(format!("cannot lock {url} in PostgreSQL: {e}"), false))?;
-        let meta = match root.read_meta().await.map_err(|e| err(e, false))? {
+        let meta = match root.read_meta().await.map_err(root_err)? {
             Some(meta) => {
                 check_owner(&url.to_string(), meta.owner, owner)?;
                 check_zone(&url.to_string(), &meta, timezone)?;
@@ -217,7 +230,7 @@ impl ParquetSink {
             }
             None => {
                 let meta = RootMeta::new(timezone, owner);
-                root.write_meta(&meta).await.map_err(|e| err(e, false))?;
+                root.write_meta(&meta).await.map_err(root_err)?;
                 meta
             }
         };
@@ -452,7 +465,7 @@ impl ParquetSink {
     ) -> SinkError {
         let moved = match self.root.quarantine(table, day).await {
             Ok(to) => format!("moved to {to}"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         let message =
             format!("{error}; {moved}; the day's windows are fetched again by the next run");

@@ -35,6 +35,7 @@ use regex::Regex;
 use sqlx::PgPool;
 
 use super::ReadError;
+use super::error::{Failure, RootError, failure_of};
 use super::layout::DAMAGED_DIR;
 use super::layout::{DATA_FILE, Listed, Listing, Partition, RootMeta, Stray};
 use crate::config::{ObjectUrl, ParquetConfig, StoreKind, object_endpoint};
@@ -66,15 +67,6 @@ impl std::fmt::Debug for ObjectRoot {
             .field("conditional", &self.conditional)
             .finish_non_exhaustive()
     }
-}
-
-/// Why the probe at start failed.
-#[derive(Debug, Clone)]
-pub struct Probe {
-    /// One line naming the root.
-    pub message: String,
-    /// The store could not be reached or failed (exit 1), rather than refused (exit 2).
-    pub unreachable: bool,
 }
 
 /// A store's error text on one line: an XML error body (S3, OSS) as its code and message.
@@ -203,9 +195,9 @@ impl ObjectRoot {
         pq: &ParquetConfig,
         url: &ObjectUrl,
         credentials: crate::config::Choice,
-    ) -> Result<Self, String> {
-        let endpoint = object_endpoint(pq, url, None)?;
-        let conditional = conditional_writes(pq, url)?;
+    ) -> Result<Self, RootError> {
+        let endpoint = object_endpoint(pq, url, None).map_err(RootError::invalid)?;
+        let conditional = conditional_writes(pq, url).map_err(RootError::invalid)?;
         let allow_http = endpoint
             .as_ref()
             .is_some_and(|e| e.url().scheme() == "http");
@@ -240,8 +232,12 @@ impl ObjectRoot {
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
         };
-        let store =
-            built.map_err(|e| format!("cannot use {url}: {}", secrets.scrub(&e.to_string())))?;
+        let store = built.map_err(|e| {
+            RootError::invalid(format!(
+                "cannot use {url}: {}",
+                secrets.scrub(&e.to_string())
+            ))
+        })?;
         let mut root = Self::with_store(store, url.clone(), conditional);
         root.secrets = secrets;
         root.multipart_threshold = (pq.multipart_threshold_mib as usize).saturating_mul(1 << 20);
@@ -315,20 +311,13 @@ impl ObjectRoot {
         )
     }
 
-    fn fail(&self, what: &str, e: object_store::Error) -> String {
-        format!("{what}: {}", one_line(&self.secrets.scrub(&e.to_string())))
-    }
-
-    /// [`ObjectRoot::fail`], keeping whether the store refuses this configuration.
-    fn refusal(&self, what: &str, e: object_store::Error) -> StoreError {
-        StoreError {
-            refused: refuses(&e),
-            message: self.fail(what, e),
-        }
+    /// `what` failed with `e`: its kind kept, its text scrubbed of secrets and on one line.
+    fn fail(&self, what: &str, e: object_store::Error) -> RootError {
+        RootError::store(what, &e, &one_line(&self.secrets.scrub(&e.to_string())))
     }
 
     /// The root's `root.json`, if it has one.
-    pub async fn read_meta(&self) -> Result<Option<RootMeta>, String> {
+    pub async fn read_meta(&self) -> Result<Option<RootMeta>, RootError> {
         let key = self.meta_key();
         match self.store.get(&key).await {
             Ok(r) => {
@@ -337,7 +326,10 @@ impl ObjectRoot {
                     .await
                     .map_err(|e| self.fail(&format!("cannot read {}", self.at(&key)), e))?;
                 serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                    format!("{} is not a ccc-etl root description: {e}", self.at(&key))
+                    RootError::invalid(format!(
+                        "{} is not a ccc-etl root description: {e}",
+                        self.at(&key)
+                    ))
                 })
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -346,9 +338,9 @@ impl ObjectRoot {
     }
 
     /// Writes `root.json` (one PUT).
-    pub async fn write_meta(&self, meta: &RootMeta) -> Result<(), String> {
+    pub async fn write_meta(&self, meta: &RootMeta) -> Result<(), RootError> {
         let key = self.meta_key();
-        let text = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+        let text = serde_json::to_vec_pretty(meta).expect("a root description encodes");
         self.store
             .put(&key, PutPayload::from(text))
             .await
@@ -362,12 +354,12 @@ impl ObjectRoot {
     }
 
     /// Every day file, one listing per table.
-    pub async fn list(&self) -> Result<Vec<Listed>, String> {
+    pub async fn list(&self) -> Result<Vec<Listed>, RootError> {
         self.list_all().await.map(|l| l.files)
     }
 
     /// Every day file, and every other object directly in a day's folder: one listing per table.
-    pub async fn list_all(&self) -> Result<Listing, String> {
+    pub async fn list_all(&self) -> Result<Listing, RootError> {
         let mut out = Listing::default();
         for table in Table::ALL {
             let prefix = self.key(table.name());
@@ -409,7 +401,7 @@ impl ObjectRoot {
 
     /// Moves a stray object to `_ccc_etl/set-aside/{table}/{folder}/{name}.{time}` (a copy, then
     /// a delete of one object). Returns where it went.
-    pub async fn set_aside(&self, stray: &Stray) -> Result<String, String> {
+    pub async fn set_aside(&self, stray: &Stray) -> Result<String, RootError> {
         let from = self.key(&format!(
             "{}/{}/{}",
             stray.table.name(),
@@ -433,7 +425,7 @@ impl ObjectRoot {
         let key = self.day_key(table, day);
         let io = |e: object_store::Error| ReadError::Io {
             location: self.at(&key),
-            refused: refuses(&e),
+            refused: failure_of(&e) == Failure::Refused,
             detail: self.secrets.scrub(&e.to_string()),
         };
         let got = match self.store.get(&key).await {
@@ -464,7 +456,7 @@ impl ObjectRoot {
         day: NaiveDate,
         body: Vec<u8>,
         read: Option<&UpdateVersion>,
-    ) -> Result<PutOutcome, StoreError> {
+    ) -> Result<PutOutcome, RootError> {
         let key = self.day_key(table, day);
         if body.len() > self.multipart_threshold {
             return self
@@ -488,28 +480,28 @@ impl ObjectRoot {
             ))),
             Err(object_store::Error::Precondition { .. })
             | Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::Conflict),
-            Err(e) => Err(self.refusal(&format!("cannot write {}", self.at(&key)), e)),
+            Err(e) => Err(self.fail(&format!("cannot write {}", self.at(&key)), e)),
         }
     }
 
-    async fn put_multipart(&self, key: &ObjPath, body: Vec<u8>) -> Result<String, StoreError> {
+    async fn put_multipart(&self, key: &ObjPath, body: Vec<u8>) -> Result<String, RootError> {
         let what = || format!("cannot upload {} in parts", self.at(key));
         let upload = self
             .store
             .put_multipart(key)
             .await
-            .map_err(|e| self.refusal(&what(), e))?;
+            .map_err(|e| self.fail(&what(), e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         for chunk in body.chunks(PART_SIZE) {
             if let Err(e) = w.wait_for_capacity(2).await {
                 let _ = w.abort().await;
-                return Err(self.refusal(&what(), e));
+                return Err(self.fail(&what(), e));
             }
             w.write(chunk);
         }
         drop(body);
         // `finish` aborts the upload itself when completing it fails.
-        let r = w.finish().await.map_err(|e| self.refusal(&what(), e))?;
+        let r = w.finish().await.map_err(|e| self.fail(&what(), e))?;
         Ok(etag_text(r.e_tag.as_deref(), r.version))
     }
 
@@ -519,30 +511,20 @@ impl ObjectRoot {
         Duration::from_secs(1)
     }
 
-    /// Writes and deletes a probe object under `_ccc_etl/`: the credentials can write here.
-    pub async fn probe_write(&self) -> Result<(), String> {
-        self.probe().await.map_err(|p| p.message)
-    }
-
-    /// [`ObjectRoot::probe_write`], telling a store that answered no (a missing bucket, a
-    /// refused key: the configuration) from one that could not be reached or failed (the
-    /// network, the service).
-    pub async fn probe(&self) -> Result<(), Probe> {
+    /// Writes and deletes a probe object under `_ccc_etl/`: the credentials can write here. A
+    /// store that answers no (a missing bucket, a refused key: the configuration) is told from
+    /// one that could not be reached or failed (the network, the service) by the error's kind.
+    pub async fn probe(&self) -> Result<(), RootError> {
         let key = self.key(&format!(
             "{FILE_LEDGER_DIR}/write-probe-{}",
             uuid::Uuid::new_v4().simple()
         ));
         let failed = |e: object_store::Error| {
-            let unreachable = matches!(e, object_store::Error::Generic { .. });
-            let what = if unreachable {
-                format!("cannot reach the Parquet root {}", self.url)
-            } else {
-                format!("the Parquet root {} is not writable", self.url)
+            let what = match failure_of(&e) {
+                Failure::Refused => format!("the Parquet root {} is not writable", self.url),
+                _ => format!("cannot reach the Parquet root {}", self.url),
             };
-            Probe {
-                message: self.fail(&what, e),
-                unreachable,
-            }
+            self.fail(&what, e)
         };
         self.store
             .put(&key, PutPayload::from_static(b"probe"))
@@ -553,7 +535,7 @@ impl ObjectRoot {
 
     /// Moves a damaged day file to `_ccc_etl/damaged/...` (a copy, then a delete of one object:
     /// no bulk delete, which OSS's S3 API handles differently). Returns where it went.
-    pub async fn quarantine(&self, table: Table, day: NaiveDate) -> Result<String, String> {
+    pub async fn quarantine(&self, table: Table, day: NaiveDate) -> Result<String, RootError> {
         let from = self.day_key(table, day);
         let to = self.key(&format!(
             "{FILE_LEDGER_DIR}/{DAMAGED_DIR}/{}.{}",
@@ -595,35 +577,6 @@ impl ObjectRoot {
             .map_err(cannot)?;
         Ok(Some(tx))
     }
-}
-
-/// A store's error, with whether it refuses this configuration for good.
-#[derive(Debug, Clone)]
-pub struct StoreError {
-    /// What failed, scrubbed of secrets, on one line.
-    pub message: String,
-    /// The store refuses this configuration (permissions, credentials, a missing bucket): no
-    /// later attempt in this run can succeed. Else (throttling, 5xx, a timeout, a reset) a later
-    /// one may.
-    pub refused: bool,
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Whether an error says the store refuses this configuration, from its kind: permission denied
-/// (403), not authenticated (401), or a missing bucket (404 where a write or a read of a known key
-/// went; a missing day file is not an error).
-fn refuses(e: &object_store::Error) -> bool {
-    matches!(
-        e,
-        object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }
-            | object_store::Error::NotFound { .. }
-    )
 }
 
 /// The folder and name of an object directly in a folder of a table's,

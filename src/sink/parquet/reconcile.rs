@@ -15,6 +15,20 @@ use super::{Layout, ReadError, Root};
 use crate::ledger::{DayFile, Ledger, LedgerError, SinkId};
 use crate::record::Table;
 
+/// Why a root could not be checked against its ledger (or its findings acted on).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The root could not be listed or changed.
+    #[error(transparent)]
+    Root(#[from] super::RootError),
+    /// A day file could not be read (the store, not the file).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The ledger could not be read or written.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
 /// What is wrong with one day file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
@@ -94,7 +108,7 @@ pub async fn check(
     tz: Tz,
     listing: &[Listed],
     recorded: &[DayFile],
-) -> Result<Vec<Finding>, String> {
+) -> Result<Vec<Finding>, ReconcileError> {
     let listed: std::collections::HashMap<(Table, NaiveDate), &str> = listing
         .iter()
         .map(|l| ((l.table, l.day), l.etag.as_str()))
@@ -128,7 +142,7 @@ async fn unrecorded(
     tz: Tz,
     listing: &[Listed],
     recorded: &[DayFile],
-) -> Result<Vec<Finding>, String> {
+) -> Result<Vec<Finding>, ReconcileError> {
     let known: std::collections::HashSet<(Table, NaiveDate)> =
         recorded.iter().map(|f| (f.table, f.day)).collect();
     let mut out = Vec::new();
@@ -157,11 +171,11 @@ async fn read_problem(
     table: Table,
     day: NaiveDate,
     judge: impl FnOnce(Vec<super::StoredRow>) -> Option<Problem>,
-) -> Result<Option<Problem>, String> {
+) -> Result<Option<Problem>, ReconcileError> {
     match root.read_rows(table, day).await {
         Ok(rows) => Ok(judge(rows)),
         Err(e @ ReadError::Damaged { .. }) => Ok(Some(Problem::Damaged(e.to_string()))),
-        Err(e @ ReadError::Io { .. }) => Err(e.to_string()),
+        Err(e @ ReadError::Io { .. }) => Err(e.into()),
     }
 }
 
@@ -184,8 +198,8 @@ pub async fn inspect(
     tz: Tz,
     ledger: &dyn Ledger,
     target: &str,
-) -> Result<Inspection, String> {
-    let recorded = ledger.day_files(target).await.map_err(|e| e.to_string())?;
+) -> Result<Inspection, ReconcileError> {
+    let recorded = ledger.day_files(target).await?;
     let mut listing = root.list_all().await?;
     let findings = check(root, tz, &listing.files, &recorded).await?;
     listing.files.retain(|l| {
@@ -257,7 +271,7 @@ pub async fn before_run(
     ledger: &dyn Ledger,
     sink: &SinkId,
     legacy: bool,
-) -> Result<Vec<Finding>, String> {
+) -> Result<Vec<Finding>, ReconcileError> {
     if legacy {
         adopt(root, ledger, sink).await?;
     }
@@ -273,9 +287,7 @@ pub async fn before_run(
             stray.describe()
         );
     }
-    let taken = repair(root, tz, ledger, sink, &findings)
-        .await
-        .map_err(|e| e.to_string())?;
+    let taken = repair(root, tz, ledger, sink, &findings).await?;
     if taken > 0 {
         tracing::warn!(
             windows = taken,
@@ -292,7 +304,7 @@ pub async fn record_listing(
     root: &Root,
     ledger: &dyn Ledger,
     target: &str,
-) -> Result<usize, String> {
+) -> Result<usize, ReconcileError> {
     let files: Vec<DayFile> = root
         .list()
         .await?
@@ -305,17 +317,14 @@ pub async fn record_listing(
             rows: 0,
         })
         .collect();
-    ledger
-        .record_files(&files)
-        .await
-        .map_err(|e| e.to_string())?;
+    ledger.record_files(&files).await?;
     Ok(files.len())
 }
 
 /// A root written before roots had ids: its commits and its files, as they are now, become its
 /// own.
-async fn adopt(root: &Root, ledger: &dyn Ledger, sink: &SinkId) -> Result<(), String> {
-    let n = ledger.adopt_legacy(sink).await.map_err(|e| e.to_string())?;
+async fn adopt(root: &Root, ledger: &dyn Ledger, sink: &SinkId) -> Result<(), ReconcileError> {
+    let n = ledger.adopt_legacy(sink).await?;
     let files = record_listing(root, ledger, &sink.target).await?;
     tracing::info!(
         windows = n,

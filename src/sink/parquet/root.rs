@@ -1,11 +1,23 @@
 //! A Parquet root wherever it lives: a local directory ([`Layout`]) or an object store
 //! ([`ObjectRoot`]). The sink, `status`, `verify` and the reconciliation before a run read it
-//! through this one type.
+//! through this one type, and both fail with one error, [`RootError`], whose kind (transient,
+//! refused, invalid) comes from the store's own error.
+//!
+//! Writing a day stays two paths (`merge::write_day` and `merge::write_day_object`), because
+//! what makes a write safe differs: a local root has one writer, the holder of its lock file,
+//! and a day file is replaced by a rename after the file and then its directory are fsynced; a
+//! root on object storage has many writers, each day under a lock in PostgreSQL, files created
+//! or replaced by conditional PUTs against the ETag read, and every window's lease checked under
+//! that lock. object_store's `LocalFileSystem` (with `with_fsync`) could carry the local root
+//! through the object path, at the price of a PostgreSQL lock per day for a root that has no
+//! second writer. What the two paths share (merging a day, encoding, the day's keys) is one
+//! code.
 
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 
+use super::error::RootError;
 use super::layout::{Layout, Listed, Listing, RootMeta, Stray};
 use super::object::ObjectRoot;
 use super::{ReadError, RootCount, StoredRow};
@@ -23,7 +35,7 @@ pub enum Root {
 
 impl Root {
     /// The root `[parquet]` configures (without any lock or PostgreSQL).
-    pub fn open(pq: &ParquetConfig, credentials: crate::config::Choice) -> Result<Self, String> {
+    pub fn open(pq: &ParquetConfig, credentials: crate::config::Choice) -> Result<Self, RootError> {
         Ok(match &pq.root {
             RootUrl::Local(p) => Root::Local(Layout::new(p)),
             RootUrl::Object(url) => Root::Object(Arc::new(ObjectRoot::open(pq, url, credentials)?)),
@@ -55,7 +67,7 @@ impl Root {
     }
 
     /// The root's `root.json`, if it has one.
-    pub async fn read_meta(&self) -> Result<Option<RootMeta>, String> {
+    pub async fn read_meta(&self) -> Result<Option<RootMeta>, RootError> {
         match self {
             Root::Local(l) => l.read_meta(),
             Root::Object(o) => o.read_meta().await,
@@ -63,7 +75,7 @@ impl Root {
     }
 
     /// Writes the root's `root.json` (atomically).
-    pub async fn write_meta(&self, meta: &RootMeta) -> Result<(), String> {
+    pub async fn write_meta(&self, meta: &RootMeta) -> Result<(), RootError> {
         match self {
             Root::Local(l) => l.write_meta(meta),
             Root::Object(o) => o.write_meta(meta).await,
@@ -80,33 +92,33 @@ impl Root {
     }
 
     /// Every day file with its ETag.
-    pub async fn list(&self) -> Result<Vec<Listed>, String> {
+    pub async fn list(&self) -> Result<Vec<Listed>, RootError> {
         match self {
             Root::Local(l) => {
                 let l = l.clone();
                 tokio::task::spawn_blocking(move || l.list())
                     .await
-                    .map_err(|e| format!("listing task failed: {e}"))?
+                    .map_err(|e| RootError::transient(format!("listing task failed: {e}")))?
             }
             Root::Object(o) => o.list().await,
         }
     }
 
     /// Every day file with its ETag, and every other file in a day's directory.
-    pub async fn list_all(&self) -> Result<Listing, String> {
+    pub async fn list_all(&self) -> Result<Listing, RootError> {
         match self {
             Root::Local(l) => {
                 let l = l.clone();
                 tokio::task::spawn_blocking(move || l.list_all())
                     .await
-                    .map_err(|e| format!("listing task failed: {e}"))?
+                    .map_err(|e| RootError::transient(format!("listing task failed: {e}")))?
             }
             Root::Object(o) => o.list_all().await,
         }
     }
 
     /// Moves a stray file where engines do not read it (never deleted); returns where it went.
-    pub async fn set_aside(&self, stray: &Stray) -> Result<String, String> {
+    pub async fn set_aside(&self, stray: &Stray) -> Result<String, RootError> {
         match self {
             Root::Local(l) => l.set_aside(stray).map(|p| p.display().to_string()),
             Root::Object(o) => o.set_aside(stray).await,
@@ -187,7 +199,7 @@ impl Root {
     }
 
     /// Moves a damaged day file where engines do not read it; returns where it went.
-    pub async fn quarantine(&self, table: Table, day: NaiveDate) -> Result<String, String> {
+    pub async fn quarantine(&self, table: Table, day: NaiveDate) -> Result<String, RootError> {
         match self {
             Root::Local(l) => l.quarantine(table, day).map(|p| p.display().to_string()),
             Root::Object(o) => o.quarantine(table, day).await,
