@@ -177,10 +177,25 @@ pub trait TrendRow: Copy + Ord + fmt::Debug + Send + Sync + 'static {
     fn counts(&self) -> Vec<i64> {
         self.count_array()[..Self::TABLE.count_columns().len()].to_vec()
     }
+    /// The row whose counts, in column order, are `counts`; `None` unless there is one count
+    /// per column of the table.
+    fn from_counts(stats_time: i64, counts: &[i64]) -> Option<Self>;
 }
 
 impl TrendRow for InboundRow {
     const TABLE: Table = Table::Inbound;
+    fn from_counts(stats_time: i64, counts: &[i64]) -> Option<Self> {
+        let [total, handled, queued, ivr, queue, ring] = counts.try_into().ok()?;
+        Some(Self {
+            stats_time,
+            total_calls: total,
+            calls_handled: handled,
+            calls_queued: queued,
+            calls_abandoned_in_ivr: ivr,
+            calls_abandoned_in_queue: queue,
+            calls_abandoned_in_ring: ring,
+        })
+    }
     fn stats_time(&self) -> i64 {
         self.stats_time
     }
@@ -198,6 +213,14 @@ impl TrendRow for InboundRow {
 
 impl TrendRow for OutboundRow {
     const TABLE: Table = Table::Outbound;
+    fn from_counts(stats_time: i64, counts: &[i64]) -> Option<Self> {
+        let [total, answered] = counts.try_into().ok()?;
+        Some(Self {
+            stats_time,
+            total_calls: total,
+            calls_answered: answered,
+        })
+    }
     fn stats_time(&self) -> i64 {
         self.stats_time
     }
@@ -208,6 +231,13 @@ impl TrendRow for OutboundRow {
 
 impl TrendRow for OverallRow {
     const TABLE: Table = Table::Overall;
+    fn from_counts(stats_time: i64, counts: &[i64]) -> Option<Self> {
+        let [agents] = counts.try_into().ok()?;
+        Some(Self {
+            stats_time,
+            max_logged_in_agents: agents,
+        })
+    }
     fn stats_time(&self) -> i64 {
         self.stats_time
     }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::db::PgStore;
 use crate::error::EXIT_OK;
 use crate::pipeline::system_now;
-use crate::record::{MediaType, Table};
+use crate::record::{InboundRow, MediaType, OutboundRow, OverallRow, Table};
 use crate::report::{DayTotals, ReportInput, coverage::Held, day_states, page};
 use crate::sink::parquet::{ReadError, Root};
 
@@ -171,7 +171,6 @@ fn add_row(
     r: &crate::sink::parquet::StoredRow,
     tz: Tz,
 ) -> Result<(), String> {
-    let c = &r.counts;
     let add = |sum: &mut i64, v: i64| -> Result<(), String> {
         *sum = sum.checked_add(v).ok_or_else(|| {
             format!(
@@ -181,14 +180,23 @@ fn add_row(
         })?;
         Ok(())
     };
+    let not_its = || {
+        format!(
+            "a {table} row of {} at {} has {} counts",
+            r.instance_id,
+            r.stats_time,
+            r.counts.len()
+        )
+    };
     match table {
         Table::Inbound => {
-            add(&mut t.inbound, c[0])?;
-            add(&mut t.handled, c[1])?;
-            add(&mut t.queued, c[2])?;
-            add(&mut t.abandoned_ivr, c[3])?;
-            add(&mut t.abandoned_queue, c[4])?;
-            add(&mut t.abandoned_ring, c[5])?;
+            let c: InboundRow = r.row().ok_or_else(not_its)?;
+            add(&mut t.inbound, c.total_calls)?;
+            add(&mut t.handled, c.calls_handled)?;
+            add(&mut t.queued, c.calls_queued)?;
+            add(&mut t.abandoned_ivr, c.calls_abandoned_in_ivr)?;
+            add(&mut t.abandoned_queue, c.calls_abandoned_in_queue)?;
+            add(&mut t.abandoned_ring, c.calls_abandoned_in_ring)?;
             let local = Utc
                 .timestamp_millis_opt(r.stats_time)
                 .single()
@@ -196,17 +204,19 @@ fn add_row(
                 .with_timezone(&tz);
             use chrono::{Datelike, Timelike};
             let d = local.weekday().num_days_from_monday() as usize;
-            add(&mut grid[d][local.hour() as usize], c[0])?;
+            add(&mut grid[d][local.hour() as usize], c.total_calls)?;
         }
         Table::Outbound => {
-            add(&mut t.outbound, c[0])?;
-            add(&mut t.answered, c[1])?;
+            let c: OutboundRow = r.row().ok_or_else(not_its)?;
+            add(&mut t.outbound, c.total_calls)?;
+            add(&mut t.answered, c.calls_answered)?;
         }
         Table::Overall => {
+            let c: OverallRow = r.row().ok_or_else(not_its)?;
             let peak = peaks
                 .entry((r.instance_id.clone(), r.media_type.clone()))
                 .or_default();
-            *peak = (*peak).max(c[0]);
+            *peak = (*peak).max(c.max_logged_in_agents);
         }
     }
     Ok(())

@@ -546,8 +546,7 @@ mod tests {
         t.stop(Fatal::Sink(crate::sink::SinkError {
             sink: SinkKind::Parquet,
             message: "access denied".into(),
-            retryable: false,
-            fatal: true,
+            kind: crate::sink::Failure::Refused,
         }));
         t.stop(Fatal::Api(ApiError::Credentials("later".into())));
         let s = t.into_summary();

@@ -258,13 +258,13 @@ pub(super) fn report(sink: &dyn Sink, written: Written) -> Vec<Event> {
     );
     let mut fatal = None;
     for (key, e) in written.failed {
-        if e.fatal && fatal.is_none() {
+        if e.is_fatal() && fatal.is_none() {
             fatal = Some(Fatal::Sink(e.clone()));
         }
         events.push(Event::SinkFailed(FailedWindow {
             key,
             error: e.to_string(),
-            retryable: e.retryable,
+            retryable: e.is_retryable(),
         }));
     }
     // A sink no write of this run can succeed in stops the run, once.

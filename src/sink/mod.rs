@@ -40,11 +40,45 @@ pub struct SinkError {
     pub sink: SinkKind,
     /// What went wrong.
     pub message: String,
-    /// Whether a later attempt may succeed (a lost connection, a full disk being cleaned).
-    pub retryable: bool,
-    /// Whether no further write can succeed in this run (the store refuses this configuration:
-    /// permissions, a missing bucket): the run stops.
-    pub fatal: bool,
+    /// What it means for the window and the run.
+    pub kind: Failure,
+}
+
+impl SinkError {
+    /// Whether a later attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == Failure::Transient
+    }
+
+    /// Whether no further write can succeed in this run: the run stops.
+    pub fn is_fatal(&self) -> bool {
+        self.kind == Failure::Refused
+    }
+}
+
+/// What a sink's (or a store's) failure means for the run, decided from the error's own kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A later attempt may succeed: a lost connection, throttling, a 5xx, a timeout, a full disk
+    /// being cleaned.
+    Transient,
+    /// Retrying in this run does not help: what the store holds, or the configuration, is
+    /// wrong, and an operator must look.
+    Permanent,
+    /// The store refuses this configuration (permissions, credentials, a missing bucket, a
+    /// read-only file system): no further write can succeed in this run, which stops.
+    Refused,
+}
+
+impl Failure {
+    /// `Transient` when a later attempt may succeed, else `Permanent`.
+    pub fn from_retryable(retryable: bool) -> Self {
+        if retryable {
+            Failure::Transient
+        } else {
+            Failure::Permanent
+        }
+    }
 }
 
 /// The run a sink writes for: its id, and the ledger in which each sink records what it made
@@ -108,8 +142,7 @@ impl RunContext {
                     SinkError {
                         sink,
                         message: why.clone(),
-                        retryable: true,
-                        fatal: false,
+                        kind: Failure::Transient,
                     },
                 )),
                 None => w.fenced.push(d.key),
@@ -150,8 +183,7 @@ impl RunContext {
             let error = SinkError {
                 sink: sink.kind,
                 message: e.to_string(),
-                retryable: e.retryable,
-                fatal: false,
+                kind: Failure::from_retryable(e.retryable),
             };
             let lost = std::mem::take(&mut w.durable);
             w.failed

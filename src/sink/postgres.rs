@@ -201,8 +201,7 @@ impl PostgresSink {
             return Err(SinkError {
                 sink: SinkKind::Postgres,
                 message: "fenced: this worker no longer holds the window's lease".into(),
-                retryable: false,
-                fatal: false,
+                kind: crate::sink::Failure::Permanent,
             });
         }
         match w.failed.pop() {
@@ -483,8 +482,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 fn sink_err(e: sqlx::Error) -> SinkError {
     SinkError {
         sink: SinkKind::Postgres,
-        retryable: is_retryable(&e),
-        fatal: false,
+        kind: crate::sink::Failure::from_retryable(is_retryable(&e)),
         message: explain(&e),
     }
 }

@@ -472,7 +472,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_commit() {
         .await
         .unwrap_err();
     assert!(refused.message.contains("fenced"), "{refused:?}");
-    assert!(!refused.retryable);
+    assert!(!refused.is_retryable());
     assert_eq!((zombie.fenced(), newer.fenced()), (1, 0));
     let rows: Vec<(i64, String)> =
         sqlx::query_as("SELECT max_logged_in_agents, request_id FROM ccc.overall_trend")

@@ -414,8 +414,7 @@ mod tests {
         let error = SinkError {
             sink: crate::ledger::SinkKind::Parquet,
             message: "disk full".into(),
-            retryable: true,
-            fatal: false,
+            kind: crate::sink::Failure::Transient,
         };
         assert!(
             b.day_done(first.ids, DayOutcome::Failed(error)).is_empty(),

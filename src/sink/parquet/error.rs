@@ -1,21 +1,9 @@
 //! What went wrong with a Parquet root, a local directory or an object store alike: where and
-//! what, on one line and scrubbed of secrets, and what it means for the run. The kind is read
+//! what, on one line and scrubbed of secrets, and what it means for the run (a [`Failure`]). The kind is read
 //! from the store's own error (object_store's error kinds, `std::io::ErrorKind`), never from its
 //! text.
 
-/// What a root's failure means for the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// A later attempt may succeed: throttling, a 5xx, a timeout, a reset connection, a full
-    /// disk being cleaned.
-    Transient,
-    /// The store refuses this configuration: permission denied, no credentials, a missing
-    /// bucket or container, a read-only file system. No later attempt in this run can succeed.
-    Refused,
-    /// The root's configuration, or what the root holds, is wrong (a `root.json` that does not
-    /// parse, an endpoint that is not a URL): an operator must look.
-    Invalid,
-}
+pub use crate::sink::Failure;
 
 /// What an object store's error means, from its kind: permission denied (403), not
 /// authenticated (401) or a missing bucket (404 where a write or a read of a known key went; a
@@ -74,7 +62,7 @@ impl RootError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            kind: Failure::Invalid,
+            kind: Failure::Permanent,
         }
     }
 

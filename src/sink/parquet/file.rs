@@ -45,6 +45,14 @@ pub struct StoredRow {
     pub extra: Option<String>,
 }
 
+impl StoredRow {
+    /// The row as its table's type, with named counts; `None` when it is another table's (its
+    /// counts are not one per column of `R`'s table).
+    pub fn row<R: crate::record::TrendRow>(&self) -> Option<R> {
+        R::from_counts(self.stats_time, &self.counts)
+    }
+}
+
 /// The Arrow schema of a table's files.
 pub fn schema(table: Table) -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));

@@ -113,12 +113,11 @@ enum RootLock {
     Shared,
 }
 
-fn err(message: String, retryable: bool) -> SinkError {
+fn err(message: String, kind: Failure) -> SinkError {
     SinkError {
         sink: SinkKind::Parquet,
         message,
-        retryable,
-        fatal: false,
+        kind,
     }
 }
 
@@ -127,8 +126,7 @@ fn err(message: String, retryable: bool) -> SinkError {
 fn root_err(e: RootError) -> SinkError {
     SinkError {
         sink: SinkKind::Parquet,
-        retryable: e.is_retryable(),
-        fatal: e.refuses(),
+        kind: e.kind,
         message: e.message,
     }
 }
@@ -148,7 +146,7 @@ impl ParquetSink {
         std::fs::create_dir_all(root).map_err(|e| {
             err(
                 format!("cannot create the Parquet root {}: {e}", root.display()),
-                false,
+                Failure::Permanent,
             )
         })?;
         let probe = root.join(format!(".write-probe-{}", uuid::Uuid::new_v4().simple()));
@@ -157,14 +155,14 @@ impl ParquetSink {
             .map_err(|e| {
                 err(
                     format!("the Parquet root {} is not writable: {e}", root.display()),
-                    false,
+                    Failure::Permanent,
                 )
             })?;
         let layout = Layout::new(root);
         let legacy = layout.has_state_without_meta();
         let lock = layout.lock().map_err(|e| match e {
             LockError::Held(m) => OpenError::Busy(m),
-            LockError::Io(m) => OpenError::Refused(err(m, false)),
+            LockError::Io(m) => OpenError::Refused(err(m, Failure::Permanent)),
         })?;
         let shown = root.display().to_string();
         let meta = match layout.read_meta().map_err(root_err)? {
@@ -211,17 +209,25 @@ impl ParquetSink {
     ) -> Result<Self, OpenError> {
         let url = root.url().clone();
         root.probe().await.map_err(|e| match e.kind {
-            Failure::Refused => OpenError::Refused(err(e.message, false)),
+            Failure::Refused => OpenError::Refused(err(e.message, Failure::Refused)),
             _ => OpenError::Unreachable(e.message),
         })?;
         // Workers starting together on a new root must agree on its id: one creates it, under
         // a lock in PostgreSQL, and the others read it.
-        let mut tx = pool.begin().await.map_err(|e| err(e.to_string(), false))?;
+        let mut tx = pool
+            .begin()
+            .await
+            .map_err(|e| err(e.to_string(), Failure::Permanent))?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), 2)")
             .bind(format!("ccc-etl:parquet-root:{url}"))
             .execute(&mut *tx)
             .await
-            .map_err(|e| err(format!("cannot lock {url} in PostgreSQL: {e}"), false))?;
+            .map_err(|e| {
+                err(
+                    format!("cannot lock {url} in PostgreSQL: {e}"),
+                    Failure::Permanent,
+                )
+            })?;
         let meta = match root.read_meta().await.map_err(root_err)? {
             Some(meta) => {
                 check_owner(&url.to_string(), meta.owner, owner)?;
@@ -234,7 +240,9 @@ impl ParquetSink {
                 meta
             }
         };
-        tx.commit().await.map_err(|e| err(e.to_string(), false))?;
+        tx.commit()
+            .await
+            .map_err(|e| err(e.to_string(), Failure::Permanent))?;
         let root = root.with_day_locks(pool.clone());
         let mut sink = Self::with_root(
             Root::Object(Arc::new(root)),
@@ -430,18 +438,15 @@ impl ParquetSink {
             }
             Err(DayError::Io(m)) => {
                 tracing::error!(day = %day, error = %m, "cannot write a Parquet day");
-                (Some(err(m, true)), vec![])
+                (Some(err(m, Failure::Transient)), vec![])
             }
             Err(DayError::Refused(m)) => {
-                let e = SinkError {
-                    fatal: true,
-                    ..err(
-                        format!(
-                            "{m} (the store refuses this configuration: check the credentials' permissions and the bucket)"
-                        ),
-                        false,
-                    )
-                };
+                let e = err(
+                    format!(
+                        "{m} (the store refuses this configuration: check the credentials' permissions and the bucket)"
+                    ),
+                    Failure::Refused,
+                );
                 (Some(e), vec![])
             }
             Err(DayError::Damaged { table, error }) => {
@@ -478,7 +483,7 @@ impl ParquetSink {
             end_ms,
             detail: message.clone(),
         });
-        err(message, true)
+        err(message, Failure::Transient)
     }
 }
 
@@ -496,7 +501,7 @@ pub fn check_owner(root: &str, found: RootOwner, owner: RootOwner) -> Result<(),
              it; give the demo a directory of its own with --parquet-root DIR"
         ),
     };
-    Err(err(message, false))
+    Err(err(message, Failure::Permanent))
 }
 
 /// Refuses a root whose days were cut in another zone than `timezone`.
@@ -515,7 +520,7 @@ pub fn check_zone(root: &str, meta: &RootMeta, timezone: Tz) -> Result<(), SinkE
             meta.timezone,
             timezone.name()
         ),
-        false,
+        Failure::Permanent,
     ))
 }
 
