@@ -105,6 +105,11 @@ pub fn explain(e: &sqlx::Error) -> String {
              max_connections",
             ACQUIRE_TIMEOUT.as_secs()
         ),
+        // too_many_connections: a new session refused at once.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("53300") => format!(
+            "{e}: the server is at max_connections (other clients hold its sessions: wait for \
+             them, or raise max_connections)"
+        ),
         other => other.to_string(),
     }
 }

@@ -178,11 +178,11 @@ fn from_env(env: EnvLookup<'_>) -> Result<Option<Found>, InputError> {
 /// The STS endpoint: `ALIBABA_CLOUD_STS_ENDPOINT` (a host name or a URL, plain HTTP to loopback
 /// only), else `sts[-vpc].{ALIBABA_CLOUD_STS_REGION}.aliyuncs.com`, else `sts.aliyuncs.com`.
 pub fn sts_endpoint(env: EnvLookup<'_>) -> Result<Url, InputError> {
-    if let Some(e) = env_var(env, "ALIBABA_CLOUD_STS_ENDPOINT") {
-        let text = if e.contains("://") {
-            e
+    if let Some(endpoint) = env_var(env, "ALIBABA_CLOUD_STS_ENDPOINT") {
+        let text = if endpoint.contains("://") {
+            endpoint
         } else {
-            format!("https://{e}")
+            format!("https://{endpoint}")
         };
         return Endpoint::parse(text.trim_end_matches('/'))
             .map(|e| e.url().clone())

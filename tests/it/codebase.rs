@@ -458,6 +458,34 @@ fn lease_states_are_named_only_by_the_coordinator() {
     );
 }
 
+/// Nothing decides by reading an error's text: what a failure means comes from its type or its
+/// kind (`Failure`, `ErrorKind`, object_store's variants), never from matching its message.
+#[test]
+fn no_decision_reads_an_errors_text() {
+    let reads_text = Regex::new(
+        r#"(?:\.to_string\(\)|\bmessage|\berror|\be)\s*(?:==|!=)\s*"|(?:\.to_string\(\)|\bmessage|\berror|\be|\bmsg)\.(?:contains|starts_with|ends_with)\("|"os error"#,
+    )
+    .unwrap();
+    let mut found = vec![];
+    for s in sources() {
+        if is_emulator(&s.module) {
+            continue;
+        }
+        for line in s.code.lines() {
+            if reads_text.is_match(line) {
+                found.push(format!("{}: {}", s.path, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "decisions made on an error's text: {found:#?}"
+    );
+    // The check finds what it is for.
+    assert!(reads_text.is_match(r#"if e.contains("os error 28") {"#));
+    assert!(reads_text.is_match(r#"e.message == "fenced""#));
+}
+
 /// Every file under `tests/it/`, with its path under the root.
 fn test_files() -> Vec<(String, String)> {
     let mut files = texts_under("tests/it", &["rs"]);

@@ -157,7 +157,7 @@ impl Connect<'_> {
             .pq
             .endpoint
             .as_ref()
-            .is_none_or(|e| e.contains("{bucket}"));
+            .is_none_or(|endpoint| endpoint.contains("{bucket}"));
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&self.url.bucket)
             .with_client_options(self.client)
