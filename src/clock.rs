@@ -4,8 +4,10 @@
 //!
 //! It is the system clock unless pinned: `CCC_ETL_NOW=2026-12-04T04:00:00Z` makes a process start
 //! at that instant and run on from it in real time (to reproduce a past night, and so tests mean
-//! the same on every day). `main` pins it once, before anything reads it; a test harness pins its
-//! own process the same way. When things happen (a run's start and end, a commit, `fetched_at`),
+//! the same on every day). `main` pins it once, before anything reads it, and hands the one clock
+//! to `commands::run`, which passes it down to every command (a codebase test fails on a read
+//! anywhere else; the emulator, which stands in for the API's own clock, aside); a test harness
+//! pins its own process the same way. When things happen (a run's start and end, a commit, `fetched_at`),
 //! signatures, credential expiry and log timestamps stay on the wall clock, as PostgreSQL's
 //! `now()` does: they are compared with each other, never with data time.
 

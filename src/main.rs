@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(ccc_etl::commands::run(cli)) {
+    match runtime.block_on(ccc_etl::commands::run(cli, ccc_etl::pipeline::system_now())) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = exit_code_for(&e);

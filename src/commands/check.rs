@@ -5,6 +5,7 @@
 use crate::ccc::client::TrendingRequest;
 use crate::config::Config;
 use crate::error::{EXIT_FATAL, EXIT_OK};
+use crate::pipeline::NowFn;
 
 /// One check's outcome.
 struct Outcome {
@@ -13,8 +14,12 @@ struct Outcome {
 }
 
 /// `ccc-etl check`.
-pub(crate) async fn run_check(config: &Config, send_test_alert: bool) -> anyhow::Result<u8> {
-    let mut outcomes = check_api(config).await;
+pub(crate) async fn run_check(
+    config: &Config,
+    send_test_alert: bool,
+    now: NowFn,
+) -> anyhow::Result<u8> {
+    let mut outcomes = check_api(config, now()).await;
     outcomes.extend([
         Outcome {
             what: "postgres".into(),
@@ -68,7 +73,7 @@ async fn test_alerts(config: &Config) -> Vec<Outcome> {
 /// Credentials from the chain, then one request for every configured instance's last hour:
 /// a line for the credentials, and one per instance (an id the service does not know is that
 /// instance's failure, with the hint `backfill` gives, not the credentials').
-async fn check_api(config: &Config) -> Vec<Outcome> {
+async fn check_api(config: &Config, now: i64) -> Vec<Outcome> {
     let failed = |detail: String| {
         vec![Outcome {
             what: "credentials".into(),
@@ -86,7 +91,6 @@ async fn check_api(config: &Config) -> Vec<Outcome> {
         Ok((client, _)) => client,
         Err(e) => return failed(e.to_string()),
     };
-    let now = crate::clock::now_ms();
     let mut instances = vec![];
     for instance in &config.pipeline.instances {
         let req = TrendingRequest {

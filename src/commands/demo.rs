@@ -9,7 +9,7 @@ use crate::ccc::emulator::{self, EmulatorOptions};
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::error::InputError;
-use crate::pipeline::{BackfillRequest, RangeStart, RunKind, system_now};
+use crate::pipeline::{BackfillRequest, NowFn, RangeStart, RunKind};
 use crate::plan::{self};
 
 /// Instances the demo's emulator serves.
@@ -20,6 +20,7 @@ pub(crate) async fn run_demo(
     root: &crate::config::RootUrl,
     schema: &str,
     quiet: bool,
+    now: NowFn,
 ) -> anyhow::Result<u8> {
     // A throwaway key pair: the demo needs no credentials, and these never leave the process.
     let key_id = format!("demo-{}", uuid::Uuid::new_v4().simple());
@@ -32,7 +33,6 @@ pub(crate) async fn run_demo(
     let schema = crate::config::SchemaName::parse(schema)
         .map_err(|e| InputError::new(format!("--schema: {e}")))?;
     let config = demo_config(&emu.endpoint(), root, &schema);
-    let now = system_now();
     let (req, from_day) = demo_request(&config, days, now());
     crate::outln!(
         "demo: emulator on {} serving {}; back-filling {} .. now into {}{}",
@@ -97,7 +97,10 @@ fn demo_config(
 /// The last `days` local days up to `now_ms`, and the first of them.
 fn demo_request(config: &Config, days: u32, now_ms: i64) -> (BackfillRequest, chrono::NaiveDate) {
     let tz = config.pipeline.timezone;
-    let today = crate::clock::now().with_timezone(&tz).date_naive();
+    let today = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now_ms)
+        .expect("the clock reads a representable instant")
+        .with_timezone(&tz)
+        .date_naive();
     let from_day = today
         .checked_sub_days(chrono::Days::new(days as u64))
         .unwrap_or(today);

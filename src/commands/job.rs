@@ -130,7 +130,7 @@ pub(crate) async fn run_job(
             ledger.clone(),
             req,
             HowToRun {
-                now,
+                now: now.clone(),
                 quiet,
                 run_id: Some(run_id),
                 workers: store.map(|s| s.pool().clone()),
@@ -139,7 +139,7 @@ pub(crate) async fn run_job(
         .await?;
         let code = finish_run(req.kind, &summary, ledger.as_ref(), metrics).await?;
         let status = match req.kind {
-            RunKind::Nightly => after_nightly(config, metrics).await,
+            RunKind::Nightly => after_nightly(config, metrics, now()).await,
             _ => None,
         };
         let command = req.kind.as_str();
@@ -179,12 +179,11 @@ pub(crate) fn write_failure_metrics(command: &str, path: &Path, code: u8, error:
 /// After a nightly run: what ages out when, in the same metrics file, so one alerting rule on
 /// `ccc_etl_horizon_headroom_seconds` needs no second job, and for the aging alert of `[alerts]`
 /// (best effort: the run is done).
-async fn after_nightly(config: &Config, metrics: Option<&Path>) -> Option<StatusReport> {
+async fn after_nightly(config: &Config, metrics: Option<&Path>, now: i64) -> Option<StatusReport> {
     let wants_aging = (config.alerts.targets.iter()).any(|t| t.events.contains(&AlertEvent::Aging));
     if metrics.is_none() && !wants_aging {
         return None;
     }
-    let now = crate::pipeline::system_now()();
     match super::status::coverage_report(config, config.pipeline.aging_alert_days, now).await {
         Ok(report) => {
             if let Some(path) = metrics {

@@ -19,7 +19,7 @@ mod verify;
 use crate::cli::{Cli, Command};
 use crate::config::{Config, validate_instances};
 use crate::error::{EXIT_OK, InputError};
-use crate::pipeline::{RunSummary, system_now};
+use crate::pipeline::{NowFn, RunSummary};
 
 pub use demo::DEMO_INSTANCES;
 use demo::run_demo;
@@ -33,18 +33,19 @@ pub use status::{coverage_report, status_report};
 use verify::run_repair;
 pub use verify::run_verify;
 
-/// Runs the parsed command line; returns the exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Runs the parsed command line on the clock `now` (the one `main` pinned, see [`crate::clock`]);
+/// returns the exit code. Every command reads "now" from it and from nowhere else.
+pub async fn run(cli: Cli, now: NowFn) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Emulator(args) => run_emulator(args).await,
         Command::Demo {
             days,
             parquet_root,
             schema,
-        } => run_demo(*days, parquet_root, schema, cli.quiet).await,
+        } => run_demo(*days, parquet_root, schema, cli.quiet, now).await,
         Command::Plan { range, format, all } => {
             let config = Config::load(&cli.config)?;
-            run_plan(&config, range, *format, *all, system_now()).await
+            run_plan(&config, range, *format, *all, now).await
         }
         Command::Backfill {
             range,
@@ -53,15 +54,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             metrics_file,
         } => {
             let config = Config::load(&cli.config)?;
-            let req = backfill_request(&config, range, *refetch, *strict_horizon, system_now())?;
-            run_job(
-                &config,
-                &req,
-                system_now(),
-                metrics_file.as_deref(),
-                cli.quiet,
-            )
-            .await
+            let req = backfill_request(&config, range, *refetch, *strict_horizon, now.clone())?;
+            run_job(&config, &req, now, metrics_file.as_deref(), cli.quiet).await
         }
         Command::Nightly {
             instances,
@@ -69,7 +63,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let config = Config::load(&cli.config)?;
             let instances = resolve_instances(&config, instances)?;
-            let now = system_now();
             let req = nightly_request(&config, instances, now());
             run_job(&config, &req, now, metrics_file.as_deref(), cli.quiet).await
         }
@@ -79,21 +72,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             metrics_file,
         } => {
             let config = Config::load(&cli.config)?;
-            status::run_status(&config, *format, *alert_days, metrics_file.as_deref()).await
+            status::run_status(&config, *format, *alert_days, metrics_file.as_deref(), now).await
         }
         Command::Verify {
             repair,
             metrics_file,
-        } => verify_then_repair(&cli, *repair, metrics_file.as_deref()).await,
+        } => verify_then_repair(&cli, *repair, metrics_file.as_deref(), now).await,
         Command::Init {
             instances,
             emulator,
         } => init::run_init(&cli.config, instances, *emulator),
         Command::Check { send_test_alert } => {
             let config = Config::load(&cli.config)?;
-            check::run_check(&config, *send_test_alert).await
+            check::run_check(&config, *send_test_alert, now).await
         }
-        Command::Report { output, days } => report::run_report(&cli.config, output, *days).await,
+        Command::Report { output, days } => {
+            report::run_report(&cli.config, output, *days, now).await
+        }
         Command::Ddl { engine, schema } => ddl::run_ddl(&cli.config, *engine, schema.as_deref()),
         Command::AdoptRoot => adopt::run_adopt(&Config::load(&cli.config)?).await,
         Command::Migrate => {
@@ -108,11 +103,12 @@ async fn verify_then_repair(
     cli: &Cli,
     repair: bool,
     metrics_file: Option<&std::path::Path>,
+    now: NowFn,
 ) -> anyhow::Result<u8> {
     let config = Config::load(&cli.config)?;
     let (code, found) = verify::verify(&config, &cli.config).await?;
     if repair && code != EXIT_OK {
-        return run_repair(&config, &cli.config, found, metrics_file, cli.quiet).await;
+        return run_repair(&config, &cli.config, found, metrics_file, cli.quiet, now).await;
     }
     Ok(code)
 }

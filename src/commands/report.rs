@@ -14,7 +14,7 @@ use super::status::coverage_report_on;
 use crate::config::Config;
 use crate::db::PgStore;
 use crate::error::EXIT_OK;
-use crate::pipeline::system_now;
+use crate::pipeline::NowFn;
 use crate::record::{InboundRow, MediaType, OutboundRow, OverallRow, Table};
 use crate::report::{DayTotals, ReportInput, coverage::Held, day_states, page};
 use crate::sink::parquet::{ReadError, Root};
@@ -23,12 +23,17 @@ use crate::sink::parquet::{ReadError, Root};
 const RUNS_SHOWN: usize = 20;
 
 /// Writes the report of the last `days` local days to `output`.
-pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow::Result<u8> {
+pub async fn run_report(
+    config_path: &Path,
+    output: &Path,
+    days: u32,
+    now: NowFn,
+) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
     super::check_metrics_file(output)?;
     let started = Instant::now();
     let tz = config.pipeline.timezone;
-    let now_ms = system_now()();
+    let now_ms = now();
     let local_day = |ms: i64| {
         Utc.timestamp_millis_opt(ms)
             .unwrap()
@@ -53,7 +58,9 @@ pub async fn run_report(config_path: &Path, output: &Path, days: u32) -> anyhow:
     let mut findings = status.findings.clone();
     findings.extend(status.extra_files.iter().cloned());
     let input = ReportInput {
-        generated: crate::clock::now()
+        generated: Utc
+            .timestamp_millis_opt(now_ms)
+            .unwrap()
             .with_timezone(&tz)
             .format("%Y-%m-%d %H:%M %Z")
             .to_string(),

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::{EXIT_CHECK, EXIT_OK};
 use crate::ledger::SinkId;
 use crate::ledger::SinkKind;
-use crate::pipeline::system_now;
+use crate::pipeline::NowFn;
 use crate::plan;
 use std::collections::BTreeMap;
 
@@ -24,12 +24,13 @@ pub(crate) async fn run_status(
     format: OutputFormat,
     alert_days: Option<u32>,
     metrics_file: Option<&std::path::Path>,
+    now: NowFn,
 ) -> anyhow::Result<u8> {
     if let Some(path) = metrics_file {
         super::check_metrics_file(path)?;
     }
     let days = alert_days.unwrap_or(config.pipeline.aging_alert_days);
-    let report = status_report(config, days, system_now()()).await?;
+    let report = status_report(config, days, now()).await?;
     if let Some(path) = metrics_file {
         let text = crate::metrics::render_headroom("status", &report);
         crate::metrics::write_atomic(path, &text)

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::db::Access;
 use crate::error::{EXIT_CHECK, EXIT_OK, InputError};
 use crate::ledger::Ledger;
-use crate::pipeline::{BackfillRequest, RangeStart, RunKind, system_now};
+use crate::pipeline::{BackfillRequest, NowFn, RangeStart, RunKind};
 use crate::record::Table;
 use crate::sink::Sink;
 use crate::sink::parquet::{Layout, Root};
@@ -201,6 +201,7 @@ pub(crate) async fn run_repair(
     found: Findings,
     metrics: Option<&Path>,
     quiet: bool,
+    now: NowFn,
 ) -> anyhow::Result<u8> {
     let credentials = crate::credentials::process_source(config.source.credentials).await?;
     super::job::preflight_regions(config).await?;
@@ -211,7 +212,6 @@ pub(crate) async fn run_repair(
         &found.unreadable,
     )
     .await?;
-    let now = system_now();
     let (days, beyond) = fetchable(config, found.days(), now());
     for (table, day) in &beyond {
         crate::outln!(

@@ -486,6 +486,34 @@ fn no_decision_reads_an_errors_text() {
     assert!(reads_text.is_match(r#"e.message == "fenced""#));
 }
 
+/// "Now" is one value: `main` pins the process's clock and hands `commands::run` the one clock
+/// every command reads (the emulator, which stands in for the API's own clock, aside). No other
+/// code reads the clock for data time.
+#[test]
+fn only_main_reads_the_clock_for_data_time() {
+    let reads =
+        Regex::new(r"\bsystem_now\(|\bclock::now(?:_ms)?\(|crate::clock::now(?:_ms)?\b").unwrap();
+    let mut found = vec![];
+    for s in sources() {
+        let allowed = is_emulator(&s.module)
+            || ["src/main.rs", "src/clock.rs"].contains(&s.path.as_str())
+            || s.module == "pipeline";
+        for line in s.code.lines().filter(|l| reads.is_match(l)) {
+            if !allowed
+                || (s.module == "pipeline"
+                    && !line.contains("Arc::new(crate::clock::now_ms)")
+                    && !line.contains("pub fn system_now()"))
+            {
+                found.push(format!("{}: {}", s.path, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the clock read outside main: {found:#?}");
+    // The check finds what it is for.
+    assert!(reads.is_match("let now = crate::clock::now_ms();"));
+    assert!(reads.is_match("status_report(config, days, system_now()())"));
+}
+
 /// Every file under `tests/it/`, with its path under the root.
 fn test_files() -> Vec<(String, String)> {
     let mut files = texts_under("tests/it", &["rs"]);
