@@ -18,27 +18,32 @@ pub fn failure_of(e: &object_store::Error) -> Failure {
     }
 }
 
-/// A Parquet root's error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A Parquet root's error, with the store's own error kept.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct RootError {
     /// What failed, where, and why.
     pub message: String,
     /// What it means for the run.
     pub kind: Failure,
+    /// The store's error (object_store's, or the file system's), when there is one: kept to be
+    /// inspected, deliberately not the `source` of this error, so that printing an error chain
+    /// never prints the store's unscrubbed text (which may name a signed URL or a key).
+    pub cause: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl RootError {
     /// `what` failed on an object store with `e` (`detail`: its text, already scrubbed).
-    pub fn store(what: &str, e: &object_store::Error, detail: &str) -> Self {
+    pub fn store(what: &str, e: object_store::Error, detail: &str) -> Self {
         Self {
             message: format!("{what}: {detail}"),
-            kind: failure_of(e),
+            kind: failure_of(&e),
+            cause: Some(std::sync::Arc::new(e)),
         }
     }
 
     /// `what` failed on a local file system with `e`.
-    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Self {
+    pub fn io(what: impl std::fmt::Display, e: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         let kind = match e.kind() {
             K::PermissionDenied | K::ReadOnlyFilesystem => Failure::Refused,
@@ -47,6 +52,7 @@ impl RootError {
         Self {
             message: format!("{what}: {e}"),
             kind,
+            cause: Some(std::sync::Arc::new(e)),
         }
     }
 
@@ -55,6 +61,7 @@ impl RootError {
         Self {
             message: message.into(),
             kind: Failure::Transient,
+            cause: None,
         }
     }
 
@@ -63,6 +70,7 @@ impl RootError {
         Self {
             message: message.into(),
             kind: Failure::Permanent,
+            cause: None,
         }
     }
 
@@ -91,14 +99,19 @@ mod tests {
             store: "S3",
             source: "access denied".into(),
         };
-        assert!(RootError::store("cannot write", &denied, "x").refuses());
-        let e = RootError::store("cannot write", &slow, "access denied");
+        let refused = RootError::store("cannot write", denied, "x");
+        assert!(refused.refuses());
+        // The store's error is kept, but never printed with the chain.
+        let cause = refused.cause.as_ref().expect("the store's error");
+        assert!(cause.to_string().contains("b/k"), "{cause}");
+        assert!(std::error::Error::source(&refused).is_none());
+        let e = RootError::store("cannot write", slow, "access denied");
         assert!(e.is_retryable() && !e.refuses());
         assert_eq!(e.to_string(), "cannot write: access denied");
         let ro = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
-        assert!(RootError::io("cannot write /r/x", &ro).refuses());
+        assert!(RootError::io("cannot write /r/x", ro).refuses());
         let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
-        assert!(RootError::io("cannot write /r/x", &full).is_retryable());
+        assert!(RootError::io("cannot write /r/x", full).is_retryable());
         let bad = RootError::invalid("root.json is not a ccc-etl root description");
         assert!(!bad.is_retryable() && !bad.refuses());
     }

@@ -342,7 +342,7 @@ pub(super) fn write_rows_atomic(
         .parent()
         .ok_or_else(|| RootError::invalid(format!("{} has no directory", path.display())))?;
     std::fs::create_dir_all(dir)
-        .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), &e))?;
+        .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), e))?;
     crate::atomic::write_atomic(path, |f| {
         encode_rows(f, table, rows, codec).map_err(std::io::Error::other)
     })
@@ -351,7 +351,7 @@ pub(super) fn write_rows_atomic(
             std::io::ErrorKind::StorageFull => " (the disk is full: free space, then run again)",
             _ => "",
         };
-        RootError::io(format!("cannot write {}{full}", path.display()), &e)
+        RootError::io(format!("cannot write {}{full}", path.display()), e)
     })
 }
 

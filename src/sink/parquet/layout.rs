@@ -236,7 +236,7 @@ impl Layout {
                 ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RootError::io(format!("cannot read {}", path.display()), &e)),
+            Err(e) => Err(RootError::io(format!("cannot read {}", path.display()), e)),
         }
     }
 
@@ -244,13 +244,13 @@ impl Layout {
     pub fn write_meta(&self, meta: &RootMeta) -> Result<(), RootError> {
         let dir = self.state_dir();
         std::fs::create_dir_all(&dir)
-            .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), &e))?;
+            .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), e))?;
         let text = serde_json::to_vec_pretty(meta).expect("a root description encodes");
         let path = self.meta_path();
         crate::atomic::write_atomic(&path, |mut f| {
             std::io::Write::write_all(&mut f, &text).map(|_| f)
         })
-        .map_err(|e| RootError::io(format!("cannot write {}", path.display()), &e))
+        .map_err(|e| RootError::io(format!("cannot write {}", path.display()), e))
     }
 
     /// Whether an older ccc-etl wrote here before roots had ids (its `_ccc_etl/` exists).
@@ -272,7 +272,7 @@ impl Layout {
             let days = match std::fs::read_dir(&dir) {
                 Ok(d) => d,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(RootError::io(format!("cannot list {}", dir.display()), &e)),
+                Err(e) => return Err(RootError::io(format!("cannot list {}", dir.display()), e)),
             };
             for entry in days.flatten() {
                 let Some(partition) = entry.file_name().to_str().map(Partition::parse) else {
@@ -294,12 +294,12 @@ impl Layout {
         let to = self.root.join(stray.aside_rel());
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), &e))?;
+                .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), e))?;
         }
         std::fs::rename(&stray.location, &to).map_err(|e| {
             RootError::io(
                 format!("cannot move {} to {}", stray.location, to.display()),
-                &e,
+                e,
             )
         })?;
         if let Some(parent) = Path::new(&stray.location).parent() {
@@ -373,7 +373,7 @@ impl Layout {
             .join(table.name())
             .join(Partition::day_dir(day));
         std::fs::create_dir_all(&dir)
-            .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), &e))?;
+            .map_err(|e| RootError::io(format!("cannot create {}", dir.display()), e))?;
         let to = dir.join(format!(
             "{DATA_FILE}.{}",
             Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
@@ -385,7 +385,7 @@ impl Layout {
                     from.display(),
                     to.display()
                 ),
-                &e,
+                e,
             )
         })?;
         if let Some(parent) = from.parent() {
@@ -416,7 +416,7 @@ fn list_partition(
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
-            return Err(RootError::io(format!("cannot list {}", dir.display()), &e));
+            return Err(RootError::io(format!("cannot list {}", dir.display()), e));
         }
     };
     for f in files.flatten() {
@@ -448,7 +448,7 @@ fn list_partition(
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(RootError::io(format!("cannot stat {}", path.display()), &e));
+                return Err(RootError::io(format!("cannot stat {}", path.display()), e));
             }
         }
     }

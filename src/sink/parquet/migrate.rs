@@ -40,7 +40,7 @@ pub struct Repartitioned {
 }
 
 fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> RootError {
-    RootError::io(format!("cannot {what} {}", path.display()), &e)
+    RootError::io(format!("cannot {what} {}", path.display()), e)
 }
 
 /// Moves every row of the root to its local day in `to`. Does nothing when the root already cuts

@@ -313,7 +313,8 @@ impl ObjectRoot {
 
     /// `what` failed with `e`: its kind kept, its text scrubbed of secrets and on one line.
     fn fail(&self, what: &str, e: object_store::Error) -> RootError {
-        RootError::store(what, &e, &one_line(&self.secrets.scrub(&e.to_string())))
+        let detail = one_line(&self.secrets.scrub(&e.to_string()));
+        RootError::store(what, e, &detail)
     }
 
     /// The root's `root.json`, if it has one.
