@@ -29,11 +29,12 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("drawing a chart failed: {e}")
 }
 
-/// plotters writes fixed `width`/`height`; a `viewBox` lets the page scale the chart.
+/// plotters writes fixed `width`/`height` next to its `viewBox`; without them the page scales
+/// the chart (one `viewBox`: the SVG stays valid XML when copied out of the page).
 fn scalable(svg: String, (w, h): (u32, u32)) -> String {
     svg.replacen(
-        &format!("<svg width=\"{w}\" height=\"{h}\""),
-        &format!("<svg viewBox=\"0 0 {w} {h}\" preserveAspectRatio=\"xMinYMin meet\""),
+        &format!("<svg width=\"{w}\" height=\"{h}\" "),
+        "<svg preserveAspectRatio=\"xMinYMin meet\" ",
         1,
     )
 }
@@ -265,4 +266,36 @@ pub fn hour_of_week(grid: &[[i64; 24]; 7]) -> Result<String, String> {
         chart.draw_series(cells).map_err(err)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One SVG document that parses as XML (a repeated attribute does not), with one `viewBox`
+    /// and no fixed size: the page scales it.
+    fn scales_and_parses(svg: &str) {
+        let doc = roxmltree::Document::parse(svg).expect("valid XML");
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "svg");
+        assert!(root.attribute("viewBox").is_some(), "{}", &svg[..200]);
+        assert!(root.attribute("width").is_none(), "{}", &svg[..200]);
+        assert_eq!(svg.matches("viewBox").count(), 1);
+    }
+
+    #[test]
+    fn every_chart_is_one_valid_svg_document_that_scales() {
+        let days: Vec<NaiveDate> = (1..=3)
+            .map(|d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap())
+            .collect();
+        let lines = [Line {
+            name: "inbound",
+            colour: RGBColor(0, 0, 255),
+            values: vec![Some(1.0), None, Some(3.0)],
+        }];
+        scales_and_parses(&line_chart(&days, &lines, false).unwrap());
+        let mut grid = [[0i64; 24]; 7];
+        grid[2][13] = 5;
+        scales_and_parses(&hour_of_week(&grid).unwrap());
+    }
 }
