@@ -32,8 +32,8 @@ fn dbt_python() -> PathBuf {
     )
 }
 
-/// Runs `dbt build` for `target` with `vars`, its files under `work`; asserts it passed and
-/// returns its output.
+/// Runs `dbt build` for `target` with `vars`, its files under `work`; asserts it passed without
+/// a deprecation warning and returns its output.
 fn dbt_build(work: &Path, target: &str, vars: &str, env: &[(&str, String)]) -> String {
     let python = dbt_python();
     let dbt = python.with_file_name("dbt");
@@ -52,6 +52,12 @@ fn dbt_build(work: &Path, target: &str, vars: &str, env: &[(&str, String)]) -> S
         .unwrap();
     let text = output_text(&out);
     assert!(out.status.success(), "dbt build --target {target}:\n{text}");
+    // The package uses no deprecated dbt functionality (generic tests' arguments nested under
+    // `arguments`, ...).
+    assert!(
+        !text.contains("Deprecated functionality"),
+        "dbt build --target {target} warns of deprecations:\n{text}"
+    );
     text
 }
 
