@@ -135,61 +135,136 @@ pub struct Line<'a> {
     pub values: Vec<Option<f64>>,
 }
 
-/// Days on x, `lines` on y (from 0 to their maximum, or to 1 for rates), with a legend; a
-/// missing value breaks its line.
-pub fn line_chart(days: &[NaiveDate], lines: &[Line<'_>], rate: bool) -> Result<String, String> {
-    let size = (1000, 320);
-    let n = days.len().max(2) as i32;
+/// How large a chart is drawn: for a desk, or for a phone (fewer, larger labels: a phone shows
+/// the narrow one at about its own width, so its text stays legible).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// About 1000 px wide.
+    Wide,
+    /// About 420 px wide.
+    Narrow,
+}
+
+impl Fit {
+    fn line_size(self) -> (u32, u32) {
+        match self {
+            Fit::Wide => (1000, 320),
+            Fit::Narrow => (420, 280),
+        }
+    }
+
+    fn font(self) -> (&'static str, u32) {
+        match self {
+            Fit::Wide => FONT,
+            Fit::Narrow => ("sans-serif", 14),
+        }
+    }
+
+    /// At most this many day labels on the x axis.
+    fn day_labels(self) -> usize {
+        match self {
+            Fit::Wide => 10,
+            Fit::Narrow => 4,
+        }
+    }
+}
+
+/// A count with thousands separators (`12,345`).
+pub fn thousands(v: i64) -> String {
+    use num_format::{Locale, ToFormattedString};
+    v.to_formatted_string(&Locale::en)
+}
+
+/// The days labelled on an axis of `n` days: about `most` of them, evenly spread, always the
+/// first and the last.
+fn day_ticks(n: i32, most: usize) -> Vec<i32> {
+    if n <= 1 {
+        return vec![0];
+    }
+    let step = ((n - 1) as usize)
+        .div_ceil(most.saturating_sub(1).max(1))
+        .max(1) as i32;
+    let mut ticks: Vec<i32> = (0..n).step_by(step as usize).collect();
+    // The last day is always labelled; a tick too close before it gives way.
+    if let Some(&last) = ticks.last()
+        && last != n - 1
+    {
+        if n - 1 - last < step / 2 {
+            ticks.pop();
+        }
+        ticks.push(n - 1);
+    }
+    ticks
+}
+
+/// The top of a count axis: above the largest value, at least 5 (so that every tick is a whole
+/// count), rounded up to a round number.
+fn count_top(top: f64) -> f64 {
+    let want = (top * 1.1).max(5.0);
+    let magnitude = 10f64.powf(want.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|v| *v >= want)
+        .unwrap_or(want)
+}
+
+/// Days on x, `lines` on y (from 0 to a round number above their maximum, or to 1 for rates):
+/// a line per run of days with a value, a point on every day (a lone day shows), the first and
+/// the last day labelled. The legend is the page's (HTML, next to the chart).
+pub fn line_chart(
+    days: &[NaiveDate],
+    lines: &[Line<'_>],
+    rate: bool,
+    fit: Fit,
+) -> Result<String, String> {
+    let n = days.len().max(1) as i32;
     let top = lines
         .iter()
         .flat_map(|l| l.values.iter().flatten())
         .fold(0f64, |a, b| a.max(*b));
-    let y_max = if rate { 1.0 } else { (top * 1.1).max(1.0) };
-    svg_chart(size, |root| {
+    let y_max = if rate { 1.0 } else { count_top(top) };
+    let ticks = day_ticks(n, fit.day_labels());
+    svg_chart(fit.line_size(), |root| {
+        let x = (-1..n).with_key_points(ticks);
         let mut chart = ChartBuilder::on(root)
-            .margin(10)
+            .margin(12)
             .x_label_area_size(28)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0..n - 1, 0f64..y_max)
+            .y_label_area_size(if fit == Fit::Wide { 64 } else { 52 })
+            .build_cartesian_2d(x, 0f64..y_max)
             .map_err(err)?;
         let y_fmt = |v: &f64| {
             if rate {
                 format!("{:.0}%", v * 100.0)
             } else {
-                format!("{v:.0}")
+                thousands(v.round() as i64)
             }
         };
         chart
             .configure_mesh()
-            .x_labels(10)
             .x_label_formatter(&|i| day_label(days, *i))
+            .y_labels(6)
             .y_label_formatter(&y_fmt)
-            .label_style(FONT)
+            .label_style(fit.font())
             .light_line_style(RGBColor(240, 240, 240))
             .draw()
             .map_err(err)?;
         for line in lines {
             let colour = line.colour;
-            for (k, segment) in segments(&line.values).into_iter().enumerate() {
-                let drawn = chart
+            for segment in segments(&line.values) {
+                let points = segment.clone();
+                chart
                     .draw_series(LineSeries::new(segment, colour.stroke_width(2)))
                     .map_err(err)?;
-                // One legend entry per line, however many segments it has.
-                if k == 0 {
-                    drawn.label(line.name).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3))
-                    });
-                }
+                chart
+                    .draw_series(
+                        points
+                            .into_iter()
+                            .map(|p| Circle::new(p, 3, colour.filled())),
+                    )
+                    .map_err(err)?;
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .label_font(FONT)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(err)?;
         Ok(())
     })
 }
@@ -212,8 +287,12 @@ fn segments(values: &[Option<f64>]) -> Vec<Vec<(i32, f64)>> {
 }
 
 /// Inbound calls by ISO weekday (rows, Monday on top) and local hour (columns), darker for more.
-pub fn hour_of_week(grid: &[[i64; 24]; 7]) -> Result<String, String> {
-    let size = (1000, 300);
+pub fn hour_of_week(grid: &[[i64; 24]; 7], fit: Fit) -> Result<String, String> {
+    let size = match fit {
+        Fit::Wide => (1000, 300),
+        Fit::Narrow => (420, 240),
+    };
+    let every = if fit == Fit::Wide { 1 } else { 3 };
     let max = grid.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
     svg_chart(size, |root| {
         let mut chart = ChartBuilder::on(root)
@@ -229,7 +308,7 @@ pub fn hour_of_week(grid: &[[i64; 24]; 7]) -> Result<String, String> {
             _ => String::new(),
         };
         let hour = |v: &SegmentValue<i32>| match v {
-            SegmentValue::CenterOf(h) => format!("{h:02}"),
+            SegmentValue::CenterOf(h) if h % every == 0 => format!("{h:02}"),
             _ => String::new(),
         };
         chart
@@ -239,7 +318,7 @@ pub fn hour_of_week(grid: &[[i64; 24]; 7]) -> Result<String, String> {
             .y_labels(7)
             .x_label_formatter(&hour)
             .y_label_formatter(&weekday)
-            .label_style(FONT)
+            .label_style(fit.font())
             .draw()
             .map_err(err)?;
         let cells = grid.iter().enumerate().flat_map(|(d, hours)| {
@@ -293,9 +372,11 @@ mod tests {
             colour: RGBColor(0, 0, 255),
             values: vec![Some(1.0), None, Some(3.0)],
         }];
-        scales_and_parses(&line_chart(&days, &lines, false).unwrap());
         let mut grid = [[0i64; 24]; 7];
         grid[2][13] = 5;
-        scales_and_parses(&hour_of_week(&grid).unwrap());
+        for fit in [Fit::Wide, Fit::Narrow] {
+            scales_and_parses(&line_chart(&days, &lines, false, fit).unwrap());
+            scales_and_parses(&hour_of_week(&grid, fit).unwrap());
+        }
     }
 }

@@ -3,7 +3,7 @@
 use chrono_tz::Tz;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::charts::{self, Line};
+use super::charts::{self, Fit, Line};
 use super::coverage::DayState;
 use super::{DayTotals, ReportInput};
 use crate::ledger::RunRecord;
@@ -14,7 +14,10 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin:1.4em 0 .4em;border-
 .meta{color:#616161;font-size:.9em}.alert{background:#ffebee;border-left:4px solid #c62828;padding:8px 12px;margin:10px 0}
 .cards{display:flex;flex-wrap:wrap;gap:10px}.card{flex:1 1 150px;border:1px solid #e0e0e0;border-radius:6px;padding:8px 12px}
 .card b{display:block;font-size:1.4em}.card span{color:#616161;font-size:.85em}
-figure{margin:0;overflow-x:auto}figure svg{width:100%;min-width:640px;height:auto;display:block}
+figure{margin:0}figure svg{width:100%;height:auto;display:block}figure svg.narrow{display:none}
+@media (max-width:600px){figure svg.wide{display:none}figure svg.narrow{display:block}body{padding:8px}
+.wide-only{display:none}th,td{padding:4px 4px}}
+.scale{display:inline-block;width:120px;height:10px;vertical-align:middle;margin:0 6px;background:linear-gradient(to right,#f7fbff,#08306b)}
 .legend span{display:inline-block;margin-right:14px;font-size:.9em}.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.9em;width:100%}
 th,td{padding:4px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}th:first-child,td:first-child{text-align:left}
@@ -24,6 +27,32 @@ th,td{padding:4px 8px;border-bottom:1px solid #eee;text-align:right;white-space:
 fn pct(v: Option<f64>) -> String {
     v.map(|v| format!("{:.1}%", v * 100.0))
         .unwrap_or_else(|| "-".into())
+}
+
+/// A chart drawn twice, for a desk and for a phone; the page shows the one that fits.
+fn figure_fits(id: &str, draw: impl Fn(Fit) -> Result<String, String>) -> Markup {
+    let drawn = |fit: Fit, class: &str| {
+        draw(fit).map(|svg| svg.replacen("<svg ", &format!("<svg class=\"{class}\" "), 1))
+    };
+    html! {
+        figure id=(id) {
+            @match (drawn(Fit::Wide, "wide"), drawn(Fit::Narrow, "narrow")) {
+                (Ok(wide), Ok(narrow)) => { (PreEscaped(wide)) (PreEscaped(narrow)) }
+                (Err(e), _) | (_, Err(e)) => { p { (e) } }
+            }
+        }
+    }
+}
+
+/// The legend of a line chart.
+fn legend(id: &str, lines: &[Line<'_>]) -> Markup {
+    html! {
+        p.legend id=(id) {
+            @for l in lines {
+                span { i style={ "background:" (charts::hex(l.colour)) } {} (l.name) }
+            }
+        }
+    }
 }
 
 fn figure(id: &str, svg: Result<String, String>) -> Markup {
@@ -64,7 +93,8 @@ pub fn render(input: &ReportInput) -> String {
                 (coverage(input))
                 (daily_charts(input))
                 h2 { "Inbound calls by hour of the week" }
-                (figure("chart-hour-of-week", charts::hour_of_week(&input.hour_of_week)))
+                (hour_of_week_scale(&input.hour_of_week))
+                (figure_fits("chart-hour-of-week", |fit| charts::hour_of_week(&input.hour_of_week, fit)))
                 (runs(&input.runs, input.tz))
                 (findings(input))
                 (daily_table(input))
@@ -91,18 +121,18 @@ fn totals(input: &ReportInput) -> DayTotals {
 fn summary(input: &ReportInput) -> Markup {
     let t = totals(input);
     let cards = [
-        ("inbound", t.inbound.to_string(), "inbound calls"),
+        ("inbound", charts::thousands(t.inbound), "inbound calls"),
         ("answer-rate", pct(t.answer_rate()), "answered (inbound)"),
         (
             "abandon-rate",
             pct(t.abandon_rate()),
             "abandoned (IVR, queue, ring)",
         ),
-        ("outbound", t.outbound.to_string(), "outbound calls"),
+        ("outbound", charts::thousands(t.outbound), "outbound calls"),
         ("connect-rate", pct(t.connect_rate()), "outbound connected"),
         (
             "peak-agents",
-            t.peak_agents.to_string(),
+            charts::thousands(t.peak_agents),
             "peak logged-in agents (a day)",
         ),
     ];
@@ -150,6 +180,16 @@ fn coverage(input: &ReportInput) -> Markup {
 
 /// One figure per day shown, for a line chart: none for a day without rows, nor for the day in
 /// progress.
+/// The hour-of-week chart's scale: white is no call, the darkest blue the busiest hour's count.
+fn hour_of_week_scale(grid: &[[i64; 24]; 7]) -> Markup {
+    let max = grid.iter().flatten().copied().max().unwrap_or(0);
+    html! {
+        p.legend id="hour-of-week-scale" data-max=(max) {
+            "0" span.scale {} (charts::thousands(max)) " inbound calls in one hour (summed over the weeks shown)"
+        }
+    }
+}
+
 fn chart_values(input: &ReportInput, f: &dyn Fn(&DayTotals) -> Option<f64>) -> Vec<Option<f64>> {
     input
         .days
@@ -205,11 +245,14 @@ fn daily_charts(input: &ReportInput) -> Markup {
             "Today (" (input.today) ") is still in progress: its figures so far are in the table "
             "at the end, not in the charts."
         }
-        (figure("chart-calls", charts::line_chart(&input.days, &calls, false)))
+        (legend("legend-calls", &calls))
+        (figure_fits("chart-calls", |fit| charts::line_chart(&input.days, &calls, false, fit)))
         h2 { "Rates per day" }
-        (figure("chart-rates", charts::line_chart(&input.days, &rates, true)))
+        (legend("legend-rates", &rates))
+        (figure_fits("chart-rates", |fit| charts::line_chart(&input.days, &rates, true, fit)))
         h2 { "Peak logged-in agents per day" }
-        (figure("chart-agents", charts::line_chart(&input.days, &agents, false)))
+        (legend("legend-agents", &agents))
+        (figure_fits("chart-agents", |fit| charts::line_chart(&input.days, &agents, false, fit)))
     }
 }
 
@@ -219,7 +262,7 @@ fn runs(runs: &[RunRecord], tz: Tz) -> Markup {
         h2 { "Last runs" }
         div.scroll {
             table id="runs" {
-                tr { th { "started" } th { "command" } th { "status" } th { "windows ok" } th { "failed" } th { "rows" } th { "duration" } }
+                tr { th { "started" } th { "command" } th { "status" } th.wide-only { "windows ok" } th { "failed" } th { "rows" } th.wide-only { "duration" } }
                 @for r in runs {
                     @let ok = num(r, "windows_ok").and_then(|v| v.as_u64());
                     @let failed = num(r, "windows_failed").and_then(|v| v.as_array().map(Vec::len));
@@ -229,10 +272,10 @@ fn runs(runs: &[RunRecord], tz: Tz) -> Markup {
                         td { (r.started_at.with_timezone(&tz).format("%Y-%m-%d %H:%M")) }
                         td { (r.command.as_str()) }
                         td class=(r.status.as_str()) { (r.status.as_str()) }
-                        td { (ok.map(|v| v.to_string()).unwrap_or_default()) }
+                        td.wide-only { (ok.map(|v| v.to_string()).unwrap_or_default()) }
                         td { (failed.map(|v| v.to_string()).unwrap_or_default()) }
-                        td { (rows.map(|v| v.to_string()).unwrap_or_default()) }
-                        td { (secs.map(|s| format!("{s:.1} s")).unwrap_or_default()) }
+                        td { (rows.map(|v| charts::thousands(v as i64)).unwrap_or_default()) }
+                        td.wide-only { (secs.map(|s| format!("{s:.1} s")).unwrap_or_default()) }
                     }
                 }
             }
@@ -266,9 +309,11 @@ fn daily_table(input: &ReportInput) -> Markup {
                     tr { th { "day" } th { "inbound" } th { "handled" } th { "queued" } th { "abandoned IVR" } th { "queue" } th { "ring" } th { "outbound" } th { "answered" } th { "peak agents" } }
                     @for (day, d) in input.daily.iter().rev() {
                         tr data-day=(day) {
-                            td { (day) } td { (d.inbound) } td { (d.handled) } td { (d.queued) }
-                            td { (d.abandoned_ivr) } td { (d.abandoned_queue) } td { (d.abandoned_ring) }
-                            td { (d.outbound) } td { (d.answered) } td { (d.peak_agents) }
+                            td { (day) }
+                            @for v in [d.inbound, d.handled, d.queued, d.abandoned_ivr, d.abandoned_queue,
+                                       d.abandoned_ring, d.outbound, d.answered, d.peak_agents] {
+                                td { (charts::thousands(v)) }
+                            }
                         }
                     }
                 }

@@ -51,7 +51,12 @@ fn daily_rows(html: &str) -> BTreeMap<String, Vec<i64>> {
             let cells: Vec<i64> = row
                 .split("<td>")
                 .skip(2)
-                .map(|c| c[..c.find("</td>").unwrap()].parse().unwrap())
+                .map(|c| {
+                    c[..c.find("</td>").unwrap()]
+                        .replace(',', "")
+                        .parse()
+                        .unwrap()
+                })
                 .collect();
             (day.to_string(), cells)
         })
@@ -93,9 +98,17 @@ fn render(page: &Path, width: u32, name: &str) -> (PathBuf, String) {
     std::fs::create_dir_all(&dir).unwrap();
     let png = dir.join(format!("{name}.png"));
     let _ = std::fs::remove_file(&png);
-    let url = format!("file://{}", page.display());
+    // Below 500 px the page is shown in a frame of that width (see `phone_frame`).
+    let (url, window) = if width < 500 {
+        (
+            format!("file://{}", phone_frame(page, width).display()),
+            500,
+        )
+    } else {
+        (format!("file://{}", page.display()), width)
+    };
     let shot = chromium()
-        .arg(format!("--window-size={width},3200"))
+        .arg(format!("--window-size={window},3200"))
         .arg(format!("--screenshot={}", png.display()))
         .arg(&url)
         .output()
@@ -108,11 +121,58 @@ fn render(page: &Path, width: u32, name: &str) -> (PathBuf, String) {
     let dom = chromium()
         .arg(format!("--window-size={width},3200"))
         .arg("--dump-dom")
-        .arg(&url)
+        .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
     assert!(dom.status.success(), "{}", output_text(&dom));
     (png, String::from_utf8(dom.stdout).unwrap())
+}
+
+/// The page in a frame `width` px wide, as a phone of that width lays it out (headless Chromium
+/// keeps its window at least 500 px wide); the frame's document width (`scrollWidth`) becomes
+/// the title. The page itself has no script.
+fn phone_frame(page: &Path, width: u32) -> PathBuf {
+    let html = std::fs::read_to_string(page).unwrap();
+    let escaped = html.replace('&', "&amp;").replace('"', "&quot;");
+    let frame = page.with_extension(format!("{width}.html"));
+    std::fs::write(
+        &frame,
+        format!(
+            "<!DOCTYPE html><html><head><title>-</title><style>body{{margin:0}}iframe{{border:0}}</style></head>\
+             <body><iframe id=\"f\" width=\"{width}\" height=\"3200\" srcdoc=\"{escaped}\" \
+             onload=\"document.title='width:'+this.contentDocument.documentElement.scrollWidth\">\
+             </iframe></body></html>"
+        ),
+    )
+    .unwrap();
+    frame
+}
+
+/// How wide the page is laid out `width` px wide (`document.scrollWidth`): wider than that
+/// scrolls sideways.
+fn laid_out_width(page: &Path, width: u32) -> u32 {
+    let probe = phone_frame(page, width);
+    let dom = chromium()
+        .arg("--window-size=600,3200")
+        .arg("--dump-dom")
+        .arg(format!("file://{}", probe.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8(dom.stdout).unwrap();
+    let at = dom.find("<title>width:").expect("the probe ran") + "<title>width:".len();
+    dom[at..at + dom[at..].find('<').unwrap()].parse().unwrap()
+}
+
+/// Every SVG of the page, each a valid XML document on its own (as copied out of the page).
+fn svgs(html: &str) -> Vec<&str> {
+    let mut out = vec![];
+    let mut rest = html;
+    while let Some(at) = rest.find("<svg ") {
+        let end = at + rest[at..].find("</svg>").unwrap() + "</svg>".len();
+        out.push(&rest[at..end]);
+        rest = &rest[end..];
+    }
+    out
 }
 
 #[tokio::test]
@@ -191,7 +251,19 @@ async fn the_report_is_one_file_with_every_chart_and_the_databases_figures() {
     let shown = daily_rows(&html);
     assert_eq!(shown, expected);
     let inbound: i64 = expected.values().map(|v| v[0]).sum();
-    assert_eq!(card(&html, "inbound"), inbound.to_string());
+    let shown_inbound = card(&html, "inbound");
+    assert_eq!(shown_inbound, ccc_etl::report::charts::thousands(inbound));
+    assert!(
+        inbound < 1000 || shown_inbound.contains(','),
+        "{shown_inbound}"
+    );
+    // Every chart is valid SVG on its own, drawn for a desk and for a phone.
+    let charts = svgs(&html);
+    assert_eq!(charts.len(), 1 + 2 * 4, "coverage once, four charts twice");
+    for svg in &charts {
+        let doc = roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("{e}: {svg:.300}"));
+        assert!(doc.root_element().attribute("viewBox").is_some());
+    }
     let handled: i64 = expected.values().map(|v| v[1]).sum();
     let rate = format!("{:.1}%", handled as f64 / inbound as f64 * 100.0);
     assert_eq!(card(&html, "answer-rate"), rate);
@@ -244,8 +316,16 @@ async fn the_report_is_one_file_with_every_chart_and_the_databases_figures() {
             assert!(dom.contains(&format!("id=\"{id}\"")), "{name}: {id}");
         }
         assert!(
-            dom.contains(&format!("<b>{inbound}</b>")),
+            dom.contains(&format!(
+                "<b>{}</b>",
+                ccc_etl::report::charts::thousands(inbound)
+            )),
             "{name}: the figures"
+        );
+        let laid_out = laid_out_width(&page, width);
+        assert!(
+            laid_out <= width,
+            "{name}: the page is {laid_out} px wide in a {width} px window: it scrolls sideways"
         );
     }
     pool.close().await;
