@@ -1122,8 +1122,20 @@ async fn chaos_workers_killed_terminated_and_stopped_past_their_lease_leave_both
     let work = tempfile::tempdir().unwrap();
     let cfg = work.path().join("p.toml");
     write_config(&cfg, &emu.endpoint(), &ids, &bucket, 20.0);
-    let spawn = || backfill(&cfg, &db.url, from, to).spawn().unwrap();
-    let mut workers: Vec<tokio::process::Child> = (0..4).map(|_| spawn()).collect();
+    // Each worker's stderr is read from the start, so that no worker ever blocks writing to a
+    // full pipe (which would stall it, and the job, for reasons of the test's own).
+    let spawn = || {
+        let mut child = backfill(&cfg, &db.url, from, to).spawn().unwrap();
+        let mut pipe = child.stderr.take().unwrap();
+        let said = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut text).await;
+            text
+        });
+        (child, said)
+    };
+    let mut workers: Vec<(tokio::process::Child, tokio::task::JoinHandle<String>)> =
+        (0..4).map(|_| spawn()).collect();
     // The emulator revises recent hours while the job runs: 20 minutes a tick.
     let ticking = clock.clone();
     let ticker = tokio::spawn(async move {
@@ -1142,15 +1154,15 @@ async fn chaos_workers_killed_terminated_and_stopped_past_their_lease_leave_both
     }
     let (stopped, killed, terminated) = (roles[0], roles[1], roles[2]);
     tokio::time::sleep(pick(&mut rng, 500, 2_000)).await;
-    let stopped_pid = workers[stopped].id().unwrap();
+    let stopped_pid = workers[stopped].0.id().unwrap();
     signal(stopped_pid, libc::SIGSTOP);
     let stopped_at = Instant::now();
     tokio::time::sleep(pick(&mut rng, 200, 1_000)).await;
-    workers[killed].start_kill().unwrap();
+    workers[killed].0.start_kill().unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     workers.push(spawn());
     tokio::time::sleep(pick(&mut rng, 200, 1_000)).await;
-    if let Some(pid) = workers[terminated].id() {
+    if let Some(pid) = workers[terminated].0.id() {
         common::send_sigterm(pid);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1159,14 +1171,7 @@ async fn chaos_workers_killed_terminated_and_stopped_past_their_lease_leave_both
     let lease = Duration::from_secs(4 + 1 + 1);
     tokio::time::sleep(lease.saturating_sub(stopped_at.elapsed())).await;
     signal(stopped_pid, libc::SIGCONT);
-    for (i, mut w) in workers.into_iter().enumerate() {
-        // stderr read aside, so a worker that does not end is shown with what it said.
-        let mut pipe = w.stderr.take().unwrap();
-        let said = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut text).await;
-            text
-        });
+    for (i, (mut w, said)) in workers.into_iter().enumerate() {
         let status = tokio::time::timeout(Duration::from_secs(180), w.wait()).await;
         let Ok(status) = status else {
             let _ = w.kill().await;
