@@ -39,9 +39,14 @@ pub fn local_day_start(tz: Tz, date: NaiveDate) -> i64 {
     date.and_time(NaiveTime::MIN).and_utc().timestamp_millis()
 }
 
+/// The local calendar day in `tz` of the instant `ms`.
+pub fn local_date(tz: Tz, ms: i64) -> NaiveDate {
+    utc(ms).with_timezone(&tz).date_naive()
+}
+
 /// The local midnight at or before `ms`.
 pub fn local_midnight_at_or_before(tz: Tz, ms: i64) -> i64 {
-    let date = utc(ms).with_timezone(&tz).date_naive();
+    let date = local_date(tz, ms);
     let m = local_day_start(tz, date);
     if m <= ms {
         m

@@ -97,10 +97,7 @@ fn demo_config(
 /// The last `days` local days up to `now_ms`, and the first of them.
 fn demo_request(config: &Config, days: u32, now_ms: i64) -> (BackfillRequest, chrono::NaiveDate) {
     let tz = config.pipeline.timezone;
-    let today = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now_ms)
-        .expect("the clock reads a representable instant")
-        .with_timezone(&tz)
-        .date_naive();
+    let today = crate::plan::local_date(tz, now_ms);
     let from_day = today
         .checked_sub_days(chrono::Days::new(days as u64))
         .unwrap_or(today);

@@ -34,12 +34,7 @@ pub async fn run_report(
     let started = Instant::now();
     let tz = config.pipeline.timezone;
     let now_ms = now();
-    let local_day = |ms: i64| {
-        Utc.timestamp_millis_opt(ms)
-            .unwrap()
-            .with_timezone(&tz)
-            .date_naive()
-    };
+    let local_day = |ms: i64| crate::plan::local_date(tz, ms);
     let today = local_day(now_ms);
     let first = today - Duration::days(i64::from(days) - 1);
     let shown: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= today).collect();

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use chrono_tz::Tz;
 
 use crate::record::{WindowBatch, WindowKey};
@@ -106,12 +106,7 @@ impl DayBuffer {
         if key.end_ms <= key.start_ms {
             return vec![];
         }
-        let day = |ms: i64| {
-            DateTime::<Utc>::from_timestamp_millis(ms)
-                .unwrap_or_default()
-                .with_timezone(&self.tz)
-                .date_naive()
-        };
+        let day = |ms: i64| crate::plan::local_date(self.tz, ms);
         let (first, last) = (day(key.start_ms), day(key.end_ms - 1));
         first.iter_days().take_while(|d| *d <= last).collect()
     }
@@ -273,6 +268,7 @@ impl DayBuffer {
 mod tests {
     use super::*;
     use crate::record::{MediaType, OverallRow};
+    use chrono::DateTime;
     use proptest::prelude::*;
 
     const H: i64 = 3_600_000;
