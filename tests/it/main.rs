@@ -25,4 +25,5 @@ mod postgres;
 mod readme;
 mod report;
 mod secrets;
+mod superset;
 mod workers;

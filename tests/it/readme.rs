@@ -16,7 +16,7 @@ use clap::Parser;
 
 /// The README, then the pages of `docs/` in the order a new user reads them: the walk below runs
 /// their commands in this order.
-const DOCS: [(&str, &str); 15] = [
+const DOCS: [(&str, &str); 16] = [
     ("README.md", include_str!("../../README.md")),
     (
         "docs/configuration.md",
@@ -32,6 +32,7 @@ const DOCS: [(&str, &str); 15] = [
     ("docs/postgres.md", include_str!("../../docs/postgres.md")),
     ("docs/parquet.md", include_str!("../../docs/parquet.md")),
     ("docs/querying.md", include_str!("../../docs/querying.md")),
+    ("docs/bi.md", include_str!("../../docs/bi.md")),
     (
         "docs/object-storage.md",
         include_str!("../../docs/object-storage.md"),
@@ -258,7 +259,47 @@ async fn the_readme_walk_runs_every_command_it_can_run_here() {
         textfile.join("ccc_etl_nightly.prom").exists(),
         "the cron line's metrics file"
     );
+    build_superset_bundle_as_documented(&cfg, &etc, &db.url).await;
     db.drop_db().await;
+}
+
+/// The documented `python3 superset/build_bundle.py …` line, run as written (the configuration
+/// mapped into the scratch directory): it writes the ZIP, readable by its owner only.
+async fn build_superset_bundle_as_documented(
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+    url: &str,
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let line = blocks()
+        .into_iter()
+        .filter(|(lang, _)| lang == "sh")
+        .flat_map(|(_, body)| body.lines().map(str::to_string).collect::<Vec<_>>())
+        .find(|l| l.starts_with("python3 superset/build_bundle.py"))
+        .expect("the docs show how to build the Superset bundle");
+    let args: Vec<String> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|a| {
+            a.replace(
+                "superset/build_bundle.py",
+                &format!("{root}/superset/build_bundle.py"),
+            )
+            .replace("/etc/ccc-etl/pipeline.toml", cfg.to_str().unwrap())
+        })
+        .collect();
+    let out = tokio::process::Command::new("python3")
+        .args(&args)
+        .current_dir(dir)
+        .env("DATABASE_URL", url)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{line}: {}", output_text(&out));
+    let zip = dir.join("ccc-etl-superset.zip");
+    let mode = std::fs::metadata(&zip).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{line}: the ZIP is its owner's only");
 }
 
 #[test]
@@ -314,6 +355,9 @@ async fn every_documented_postgres_query_runs_on_a_backfilled_database() {
             .filter(|l| !l.trim_start().starts_with("--"))
             .collect::<Vec<_>>()
             .join("\n");
+        // The queries' `current_date` is the tests' day (the data is on the tests' clock).
+        let today = format!("DATE '{}'", crate::common::now().date_naive());
+        let sql = sql.replace("current_date", &today);
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let rows = sqlx::query(statement)
                 .fetch_all(&pool)
