@@ -505,16 +505,16 @@ impl PgStore {
         ])
     }
 
-    /// Inbound figures since `from_ms` per local day and hour in `tz`, summed over every series:
-    /// (day, ISO day of week 1-7, hour, inbound, handled, queued, abandoned in IVR, queue, ring).
-    /// One scan of the table (what `daily_traffic` adds up, without its joins).
+    /// Inbound figures since `from_ms` per series, local day and hour in `tz` (day, ISO day of
+    /// week 1-7, hour, inbound, handled, queued, abandoned in IVR, queue, ring). One scan of the
+    /// table (what `daily_traffic` adds up, without its joins).
     pub async fn inbound_by_local_hour(
         &self,
         from_ms: i64,
         tz: Tz,
     ) -> Result<Vec<InboundHourRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT t::date AS day, extract(isodow FROM t)::int AS isodow, \
+            "SELECT instance_id, media_type, t::date AS day, extract(isodow FROM t)::int AS isodow, \
                     extract(hour FROM t)::int AS hour, sum(total_calls)::bigint AS inbound, \
                     sum(calls_handled)::bigint AS handled, sum(calls_queued)::bigint AS queued, \
                     sum(calls_abandoned_in_ivr)::bigint AS abandoned_ivr, \
@@ -522,7 +522,7 @@ impl PgStore {
                     sum(calls_abandoned_in_ring)::bigint AS abandoned_ring \
              FROM (SELECT stats_time AT TIME ZONE $2 AS t, * FROM inbound_trend \
                    WHERE stats_time >= to_timestamp($1 / 1000.0)) x \
-             GROUP BY 1, 2, 3",
+             GROUP BY 1, 2, 3, 4, 5",
         )
         .bind(from_ms)
         .bind(tz.name())
@@ -530,16 +530,17 @@ impl PgStore {
         .await
     }
 
-    /// Outbound calls and answers since `from_ms` per local day in `tz`, over every series.
+    /// Outbound calls and answers since `from_ms` per series and local day in `tz`: (instance,
+    /// media type, day, calls, answered).
     pub async fn outbound_by_local_day(
         &self,
         from_ms: i64,
         tz: Tz,
-    ) -> Result<Vec<(NaiveDate, i64, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(String, String, NaiveDate, i64, i64)>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT (stats_time AT TIME ZONE $2)::date, sum(total_calls)::bigint, \
-                    sum(calls_answered)::bigint \
-             FROM outbound_trend WHERE stats_time >= to_timestamp($1 / 1000.0) GROUP BY 1",
+            "SELECT instance_id, media_type, (stats_time AT TIME ZONE $2)::date, \
+                    sum(total_calls)::bigint, sum(calls_answered)::bigint \
+             FROM outbound_trend WHERE stats_time >= to_timestamp($1 / 1000.0) GROUP BY 1, 2, 3",
         )
         .bind(from_ms)
         .bind(tz.name())
@@ -547,19 +548,17 @@ impl PgStore {
         .await
     }
 
-    /// Per local day in `tz` since `from_ms`: the sum over series of each series' peak
-    /// logged-in agents that day.
+    /// Each series' peak logged-in agents per local day in `tz` since `from_ms`: (instance,
+    /// media type, day, peak).
     pub async fn peak_agents_by_local_day(
         &self,
         from_ms: i64,
         tz: Tz,
-    ) -> Result<Vec<(NaiveDate, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(String, String, NaiveDate, i64)>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT day, sum(peak)::bigint FROM ( \
-                 SELECT (stats_time AT TIME ZONE $2)::date AS day, max(max_logged_in_agents) AS peak \
-                 FROM overall_trend WHERE stats_time >= to_timestamp($1 / 1000.0) \
-                 GROUP BY instance_id, media_type, 1) x \
-             GROUP BY day",
+            "SELECT instance_id, media_type, (stats_time AT TIME ZONE $2)::date, \
+                    max(max_logged_in_agents) \
+             FROM overall_trend WHERE stats_time >= to_timestamp($1 / 1000.0) GROUP BY 1, 2, 3",
         )
         .bind(from_ms)
         .bind(tz.name())
@@ -616,10 +615,14 @@ pub async fn check_privileges(url: &SecretString, schema: &SchemaName) -> Result
     }
 }
 
-/// A row of [`PgStore::inbound_by_local_hour`]: one local hour of one day, summed over every
-/// series (read by column name).
+/// A row of [`PgStore::inbound_by_local_hour`]: one local hour of one day of one series (read
+/// by column name).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InboundHourRow {
+    /// The instance.
+    pub instance_id: String,
+    /// The media type.
+    pub media_type: String,
     /// The local day.
     pub day: NaiveDate,
     /// ISO day of the week, 1 (Monday) to 7.

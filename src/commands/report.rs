@@ -16,7 +16,7 @@ use crate::db::PgStore;
 use crate::error::EXIT_OK;
 use crate::pipeline::NowFn;
 use crate::record::{InboundRow, MediaType, OutboundRow, OverallRow, Table};
-use crate::report::{DayTotals, ReportInput, coverage::Held, day_states, page};
+use crate::report::{DayTotals, ReportInput, SeriesTotals, coverage::Held, day_states, page};
 use crate::sink::parquet::{ReadError, Root};
 
 /// How many runs the page lists.
@@ -46,10 +46,11 @@ pub async fn run_report(
         Some(s) => held_windows(s).await?,
         None => vec![],
     };
-    let (daily, hour_of_week, kpi_source) = match &store {
+    let kpis = match &store {
         Some(s) => kpis_from_postgres(s, first, tz).await?,
         None => kpis_from_parquet(&config, &shown, tz).await?,
     };
+    let (daily, per_series) = kpis.split();
     let mut findings = status.findings.clone();
     findings.extend(status.extra_files.iter().cloned());
     let input = ReportInput {
@@ -65,8 +66,9 @@ pub async fn run_report(
         days: shown,
         today,
         daily,
-        hour_of_week,
-        kpi_source,
+        per_series,
+        hour_of_week: kpis.grid,
+        kpi_source: kpis.source,
         runs: ledger.recent_runs(RUNS_SHOWN).await?,
         findings,
         drift: status.fields.clone(),
@@ -94,15 +96,59 @@ async fn held_windows(store: &PgStore) -> anyhow::Result<Vec<Held>> {
         .collect())
 }
 
-type Kpis = (BTreeMap<NaiveDate, DayTotals>, [[i64; 24]; 7], String);
+/// The page's figures, gathered per instance, media type and local day.
+#[derive(Default)]
+struct Kpis {
+    by_series_day: SeriesDays,
+    /// Inbound calls by ISO day of week (0 = Monday) and local hour.
+    grid: [[i64; 24]; 7],
+    source: String,
+}
+
+type SeriesDays = BTreeMap<(String, String, NaiveDate), DayTotals>;
+
+/// The figures of one series on one day.
+fn series_day<'a>(
+    map: &'a mut SeriesDays,
+    instance: &str,
+    media: &str,
+    day: NaiveDate,
+) -> &'a mut DayTotals {
+    map.entry((instance.to_string(), media.to_string(), day))
+        .or_default()
+}
+
+impl Kpis {
+    fn at(&mut self, instance: &str, media: &str, day: NaiveDate) -> &mut DayTotals {
+        series_day(&mut self.by_series_day, instance, media, day)
+    }
+
+    /// Daily totals over the series (peaks summed: each series' peak that day), and each
+    /// series' totals over the days (its highest daily peak).
+    fn split(&self) -> (BTreeMap<NaiveDate, DayTotals>, Vec<SeriesTotals>) {
+        let mut daily: BTreeMap<NaiveDate, DayTotals> = BTreeMap::new();
+        let mut series: BTreeMap<(&str, &str), DayTotals> = BTreeMap::new();
+        for ((instance, media, day), t) in &self.by_series_day {
+            daily.entry(*day).or_default().add(t);
+            series.entry((instance, media)).or_default().add_day(t);
+        }
+        let per_series = series
+            .into_iter()
+            .map(|((instance, media), totals)| SeriesTotals {
+                instance_id: instance.to_string(),
+                media_type: media.to_string(),
+                totals,
+            })
+            .collect();
+        (daily, per_series)
+    }
+}
 
 async fn kpis_from_postgres(store: &PgStore, first: NaiveDate, tz: Tz) -> anyhow::Result<Kpis> {
     let from_ms = crate::plan::local_day_start(tz, first);
-    let mut daily: BTreeMap<NaiveDate, DayTotals> = BTreeMap::new();
-    let mut grid = [[0i64; 24]; 7];
+    let mut k = Kpis::default();
     for r in store.inbound_by_local_hour(from_ms, tz).await? {
-        let t = daily.entry(r.day).or_default();
-        t.add(&DayTotals {
+        k.at(&r.instance_id, &r.media_type, r.day).add(&DayTotals {
             inbound: r.inbound,
             handled: r.handled,
             queued: r.queued,
@@ -114,34 +160,34 @@ async fn kpis_from_postgres(store: &PgStore, first: NaiveDate, tz: Tz) -> anyhow
         let cell = usize::try_from(r.isodow - 1)
             .ok()
             .zip(usize::try_from(r.hour).ok())
-            .and_then(|(d, h)| grid.get_mut(d)?.get_mut(h));
+            .and_then(|(d, h)| k.grid.get_mut(d)?.get_mut(h));
         if let Some(cell) = cell {
             *cell += r.inbound;
         }
     }
-    for (day, outbound, answered) in store.outbound_by_local_day(from_ms, tz).await? {
-        let t = daily.entry(day).or_default();
+    for (instance, media, day, outbound, answered) in
+        store.outbound_by_local_day(from_ms, tz).await?
+    {
+        let t = k.at(&instance, &media, day);
         t.outbound += outbound;
         t.answered += answered;
     }
-    for (day, peak) in store.peak_agents_by_local_day(from_ms, tz).await? {
-        daily.entry(day).or_default().peak_agents += peak;
+    for (instance, media, day, peak) in store.peak_agents_by_local_day(from_ms, tz).await? {
+        k.at(&instance, &media, day).peak_agents = peak;
     }
-    let source = format!("PostgreSQL (schema {})", store.schema().as_str());
-    Ok((daily, grid, source))
+    k.source = format!("PostgreSQL (schema {})", store.schema().as_str());
+    Ok(k)
 }
 
 /// The same figures from the root's day files, for a configuration without PostgreSQL.
 async fn kpis_from_parquet(config: &Config, days: &[NaiveDate], tz: Tz) -> anyhow::Result<Kpis> {
+    let mut k = Kpis::default();
     let Some(pq) = &config.parquet else {
-        return Ok((BTreeMap::new(), [[0; 24]; 7], "no sink".into()));
+        k.source = "no sink".into();
+        return Ok(k);
     };
     let root = Root::open(pq, config.source.credentials).map_err(crate::error::InputError::new)?;
-    let mut daily = BTreeMap::new();
-    let mut grid = [[0i64; 24]; 7];
     for day in days {
-        let mut t = DayTotals::default();
-        let mut peaks: BTreeMap<(String, String), i64> = BTreeMap::new();
         for table in Table::ALL {
             let rows = match root.read_rows(table, *day).await {
                 Ok(rows) => rows,
@@ -153,21 +199,19 @@ async fn kpis_from_parquet(config: &Config, days: &[NaiveDate], tz: Tz) -> anyho
                 Err(e) => return Err(anyhow::anyhow!("{e}")),
             };
             for r in rows {
-                add_row(&mut t, &mut peaks, &mut grid, table, &r, tz)
+                let t = series_day(&mut k.by_series_day, &r.instance_id, &r.media_type, *day);
+                add_row(t, &mut k.grid, table, &r, tz)
                     .map_err(|e| anyhow::anyhow!("{} {day}: {e}", table.name()))?;
             }
         }
-        t.peak_agents = peaks.values().sum();
-        if t != DayTotals::default() {
-            daily.insert(*day, t);
-        }
     }
-    Ok((daily, grid, format!("the Parquet root {}", root.display())))
+    k.source = format!("the Parquet root {}", root.display());
+    Ok(k)
 }
 
+/// Adds a stored row to its series' day `t` (a peak: the larger) and the hour-of-week grid.
 fn add_row(
     t: &mut DayTotals,
-    peaks: &mut BTreeMap<(String, String), i64>,
     grid: &mut [[i64; 24]; 7],
     table: Table,
     r: &crate::sink::parquet::StoredRow,
@@ -215,10 +259,7 @@ fn add_row(
         }
         Table::Overall => {
             let c: OverallRow = r.row().ok_or_else(not_its)?;
-            let peak = peaks
-                .entry((r.instance_id.clone(), r.media_type.clone()))
-                .or_default();
-            *peak = (*peak).max(c.max_logged_in_agents);
+            t.peak_agents = t.peak_agents.max(c.max_logged_in_agents);
         }
     }
     Ok(())

@@ -52,6 +52,13 @@ impl DayTotals {
         self.peak_agents += o.peak_agents;
     }
 
+    /// Adds another day of the same series: counts add up, the peak is the larger one.
+    pub fn add_day(&mut self, o: &DayTotals) {
+        let peak = self.peak_agents.max(o.peak_agents);
+        self.add(o);
+        self.peak_agents = peak;
+    }
+
     /// handled / inbound.
     pub fn answer_rate(&self) -> Option<f64> {
         ratio(self.handled, self.inbound)
@@ -75,6 +82,17 @@ fn ratio(n: i64, d: i64) -> Option<f64> {
     (d > 0).then(|| n as f64 / d as f64)
 }
 
+/// One instance and media type over the days shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesTotals {
+    /// The instance.
+    pub instance_id: String,
+    /// The media type, as the API names it.
+    pub media_type: String,
+    /// Its counts summed over the days; `peak_agents` is its highest daily peak.
+    pub totals: DayTotals,
+}
+
 /// Everything the page shows.
 #[derive(Debug, Clone)]
 pub struct ReportInput {
@@ -93,6 +111,8 @@ pub struct ReportInput {
     pub coverage: Vec<SeriesDays>,
     /// Daily totals (days with rows only).
     pub daily: BTreeMap<NaiveDate, DayTotals>,
+    /// Per instance and media type, over the days shown (series with rows only), by instance.
+    pub per_series: Vec<SeriesTotals>,
     /// Inbound calls by ISO day of week (0 = Monday) and local hour.
     pub hour_of_week: [[i64; 24]; 7],
     /// Where the figures come from (`PostgreSQL view daily_traffic`, `the Parquet root …`).

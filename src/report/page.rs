@@ -5,7 +5,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::charts::{self, Fit, Line};
 use super::coverage::DayState;
-use super::{DayTotals, ReportInput};
+use super::{DayTotals, ReportInput, SeriesTotals};
 use crate::ledger::RunRecord;
 
 const CSS: &str = "
@@ -16,7 +16,7 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin:1.4em 0 .4em;border-
 .card b{display:block;font-size:1.4em}.card span{color:#616161;font-size:.85em}
 figure{margin:0}figure svg{width:100%;height:auto;display:block}figure svg.narrow{display:none}
 @media (max-width:600px){figure svg.wide{display:none}figure svg.narrow{display:block}body{padding:8px}
-.wide-only{display:none}th,td{padding:4px 4px}}
+.wide-only{display:none}th,td{padding:4px 4px}th{white-space:normal}}
 .scale{display:inline-block;width:120px;height:10px;vertical-align:middle;margin:0 6px;background:linear-gradient(to right,#f7fbff,#08306b)}
 .legend span{display:inline-block;margin-right:14px;font-size:.9em}.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.9em;width:100%}
@@ -92,6 +92,8 @@ pub fn render(input: &ReportInput) -> String {
                 (summary(input))
                 (coverage(input))
                 (daily_charts(input))
+                (weekly_chart(input))
+                (per_series(input))
                 h2 { "Inbound calls by hour of the week" }
                 (hour_of_week_scale(&input.hour_of_week))
                 (figure_fits("chart-hour-of-week", |fit| charts::hour_of_week(&input.hour_of_week, fit)))
@@ -244,6 +246,9 @@ fn daily_charts(input: &ReportInput) -> Markup {
         p.meta id="today-note" {
             "Today (" (input.today) ") is still in progress: its figures so far are in the table "
             "at the end, not in the charts."
+            @if input.days.iter().all(|d| *d >= input.today) {
+                " Only today is shown, so the charts are empty: ask for more days (" code { "--days 8" } ")."
+            }
         }
         (legend("legend-calls", &calls))
         (figure_fits("chart-calls", |fit| charts::line_chart(&input.days, &calls, false, fit)))
@@ -253,6 +258,126 @@ fn daily_charts(input: &ReportInput) -> Markup {
         h2 { "Peak logged-in agents per day" }
         (legend("legend-agents", &agents))
         (figure_fits("chart-agents", |fit| charts::line_chart(&input.days, &agents, false, fit)))
+    }
+}
+
+/// The complete weeks (Monday to Sunday, every day shown, over and with rows) with each one's
+/// totals, by the Monday they start on.
+pub fn complete_weeks(input: &ReportInput) -> Vec<(chrono::NaiveDate, DayTotals)> {
+    use chrono::Datelike;
+    let shown: std::collections::BTreeSet<_> = input.days.iter().collect();
+    let mut weeks = vec![];
+    for monday in input
+        .days
+        .iter()
+        .filter(|d| d.weekday() == chrono::Weekday::Mon)
+    {
+        let week: Vec<_> = monday.iter_days().take(7).collect();
+        let days: Vec<&DayTotals> = week
+            .iter()
+            .filter(|d| shown.contains(d) && **d < input.today)
+            .filter_map(|d| input.daily.get(d))
+            .collect();
+        if days.len() == 7 {
+            let mut t = DayTotals::default();
+            for d in days {
+                t.add(d);
+            }
+            // A week's peak is its busiest day's, as the summary card's.
+            t.peak_agents = week
+                .iter()
+                .filter_map(|d| input.daily.get(d))
+                .map(|d| d.peak_agents)
+                .max()
+                .unwrap_or(0);
+            weeks.push((*monday, t));
+        }
+    }
+    weeks
+}
+
+/// Calls per complete week: the level without the weekday/weekend swing of the daily lines.
+fn weekly_chart(input: &ReportInput) -> Markup {
+    let weeks = complete_weeks(input);
+    let mondays: Vec<_> = weeks.iter().map(|(m, _)| *m).collect();
+    let line = |name, colour, f: fn(&DayTotals) -> i64| Line {
+        name,
+        colour,
+        values: weeks.iter().map(|(_, t)| Some(f(t) as f64)).collect(),
+    };
+    let calls = [
+        line("inbound", plotters::style::RGBColor(21, 101, 192), |t| {
+            t.inbound
+        }),
+        line("handled", plotters::style::RGBColor(46, 125, 50), |t| {
+            t.handled
+        }),
+        line("outbound", plotters::style::RGBColor(142, 36, 170), |t| {
+            t.outbound
+        }),
+    ];
+    html! {
+        h2 { "Calls per week" }
+        @if weeks.is_empty() {
+            p.meta id="chart-weeks" { "No complete week (Monday to Sunday, before today) among the days shown." }
+        } @else {
+            p.meta { "Weeks from Monday to Sunday, labelled by their Monday; only weeks with every day fetched." }
+            (legend("legend-weeks", &calls))
+            (figure_fits("chart-weeks", |fit| charts::line_chart(&mondays, &calls, false, fit)))
+            div.scroll {
+                table id="weeks" {
+                    tr { th { "week of" } th { "inbound" } th.wide-only { "handled" } th { "answered" } th { "outbound" } th { "connected" } th.wide-only { "peak agents" } }
+                    @for (monday, t) in weeks.iter().rev() {
+                        tr data-week=(monday) {
+                            td { (monday) }
+                            td data-inbound=(t.inbound) { (charts::thousands(t.inbound)) }
+                            td.wide-only data-handled=(t.handled) { (charts::thousands(t.handled)) }
+                            td { (pct(t.answer_rate())) }
+                            td data-outbound=(t.outbound) { (charts::thousands(t.outbound)) }
+                            td { (pct(t.connect_rate())) }
+                            td.wide-only { (charts::thousands(t.peak_agents)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each instance and media type over the days shown.
+fn per_series(input: &ReportInput) -> Markup {
+    html! {
+        h2 { "Per instance" }
+        @if input.per_series.is_empty() {
+            p id="per-instance" { "No rows in the days shown." }
+        } @else {
+            div.scroll {
+                table id="per-instance" {
+                    tr { th { "instance" } th.wide-only { "media" } th { "inbound" } th.wide-only { "handled" } th { "answered" }
+                         th.wide-only { "abandoned" } th.wide-only { "outbound" } th { "connected" } th { "peak agents" } }
+                    @for s in &input.per_series {
+                        (series_row(s))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn series_row(s: &SeriesTotals) -> Markup {
+    let t = &s.totals;
+    html! {
+        tr data-series={ (s.instance_id) "|" (s.media_type) } {
+            td { (s.instance_id) }
+            td.wide-only { (s.media_type) }
+            td data-inbound=(t.inbound) { (charts::thousands(t.inbound)) }
+            td.wide-only data-handled=(t.handled) { (charts::thousands(t.handled)) }
+            td { (pct(t.answer_rate())) }
+            td.wide-only { (pct(t.abandon_rate())) }
+            td.wide-only data-outbound=(t.outbound) { (charts::thousands(t.outbound)) }
+            td { (pct(t.connect_rate())) }
+            td data-peak-agents=(t.peak_agents) { (charts::thousands(t.peak_agents)) }
+        }
     }
 }
 
@@ -347,6 +472,7 @@ mod tests {
                 (day(4), totals(2)),
             ]
             .into(),
+            per_series: vec![],
             hour_of_week: [[0; 24]; 7],
             kpi_source: String::new(),
             runs: vec![],

@@ -25,9 +25,10 @@ type DailyRow = (
     i64,
     i64,
 );
-const CHARTS: [&str; 5] = [
+const CHARTS: [&str; 6] = [
     "chart-coverage",
     "chart-calls",
+    "chart-weeks",
     "chart-rates",
     "chart-agents",
     "chart-hour-of-week",
@@ -61,6 +62,83 @@ fn daily_rows(html: &str) -> BTreeMap<String, Vec<i64>> {
             (day.to_string(), cells)
         })
         .collect()
+}
+
+/// The numbers of the rows of table `id` whose `tr` carries `key`: key -> `data-` figures.
+fn figures(html: &str, id: &str, key: &str) -> BTreeMap<String, Vec<i64>> {
+    let at = html
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("{id}"));
+    let table = &html[at..at + html[at..].find("</table>").unwrap()];
+    table
+        .split(&format!("<tr {key}=\""))
+        .skip(1)
+        .map(|row| {
+            let (k, rest) = row.split_once('"').unwrap();
+            let numbers = rest
+                .split(" data-")
+                .skip(1)
+                .map(|a| {
+                    let v = a.split('"').nth(1).unwrap();
+                    v.parse().unwrap_or_else(|_| panic!("{a}"))
+                })
+                .collect();
+            (k.to_string(), numbers)
+        })
+        .collect()
+}
+
+/// The per-instance table: "instance|media" -> inbound, handled, outbound, peak agents.
+fn per_instance(html: &str) -> BTreeMap<String, Vec<i64>> {
+    figures(html, "per-instance", "data-series")
+}
+
+/// The same from `daily_traffic`: sums per series, and its highest daily peak.
+async fn per_instance_of(pool: &sqlx::PgPool) -> BTreeMap<String, Vec<i64>> {
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT instance_id || '|' || media_type, sum(inbound_calls)::bigint, \
+                sum(calls_handled)::bigint, sum(outbound_calls)::bigint, \
+                max(max_logged_in_agents)::bigint \
+         FROM ccc.daily_traffic GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "two series");
+    rows.into_iter()
+        .map(|(k, a, b, c, d)| (k, vec![a, b, c, d]))
+        .collect()
+}
+
+/// The weekly table: Monday -> inbound, handled, outbound.
+fn weeks(html: &str) -> BTreeMap<String, Vec<i64>> {
+    figures(html, "weeks", "data-week")
+}
+
+/// The weeks, Monday to Sunday, whose seven days all have rows and are over before `today`,
+/// summed from the daily figures.
+fn complete_weeks(daily: &BTreeMap<String, Vec<i64>>, today: &str) -> BTreeMap<String, Vec<i64>> {
+    use chrono::Datelike;
+    let mut out = BTreeMap::new();
+    for day in daily.keys() {
+        let monday: chrono::NaiveDate = day.parse().unwrap();
+        if monday.weekday() != chrono::Weekday::Mon {
+            continue;
+        }
+        let week: Vec<String> = monday.iter_days().take(7).map(|d| d.to_string()).collect();
+        if week
+            .iter()
+            .all(|d| daily.contains_key(d) && d.as_str() < today)
+        {
+            let sum = |i: usize| week.iter().map(|d| daily[d][i]).sum::<i64>();
+            out.insert(day.clone(), vec![sum(0), sum(1), sum(6)]);
+        }
+    }
+    assert!(
+        out.len() >= 4,
+        "four complete weeks in 2026-11-01..12-03: {out:?}"
+    );
+    out
 }
 
 /// The value of a summary card.
@@ -259,11 +337,13 @@ async fn the_report_is_one_file_with_every_chart_and_the_databases_figures() {
     );
     // Every chart is valid SVG on its own, drawn for a desk and for a phone.
     let charts = svgs(&html);
-    assert_eq!(charts.len(), 1 + 2 * 4, "coverage once, four charts twice");
+    assert_eq!(charts.len(), 1 + 2 * 5, "coverage once, five charts twice");
     for svg in &charts {
         let doc = roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("{e}: {svg:.300}"));
         assert!(doc.root_element().attribute("viewBox").is_some());
     }
+    assert_eq!(per_instance(&html), per_instance_of(&pool).await);
+    assert_eq!(weeks(&html), complete_weeks(&expected, "2026-12-04"));
     let handled: i64 = expected.values().map(|v| v[1]).sum();
     let rate = format!("{:.1}%", handled as f64 / inbound as f64 * 100.0);
     assert_eq!(card(&html, "answer-rate"), rate);
