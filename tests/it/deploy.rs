@@ -113,16 +113,51 @@ async fn setup_installs_the_job_and_its_cron_line_runs_it_as_the_unprivileged_us
     let prefix = tempfile::tempdir().unwrap();
     // The job's user must reach its files under the prefix, as it reaches / in production.
     std::fs::set_permissions(prefix.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let setup = || {
+    let setup = |user: &str| {
         Command::new("sh")
             .arg(deploy("setup.sh"))
-            .args(["--binary", env!("CARGO_BIN_EXE_ccc-etl"), "--prefix"])
+            .args([
+                "--binary",
+                env!("CARGO_BIN_EXE_ccc-etl"),
+                "--user",
+                user,
+                "--prefix",
+            ])
             .arg(prefix.path())
             .output()
             .unwrap()
     };
-    let out = setup();
+    // A trial under a prefix never creates a user: one that does not exist is refused.
+    let users = || std::fs::read_to_string("/etc/passwd").unwrap();
+    let before = users();
+    let out = setup("ccc-etl-no-such-user");
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    assert!(common::output_text(&out).contains("does not exist"));
+    assert_eq!(users(), before, "setup.sh --prefix created a user");
+    // The job's user, made here as an operator would.
+    if !Command::new("id")
+        .args(["-u", "ccc-etl"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        let made = Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--shell",
+                "/usr/sbin/nologin",
+                "ccc-etl",
+            ])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", common::output_text(&made));
+    }
+    let before = users();
+    let out = setup("ccc-etl");
     assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(users(), before, "setup.sh --prefix created a user");
     let p = |rel: &str| prefix.path().join(rel);
     let config = p("etc/ccc-etl/pipeline.toml");
     let env_file = p("etc/ccc-etl/env");
@@ -138,7 +173,7 @@ async fn setup_installs_the_job_and_its_cron_line_runs_it_as_the_unprivileged_us
     .unwrap()
     .trim()
     .parse()
-    .expect("setup.sh created the user ccc-etl");
+    .expect("the user ccc-etl");
     assert_ne!(user_uid, 0);
     assert_eq!(mode(&env_file), 0o600, "the secrets file");
     assert_eq!(uid(&env_file), user_uid);
@@ -177,7 +212,7 @@ async fn setup_installs_the_job_and_its_cron_line_runs_it_as_the_unprivileged_us
     )
     .unwrap();
     // Run again: what the operator edited stays.
-    let again = setup();
+    let again = setup("ccc-etl");
     assert!(again.status.success(), "{}", common::output_text(&again));
     assert!(
         std::fs::read_to_string(&config)
@@ -289,5 +324,98 @@ fn the_docs_show_the_deployment_files_as_they_are() {
         "deploy/build-image.sh",
     ] {
         assert!(docs.contains(file), "docs/nightly.md names {file}");
+    }
+}
+
+/// The three schedules (cron, the systemd timer, the Kubernetes CronJob) name the same time
+/// and zone, the shipped configuration's; systemd reads the timer's as a calendar event.
+#[test]
+fn cron_systemd_and_kubernetes_fire_at_the_same_local_time() {
+    let read = |f: &str| std::fs::read_to_string(deploy(f)).unwrap();
+    let value = |text: &str, key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key}"))
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    };
+    let zone = value(include_str!("../../pipeline.toml"), "timezone = ");
+    let zone = zone
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(zone, "Asia/Shanghai");
+    let cron = read("cron/ccc-etl");
+    assert_eq!(value(&cron, "CRON_TZ="), zone, "cron's zone");
+    let (user, _) = cron_job(&deploy("cron/ccc-etl"));
+    assert_eq!(user, "ccc-etl");
+    let timer = read("systemd/ccc-etl-nightly.timer");
+    let on_calendar = value(&timer, "OnCalendar=");
+    assert_eq!(on_calendar, format!("*-*-* 02:30:00 {zone}"), "the timer");
+    let k8s = read("k8s/cronjob.yaml");
+    assert_eq!(
+        value(&k8s, "schedule:"),
+        "30 2 * * *",
+        "the CronJob's schedule"
+    );
+    assert_eq!(value(&k8s, "timeZone:"), zone, "the CronJob's zone");
+    let configmap_zone = value(&k8s, "timezone = ");
+    assert_eq!(configmap_zone, zone, "the CronJob's configuration");
+    match Command::new("systemd-analyze")
+        .args(["calendar", &on_calendar])
+        .output()
+    {
+        Ok(out) => {
+            let text = common::output_text(&out);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("02:30:00 Asia/Shanghai"), "{text}");
+        }
+        Err(e) => panic!(
+            "systemd-analyze checks the timer and is not installed here ({e}): install \
+             Debian's systemd package (tests/run does)"
+        ),
+    }
+}
+
+/// The shipped environment file reads the same to `sh` (the cron line sources it) as systemd
+/// reads it: every value single-quoted, a URL's `&` kept.
+#[test]
+fn the_environment_file_reads_the_same_under_sh() {
+    let text = std::fs::read_to_string(deploy("env.example")).unwrap();
+    let assignment = regex::Regex::new(r"^[A-Z_][A-Z0-9_]*='[^']*'$").unwrap();
+    let mut expected = vec![];
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(assignment.is_match(line), "not NAME='value': {line}");
+        let (name, value) = line.split_once('=').unwrap();
+        expected.push((name.to_string(), value.trim_matches('\'').to_string()));
+    }
+    let url = &expected
+        .iter()
+        .find(|(n, _)| n == "DATABASE_URL")
+        .unwrap()
+        .1;
+    assert!(url.contains('&'), "the example shows a URL with `&`: {url}");
+    for (name, value) in &expected {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "set -a; . {}; set +a; printf %s \"${name}\"",
+                deploy("env.example").display()
+            ))
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        assert_eq!(
+            &String::from_utf8(out.stdout).unwrap(),
+            value,
+            "{name} under sh"
+        );
     }
 }
