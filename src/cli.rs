@@ -213,6 +213,9 @@ pub enum Command {
         /// production schema `ccc`.
         #[arg(long, default_value = "ccc_demo", value_name = "NAME")]
         schema: String,
+        /// Where to write the report of the demo's days (as `ccc-etl report` writes it).
+        #[arg(long, value_name = "PATH", default_value = "ccc-etl-demo-report.html")]
+        report: std::path::PathBuf,
     },
 }
 

@@ -19,6 +19,7 @@ pub(crate) async fn run_demo(
     days: u32,
     root: &crate::config::RootUrl,
     schema: &str,
+    report_path: &std::path::Path,
     quiet: bool,
     now: NowFn,
 ) -> anyhow::Result<u8> {
@@ -59,7 +60,7 @@ pub(crate) async fn run_demo(
         ledger,
         &req,
         HowToRun {
-            now,
+            now: now.clone(),
             quiet,
             run_id: None,
             workers: None,
@@ -68,6 +69,8 @@ pub(crate) async fn run_demo(
     .await?;
     let code = report(RunKind::Demo.as_str(), &summary);
     emu.shutdown().await;
+    // The report of the days the demo fetched (and today's so far).
+    super::report::write_report(&config, report_path, days + 1, now).await?;
     how_to_query(root, config.postgres.is_some().then_some(&schema))?;
     Ok(code)
 }
@@ -81,6 +84,8 @@ fn demo_config(
 ) -> Config {
     let instances = DEMO_INSTANCES.iter().map(|s| s.to_string()).collect();
     let mut config = Config::for_emulator(endpoint, instances);
+    // The demo fetches only its days and never runs again: nothing of its ages out.
+    config.pipeline.aging_alert_days = 0;
     config.parquet = Some(crate::config::ParquetConfig {
         owner: crate::sink::parquet::RootOwner::Demo,
         ..crate::config::ParquetConfig::at(root.clone())

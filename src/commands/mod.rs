@@ -42,7 +42,8 @@ pub async fn run(cli: Cli, now: NowFn) -> anyhow::Result<u8> {
             days,
             parquet_root,
             schema,
-        } => run_demo(*days, parquet_root, schema, cli.quiet, now).await,
+            report,
+        } => run_demo(*days, parquet_root, schema, report, cli.quiet, now).await,
         Command::Plan { range, format, all } => {
             let config = Config::load(&cli.config)?;
             run_plan(&config, range, *format, *all, now).await

@@ -30,6 +30,17 @@ pub async fn run_report(
     now: NowFn,
 ) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
+    write_report(&config, output, days, now).await?;
+    Ok(EXIT_OK)
+}
+
+/// Writes the report of `config`'s job for the last `days` local days to `output`, and says so.
+pub(crate) async fn write_report(
+    config: &Config,
+    output: &Path,
+    days: u32,
+    now: NowFn,
+) -> anyhow::Result<()> {
     super::check_metrics_file(output)?;
     let started = Instant::now();
     let tz = config.pipeline.timezone;
@@ -38,17 +49,17 @@ pub async fn run_report(
     let today = local_day(now_ms);
     let first = today - Duration::days(i64::from(days) - 1);
     let shown: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= today).collect();
-    let (store, ledger) = open_read_only(&config).await?;
+    let (store, ledger) = open_read_only(config).await?;
     let alert_days = config.pipeline.aging_alert_days;
     let status =
-        coverage_report_on(&config, store.as_ref(), ledger.as_ref(), alert_days, now_ms).await?;
+        coverage_report_on(config, store.as_ref(), ledger.as_ref(), alert_days, now_ms).await?;
     let held = match &store {
         Some(s) => held_windows(s).await?,
         None => vec![],
     };
     let kpis = match &store {
         Some(s) => kpis_from_postgres(s, first, tz).await?,
-        None => kpis_from_parquet(&config, &shown, tz).await?,
+        None => kpis_from_parquet(config, &shown, tz).await?,
     };
     let (daily, per_series) = kpis.split();
     let mut findings = status.findings.clone();
@@ -85,7 +96,7 @@ pub async fn run_report(
         input.days.len(),
         started.elapsed().as_secs_f64()
     )?;
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 async fn held_windows(store: &PgStore) -> anyhow::Result<Vec<Held>> {

@@ -362,6 +362,24 @@ fn the_demo_backfills_into_parquet_with_no_credentials_and_no_config() {
         .unwrap()
         .count();
     assert!(parts >= 3, "one partition per day at least: {parts}");
+    // The report of the demo's days: all covered (3 instances x the 3 days and today), no
+    // aging-out alert for a job that never runs again.
+    assert!(
+        stdout.contains("wrote ccc-etl-demo-report.html"),
+        "{stdout}"
+    );
+    let page = std::fs::read_to_string(dir.path().join("ccc-etl-demo-report.html")).unwrap();
+    assert!(
+        page.contains("data-state=\"covered\" data-days=\"12\""),
+        "{page:.3000}"
+    );
+    assert!(page.contains("data-state=\"missing\" data-days=\"0\""));
+    assert!(!page.contains("aging-alert"), "no aging-out alert");
+    assert_eq!(
+        page.matches("<tr data-series=").count(),
+        3,
+        "three instances"
+    );
     // What the demo suggests next, `status` and `report`, without a configuration: how to make
     // one.
     for cmd in ["status", "report"] {
