@@ -49,15 +49,29 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Output format of a run's summary (`backfill`, `nightly`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    /// Lines for people (with `--log-format json`: one JSON log line).
+    Text,
+    /// One JSON document, the scheduler's contract (docs/running.md).
+    Json,
+}
+
 /// The range and instances of a run.
 #[derive(Debug, Clone, Args)]
 pub struct RangeArgs {
     /// Start: YYYY-MM-DD (start of that day in the configured zone), RFC 3339, or epoch ms.
+    /// (`plan` without --from or --date previews `nightly`.)
     #[arg(long, value_name = "WHEN")]
-    pub from: String,
+    pub from: Option<String>,
     /// End: YYYY-MM-DD (inclusive: end of that day), RFC 3339, or epoch ms. Default: now.
-    #[arg(long, value_name = "WHEN")]
+    #[arg(long, value_name = "WHEN", requires = "from")]
     pub to: Option<String>,
+    /// One local day, start to end, in the configured zone: a scheduler's daily partition
+    /// (the same as --from DAY --to DAY).
+    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to"])]
+    pub date: Option<String>,
     /// Instance to fetch (repeatable). Default: every configured instance.
     #[arg(long = "instance", value_name = "ID")]
     pub instances: Vec<String>,
@@ -83,6 +97,9 @@ pub enum Command {
         /// Write Prometheus metrics to this file at the end of the run.
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
+        /// The summary on stdout: text, or one JSON document for a scheduler (docs/running.md).
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        format: SummaryFormat,
     },
     /// Fetch what is new since the last run, the lookback, and any gaps.
     #[command(after_help = "Example:\n  ccc-etl nightly --config /etc/ccc-etl/pipeline.toml")]
@@ -93,6 +110,9 @@ pub enum Command {
         /// Write Prometheus metrics to this file at the end of the run.
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
+        /// The summary on stdout: text, or one JSON document for a scheduler (docs/running.md).
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        format: SummaryFormat,
     },
     /// Print the windows a backfill would fetch, without fetching.
     #[command(

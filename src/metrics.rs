@@ -301,19 +301,13 @@ pub fn render_headroom(command: &str, report: &crate::status::StatusReport) -> S
         .series
         .iter()
         .map(|s| {
-            let oldest = s
-                .recoverable_gaps
-                .iter()
-                .map(|g| g.start_ms)
-                .min()
-                .unwrap_or(report.now_ms);
             (
                 vec![
                     ("command", command.to_string()),
                     ("instance_id", s.instance_id.clone()),
                     ("media_type", s.media_type.to_string()),
                 ],
-                ((oldest - report.horizon_ms).max(0) / 1000) as f64,
+                s.headroom_secs(report.horizon_ms, report.now_ms) as f64,
             )
         })
         .collect();

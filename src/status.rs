@@ -80,6 +80,15 @@ pub struct SeriesStatus {
     pub rows_by_table: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+impl SeriesStatus {
+    /// Seconds until its oldest uncovered time leaves the horizon (`horizon_ms` at `now_ms`);
+    /// with no gap, the headroom of time fetched now.
+    pub fn headroom_secs(&self, horizon_ms: i64, now_ms: i64) -> i64 {
+        let oldest = (self.recoverable_gaps.iter().map(|g| g.start_ms).min()).unwrap_or(now_ms);
+        (oldest - horizon_ms).max(0) / 1000
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {

@@ -12,11 +12,11 @@ use super::open::open_sinks_and_store;
 use super::{notify, report, resolve_instances};
 use crate::ccc::client::CccClient;
 use crate::ccc::ratelimit::AdaptivePacer;
-use crate::cli::RangeArgs;
+use crate::cli::{RangeArgs, SummaryFormat};
 use crate::config::{AlertEvent, Config};
 use crate::coord::{Coordinator, LeaseSettings};
 use crate::error::{EXIT_OK, InputError};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, RunStatus};
 use crate::pipeline::{BackfillRequest, Engine, NowFn, RangeStart, RunKind, RunSummary};
 use crate::plan::{self, Bound};
 use crate::progress::Progress;
@@ -38,10 +38,24 @@ pub fn nightly_request(config: &Config, instances: Vec<String>, now_ms: i64) -> 
     }
 }
 
+/// The range as typed: `--date DAY` is `--from DAY --to DAY`; `None` when neither is given.
+pub fn typed_range(range: &RangeArgs) -> Result<Option<(String, Option<String>)>, InputError> {
+    match (&range.date, &range.from) {
+        (Some(day), _) => {
+            chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
+                InputError::new(format!("--date {day} is not a calendar day (YYYY-MM-DD)"))
+            })?;
+            Ok(Some((day.clone(), Some(day.clone()))))
+        }
+        (None, Some(from)) => Ok(Some((from.clone(), range.to.clone()))),
+        (None, None) => Ok(None),
+    }
+}
+
 /// `--from` must come before `--to` (or now): said with the dates as the user typed them, and
 /// "in the future" when that is what is wrong.
 fn check_order(
-    range: &RangeArgs,
+    range: &(String, Option<String>),
     from_ms: i64,
     to_ms: i64,
     now_ms: i64,
@@ -55,18 +69,17 @@ fn check_order(
             .map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string())
             .unwrap_or_else(|| ms.to_string())
     };
+    let (from, to) = range;
     if from_ms >= now_ms {
         return Err(InputError::new(format!(
-            "--from {} is in the future (it is {} in {tz} now): there is nothing to fetch yet",
-            range.from,
+            "--from {from} is in the future (it is {} in {tz} now): there is nothing to fetch yet",
             local(now_ms)
         )));
     }
-    Err(InputError::new(match &range.to {
-        Some(to) => format!("--from {} is not before --to {to}", range.from),
+    Err(InputError::new(match to {
+        Some(to) => format!("--from {from} is not before --to {to}"),
         None => format!(
-            "--from {} is not before --to (now, {} in {tz})",
-            range.from,
+            "--from {from} is not before --to (now, {} in {tz})",
             local(to_ms)
         ),
     }))
@@ -81,12 +94,15 @@ pub fn backfill_request(
     now: NowFn,
 ) -> Result<BackfillRequest, InputError> {
     let tz = config.pipeline.timezone;
-    let from_ms = plan::parse_time_arg(&range.from, tz, Bound::From)?;
-    let to_ms = match &range.to {
+    let typed = typed_range(range)?.ok_or_else(|| {
+        InputError::new("backfill needs --from WHEN (and --to WHEN), or --date YYYY-MM-DD")
+    })?;
+    let from_ms = plan::parse_time_arg(&typed.0, tz, Bound::From)?;
+    let to_ms = match &typed.1 {
         Some(t) => plan::parse_time_arg(t, tz, Bound::To)?,
         None => now(),
     };
-    check_order(range, from_ms, to_ms, now(), tz)?;
+    check_order(&typed, from_ms, to_ms, now(), tz)?;
     Ok(BackfillRequest {
         instances: resolve_instances(config, &range.instances)?,
         from: RangeStart::At(from_ms),
@@ -106,9 +122,13 @@ pub(crate) async fn run_job(
     config: &Config,
     req: &BackfillRequest,
     now: NowFn,
-    metrics: Option<&Path>,
-    quiet: bool,
+    out: JobOutput<'_>,
 ) -> anyhow::Result<u8> {
+    let JobOutput {
+        metrics,
+        format,
+        quiet,
+    } = out;
     if let Some(path) = metrics {
         super::check_metrics_file(path)?;
     }
@@ -137,28 +157,59 @@ pub(crate) async fn run_job(
             },
         )
         .await?;
-        let code = finish_run(req.kind, &summary, ledger.as_ref(), metrics).await?;
+        let code = match format {
+            SummaryFormat::Text => finish_run(req.kind, &summary, ledger.as_ref(), metrics).await?,
+            SummaryFormat::Json => {
+                record_metrics(req.kind, &summary, ledger.as_ref(), metrics).await?;
+                summary.exit_code()
+            }
+        };
+        let json = format == SummaryFormat::Json;
         let status = match req.kind {
-            RunKind::Nightly => after_nightly(config, metrics, now()).await,
+            RunKind::Nightly => after_nightly(config, metrics, json, now()).await,
             _ => None,
         };
         let command = req.kind.as_str();
+        if json {
+            crate::outln!("{}", summary_document(command, &summary, status.as_ref()))?;
+        }
         alerts = notify::for_run(command, code, &summary, status.as_ref(), &seen_before);
         Ok(code)
     }
     .instrument(span.clone())
     .await;
     if let Err(e) = &outcome {
-        let code = crate::error::exit_code_for(e);
-        if let Some(path) = metrics {
-            write_failure_metrics(req.kind.as_str(), path, code, e);
-        }
-        alerts = notify::for_failure(req.kind.as_str(), code, e);
+        alerts = stopped_before_summary(req.kind.as_str(), e, out);
     }
     crate::alerts::notify(&config.alerts, &alerts)
         .instrument(span)
         .await;
     outcome
+}
+
+/// A run that stopped before its summary: the metrics file and the JSON document say so (with
+/// the exit code it gets), and the alerts to send.
+fn stopped_before_summary(
+    command: &str,
+    e: &anyhow::Error,
+    out: JobOutput<'_>,
+) -> Vec<crate::alerts::Alert> {
+    let code = crate::error::exit_code_for(e);
+    if let Some(path) = out.metrics {
+        write_failure_metrics(command, path, code, e);
+    }
+    if out.format == SummaryFormat::Json {
+        let doc = serde_json::json!({
+            "command": command,
+            "status": RunStatus::Failed.as_str(),
+            "exit_code": code,
+            "error": format!("{e:#}"),
+        });
+        if let Err(e) = crate::output::print(&format!("{doc}\n")) {
+            tracing::error!(error = %e, "cannot print the run summary");
+        }
+    }
+    notify::for_failure(command, code, e)
 }
 
 /// The metrics of a run that stopped before its summary: its exit code and time, and the last
@@ -179,9 +230,14 @@ pub(crate) fn write_failure_metrics(command: &str, path: &Path, code: u8, error:
 /// After a nightly run: what ages out when, in the same metrics file, so one alerting rule on
 /// `ccc_etl_horizon_headroom_seconds` needs no second job, and for the aging alert of `[alerts]`
 /// (best effort: the run is done).
-async fn after_nightly(config: &Config, metrics: Option<&Path>, now: i64) -> Option<StatusReport> {
+async fn after_nightly(
+    config: &Config,
+    metrics: Option<&Path>,
+    json: bool,
+    now: i64,
+) -> Option<StatusReport> {
     let wants_aging = (config.alerts.targets.iter()).any(|t| t.events.contains(&AlertEvent::Aging));
-    if metrics.is_none() && !wants_aging {
+    if metrics.is_none() && !wants_aging && !json {
         return None;
     }
     match super::status::coverage_report(config, config.pipeline.aging_alert_days, now).await {
@@ -209,8 +265,70 @@ pub(crate) async fn finish_run(
     ledger: &dyn Ledger,
     metrics: Option<&Path>,
 ) -> anyhow::Result<u8> {
+    let code = report(kind.as_str(), summary);
+    record_metrics(kind, summary, ledger, metrics).await?;
+    Ok(code)
+}
+
+/// Where a run's results go: the metrics file, the summary's format, progress shown or not.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobOutput<'a> {
+    /// The Prometheus metrics file to write at the end.
+    pub metrics: Option<&'a Path>,
+    /// The summary's format on stdout.
+    pub format: SummaryFormat,
+    /// No progress bar or progress lines.
+    pub quiet: bool,
+}
+
+impl<'a> JobOutput<'a> {
+    pub(crate) fn new(metrics: Option<&'a Path>, format: SummaryFormat, quiet: bool) -> Self {
+        JobOutput {
+            metrics,
+            format,
+            quiet,
+        }
+    }
+}
+
+/// The summary as one JSON document, the contract for schedulers (docs/running.md): `command`,
+/// `status` (ok, partial, failed), `exit_code`, the summary's fields (`windows_ok`,
+/// `windows_failed`, `rows` per table, ...), and after a nightly run the horizon's headroom:
+/// the seconds until the oldest uncovered time of any series leaves the API's 180 days.
+pub fn summary_document(
+    command: &str,
+    summary: &RunSummary,
+    status: Option<&StatusReport>,
+) -> serde_json::Value {
+    let mut doc = serde_json::json!({
+        "command": command,
+        "status": summary.status().as_str(),
+        "exit_code": summary.exit_code(),
+    });
+    if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
+        (doc.as_object_mut(), serde_json::to_value(summary))
+    {
+        obj.extend(fields);
+        let headroom = status.and_then(|r| {
+            (r.series.iter())
+                .map(|s| s.headroom_secs(r.horizon_ms, r.now_ms))
+                .min()
+        });
+        obj.insert("horizon_headroom_secs".into(), headroom.into());
+        obj.insert("aging_alert".into(), status.map(|r| r.alert).into());
+    }
+    doc
+}
+
+/// Writes the metrics file of a finished run, if asked.
+async fn record_metrics(
+    kind: RunKind,
+    summary: &RunSummary,
+    ledger: &dyn Ledger,
+    metrics: Option<&Path>,
+) -> anyhow::Result<()> {
     let command = kind.as_str();
-    let code = report(command, summary);
+    let code = summary.exit_code();
     if let Some(path) = metrics {
         let now = Utc::now();
         let last = if code == EXIT_OK {
@@ -222,7 +340,7 @@ pub(crate) async fn finish_run(
         crate::metrics::write_atomic(path, &text)
             .with_context(|| format!("cannot write the metrics file {}", path.display()))?;
     }
-    Ok(code)
+    Ok(())
 }
 
 /// How `execute` runs: the clock, whether to show progress, and the run's id when the caller

@@ -24,7 +24,7 @@ use crate::pipeline::{NowFn, RunSummary};
 pub use demo::DEMO_INSTANCES;
 use demo::run_demo;
 use emulator::run_emulator;
-use job::run_job;
+use job::{JobOutput, run_job};
 pub use job::{backfill_request, execute, nightly_request, preflight_endpoint};
 use migrate::run_migrate;
 pub use open::{connect_postgres, connect_postgres_with, open_sinks};
@@ -53,19 +53,23 @@ pub async fn run(cli: Cli, now: NowFn) -> anyhow::Result<u8> {
             refetch,
             strict_horizon,
             metrics_file,
+            format,
         } => {
             let config = Config::load(&cli.config)?;
             let req = backfill_request(&config, range, *refetch, *strict_horizon, now.clone())?;
-            run_job(&config, &req, now, metrics_file.as_deref(), cli.quiet).await
+            let out = JobOutput::new(metrics_file.as_deref(), *format, cli.quiet);
+            run_job(&config, &req, now, out).await
         }
         Command::Nightly {
             instances,
             metrics_file,
+            format,
         } => {
             let config = Config::load(&cli.config)?;
             let instances = resolve_instances(&config, instances)?;
             let req = nightly_request(&config, instances, now());
-            run_job(&config, &req, now, metrics_file.as_deref(), cli.quiet).await
+            let out = JobOutput::new(metrics_file.as_deref(), *format, cli.quiet);
+            run_job(&config, &req, now, out).await
         }
         Command::Status {
             format,

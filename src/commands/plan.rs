@@ -20,7 +20,14 @@ pub async fn run_plan(
     all: bool,
     now: NowFn,
 ) -> anyhow::Result<u8> {
-    let req = backfill_request(config, range, false, false, now.clone())?;
+    // No range: what `nightly` would send now.
+    let req = match super::job::typed_range(range)? {
+        Some(_) => backfill_request(config, range, false, false, now.clone())?,
+        None => {
+            let instances = super::resolve_instances(config, &range.instances)?;
+            super::job::nightly_request(config, instances, now())
+        }
+    };
     let mut p = crate::pipeline::plan_for(config, &req, now());
     let mut found = Vec::new();
     if !all {

@@ -258,7 +258,7 @@ impl RunSummary {
         }
         if self.boundary_rows > 0 {
             s.push_str(&format!(
-                "  boundary rows left to neighbouring windows {}\n",
+                "  {} row(s) at a window's edge left to the neighbouring window they belong to (normal)\n",
                 self.boundary_rows
             ));
         }

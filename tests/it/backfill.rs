@@ -79,11 +79,9 @@ async fn a_30_day_backfill_of_3_instances_yields_every_bucket_once_with_the_emul
         3 * 3 * (1 + 5),
         "per instance and table: the floored first bucket and the bucket at each window's end"
     );
-    assert!(
-        summary
-            .render()
-            .contains("boundary rows left to neighbouring windows 54")
-    );
+    assert!(summary.render().contains(
+        "54 row(s) at a window's edge left to the neighbouring window they belong to (normal)"
+    ));
     let stats = emu.stats().await.unwrap();
     assert_eq!(stats.count("GetInstanceTrendingReport", "OK"), 15);
     // Windows were contiguous and oldest first.

@@ -116,13 +116,8 @@ async fn setup_installs_the_job_and_its_cron_line_runs_it_as_the_unprivileged_us
     let setup = |user: &str| {
         Command::new("sh")
             .arg(deploy("setup.sh"))
-            .args([
-                "--binary",
-                env!("CARGO_BIN_EXE_ccc-etl"),
-                "--user",
-                user,
-                "--prefix",
-            ])
+            .args(["--binary", env!("CARGO_BIN_EXE_ccc-etl")])
+            .args(["--user", user, "--prefix"])
             .arg(prefix.path())
             .output()
             .unwrap()

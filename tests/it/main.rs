@@ -24,6 +24,7 @@ mod pg_faults;
 mod postgres;
 mod readme;
 mod report;
+mod scheduler;
 mod secrets;
 mod superset;
 mod workers;
