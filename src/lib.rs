@@ -27,7 +27,8 @@
 //! - [`status`], [`verify`], [`metrics`], [`progress`], [`telemetry`], [`output`]: what a run
 //!   tells people
 //! - [`ddl`]: the statements that register a Parquet root in query engines (pure); [`report`]:
-//!   the HTML report (pure: charts and page); [`alerts`]: chat webhooks
+//!   the HTML report (pure: charts and page); [`alerts`]: chat webhooks; [`pipes`]: what a run
+//!   tells Dagster when Dagster starts it (Dagster Pipes)
 //! - [`cli`] and [`commands`]: the command line, one module per subcommand; [`error`]: exit codes;
 //!   [`clock`]: the one clock for data time: planning, the horizon, status (`CCC_ETL_NOW` pins it);
 //!   [`atomic`]: the one way a file is replaced
@@ -49,6 +50,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod pipes;
 pub mod plan;
 pub mod progress;
 pub mod quality;

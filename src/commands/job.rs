@@ -132,6 +132,10 @@ pub(crate) async fn run_job(
     if let Some(path) = metrics {
         super::check_metrics_file(path)?;
     }
+    let pipes = crate::pipes::Session::from_env().map_err(InputError::new)?;
+    if let Some(p) = &pipes {
+        p.opened();
+    }
     // The run's id and span from the start: every line the run logs carries them.
     let run_id = uuid::Uuid::new_v4();
     crate::output::set_run(&run_id.to_string(), req.kind.as_str());
@@ -173,6 +177,9 @@ pub(crate) async fn run_job(
         if json {
             crate::outln!("{}", summary_document(command, &summary, status.as_ref()))?;
         }
+        if let Some(p) = &pipes {
+            p.report(&summary);
+        }
         alerts = notify::for_run(command, code, &summary, status.as_ref(), &seen_before);
         Ok(code)
     }
@@ -184,6 +191,9 @@ pub(crate) async fn run_job(
     crate::alerts::notify(&config.alerts, &alerts)
         .instrument(span)
         .await;
+    if let Some(p) = &pipes {
+        p.closed();
+    }
     outcome
 }
 

@@ -20,6 +20,7 @@ mod nightly;
 mod nights;
 mod object_store;
 mod operator;
+mod orchestrators;
 mod pg_faults;
 mod postgres;
 mod readme;

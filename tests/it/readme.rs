@@ -16,7 +16,7 @@ use clap::Parser;
 
 /// The README, then the pages of `docs/` in the order a new user reads them: the walk below runs
 /// their commands in this order.
-const DOCS: [(&str, &str); 16] = [
+const DOCS: [(&str, &str); 17] = [
     ("README.md", include_str!("../../README.md")),
     (
         "docs/configuration.md",
@@ -24,6 +24,10 @@ const DOCS: [(&str, &str); 16] = [
     ),
     ("docs/running.md", include_str!("../../docs/running.md")),
     ("docs/nightly.md", include_str!("../../docs/nightly.md")),
+    (
+        "docs/orchestrators.md",
+        include_str!("../../docs/orchestrators.md"),
+    ),
     ("docs/operating.md", include_str!("../../docs/operating.md")),
     (
         "docs/monitoring.md",

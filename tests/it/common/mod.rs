@@ -162,6 +162,12 @@ pub fn ccc_etl_cmd() -> tokio::process::Command {
     ccc_etl_std_cmd().into()
 }
 
+/// The path of the `ccc-etl` binary under test, for a tool that starts it (an orchestrator);
+/// give that tool [`clock_env`] too.
+pub fn ccc_etl_path() -> &'static str {
+    env!("CARGO_BIN_EXE_ccc-etl")
+}
+
 /// The `ccc-etl` binary under test, as a blocking command.
 /// It starts on the tests' clock ([`TEST_NOW`]).
 pub fn ccc_etl_std_cmd() -> std::process::Command {
