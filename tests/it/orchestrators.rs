@@ -14,13 +14,14 @@ use crate::common::{self, ConfigToml, TestDb, output_text};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A tool's command with what ccc-etl needs when the tool starts it: the binary, the tests'
-/// clock, the emulator's AccessKey, the database.
+/// clock, the emulator's AccessKey, the database, the S3 server (for a root in a bucket).
 fn with_ccc_etl(
     mut c: tokio::process::Command,
     cfg: &Path,
     db: &TestDb,
 ) -> tokio::process::Command {
-    c.env("CCC_ETL_BIN", common::ccc_etl_path())
+    c.envs(common::s3::server().env())
+        .env("CCC_ETL_BIN", common::ccc_etl_path())
         .env("CCC_ETL_CONFIG", cfg)
         .envs(common::clock_env())
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", common::KEY_ID)
@@ -103,6 +104,7 @@ impl Airflow {
 /// once, in PostgreSQL.
 async fn assert_exact(cfg: &Path, db: &TestDb, instances: usize, days: &[chrono::NaiveDate]) {
     let out = common::ccc_etl_at(cfg, Some(&db.url))
+        .envs(common::s3::server().env())
         .arg("verify")
         .output()
         .await
@@ -124,15 +126,22 @@ async fn assert_exact(cfg: &Path, db: &TestDb, instances: usize, days: &[chrono:
     pool.close().await;
 }
 
-fn config(dir: &Path, name: &str, endpoint: &str, instances: &[&str]) -> PathBuf {
+/// A job of `instances` writing PostgreSQL and the Parquet root `root`.
+fn config(dir: &Path, name: &str, endpoint: &str, instances: &[&str], root: &str) -> PathBuf {
     let cfg = dir.join(name);
     ConfigToml::new(endpoint, instances)
         .set("source", "max_qps", 200)
         .set("source", "max_attempts", 1)
         .postgres()
-        .parquet(dir.join("wh").display())
+        .parquet(root)
         .write(&cfg);
     cfg
+}
+
+/// A Parquet root in a fresh bucket: partitions at once are workers of one job, as a local root
+/// (one writer at a time) does not allow.
+async fn bucket_root() -> String {
+    format!("s3://{}/wh", common::s3::server().bucket().await)
 }
 
 fn local_day(days_ago: i64) -> chrono::NaiveDate {
@@ -155,7 +164,8 @@ async fn airflow_runs_the_nightly_dag_and_retries_as_ccc_etls_exit_code_says() {
     let run_after = local_day(0).to_string();
 
     // Exit 0: the task succeeds at once; the whole horizon is fetched, both sinks equal.
-    let good = config(dir.path(), "good.toml", &emu.endpoint(), &["ccc-a"]);
+    let local = dir.path().join("wh").display().to_string();
+    let good = config(dir.path(), "good.toml", &emu.endpoint(), &["ccc-a"], &local);
     let (out, states) = airflow
         .dags_test("ccc_etl_nightly", &run_after, &good, &db, 2)
         .await;
@@ -169,6 +179,7 @@ async fn airflow_runs_the_nightly_dag_and_retries_as_ccc_etls_exit_code_says() {
         "partial.toml",
         &emu.endpoint(),
         &["ccc-a", "ccc-bad"],
+        &local,
     );
     let (out, states) = airflow
         .dags_test("ccc_etl_nightly", &run_after, &partial, &db, 1)
@@ -194,11 +205,13 @@ async fn two_airflow_daily_intervals_at_once_are_two_workers_and_each_day_is_exa
     let emu = common::start(common::options(&["ccc-a", "ccc-b"])).await;
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
+    let root = bucket_root().await;
     let cfg = config(
         dir.path(),
         "pipeline.toml",
         &emu.endpoint(),
         &["ccc-a", "ccc-b"],
+        &root,
     );
     // The schema first, so that the two runs do not race to create it.
     let out = common::ccc_etl_at(&cfg, Some(&db.url))
@@ -320,11 +333,13 @@ async fn dagster_materializes_daily_partitions_through_pipes_one_by_one_and_at_o
     let emu = common::start(opts).await;
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
+    let root = bucket_root().await;
     let cfg = config(
         dir.path(),
         "pipeline.toml",
         &emu.endpoint(),
         &["ccc-a", "ccc-b"],
+        &root,
     );
     let (one, two) = (Dagster::new(), Dagster::new());
 
@@ -352,9 +367,11 @@ async fn dagster_materializes_daily_partitions_through_pipes_one_by_one_and_at_o
         assert_eq!(m["rows_overall_trend"], 48, "{day}: {meta}");
         assert_eq!(m["windows_ok"], 2, "{day}: {meta}");
     }
+    let meta_b = two.metadata().await;
     assert_eq!(
-        two.metadata().await[b.to_string()]["rows_outbound_trend"],
-        48
+        meta_b[b.to_string()]["rows_outbound_trend"],
+        48,
+        "{b}: {meta_b}"
     );
 
     // Exit 3 (an instance's windows fail): a retry, then the step fails.
@@ -363,6 +380,7 @@ async fn dagster_materializes_daily_partitions_through_pipes_one_by_one_and_at_o
         "partial.toml",
         &emu.endpoint(),
         &["ccc-a", "ccc-bad"],
+        &root,
     );
     let (out, events) = one.materialize(first, &partial, &db, 1).await;
     assert!(!out.status.success());
