@@ -54,7 +54,7 @@ pub async fn connect_postgres(config: &Config) -> anyhow::Result<Option<PgStore>
 
 /// Windows of a run that commit at once at most; more in flight wait for a session (a commit
 /// is short beside a request).
-pub const COMMIT_SESSIONS: usize = 4;
+pub const COMMIT_SESSIONS: usize = 8;
 
 /// The PostgreSQL pool of a run of `concurrency`: a session per window committing (at most
 /// [`COMMIT_SESSIONS`]), one per day being written to an object-storage root (its lock, see
