@@ -34,13 +34,7 @@ const CHARTS: [&str; 6] = [
     "chart-hour-of-week",
 ];
 
-async fn ccc_etl(cfg: &Path, db: &TestDb, args: &[&str]) -> std::process::Output {
-    common::ccc_etl_at(cfg, Some(&db.url))
-        .args(common::args(args))
-        .output()
-        .await
-        .unwrap()
-}
+use crate::common::ccc_etl_on as ccc_etl;
 
 /// The daily figures table of a page: day -> the row's numbers.
 fn daily_rows(html: &str) -> BTreeMap<String, Vec<i64>> {

@@ -4,19 +4,12 @@
 //! when the run stops before fetching.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use serde_json::Value;
 
 use crate::common::{self, ConfigToml, TestDb, output_text};
 
-async fn ccc_etl(cfg: &Path, db: &TestDb, args: &[&str]) -> std::process::Output {
-    common::ccc_etl_at(cfg, Some(&db.url))
-        .args(common::args(args))
-        .output()
-        .await
-        .unwrap()
-}
+use crate::common::ccc_etl_on as ccc_etl;
 
 /// The one JSON document a `--format json` run prints on stdout.
 fn document(out: &std::process::Output) -> Value {

@@ -112,15 +112,6 @@ async fn build_bundle(cfg: &Path, url: &str, out: &Path) -> String {
     output_text(&built)
 }
 
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Superset's web server on `port`, once `/health` answers.
 async fn serve(superset: &Superset, port: u16) -> tokio::process::Child {
     let log = std::fs::File::create(superset.home.join("server.log")).unwrap();
@@ -528,7 +519,7 @@ async fn the_superset_bundle_imports_and_every_chart_shows_the_views_figures() {
         .run(&["import-dashboards", "-p", &zip_arg, "-u", "admin"])
         .await;
 
-    let port = free_port();
+    let port = common::cluster::free_port();
     let _server = serve(&superset, port).await;
     let api = Api::login(port, &password).await;
     let listed = api.get("/api/v1/chart/?q=(page_size:100)").await;

@@ -199,6 +199,15 @@ pub fn ccc_etl_at(cfg: &std::path::Path, database_url: Option<&str>) -> tokio::p
     ccc_etl_std_at(cfg, database_url).into()
 }
 
+/// `ccc-etl --config CFG ARGS` with `db`'s `DATABASE_URL` ([`ccc_etl_at`]), run to its end.
+pub async fn ccc_etl_on(cfg: &std::path::Path, db: &TestDb, args: &[&str]) -> std::process::Output {
+    ccc_etl_at(cfg, Some(&db.url))
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
 /// Sends SIGTERM to a process, as Kubernetes and systemd do to stop one.
 pub fn send_sigterm(pid: u32) {
     std::process::Command::new("kill")
