@@ -3,7 +3,7 @@
 # `@@include FILE@@` line replaced by what this run measured. Figures are ratios to references
 # measured in the same run (the machine is shared and noisy), over several rounds, min / median /
 # max. Needs PostgreSQL (CCC_ETL_TEST_PG, as for the tests); the object-storage part needs the S3
-# test server the tests install (target/s3-venv). Takes about 20 minutes.
+# test server the tests install (target/s3-venv). Takes about 35 minutes.
 #
 #   bench/run.sh            everything, then docs/benchmarks.md
 #   bench/run.sh --no-doc   everything, the report under target/bench-report only
@@ -53,6 +53,10 @@ grep '^coordination' "$out/coordination.log" > "$out/coordination.txt"
 echo "== rate adaptation against a 20 QPS limit"
 cargo bench --quiet --bench e2e -- rate | tee "$out/rate.log"
 grep '^rate limit' "$out/rate.log" > "$out/rate.txt"
+
+echo "== the pace at the API's latency: 50, 150, 400, 1000 ms at max_qps 20"
+cargo bench --quiet --bench e2e -- latency | tee "$out/latency.log"
+grep '^|' "$out/latency.log" > "$out/latency.md"
 
 echo "== the HTML report of a 200 x 180 job against status on it"
 CCC_ETL_BENCH_REPORT="$out/report.md" CCC_ETL_BENCH_INSTANCES=200 CCC_ETL_BENCH_DAYS=180 \

@@ -744,6 +744,80 @@ async fn rate_adaptation(secs: u64) {
     );
 }
 
+/// `latency`: whether the QPS limit, not `concurrency`, sets the pace. A backfill of 40
+/// instances x 60 days (360 requests) at `max_qps = 20` against an emulator answering every
+/// request after L ms (L = 50, 150, 400, 1000), into memory sinks (the API's pace alone): wall
+/// time over the ideal, requests / `max_qps`, with `concurrency = 4` (the old default, when it
+/// capped the requests in flight) and with the shipped defaults (in flight from Little's law,
+/// at most `concurrency`). `rounds` rounds each, the two settings alternating.
+async fn latency_pace(rounds: usize) {
+    use ccc_etl::ledger::MemoryLedger;
+    use ccc_etl::sink::memory::MemorySink;
+    let ids: Vec<String> = (0..40).map(|i| format!("lat-{i:02}")).collect();
+    let shipped = ccc_etl::config::SourceConfig::default().concurrency;
+    println!(
+        "| API latency | in flight at most | wall / (requests / max_qps): min / median / max | the floor: (requests / max_qps + latency) / (requests / max_qps) |"
+    );
+    println!("|---|---|---|---|");
+    for ms in [50u64, 150, 400, 1000] {
+        let emu = Emulator::start(&ids, &["--slow", "1", "--slow-ms", &ms.to_string()]);
+        let mut ratios: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        // The last request's answer comes a latency after it is sent: no run ends sooner.
+        let mut floor = 1.0;
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [4, shipped]
+            } else {
+                [shipped, 4]
+            };
+            for ceiling in order {
+                let mut cfg = Config::for_emulator(&emu.endpoint, ids.clone());
+                cfg.source.max_qps = 20.0;
+                cfg.source.concurrency = ceiling;
+                cfg.source.timeout_secs = 30;
+                let pacer = Arc::new(AdaptivePacer::new(cfg.source.max_qps));
+                let client =
+                    CccClient::new(&cfg.source, Credentials::new(KEY, SECRET, None), pacer)
+                        .unwrap();
+                let now = Utc::now().timestamp_millis();
+                let sink: Arc<dyn Sink> = Arc::new(MemorySink::default());
+                let engine = Engine::new(
+                    cfg,
+                    Arc::new(client),
+                    vec![sink],
+                    Arc::new(MemoryLedger::default()),
+                    Arc::new(move || now),
+                    Progress::hidden(),
+                );
+                let req = BackfillRequest {
+                    instances: ids.clone(),
+                    from: RangeStart::At(now - 60 * 86_400_000),
+                    to_ms: now,
+                    refetch: false,
+                    strict_horizon: false,
+                    kind: RunKind::Backfill,
+                    lookback_ms: None,
+                };
+                let t0 = Instant::now();
+                let summary = engine.run(&req).await.unwrap();
+                let secs = t0.elapsed().as_secs_f64();
+                assert_eq!(summary.exit_code(), 0, "{}", summary.render());
+                let ideal = summary.requests as f64 / 20.0;
+                ratios.entry(ceiling).or_default().push(secs / ideal);
+                floor = (ideal + ms as f64 / 1000.0) / ideal;
+            }
+        }
+        for (ceiling, r) in &ratios {
+            let label = if *ceiling == shipped {
+                format!("{ceiling} (shipped: the rate x latency, x 1.5, + 2)")
+            } else {
+                format!("{ceiling} (the old default)")
+            };
+            println!("| {ms} ms | {label} | {} | {floor:.3} |", fmt_mmm(r, 2));
+        }
+    }
+}
+
 /// `report`: `ccc-etl report` on a backfilled job (PostgreSQL and Parquet), timed as a process
 /// against `ccc-etl status --format json` on the same database and root, the command operators
 /// already run (it lists the root and reads the ledger; the report adds the KPIs, the runs and
@@ -853,6 +927,9 @@ fn main() {
             let days = env_or("CCC_ETL_BENCH_DAYS", 180) as i64;
             let rounds = env_or("CCC_ETL_BENCH_ROUNDS", 3) as usize;
             report_page(instances, days, rounds, dir.path()).await;
+        }
+        if filter == "latency" {
+            latency_pace(env_or("CCC_ETL_BENCH_ROUNDS", 3) as usize).await;
         }
         if filter.is_empty() || "rate".contains(&filter) {
             rate_adaptation(env_or("CCC_ETL_BENCH_RATE_SECS", 40)).await;

@@ -84,9 +84,55 @@ pub struct ClientStats {
     /// Throttling answers.
     pub throttled: AtomicU64,
     by_code: Mutex<BTreeMap<String, u64>>,
+    /// How long the service takes to answer, a moving average in µs (0: no answer yet).
+    latency_us: AtomicU64,
+    /// When the first request was sent.
+    first_sent: std::sync::OnceLock<std::time::Instant>,
 }
 
+/// The weight of the newest answer in the moving average of latency.
+const LATENCY_WEIGHT: f64 = 0.2;
+/// Requests in flight are the rate times the latency (Little's law) times this, plus
+/// [`IN_FLIGHT_SPARE`]: room for a slower answer and for the windows being committed.
+const IN_FLIGHT_MARGIN: f64 = 1.5;
+/// See [`IN_FLIGHT_MARGIN`].
+const IN_FLIGHT_SPARE: usize = 2;
+/// The latency assumed before the first answer (it is measured within one answer's time).
+const FIRST_LATENCY: Duration = Duration::from_millis(250);
+
 impl ClientStats {
+    /// Takes one more answer's latency into the moving average.
+    fn observe_latency(&self, took: Duration) {
+        let new = took.as_micros().min(u64::MAX as u128) as u64;
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    new.max(1)
+                } else {
+                    ((1.0 - LATENCY_WEIGHT) * old as f64 + LATENCY_WEIGHT * new as f64) as u64
+                })
+            });
+    }
+
+    /// The moving average of the service's answer time, once it has answered.
+    pub fn latency(&self) -> Option<Duration> {
+        match self.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// The latency to plan with: the moving average once the service has answered; before
+    /// that, at least [`FIRST_LATENCY`] and at least as long as the first request has waited
+    /// (so that a slow first answer lets more windows start while it is awaited).
+    fn planning_latency(&self) -> Duration {
+        self.latency().unwrap_or_else(|| {
+            let waited = self.first_sent.get().map(|t| t.elapsed());
+            waited.unwrap_or_default().max(FIRST_LATENCY)
+        })
+    }
+
     fn count_code(&self, code: &str) {
         *self
             .by_code
@@ -100,6 +146,18 @@ impl ClientStats {
     pub fn by_code(&self) -> BTreeMap<String, u64> {
         self.by_code.lock().expect("stats lock").clone()
     }
+}
+
+/// Little's law with a margin: windows in flight for `qps` at `latency`, from 1 to `ceiling`.
+pub fn in_flight_for(qps: f64, latency: Duration, ceiling: usize) -> usize {
+    let busy = (qps * latency.as_secs_f64() * IN_FLIGHT_MARGIN).ceil();
+    let want = if busy.is_finite() {
+        busy as usize
+    } else {
+        ceiling
+    };
+    want.saturating_add(IN_FLIGHT_SPARE)
+        .clamp(1, ceiling.max(1))
 }
 
 /// A report and what it took to get it.
@@ -251,6 +309,18 @@ impl CccClient {
         &self.default_route.limiter
     }
 
+    /// How many windows to keep in flight, at most `ceiling` (`concurrency`): as many as keep
+    /// every region's allowed rate busy at the latency the service shows (Little's law: in
+    /// flight = rate x latency), with a margin. The QPS limit, not the ceiling, sets the pace;
+    /// a throttled (slower) rate needs fewer.
+    pub fn in_flight_target(&self, ceiling: usize) -> usize {
+        let qps: f64 = std::iter::once(&self.default_route)
+            .chain(self.routes.values())
+            .map(|r| r.limiter.current_qps())
+            .sum();
+        in_flight_for(qps, self.stats.planning_latency(), ceiling)
+    }
+
     /// Fetches one report, retrying what is retryable with capped, fully jittered exponential
     /// backoff (at least `x-acs-retry-after` when the service sends it). Each attempt is signed
     /// afresh: new nonce, new timestamp.
@@ -281,7 +351,10 @@ impl CccClient {
                     }
                 };
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                let sent = std::time::Instant::now();
+                self.stats.first_sent.get_or_init(|| sent);
                 let outcome = self.send_once(req, route, &credentials).await;
+                self.stats.observe_latency(sent.elapsed());
                 (credentials, outcome)
             };
             match outcome {
@@ -503,6 +576,40 @@ pub fn sign_v3_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_in_flight_follow_the_rate_times_the_latency_up_to_the_ceiling() {
+        let ms = Duration::from_millis;
+        // 20 per second: 1.5 x rate x latency, plus 2 for the commits.
+        assert_eq!(in_flight_for(20.0, ms(50), 32), 4);
+        assert_eq!(in_flight_for(20.0, ms(150), 32), 7);
+        assert_eq!(in_flight_for(20.0, ms(400), 32), 14);
+        assert_eq!(in_flight_for(20.0, ms(1000), 32), 32);
+        // The ceiling, a throttled rate, an API that does not answer.
+        assert_eq!(in_flight_for(20.0, ms(1000), 4), 4);
+        assert_eq!(in_flight_for(5.0, ms(400), 32), 5);
+        assert_eq!(in_flight_for(20.0, Duration::from_secs(30), 32), 32);
+        assert_eq!(in_flight_for(0.0, ms(400), 32), 2);
+        assert_eq!(in_flight_for(f64::INFINITY, ms(400), 32), 32);
+    }
+
+    #[test]
+    fn the_latency_is_a_moving_average_of_the_answers() {
+        let stats = ClientStats::default();
+        assert_eq!(stats.latency(), None);
+        assert_eq!(stats.planning_latency(), FIRST_LATENCY);
+        // A first request awaited longer than that counts as that long.
+        let long_ago = std::time::Instant::now() - Duration::from_secs(2);
+        stats.first_sent.get_or_init(|| long_ago);
+        assert!(stats.planning_latency() >= Duration::from_secs(2));
+        stats.observe_latency(Duration::from_millis(100));
+        assert_eq!(stats.latency(), Some(Duration::from_millis(100)));
+        for _ in 0..50 {
+            stats.observe_latency(Duration::from_millis(400));
+        }
+        let settled = stats.latency().unwrap().as_millis();
+        assert!((399..=400).contains(&settled), "{settled}");
+    }
     use rand::SeedableRng;
 
     #[test]

@@ -52,12 +52,16 @@ pub async fn connect_postgres(config: &Config) -> anyhow::Result<Option<PgStore>
     connect_postgres_with(config, Access::Write).await
 }
 
-/// The PostgreSQL pool of a run of `concurrency`: a session per window in flight (its commit),
-/// one per day being written to an object-storage root (its lock, see
+/// Windows of a run that commit at once at most; more in flight wait for a session (a commit
+/// is short beside a request).
+pub const COMMIT_SESSIONS: usize = 4;
+
+/// The PostgreSQL pool of a run of `concurrency`: a session per window committing (at most
+/// [`COMMIT_SESSIONS`]), one per day being written to an object-storage root (its lock, see
 /// [`DAYS_IN_FLIGHT`](crate::sink::parquet::DAYS_IN_FLIGHT)), and two for the ledger and the
 /// leases. Sessions are opened as they are needed.
 pub fn pool_size(concurrency: usize) -> u32 {
-    (2 * concurrency + 2) as u32
+    (2 * concurrency.min(COMMIT_SESSIONS) + 2) as u32
 }
 
 /// Connects to PostgreSQL as `[postgres]` says, with what the command may change.

@@ -489,7 +489,7 @@ mod tests {
         assert_eq!(c.source.credentials, Choice::Chain);
         assert_eq!(c.source.signature_version, SignatureVersion::V1);
         assert_eq!(c.source.max_qps, 5.0);
-        assert_eq!(c.source.concurrency, 4);
+        assert_eq!(c.source.concurrency, 32);
         assert_eq!(c.source.timeout_secs, 30);
         assert_eq!(c.source.max_attempts, 6);
         assert_eq!(c.pipeline.instance_ids(), vec!["ccc-test".to_string()]);

@@ -68,7 +68,8 @@ pub struct SourceConfig {
     /// Requests per second across the whole run.
     #[serde(default = "default_max_qps", deserialize_with = "positive_f64")]
     pub max_qps: f64,
-    /// Requests in flight at most.
+    /// Windows (and requests) in flight at most: a ceiling. How many are in flight follows the
+    /// allowed rate and the API's latency (Little's law), so `max_qps` sets the pace.
     #[serde(default = "default_concurrency", deserialize_with = "positive_usize")]
     pub concurrency: usize,
     /// Per-request timeout, seconds.
@@ -181,7 +182,7 @@ pub(super) fn default_max_qps() -> f64 {
     5.0
 }
 pub(super) fn default_concurrency() -> usize {
-    4
+    32
 }
 pub(super) fn default_timeout() -> u64 {
     30

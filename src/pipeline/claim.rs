@@ -16,7 +16,7 @@ use super::{Engine, Run};
 use crate::coord::Coordinator;
 use crate::record::WindowKey;
 
-/// Windows asked for per claim, per window of concurrency.
+/// Windows asked for per claim, per window in flight.
 const CLAIM_PER_SLOT: usize = 4;
 
 /// A claim in progress: whether it retried windows others held, and what it found.
@@ -35,10 +35,8 @@ impl Engine {
         coord: Arc<Coordinator>,
     ) -> Run {
         let total = windows.len() as u64;
-        let concurrency = self.config.source.concurrency.max(1);
-        let heartbeat = coord.settings().heartbeat;
         let ctx = run.ctx.clone();
-        let mut to_claim = ToClaim::new(windows, concurrency * CLAIM_PER_SLOT, heartbeat);
+        let mut to_claim = ToClaim::new(windows, coord.settings().heartbeat);
         let mut in_flight = FuturesUnordered::new();
         tokio::pin!(stop);
         'run: loop {
@@ -46,12 +44,14 @@ impl Engine {
             // stopped) is claimed again with those others hold: taken over, it is done
             // elsewhere; handed back, it is fetched here.
             to_claim.requeue(run.tally.take_lost());
-            to_claim.claim_ahead(&coord, 2 * concurrency);
-            while in_flight.len() < concurrency
+            // As many windows in flight as the rate needs; claims sized to match.
+            to_claim.claim_for(&coord, self.in_flight_target());
+            while self.may_start(in_flight.len())
                 && let Some(w) = to_claim.ready.pop_front()
             {
                 let span = super::window_span(&w);
-                in_flight.push(self.process(w, &ctx).instrument(span));
+                let slot = self.fetch_gate.enter();
+                in_flight.push(self.process(w, &ctx, slot).instrument(span));
             }
             if in_flight.is_empty() && to_claim.is_idle() {
                 if self.idle(&mut run, &to_claim, total, stop.as_mut()).await {
@@ -60,6 +60,9 @@ impl Engine {
                 break;
             }
             tokio::select! {
+                // A fetch ended, or time passed while answers are awaited: more may start.
+                () = self.fetch_gate.a_fetch_ended() => {}
+                () = tokio::time::sleep(super::pace::RECHECK), if !to_claim.ready.is_empty() => {}
                 Some(events) = in_flight.next(), if !in_flight.is_empty() => {
                     to_claim.done += 1;
                     for event in events {
@@ -166,17 +169,24 @@ struct ToClaim {
 }
 
 impl ToClaim {
-    fn new(windows: Vec<WindowKey>, batch: usize, heartbeat: std::time::Duration) -> Self {
+    fn new(windows: Vec<WindowKey>, heartbeat: std::time::Duration) -> Self {
         Self {
             queue: windows.into(),
             waiting: Vec::new(),
             last_retry: Instant::now(),
-            batch,
+            batch: CLAIM_PER_SLOT,
             heartbeat,
             ready: VecDeque::new(),
             claiming: None,
             done: 0,
         }
+    }
+
+    /// Claims ahead for `target` windows in flight: batches of [`CLAIM_PER_SLOT`] windows per
+    /// window in flight, until twice the target is ready.
+    fn claim_for(&mut self, coord: &Arc<Coordinator>, target: usize) {
+        self.batch = target * CLAIM_PER_SLOT;
+        self.claim_ahead(coord, 2 * target);
     }
 
     /// Claims ahead while fewer than `ahead` windows are ready: the next batch of the plan, and

@@ -9,6 +9,7 @@
 //! Each sink records its own commits in the ledger.
 
 mod claim;
+mod pace;
 mod summary;
 mod tally;
 mod window;
@@ -107,6 +108,8 @@ pub struct Engine {
     run_id: Option<uuid::Uuid>,
     /// This worker's leases, when windows are claimed from PostgreSQL.
     coordinator: Option<Arc<Coordinator>>,
+    /// The windows fetching now.
+    fetch_gate: Arc<pace::FetchGate>,
 }
 
 /// One run in progress.
@@ -150,6 +153,7 @@ impl Engine {
             unknown_instances: Default::default(),
             run_id: None,
             coordinator: None,
+            fetch_gate: Default::default(),
         }
     }
 
@@ -286,7 +290,22 @@ impl Engine {
         Ok((run, windows))
     }
 
-    /// Fetches every window, `concurrency` at a time, until done, a run-fatal error, or `stop`.
+    /// Windows to keep fetching now: as many as the allowed rate needs at the latency the
+    /// service shows, at most `concurrency` ([`CccClient::in_flight_target`]).
+    fn in_flight_target(&self) -> usize {
+        self.client
+            .in_flight_target(self.config.source.concurrency.max(1))
+    }
+
+    /// Whether another window may start beside `in_flight` ones: fewer are fetching than
+    /// [`Self::in_flight_target`], and fewer than `concurrency` are in flight in all.
+    fn may_start(&self, in_flight: usize) -> bool {
+        in_flight < self.config.source.concurrency.max(1)
+            && self.fetch_gate.fetching() < self.in_flight_target()
+    }
+
+    /// Fetches every window, as many at a time as [`Self::may_start`] allows, until done, a
+    /// run-fatal error, or `stop`.
     async fn fetch_all(
         &self,
         mut run: Run,
@@ -297,21 +316,28 @@ impl Engine {
             return self.fetch_claimed(run, windows, stop, c).await;
         }
         let total = windows.len() as u64;
-        let concurrency = self.config.source.concurrency.max(1);
         let ctx = run.ctx.clone();
-        let mut stream = futures::stream::iter(windows.into_iter().map(|w| {
-            let span = window_span(&w);
-            self.process(w, &ctx).instrument(span)
-        }))
-        .buffer_unordered(concurrency);
+        let mut queue = windows.into_iter();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         tokio::pin!(stop);
         let mut done = 0u64;
         'windows: loop {
+            while self.may_start(in_flight.len())
+                && let Some(w) = queue.next()
+            {
+                let span = window_span(&w);
+                let slot = self.fetch_gate.enter();
+                in_flight.push(self.process(w, &ctx, slot).instrument(span));
+            }
             let events = tokio::select! {
-                next = stream.next() => match next {
+                next = in_flight.next() => match next {
                     Some(events) => events,
                     None => break,
                 },
+                // A window went on to its commit: another may start fetching.
+                () = self.fetch_gate.a_fetch_ended() => continue,
+                // The target grows while the first answers are awaited: look again soon.
+                () = tokio::time::sleep(pace::RECHECK), if queue.len() > 0 => continue,
                 () = &mut stop => {
                     let left = total - done;
                     tracing::warn!(windows_left = left, "stopping on a signal: no new window; writing what is held");

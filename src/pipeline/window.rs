@@ -20,7 +20,12 @@ use crate::sink::{CommitStats, RunContext, Sink, Written};
 
 impl Engine {
     /// Fetches one planned window and hands its rows to the sinks.
-    pub(super) async fn process(&self, planned: WindowKey, ctx: &RunContext) -> Vec<Event> {
+    pub(super) async fn process(
+        &self,
+        planned: WindowKey,
+        ctx: &RunContext,
+        fetching: super::pace::FetchSlot,
+    ) -> Vec<Event> {
         if self
             .coordinator
             .as_ref()
@@ -64,6 +69,8 @@ impl Engine {
                 () = c.lease_lost(&planned) => return self.lease_lost(&planned, ctx).await,
             },
         };
+        // The fetch is over: another window may start fetching while this one commits.
+        drop(fetching);
         match result {
             Ok(fetched) => self.deliver(&planned, key, lost, fetched, ctx).await,
             Err(failed) => self.fetch_failed(&planned, &key, failed, ctx).await,
