@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tracing::Instrument;
 
 use super::tally::{Event, Fatal};
@@ -18,6 +18,16 @@ use crate::record::WindowKey;
 
 /// Windows asked for per claim, per window in flight.
 const CLAIM_PER_SLOT: usize = 4;
+
+/// What a future run beside the fetches ends with: a window's events, or what the sinks did
+/// about a claim's windows done or held elsewhere.
+enum Finished {
+    Window(Vec<Event>),
+    Skipped(Vec<Event>),
+}
+
+/// A window in flight, or the sinks' part of a claim.
+type Pending<'a> = futures::future::BoxFuture<'a, Finished>;
 
 /// A claim in progress: whether it retried windows others held, and what it found.
 type ClaimFuture = std::pin::Pin<
@@ -51,7 +61,8 @@ impl Engine {
             {
                 let span = super::window_span(&w);
                 let slot = self.fetch_gate.enter();
-                in_flight.push(self.process(w, &ctx, slot).instrument(span));
+                let window = self.process(w, &ctx, slot).instrument(span);
+                in_flight.push(Box::pin(window.map(Finished::Window)) as Pending<'_>);
             }
             if in_flight.is_empty() && to_claim.is_idle() {
                 if self.idle(&mut run, &to_claim, total, stop.as_mut()).await {
@@ -63,21 +74,33 @@ impl Engine {
                 // A fetch ended, or time passed while answers are awaited: more may start.
                 () = self.fetch_gate.a_fetch_ended() => {}
                 () = tokio::time::sleep(super::pace::RECHECK), if !to_claim.ready.is_empty() => {}
-                Some(events) = in_flight.next(), if !in_flight.is_empty() => {
-                    to_claim.done += 1;
-                    for event in events {
-                        if let Some(fatal) = self.apply(&mut run.tally, event) {
-                            run.tally.stop(fatal);
-                            break 'run;
+                Some(finished) = in_flight.next(), if !in_flight.is_empty() => match finished {
+                    Finished::Window(events) => {
+                        to_claim.done += 1;
+                        for event in events {
+                            if let Some(fatal) = self.apply(&mut run.tally, event) {
+                                run.tally.stop(fatal);
+                                break 'run;
+                            }
                         }
                     }
-                }
+                    Finished::Skipped(events) => {
+                        for event in events {
+                            let _ = self.apply(&mut run.tally, event);
+                        }
+                    }
+                },
                 (retry, claimed) = to_claim.claimed(), if to_claim.claiming.is_some() => {
                     to_claim.claiming = None;
                     let Ok(c) = claimed.map_err(|e| run.tally.stop(Fatal::Coordination(format!("{e:#}")))) else {
                         break;
                     };
-                    self.take_claim(&mut run, c, retry, &ctx, &mut to_claim).await;
+                    // Never awaited here: what the sinks do for the claim may wait for a day's
+                    // lock or a session that a window in flight holds, and those make progress
+                    // only while this loop polls them.
+                    if let Some(skips) = self.take_claim(c, retry, &ctx, &mut to_claim) {
+                        in_flight.push(skips);
+                    }
                 }
                 () = &mut stop => {
                     self.stopped(&mut run, to_claim.left(total));
@@ -115,33 +138,36 @@ impl Engine {
     }
 
     /// What a claim found: this worker's windows are ready to fetch; the sinks stop waiting for
-    /// windows held elsewhere (kept to retry), and windows done elsewhere count as such.
-    async fn take_claim(
-        &self,
-        run: &mut Run,
+    /// windows held elsewhere (kept to retry), and windows done elsewhere count as such. What
+    /// the sinks do about it is returned, to run beside the windows in flight.
+    fn take_claim<'a>(
+        &'a self,
         mut claimed: crate::coord::Claimed,
         retry: bool,
-        ctx: &crate::sink::RunContext,
+        ctx: &'a crate::sink::RunContext,
         to_claim: &mut ToClaim,
-    ) {
+    ) -> Option<Pending<'a>> {
         to_claim.ready.extend(std::mem::take(&mut claimed.mine));
-        if !retry {
-            // A day whose other windows are here is written without them; if one is taken over
-            // later, its rows are merged in then.
-            for w in &claimed.busy {
-                for event in self.skip_all(w, vec![], ctx).await {
-                    let _ = self.apply(&mut run.tally, event);
-                }
-            }
-        }
+        // A day whose other windows are here is written without them; if one is taken over
+        // later, its rows are merged in then.
+        let busy = if retry { vec![] } else { claimed.busy.clone() };
         to_claim.waiting.extend(claimed.busy);
         to_claim.done += claimed.done.len() as u64;
-        for w in claimed.done {
-            let events = vec![Event::DoneElsewhere(w.clone())];
-            for event in self.skip_all(&w, events, ctx).await {
-                let _ = self.apply(&mut run.tally, event);
-            }
+        let done = claimed.done;
+        if busy.is_empty() && done.is_empty() {
+            return None;
         }
+        Some(Box::pin(async move {
+            let mut events = vec![];
+            for w in &busy {
+                events.extend(self.skip_all(w, vec![], ctx).await);
+            }
+            for w in done {
+                let elsewhere = vec![Event::DoneElsewhere(w.clone())];
+                events.extend(self.skip_all(&w, elsewhere, ctx).await);
+            }
+            Finished::Skipped(events)
+        }))
     }
 
     fn stopped(&self, run: &mut Run, left: u64) {

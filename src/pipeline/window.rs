@@ -18,41 +18,71 @@ use crate::quality;
 use crate::record::{Table, WindowKey};
 use crate::sink::{CommitStats, RunContext, Sink, Written};
 
+/// How a window's fetch ended.
+enum Fetch {
+    /// The lease was lost before or during the fetch.
+    LeaseLost,
+    /// All of the window aged out of the horizon before it could be sent.
+    AgedOut,
+    /// The service already said it has no such instance.
+    UnknownInstance(FailedWindow),
+    /// Sent: the window as it was fetched, the part that aged out meanwhile, and the answer.
+    Sent(
+        WindowKey,
+        Option<WindowKey>,
+        Box<Result<Fetched, crate::ccc::client::CallFailed>>,
+    ),
+}
+
 impl Engine {
-    /// Fetches one planned window and hands its rows to the sinks.
+    /// Fetches one planned window and hands its rows to the sinks. `fetching` is its place
+    /// among the windows fetching: given back as soon as the fetch ends, however it ends, so
+    /// that another window fetches while this one commits (or is skipped).
     pub(super) async fn process(
         &self,
         planned: WindowKey,
         ctx: &RunContext,
         fetching: super::pace::FetchSlot,
     ) -> Vec<Event> {
+        match self.fetch(&planned, fetching).await {
+            Fetch::LeaseLost => self.lease_lost(&planned, ctx).await,
+            Fetch::AgedOut => {
+                self.skip_all(&planned, vec![Event::Lost(planned.clone())], ctx)
+                    .await
+            }
+            Fetch::UnknownInstance(f) => {
+                self.skip_all(&planned, vec![Event::FetchFailed(f)], ctx)
+                    .await
+            }
+            Fetch::Sent(key, lost, answer) => match *answer {
+                Ok(fetched) => self.deliver(&planned, key, lost, fetched, ctx).await,
+                Err(failed) => self.fetch_failed(&planned, &key, failed, ctx).await,
+            },
+        }
+    }
+
+    /// Sends the window's request, unless its lease is lost, it aged out or its instance is
+    /// unknown. The place among the windows fetching is dropped on return.
+    async fn fetch(&self, planned: &WindowKey, _fetching: super::pace::FetchSlot) -> Fetch {
         if self
             .coordinator
             .as_ref()
-            .is_some_and(|c| c.is_lost(&planned))
+            .is_some_and(|c| c.is_lost(planned))
         {
-            return self.lease_lost(&planned, ctx).await;
+            return Fetch::LeaseLost;
         }
-        let (key, lost) = match self.still_fetchable(&planned) {
-            Some(parts) => parts,
-            None => {
-                return self
-                    .skip_all(&planned, vec![Event::Lost(planned.clone())], ctx)
-                    .await;
-            }
+        let Some((key, lost)) = self.still_fetchable(planned) else {
+            return Fetch::AgedOut;
         };
         if self.is_unknown(&key.instance_id) {
-            let f = FailedWindow {
-                key: key.clone(),
+            return Fetch::UnknownInstance(FailedWindow {
                 error: format!(
                     "not fetched: the service has no instance {}",
                     key.instance_id
                 ),
+                key,
                 retryable: false,
-            };
-            return self
-                .skip_all(&planned, vec![Event::FetchFailed(f)], ctx)
-                .await;
+            });
         }
         let req = TrendingRequest {
             instance_id: key.instance_id.clone(),
@@ -66,15 +96,10 @@ impl Engine {
             // A lease lost while the request is in flight (retries, backoff) cancels it.
             Some(c) => tokio::select! {
                 r = fetch => r,
-                () = c.lease_lost(&planned) => return self.lease_lost(&planned, ctx).await,
+                () = c.lease_lost(planned) => return Fetch::LeaseLost,
             },
         };
-        // The fetch is over: another window may start fetching while this one commits.
-        drop(fetching);
-        match result {
-            Ok(fetched) => self.deliver(&planned, key, lost, fetched, ctx).await,
-            Err(failed) => self.fetch_failed(&planned, &key, failed, ctx).await,
-        }
+        Fetch::Sent(key, lost, Box::new(result))
     }
 
     /// The fetch of `key` failed for good: a run-fatal error stops the run; otherwise the

@@ -144,7 +144,11 @@ async fn job() -> Job {
     let bucket = common::s3::server().bucket().await;
     let cfg = work.path().join("reference.toml");
     write_config(&cfg, &emu.endpoint(), &ids, &bucket, 20.0);
-    let out = backfill(&cfg, &db.url, from, to).output().await.unwrap();
+    let out = within(
+        backfill(&cfg, &db.url, from, to).spawn().unwrap(),
+        "the reference run",
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -190,7 +194,7 @@ async fn three_workers_share_one_job_within_one_qps_budget_and_write_it_exactly_
         .map(|_| backfill(&cfg, &db.url, job.from, job.to).spawn().unwrap())
         .collect();
     for c in children {
-        let out = c.wait_with_output().await.unwrap();
+        let out = within(c, "a worker").await;
         assert!(
             out.status.success(),
             "{}",
@@ -332,7 +336,7 @@ async fn a_killed_workers_windows_are_taken_over_within_the_lease_and_a_heartbea
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for c in children {
-        let out = c.wait_with_output().await.unwrap();
+        let out = within(c, "a worker").await;
         assert!(
             out.status.success(),
             "{}",
@@ -778,14 +782,27 @@ fn signal(pid: u32, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
 }
 
+/// How long a worker of these jobs may take at most: a job takes well under a minute here.
+const WORKER_LIMIT: Duration = Duration::from_secs(300);
+
+/// The output of `child` once it has ended; fails the test if it runs past [`WORKER_LIMIT`]
+/// (killed then, as it is dropped): no worker may wait forever.
+async fn within(child: tokio::process::Child, what: &str) -> std::process::Output {
+    tokio::time::timeout(WORKER_LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end within {WORKER_LIMIT:?}"))
+        .unwrap()
+}
+
 /// Runs a command of the binary with `config`, as the job's workers do; its exit code and output.
 async fn ccc(config: &Path, db_url: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = crate::common::ccc_etl_at(config, Some(db_url))
-        .args(args)
+    let mut cmd = crate::common::ccc_etl_at(config, Some(db_url));
+    cmd.args(args)
         .envs(common::s3::server().env())
-        .output()
-        .await
-        .unwrap();
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let out = within(cmd.spawn().unwrap(), &format!("ccc-etl {}", args.join(" "))).await;
     (
         out.status.code(),
         format!(
