@@ -1432,7 +1432,8 @@ async fn liveness_and_take_over_go_by_the_workers_sessions_in_postgres() {
     c.beat().await.unwrap();
     let copying: Vec<String> = sqlx::query_scalar(
         "SELECT application_name FROM pg_stat_activity \
-         WHERE state = 'active' AND query LIKE 'COPY %' ORDER BY 1",
+         WHERE datname = current_database() AND state = 'active' AND query LIKE 'COPY %' \
+         ORDER BY 1",
     )
     .fetch_all(&pool)
     .await
