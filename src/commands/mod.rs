@@ -27,7 +27,7 @@ use emulator::run_emulator;
 use job::{JobOutput, run_job};
 pub use job::{backfill_request, execute, nightly_request, preflight_endpoint};
 use migrate::run_migrate;
-pub use open::{connect_postgres, connect_postgres_with, open_sinks};
+pub use open::{connect_postgres, connect_postgres_with, open_sinks, pool_size};
 pub use plan::run_plan;
 pub use status::{coverage_report, status_report};
 use verify::run_repair;

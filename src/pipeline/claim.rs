@@ -47,23 +47,16 @@ impl Engine {
         let total = windows.len() as u64;
         let ctx = run.ctx.clone();
         let mut to_claim = ToClaim::new(windows, coord.settings().heartbeat);
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
         tokio::pin!(stop);
-        'run: loop {
+        loop {
             // A window whose lease was lost (taken over, or expired while this worker was
             // stopped) is claimed again with those others hold: taken over, it is done
             // elsewhere; handed back, it is fetched here.
             to_claim.requeue(run.tally.take_lost());
             // As many windows in flight as the rate needs; claims sized to match.
             to_claim.claim_for(&coord, self.in_flight_target());
-            while self.may_start(in_flight.len())
-                && let Some(w) = to_claim.ready.pop_front()
-            {
-                let span = super::window_span(&w);
-                let slot = self.fetch_gate.enter();
-                let window = self.process(w, &ctx, slot).instrument(span);
-                in_flight.push(Box::pin(window.map(Finished::Window)) as Pending<'_>);
-            }
+            self.start_ready(&mut to_claim.ready, &mut in_flight, &ctx);
             if in_flight.is_empty() && to_claim.is_idle() {
                 if self.idle(&mut run, &to_claim, total, stop.as_mut()).await {
                     continue;
@@ -74,22 +67,12 @@ impl Engine {
                 // A fetch ended, or time passed while answers are awaited: more may start.
                 () = self.fetch_gate.a_fetch_ended() => {}
                 () = tokio::time::sleep(super::pace::RECHECK), if !to_claim.ready.is_empty() => {}
-                Some(finished) = in_flight.next(), if !in_flight.is_empty() => match finished {
-                    Finished::Window(events) => {
-                        to_claim.done += 1;
-                        for event in events {
-                            if let Some(fatal) = self.apply(&mut run.tally, event) {
-                                run.tally.stop(fatal);
-                                break 'run;
-                            }
-                        }
+                Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Some(fatal) = self.finished(&mut run, &mut to_claim, finished) {
+                        run.tally.stop(fatal);
+                        break;
                     }
-                    Finished::Skipped(events) => {
-                        for event in events {
-                            let _ = self.apply(&mut run.tally, event);
-                        }
-                    }
-                },
+                }
                 (retry, claimed) = to_claim.claimed(), if to_claim.claiming.is_some() => {
                     to_claim.claiming = None;
                     let Ok(c) = claimed.map_err(|e| run.tally.stop(Fatal::Coordination(format!("{e:#}")))) else {
@@ -109,6 +92,42 @@ impl Engine {
             }
         }
         run
+    }
+
+    /// Starts ready windows while [`Engine::may_start`] allows.
+    fn start_ready<'a>(
+        &'a self,
+        ready: &mut VecDeque<WindowKey>,
+        in_flight: &mut FuturesUnordered<Pending<'a>>,
+        ctx: &'a crate::sink::RunContext,
+    ) {
+        while self.may_start(in_flight.len())
+            && let Some(w) = ready.pop_front()
+        {
+            let span = super::window_span(&w);
+            let slot = self.fetch_gate.enter();
+            let window = self.process(w, ctx, slot).instrument(span);
+            in_flight.push(Box::pin(window.map(Finished::Window)));
+        }
+    }
+
+    /// Applies what a future in flight ended with; a window's run-fatal error is returned (the
+    /// sinks' part of a claim never stops the run).
+    fn finished(&self, run: &mut Run, to_claim: &mut ToClaim, finished: Finished) -> Option<Fatal> {
+        match finished {
+            Finished::Window(events) => {
+                to_claim.done += 1;
+                events
+                    .into_iter()
+                    .find_map(|e| self.apply(&mut run.tally, e))
+            }
+            Finished::Skipped(events) => {
+                for event in events {
+                    let _ = self.apply(&mut run.tally, event);
+                }
+                None
+            }
+        }
     }
 
     /// Nothing in flight, ready or to claim. With no window held elsewhere either, what the

@@ -237,8 +237,11 @@ async fn a_killed_postmaster_mid_run_fails_the_run_clearly_and_the_next_run_comp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_at_max_connections_is_a_clear_error_before_any_request() {
+    // As many sessions as a run's pool may open (`pool_size(4)`, 10) and two for the test's
+    // own reads: the undisturbed reference run never meets the limit, however slow the machine.
+    let max = ccc_etl::commands::pool_size(4) as usize + 2;
     let job = Job::new(&[
-        ("max_connections", "6"),
+        ("max_connections", &max.to_string()),
         ("superuser_reserved_connections", "0"),
     ])
     .await;
@@ -246,7 +249,7 @@ async fn a_database_at_max_connections_is_a_clear_error_before_any_request() {
     let url = job.cluster.create_db("job").await;
     // Someone else holds every connection.
     let mut held = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..max {
         use sqlx::Connection;
         held.push(sqlx::PgConnection::connect(&url).await.unwrap());
     }
@@ -269,7 +272,7 @@ async fn a_database_at_max_connections_is_a_clear_error_before_any_request() {
     );
     // Fewer free connections than the run needs: a statement that needs one
     // more waits 10 s, then the run stops saying why; nothing half-written stays.
-    held.truncate(3);
+    held.truncate(max - 3);
     let crowded = job
         .backfill(&job.config("job", 200.0), &url)
         .output()
