@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tracing::Instrument;
 
 use super::tally::{Event, Fatal};
 use super::{Engine, Run};
@@ -104,10 +103,7 @@ impl Engine {
         while self.may_start(in_flight.len())
             && let Some(w) = ready.pop_front()
         {
-            let span = super::window_span(&w);
-            let slot = self.fetch_gate.enter();
-            let window = self.process(w, ctx, slot).instrument(span);
-            in_flight.push(Box::pin(window.map(Finished::Window)));
+            in_flight.push(Box::pin(self.start_window(w, ctx).map(Finished::Window)));
         }
     }
 

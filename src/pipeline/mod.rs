@@ -304,6 +304,18 @@ impl Engine {
             && self.fetch_gate.fetching() < self.in_flight_target()
     }
 
+    /// One window's way through fetch and commit, in its span, counted among the windows
+    /// fetching from now on.
+    fn start_window<'a>(
+        &'a self,
+        w: WindowKey,
+        ctx: &'a crate::sink::RunContext,
+    ) -> impl std::future::Future<Output = Vec<tally::Event>> + Send + 'a {
+        let span = window_span(&w);
+        let slot = self.fetch_gate.enter();
+        self.process(w, ctx, slot).instrument(span)
+    }
+
     /// Fetches every window, as many at a time as [`Self::may_start`] allows, until done, a
     /// run-fatal error, or `stop`.
     async fn fetch_all(
@@ -325,9 +337,7 @@ impl Engine {
             while self.may_start(in_flight.len())
                 && let Some(w) = queue.next()
             {
-                let span = window_span(&w);
-                let slot = self.fetch_gate.enter();
-                in_flight.push(self.process(w, &ctx, slot).instrument(span));
+                in_flight.push(self.start_window(w, &ctx));
             }
             let events = tokio::select! {
                 next = in_flight.next() => match next {
